@@ -1,0 +1,288 @@
+"""The transcript's message model: roles, parts and finish reasons.
+
+A message is an ordered list of parts. Every part and message round-trips
+through plain JSON (``to_dict``/``from_dict``) so the store never pickles.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Role(StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+    SYSTEM = "system"
+
+
+class FinishReason(StrEnum):
+    END_TURN = "end_turn"
+    MAX_TOKENS = "max_tokens"
+    TOOL_USE = "tool_use"
+    CANCELED = "canceled"
+    ERROR = "error"
+    CONTENT_FILTER = "content_filter"
+    UNKNOWN = "unknown"
+
+
+#: Finish reasons that end a turn (as opposed to ``tool_use``, which ends a step).
+TERMINAL_REASONS = frozenset(
+    {
+        FinishReason.END_TURN,
+        FinishReason.MAX_TOKENS,
+        FinishReason.CANCELED,
+        FinishReason.ERROR,
+        FinishReason.CONTENT_FILTER,
+        FinishReason.UNKNOWN,
+    }
+)
+
+CANCELED_MESSAGE = "User canceled request"
+
+
+def now() -> float:
+    return time.time()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class TextPart:
+    text: str = ""
+    type: str = field(default="text", init=False)
+
+
+@dataclass
+class ReasoningPart:
+    text: str = ""
+    signature: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    type: str = field(default="reasoning", init=False)
+
+
+@dataclass
+class ToolCallPart:
+    id: str
+    name: str
+    input: str = ""  # the arguments as the model streamed them: a JSON text
+    finished: bool = False
+    type: str = field(default="tool_call", init=False)
+
+
+@dataclass
+class ToolResultPart:
+    tool_call_id: str
+    name: str
+    content: str
+    is_error: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+    type: str = field(default="tool_result", init=False)
+
+
+@dataclass
+class FinishPart:
+    reason: FinishReason
+    message: str = ""
+    details: str = ""
+    time: float = field(default_factory=now)
+    type: str = field(default="finish", init=False)
+
+
+Part = TextPart | ReasoningPart | ToolCallPart | ToolResultPart | FinishPart
+
+_PART_TYPES: dict[str, type] = {
+    "text": TextPart,
+    "reasoning": ReasoningPart,
+    "tool_call": ToolCallPart,
+    "tool_result": ToolResultPart,
+    "finish": FinishPart,
+}
+
+
+def part_to_dict(part: Part) -> dict[str, Any]:
+    return asdict(part)
+
+
+def part_from_dict(data: dict[str, Any]) -> Part:
+    kind = data.get("type")
+    cls = _PART_TYPES.get(kind)  # type: ignore[arg-type]
+    if cls is None:
+        raise ValueError(f"unknown message part type {kind!r}")
+    fields = {k: v for k, v in data.items() if k != "type"}
+    if cls is FinishPart:
+        fields["reason"] = FinishReason(fields["reason"])
+    return cls(**fields)
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read_tokens + other.cache_read_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_read_tokens
+            + self.cache_write_tokens
+        )
+
+
+@dataclass
+class Message:
+    session_id: str
+    role: Role
+    parts: list[Part] = field(default_factory=list)
+    id: str = field(default_factory=new_id)
+    model: str = ""
+    provider: str = ""
+    created_at: float = field(default_factory=now)
+    updated_at: float = field(default_factory=now)
+    usage: Usage = field(default_factory=Usage)
+    cost: float | None = None
+
+    # -- reading -----------------------------------------------------------
+
+    @property
+    def text(self) -> str:
+        return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(p.text for p in self.parts if isinstance(p, ReasoningPart))
+
+    @property
+    def tool_calls(self) -> list[ToolCallPart]:
+        return [p for p in self.parts if isinstance(p, ToolCallPart)]
+
+    @property
+    def tool_results(self) -> list[ToolResultPart]:
+        return [p for p in self.parts if isinstance(p, ToolResultPart)]
+
+    @property
+    def finish(self) -> FinishPart | None:
+        for part in reversed(self.parts):
+            if isinstance(part, FinishPart):
+                return part
+        return None
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        finish = self.finish
+        return finish.reason if finish else None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.finish is not None
+
+    # -- building ----------------------------------------------------------
+
+    def append_text(self, delta: str) -> None:
+        last = self.parts[-1] if self.parts else None
+        if isinstance(last, TextPart):
+            last.text += delta
+        else:
+            self.parts.append(TextPart(delta))
+        self.touch()
+
+    def append_reasoning(self, delta: str, signature: str = "") -> None:
+        last = self.parts[-1] if self.parts else None
+        if not isinstance(last, ReasoningPart) or last.finished_at is not None:
+            last = ReasoningPart(started_at=now())
+            self.parts.append(last)
+        last.text += delta
+        if signature:
+            last.signature += signature
+        self.touch()
+
+    def finish_reasoning(self) -> None:
+        for part in self.parts:
+            if isinstance(part, ReasoningPart) and part.finished_at is None:
+                part.finished_at = now()
+
+    def tool_call(self, call_id: str) -> ToolCallPart | None:
+        for part in self.parts:
+            if isinstance(part, ToolCallPart) and part.id == call_id:
+                return part
+        return None
+
+    def add_finish(self, reason: FinishReason, message: str = "", details: str = "") -> None:
+        """Set the finish part; a message has at most one."""
+        self.parts = [p for p in self.parts if not isinstance(p, FinishPart)]
+        self.finish_reasoning()
+        self.parts.append(FinishPart(FinishReason(reason), message, details))
+        self.touch()
+
+    def touch(self) -> None:
+        self.updated_at = now()
+
+    # -- JSON --------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "session_id": self.session_id,
+            "role": str(self.role),
+            "parts": [part_to_dict(p) for p in self.parts],
+            "model": self.model,
+            "provider": self.provider,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "usage": asdict(self.usage),
+            "cost": self.cost,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Message:
+        return cls(
+            id=data["id"],
+            session_id=data["session_id"],
+            role=Role(data["role"]),
+            parts=[part_from_dict(p) for p in data.get("parts", ())],
+            model=data.get("model", ""),
+            provider=data.get("provider", ""),
+            created_at=data.get("created_at", 0.0),
+            updated_at=data.get("updated_at", 0.0),
+            usage=Usage(**data.get("usage", {})),
+            cost=data.get("cost"),
+        )
+
+
+@dataclass
+class Session:
+    id: str = field(default_factory=new_id)
+    title: str = ""
+    created_at: float = field(default_factory=now)
+    updated_at: float = field(default_factory=now)
+    usage: Usage = field(default_factory=Usage)
+    cost: float = 0.0
+    message_count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Session:
+        fields = dict(data)
+        fields["usage"] = Usage(**fields.get("usage", {}))
+        return cls(**fields)
