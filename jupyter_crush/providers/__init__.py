@@ -1,0 +1,77 @@
+"""Model providers: ``resolve_model("provider:model")`` gives a streaming :class:`Model`.
+
+=================  =====================================================
+name               what it talks to
+=================  =====================================================
+``openai:M``       OpenAI chat completions (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``)
+``anthropic:M``    Anthropic Messages (``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``)
+``ollama:M``       Ollama's OpenAI-compatible API at http://localhost:11434/v1, no key
+``groq:M``         Groq (``GROQ_API_KEY``)
+``openrouter:M``   OpenRouter (``OPENROUTER_API_KEY``)
+``ID:M``           a custom provider from ``ProviderSettings.providers`` or crush.json
+``crush:large``    crush.json's ``models.large`` (or ``small``)
+``replay:NAME``    a recorded exchange, played through the real SDK offline
+=================  =====================================================
+"""
+
+from __future__ import annotations
+
+from ..model import Model
+from .anthropic import AnthropicModel
+from .config import (
+    CrushConfigError,
+    MissingAPIKeyError,
+    ProviderConfig,
+    ProviderConfigError,
+    ProviderSettings,
+    load_crush_config,
+    provider_config,
+)
+from .openai import OpenAIModel
+from .replay import ReplayModel, recording_names, replay_model
+
+__all__ = [
+    "AnthropicModel",
+    "CrushConfigError",
+    "MissingAPIKeyError",
+    "OpenAIModel",
+    "ProviderConfig",
+    "ProviderConfigError",
+    "ProviderSettings",
+    "ReplayModel",
+    "recording_names",
+    "resolve_model",
+]
+
+
+def resolve_model(name: str, *, settings: ProviderSettings | None = None) -> Model:
+    """The model for ``"provider:model"``; raises :class:`ProviderConfigError` with the fix."""
+    settings = settings or ProviderSettings()
+    if not isinstance(name, str) or not name.strip():
+        raise ProviderConfigError(
+            "no model given: name one as 'provider:model', e.g. 'openai:gpt-4o' or "
+            "'replay:openai-simple'"
+        )
+    provider_id, sep, model = name.strip().partition(":")
+    if not sep or not provider_id or not model:
+        raise ProviderConfigError(
+            f"model {name!r} has no provider: write 'provider:model', e.g. 'openai:{name}', "
+            f"'anthropic:{name}' or 'ollama:{name}'"
+        )
+    if provider_id == "replay":
+        return replay_model(model, settings)
+
+    crush = load_crush_config(settings.crush_config)
+    if provider_id == "crush":
+        if model not in crush.models:
+            where = ", ".join(str(p) for p in crush.sources) or "no crush.json found"
+            raise ProviderConfigError(
+                f"crush.json has no models.{model} ({where}); add "
+                f'"models": {{"{model}": {{"provider": "...", "model": "..."}}}}'
+            )
+        provider_id, model = crush.models[model]
+
+    config = provider_config(provider_id, settings, crush)
+    if config.type == "anthropic":
+        return AnthropicModel(model, config, settings)
+    return OpenAIModel(model, config, settings)

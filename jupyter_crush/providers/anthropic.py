@@ -1,0 +1,306 @@
+"""Anthropic Messages API, on the official async SDK."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anthropic
+import httpx2
+
+from ..message import (
+    FinishReason,
+    Message,
+    ReasoningPart,
+    Role,
+    TextPart,
+    ToolCallPart,
+    Usage,
+)
+from ..model import (
+    ModelError,
+    ReasoningDelta,
+    ReasoningEnd,
+    StreamEvent,
+    StreamFinish,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    ToolSpec,
+)
+from .config import ProviderConfig, ProviderSettings
+from .errors import translate_error
+from .history import conversation, tool_arguments
+from .prices import step_cost
+
+_FINISH = {
+    "end_turn": FinishReason.END_TURN,
+    "stop_sequence": FinishReason.END_TURN,
+    "pause_turn": FinishReason.END_TURN,
+    "max_tokens": FinishReason.MAX_TOKENS,
+    "model_context_window_exceeded": FinishReason.MAX_TOKENS,
+    "tool_use": FinishReason.TOOL_USE,
+    "refusal": FinishReason.CONTENT_FILTER,
+}
+
+_STREAM_ERRORS = (anthropic.AnthropicError, httpx2.HTTPError, ValueError)
+
+#: Anthropic requires max_tokens; this is what we ask for when the settings leave it open.
+DEFAULT_MAX_TOKENS = 4096
+
+
+def _assistant_blocks(message: Message) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for part in message.parts:
+        if isinstance(part, ReasoningPart):
+            # Thinking goes back verbatim with its signature (the API checks it, and
+            # requires it before tool_use when thinking is on). Unsigned thinking is
+            # a stream cut mid-thought: the API would reject it, so it is dropped.
+            if part.signature:
+                blocks.append(
+                    {"type": "thinking", "thinking": part.text, "signature": part.signature}
+                )
+        elif isinstance(part, TextPart):
+            if part.text.strip():
+                blocks.append({"type": "text", "text": part.text})
+        elif isinstance(part, ToolCallPart):
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": part.id,
+                    "name": part.name,
+                    "input": tool_arguments(part),
+                }
+            )
+    return blocks
+
+
+def build_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Messages API content for a transcript.
+
+    Anthropic requires user/assistant alternation: tool results travel in a
+    user message, and consecutive messages of one wire role are merged (tool
+    results first, as the API requires).
+    """
+    out: list[dict[str, Any]] = []
+    for message in conversation(messages):
+        if message.role is Role.ASSISTANT:
+            role, blocks = "assistant", _assistant_blocks(message)
+        elif message.role is Role.TOOL:
+            role = "user"
+            blocks = [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": r.tool_call_id,
+                    "content": r.content,
+                    "is_error": r.is_error,
+                }
+                for r in message.tool_results
+            ]
+        else:
+            role = "user"
+            blocks = [
+                {"type": "text", "text": p.text}
+                for p in message.parts
+                if isinstance(p, TextPart) and p.text.strip()
+            ]
+        if not blocks:
+            continue
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    for entry in out:
+        if entry["role"] == "user":
+            # tool_result blocks must open a user message; merging may have put text first.
+            entry["content"].sort(key=lambda block: block["type"] != "tool_result")
+    return out
+
+
+def build_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    return [
+        {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools
+    ]
+
+
+@dataclass
+class _StreamState:
+    """Turns Messages API stream events into ours; one per request."""
+
+    #: content block index -> ("thinking" | "text" | "tool_use", tool call id)
+    blocks: dict[int, tuple[str, str]] = field(default_factory=dict)
+    stop_reason: str | None = None
+    stopped: bool = False
+    usage: Usage = field(default_factory=Usage)
+
+    def feed(self, event: Any) -> list[StreamEvent]:
+        kind = event.type
+        if kind == "message_start":
+            self.usage = _usage(event.message.usage, self.usage)
+        elif kind == "content_block_start":
+            block = event.content_block
+            if block.type == "tool_use":
+                self.blocks[event.index] = ("tool_use", block.id)
+                return [ToolCallStart(block.id, block.name)]
+            self.blocks[event.index] = (block.type, "")
+            if block.type == "thinking" and (block.thinking or block.signature):
+                return [ReasoningDelta(block.thinking or "", block.signature or "")]
+            if block.type == "text" and block.text:
+                return [TextDelta(block.text)]
+        elif kind == "content_block_delta":
+            delta = event.delta
+            if delta.type == "text_delta":
+                return [TextDelta(delta.text)] if delta.text else []
+            if delta.type == "thinking_delta":
+                return [ReasoningDelta(delta.thinking)] if delta.thinking else []
+            if delta.type == "signature_delta":
+                return [ReasoningDelta("", delta.signature)]
+            if delta.type == "input_json_delta":
+                _, call_id = self.blocks.get(event.index, ("", ""))
+                if call_id and delta.partial_json:
+                    return [ToolCallDelta(call_id, delta.partial_json)]
+        elif kind == "content_block_stop":
+            block_type, call_id = self.blocks.get(event.index, ("", ""))
+            if block_type == "tool_use":
+                return [ToolCallEnd(call_id)]
+            if block_type == "thinking":
+                return [ReasoningEnd()]
+        elif kind == "message_delta":
+            if event.delta.stop_reason:
+                self.stop_reason = event.delta.stop_reason
+            if event.usage is not None:
+                self.usage = _usage(event.usage, self.usage)
+        elif kind == "message_stop":
+            self.stopped = True
+        return []
+
+
+def _usage(raw: Any, previous: Usage) -> Usage:
+    """message_start carries the input side, message_delta the cumulative totals."""
+
+    def pick(name: str, old: int) -> int:
+        value = getattr(raw, name, None)
+        return old if value is None else int(value)
+
+    return Usage(
+        input_tokens=pick("input_tokens", previous.input_tokens),
+        output_tokens=pick("output_tokens", previous.output_tokens),
+        cache_read_tokens=pick("cache_read_input_tokens", previous.cache_read_tokens),
+        cache_write_tokens=pick("cache_creation_input_tokens", previous.cache_write_tokens),
+    )
+
+
+class AnthropicModel:
+    """A Claude model (or an Anthropic-compatible endpoint)."""
+
+    def __init__(
+        self,
+        model: str,
+        config: ProviderConfig,
+        settings: ProviderSettings,
+        *,
+        transport: httpx2.AsyncBaseTransport | None = None,
+        price_provider: str | None = None,
+        price_model: str | None = None,
+    ) -> None:
+        self.provider = config.id
+        self.name = model
+        self.config = config
+        self.settings = settings
+        self._transport = transport
+        self._price_provider = price_provider or config.id
+        self._price_model = price_model or model
+        # One SDK client per event loop (httpx pools belong to their loop); only
+        # touched from the loop thread.
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._client_obj: anthropic.AsyncAnthropic | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"AnthropicModel(provider={self.provider!r}, name={self.name!r}, "
+            f"base_url={self.config.base_url!r})"
+        )
+
+    def _client(self) -> anthropic.AsyncAnthropic:
+        loop = asyncio.get_running_loop()
+        if self._client_obj is None or self._client_loop is not loop:
+            timeout = httpx2.Timeout(
+                self.settings.read_timeout, connect=self.settings.connect_timeout
+            )
+            http_client = (
+                httpx2.AsyncClient(transport=self._transport, timeout=timeout)
+                if self._transport is not None
+                else None
+            )
+            self._client_obj = anthropic.AsyncAnthropic(
+                api_key=self.config.api_key,
+                base_url=self.config.base_url,
+                max_retries=self.settings.max_retries,
+                timeout=timeout,
+                default_headers=dict(self.config.extra_headers) or None,
+                http_client=http_client,
+            )
+            self._client_loop = loop
+        return self._client_obj
+
+    def request_params(
+        self,
+        messages: Sequence[Message],
+        *,
+        system: str | None = None,
+        tools: Sequence[ToolSpec] = (),
+    ) -> dict[str, Any]:
+        budget = self.settings.thinking_budget
+        max_tokens = self.settings.max_tokens or DEFAULT_MAX_TOKENS
+        if budget and max_tokens <= budget:
+            max_tokens = budget + DEFAULT_MAX_TOKENS  # the API requires max_tokens > budget
+        params: dict[str, Any] = {
+            "model": self.name,
+            "max_tokens": max_tokens,
+            "messages": build_messages(messages),
+            "stream": True,
+        }
+        if system:
+            params["system"] = system
+        if tools:
+            params["tools"] = build_tools(tools)
+        if budget:
+            params["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        return params
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        system: str | None = None,
+        tools: Sequence[ToolSpec] = (),
+    ) -> AsyncIterator[StreamEvent]:
+        params = self.request_params(messages, system=system, tools=tools)
+        state = _StreamState()
+        try:
+            # SDK retries (408/409/429/5xx, overloaded, connection errors) happen inside
+            # create(), before the caller has seen any event.
+            response = await self._client().messages.create(**params)
+            async with response:  # closes the HTTP stream on every exit, cancel included
+                async for event in response:
+                    for ours in state.feed(event):
+                        yield ours
+        except _STREAM_ERRORS as exc:
+            raise translate_error(
+                exc, provider=self.provider, base_url=self.config.base_url
+            ) from exc
+        if not state.stopped or state.stop_reason is None:
+            raise ModelError(
+                "the stream ended before the model finished (connection closed early)",
+                provider=self.provider,
+            )
+        yield StreamFinish(
+            _FINISH.get(state.stop_reason, FinishReason.UNKNOWN),
+            state.usage,
+            step_cost(
+                self._price_provider, self._price_model, state.usage, base_url=self.config.base_url
+            ),
+        )

@@ -1,0 +1,314 @@
+"""Where a provider's endpoint and key come from.
+
+Three sources, most specific first:
+
+1. :class:`ProviderSettings` (the notebook's traitlets config fills it),
+2. a ``crush.json`` in Crush's shape, so Crush users bring their config
+   (``./crush.json``, ``./.crush.json``, ``$XDG_CONFIG_HOME/crush/crush.json``),
+3. the SDKs' own environment variables (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``,
+   ``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``) and the usual ones of the
+   built-in OpenAI-compatible services (``GROQ_API_KEY``, ``OPENROUTER_API_KEY``).
+
+API keys are held only in memory: every ``repr`` here masks them, and nothing
+in this module writes them anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+ProviderType = Literal["openai", "openai-compat", "anthropic"]
+PROVIDER_TYPES: tuple[str, ...] = ("openai", "openai-compat", "anthropic")
+
+#: Where Crush looks for its config, lowest precedence first (later files override).
+CRUSH_CONFIG_NAMES = (".crush.json", "crush.json")
+
+
+class ProviderConfigError(ValueError):
+    """A model name or provider configuration cannot be used; the message says how to fix it."""
+
+
+class MissingAPIKeyError(ProviderConfigError):
+    pass
+
+
+class CrushConfigError(ProviderConfigError):
+    pass
+
+
+def mask_secret(value: str | None) -> str | None:
+    """What a repr shows instead of a key: only whether one is set."""
+    return None if not value else "***"
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One provider endpoint: its wire protocol, base URL and key."""
+
+    id: str
+    type: ProviderType
+    base_url: str | None = None  # None: the SDK's default endpoint
+    api_key: str | None = field(default=None, repr=False)
+    #: Environment variables that may hold the key, named in the missing-key error.
+    api_key_env: tuple[str, ...] = ()
+    #: Local servers (Ollama, llama.cpp) take no key; the SDK still wants a non-empty one.
+    requires_key: bool = True
+    extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"ProviderConfig(id={self.id!r}, type={self.type!r}, base_url={self.base_url!r}, "
+            f"api_key={mask_secret(self.api_key)!r})"
+        )
+
+
+@dataclass
+class ProviderSettings:
+    """Keys, endpoints and request options for :func:`~jupyter_crush.providers.resolve_model`.
+
+    ``api_keys`` and ``base_urls`` are keyed by provider id (``"openai"``,
+    ``"anthropic"``, ``"groq"``, a custom id, ...). ``providers`` adds custom
+    OpenAI-compatible or Anthropic-compatible endpoints. ``crush_config`` is the
+    path of a ``crush.json``; ``None`` searches Crush's usual places and
+    ``False`` ignores crush.json entirely.
+    """
+
+    api_keys: dict[str, str] = field(default_factory=dict)
+    base_urls: dict[str, str] = field(default_factory=dict)
+    providers: dict[str, ProviderConfig] = field(default_factory=dict)
+    crush_config: str | Path | Literal[False] | None = None
+    #: SDK retries on 408/409/429/5xx and connection errors (honoring retry-after).
+    max_retries: int = 2
+    #: Seconds without a byte from the server before the request fails.
+    read_timeout: float = 300.0
+    connect_timeout: float = 10.0
+    max_tokens: int | None = None  # None: the provider's default (Anthropic needs one: 4096)
+    #: Anthropic extended thinking budget in tokens; None leaves thinking off.
+    thinking_budget: int | None = None
+    #: OpenAI / OpenAI-compatible ``reasoning_effort`` ("low", "medium", "high").
+    reasoning_effort: str | None = None
+    #: Seconds between server-sent events when replaying a recording (0: as fast as possible).
+    replay_delay: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ProviderConfigError(
+                f"max_retries must be a non-negative integer, got {self.max_retries!r}"
+            )
+        for name in ("read_timeout", "connect_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ProviderConfigError(f"{name} must be a positive number of seconds")
+
+    def __repr__(self) -> str:
+        keys = {k: mask_secret(v) for k, v in self.api_keys.items()}
+        return (
+            f"ProviderSettings(api_keys={keys!r}, base_urls={self.base_urls!r}, "
+            f"providers={list(self.providers)!r}, crush_config={self.crush_config!r}, "
+            f"max_retries={self.max_retries!r}, read_timeout={self.read_timeout!r})"
+        )
+
+
+# -- built-in providers -------------------------------------------------------
+
+_BUILTIN: dict[str, ProviderConfig] = {
+    "openai": ProviderConfig("openai", "openai", base_url=None, api_key_env=("OPENAI_API_KEY",)),
+    "anthropic": ProviderConfig(
+        "anthropic", "anthropic", base_url=None, api_key_env=("ANTHROPIC_API_KEY",)
+    ),
+    "ollama": ProviderConfig(
+        "ollama", "openai-compat", base_url="http://localhost:11434/v1", requires_key=False
+    ),
+    "openrouter": ProviderConfig(
+        "openrouter",
+        "openai-compat",
+        base_url="https://openrouter.ai/api/v1",
+        api_key_env=("OPENROUTER_API_KEY",),
+    ),
+    "groq": ProviderConfig(
+        "groq",
+        "openai-compat",
+        base_url="https://api.groq.com/openai/v1",
+        api_key_env=("GROQ_API_KEY",),
+    ),
+}
+
+#: The SDKs' own base-URL variables, honored for the two first-party providers.
+_BASE_URL_ENV = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
+
+#: Placeholder key for servers that take none (the SDK refuses an empty key).
+NO_KEY = "not-needed"
+
+
+def builtin_provider_ids() -> tuple[str, ...]:
+    return tuple(_BUILTIN)
+
+
+# -- crush.json ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CrushConfig:
+    providers: dict[str, ProviderConfig] = field(default_factory=dict)
+    #: ``{"large": ("openai", "gpt-4o"), "small": (...)}`` from Crush's ``models``.
+    models: dict[str, tuple[str, str]] = field(default_factory=dict)
+    sources: tuple[Path, ...] = ()
+
+
+def crush_config_paths(cwd: Path | None = None) -> list[Path]:
+    """Crush's config locations, lowest precedence first."""
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    here = cwd or Path.cwd()
+    return [base / "crush" / "crush.json", *(here / name for name in CRUSH_CONFIG_NAMES)]
+
+
+_ENV_REF = re.compile(
+    r"^\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))$"
+)
+
+
+def _expand(value: Any, path: Path, what: str) -> str | None:
+    """Crush writes secrets as ``"$ENV_VAR"``; resolve those, keep literals as they are."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise CrushConfigError(f"{path}: {what} must be a string, got {type(value).__name__}")
+    match = _ENV_REF.match(value.strip())
+    if match:
+        return os.environ.get(match.group("braced") or match.group("bare")) or None
+    return value
+
+
+def _env_names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        match = _ENV_REF.match(value.strip())
+        if match:
+            return (match.group("braced") or match.group("bare"),)
+    return ()
+
+
+def _parse_crush_file(path: Path) -> CrushConfig:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CrushConfigError(
+            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            "fix the file or remove it"
+        ) from None
+    except OSError as exc:
+        raise CrushConfigError(f"cannot read {path}: {exc.strerror}") from None
+    if not isinstance(data, dict):
+        raise CrushConfigError(f"{path}: the top level must be a JSON object")
+
+    providers: dict[str, ProviderConfig] = {}
+    raw_providers = data.get("providers", {})
+    if not isinstance(raw_providers, dict):
+        raise CrushConfigError(f'{path}: "providers" must be an object of provider id -> settings')
+    for pid, raw in raw_providers.items():
+        if not isinstance(raw, dict):
+            raise CrushConfigError(f'{path}: provider "{pid}" must be an object')
+        if raw.get("disable"):
+            continue
+        ptype = raw.get("type") or (_BUILTIN[pid].type if pid in _BUILTIN else None)
+        if ptype not in PROVIDER_TYPES:
+            raise CrushConfigError(
+                f'{path}: provider "{pid}" has type {ptype!r}; use one of '
+                + ", ".join(f'"{t}"' for t in PROVIDER_TYPES)
+            )
+        headers = raw.get("extra_headers") or {}
+        if not isinstance(headers, dict):
+            raise CrushConfigError(f'{path}: provider "{pid}" extra_headers must be an object')
+        builtin = _BUILTIN.get(pid)
+        providers[pid] = ProviderConfig(
+            id=pid,
+            type=ptype,
+            base_url=_expand(raw.get("base_url"), path, f'provider "{pid}" base_url')
+            or (builtin.base_url if builtin else None),
+            api_key=_expand(raw.get("api_key"), path, f'provider "{pid}" api_key'),
+            api_key_env=_env_names(raw.get("api_key")) + (builtin.api_key_env if builtin else ()),
+            requires_key=builtin.requires_key if builtin else "api_key" in raw,
+            extra_headers={
+                str(k): _expand(v, path, f'provider "{pid}" header {k}') or ""
+                for k, v in headers.items()
+            },
+        )
+
+    models: dict[str, tuple[str, str]] = {}
+    raw_models = data.get("models", {})
+    if not isinstance(raw_models, dict):
+        raise CrushConfigError(f'{path}: "models" must be an object like {{"large": {{...}}}}')
+    for size, raw in raw_models.items():
+        if not isinstance(raw, dict) or not raw.get("provider") or not raw.get("model"):
+            raise CrushConfigError(
+                f'{path}: models.{size} needs "provider" and "model", '
+                'e.g. {"provider": "openai", "model": "gpt-4o"}'
+            )
+        models[size] = (str(raw["provider"]), str(raw["model"]))
+    return CrushConfig(providers, models, (path,))
+
+
+def load_crush_config(source: str | Path | Literal[False] | None = None) -> CrushConfig:
+    """Read crush.json: an explicit path, or (``None``) Crush's usual places merged."""
+    if source is False:
+        return CrushConfig()
+    if source is not None:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise CrushConfigError(f"crush config {path} does not exist; fix the path")
+        return _parse_crush_file(path)
+    merged = CrushConfig()
+    for path in crush_config_paths():
+        if path.is_file():
+            found = _parse_crush_file(path)
+            merged = CrushConfig(
+                {**merged.providers, **found.providers},
+                {**merged.models, **found.models},
+                (*merged.sources, path),
+            )
+    return merged
+
+
+# -- resolution ---------------------------------------------------------------
+
+
+def provider_config(
+    provider_id: str, settings: ProviderSettings, crush: CrushConfig
+) -> ProviderConfig:
+    """The endpoint for ``provider_id`` with its key filled in, or a clear error."""
+    config = settings.providers.get(provider_id) or crush.providers.get(provider_id)
+    builtin = _BUILTIN.get(provider_id)
+    if config is None and builtin is None:
+        known = sorted({*_BUILTIN, *settings.providers, *crush.providers, "replay"})
+        raise ProviderConfigError(
+            f"unknown provider {provider_id!r}: use one of {', '.join(known)}, or add it to "
+            'crush.json ("providers": {"' + provider_id + '": {"type": "openai-compat", '
+            '"base_url": "..."}})'
+        )
+    config = config or builtin
+    assert config is not None
+
+    base_url = settings.base_urls.get(provider_id) or config.base_url
+    if base_url is None and provider_id in _BASE_URL_ENV:
+        base_url = os.environ.get(_BASE_URL_ENV[provider_id]) or None
+
+    key = settings.api_keys.get(provider_id) or config.api_key
+    if not key:
+        for name in config.api_key_env:
+            key = os.environ.get(name)
+            if key:
+                break
+    if not key:
+        if config.requires_key:
+            envs = " or ".join(config.api_key_env) or f"{provider_id.upper()}_API_KEY"
+            raise MissingAPIKeyError(
+                f"no API key for provider {provider_id!r}: set {envs}, pass "
+                f"ProviderSettings(api_keys={{{provider_id!r}: ...}}), or set api_key in crush.json"
+            )
+        key = NO_KEY
+    return replace(config, base_url=base_url, api_key=key)

@@ -1,0 +1,99 @@
+"""Turning SDK and transport failures into one readable :class:`ModelError`.
+
+Both SDKs raise the same family of exceptions (``APIStatusError``,
+``APITimeoutError``, ``APIConnectionError``); this module reads them
+structurally so one translation serves both.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx2
+
+from ..model import ModelError
+
+_HINTS = {
+    400: "the provider rejected the request",
+    401: "check the API key",
+    403: "the API key has no access to this model",
+    404: "check the model name and the base URL",
+    408: "the provider timed out",
+    413: "the conversation is too large for this model",
+    429: "rate limited: wait a moment and try again",
+}
+
+
+def _provider_message(body: Any, fallback: str) -> str:
+    """The provider's own error text, from either SDK's parsed error body."""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"]
+        if isinstance(inner, str):
+            return inner
+        if isinstance(body.get("message"), str):
+            return body["message"]
+    if isinstance(body, str) and body.strip():
+        return body.strip()
+    return fallback
+
+
+def _retry_after(headers: httpx2.Headers) -> float | None:
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                return float(value) / divisor
+            except ValueError:
+                continue
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def translate_error(exc: BaseException, *, provider: str, base_url: str | None) -> ModelError:
+    """A :class:`ModelError` for any failure raised while opening or reading a stream."""
+    where = base_url or "the provider's default endpoint"
+    status = getattr(exc, "status_code", None)
+    response = getattr(exc, "response", None)
+    if isinstance(status, int) and isinstance(response, httpx2.Response):
+        body = getattr(exc, "body", None)
+        if body is None:
+            try:
+                body = json.loads(response.text)
+            except (ValueError, httpx2.ResponseNotRead):
+                body = None
+        message = _provider_message(body, getattr(exc, "message", "") or response.reason_phrase)
+        hint = _HINTS.get(status) or ("the provider had a server error" if status >= 500 else "")
+        if hint:
+            message = f"{message} ({hint})"
+        return ModelError(
+            _one_line(message),
+            status_code=status,
+            retry_after=_retry_after(response.headers),
+            provider=provider,
+        )
+    name = type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if "Timeout" in name or isinstance(cause, httpx2.TimeoutException):
+        return ModelError(
+            f"no data from {where} within the read timeout; the server stalled or is overloaded",
+            provider=provider,
+        )
+    if "Connection" in name or isinstance(exc, httpx2.TransportError):
+        detail = _one_line(str(cause or exc)) or name
+        return ModelError(
+            f"connection to {where} failed ({detail}); check the base URL and that the "
+            "server is running",
+            provider=provider,
+        )
+    if isinstance(exc, ValueError):  # a malformed event: invalid JSON or an unexpected shape
+        return ModelError(
+            f"the provider sent a malformed stream event ({_one_line(str(exc))[:200]})",
+            provider=provider,
+        )
+    return ModelError(_one_line(f"{name}: {exc}"), provider=provider)

@@ -1,0 +1,329 @@
+"""OpenAI chat completions and OpenAI-compatible servers, on the official async SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+import openai
+
+from ..message import FinishReason, Message, Role, TextPart, ToolResultPart, Usage
+from ..model import (
+    ModelError,
+    ReasoningDelta,
+    ReasoningEnd,
+    StreamEvent,
+    StreamFinish,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    ToolSpec,
+)
+from .config import ProviderConfig, ProviderSettings
+from .errors import translate_error
+from .history import conversation, tool_arguments
+from .prices import step_cost
+
+_FINISH = {
+    "stop": FinishReason.END_TURN,
+    "length": FinishReason.MAX_TOKENS,
+    "tool_calls": FinishReason.TOOL_USE,
+    "function_call": FinishReason.TOOL_USE,
+    "content_filter": FinishReason.CONTENT_FILTER,
+    "refusal": FinishReason.CONTENT_FILTER,
+}
+
+#: Errors the SDK, the transport or a malformed event can raise mid-stream.
+_STREAM_ERRORS = (openai.OpenAIError, httpx2.HTTPError, ValueError)
+
+
+def build_messages(messages: Sequence[Message], system: str | None) -> list[dict[str, Any]]:
+    """Chat-completions messages for a transcript.
+
+    Reasoning is not sent back: OpenAI-compatible servers do not accept
+    ``reasoning_content`` in requests. Consecutive user or assistant messages
+    are merged so every server sees one message per turn.
+    """
+    out: list[dict[str, Any]] = []
+    if system:
+        out.append({"role": "system", "content": system})
+    for message in conversation(messages):
+        if message.role is Role.TOOL:
+            for result in message.tool_results:
+                out.append(_tool_message(result))
+            continue
+        if message.role is Role.USER:
+            text = "".join(p.text for p in message.parts if isinstance(p, TextPart))
+            if out and out[-1]["role"] == "user" and isinstance(out[-1]["content"], str):
+                out[-1]["content"] += "\n\n" + text
+            else:
+                out.append({"role": "user", "content": text})
+            continue
+        entry = _assistant_message(message)
+        if entry is None:
+            continue
+        last = out[-1] if out else None
+        if last is not None and last["role"] == "assistant":
+            if entry.get("content"):
+                joined = "\n\n".join(filter(None, [last.get("content"), entry["content"]]))
+                last["content"] = joined
+            if entry.get("tool_calls"):
+                last.setdefault("tool_calls", []).extend(entry["tool_calls"])
+        else:
+            out.append(entry)
+    return out
+
+
+def _assistant_message(message: Message) -> dict[str, Any] | None:
+    text = "".join(p.text for p in message.parts if isinstance(p, TextPart))
+    calls = [
+        {
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": json.dumps(tool_arguments(call))},
+        }
+        for call in message.tool_calls
+    ]
+    if not text.strip() and not calls:
+        return None  # reasoning only: nothing an OpenAI-compatible server takes back
+    entry: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if calls:
+        entry["tool_calls"] = calls
+    return entry
+
+
+def _tool_message(result: ToolResultPart) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": result.tool_call_id, "content": result.content}
+
+
+def build_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": tool.name,
+                "description": tool.description,
+                "parameters": tool.parameters,
+            },
+        }
+        for tool in tools
+    ]
+
+
+@dataclass
+class _Call:
+    id: str
+    ended: bool = False
+
+
+@dataclass
+class _StreamState:
+    """Turns chat-completion chunks into our events; one per request."""
+
+    calls: dict[int, _Call] = field(default_factory=dict)
+    reasoning_open: bool = False
+    finish: str | None = None
+    usage: Usage = field(default_factory=Usage)
+
+    def feed(self, chunk: Any) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        if chunk.usage is not None:
+            self.usage = _usage(chunk.usage)
+        for choice in chunk.choices or ():
+            delta = choice.delta
+            if delta is not None:
+                reasoning = _reasoning_text(delta)
+                if reasoning:
+                    self.reasoning_open = True
+                    events.append(ReasoningDelta(reasoning))
+                if delta.content:
+                    events.extend(self._end_reasoning())
+                    events.append(TextDelta(delta.content))
+                for call in delta.tool_calls or ():
+                    events.extend(self._end_reasoning())
+                    events.extend(self._tool_delta(call))
+            if choice.finish_reason:
+                self.finish = choice.finish_reason
+                events.extend(self.close())
+        return events
+
+    def _tool_delta(self, call: Any) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        index = call.index if call.index is not None else len(self.calls)
+        function = call.function
+        known = self.calls.get(index)
+        if known is None:
+            call_id = call.id or f"call_{index}"
+            known = self.calls[index] = _Call(call_id)
+            events.append(ToolCallStart(call_id, (function.name if function else None) or ""))
+        if function is not None and function.arguments:
+            events.append(ToolCallDelta(known.id, function.arguments))
+        return events
+
+    def _end_reasoning(self) -> list[StreamEvent]:
+        if not self.reasoning_open:
+            return []
+        self.reasoning_open = False
+        return [ReasoningEnd()]
+
+    def close(self) -> list[StreamEvent]:
+        events = self._end_reasoning()
+        for call in self.calls.values():
+            if not call.ended:
+                call.ended = True
+                events.append(ToolCallEnd(call.id))
+        return events
+
+    def reason(self) -> FinishReason:
+        assert self.finish is not None
+        reason = _FINISH.get(self.finish, FinishReason.UNKNOWN)
+        # Some compatible servers (older Ollama) say "stop" after calling tools.
+        if self.calls and reason is FinishReason.END_TURN:
+            return FinishReason.TOOL_USE
+        return reason
+
+
+def _reasoning_text(delta: Any) -> str:
+    """``reasoning_content`` (llama.cpp, vLLM, DeepSeek, Z.ai) or ``reasoning`` (OpenRouter)."""
+    extra = delta.model_extra or {}
+    for key in ("reasoning_content", "reasoning"):
+        value = getattr(delta, key, None) if key in type(delta).model_fields else extra.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _usage(raw: Any) -> Usage:
+    prompt = raw.prompt_tokens or 0
+    details = getattr(raw, "prompt_tokens_details", None)
+    cached = (getattr(details, "cached_tokens", None) or 0) if details is not None else 0
+    return Usage(
+        input_tokens=max(prompt - cached, 0),
+        output_tokens=raw.completion_tokens or 0,
+        cache_read_tokens=cached,
+    )
+
+
+class OpenAIModel:
+    """A chat-completions model: OpenAI itself or any OpenAI-compatible server."""
+
+    def __init__(
+        self,
+        model: str,
+        config: ProviderConfig,
+        settings: ProviderSettings,
+        *,
+        transport: httpx2.AsyncBaseTransport | None = None,
+        price_provider: str | None = None,
+        price_model: str | None = None,
+    ) -> None:
+        self.provider = config.id
+        self.name = model
+        self.config = config
+        self.settings = settings
+        self._transport = transport
+        self._price_provider = price_provider or config.id
+        self._price_model = price_model or model
+        # One SDK client per event loop: httpx connection pools belong to the loop
+        # that opened them. Only touched from the loop thread (stream() is a coroutine).
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._client_obj: openai.AsyncOpenAI | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIModel(provider={self.provider!r}, name={self.name!r}, "
+            f"base_url={self.config.base_url!r})"
+        )
+
+    def _client(self) -> openai.AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        if self._client_obj is None or self._client_loop is not loop:
+            timeout = httpx2.Timeout(
+                self.settings.read_timeout, connect=self.settings.connect_timeout
+            )
+            http_client = (
+                httpx2.AsyncClient(transport=self._transport, timeout=timeout)
+                if self._transport is not None
+                else None
+            )
+            self._client_obj = openai.AsyncOpenAI(
+                api_key=self.config.api_key,
+                base_url=self.config.base_url,
+                max_retries=self.settings.max_retries,
+                timeout=timeout,
+                default_headers=dict(self.config.extra_headers) or None,
+                http_client=http_client,
+            )
+            self._client_loop = loop
+        return self._client_obj
+
+    def request_params(
+        self,
+        messages: Sequence[Message],
+        *,
+        system: str | None = None,
+        tools: Sequence[ToolSpec] = (),
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": self.name,
+            "messages": build_messages(messages, system),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if tools:
+            params["tools"] = build_tools(tools)
+        if self.settings.max_tokens:
+            # OpenAI's reasoning models only take max_completion_tokens; most
+            # compatible servers only know max_tokens.
+            key = "max_completion_tokens" if self.config.type == "openai" else "max_tokens"
+            params[key] = self.settings.max_tokens
+        if self.settings.reasoning_effort:
+            params["reasoning_effort"] = self.settings.reasoning_effort
+        return params
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        system: str | None = None,
+        tools: Sequence[ToolSpec] = (),
+    ) -> AsyncIterator[StreamEvent]:
+        params = self.request_params(messages, system=system, tools=tools)
+        state = _StreamState()
+        try:
+            # The SDK retries 408/409/429/5xx and connection failures here, before any
+            # event reached the caller; a failure after that is not retried because the
+            # caller already holds part of the answer.
+            response = await self._client().chat.completions.create(**params)
+            # ``async with`` closes the HTTP response on every exit, including a
+            # CancelledError raised at the await inside the loop.
+            async with response:
+                async for chunk in response:
+                    for event in state.feed(chunk):
+                        yield event
+        except _STREAM_ERRORS as exc:
+            raise translate_error(
+                exc, provider=self.provider, base_url=self.config.base_url
+            ) from exc
+        if state.finish is None:
+            raise ModelError(
+                "the stream ended before the model finished (connection closed early)",
+                provider=self.provider,
+            )
+        for event in state.close():
+            yield event
+        yield StreamFinish(
+            state.reason(),
+            state.usage,
+            step_cost(
+                self._price_provider,
+                self._price_model,
+                state.usage,
+                base_url=self.config.base_url,
+            ),
+        )
