@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -34,10 +35,26 @@ class Tool:
     spec: ToolSpec
     run: Callable[[dict[str, Any], ToolContext], Awaitable[ToolResult]]
     changes_state: bool = False
+    #: Builds the permission prompt's text from the arguments (the code, command or
+    #: diff); ``None`` shows the arguments as JSON. See :meth:`permission_summary`.
+    summarize: Callable[[dict[str, Any]], str] | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def permission_summary(self, arguments: dict[str, Any]) -> str:
+        """What the user approves for this call: never fails, whatever the model sent."""
+        if self.summarize is not None:
+            try:
+                return self.summarize(arguments)
+            except Exception as exc:  # a summary must not break the permission prompt
+                return f"(could not summarize the call: {exc})\n{_json_args(arguments)}"
+        return _json_args(arguments)
+
+
+def _json_args(arguments: dict[str, Any]) -> str:
+    return json.dumps(arguments, indent=2, ensure_ascii=False, default=repr)
 
 
 class Decision(StrEnum):
@@ -59,3 +76,98 @@ class PermissionBroker(Protocol):
     """Asks the user. A cancel of the run cancels the ``ask`` coroutine."""
 
     async def ask(self, request: PermissionRequest) -> Decision: ...
+
+
+class CancelablePermissionBroker(PermissionBroker, Protocol):
+    """A broker with an optional cleanup hook.
+
+    When the run is stopped while a prompt is open, :class:`PermissionPolicy`
+    cancels the broker's ``ask`` and then calls ``cancel(request)`` if the broker
+    has one, so a prompt shown outside the ``ask`` coroutine's own ``finally``
+    (a separate panel, a queued dialog) is taken down too. Brokers without it
+    are fine: cancellation of ``ask`` alone must leave nothing dangling.
+    """
+
+    def cancel(self, request: PermissionRequest) -> None: ...
+
+
+#: Names :func:`default_tools` knows, in the order the model sees them.
+DEFAULT_TOOL_NAMES = (
+    "python",
+    "variables",
+    "insert_cell",
+    "view",
+    "glob",
+    "grep",
+    "ls",
+    "write",
+    "edit",
+    "bash",
+)
+
+
+def default_tools(
+    shell: Any = None,
+    workspace: Any = None,
+    *,
+    include: Iterable[str] | None = None,
+    python_timeout: float | None = None,
+    bash_timeout: float | None = None,
+    propose_cell: Callable[[str, ToolContext], str] | None = None,
+) -> list[Tool]:
+    """The notebook agent's tools.
+
+    ``shell`` is the IPython shell whose namespace ``python`` and ``variables``
+    use (default: the running one; without one those tools and ``insert_cell``
+    are left out). ``workspace`` is the directory the file tools and ``bash`` are
+    confined to (default: the kernel's working directory, which Jupyter sets to
+    the notebook's folder). ``include`` picks a subset by name. ``propose_cell``
+    replaces how ``insert_cell`` delivers code (see :mod:`.cells`).
+    """
+    from pathlib import Path
+
+    from .cells import InsertCellTool
+    from .files import FileTools, Workspace
+    from .python import PythonTool
+    from .shell import BashTool
+    from .variables import VariablesTool
+
+    wanted = DEFAULT_TOOL_NAMES if include is None else tuple(include)
+    if isinstance(include, str):
+        raise TypeError(f"include must be a list of tool names, not the string {include!r}")
+    unknown = sorted(set(wanted) - set(DEFAULT_TOOL_NAMES))
+    if unknown:
+        raise ValueError(
+            f"unknown tool name(s) {', '.join(unknown)}; "
+            f"choose from {', '.join(DEFAULT_TOOL_NAMES)}"
+        )
+    if shell is None:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    if isinstance(workspace, Workspace):
+        space = workspace
+    else:
+        space = Workspace(Path(workspace) if workspace is not None else Path.cwd())
+
+    files = FileTools(space)
+    python = PythonTool(shell)
+    if python_timeout is not None:
+        python.timeout = python_timeout
+    bash = BashTool(space.root)
+    if bash_timeout is not None:
+        bash.timeout = bash_timeout
+    makers: dict[str, Callable[[], Tool]] = {
+        "view": files.view_tool,
+        "glob": files.glob_tool,
+        "grep": files.grep_tool,
+        "ls": files.ls_tool,
+        "write": files.write_tool,
+        "edit": files.edit_tool,
+        "bash": bash.tool,
+    }
+    if shell is not None:
+        makers["python"] = python.tool
+        makers["variables"] = VariablesTool(shell).tool
+        makers["insert_cell"] = InsertCellTool(shell, propose_cell).tool
+    return [makers[name]() for name in DEFAULT_TOOL_NAMES if name in wanted and name in makers]
