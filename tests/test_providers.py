@@ -453,6 +453,19 @@ async def test_malformed_event_fails_with_a_clear_error(protocol):
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_error_event_mid_stream_reports_the_provider_message(protocol):
+    good = simple_body(protocol).split("\n\n")
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    event = ("event: error\n" if protocol == "anthropic" else "") + f"data: {json.dumps(error)}"
+    async with ReplayServer([Step("\n\n".join([*good[:4], event, ""]))]) as server:
+        with pytest.raises(ModelError) as info:
+            await run_step(protocol_model(protocol, server.url), [user("hi")])
+        assert len(server.requests) == 1
+    assert str(info.value).endswith("error mid-stream: Overloaded")
+    assert info.value.status_code is None
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_stall_mid_stream_hits_the_read_timeout(protocol):
     steps = [Step(simple_body(protocol), fault="stall", fault_after=3)]
     async with ReplayServer(steps) as server:

@@ -60,8 +60,15 @@ def translate_error(exc: BaseException, *, provider: str, base_url: str | None) 
     where = base_url or "the provider's default endpoint"
     status = getattr(exc, "status_code", None)
     response = getattr(exc, "response", None)
+    body = getattr(exc, "body", None)
+    if (isinstance(status, int) and status < 400) or (status is None and body is not None):
+        # An error event inside a 200 stream (Anthropic "event: error", an OpenAI
+        # {"error": ...} chunk): the provider's message, without a misleading status.
+        message = _provider_message(body, getattr(exc, "message", "") or str(exc))
+        return ModelError(
+            _one_line(f"the provider reported an error mid-stream: {message}"), provider=provider
+        )
     if isinstance(status, int) and isinstance(response, httpx2.Response):
-        body = getattr(exc, "body", None)
         if body is None:
             try:
                 body = json.loads(response.text)
