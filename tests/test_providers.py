@@ -851,3 +851,43 @@ def test_cost_from_usage():
     assert step_cost("openai", "no-such-model-xyz", Usage(10, 10)) is None
     assert step_cost("mine", "whatever", Usage(10, 10)) is None
     assert step_cost("ollama", "llama3.1", Usage(10, 10)) == 0.0
+
+
+# -- end to end: the agent on a replayed tool conversation -----------------------
+
+
+@pytest.mark.parametrize("short", ["anthropic-tool", "openai-tool"])
+async def test_agent_runs_a_replayed_tool_turn(short, store):
+    from jupyter_crush import SessionAgent, SessionAgentCall
+    from jupyter_crush.tools import Tool, ToolContext, ToolResult
+
+    path = RECORDINGS_DIR / f"{SHORT_NAMES[short]}.yaml"
+    asked: list[tuple[dict[str, Any], str]] = []
+
+    async def weather(arguments: dict[str, Any], context: ToolContext) -> ToolResult:
+        asked.append((arguments, context.tool_call_id))
+        return ToolResult("40 C and sunny")
+
+    async with ReplayServer(recording_steps(path)) as server:
+        model = model_for_recording(path, server.url)
+        agent = SessionAgent(model, store, tools=[Tool(WEATHER, weather)], system_prompt="Be brief")
+        session = store.create_session(title="weather")
+        result = await agent.run(SessionAgentCall(session.id, "What's the weather in Florence?"))
+
+        assert result is not None and result.reason is FinishReason.END_TURN
+        assert len(asked) == 1 and asked[0][0]["location"].startswith("Florence")
+        call_id = asked[0][1]
+        assert len(server.requests) == 2
+        second = json.dumps(server.requests[1].json())
+        assert "40 C and sunny" in second and call_id in second
+
+    messages = store.list_messages(session.id)
+    assert [m.role for m in messages] == [Role.USER, Role.ASSISTANT, Role.TOOL, Role.ASSISTANT]
+    first, results, answer = messages[1], messages[2], messages[3]
+    assert first.finish_reason is FinishReason.TOOL_USE
+    assert first.tool_calls[0].id == call_id and first.tool_calls[0].finished
+    assert results.tool_results[0].content == "40 C and sunny"
+    assert answer.finish_reason is FinishReason.END_TURN
+    assert "40" in answer.text and result.text.endswith(answer.text)
+    assert answer.usage.output_tokens > 0 and answer.cost is not None
+    assert first.provider == model.provider and first.model == model.name
