@@ -15,3 +15,18 @@ __all__ = [
     "TranscriptStore",
     "Usage",
 ]
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext jupyter_crush``: register ``%%crush`` / ``%crush`` on this shell."""
+    # Imported here so a broken magics module can never break `import jupyter_crush`.
+    from .magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    """``%unload_ext jupyter_crush``: stop this kernel's runs and remove the hooks."""
+    from .magics import unload
+
+    unload(ipython)

@@ -1,0 +1,81 @@
+"""Settings for the notebook surface, as a traitlets ``Configurable``.
+
+Set them in a cell (``%config CrushConfig.model = "openai:gpt-4o"``), in
+``ipython_config.py`` (``c.CrushConfig.max_steps = 10``), or through the
+environment for the two that are commonly machine-specific (``CRUSH_MODEL``,
+``CRUSH_DATA_DIR``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, default
+from traitlets.config import Configurable
+
+OPENAI_DEFAULT = "openai:gpt-4o"
+ANTHROPIC_DEFAULT = "anthropic:claude-sonnet-4-20250514"
+#: Offline default: a recorded real OpenAI stream served by the replay provider.
+REPLAY_DEFAULT = "replay:openai-simple"
+
+
+def default_model_name(environ: os._Environ[str] | dict[str, str] | None = None) -> str:
+    """The model a fresh kernel talks to: whichever provider has a key, else a replay."""
+    env = os.environ if environ is None else environ
+    if env.get("CRUSH_MODEL"):
+        return env["CRUSH_MODEL"]
+    if env.get("OPENAI_API_KEY"):
+        return OPENAI_DEFAULT
+    if env.get("ANTHROPIC_API_KEY"):
+        return ANTHROPIC_DEFAULT
+    return REPLAY_DEFAULT
+
+
+class CrushConfig(Configurable):
+    """Configuration of ``%%crush`` in this kernel."""
+
+    model = Unicode(
+        help="Default model as 'provider:model'. Default: $CRUSH_MODEL, else openai:gpt-4o "
+        "when OPENAI_API_KEY is set, else Anthropic when ANTHROPIC_API_KEY is set, "
+        "else a replay of a recorded real stream.",
+    ).tag(config=True)
+
+    data_dir = Unicode(
+        help="Directory of the transcript store. Default: $CRUSH_DATA_DIR, else .crush/ "
+        "under the kernel's working directory.",
+    ).tag(config=True)
+
+    yolo = Bool(
+        False,
+        help="Allow state-changing tools without asking.",
+    ).tag(config=True)
+
+    max_steps = Int(25, help="Most model requests one prompt may make.").tag(config=True)
+
+    redraw_rate = Float(
+        30.0,
+        help="Most redraws per second of a streaming answer; tokens in between are coalesced.",
+    ).tag(config=True)
+
+    wait = CaselessStrEnum(
+        ["auto", "always", "never"],
+        default_value="auto",
+        help="Whether a %%crush cell blocks until its answer is complete. 'auto' blocks "
+        "only when the front end cannot interact (nbclient, papermill, nbconvert "
+        "--execute, or $CRUSH_WAIT=1); %%crush --wait always blocks.",
+    ).tag(config=True)
+
+    system_prompt = Unicode(
+        "",
+        help="System prompt for new runs; empty uses the agent's built-in prompt.",
+    ).tag(config=True)
+
+    @default("model")
+    def _default_model(self) -> str:
+        return default_model_name()
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        env = os.environ.get("CRUSH_DATA_DIR")
+        return env if env else str(Path.cwd() / ".crush")

@@ -1,0 +1,94 @@
+"""Fill ``{name}``, ``{obj.attr}``, ``{In[3]}``, ``{Out[2]}`` in a prompt from the user namespace.
+
+Prompts are full of braces that are not placeholders: code, JSON, dict literals,
+f-strings, LaTeX. ``str.format`` would raise on most of them, so this is a scanner
+with a deliberately narrow rule: a ``{...}`` is replaced only when its content is a
+dotted Python identifier chain or ``In[n]`` / ``Out[n]`` *and* it resolves. Anything
+else, including a name that is not defined, stays verbatim. ``{{`` is the escape
+for a literal ``{`` (and ``{{x}}`` becomes ``{x}``, as in ``str.format``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# One alternation, scanned left to right so an escape is consumed before the
+# single-brace rule can see its inner brace.
+_TOKEN = re.compile(
+    r"""
+    \{\{(?P<escaped>[^{}\n]*)\}\}                     # {{x}}  -> {x}
+  | (?P<open>\{\{)                                    # {{     -> {
+  | \{\s*(?P<field>
+        (?:In|Out)\[\s*-?\d+\s*\]                     # In[3], Out[-1]
+      | [A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*   # name, obj.attr.attr
+    )\s*\}
+    """,
+    re.VERBOSE,
+)
+
+_HISTORY = re.compile(r"(In|Out)\[\s*(-?\d+)\s*\]")
+
+_MISSING = object()
+
+
+def interpolate(text: str, namespace: Mapping[str, Any]) -> str:
+    """Return ``text`` with resolvable placeholders replaced by ``str(value)``.
+
+    Never raises for any input: a lookup that fails (unknown name, missing
+    attribute, a property that raises, an out-of-range ``In[n]``) leaves the
+    placeholder as written.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group("escaped") is not None:
+            return "{" + match.group("escaped") + "}"
+        if match.group("open") is not None:
+            return "{"
+        value = _resolve(match.group("field"), namespace)
+        if value is _MISSING:
+            return match.group(0)
+        return value if isinstance(value, str) else _to_text(value)
+
+    return _TOKEN.sub(replace, text)
+
+
+def _to_text(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:
+        # A broken __str__ must not break the prompt; repr is the next best description.
+        try:
+            return repr(value)
+        except Exception:
+            return f"<{type(value).__name__}>"
+
+
+def _resolve(field: str, namespace: Mapping[str, Any]) -> Any:
+    history = _HISTORY.fullmatch(field)
+    if history:
+        return _resolve_history(history.group(1), int(history.group(2)), namespace)
+    head, *attrs = field.split(".")
+    value = namespace.get(head, _MISSING)
+    for attr in attrs:
+        if value is _MISSING:
+            break
+        try:
+            value = getattr(value, attr)
+        except Exception:
+            # Properties can raise anything; an unresolvable chain stays literal text.
+            value = _MISSING
+    return value
+
+
+def _resolve_history(which: str, index: int, namespace: Mapping[str, Any]) -> Any:
+    # IPython keeps In as a list (In[0] is an empty placeholder) and Out as a
+    # dict keyed by execution count; either may be absent outside IPython.
+    table = namespace.get(which, _MISSING)
+    if table is _MISSING:
+        return _MISSING
+    try:
+        return table[index]
+    except (KeyError, IndexError, TypeError):
+        return _MISSING

@@ -1,0 +1,515 @@
+"""The run widget: one prompt's live view, and the permission prompt inside it.
+
+Threading rules (DESIGN.md): agent events reach :meth:`RunView.on_event` on the
+kernel's event-loop thread, but widget clicks may arrive on a subshell thread
+(ipykernel 7 + JupyterLab). Click handlers therefore only call thread-safe
+things (``agent.cancel``) and hand everything else to the loop with
+``call_soon_threadsafe``. Output goes through widget values and
+``Output.outputs``, never ``with out:`` or ``print`` — from a background task
+those land in whichever cell happens to be executing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ipywidgets as widgets
+
+from .message import FinishReason, Message, Role, ToolCallPart, ToolResultPart, Usage
+from .tools import Decision, PermissionRequest
+
+WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
+
+#: Longest tool argument / result shown in the view; the store keeps all of it.
+_TOOL_TEXT_LIMIT = 4000
+
+
+@dataclass(frozen=True)
+class RunLabels:
+    """What the status line says about where a run goes."""
+
+    session: str
+    model: str
+    replay: bool = False
+
+
+class RunView:
+    """The live view of one ``%%crush`` prompt, and the agent's observer for it.
+
+    Display it with ``display(view, display_id=True)``: the bundle carries the
+    widget plus a text/markdown fallback, and when the run finishes
+    ``on_finished`` callbacks get the chance to replace the display with the
+    static final answer, so a notebook reopened without a kernel still shows it.
+    """
+
+    def __init__(
+        self,
+        labels: RunLabels,
+        *,
+        on_stop: Callable[[], None],
+        session_id: str = "",
+        redraw_rate: float = 30.0,
+        answer_format: str = "markdown",
+        loop: asyncio.AbstractEventLoop | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.labels = labels
+        self.session_id = session_id
+        # "markdown": the front end renders the answer; "text": shown verbatim.
+        self._answer_mime = "text/plain" if answer_format == "text" else "text/markdown"
+        self._on_stop = on_stop
+        self._min_interval = 1.0 / redraw_rate if redraw_rate > 0 else 0.0
+        self._loop = loop
+        self._clock = clock
+
+        self.phase = "accepted"  # accepted | queued | folded | running | done | canceled | error
+        self.queue_position = 0
+        self.finish_reason: FinishReason | None = None
+        self.finish_message = ""
+        self.usage = Usage()
+        self.cost: float | None = None
+        self.waiting_permission = False
+        self._created = clock()
+        self._started: float | None = None
+        self._ended: float | None = None
+        # Assistant messages of this turn by id, in the order they first streamed.
+        self._messages: dict[str, Message] = {}
+        self._tool_calls: dict[str, ToolCallPart] = {}
+        self._tool_results: dict[str, ToolResultPart] = {}
+        self._finished_callbacks: list[Callable[[RunView], None]] = []
+        self._done: asyncio.Future[None] | None = None
+
+        # Loop-thread-only redraw state: one pending timer coalesces every event
+        # that arrives before it fires (never a redraw per token).
+        self._redraw_handle: asyncio.Handle | None = None
+        self._tick_handle: asyncio.Handle | None = None
+        self._last_draw = float("-inf")
+        self._drawn_answer = ""
+        self.redraws = 0
+
+        self.status = widgets.HTML()
+        self.stop_button = widgets.Button(
+            description="Stop",
+            icon="stop",
+            tooltip="Cancel this prompt (and anything queued before it in this session)",
+            layout=widgets.Layout(width="auto", flex="0 0 auto"),
+        )
+        self.stop_button.on_click(self._stop_clicked)
+        header = widgets.HBox(
+            [self.status, self.stop_button],
+            layout=widgets.Layout(justify_content="space-between", align_items="center"),
+        )
+        self.reasoning = widgets.HTML()
+        self.reasoning_box = widgets.Accordion(
+            children=[self.reasoning], titles=("Reasoning",), selected_index=None
+        )
+        self.reasoning_box.layout.display = "none"
+        self.tools = widgets.VBox()
+        self._tool_widgets: dict[str, tuple[widgets.Accordion, widgets.HTML]] = {}
+        self.answer = widgets.Output()
+        self.permission = widgets.VBox()
+        self.root = widgets.VBox(
+            [header, self.reasoning_box, self.tools, self.answer, self.permission]
+        )
+        self._draw()
+
+    # -- display -----------------------------------------------------------
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle = dict(self.root._repr_mimebundle_(**kwargs) or {})
+        bundle["text/plain"] = self.to_text()
+        bundle["text/markdown"] = self.to_markdown()
+        return bundle
+
+    def static_bundle(self) -> dict[str, Any]:
+        """The display data of a finished run without the live widget."""
+        return {"text/plain": self.to_text(), "text/markdown": self.to_markdown()}
+
+    @property
+    def answer_markdown(self) -> str:
+        return "\n\n".join(m.text for m in self._messages.values() if m.text)
+
+    @property
+    def reasoning_text(self) -> str:
+        return "\n\n".join(m.reasoning for m in self._messages.values() if m.reasoning)
+
+    def status_text(self) -> str:
+        parts = [f"session {self.labels.session}", self.labels.model]
+        if self.labels.replay:
+            parts.append("replay of a recorded stream")
+        parts.append(self._phase_text())
+        elapsed = self.elapsed
+        if elapsed is not None:
+            parts.append(f"{elapsed:.1f} s")
+        if self.usage.total_tokens:
+            parts.append(f"{self.usage.total_tokens} tokens")
+        if self.cost is not None:
+            parts.append(f"${self.cost:.4f}")
+        return " · ".join(parts)
+
+    @property
+    def elapsed(self) -> float | None:
+        start = self._started if self._started is not None else self._created
+        end = self._ended if self._ended is not None else self._clock()
+        return end - start
+
+    def _phase_text(self) -> str:
+        if self.phase == "queued":
+            return f"queued (position {self.queue_position})"
+        if self.phase == "folded":
+            return "queued: folded into the running turn"
+        if self.phase == "running" and self.waiting_permission:
+            return "waiting for permission"
+        if self.phase == "error":
+            return f"error: {self.finish_message}" if self.finish_message else "error"
+        if self.phase == "canceled":
+            return "canceled"
+        if self.phase == "done" and self.finish_reason not in (None, FinishReason.END_TURN):
+            return f"done ({self.finish_reason})"
+        return self.phase
+
+    def to_text(self) -> str:
+        answer = self.answer_markdown
+        return f"[crush] {self.status_text()}" + (f"\n\n{answer}" if answer else "")
+
+    def to_markdown(self) -> str:
+        lines = [f"**crush** · {_md_escape(self.status_text())}"]
+        reasoning = self.reasoning_text
+        if reasoning:
+            lines.append(
+                f"<details><summary>Reasoning</summary>\n\n{html.escape(reasoning)}\n\n</details>"
+            )
+        for call_id, call in self._tool_calls.items():
+            result = self._tool_results.get(call_id)
+            state = "running" if result is None else ("error" if result.is_error else "ok")
+            body = f"<pre>{html.escape(_clip(_pretty_json(call.input)))}</pre>"
+            if result is not None:
+                body += f"\n<pre>{html.escape(_clip(result.content))}</pre>"
+            lines.append(
+                f"<details><summary>tool {html.escape(call.name)} · {state}</summary>\n\n"
+                f"{body}\n\n</details>"
+            )
+        answer = self.answer_markdown
+        if answer and self._answer_mime == "text/plain":
+            lines.append(f"<pre>{html.escape(answer)}</pre>")
+        elif answer:
+            lines.append(answer)
+        return "\n\n".join(lines)
+
+    # -- observer ------------------------------------------------------------
+
+    def on_finished(self, callback: Callable[[RunView], None]) -> None:
+        """Call ``callback(view)`` on the loop thread once the run is terminal."""
+        self._finished_callbacks.append(callback)
+
+    @property
+    def is_finished(self) -> bool:
+        return self._ended is not None
+
+    async def wait(self) -> None:
+        """Return once the run is terminal (its Finished event has been shown)."""
+        if self._ended is not None:
+            return
+        if self._done is None:
+            self._done = self._get_loop().create_future()
+        await asyncio.shield(self._done)
+
+    def on_event(self, event: Any) -> None:
+        """Agent events, on the loop thread. Imports stay local to keep %load_ext fast."""
+        from .agent import (
+            Delta,
+            Finished,
+            Folded,
+            PermissionAsked,
+            Queued,
+            Started,
+            ToolFinished,
+            ToolStarted,
+        )
+
+        if isinstance(event, Delta):
+            message = event.message
+            if message.role == Role.ASSISTANT:
+                self._messages[message.id] = message
+                for call in message.tool_calls:
+                    self._tool_calls[call.id] = call
+            self._schedule_redraw()
+        elif isinstance(event, ToolStarted):
+            self._tool_calls[event.call.id] = event.call
+            self._schedule_redraw()
+        elif isinstance(event, ToolFinished):
+            self._tool_calls[event.call.id] = event.call
+            self._tool_results[event.call.id] = event.result
+            self._schedule_redraw()
+        elif isinstance(event, Queued):
+            self.phase = "queued"
+            self.queue_position = event.position
+            self._draw()
+        elif isinstance(event, Folded):
+            self.phase = "folded"
+            self._draw()
+        elif isinstance(event, Started):
+            self.phase = "running"
+            self._started = self._clock()
+            self._draw()
+            self._start_ticker()
+        elif isinstance(event, PermissionAsked):
+            self.waiting_permission = True
+            self._draw()
+        elif isinstance(event, Finished):
+            self.finish(event.reason, event.message, event.usage, event.cost)
+
+    def finish(
+        self,
+        reason: FinishReason,
+        message: str = "",
+        usage: Usage | None = None,
+        cost: float | None = None,
+    ) -> None:
+        """Mark the run terminal (loop thread). Idempotent."""
+        if self._ended is not None:
+            return
+        self._ended = self._clock()
+        self.finish_reason = FinishReason(reason)
+        self.finish_message = message
+        if usage is not None:
+            self.usage = usage
+        self.cost = cost
+        if self.finish_reason == FinishReason.CANCELED:
+            self.phase = "canceled"
+        elif self.finish_reason == FinishReason.ERROR:
+            self.phase = "error"
+        else:
+            self.phase = "done"
+        self.waiting_permission = False
+        self.permission.children = ()
+        self.stop_button.disabled = True
+        for handle in (self._redraw_handle, self._tick_handle):
+            if handle is not None:
+                handle.cancel()
+        self._redraw_handle = self._tick_handle = None
+        self._draw()
+        callbacks, self._finished_callbacks = self._finished_callbacks, []
+        for callback in callbacks:
+            callback(self)
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    # -- drawing -------------------------------------------------------------
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _schedule_redraw(self) -> None:
+        if self._redraw_handle is not None or self._ended is not None:
+            return
+        delay = self._last_draw + self._min_interval - self._clock()
+        if delay <= 0:
+            self._draw()
+        else:
+            self._redraw_handle = self._get_loop().call_later(delay, self._timed_draw)
+
+    def _timed_draw(self) -> None:
+        self._redraw_handle = None
+        self._draw()
+
+    def _start_ticker(self) -> None:
+        # The elapsed time keeps moving while the model thinks silently.
+        def tick() -> None:
+            self._tick_handle = None
+            if self._ended is None:
+                self.status.value = self._status_html()
+                self._tick_handle = self._get_loop().call_later(1.0, tick)
+
+        if self._tick_handle is None:
+            self._tick_handle = self._get_loop().call_later(1.0, tick)
+
+    def _status_html(self) -> str:
+        return f"<b>crush</b> · {html.escape(self.status_text())}"
+
+    def _draw(self) -> None:
+        self._last_draw = self._clock()
+        self.redraws += 1
+        self.status.value = self._status_html()
+        answer = self.answer_markdown
+        if answer != self._drawn_answer:
+            self._drawn_answer = answer
+            data = {"text/plain": answer}
+            if self._answer_mime == "text/markdown":
+                data["text/markdown"] = answer
+            self.answer.outputs = ({"output_type": "display_data", "data": data, "metadata": {}},)
+        reasoning = self.reasoning_text
+        if reasoning:
+            self.reasoning_box.layout.display = None
+            value = f'<div style="white-space: pre-wrap">{html.escape(reasoning)}</div>'
+            if self.reasoning.value != value:
+                self.reasoning.value = value
+        self._draw_tools()
+
+    def _draw_tools(self) -> None:
+        added = False
+        for call_id, call in self._tool_calls.items():
+            result = self._tool_results.get(call_id)
+            if result is None:
+                state = "running" if call.finished else "streaming arguments"
+            else:
+                state = "error" if result.is_error else "ok"
+            title = f"tool {call.name} · {state}"
+            body = (
+                "<b>arguments</b>"
+                f'<pre style="white-space: pre-wrap">'
+                f"{html.escape(_clip(_pretty_json(call.input)))}</pre>"
+            )
+            if result is not None:
+                body += (
+                    "<b>result</b>"
+                    f'<pre style="white-space: pre-wrap">{html.escape(_clip(result.content))}</pre>'
+                )
+            entry = self._tool_widgets.get(call_id)
+            if entry is None:
+                content = widgets.HTML(body)
+                box = widgets.Accordion(children=[content], titles=(title,), selected_index=None)
+                self._tool_widgets[call_id] = (box, content)
+                added = True
+            else:
+                box, content = entry
+                if content.value != body:
+                    content.value = body
+                if box.titles != (title,):
+                    box.titles = (title,)
+        if added:
+            self.tools.children = tuple(box for box, _ in self._tool_widgets.values())
+
+    # -- stop ------------------------------------------------------------------
+
+    def _stop_clicked(self, _button: widgets.Button) -> None:
+        # May run on a subshell thread: cancel is thread-safe; the redraw goes to the loop.
+        self._on_stop()
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._mark_stopping)
+
+    def _mark_stopping(self) -> None:
+        if self._ended is None:
+            self.stop_button.disabled = True
+            self.stop_button.description = "Stopping…"
+
+    # -- permission prompt ---------------------------------------------------
+
+    def ask_permission(
+        self, request: PermissionRequest, decide: Callable[[Decision], None]
+    ) -> Callable[[], None]:
+        """Show Allow / Allow for session / Deny; ``decide`` gets the click (any thread).
+
+        Returns a function that removes the prompt (loop thread).
+        """
+        what = request.summary or _pretty_json(json.dumps(request.arguments))
+        text = widgets.HTML(
+            f"<b>{html.escape(request.tool_name)}</b> wants to run:"
+            f'<pre style="white-space: pre-wrap">{html.escape(what)}</pre>'
+        )
+        buttons = []
+        for label, decision, style in (
+            ("Allow", Decision.ALLOW, "success"),
+            ("Allow for session", Decision.ALLOW_SESSION, "info"),
+            ("Deny", Decision.DENY, "danger"),
+        ):
+            button = widgets.Button(description=label, button_style=style)
+            button.on_click(lambda _b, d=decision: decide(d))
+            buttons.append(button)
+        prompt = widgets.VBox([text, widgets.HBox(buttons)])
+        self.permission.children = (*self.permission.children, prompt)
+        self.waiting_permission = True
+        self._draw()
+
+        def remove() -> None:
+            self.permission.children = tuple(c for c in self.permission.children if c is not prompt)
+            self.waiting_permission = bool(self.permission.children)
+            if self._ended is None:
+                self._draw()
+
+        return remove
+
+
+class WidgetPermissionBroker:
+    """Asks in the run widget of the session's active prompt.
+
+    ``views`` maps a session id to the view of its active run (the magics keep it
+    current); ``headless()`` says nobody can click, in which case the request is
+    denied at once with a note instead of hanging the run forever.
+    """
+
+    def __init__(
+        self,
+        views: dict[str, RunView],
+        *,
+        yolo: Callable[[str], bool] = lambda _session_id: False,
+        headless: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._views = views
+        self._yolo = yolo
+        self._headless = headless
+        # (session id, tool name) pairs answered "Allow for session". Touched only on
+        # the loop thread (ask and its callbacks run there), so it needs no lock.
+        self._allowed: set[tuple[str, str]] = set()
+
+    async def ask(self, request: PermissionRequest) -> Decision:
+        if self._yolo(request.session_id) or (
+            (request.session_id, request.tool_name) in self._allowed
+        ):
+            return Decision.ALLOW
+        view = self._views.get(request.session_id)
+        if view is None or self._headless():
+            if view is not None:
+                view.permission.children = (
+                    widgets.HTML(
+                        f"Denied <b>{html.escape(request.tool_name)}</b>: nobody can answer a "
+                        "permission prompt here. Use <code>%%crush --yolo</code> or "
+                        "<code>%config CrushConfig.yolo = True</code> to allow tools."
+                    ),
+                )
+            return Decision.DENY
+        loop = asyncio.get_running_loop()
+        decided: asyncio.Future[Decision] = loop.create_future()
+
+        def settle(decision: Decision) -> None:
+            if not decided.done():
+                decided.set_result(decision)
+
+        def decide(decision: Decision) -> None:
+            # Clicks can arrive on a subshell thread; futures belong to the loop.
+            loop.call_soon_threadsafe(settle, decision)
+
+        remove = view.ask_permission(request, decide)
+        try:
+            decision = await decided
+        finally:
+            remove()
+        if decision == Decision.ALLOW_SESSION:
+            self._allowed.add((request.session_id, request.tool_name))
+        return decision
+
+
+def _pretty_json(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except (ValueError, TypeError):
+        return text
+
+
+def _clip(text: str) -> str:
+    if len(text) <= _TOOL_TEXT_LIMIT:
+        return text
+    return text[:_TOOL_TEXT_LIMIT] + f"\n… ({len(text) - _TOOL_TEXT_LIMIT} more characters)"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("*", r"\*").replace("_", r"\_")

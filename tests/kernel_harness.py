@@ -1,0 +1,208 @@
+"""A real IPython kernel for tests and benchmarks, driven over ZMQ like a front end.
+
+The kernel runs this repository's ``jupyter_crush`` with the test's Python (the venv's),
+from a throwaway kernelspec. Messages are sent the way JupyterLab sends them: execute
+requests with ``allow_stdin=True`` (an interactive front end) unless told otherwise, and
+widget clicks as ``comm_msg`` to the button's comm, optionally on a subshell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jupyter_client import KernelManager
+from jupyter_client.kernelspec import KernelSpecManager
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Execution:
+    msg_id: str
+    reply: dict[str, Any]
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(
+            m["content"]["text"]
+            for m in self.outputs
+            if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+        )
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return [m["content"] for m in self.outputs if m["msg_type"] == "error"]
+
+
+class Kernel:
+    """One kernel process; every iopub message it sends is kept in ``self.iopub``."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], env: dict[str, str] | None = None):
+        self._spec_dir = tempfile.TemporaryDirectory(prefix="crush-kernelspec-")
+        spec = Path(self._spec_dir.name) / "kernels" / "crush-test"
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(
+            json.dumps(
+                {
+                    "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                    "display_name": "crush test",
+                    "language": "python",
+                    "interrupt_mode": "signal",
+                }
+            )
+        )
+        ksm = KernelSpecManager(kernel_dirs=[str(spec.parent)])
+        self.km = KernelManager(kernel_name="crush-test", kernel_spec_manager=ksm)
+        kernel_env = dict(os.environ)
+        kernel_env.pop("OPENAI_API_KEY", None)
+        kernel_env.pop("ANTHROPIC_API_KEY", None)
+        kernel_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT), kernel_env.get("PYTHONPATH", "")) if p
+        )
+        kernel_env["CRUSH_DATA_DIR"] = str(data_dir)
+        kernel_env.update(env or {})
+        self.km.start_kernel(env=kernel_env, cwd=str(data_dir))
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+        self.iopub: list[dict[str, Any]] = []
+
+    # -- messages --------------------------------------------------------------
+
+    def pump(self, timeout: float = 0.0) -> dict[str, Any] | None:
+        """Receive one iopub message (None on timeout) and keep it."""
+        try:
+            msg = self.kc.get_iopub_msg(timeout=timeout)
+        except queue.Empty:
+            return None
+        self.iopub.append(msg)
+        return msg
+
+    def execute(self, code: str, timeout: float = 30.0, allow_stdin: bool = True) -> Execution:
+        msg_id = self.kc.execute(code, allow_stdin=allow_stdin)
+        outputs: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no idle after executing {code!r}")
+            msg = self.pump(timeout=left)
+            if msg is None or msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+            outputs.append(msg)
+        reply = self._shell_reply(msg_id, deadline)
+        return Execution(msg_id, reply, outputs)
+
+    def _shell_reply(self, msg_id: str, deadline: float) -> dict[str, Any]:
+        while True:
+            msg = self.kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return msg
+
+    def run(self, code: str, timeout: float = 30.0) -> str:
+        """Execute ``code``; fail on an error; return its stdout."""
+        result = self.execute(code, timeout=timeout)
+        if result.errors or result.reply["content"]["status"] != "ok":
+            raise AssertionError(f"{code!r} failed: {result.errors or result.reply['content']}")
+        return result.stdout
+
+    def value(self, expression: str, timeout: float = 30.0) -> Any:
+        """The JSON value of ``expression`` evaluated in the kernel."""
+        out = self.run(f"import json as _j; print(_j.dumps({expression}))", timeout=timeout)
+        return json.loads(out.strip().splitlines()[-1])
+
+    # -- widgets -----------------------------------------------------------------
+
+    def widget_comms(self, model_name: str) -> list[tuple[str, dict[str, Any]]]:
+        """(comm id, state) of every widget of ``model_name`` opened so far, oldest first."""
+        self.drain()
+        found = []
+        for msg in self.iopub:
+            if msg["msg_type"] != "comm_open":
+                continue
+            content = msg["content"]
+            state = content.get("data", {}).get("state", {})
+            if state.get("_model_name") == model_name:
+                found.append((content["comm_id"], state))
+        return found
+
+    def stop_button(self) -> str:
+        """The comm id of the newest Stop button."""
+        buttons = [c for c, s in self.widget_comms("ButtonModel") if s.get("description") == "Stop"]
+        assert buttons, "no Stop button was displayed"
+        return buttons[-1]
+
+    def click(self, comm_id: str, subshell_id: str | None = None) -> float:
+        """Send a widget click exactly as the ipywidgets front end does; returns send time."""
+        msg = self.kc.session.msg(
+            "comm_msg",
+            {"comm_id": comm_id, "data": {"method": "custom", "content": {"event": "click"}}},
+        )
+        if subshell_id is not None:
+            msg["header"]["subshell_id"] = subshell_id
+        sent = time.perf_counter()
+        self.kc.shell_channel.send(msg)
+        return sent
+
+    def create_subshell(self, timeout: float = 10.0) -> str:
+        """A subshell, as JupyterLab creates for comm traffic under ipykernel 7."""
+        msg = self.kc.session.msg("create_subshell_request", {})
+        self.kc.control_channel.send(msg)
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self.kc.get_control_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+                return reply["content"]["subshell_id"]
+
+    def drain(self) -> None:
+        while self.pump(timeout=0.0) is not None:
+            pass
+
+    def wait_iopub(self, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
+        """The first iopub message (kept or new) satisfying ``predicate``."""
+        for msg in self.iopub:
+            if predicate(msg):
+                return msg
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("expected iopub message never came")
+            msg = self.pump(timeout=left)
+            if msg is not None and predicate(msg):
+                return msg
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        self.km.interrupt_kernel()
+
+    def shutdown(self) -> None:
+        self.kc.stop_channels()
+        if self.km.is_alive():
+            self.km.shutdown_kernel(now=False)
+        self._spec_dir.cleanup()
+
+
+SETUP = """
+%load_ext jupyter_crush
+from jupyter_crush.magics import current
+from jupyter_crush.testing import ScriptedModel
+crush = current()
+"""
+
+
+def scripted(tokens: int, rate: float | None) -> str:
+    """Kernel code making the default model a ScriptedModel of ``tokens`` word tokens."""
+    return f"crush.use_model(ScriptedModel(['word ' * {tokens}] * 50, tokens_per_second={rate!r}))"

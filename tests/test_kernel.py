@@ -1,0 +1,217 @@
+"""%%crush in a real kernel: the cell returns at once, the kernel stays usable, and every way
+of stopping a run (Stop click, %crush cancel, interrupt, shutdown) leaves a canceled turn in
+the store."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kernel_harness import SETUP, Kernel, scripted
+
+from jupyter_crush.store import TranscriptStore
+
+pytestmark = pytest.mark.slow
+
+# A run long enough to still be streaming when the test acts: 400 tokens at 100/s = 4 s.
+SLOW = scripted(400, 100)
+FAST = scripted(20, None)
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    data = tmp_path_factory.mktemp("kernel")
+    k = Kernel(data)
+    k.run(SETUP)
+    yield k
+    k.shutdown()
+
+
+def last_turn(kernel: Kernel, session: str = "crush.current_session_id") -> list:
+    """(role, finish reason, finish message) of each message of a session."""
+    return kernel.value(
+        f"[(str(m.role), m.finish_reason and str(m.finish_reason), "
+        f"m.finish.message if m.finish else '') for m in crush.store.list_messages({session})]"
+    )
+
+
+def wait_view(kernel: Kernel, timeout: float = 20.0) -> None:
+    # Top-level await runs on the kernel's loop, so the run keeps streaming while we wait.
+    kernel.run(
+        f"import asyncio; await asyncio.wait_for(crush.last_view.wait(), {timeout})",
+        timeout=timeout + 5,
+    )
+
+
+def test_cell_returns_while_the_run_streams(kernel):
+    kernel.run(SLOW)
+    started = time.monotonic()
+    result = kernel.execute("%%crush --new\nwrite a lot")
+    assert result.reply["content"]["status"] == "ok"
+    assert time.monotonic() - started < 3, "the %%crush cell blocked"
+    # A trivial cell runs while the agent streams, and the session is still busy after it.
+    assert kernel.value("21 * 2") == 42
+    assert kernel.value("crush.agent.is_session_busy(crush.current_session_id)") is True
+    wait_view(kernel)
+    turn = last_turn(kernel)
+    assert [t[0] for t in turn] == ["user", "assistant"]
+    assert turn[-1][1] == "end_turn"
+    # The displayed widget is replaced by the static answer when the run ends, in the
+    # prompt's own cell (ipykernel 7 keeps the parent header per task).
+    update = kernel.wait_iopub(
+        lambda m: (
+            m["msg_type"] == "update_display_data"
+            and m["parent_header"].get("msg_id") == result.msg_id
+        )
+    )
+    assert "word word" in update["content"]["data"]["text/markdown"]
+    assert "application/vnd.jupyter.widget-view+json" not in update["content"]["data"]
+
+
+def test_display_has_markdown_fallback(kernel):
+    kernel.run(FAST)
+    result = kernel.execute("%%crush --new\nhello")
+    display = next(m for m in result.outputs if m["msg_type"] == "display_data")
+    data = display["content"]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in data
+    assert data["text/markdown"].startswith("**crush**")
+    assert "display_id" in display["content"]["transient"]
+    wait_view(kernel)
+
+
+def test_stop_click_cancels_and_persists(kernel):
+    kernel.run(SLOW)
+    kernel.run("%%crush --new\nwrite a lot")
+    kernel.click(kernel.stop_button())
+    wait_view(kernel)
+    turn = last_turn(kernel)
+    assert turn[-1][1] == "canceled"
+    assert kernel.value("crush.last_view.phase") == "canceled"
+
+
+def test_stop_click_on_a_subshell_thread(kernel):
+    # JupyterLab sends comm messages on a subshell: the click is handled off the loop thread.
+    subshell = kernel.create_subshell()
+    kernel.run(SLOW)
+    kernel.run("%%crush --new\nwrite a lot")
+    kernel.click(kernel.stop_button(), subshell_id=subshell)
+    wait_view(kernel)
+    assert last_turn(kernel)[-1][1] == "canceled"
+
+
+def test_cancel_magic_from_another_cell(kernel):
+    kernel.run(SLOW)
+    kernel.run("%%crush --new\nwrite a lot")
+    kernel.run("%crush cancel")
+    wait_view(kernel)
+    assert last_turn(kernel)[-1][1] == "canceled"
+
+
+def test_interrupt_while_idle_cancels(kernel):
+    kernel.run(SLOW)
+    kernel.run("%%crush --new\nwrite a lot")
+    kernel.interrupt()
+    wait_view(kernel)
+    assert last_turn(kernel)[-1][1] == "canceled"
+    # The kernel itself is unharmed and the next prompt runs normally.
+    kernel.run(FAST)
+    kernel.run("%%crush\nagain")
+    wait_view(kernel)
+    assert last_turn(kernel)[-1][1] == "end_turn"
+
+
+def test_interrupt_during_a_cell_cancels_runs_too(kernel):
+    kernel.run(SLOW)
+    kernel.run("%%crush --new\nwrite a lot")
+    msg_id = kernel.kc.execute("import time\nfor _ in range(100): time.sleep(0.1)")
+    kernel.wait_iopub(
+        lambda m: (
+            m["parent_header"].get("msg_id") == msg_id
+            and m["msg_type"] == "status"
+            and m["content"]["execution_state"] == "busy"
+        )
+    )
+    time.sleep(0.3)
+    kernel.interrupt()
+    kernel.wait_iopub(
+        lambda m: (
+            m["parent_header"].get("msg_id") == msg_id
+            and m["msg_type"] == "status"
+            and m["content"]["execution_state"] == "idle"
+        )
+    )
+    wait_view(kernel)
+    assert last_turn(kernel)[-1][1] == "canceled"
+
+
+def test_two_sessions_at_once(kernel):
+    kernel.run(scripted(100, 100))
+    kernel.run("%%crush --new -s first\nwrite a lot")
+    kernel.run("first = crush.last_view")
+    kernel.run("%%crush --new -s second\nwrite a lot")
+    busy = kernel.value(
+        "[crush.agent.is_session_busy(s.id) for s in crush.store.list_sessions() "
+        "if s.title in ('first', 'second')]"
+    )
+    assert busy == [True, True]
+    kernel.run("import asyncio; await asyncio.gather(first.wait(), crush.last_view.wait())")
+    for title in ("first", "second"):
+        assert last_turn(kernel, f"crush.find_session({title!r}).id")[-1][1] == "end_turn"
+
+
+def test_queued_prompt_runs_after_the_first(kernel):
+    kernel.run(scripted(100, 200))
+    kernel.run("%%crush --new -s queue\nfirst prompt")
+    kernel.run("first = crush.last_view")
+    kernel.run("%%crush -s queue\nsecond prompt")
+    assert kernel.value("crush.last_view.phase") == "queued"
+    assert "queued (position 1)" in kernel.value("crush.last_view.status_text()")
+    kernel.run("import asyncio; await asyncio.gather(first.wait(), crush.last_view.wait())")
+    turn = kernel.value(
+        "[(str(m.role), m.text[:20], m.finish_reason and str(m.finish_reason)) "
+        "for m in crush.store.list_messages(crush.find_session('queue').id)]"
+    )
+    assert [t[0] for t in turn] == ["user", "assistant", "user", "assistant"]
+    assert turn[0][1] == "first prompt" and turn[2][1] == "second prompt"
+    assert turn[1][2] == turn[3][2] == "end_turn"
+
+
+def test_bad_input_is_one_line(kernel):
+    for cell, needle in [
+        ("%%crush --bogus\nhi", "unrecognized arguments"),
+        ("%%crush\n   ", "prompt is empty"),
+        ("%%crush -m nosuch:model\nhi", "unknown provider"),
+        ("%%crush -m openai:gpt-4o\nhi", "OPENAI_API_KEY"),
+        ("%crush use " + "0" * 32, "No session"),
+        ("%crush frobnicate", "Unknown command"),
+    ]:
+        before = kernel.value("len(crush.store.list_sessions())")
+        result = kernel.execute(cell)
+        reply = result.reply["content"]
+        assert reply["status"] == "error"
+        assert reply["ename"] == "UsageError"
+        assert reply["traceback"] == []
+        stderr = [m["content"]["text"] for m in result.outputs if m["msg_type"] == "stream"]
+        assert len(stderr) == 1 and needle in stderr[0]
+        assert stderr[0].count("\n") == 1, stderr[0]
+        assert kernel.value("len(crush.store.list_sessions())") == before
+
+
+def test_shutdown_persists_the_canceled_turn(tmp_path):
+    k = Kernel(tmp_path)
+    try:
+        k.run(SETUP)
+        k.run(SLOW)
+        k.run("%%crush --new\nwrite a lot")
+        session_id = k.value("crush.current_session_id")
+        assert k.value("crush.agent.is_session_busy(crush.current_session_id)") is True
+    finally:
+        k.shutdown()
+    store = TranscriptStore(tmp_path)
+    try:
+        messages = store.list_messages(session_id)
+    finally:
+        store.close()
+    assert [str(m.role) for m in messages] == ["user", "assistant"]
+    assert messages[-1].finish_reason == "canceled"
+    assert "word" in messages[-1].text  # what had streamed before shutdown is kept
