@@ -16,8 +16,9 @@ name               what it talks to
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ..model import Model
-from .anthropic import AnthropicModel
 from .config import (
     CrushConfigError,
     MissingAPIKeyError,
@@ -27,8 +28,25 @@ from .config import (
     load_crush_config,
     provider_config,
 )
-from .openai import OpenAIModel
 from .replay import ReplayModel, recording_names, replay_model
+
+if TYPE_CHECKING:
+    from .anthropic import AnthropicModel
+    from .openai import OpenAIModel
+
+
+def __getattr__(name: str) -> Any:
+    # Each SDK takes a large part of a second to import: load one only when it is used.
+    if name == "AnthropicModel":
+        from .anthropic import AnthropicModel
+
+        return AnthropicModel
+    if name == "OpenAIModel":
+        from .openai import OpenAIModel
+
+        return OpenAIModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AnthropicModel",
@@ -73,5 +91,9 @@ def resolve_model(name: str, *, settings: ProviderSettings | None = None) -> Mod
 
     config = provider_config(provider_id, settings, crush)
     if config.type == "anthropic":
+        from .anthropic import AnthropicModel
+
         return AnthropicModel(model, config, settings)
+    from .openai import OpenAIModel
+
     return OpenAIModel(model, config, settings)

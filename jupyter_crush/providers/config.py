@@ -305,10 +305,12 @@ def provider_config(
                 break
     if not key:
         if config.requires_key:
-            envs = " or ".join(config.api_key_env) or f"{provider_id.upper()}_API_KEY"
+            envs = " or ".join(config.api_key_env)
             raise MissingAPIKeyError(
-                f"no API key for provider {provider_id!r}: set {envs}, pass "
-                f"ProviderSettings(api_keys={{{provider_id!r}: ...}}), or set api_key in crush.json"
+                f"no API key for provider {provider_id!r}: "
+                + (f"set {envs}, " if envs else "")
+                + f"pass ProviderSettings(api_keys={{{provider_id!r}: ...}}), "
+                "or set api_key in crush.json"
             )
         key = NO_KEY
     return replace(config, base_url=base_url, api_key=key)

@@ -30,9 +30,7 @@ import yaml
 
 from ..message import Message
 from ..model import StreamEvent, ToolSpec
-from .anthropic import AnthropicModel
 from .config import ProviderConfig, ProviderConfigError, ProviderSettings
-from .openai import OpenAIModel
 
 RECORDINGS_DIR = Path(__file__).resolve().parent.parent / "recordings"
 
@@ -244,7 +242,11 @@ class ReplayModel:
         )
         # A recorded response is the same on every try: retrying cannot help.
         settings = replace(settings, max_retries=0)
-        inner_cls = AnthropicModel if protocol == "anthropic" else OpenAIModel
+        inner_cls: type[Any]
+        if protocol == "anthropic":
+            from .anthropic import AnthropicModel as inner_cls
+        else:
+            from .openai import OpenAIModel as inner_cls
         self._inner = inner_cls(
             recording.model,
             config,
