@@ -410,7 +410,7 @@ async def test_503_then_success_with_retry_after_ms():
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_401_is_not_retried(protocol):
-    steps = [error_step(401, "invalid x-api-key")]
+    steps = [error_step(401, f"invalid x-api-key {SECRET}")]  # some servers echo the key
     async with ReplayServer(steps) as server:
         with pytest.raises(ModelError) as info:
             await run_step(protocol_model(protocol, server.url), [user("hi")])
@@ -519,6 +519,37 @@ async def test_cancel_mid_stream_closes_the_connection(protocol):
         await asyncio.wait_for(server.disconnected.wait(), 10)
         assert server.requests[0].client_closed
         assert len(server.requests) == 1  # a cancel is never retried
+
+
+async def test_cancel_during_retry_backoff_sends_no_retry():
+    steps = [error_step(429, "slow down", **{"retry-after": "30"}), Step(simple_body("openai"))]
+    async with ReplayServer(steps) as server:
+        model = protocol_model("openai", server.url, max_retries=3)
+        task = asyncio.create_task(run_step(model, [user("hi")]))
+        while not server.requests:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the SDK is now sleeping out the retry-after
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        assert len(server.requests) == 1
+
+
+async def test_openai_refusal_is_text_with_content_filter_reason():
+    chunk = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "delta": {"refusal": "I can't help with that."}}],
+    }
+    stop = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    body = f"data: {json.dumps(chunk)}\n\ndata: {json.dumps(stop)}\n\ndata: [DONE]\n\n"
+    async with ReplayServer([Step(body)]) as server:
+        step = await run_step(protocol_model("openai", server.url), [user("hi")])
+    assert step.message.text == "I can't help with that."
+    assert step.finish.reason is FinishReason.CONTENT_FILTER
+    assert step.finish.usage == Usage()  # the server sent no usage chunk
 
 
 async def test_stream_ending_without_finish_is_an_error():

@@ -290,7 +290,10 @@ class AnthropicModel:
                         yield ours
         except _STREAM_ERRORS as exc:
             raise translate_error(
-                exc, provider=self.provider, base_url=self.config.base_url
+                exc,
+                provider=self.provider,
+                base_url=self.config.base_url,
+                api_key=self.config.api_key,
             ) from exc
         if not state.stopped or state.stop_reason is None:
             raise ModelError(

@@ -55,8 +55,26 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def translate_error(exc: BaseException, *, provider: str, base_url: str | None) -> ModelError:
-    """A :class:`ModelError` for any failure raised while opening or reading a stream."""
+def translate_error(
+    exc: BaseException, *, provider: str, base_url: str | None, api_key: str | None = None
+) -> ModelError:
+    """A :class:`ModelError` for any failure raised while opening or reading a stream.
+
+    The key is scrubbed from the message: some servers echo the credential they rejected,
+    and this message is shown in the notebook and written to the transcript.
+    """
+    error = _translate(exc, provider=provider, base_url=base_url)
+    if api_key and len(api_key) >= 8 and api_key in error.message:
+        error = ModelError(
+            error.message.replace(api_key, "***"),
+            status_code=error.status_code,
+            retry_after=error.retry_after,
+            provider=error.provider,
+        )
+    return error
+
+
+def _translate(exc: BaseException, *, provider: str, base_url: str | None) -> ModelError:
     where = base_url or "the provider's default endpoint"
     status = getattr(exc, "status_code", None)
     response = getattr(exc, "response", None)

@@ -127,6 +127,7 @@ class _StreamState:
 
     calls: dict[int, _Call] = field(default_factory=dict)
     reasoning_open: bool = False
+    refused: bool = False
     finish: str | None = None
     usage: Usage = field(default_factory=Usage)
 
@@ -141,9 +142,13 @@ class _StreamState:
                 if reasoning:
                     self.reasoning_open = True
                     events.append(ReasoningDelta(reasoning))
-                if delta.content:
-                    events.extend(self._end_reasoning())
-                    events.append(TextDelta(delta.content))
+                # A refusal is the model's answer too: show it as text.
+                for text in (delta.content, getattr(delta, "refusal", None)):
+                    if text:
+                        events.extend(self._end_reasoning())
+                        events.append(TextDelta(text))
+                if getattr(delta, "refusal", None):
+                    self.refused = True
                 for call in delta.tool_calls or ():
                     events.extend(self._end_reasoning())
                     events.extend(self._tool_delta(call))
@@ -182,6 +187,8 @@ class _StreamState:
     def reason(self) -> FinishReason:
         assert self.finish is not None
         reason = _FINISH.get(self.finish, FinishReason.UNKNOWN)
+        if self.refused and reason is FinishReason.END_TURN:
+            return FinishReason.CONTENT_FILTER
         # Some compatible servers (older Ollama) say "stop" after calling tools.
         if self.calls and reason is FinishReason.END_TURN:
             return FinishReason.TOOL_USE
@@ -308,7 +315,10 @@ class OpenAIModel:
                         yield event
         except _STREAM_ERRORS as exc:
             raise translate_error(
-                exc, provider=self.provider, base_url=self.config.base_url
+                exc,
+                provider=self.provider,
+                base_url=self.config.base_url,
+                api_key=self.config.api_key,
             ) from exc
         if state.finish is None:
             raise ModelError(
