@@ -20,9 +20,18 @@ __all__ = [
 def load_ipython_extension(ipython) -> None:
     """``%load_ext jupyter_crush``: register ``%%crush`` / ``%crush`` on this shell."""
     # Imported here so a broken magics module can never break `import jupyter_crush`.
+    from . import labcomm
     from .magics import load
 
     load(ipython)
+    # The JupyterLab / Notebook 7 extension's comm: its stop command and status bar.
+    labcomm.register(ipython, lambda: _made_agent(ipython))
+
+
+def _made_agent(ipython):
+    """The kernel's agent once a cell has made one; never makes one (comm threads call it)."""
+    crush = getattr(ipython, "_jupyter_crush", None)
+    return crush._agent if crush is not None else None
 
 
 def unload_ipython_extension(ipython) -> None:
@@ -30,3 +39,8 @@ def unload_ipython_extension(ipython) -> None:
     from .magics import unload
 
     unload(ipython)
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where the prebuilt JupyterLab extension lives (``jupyter labextension list``)."""
+    return [{"src": "labextension", "dest": "jupyter-crush"}]

@@ -6,9 +6,9 @@
  *   browser -> kernel  {"action": "cancel_all"}   stop every running and queued run
  *   kernel -> browser  {"event": "status", "running": n, "queued": m}
  *
- * Either side may open the comm. The browser opens it when a notebook becomes
- * current; the kernel opens it when `%load_ext jupyter_crush` runs, so a page
- * that was already open learns that crush is now available in its kernel.
+ * The browser opens the comm when a notebook becomes current. A kernel without
+ * crush closes it at once; when crush is loaded later, the kernel opens and
+ * closes a comm with {"event": "hello"}, and the browser opens its own again.
  */
 import { Kernel, KernelMessage } from '@jupyterlab/services';
 import { IDisposable } from '@lumino/disposable';
@@ -40,9 +40,11 @@ function parseStatus(data: unknown): ICrushStatus | null {
 export class CrushConnection implements IDisposable {
   constructor(kernel: Kernel.IKernelConnection) {
     this._kernel = kernel;
-    this._onKernelOpen = (comm, msg) => {
-      this._adopt(comm);
-      this._handle(msg.content.data);
+    this._onKernelOpen = () => {
+      // The kernel's hello: crush is loaded now.
+      if (!this._comm) {
+        void this.connect();
+      }
     };
     kernel.registerCommTarget(COMM_TARGET, this._onKernelOpen);
     kernel.statusChanged.connect(this._onKernelStatus, this);
@@ -105,6 +107,14 @@ export class CrushConnection implements IDisposable {
     const comm = this._kernel.createComm(COMM_TARGET);
     this._adopt(comm);
     try {
+      // Open on the comm's subshell (JupyterLab's default for kernels that have
+      // them): the kernel answers on the shell that sent the request, so a cancel
+      // then lands even while a long cell keeps the main shell busy.
+      await this._kernel.info;
+      const started = (comm as { subshellStarted?: Promise<void> }).subshellStarted;
+      if (this._kernel.supportsSubshells && started) {
+        await started.catch(() => undefined);
+      }
       // The kernel answers on iopub before it goes idle: either with a status
       // event or, when the target is unknown, by closing the comm.
       await comm.open({ action: 'status' }).done;
