@@ -88,23 +88,29 @@ class BashTool:
             return ToolResult("bash: 'timeout' must be a positive number of seconds", True)
         timeout = min(float(timeout), self.max_timeout)
 
-        proc = await asyncio.create_subprocess_exec(
-            _bash(),
-            "-c",
-            command,
-            cwd=self.cwd,
-            env=scrubbed_environ(),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # its own process group: killpg reaches everything
+        spawn = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
+                _bash(),
+                "-c",
+                command,
+                cwd=self.cwd,
+                env=scrubbed_environ(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # its own process group: killpg reaches everything
+            )
         )
         buffer = CappedBuffer(self.limit)
-        reader = asyncio.ensure_future(_pump(proc.stdout, buffer))
+        reader: asyncio.Future[None] | None = None
         try:
+            # Shielded: a Stop during the spawn must still find the process to kill its
+            # group (asyncio's own cleanup would kill only the shell, orphaning its jobs).
+            proc = await asyncio.shield(spawn)
+            reader = asyncio.ensure_future(_pump(proc.stdout, buffer))
             timed_out = not await _wait_for_shell(proc, reader, timeout)
         except asyncio.CancelledError:
-            await asyncio.shield(self._kill(proc, reader))
+            await asyncio.shield(self._stop(spawn, reader))
             raise
         await self._kill(proc, reader)
 
@@ -117,7 +123,20 @@ class BashTool:
         text = f"{output}\n{status}" if output else f"(no output)\n{status}"
         return ToolResult(text, proc.returncode != 0, metadata)
 
-    async def _kill(self, proc: asyncio.subprocess.Process, reader: asyncio.Future[None]) -> None:
+    async def _stop(
+        self,
+        spawn: asyncio.Future[asyncio.subprocess.Process],
+        reader: asyncio.Future[None] | None,
+    ) -> None:
+        try:
+            proc = await spawn
+        except OSError:
+            return  # it never started
+        await self._kill(proc, reader)
+
+    async def _kill(
+        self, proc: asyncio.subprocess.Process, reader: asyncio.Future[None] | None
+    ) -> None:
         """Stop the whole process group (TERM, then KILL) and reap the shell."""
         pgid = proc.pid  # start_new_session made the shell its group leader
         if _group_alive(pgid):
@@ -128,7 +147,14 @@ class BashTool:
                 await asyncio.sleep(0.02)
             if _group_alive(pgid):
                 _signal_group(pgid, signal.SIGKILL)
+                # SIGKILL cannot be refused, but dying takes a moment: return only once
+                # the group is really gone (bounded, in case of an unkillable D state).
+                deadline = loop.time() + self.kill_grace
+                while _group_alive(pgid) and loop.time() < deadline:
+                    await asyncio.sleep(0.01)
         await proc.wait()
+        if reader is None:
+            return
         # Everything holding the pipe is gone, so the reader sees EOF promptly.
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(reader), 1.0)

@@ -156,10 +156,10 @@ class VariablesTool:
 
 def _kind(value: Any) -> str:
     cls = type(value)
-    module = cls.__module__ or ""
-    if module.startswith("pandas.") and cls.__name__ in ("DataFrame", "Series"):
+    package = (cls.__module__ or "").split(".")[0]
+    if package == "pandas" and cls.__name__ in ("DataFrame", "Series"):
         return cls.__name__
-    if module == "numpy" and cls.__name__ == "ndarray":
+    if package == "numpy" and cls.__name__ == "ndarray":
         return "ndarray"
     return ""
 
