@@ -552,6 +552,30 @@ async def test_openai_refusal_is_text_with_content_filter_reason():
     assert step.finish.usage == Usage()  # the server sent no usage chunk
 
 
+async def test_parallel_calls_sent_whole_at_one_index_stay_apart():
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        data = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+        return f"data: {json.dumps({**data, 'choices': [choice]})}\n\n"
+
+    def call(call_id: str, name: str) -> dict[str, Any]:
+        function = {"name": name, "arguments": '{"a": 2, "b": 3}'}
+        return {
+            "tool_calls": [{"index": 0, "id": call_id, "type": "function", "function": function}]
+        }
+
+    body = (
+        chunk(call("a1", "add")) + chunk(call("m1", "multiply")) + chunk({}, "tool_calls")
+    ) + "data: [DONE]\n\n"
+    async with ReplayServer([Step(body)]) as server:
+        step = await run_step(protocol_model("openai", server.url), [user("hi")])
+    assert step.arguments() == {
+        "a1": ("add", {"a": 2, "b": 3}),
+        "m1": ("multiply", {"a": 2, "b": 3}),
+    }
+    assert step.finish.reason is FinishReason.TOOL_USE
+
+
 async def test_stream_ending_without_finish_is_an_error():
     body = simple_body("openai")
     cut = body[: body.index('"finish_reason":"stop"')].rsplit("\n\n", 1)[0] + "\n\n"

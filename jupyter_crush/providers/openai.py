@@ -125,7 +125,8 @@ class _Call:
 class _StreamState:
     """Turns chat-completion chunks into our events; one per request."""
 
-    calls: dict[int, _Call] = field(default_factory=dict)
+    calls: list[_Call] = field(default_factory=list)  # in order of their first delta
+    by_index: dict[int, _Call] = field(default_factory=dict)  # the call a delta's index means
     reasoning_open: bool = False
     refused: bool = False
     finish: str | None = None
@@ -161,10 +162,13 @@ class _StreamState:
         events: list[StreamEvent] = []
         index = call.index if call.index is not None else len(self.calls)
         function = call.function
-        known = self.calls.get(index)
-        if known is None:
-            call_id = call.id or f"call_{index}"
-            known = self.calls[index] = _Call(call_id)
+        known = self.by_index.get(index)
+        # A new id at a known index is a new call: some servers send every parallel
+        # call complete, each at index 0.
+        if known is None or (call.id and call.id != known.id):
+            call_id = call.id or f"call_{len(self.calls)}"
+            known = self.by_index[index] = _Call(call_id)
+            self.calls.append(known)
             events.append(ToolCallStart(call_id, (function.name if function else None) or ""))
         if function is not None and function.arguments:
             events.append(ToolCallDelta(known.id, function.arguments))
@@ -178,7 +182,7 @@ class _StreamState:
 
     def close(self) -> list[StreamEvent]:
         events = self._end_reasoning()
-        for call in self.calls.values():
+        for call in self.calls:
             if not call.ended:
                 call.ended = True
                 events.append(ToolCallEnd(call.id))
