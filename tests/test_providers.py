@@ -576,6 +576,28 @@ async def test_parallel_calls_sent_whole_at_one_index_stay_apart():
     assert step.finish.reason is FinishReason.TOOL_USE
 
 
+async def test_openrouter_style_reasoning_field():
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        data = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+        return f"data: {json.dumps({**data, 'choices': [choice]})}\n\n"
+
+    body = "".join(
+        [
+            chunk({"role": "assistant", "reasoning": "Think"}),
+            chunk({"reasoning": "ing."}),
+            chunk({"content": "Done."}),
+            chunk({}, "stop"),
+            "data: [DONE]\n\n",
+        ]
+    )
+    async with ReplayServer([Step(body)]) as server:
+        step = await run_step(protocol_model("openai", server.url), [user("hi")])
+    assert (step.message.reasoning, step.message.text) == ("Thinking.", "Done.")
+    kinds = [type(e).__name__ for e in step.events]
+    assert kinds.index("ReasoningEnd") < kinds.index("TextDelta")
+
+
 async def test_stream_ending_without_finish_is_an_error():
     body = simple_body("openai")
     cut = body[: body.index('"finish_reason":"stop"')].rsplit("\n\n", 1)[0] + "\n\n"

@@ -39,7 +39,6 @@ from .prices import step_cost
 _FINISH = {
     "end_turn": FinishReason.END_TURN,
     "stop_sequence": FinishReason.END_TURN,
-    "pause_turn": FinishReason.END_TURN,
     "max_tokens": FinishReason.MAX_TOKENS,
     "model_context_window_exceeded": FinishReason.MAX_TOKENS,
     "tool_use": FinishReason.TOOL_USE,

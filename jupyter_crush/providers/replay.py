@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -200,8 +201,9 @@ class ReplayTransport(httpx2.AsyncBaseTransport):
     def __init__(self, recording: Recording, *, delay: float = 0.0) -> None:
         self.recording = recording
         self.delay = delay
-        #: JSON bodies of the requests served, oldest first (for inspection in notebooks).
-        self.requests: list[dict[str, Any]] = []
+        #: JSON bodies of the latest requests served, oldest first (for inspection in
+        #: notebooks); bounded so a long-lived kernel does not accumulate them.
+        self.requests: deque[dict[str, Any]] = deque(maxlen=100)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         raw = await request.aread()
@@ -257,7 +259,7 @@ class ReplayModel:
 
     @property
     def requests(self) -> list[dict[str, Any]]:
-        return self.transport.requests
+        return list(self.transport.requests)
 
     def __repr__(self) -> str:
         return (
