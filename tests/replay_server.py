@@ -131,6 +131,10 @@ class ReplayServer:
             await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Only close() cancels a handler; ending quietly keeps asyncio's
+            # connection callback from logging the cancellation as an error.
+            pass
         finally:
             self._tasks.discard(task)
             writer.close()

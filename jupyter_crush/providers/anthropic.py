@@ -293,6 +293,7 @@ class AnthropicModel:
                 provider=self.provider,
                 base_url=self.config.base_url,
                 api_key=self.config.api_key,
+                read_timeout=self.settings.read_timeout,
             ) from exc
         if not state.stopped or state.stop_reason is None:
             raise ModelError(

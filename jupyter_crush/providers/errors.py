@@ -56,14 +56,19 @@ def _one_line(text: str) -> str:
 
 
 def translate_error(
-    exc: BaseException, *, provider: str, base_url: str | None, api_key: str | None = None
+    exc: BaseException,
+    *,
+    provider: str,
+    base_url: str | None,
+    api_key: str | None = None,
+    read_timeout: float | None = None,
 ) -> ModelError:
     """A :class:`ModelError` for any failure raised while opening or reading a stream.
 
     The key is scrubbed from the message: some servers echo the credential they rejected,
     and this message is shown in the notebook and written to the transcript.
     """
-    error = _translate(exc, provider=provider, base_url=base_url)
+    error = _translate(exc, provider=provider, base_url=base_url, read_timeout=read_timeout)
     if api_key and len(api_key) >= 8 and api_key in error.message:
         error = ModelError(
             error.message.replace(api_key, "***"),
@@ -74,7 +79,22 @@ def translate_error(
     return error
 
 
-def _translate(exc: BaseException, *, provider: str, base_url: str | None) -> ModelError:
+def _transport_detail(exc: BaseException) -> str:
+    """The most specific message down the exception chain (the SDK's own is generic)."""
+    link: BaseException | None = exc
+    innermost = exc
+    while link is not None:
+        text = _one_line(str(link))
+        if text and text != "Connection error.":
+            return text
+        innermost = link
+        link = link.__cause__ or link.__context__
+    return f"connection dropped: {type(innermost).__name__}"
+
+
+def _translate(
+    exc: BaseException, *, provider: str, base_url: str | None, read_timeout: float | None
+) -> ModelError:
     where = base_url or "the provider's default endpoint"
     status = getattr(exc, "status_code", None)
     response = getattr(exc, "response", None)
@@ -105,15 +125,16 @@ def _translate(exc: BaseException, *, provider: str, base_url: str | None) -> Mo
     name = type(exc).__name__
     cause = exc.__cause__ or exc.__context__
     if "Timeout" in name or isinstance(cause, httpx2.TimeoutException):
+        limit = f" ({read_timeout:g} s)" if read_timeout else ""
         return ModelError(
-            f"no data from {where} within the read timeout; the server stalled or is overloaded",
+            f"no data from {where} within the read timeout{limit}; the server stalled or "
+            "is overloaded",
             provider=provider,
         )
     if "Connection" in name or isinstance(exc, httpx2.TransportError):
-        detail = _one_line(str(cause or exc)) or name
         return ModelError(
-            f"connection to {where} failed ({detail}); check the base URL and that the "
-            "server is running",
+            f"connection to {where} failed ({_transport_detail(exc)}); check the base URL and "
+            "that the server is running",
             provider=provider,
         )
     if isinstance(exc, ValueError):  # a malformed event: invalid JSON or an unexpected shape

@@ -323,6 +323,7 @@ class OpenAIModel:
                 provider=self.provider,
                 base_url=self.config.base_url,
                 api_key=self.config.api_key,
+                read_timeout=self.settings.read_timeout,
             ) from exc
         if state.finish is None:
             raise ModelError(
