@@ -55,7 +55,13 @@ class StreamFinish:
 
 
 StreamEvent = (
-    TextDelta | ReasoningDelta | ReasoningEnd | ToolCallStart | ToolCallDelta | ToolCallEnd | StreamFinish
+    TextDelta
+    | ReasoningDelta
+    | ReasoningEnd
+    | ToolCallStart
+    | ToolCallDelta
+    | ToolCallEnd
+    | StreamFinish
 )
 
 

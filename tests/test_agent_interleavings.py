@@ -1,0 +1,193 @@
+"""Random interleavings of accept / run / cancel (from any thread) / loop steps.
+
+After every action the dispatch invariants are checked; at the end every prompt must have
+reached exactly one terminal record, within a bounded time (no deadlock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall, TranscriptStore
+from jupyter_crush.agent import Finished
+from jupyter_crush.message import TERMINAL_REASONS, Role
+from jupyter_crush.model import ModelError, ToolSpec
+from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
+from jupyter_crush.tools import Tool, ToolResult
+
+SESSIONS = 3
+
+WORDS = " ".join(f"word{i}" for i in range(20))  # long enough to be caught mid-stream
+REPLY_KINDS = {
+    "text": Reply(text=WORDS),
+    "tool": Reply(text="checking", tool_calls=[ToolCall("echo", {"text": "x"})]),
+    "two_tools": Reply(
+        tool_calls=[ToolCall("echo", {"text": "1"}), ToolCall("echo", {"text": "2"})]
+    ),
+    "error": Reply(text="oops", error=ModelError("server exploded", status_code=500)),
+}
+
+cancel = st.tuples(st.just("cancel"), st.integers(0, SESSIONS - 1), st.booleans())
+action = st.one_of(
+    st.tuples(st.just("accept"), st.integers(0, SESSIONS - 1)),
+    st.tuples(st.just("run"), st.integers(0, 50)),
+    st.tuples(st.just("accept_and_run"), st.integers(0, SESSIONS - 1)),
+    cancel,
+    cancel,  # twice: cancels should land in every window, often
+    st.tuples(st.just("step"), st.integers(1, 6)),
+)
+
+
+@dataclass(eq=False)
+class Prompt:
+    session_id: str
+    seq: int
+    finished: list[Finished] = field(default_factory=list)
+    covered: bool = False  # some cancel was issued at or after its accept
+    complete_before_cancel: bool = False
+
+    def on_event(self, event) -> None:
+        if isinstance(event, Finished):
+            self.finished.append(event)
+
+
+async def echo(arguments, context):
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    return ToolResult(f"echo {arguments.get('text')}")
+
+
+ECHO = Tool(ToolSpec("echo", "Echo.", {"type": "object"}), echo)
+
+
+def active_turn_is_complete(agent: SessionAgent, session_id: str) -> bool:
+    turn = agent._state(session_id).active
+    if turn is None:
+        return False
+    assistants = [m for m in turn.messages if m.role is Role.ASSISTANT]
+    return bool(assistants) and assistants[-1].finish_reason in TERMINAL_REASONS
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.lists(action, max_size=60), st.lists(st.sampled_from(sorted(REPLY_KINDS)), min_size=1))
+def test_random_interleavings_keep_the_invariants(actions, reply_kinds):
+    directory = tempfile.mkdtemp()
+    loop = asyncio.new_event_loop()
+    try:
+        store = TranscriptStore(directory)
+        session_ids = [store.create_session(f"s{i}").id for i in range(SESSIONS)]
+        replies = [REPLY_KINDS[reply_kinds[i % len(reply_kinds)]] for i in range(400)]
+        agent = SessionAgent(ScriptedModel(replies), store, tools=[ECHO])
+        pending = []  # (AcceptedRun, Prompt) accepted, run() not yet called
+        prompts: list[Prompt] = []
+        tasks = []
+
+        def start(prompt: Prompt, accepted) -> None:
+            call = SessionAgentCall(prompt.session_id, "q", accepted=accepted, observer=prompt)
+            tasks.append(loop.create_task(agent.run(call)))
+
+        for act in actions:
+            kind = act[0]
+            if kind == "accept":
+                accepted = agent.begin_accepted(session_ids[act[1]])
+                prompt = Prompt(accepted.session_id, accepted.seq)
+                prompts.append(prompt)
+                pending.append((accepted, prompt))
+            elif kind == "run" and pending:
+                accepted, prompt = pending.pop(act[1] % len(pending))
+                start(prompt, accepted)
+            elif kind == "accept_and_run":
+                session_id = session_ids[act[1]]
+                prompt = Prompt(session_id, seq=-1)
+                prompts.append(prompt)
+                accepted = agent.begin_accepted(session_id)
+                prompt.seq = accepted.seq
+                start(prompt, accepted)
+                loop.run_until_complete(asyncio.sleep(0))  # let run() decide: active or queued
+            elif kind == "cancel":
+                session_id = session_ids[act[1]]
+                complete = active_turn_is_complete(agent, session_id)
+                for prompt in prompts:
+                    if prompt.session_id == session_id and not prompt.finished:
+                        prompt.covered = True
+                        active = agent._state(session_id).active
+                        if complete and active is not None and active.call.observer is prompt:
+                            prompt.complete_before_cancel = True
+                if act[2]:
+                    thread = threading.Thread(target=agent.cancel, args=(session_id,))
+                    thread.start()
+                    thread.join()
+                else:
+                    agent.cancel(session_id)
+            elif kind == "step":
+                for _ in range(act[1]):
+                    loop.run_until_complete(asyncio.sleep(0))
+            check_running_invariants(agent, session_ids, prompts)
+
+        for accepted, prompt in pending:  # every accept ends up run
+            start(prompt, accepted)
+        loop.run_until_complete(drain(agent, session_ids, tasks))
+        check_final_invariants(agent, store, session_ids, prompts)
+        store.close()
+    finally:
+        loop.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def drain(agent, session_ids, tasks) -> None:
+    async def settled():
+        while any(not t.done() for t in tasks) or any(
+            agent.is_session_busy(s) for s in session_ids
+        ):
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(settled(), timeout=20)  # a hang here is a deadlock
+    for task in tasks:
+        task.result()  # no run() raised
+
+
+def check_running_invariants(agent, session_ids, prompts) -> None:
+    for session_id in session_ids:
+        state = agent._state(session_id)
+        assert state.open_accepts >= 0
+        assert state.cancel_mark <= state.accept_seq
+        if state.queue:
+            assert state.active is not None, "a queue without an active turn would never drain"
+    for prompt in prompts:
+        assert len(prompt.finished) <= 1, "a prompt reached two terminal records"
+        if prompt.finished and prompt.finished[0].reason is FinishReason.CANCELED:
+            assert prompt.covered, "a prompt accepted after every cancel was canceled"
+
+
+def check_final_invariants(agent, store, session_ids, prompts) -> None:
+    check_running_invariants(agent, session_ids, prompts)
+    for prompt in prompts:
+        assert len(prompt.finished) == 1, "every accepted prompt ends in exactly one record"
+        reason = prompt.finished[0].reason
+        assert reason in {FinishReason.END_TURN, FinishReason.ERROR, FinishReason.CANCELED}
+        if prompt.covered and not prompt.complete_before_cancel:
+            assert reason is FinishReason.CANCELED, "a cancel was lost"
+    for session_id in session_ids:
+        state = agent._state(session_id)
+        assert state.open_accepts == 0
+        assert state.active is None and not state.queue
+        messages = store.list_messages(session_id)
+        calls = {c.id for m in messages for c in m.tool_calls}
+        results = {r.tool_call_id for m in messages for r in m.tool_results}
+        assert calls <= results, "a tool call sent to the model has no result"
+        users = [m for m in messages if m.role is Role.USER]
+        assert len(users) == sum(1 for p in prompts if p.session_id == session_id)
+        if messages:
+            terminal = [m for m in messages if m.finish_reason in TERMINAL_REASONS]
+            assert terminal, "the session's last turn has no terminal record"
