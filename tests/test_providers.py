@@ -643,11 +643,12 @@ def test_invalid_tool_json_is_sent_as_empty_object():
 def test_consecutive_assistant_messages_merge():
     a = Message("s", Role.ASSISTANT, [TextPart("one")])
     b = Message("s", Role.ASSISTANT, [TextPart("two"), ToolCallPart("c", "weather", "{}", True)])
-    openai_messages = openai_provider.build_messages([user("q"), a, b], None)
+    result = Message("s", Role.TOOL, [ToolResultPart("c", "weather", "ok")])
+    openai_messages = openai_provider.build_messages([user("q"), a, b, result], None)
     assert openai_messages[1]["content"] == "one\n\ntwo"
     assert openai_messages[1]["tool_calls"][0]["id"] == "c"
-    wire = anthropic_provider.build_messages([user("q"), a, b])
-    assert [m["role"] for m in wire] == ["user", "assistant"]
+    wire = anthropic_provider.build_messages([user("q"), a, b, result])
+    assert [m["role"] for m in wire] == ["user", "assistant", "user"]
     assert [blk["type"] for blk in wire[1]["content"]] == ["text", "text", "tool_use"]
 
 
@@ -675,6 +676,30 @@ def test_tool_results_open_the_merged_user_message():
     result = Message("s", Role.TOOL, [ToolResultPart("c", "weather", "sunny")])
     wire = anthropic_provider.build_messages([user("q"), call, result, user("and tomorrow?")])
     assert [blk["type"] for blk in wire[2]["content"]] == ["tool_result", "text"]
+
+
+def test_dangling_and_orphan_tool_results_are_settled():
+    call_a = ToolCallPart("a", "weather", '{"location": "X"}', True)
+    call_b = ToolCallPart("b", "weather", '{"location": "Y"}', True)
+    asked = Message("s", Role.ASSISTANT, [call_a, call_b])
+    partial = Message(
+        "s",
+        Role.TOOL,
+        [ToolResultPart("a", "weather", "sunny"), ToolResultPart("zz", "weather", "orphan")],
+    )
+    unanswered = Message("s", Role.ASSISTANT, [ToolCallPart("c", "weather", "{}", False)])
+    history = [user("q"), asked, partial, user("next"), unanswered, user("again")]
+
+    openai_messages = openai_provider.build_messages(history, None)
+    tool_rows = [(m["tool_call_id"], m["content"]) for m in openai_messages if m["role"] == "tool"]
+    assert [row[0] for row in tool_rows] == ["a", "b", "c"]  # orphan dropped, b and c settled
+    assert tool_rows[0][1] == "sunny" and "interrupted" in tool_rows[1][1]
+
+    wire = anthropic_provider.build_messages(history)
+    assert [m["role"] for m in wire] == ["user", "assistant", "user", "assistant", "user"]
+    settled = [b for b in wire[2]["content"] if b["type"] == "tool_result"]
+    assert [(b["tool_use_id"], b["is_error"]) for b in settled] == [("a", False), ("b", True)]
+    assert [b["type"] for b in wire[4]["content"]] == ["tool_result", "text"]
 
 
 def test_request_options():

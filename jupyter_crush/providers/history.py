@@ -9,10 +9,11 @@ reasoning blocks).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from ..message import Message, ReasoningPart, Role, TextPart, ToolCallPart
+from ..message import Message, ReasoningPart, Role, TextPart, ToolCallPart, ToolResultPart
 
 
 def tool_arguments(part: ToolCallPart) -> dict[str, Any]:
@@ -44,14 +45,49 @@ def has_content(message: Message) -> bool:
     return False
 
 
-def conversation(messages: Sequence[Message]) -> Iterator[Message]:
-    """The messages worth sending, in order: empty assistant turns and system rows skipped."""
+#: The result sent for a call that has none in the transcript.
+INTERRUPTED = "The tool call was interrupted before it returned a result."
+
+
+def conversation(messages: Sequence[Message]) -> list[Message]:
+    """The messages worth sending, in order, with every tool call answered exactly once.
+
+    Empty assistant turns and system rows are skipped. Both APIs reject a tool call
+    without a result right after it, and a result whose call is not in the message
+    before; the agent settles calls it interrupts, and this keeps the request valid
+    for any transcript (one written by an older version, a kernel killed mid-tool).
+    """
+    out: list[Message] = []
+    pending: dict[str, ToolCallPart] = {}  # calls of the last assistant message, unanswered
     for message in messages:
         if message.role is Role.SYSTEM:
             continue  # the system prompt is passed separately
         if message.role is Role.ASSISTANT and not has_content(message):
             continue
-        yield message
+        if message.role is Role.TOOL:
+            results = [r for r in message.tool_results if pending.pop(r.tool_call_id, None)]
+            results += [_interrupted(call) for call in pending.values()]
+            pending = {}
+            if results:
+                out.append(replace(message, parts=list(results)))
+            continue
+        if pending:
+            out.append(_settle(message.session_id, pending))
+            pending = {}
+        if message.role is Role.ASSISTANT:
+            pending = {call.id: call for call in message.tool_calls}
+        out.append(message)
+    if pending:
+        out.append(_settle(out[-1].session_id, pending))
+    return out
+
+
+def _interrupted(call: ToolCallPart) -> ToolResultPart:
+    return ToolResultPart(call.id, call.name, INTERRUPTED, is_error=True)
+
+
+def _settle(session_id: str, pending: dict[str, ToolCallPart]) -> Message:
+    return Message(session_id, Role.TOOL, [_interrupted(call) for call in pending.values()])
 
 
 def text_of(message: Message) -> str:
