@@ -109,6 +109,25 @@ async def test_python_display_and_rich_results_are_summarized(shell, ns):
     assert "Out: Rich()\n[rich output: text/html]" in result.content
 
 
+async def test_python_figures_are_described_and_closed(shell, ns):
+    pyplot = pytest.importorskip("matplotlib.pyplot")
+    code = (
+        "import matplotlib.pyplot as plt\n"
+        "fig, ax = plt.subplots()\nax.plot([1, 2, 3])\nax.set_title('growth')\n"
+        "plt.show()\nfig2 = plt.figure()"
+    )
+    result = await python(shell).run({"code": code}, CTX)
+    assert not result.is_error, result.content
+    assert result.content == (
+        "Figures created (now closed): <matplotlib Figure 1: 640x480 px, 1 axes, "
+        "titles ['growth']>, <matplotlib Figure 2: 640x480 px, 0 axes>"
+    )
+    assert pyplot.get_fignums() == []
+    fig = (await python(shell).run({"code": "fig"}, CTX)).content
+    assert fig.startswith("Out: <Figure size 640x480 with 1 Axes>\n[rich output: ")
+    assert "image/png" in fig
+
+
 async def test_python_output_is_routed_by_thread(shell, ns, capsys):
     """The run's prints land in the result; a cell printing meanwhile keeps its output."""
     ns["go"] = threading.Event()

@@ -40,7 +40,9 @@ flight ``sys.stdout``/``sys.stderr`` and the shell's display publisher are
 replaced by proxies that send the worker's writes to its buffer and everyone
 else's (a cell running at the same time) to where they went before. Threads
 the code itself starts are not captured. Figures the code creates are listed
-in the result; they stay open in pyplot.
+in the result and then closed: the user does not see them (the inline backend
+would otherwise draw them in whichever cell runs next), so the model is told
+to propose plotting code with ``insert_cell`` instead.
 """
 
 from __future__ import annotations
@@ -80,8 +82,8 @@ rather than whole objects.
 
 The code runs with a time limit (`timeout` seconds, default {timeout:g}, at most \
 {max_timeout:g}); prefer small steps. Code that blocks in C (sleep, network) can \
-outlive the limit. Do not use it to show something to the user: use insert_cell to \
-propose code they should keep."""
+outlive the limit. The user does not see this code's output or figures (figures are \
+described, then closed): to show the user something, propose the code with insert_cell."""
 
 
 class ToolInterrupted(BaseException):
@@ -406,21 +408,26 @@ def _figure_numbers() -> set[int]:
 
 
 def _new_figures(before: set[int]) -> list[str]:
+    """Describe, then close, the figures the run left open.
+
+    Closed because the inline backend would otherwise draw them at the end of
+    whichever cell the user runs next, in that cell's output.
+    """
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is None:
         return []
     described = []
-    try:
-        for number in sorted(_figure_numbers() - before):
+    for number in sorted(_figure_numbers() - before):
+        try:
             fig = pyplot.figure(number)
             axes = fig.get_axes()
             titles = [ax.get_title() for ax in axes if ax.get_title()]
-            label = f"<matplotlib Figure {number}: {fig!r}"
-            if titles:
-                label += f", titles {titles!r}"
-            described.append(label + ">")
-    except Exception:
-        pass
+            width, height = (fig.get_size_inches() * fig.dpi).round().astype(int)
+            label = f"<matplotlib Figure {number}: {width}x{height} px, {len(axes)} axes"
+            described.append(label + (f", titles {titles!r}>" if titles else ">"))
+            pyplot.close(fig)
+        except Exception as exc:  # a broken figure must not lose the run's output
+            described.append(f"<matplotlib figure {number}: {exc!r}>")
     return described
 
 
@@ -504,7 +511,7 @@ class PythonTool:
         if outcome.output:
             sections.append(outcome.output.rstrip("\n"))
         if outcome.figures:
-            sections.append("Figures created: " + ", ".join(outcome.figures))
+            sections.append("Figures created (now closed): " + ", ".join(outcome.figures))
         if outcome.has_result:
             sections.append(f"Out: {outcome.result}")
         interrupted = isinstance(outcome.error, ToolInterrupted)
