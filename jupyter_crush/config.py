@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Float, Int, List, Unicode, default
 from traitlets.config import Configurable
 
 OPENAI_DEFAULT = "openai:gpt-4o"
 ANTHROPIC_DEFAULT = "anthropic:claude-sonnet-4-20250514"
-#: Offline default: a recorded real OpenAI stream served by the replay provider.
-REPLAY_DEFAULT = "replay:openai-simple"
+#: Offline default: a recorded real Anthropic stream (reasoning, a tool call, an answer).
+REPLAY_DEFAULT = "replay:anthropic-thinking"
 
 
 def default_model_name(environ: os._Environ[str] | dict[str, str] | None = None) -> str:
@@ -49,6 +49,19 @@ class CrushConfig(Configurable):
     yolo = Bool(
         False,
         help="Allow state-changing tools without asking.",
+    ).tag(config=True)
+
+    tools = List(
+        Unicode(),
+        default_value=None,
+        allow_none=True,
+        help="Names of the tools the agent may call (None: all of them: python, variables, "
+        "insert_cell, view, glob, grep, ls, write, edit, bash). Read when the agent is made.",
+    ).tag(config=True)
+
+    allowed_tools = List(
+        Unicode(),
+        help="State-changing tools that run without a permission prompt, e.g. ['python'].",
     ).tag(config=True)
 
     max_steps = Int(25, help="Most model requests one prompt may make.").tag(config=True)

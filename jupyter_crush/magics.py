@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import contextvars
 import os
 import re
 import shlex
@@ -64,7 +65,9 @@ class Crush:
         self.config = CrushConfig(parent=shell)
         # A Model object set from code (tests, notebooks) wins over config.model.
         self.model_override: Model | None = None
+        #: Tools for the agent; empty means the default set (config.tools), made with it.
         self.tools: list[Any] = []
+        self.permissions: Any = None
         self.current_session_id: str | None = None
         self._store: TranscriptStore | None = None
         self._agent: SessionAgent | None = None
@@ -78,6 +81,12 @@ class Crush:
         # collected task would silently stop its run.
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sigint: _InterruptCanceler | None = None
+        # The executing cell's context and a count of cells run; written by the shell's
+        # pre/post_run_cell hooks and read in _finished, all on the loop thread.
+        self._running_cell: contextvars.Context | None = None
+        self._cell_serial = 0
+        # Final displays of headless runs that ended between cells (see _finished).
+        self._headless_updates: list[tuple[Any, dict[str, Any]]] = []
         #: The view of the latest %%crush cell, for code that wants to await it.
         self.last_view: RunView | None = None
         self._closed = False
@@ -98,20 +107,24 @@ class Crush:
     def agent(self) -> SessionAgent:
         if self._agent is None:
             from .agent import SessionAgent
+            from .tools import default_tools
+            from .tools.permissions import PermissionPolicy
             from .widget import WidgetPermissionBroker
 
-            broker = WidgetPermissionBroker(
-                self.views,
-                yolo=lambda session_id: self.config.yolo or session_id in self._yolo_sessions,
-                headless=lambda: not self._interactive(),
+            tools = self.tools or default_tools(self.shell, include=self.config.tools)
+            self.permissions = PermissionPolicy(
+                WidgetPermissionBroker(self.views),
+                allowed_tools=self.config.allowed_tools,
+                headless=_ASKING_HEADLESS.get,
+                tools=tools,
             )
             self._agent = SessionAgent(
                 self.resolve_model(None),
                 self.store,
-                tools=self.tools,
+                tools=tools,
                 system_prompt=self.config.system_prompt or None,
                 max_steps=self.config.max_steps,
-                permissions=broker,
+                permissions=_CellPermissions(self),
             )
         return self._agent
 
@@ -228,6 +241,7 @@ class Crush:
                 loop=loop,
                 answer_format="text" if fmt == "text" else "markdown",
             )
+            view.interactive = self._interactive()
             call = SessionAgentCall(
                 session.id,
                 prompt,
@@ -236,7 +250,10 @@ class Crush:
                 model=model,
             )
             handle = _display(view)
-            view.on_finished(lambda v: self._finished(v, handle))
+            # The cell's context carries its parent header (ipykernel 7): updates sent in it
+            # reach this cell's output, whichever task finishes the run.
+            cell = (contextvars.copy_context(), self._cell_serial)
+            view.on_finished(lambda v: self._finished(v, handle, cell))
             task = loop.create_task(agent.run(call), name=f"crush-cell:{session.id}")
         except BaseException:
             accepted.close()  # nothing will run: the session's accept count must drop back
@@ -246,19 +263,33 @@ class Crush:
         self.last_view = view
         self._ensure_interrupt_handler()
 
-        blocking = fmt == "code" or (wait if wait else self._should_wait())
+        blocking = fmt == "code" or (self._should_wait() if wait is None else wait)
         if blocking:
             self._wait(loop, view, session.id)
             if fmt == "code":
                 self._code_to_next_cell(view)
         return view
 
-    def _finished(self, view: RunView, handle: Any) -> None:
+    def _finished(self, view: RunView, handle: Any, cell: tuple[contextvars.Context, int]) -> None:
         self._yolo_sessions.discard(view.session_id)
-        if handle is not None:
-            # Replace the live widget by the static answer: a notebook reopened without a
-            # kernel (or without saved widget state) still shows what the agent said.
-            handle.update(view.static_bundle(), raw=True)
+        if handle is None:
+            return
+        # Replace the live widget by the static answer: a notebook reopened without a
+        # kernel (or without saved widget state) still shows what the agent said.
+        bundle = view.static_bundle()
+        context, serial = cell
+        context.run(handle.update, bundle, raw=True)
+        if view.interactive or serial == self._cell_serial:
+            return
+        # nbclient only reads messages of the cell it is executing, so a run that ends
+        # after its own cell (a --no-wait prompt) is also updated through the cell running
+        # now, or else the next one; nbclient applies a display update to every output
+        # with that display id.
+        running = self._running_cell
+        if running is not None:
+            running.run(handle.update, bundle, raw=True)
+        else:
+            self._headless_updates.append((handle, bundle))
 
     def _task_done(self, task: asyncio.Task[Any], view: RunView) -> None:
         self._tasks.discard(task)
@@ -354,22 +385,67 @@ class Crush:
             self._sigint = None
         atexit.unregister(self.shutdown)
         with contextlib.suppress(ValueError):  # already unregistered
+            self.shell.events.unregister("pre_run_cell", self._pre_run_cell)
+        with contextlib.suppress(ValueError):
             self.shell.events.unregister("post_run_cell", self._post_run_cell)
         if self.config in self.shell.configurables:
             self.shell.configurables.remove(self.config)
 
     def install(self) -> None:
         self.shell.configurables.append(self.config)
+        self.shell.events.register("pre_run_cell", self._pre_run_cell)
         self.shell.events.register("post_run_cell", self._post_run_cell)
         # Kernel shutdown and restart end the process normally (the control channel stops
         # the loop), so atexit sees every run still in flight.
         atexit.register(self.shutdown)
 
+    def _pre_run_cell(self, info: Any) -> None:
+        # Runs inside the executing cell's context: remember it (see _finished).
+        self._cell_serial += 1
+        self._running_cell = contextvars.copy_context()
+        updates, self._headless_updates = self._headless_updates, []
+        for handle, bundle in updates:
+            handle.update(bundle, raw=True)
+
     def _post_run_cell(self, result: Any) -> None:
+        self._running_cell = None
         # ■ during a cell raises KeyboardInterrupt in that cell; the agents are stopped too,
         # because the interrupt is the user's way to stop everything the kernel is doing.
         if isinstance(getattr(result, "error_in_exec", None), KeyboardInterrupt):
             self.cancel_all()
+
+
+# Whether the permission prompt being decided has nobody to answer it. Set by
+# _CellPermissions around each policy.ask; a ContextVar so concurrent runs in other
+# sessions (other tasks) each see their own value.
+_ASKING_HEADLESS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "crush_asking_headless", default=False
+)
+
+
+class _CellPermissions:
+    """Per-prompt permission choices in front of the kernel's PermissionPolicy.
+
+    ``%%crush --yolo`` and ``CrushConfig.yolo`` allow at once; otherwise the policy decides,
+    told whether the prompt's cell came from a front end that can click (a run started by
+    nbclient cannot answer a prompt, so it is denied rather than left hanging).
+    """
+
+    def __init__(self, crush: Crush) -> None:
+        self._crush = crush
+
+    async def ask(self, request: Any) -> Any:
+        from .tools import Decision
+
+        crush = self._crush
+        if crush.config.yolo or request.session_id in crush._yolo_sessions:
+            return Decision.ALLOW
+        view = crush.views.get(request.session_id)
+        token = _ASKING_HEADLESS.set(view is None or not view.interactive)
+        try:
+            return await crush.permissions.ask(request)
+        finally:
+            _ASKING_HEADLESS.reset(token)
 
 
 class _Tracker:
@@ -513,6 +589,12 @@ class CrushMagics(Magics):
     @argument("--new", action="store_true", help="start a new session (titled -s if given)")
     @argument("-m", "--model", help="model for this prompt, as 'provider:model'")
     @argument("--wait", action="store_true", help="block the cell until the answer is complete")
+    @argument(
+        "--no-wait",
+        action="store_true",
+        help="return at once even when run headless (nbclient, papermill), where cells "
+        "otherwise wait for the answer",
+    )
     @argument("--yolo", action="store_true", help="allow state-changing tools without asking")
     @argument(
         "-f",
@@ -528,13 +610,15 @@ class CrushMagics(Magics):
         stays free. Stop it with the Stop button, the kernel's interrupt, or %crush cancel.
         """
         args = parse_argstring(self.crush_cell, line)
+        if args.wait and args.no_wait:
+            raise UsageError("--wait and --no-wait contradict each other; pick one")
         prompt = interpolate(cell.rstrip().lstrip("\n"), self.shell.user_ns)
         self.crush.submit(
             prompt,
             session_ref=args.session,
             new=args.new,
             model_name=args.model,
-            wait=args.wait or None,
+            wait=True if args.wait else (False if args.no_wait else None),
             yolo=args.yolo,
             fmt=args.format,
         )

@@ -75,6 +75,8 @@ class RunView:
         self.usage = Usage()
         self.cost: float | None = None
         self.waiting_permission = False
+        #: Whether a front end that can click shows this view (permission prompts need one).
+        self.interactive = True
         self._created = clock()
         self._started: float | None = None
         self._ended: float | None = None
@@ -440,42 +442,21 @@ class RunView:
 
 
 class WidgetPermissionBroker:
-    """Asks in the run widget of the session's active prompt.
+    """The UI end of permission prompts: asks in the run widget of the session's prompt.
 
-    ``views`` maps a session id to the view of its active run (the magics keep it
-    current); ``headless()`` says nobody can click, in which case the request is
-    denied at once with a note instead of hanging the run forever.
+    It sits behind :class:`~jupyter_crush.tools.permissions.PermissionPolicy`, which has
+    already answered whatever needs no human (yolo, allowed tools, "Allow for session",
+    headless runs). ``views`` maps a session id to the view of its active run; the magics
+    keep it current.
     """
 
-    def __init__(
-        self,
-        views: dict[str, RunView],
-        *,
-        yolo: Callable[[str], bool] = lambda _session_id: False,
-        headless: Callable[[], bool] = lambda: False,
-    ) -> None:
+    def __init__(self, views: dict[str, RunView]) -> None:
         self._views = views
-        self._yolo = yolo
-        self._headless = headless
-        # (session id, tool name) pairs answered "Allow for session". Touched only on
-        # the loop thread (ask and its callbacks run there), so it needs no lock.
-        self._allowed: set[tuple[str, str]] = set()
 
     async def ask(self, request: PermissionRequest) -> Decision:
-        if self._yolo(request.session_id) or (
-            (request.session_id, request.tool_name) in self._allowed
-        ):
-            return Decision.ALLOW
         view = self._views.get(request.session_id)
-        if view is None or self._headless():
-            if view is not None:
-                view.permission.children = (
-                    widgets.HTML(
-                        f"Denied <b>{html.escape(request.tool_name)}</b>: nobody can answer a "
-                        "permission prompt here. Use <code>%%crush --yolo</code> or "
-                        "<code>%config CrushConfig.yolo = True</code> to allow tools."
-                    ),
-                )
+        if view is None:
+            # No view to click in (a run started from code): nobody can answer.
             return Decision.DENY
         loop = asyncio.get_running_loop()
         decided: asyncio.Future[Decision] = loop.create_future()
@@ -485,17 +466,16 @@ class WidgetPermissionBroker:
                 decided.set_result(decision)
 
         def decide(decision: Decision) -> None:
-            # Clicks can arrive on a subshell thread; futures belong to the loop.
-            loop.call_soon_threadsafe(settle, decision)
+            # Clicks can arrive on a subshell thread; the future belongs to the loop.
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(settle, decision)
 
         remove = view.ask_permission(request, decide)
         try:
-            decision = await decided
+            return await decided
         finally:
+            # Also on cancel (Stop while the prompt is open): the buttons go away.
             remove()
-        if decision == Decision.ALLOW_SESSION:
-            self._allowed.add((request.session_id, request.tool_name))
-        return decision
 
 
 def _pretty_json(text: str) -> str:

@@ -43,34 +43,46 @@ class Execution:
         return [m["content"] for m in self.outputs if m["msg_type"] == "error"]
 
 
+KERNEL_NAME = "crush-test"
+
+
+def kernel_manager(spec_dir: str | os.PathLike[str]) -> KernelManager:
+    """A KernelManager for this Python (the venv's), via a kernelspec written to ``spec_dir``."""
+    spec = Path(spec_dir) / "kernels" / KERNEL_NAME
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "crush test",
+                "language": "python",
+                "interrupt_mode": "signal",
+            }
+        )
+    )
+    ksm = KernelSpecManager(kernel_dirs=[str(spec.parent)])
+    return KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+
+
+def kernel_env(data_dir: str | os.PathLike[str], **extra: str) -> dict[str, str]:
+    """The kernel's environment: this checkout first on the path, no API keys (replay)."""
+    env = dict(os.environ)
+    env.pop("OPENAI_API_KEY", None)
+    env.pop("ANTHROPIC_API_KEY", None)
+    env.pop("CRUSH_MODEL", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env["CRUSH_DATA_DIR"] = str(data_dir)
+    env.update(extra)
+    return env
+
+
 class Kernel:
     """One kernel process; every iopub message it sends is kept in ``self.iopub``."""
 
     def __init__(self, data_dir: str | os.PathLike[str], env: dict[str, str] | None = None):
         self._spec_dir = tempfile.TemporaryDirectory(prefix="crush-kernelspec-")
-        spec = Path(self._spec_dir.name) / "kernels" / "crush-test"
-        spec.mkdir(parents=True)
-        (spec / "kernel.json").write_text(
-            json.dumps(
-                {
-                    "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                    "display_name": "crush test",
-                    "language": "python",
-                    "interrupt_mode": "signal",
-                }
-            )
-        )
-        ksm = KernelSpecManager(kernel_dirs=[str(spec.parent)])
-        self.km = KernelManager(kernel_name="crush-test", kernel_spec_manager=ksm)
-        kernel_env = dict(os.environ)
-        kernel_env.pop("OPENAI_API_KEY", None)
-        kernel_env.pop("ANTHROPIC_API_KEY", None)
-        kernel_env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT), kernel_env.get("PYTHONPATH", "")) if p
-        )
-        kernel_env["CRUSH_DATA_DIR"] = str(data_dir)
-        kernel_env.update(env or {})
-        self.km.start_kernel(env=kernel_env, cwd=str(data_dir))
+        self.km = kernel_manager(self._spec_dir.name)
+        self.km.start_kernel(env=kernel_env(data_dir, **(env or {})), cwd=str(data_dir))
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)

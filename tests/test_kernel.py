@@ -215,3 +215,75 @@ def test_shutdown_persists_the_canceled_turn(tmp_path):
     assert [str(m.role) for m in messages] == ["user", "assistant"]
     assert messages[-1].finish_reason == "canceled"
     assert "word" in messages[-1].text  # what had streamed before shutdown is kept
+
+
+TOOL_SCRIPT = (
+    "from jupyter_crush.testing import Reply, ToolCall\n"
+    "crush.use_model(ScriptedModel([Reply(text='Let me compute.', tool_calls=[ToolCall("
+    "'python', {'code': 'print(6 * 7)'})]), 'The answer is 42.']))"
+)
+
+
+def permission_buttons(kernel: Kernel) -> dict[str, str]:
+    buttons = kernel.widget_comms("ButtonModel")
+    return {
+        s["description"]: c for c, s in buttons if s["description"].startswith(("Allow", "Deny"))
+    }
+
+
+def wait_for_prompt(kernel: Kernel) -> dict[str, str]:
+    kernel.wait_iopub(
+        lambda m: (
+            m["msg_type"] == "comm_open"
+            and m["content"]["data"].get("state", {}).get("description") == "Deny"
+        )
+    )
+    return permission_buttons(kernel)
+
+
+def test_permission_prompt_allow_runs_the_tool(kernel):
+    kernel.iopub.clear()
+    kernel.run(TOOL_SCRIPT)
+    kernel.run("%%crush --new\ncompute 6*7")
+    buttons = wait_for_prompt(kernel)
+    assert set(buttons) == {"Allow", "Allow for session", "Deny"}
+    assert kernel.value("crush.last_view.waiting_permission") is True
+    kernel.click(buttons["Allow"])
+    wait_view(kernel)
+    turn = kernel.value(
+        "[(str(m.role), [r.content for r in m.tool_results], m.finish_reason and "
+        "str(m.finish_reason)) for m in crush.store.list_messages(crush.current_session_id)]"
+    )
+    assert [t[0] for t in turn] == ["user", "assistant", "tool", "assistant"]
+    assert "42" in turn[2][1][0]
+    assert turn[-1][2] == "end_turn"
+
+
+def test_permission_prompt_deny_ends_the_turn(kernel):
+    kernel.iopub.clear()
+    kernel.run(TOOL_SCRIPT)
+    kernel.run("%%crush --new\ncompute 6*7")
+    kernel.click(wait_for_prompt(kernel)["Deny"])
+    wait_view(kernel)
+    turn = last_turn(kernel)
+    assert turn[-1][1] == "canceled"
+    assert "Permission denied for python" in turn[-1][2]
+
+
+def test_yolo_skips_the_prompt(kernel):
+    kernel.run(TOOL_SCRIPT)
+    kernel.run("%%crush --new --yolo\ncompute 6*7")
+    wait_view(kernel)
+    assert last_turn(kernel)[-1][1] == "end_turn"
+
+
+def test_headless_run_waits_and_denies_tools(kernel):
+    # nbclient sends allow_stdin=False: the cell blocks until the answer is complete, and a
+    # permission prompt nobody can answer is denied instead of hanging the run.
+    kernel.run(TOOL_SCRIPT)
+    result = kernel.execute("%%crush --new\ncompute 6*7", allow_stdin=False)
+    assert result.reply["content"]["status"] == "ok"
+    assert kernel.value("crush.last_view.is_finished") is True
+    turn = last_turn(kernel)
+    assert turn[-1][1] == "canceled"
+    assert "Permission denied" in turn[-1][2]
