@@ -845,6 +845,10 @@ def test_crush_json_key_from_unset_variable_names_the_variable(tmp_path):
         ('["a list"]', "top level must be a JSON object"),
         ('{"providers": {"x": {"type": "bedrock"}}}', 'use one of "openai"'),
         ('{"models": {"large": {"model": "m"}}}', 'needs "provider" and "model"'),
+        (
+            '{"providers": {"x": {"type": "openai", "api_key": "$(pass show k)"}}}',
+            "command substitution",
+        ),
     ],
 )
 def test_malformed_crush_json_is_one_clear_line(tmp_path, content, fix):

@@ -182,6 +182,12 @@ def _expand(value: Any, path: Path, what: str) -> str | None:
     match = _ENV_REF.match(value.strip())
     if match:
         return os.environ.get(match.group("braced") or match.group("bare")) or None
+    if "$(" in value:
+        # Crush runs $(...) through a shell; reading a config file must not run commands.
+        raise CrushConfigError(
+            f"{path}: {what} uses $(...) command substitution, which is not run here; "
+            'put the value in an environment variable and write "$VAR"'
+        )
     return value
 
 
