@@ -378,8 +378,10 @@ class Crush:
             self._agent.shutdown()
 
     def close(self) -> None:
-        """Undo ``install``: stop runs, restore the interrupt handler, drop hooks."""
-        self.cancel_all()
+        """Undo ``install``: record runs in flight as canceled, restore handlers, drop hooks."""
+        self.shutdown()
+        if self._store is not None:
+            self._store.close()
         if self._sigint is not None:
             self._sigint.uninstall()
             self._sigint = None

@@ -166,7 +166,7 @@ class RunView:
             return f"queued (position {self.queue_position})"
         if self.phase == "folded":
             return "queued: folded into the running turn"
-        if self.phase == "running" and self.waiting_permission:
+        if self.waiting_permission and self._ended is None:
             return "waiting for permission"
         if self.phase == "error":
             return f"error: {self.finish_message}" if self.finish_message else "error"

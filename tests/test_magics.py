@@ -1,0 +1,257 @@
+"""%%crush / %crush on an InteractiveShell: argument parsing, sessions, config, bad input.
+
+Without a kernel there is no front end, so every %%crush cell waits for its answer; the
+real-kernel behaviour (returning at once, Stop, interrupt) is in test_kernel.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from IPython import get_ipython
+from IPython.core.error import UsageError
+from IPython.testing.globalipapp import start_ipython
+
+from jupyter_crush.config import (
+    ANTHROPIC_DEFAULT,
+    OPENAI_DEFAULT,
+    REPLAY_DEFAULT,
+    CrushConfig,
+    default_model_name,
+)
+from jupyter_crush.magics import CrushMagics, current, extract_code
+from jupyter_crush.testing import Reply, ScriptedModel
+
+
+@pytest.fixture
+def ip(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("CRUSH_MODEL", raising=False)
+    monkeypatch.setenv("CRUSH_DATA_DIR", str(tmp_path / "store"))
+    start_ipython()  # once per process; later calls return None
+    shell = get_ipython()
+    shell.run_line_magic("load_ext", "jupyter_crush")
+    yield shell
+    shell.run_line_magic("unload_ext", "jupyter_crush")
+    shell.rl_next_input = None
+
+
+@pytest.fixture
+def crush(ip):
+    crush = current()
+    crush.use_model(ScriptedModel(["The answer is 42."] * 20))
+    return crush
+
+
+def run(ip, cell: str):
+    result = ip.run_cell(cell)
+    if result.error_in_exec is not None:
+        raise result.error_in_exec
+    if result.error_before_exec is not None:
+        raise result.error_before_exec
+    return result.result
+
+
+def messages(crush, session_id=None):
+    return crush.store.list_messages(session_id or crush.current_session_id)
+
+
+# -- loading and config --------------------------------------------------------------------
+
+
+def test_load_registers_line_and_cell_magics(ip):
+    magics = ip.magics_manager.magics
+    assert "crush" in magics["line"] and "crush" in magics["cell"]
+
+
+def test_config_magic_sets_traits(ip, crush):
+    run(ip, "%config CrushConfig.max_steps = 3")
+    run(ip, "%config CrushConfig.redraw_rate = 10.0")
+    assert crush.config.max_steps == 3
+    assert crush.config.redraw_rate == 10.0
+    with pytest.raises(Exception, match="wait"):
+        crush.config.wait = "sometimes"
+
+
+def test_config_from_shell_config(ip):
+    ip.config.CrushConfig.max_steps = 7
+    try:
+        assert CrushConfig(parent=ip).max_steps == 7
+    finally:
+        del ip.config.CrushConfig["max_steps"]
+
+
+def test_default_model_follows_the_keys():
+    assert default_model_name({}) == REPLAY_DEFAULT
+    assert default_model_name({"ANTHROPIC_API_KEY": "k"}) == ANTHROPIC_DEFAULT
+    assert default_model_name({"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k"}) == OPENAI_DEFAULT
+    assert default_model_name({"CRUSH_MODEL": "ollama:llama3.2", "OPENAI_API_KEY": "k"}) == (
+        "ollama:llama3.2"
+    )
+
+
+def test_data_dir_defaults_to_env_then_cwd(monkeypatch, tmp_path):
+    monkeypatch.setenv("CRUSH_DATA_DIR", str(tmp_path / "x"))
+    assert CrushConfig().data_dir == str(tmp_path / "x")
+    monkeypatch.delenv("CRUSH_DATA_DIR")
+    monkeypatch.chdir(tmp_path)
+    assert CrushConfig().data_dir == str(tmp_path / ".crush")
+
+
+def test_one_crush_per_shell(ip, crush):
+    assert current() is crush
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+def test_cell_runs_and_records_the_turn(ip, crush):
+    run(ip, "%%crush\nWhat is six times seven?")
+    turn = messages(crush)
+    assert [str(m.role) for m in turn] == ["user", "assistant"]
+    assert turn[0].text == "What is six times seven?"
+    assert turn[1].text == "The answer is 42."
+    assert crush.last_view.phase == "done"
+
+
+def test_prompt_is_interpolated_and_literal_braces_survive(ip, crush):
+    run(ip, "n = 6")
+    run(ip, '%%crush\nTimes {n}? Keep {"a": {n}} and {{n}} and {undefined}')
+    assert messages(crush)[0].text == 'Times 6? Keep {"a": 6} and {n} and {undefined}'
+
+
+def test_session_by_title_is_created_then_reused(ip, crush):
+    run(ip, "%%crush -s analysis\nfirst")
+    first = crush.current_session_id
+    run(ip, "%%crush --new\nelsewhere")
+    assert crush.current_session_id != first
+    run(ip, "%%crush -s analysis\nsecond")
+    assert crush.current_session_id == first
+    assert [m.text for m in messages(crush) if str(m.role) == "user"] == ["first", "second"]
+
+
+def test_new_session_and_use_by_prefix(ip, crush, capsys):
+    run(ip, "%%crush\none")
+    first = crush.current_session_id
+    run(ip, "%crush new fresh")
+    assert crush.current_session_id != first
+    run(ip, f"%crush use {first[:8]}")
+    assert crush.current_session_id == first
+    capsys.readouterr()
+    run(ip, "%crush sessions")
+    listing = capsys.readouterr().out
+    assert f"* {first[:8]}" in listing and "fresh" in listing
+    run(ip, "%crush history")
+    history = capsys.readouterr().out
+    assert "one" in history and "The answer is 42." in history
+
+
+def test_per_cell_model_overrides_the_default(ip, crush):
+    run(ip, "%%crush -m replay:openai-simple\nhi")
+    assert messages(crush)[-1].provider == "replay"
+    assert crush.last_view.labels.replay
+    assert "replay of a recorded stream" in crush.last_view.status_text()
+
+
+def test_format_code_puts_the_code_in_the_next_cell(ip, crush):
+    crush.use_model(ScriptedModel(["Here:\n```python\nprint(6 * 7)\n```\nand\n```\nx = 1\n```"]))
+    run(ip, "%%crush -f code\nwrite code")
+    assert ip.rl_next_input == "print(6 * 7)\n\nx = 1"
+
+
+def test_format_text_shows_the_answer_verbatim(ip, crush):
+    crush.use_model(ScriptedModel(["**not bold**"]))
+    run(ip, "%%crush -f text\nanswer")
+    (output,) = crush.last_view.answer.outputs
+    assert output["data"] == {"text/plain": "**not bold**"}
+
+
+def test_model_errors_end_the_turn_with_the_reason(ip, crush):
+    crush.use_model(ScriptedModel([Reply(error=RuntimeError("provider exploded"))]))
+    run(ip, "%%crush\nhi")
+    view = crush.last_view
+    assert view.phase == "error"
+    assert "provider exploded" in view.status_text()
+    assert str(messages(crush)[-1].finish_reason) == "error"
+
+
+def test_cancel_all_and_session_commands_accept_their_forms(ip, crush):
+    run(ip, "%%crush -s s1\nhi")
+    run(ip, "%crush cancel")
+    run(ip, "%crush cancel s1")
+    run(ip, "%crush cancel --all")
+    # A cancel on an idle session never poisons the next prompt.
+    run(ip, "%%crush -s s1\nagain")
+    assert str(messages(crush)[-1].finish_reason) == "end_turn"
+
+
+def test_model_command_shows_and_sets(ip, crush, capsys):
+    run(ip, "%crush model")
+    assert "scripted" in capsys.readouterr().out
+    run(ip, "%crush model replay:openai-simple")
+    assert crush.config.model == "replay:openai-simple"
+    assert crush.model_override is None
+
+
+# -- bad input: one clear line, nothing recorded ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        ("%%crush --bogus\nhi", "unrecognized arguments: --bogus"),
+        ("%%crush -f html\nhi", "invalid choice"),
+        ("%%crush --wait --no-wait\nhi", "contradict"),
+        ("%%crush\n  \n ", "prompt is empty"),
+        ("%%crush -m nosuchprovider:x\nhi", "unknown provider"),
+        ("%%crush -m gpt-4o\nhi", "provider:model"),
+        ("%%crush -m openai:gpt-4o\nhi", "OPENAI_API_KEY"),
+        ("%%crush -m anthropic:claude-sonnet-4-20250514\nhi", "ANTHROPIC_API_KEY"),
+        ("%%crush -s " + "a" * 32 + "\nhi", "No session"),
+        ("%crush", "%crush help"),
+        ("%crush frobnicate", "Unknown command 'frobnicate'"),
+        ("%crush use nosuch", "No session 'nosuch'"),
+        ("%crush history nosuch", "No session 'nosuch'"),
+        ("%crush cancel nosuch", "No session 'nosuch'"),
+        ("%crush cancel a b", "Usage: %crush cancel"),
+        ("%crush use", "Usage: %crush use SESSION"),
+        ("%crush sessions extra", "takes no arguments"),
+        ("%crush model nosuchprovider:x", "unknown provider"),
+        ('%crush use "unclosed', "No closing quotation"),
+    ],
+)
+def test_bad_input_is_a_usage_error_and_records_nothing(ip, crush, cell, message):
+    with pytest.raises(UsageError, match=message) as error:
+        run(ip, cell)
+    assert "\n" not in str(error.value)
+    assert crush.store.list_sessions() == []
+
+
+def test_secrets_never_reach_the_error(ip, crush, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value-123")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    # Resolving succeeds with a key; the request then fails, and the error is recorded.
+    run(ip, "%%crush -m openai:gpt-4o\nhi")
+    assert crush.last_view.phase == "error"
+    assert "sk-secret-value-123" not in crush.last_view.to_markdown()
+    assert all("sk-secret-value-123" not in m.text for m in messages(crush))
+
+
+# -- help ------------------------------------------------------------------------------------
+
+
+def test_help_texts(ip, capsys):
+    run(ip, "%crush help")
+    out = capsys.readouterr().out
+    for command in ("sessions", "history", "cancel", "use", "new", "model", "help"):
+        assert f"%crush {command}" in out
+    assert "%crush sessions" in (CrushMagics.crush_line.__doc__ or "")
+    cell_doc = CrushMagics.crush_cell.__doc__ or ""
+    for option in ("-s SESSION", "--new", "-m MODEL", "--wait", "--yolo", "-f"):
+        assert option in cell_doc
+
+
+def test_extract_code_takes_python_blocks_only():
+    answer = "a\n```python\nx = 1\n```\n```bash\nls\n```\n```\ny = 2\n```\n"
+    assert extract_code(answer) == "x = 1\n\ny = 2"
+    assert extract_code("no code here") == ""

@@ -1,0 +1,178 @@
+"""The run widget on its own: coalesced redraws, status line, fallback bundles, clicks from
+another thread, and the permission prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from jupyter_crush.agent import Delta, Finished, Queued, Started, ToolFinished
+from jupyter_crush.message import FinishReason, Message, Role, ToolCallPart, ToolResultPart, Usage
+from jupyter_crush.tools import Decision, PermissionRequest
+from jupyter_crush.widget import WIDGET_VIEW_MIME, RunLabels, RunView, WidgetPermissionBroker
+
+
+def make_view(**kwargs) -> tuple[RunView, list[str]]:
+    stops: list[str] = []
+    kwargs.setdefault("redraw_rate", 30.0)
+    view = RunView(
+        RunLabels("analysis", "scripted:model"),
+        on_stop=lambda: stops.append(threading.current_thread().name),
+        session_id="s1",
+        loop=asyncio.get_running_loop(),
+        **kwargs,
+    )
+    return view, stops
+
+
+async def test_token_deltas_are_coalesced_into_few_redraws():
+    view, _ = make_view(redraw_rate=30.0)
+    view.on_event(Started("u1"))
+    message = Message("s1", Role.ASSISTANT)
+    base = view.redraws
+    for i in range(1000):
+        message.append_text(f"t{i} ")
+        view.on_event(Delta(message))
+    # 1000 tokens in one loop turn: at most one immediate redraw and one timer pending.
+    assert view.redraws - base <= 1
+    await asyncio.sleep(0.1)
+    assert view.redraws - base <= 2
+    assert view.answer.outputs[0]["data"]["text/markdown"] == message.text
+
+
+async def test_redraws_are_rate_limited_over_time():
+    view, _ = make_view(redraw_rate=20.0)
+    view.on_event(Started("u1"))
+    message = Message("s1", Role.ASSISTANT)
+    loop = asyncio.get_running_loop()
+    start, base = loop.time(), view.redraws
+    while loop.time() - start < 0.5:
+        message.append_text("x")
+        view.on_event(Delta(message))
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.1)
+    # 20/s over ~0.6 s, plus the first immediate draw and one trailing timer.
+    assert view.redraws - base <= 15
+    assert view.answer.outputs[0]["data"]["text/markdown"] == message.text
+
+
+async def test_status_line_follows_the_run():
+    view, _ = make_view()
+    assert "accepted" in view.status_text()
+    view.on_event(Queued(2))
+    assert "queued (position 2)" in view.status_text()
+    view.on_event(Started("u1"))
+    assert "running" in view.status_text()
+    view.on_event(Finished(FinishReason.END_TURN, "", Usage(10, 5), 0.0123))
+    text = view.status_text()
+    assert "done" in text and "15 tokens" in text and "$0.0123" in text
+    assert view.stop_button.disabled
+
+
+async def test_error_and_cancel_states():
+    view, _ = make_view()
+    view.on_event(Finished(FinishReason.ERROR, "openai HTTP 401: bad key"))
+    assert view.phase == "error" and "error: openai HTTP 401: bad key" in view.status_text()
+    view2, _ = make_view()
+    view2.on_event(Finished(FinishReason.CANCELED, "User canceled request"))
+    assert view2.phase == "canceled"
+
+
+async def test_replay_is_labelled():
+    view = RunView(
+        RunLabels("s", "replay:anthropic-thinking", replay=True),
+        on_stop=lambda: None,
+        loop=asyncio.get_running_loop(),
+    )
+    assert "replay of a recorded stream" in view.status_text()
+    assert "replay of a recorded stream" in view.to_markdown()
+
+
+async def test_bundles_carry_a_static_fallback():
+    view, _ = make_view()
+    view.on_event(Started("u1"))
+    message = Message("s1", Role.ASSISTANT)
+    message.append_reasoning("thinking <hard>")
+    message.append_text("The **answer**.")
+    message.parts.append(ToolCallPart("c1", "python", '{"code": "1+1"}', finished=True))
+    view.on_event(Delta(message))
+    view.on_event(ToolFinished(message.parts[-1], ToolResultPart("c1", "python", "2")))
+    live = view._repr_mimebundle_()
+    assert WIDGET_VIEW_MIME in live and "The **answer**." in live["text/markdown"]
+    view.on_event(Finished(FinishReason.END_TURN))
+    final = view.static_bundle()
+    assert WIDGET_VIEW_MIME not in final
+    md = final["text/markdown"]
+    assert "The **answer**." in md
+    assert "thinking &lt;hard&gt;" in md  # reasoning is escaped, inside <details>
+    assert "tool python · ok" in md and "1+1" in md
+    assert final["text/plain"].startswith("[crush]")
+
+
+async def test_stop_click_from_another_thread_cancels_and_marks_stopping():
+    view, stops = make_view()
+    view.on_event(Started("u1"))
+    clicker = threading.Thread(target=view.stop_button.click, name="subshell")
+    clicker.start()
+    clicker.join()
+    assert stops == ["subshell"]  # the cancel itself runs right there (it is thread-safe)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert view.stop_button.disabled and view.stop_button.description == "Stopping…"
+
+
+async def test_wait_returns_when_finished():
+    view, _ = make_view()
+    waiter = asyncio.ensure_future(view.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    view.on_event(Finished(FinishReason.END_TURN))
+    await asyncio.wait_for(waiter, 1)
+    await view.wait()  # returns at once once finished
+
+
+def request() -> PermissionRequest:
+    return PermissionRequest("s1", "c1", "bash", {"command": "rm -rf build"}, "rm -rf build")
+
+
+def buttons(view: RunView) -> dict:
+    (prompt,) = view.permission.children
+    text, row = prompt.children
+    assert "rm -rf build" in text.value and "bash" in text.value
+    return {b.description: b for b in row.children}
+
+
+@pytest.mark.parametrize(
+    ("label", "decision"),
+    [("Allow", Decision.ALLOW), ("Allow for session", Decision.ALLOW_SESSION), ("Deny", "deny")],
+)
+async def test_permission_prompt_answers_from_a_click_on_another_thread(label, decision):
+    view, _ = make_view()
+    broker = WidgetPermissionBroker({"s1": view})
+    asking = asyncio.ensure_future(broker.ask(request()))
+    await asyncio.sleep(0)
+    assert view.waiting_permission and "waiting for permission" in view.status_text()
+    clicker = threading.Thread(target=buttons(view)[label].click)
+    clicker.start()
+    clicker.join()
+    assert await asyncio.wait_for(asking, 1) == decision
+    assert view.permission.children == ()
+    assert not view.waiting_permission
+
+
+async def test_permission_prompt_goes_away_when_the_run_is_canceled():
+    view, _ = make_view()
+    broker = WidgetPermissionBroker({"s1": view})
+    asking = asyncio.ensure_future(broker.ask(request()))
+    await asyncio.sleep(0)
+    assert len(view.permission.children) == 1
+    asking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    assert view.permission.children == ()
+
+
+async def test_permission_without_a_view_is_denied():
+    assert await WidgetPermissionBroker({}).ask(request()) == Decision.DENY
