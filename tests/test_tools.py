@@ -386,6 +386,57 @@ async def test_view_limits_and_bad_input(files, workspace):
     assert "fewer than" in (await files.view({"path": "long.txt", "offset": 9}, CTX)).content
 
 
+async def test_view_renders_notebooks_as_cells(files, workspace):
+    import json
+
+    notebook = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {},
+        "cells": [
+            {"cell_type": "markdown", "id": "a", "metadata": {}, "source": ["# Sales\n", "notes"]},
+            {
+                "cell_type": "code",
+                "id": "b",
+                "metadata": {},
+                "execution_count": 3,
+                "source": "df = load()\ndf.head()",
+                "outputs": [
+                    {"output_type": "stream", "name": "stdout", "text": ["loaded\n"]},
+                    {
+                        "output_type": "execute_result",
+                        "execution_count": 3,
+                        "metadata": {},
+                        "data": {"text/plain": "   price\n0  1.0", "text/html": "<table/>"},
+                    },
+                    {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBO"}},
+                ],
+            },
+        ],
+    }
+    (workspace.root / "a.ipynb").write_text(json.dumps(notebook))
+    result = await files.view({"path": "a.ipynb"}, CTX)
+    header, *lines = result.content.splitlines()
+    assert "shown as cells" in header
+    assert [line.split("|", 1)[1] for line in lines] == [
+        "# ── cell 1 · markdown ──",
+        "# Sales",
+        "notes",
+        "# ── cell 2 · code · [3] ──",
+        "df = load()",
+        "df.head()",
+        "# ── output: stream stdout ──",
+        "loaded",
+        "# ── output: execute_result (text/html omitted) ──",
+        "   price",
+        "0  1.0",
+        "# ── output: display_data (image/png omitted) ──",
+    ]
+    (workspace.root / "broken.ipynb").write_text("{not json")
+    raw = await files.view({"path": "broken.ipynb"}, CTX)
+    assert raw.content == "     1|{not json"
+
+
 async def test_view_size_limit(workspace):
     (workspace.root / "big.txt").write_text("".join(f"row {i}\n" for i in range(100_000)))
     result = await FileTools(workspace, limit=5_000).view({"path": "big.txt"}, CTX)

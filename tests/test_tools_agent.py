@@ -173,7 +173,8 @@ TWO_PROMPTS = (
     "from jupyter_crush.testing import Reply, ToolCall\n"
     "crush.use_model(ScriptedModel(["
     "Reply(tool_calls=[ToolCall('python', {'code': 'secret_answer = 6 * 7\\nprint(\"tool says\", "
-    "secret_answer)'})]), 'First done.', "
+    'secret_answer)\\nfrom IPython.display import display\\ndisplay({"shown": 1})\'})]), '
+    "'First done.', "
     "Reply(tool_calls=[ToolCall('python', {'code': 'print(\"again\", secret_answer)'})]), "
     "'Second done.']))"
 )
@@ -217,12 +218,17 @@ def test_allow_for_session_click_in_a_real_kernel(tmp_path):
         # The tool's prints went into its result, never into a cell's output.
         streams = [m["content"]["text"] for m in kernel.iopub if m["msg_type"] == "stream"]
         assert not any("tool says" in text or "again" in text for text in streams)
+        displays = [
+            m for m in kernel.iopub if m["msg_type"] in ("display_data", "update_display_data")
+        ]
+        # (the run widget's own display shows the tool result; the tool's display() is not)
+        assert not any(m["content"]["data"].get("text/plain") == "{'shown': 1}" for m in displays)
         turns = kernel.value(
             "[(str(m.role), [r.content for r in m.tool_results], m.finish_reason and "
             "str(m.finish_reason)) for m in crush.store.list_messages(crush.current_session_id)]"
         )
         tool_results = [t[1][0] for t in turns if t[0] == "tool"]
-        assert tool_results == ["tool says 42", "again 42"]
+        assert tool_results == ["tool says 42\n[display] {'shown': 1}", "again 42"]
         assert [t[2] for t in turns if t[2]][-2:] == ["tool_use", "end_turn"]
         sources = kernel.value(
             "[r.source for r in crush.permissions.records if r.request.tool_name == 'python']"

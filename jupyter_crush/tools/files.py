@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import json
 import os
 import re
 import tempfile
@@ -247,6 +248,60 @@ def _write_text(path: Path, content: str) -> None:
         raise
 
 
+def _file_lines(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8", errors="replace", newline="") as fh:
+        yield from fh
+
+
+_NOTEBOOK_OUTPUT_LINES = 20
+
+
+def _render_notebook(path: Path) -> list[str] | None:
+    """A notebook's cells as readable text (sources, text outputs); None if it is not one."""
+    try:
+        notebook = json.loads(path.read_text(encoding="utf-8"))
+        cells = notebook["cells"]
+        assert isinstance(cells, list)
+    except (ValueError, KeyError, TypeError, AssertionError, OSError):
+        return None
+    out: list[str] = []
+    for index, cell in enumerate(cells, start=1):
+        if not isinstance(cell, dict):
+            return None
+        kind = cell.get("cell_type", "?")
+        count = cell.get("execution_count")
+        out.append(f"# ── cell {index} · {kind}" + (f" · [{count}]" if count else "") + " ──")
+        out.extend(_joined(cell.get("source", "")).splitlines())
+        for output in cell.get("outputs", []) or []:
+            out.extend(_render_output(output))
+    return out
+
+
+def _render_output(output: dict[str, Any]) -> list[str]:
+    kind = output.get("output_type")
+    if kind == "stream":
+        label, text = f"stream {output.get('name', '')}".strip(), _joined(output.get("text", ""))
+    elif kind == "error":
+        label = "error"
+        text = f"{output.get('ename', '')}: {output.get('evalue', '')}"
+    else:
+        data = output.get("data", {}) or {}
+        others = [mime for mime in data if mime != "text/plain"]
+        label = kind or "output"
+        if others:
+            label += f" ({', '.join(others)} omitted)"
+        text = _joined(data.get("text/plain", ""))
+    lines = text.splitlines()
+    if len(lines) > _NOTEBOOK_OUTPUT_LINES:
+        cut = len(lines) - _NOTEBOOK_OUTPUT_LINES
+        lines = [*lines[:_NOTEBOOK_OUTPUT_LINES], f"... [{cut} more output lines]"]
+    return [f"# ── output: {label} ──", *lines]
+
+
+def _joined(value: Any) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
 def unified_diff(display: str, old: str | None, new: str) -> str:
     before = [] if old is None else old.splitlines(keepends=True)
     after = new.splitlines(keepends=True)
@@ -307,6 +362,7 @@ class FileTools:
                 "Read a text file in the workspace. Lines are numbered (`  12|text`). "
                 f"Shows up to {VIEW_DEFAULT_LINES} lines from `offset` (1-based line number, "
                 "default 1); pass offset/limit to page through long files. Long lines are cut. "
+                "Notebooks (.ipynb) are shown as cells with their text outputs. "
                 "Paths are relative to the workspace root.",
                 {
                     "type": "object",
@@ -339,29 +395,39 @@ class FileTools:
     def _view(self, path: Path, shown: str, offset: int, count: int) -> ToolResult:
         if _is_binary(path):
             return _error(f"view: {shown} is a binary file ({_size(path.stat().st_size)})")
+        header = ""
+        lines: Iterator[str]
+        rendered = _render_notebook(path) if path.suffix == ".ipynb" else None
+        if rendered is not None:
+            header = (
+                f"[{shown} shown as cells, not raw JSON: line numbers refer to this view; "
+                "change notebooks with the python tool (nbformat) or insert_cell]\n"
+            )
+            lines = iter(rendered)
+        else:
+            lines = _file_lines(path)
         out: list[str] = []
         used = 0
         last = offset - 1
         more = False
-        with path.open(encoding="utf-8", errors="replace", newline="") as fh:
-            for number, line in enumerate(fh, start=1):
-                if number < offset:
-                    continue
-                if number >= offset + count or used > self.limit:
-                    more = True
-                    break
-                text = line.rstrip("\r\n")
-                if len(text) > VIEW_MAX_LINE_CHARS:
-                    text = text[:VIEW_MAX_LINE_CHARS] + " ... [line truncated]"
-                entry = f"{number:6d}|{text}"
-                out.append(entry)
-                used += len(entry) + 1
-                last = number
+        for number, line in enumerate(lines, start=1):
+            if number < offset:
+                continue
+            if number >= offset + count or used > self.limit:
+                more = True
+                break
+            text = line.rstrip("\r\n")
+            if len(text) > VIEW_MAX_LINE_CHARS:
+                text = text[:VIEW_MAX_LINE_CHARS] + " ... [line truncated]"
+            entry = f"{number:6d}|{text}"
+            out.append(entry)
+            used += len(entry) + 1
+            last = number
         if not out:
             if offset == 1:
                 return ToolResult(f"{shown} is empty.")
             return _error(f"view: {shown} has fewer than {offset} lines")
-        body = redact("\n".join(out))
+        body = header + redact("\n".join(out))
         if more:
             body += f"\n[more lines follow; call view with offset={last + 1} to continue]"
         return ToolResult(body, metadata={"path": shown, "first_line": offset, "last_line": last})
