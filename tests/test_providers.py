@@ -759,6 +759,7 @@ def test_sdk_environment_variables_are_honored(monkeypatch):
     ("name", "error", "fix"),
     [
         ("gpt-4o", ProviderConfigError, "'provider:model'"),
+        ("openai:", ProviderConfigError, "names no model"),
         ("nope:gpt-4o", ProviderConfigError, "unknown provider 'nope'"),
         ("openai:gpt-4o", MissingAPIKeyError, "OPENAI_API_KEY"),
         ("anthropic:claude", MissingAPIKeyError, "ANTHROPIC_API_KEY"),

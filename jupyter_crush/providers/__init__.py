@@ -71,7 +71,11 @@ def resolve_model(name: str, *, settings: ProviderSettings | None = None) -> Mod
             "'replay:openai-simple'"
         )
     provider_id, sep, model = name.strip().partition(":")
-    if not sep or not provider_id or not model:
+    if sep and not model.strip():
+        raise ProviderConfigError(
+            f"model {name!r} names no model after the provider: write e.g. '{provider_id}:gpt-4o'"
+        )
+    if not sep or not provider_id:
         raise ProviderConfigError(
             f"model {name!r} has no provider: write 'provider:model', e.g. 'openai:{name}', "
             f"'anthropic:{name}' or 'ollama:{name}'"
