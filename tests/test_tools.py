@@ -704,3 +704,14 @@ def test_permission_summaries_are_the_exact_payload(shell, workspace):
     assert tools["bash"].permission_summary({"command": "ls -la"}) == "ls -la"
     assert tools["insert_cell"].permission_summary({"code": "plot()"}) == "plot()"
     assert '"path": "a"' in tools["view"].permission_summary({"path": "a"})
+
+
+async def test_summaries_and_diffs_mask_credentials(shell, workspace, monkeypatch):
+    monkeypatch.setenv("EXAMPLE_TOKEN", "tok-0123456789")
+    tools = {t.name: t for t in default_tools(shell, workspace.root)}
+    args = {"path": ".env", "content": "TOKEN=tok-0123456789\n"}
+    assert tools["write"].permission_summary(args).endswith("+TOKEN=[redacted]\n")
+    assert tools["bash"].permission_summary({"command": "use tok-0123456789"}) == ("use [redacted]")
+    result = await tools["write"].run(args, CTX)
+    assert "tok-0123456789" not in result.content + result.metadata["diff"]
+    assert (workspace.root / ".env").read_text() == "TOKEN=tok-0123456789\n"

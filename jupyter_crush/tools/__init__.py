@@ -44,13 +44,19 @@ class Tool:
         return self.spec.name
 
     def permission_summary(self, arguments: dict[str, Any]) -> str:
-        """What the user approves for this call: never fails, whatever the model sent."""
+        """What the user approves for this call: never fails, whatever the model sent.
+
+        Values of credential-like environment variables are masked: the prompt is
+        output like any other.
+        """
+        from .output import redact
+
         if self.summarize is not None:
             try:
-                return self.summarize(arguments)
+                return redact(self.summarize(arguments))
             except Exception as exc:  # a summary must not break the permission prompt
-                return f"(could not summarize the call: {exc})\n{_json_args(arguments)}"
-        return _json_args(arguments)
+                return redact(f"(could not summarize the call: {exc})\n{_json_args(arguments)}")
+        return redact(_json_args(arguments))
 
 
 def _json_args(arguments: dict[str, Any]) -> str:

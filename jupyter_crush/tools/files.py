@@ -28,7 +28,7 @@ from typing import Any
 
 from ..model import ToolSpec
 from . import Tool, ToolContext, ToolResult
-from .output import MAX_OUTPUT_CHARS, clean, redact, truncate
+from .output import MAX_OUTPUT_CHARS, clean, redact
 
 SKIPPED_DIRS = frozenset(
     {
@@ -485,7 +485,7 @@ class FileTools:
         head = f"{verb} {shown} ({len(content.splitlines())} lines)."
         return ToolResult(
             head + ("\n" + clean(diff, self.limit, what="diff") if diff else " No change."),
-            metadata={"path": shown, "diff": truncate(diff, self.limit, what="diff")},
+            metadata={"path": shown, "diff": clean(diff, self.limit, what="diff")},
         )
 
     # -- edit --
@@ -578,7 +578,7 @@ class FileTools:
         verb = "Created" if old is None else "Edited"
         return ToolResult(
             f"{verb} {shown}.\n{clean(diff, self.limit, what='diff')}",
-            metadata={"path": shown, "diff": truncate(diff, self.limit, what="diff")},
+            metadata={"path": shown, "diff": clean(diff, self.limit, what="diff")},
         )
 
     # -- glob --
