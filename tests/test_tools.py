@@ -715,3 +715,20 @@ async def test_summaries_and_diffs_mask_credentials(shell, workspace, monkeypatc
     result = await tools["write"].run(args, CTX)
     assert "tok-0123456789" not in result.content + result.metadata["diff"]
     assert (workspace.root / ".env").read_text() == "TOKEN=tok-0123456789\n"
+
+
+async def test_python_cancel_before_the_code_starts_never_runs_it(shell, ns, monkeypatch):
+    from jupyter_crush.tools import python as python_module
+
+    held = []
+    real_start = python_module._Worker.start
+    # Hold the thread back so the cancel lands before it reaches the user's code.
+    monkeypatch.setattr(python_module._Worker, "start", lambda worker: held.append(worker))
+    task = asyncio.create_task(python(shell).run({"code": "ran = 1"}, CTX))
+    await wait_until(lambda: held)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    real_start(held[0])
+    held[0].thread.join(timeout=10)
+    assert "ran" not in ns

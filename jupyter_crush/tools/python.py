@@ -269,6 +269,9 @@ class _Worker:
 
     def _enter_user_code(self) -> None:
         with self._lock:
+            if self.interrupt_reason:
+                # Stopped before the thread got this far: the code must not start at all.
+                raise ToolInterrupted
             self._in_user_code = True
 
     def _leave_user_code(self) -> None:
