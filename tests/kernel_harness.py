@@ -79,10 +79,19 @@ def kernel_env(data_dir: str | os.PathLike[str], **extra: str) -> dict[str, str]
 class Kernel:
     """One kernel process; every iopub message it sends is kept in ``self.iopub``."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        env: dict[str, str] | None = None,
+        extra_arguments: list[str] | None = None,
+    ):
         self._spec_dir = tempfile.TemporaryDirectory(prefix="crush-kernelspec-")
         self.km = kernel_manager(self._spec_dir.name)
-        self.km.start_kernel(env=kernel_env(data_dir, **(env or {})), cwd=str(data_dir))
+        self.km.start_kernel(
+            env=kernel_env(data_dir, **(env or {})),
+            cwd=str(data_dir),
+            extra_arguments=extra_arguments or [],
+        )
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)

@@ -287,3 +287,48 @@ def test_headless_run_waits_and_denies_tools(kernel):
     turn = last_turn(kernel)
     assert turn[-1][1] == "canceled"
     assert "Permission denied" in turn[-1][2]
+
+
+def test_interrupt_while_a_wait_cell_blocks_cancels_the_run(kernel):
+    kernel.run(SLOW)
+    msg_id = kernel.kc.execute("%%crush --new --wait\nwrite a lot")
+    kernel.wait_iopub(
+        lambda m: m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "display_data"
+    )
+    time.sleep(0.3)
+    kernel.interrupt()
+    reply = kernel._shell_reply(msg_id, time.monotonic() + 20)
+    assert reply["content"]["status"] == "ok"  # the cell ends normally, showing the cancel
+    assert kernel.value("crush.last_view.phase") == "canceled"
+    assert last_turn(kernel)[-1][1] == "canceled"
+
+
+def test_format_code_fills_the_next_cell(kernel):
+    kernel.run(
+        "crush.use_model(ScriptedModel(['Try:\\n```python\\nprint(6 * 7)\\n```\\n']))",
+    )
+    result = kernel.execute("%%crush --new -f code\nwrite code")
+    payload = result.reply["content"]["payload"]
+    assert payload == [{"source": "set_next_input", "text": "print(6 * 7)", "replace": False}]
+
+
+def test_extension_and_config_from_the_command_line(tmp_path):
+    # The same traits ipython_config.py sets: c.InteractiveShellApp.extensions, c.CrushConfig.
+    k = Kernel(
+        tmp_path,
+        extra_arguments=[
+            "--InteractiveShellApp.extensions=jupyter_crush",
+            "--CrushConfig.max_steps=3",
+            "--CrushConfig.model=replay:openai-simple",
+        ],
+    )
+    try:
+        assert k.value("'crush' in get_ipython().magics_manager.magics['cell']") is True
+        k.run("from jupyter_crush.magics import current\ncrush = current()")
+        assert k.value("crush.config.max_steps") == 3
+        k.run("%%crush\nhello")
+        k.run("await crush.last_view.wait()")
+        assert k.value("crush.last_view.phase") == "done"
+        assert k.value("crush.store.list_messages(crush.current_session_id)[-1].text") == "Olá!"
+    finally:
+        k.shutdown()
