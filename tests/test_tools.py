@@ -622,6 +622,11 @@ async def test_bash_bad_input(workspace):
     assert (await tool.run({"command": "true", "timeout": 0}, CTX)).is_error
 
 
+async def test_bash_reports_a_missing_workspace(tmp_path):
+    result = await BashTool(tmp_path / "gone").run({"command": "true"}, CTX)
+    assert result.is_error and result.content.startswith("bash: could not start the command")
+
+
 async def test_bash_hides_credentials(workspace, monkeypatch):
     monkeypatch.setenv("EXAMPLE_API_KEY", "sk-test-abcdef123456")
     secret_file = workspace.root / "env.txt"

@@ -112,6 +112,8 @@ class BashTool:
         except asyncio.CancelledError:
             await asyncio.shield(self._stop(spawn, reader))
             raise
+        except OSError as exc:  # the spawn itself failed: no process to clean up
+            return ToolResult(f"bash: could not start the command in {self.cwd}: {exc}", True)
         await self._kill(proc, reader)
 
         output = redact(buffer.getvalue()).rstrip("\n")
