@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
+import os
 import sys
 import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
@@ -737,3 +741,34 @@ async def test_python_cancel_before_the_code_starts_never_runs_it(shell, ns, mon
     real_start(held[0])
     held[0].thread.join(timeout=10)
     assert "ran" not in ns
+
+
+# -- properties -------------------------------------------------------------------------
+
+NAME_CHARS = st.sampled_from([*"ab.-_x1", "*", "?", "[ab]", "[!a]"])
+
+
+@given(
+    pattern=st.lists(NAME_CHARS, min_size=1, max_size=6).map("".join),
+    name=st.text(alphabet="ab.-_x1", min_size=0, max_size=6),
+)
+def test_name_globs_agree_with_fnmatch(pattern, name):
+    assert GlobMatcher(pattern).matches(f"dir/{name}") == fnmatch.fnmatchcase(name, pattern)
+
+
+SEGMENTS = st.sampled_from(["a", "b", "..", ".", "link_out", "link_in.txt", "inner.txt"])
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(SEGMENTS, min_size=1, max_size=6), absolute=st.booleans())
+def test_resolve_never_leaves_the_workspace(workspace, parts, absolute):
+    path = "/".join(parts)
+    if absolute:
+        path = f"{workspace.root}/{path}"
+    try:
+        resolved = workspace.resolve(path)
+    except WorkspaceError:
+        return
+    assert resolved == workspace.root or resolved.is_relative_to(workspace.root)
+    # symlinks are already resolved: nothing under the answer can point elsewhere
+    assert str(resolved) == os.path.realpath(resolved)
