@@ -71,39 +71,56 @@ def _write_all(fd: int, data: bytes) -> None:
 class Journal:
     """One append-only JSON-lines file, read incrementally.
 
-    ``offset`` is how far this process has consumed the file (always just past a newline);
-    ``inode`` identifies the file version consumed, so a compaction by another process
-    (a new file moved into place) is noticed and the file is re-read from the start.
-    Not thread-safe: the store calls it under its own lock.
+    The journal keeps a descriptor on the file version it has consumed (``offset`` bytes,
+    always just past a newline). Holding it pins the inode, so comparing it with the path's
+    inode reliably tells that another process compacted the file (moved a new one into
+    place): an inode still open cannot be reused by a new file. Then the file is re-read
+    from the start. Not thread-safe: the store calls it under its own lock.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.inode: int | None = None
         self.offset = 0
-        self._fd: int | None = None  # O_APPEND descriptor, reopened when the inode changes
+        self._fd: int | None = None  # O_RDWR|O_APPEND descriptor on the consumed version
+        self._inode = 0  # inode of _fd
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
 
     def read_new(self) -> tuple[bool, list[tuple[dict[str, Any], bytes]]]:
         """Records appended since the last call, as ``(record, line)`` pairs.
 
-        Returns ``(reset, records)``: ``reset`` means the file was replaced (or removed)
-        and ``records`` is its whole content, to be applied from scratch.
+        Returns ``(reset, records)``: ``reset`` means ``records`` is the whole current
+        content, to be applied from scratch (first read, after :meth:`close`, or after the
+        file was replaced or removed).
         """
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            reset = self.inode is not None
-            self.inode, self.offset = None, 0
-            return reset, []
-        if st.st_ino == self.inode and st.st_size == self.offset:
-            return False, []
-        with open(self.path, "rb") as f:
-            fst = os.fstat(f.fileno())
-            reset = fst.st_ino != self.inode or fst.st_size < self.offset
-            start = 0 if reset else self.offset
-            f.seek(start)
-            data = f.read()
-        end = data.rfind(b"\n") + 1  # bytes after the last newline are a torn or in-flight tail
+        if self._fd is not None:
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                self.close()
+                self.offset = 0
+                return True, []
+            if st.st_ino != self._inode:
+                self.close()  # replaced by a compaction elsewhere: re-read the new version
+            elif st.st_size == self.offset:
+                return False, []
+        reset = self._fd is None
+        if reset:
+            try:
+                self._open(create=False)
+            except FileNotFoundError:
+                had_content, self.offset = self.offset > 0, 0
+                return had_content, []
+            self.offset = 0
+        assert self._fd is not None
+        start = self.offset
+        size = os.fstat(self._fd).st_size
+        if size < start:
+            raise self._shrunk(size)
+        data = os.pread(self._fd, size - start, start)
+        end = data.rfind(b"\n") + 1  # bytes after the last newline: a torn or in-flight tail
         records = []
         pos = start
         for line in data[:end].split(b"\n")[:-1]:
@@ -115,17 +132,18 @@ class Journal:
                 raise self._corrupt(pos, "not a JSON object")
             records.append((record, line))
             pos += len(line) + 1
-        self.inode = fst.st_ino
         self.offset = start + end
         return reset, records
 
+    def _open(self, *, create: bool) -> None:
+        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        self._fd = os.open(self.path, flags, 0o644)
+        self._inode = os.fstat(self._fd).st_ino
+
     def corrupt(self, line: bytes, problem: str) -> StoreError:
         """A :class:`StoreError` for a well-formed JSON line the caller cannot use."""
-        return self._corrupt(self._locate(line), problem)
-
-    def _locate(self, line: bytes) -> int:
         with open(self.path, "rb") as f:
-            return max(f.read().find(line + b"\n"), 0)
+            return self._corrupt(max(f.read().find(line + b"\n"), 0), problem)
 
     def _corrupt(self, pos: int, problem: str) -> StoreError:
         with open(self.path, "rb") as f:
@@ -136,48 +154,45 @@ class Journal:
             f"first {pos} bytes (head -c {pos} FILE.bad > FILE), or restore it from a backup."
         )
 
+    def _shrunk(self, size: int) -> StoreError:
+        return StoreError(
+            f"transcript file {self.path} shrank from {self.offset} to {size} bytes while "
+            "open: something other than jupyter-crush truncated it; reopen the store"
+        )
+
     def append(self, payload: bytes, *, fsync: bool) -> None:
         """Append complete lines. Call under the process lock, right after :meth:`read_new`."""
-        fd = self._writable_fd(fsync=fsync)
-        size = os.fstat(fd).st_size
+        if self._fd is None:
+            self._open(create=True)
+            self.offset = 0
+            if fsync:
+                _fsync_dir(self.path.parent)  # a new file must survive, not only its bytes
+        assert self._fd is not None
+        size = os.fstat(self._fd).st_size
         if size > self.offset:
             # A torn tail from a writer killed mid-append: we hold the lock and have read
             # every complete record, so these bytes belong to no one.
-            os.ftruncate(fd, self.offset)
+            os.ftruncate(self._fd, self.offset)
         elif size < self.offset:
-            raise StoreError(
-                f"transcript file {self.path} shrank from {self.offset} to {size} bytes while "
-                "open: something other than jupyter-crush truncated it; reopen the store"
-            )
-        _write_all(fd, payload)
+            raise self._shrunk(size)
+        _write_all(self._fd, payload)
         self.offset += len(payload)
         if fsync:
-            os.fsync(fd)
+            os.fsync(self._fd)
 
     def rewrite(self, payload: bytes, *, fsync: bool) -> None:
         """Atomically replace the whole file (compaction). Call under the process lock."""
         write_atomic(self.path, payload, fsync=fsync)
         self.close()
-        self.inode = os.stat(self.path).st_ino
+        self._open(create=False)
         self.offset = len(payload)
 
-    def _writable_fd(self, *, fsync: bool) -> int:
-        if self._fd is not None and os.fstat(self._fd).st_ino != self.inode:
-            self.close()  # another process compacted the file; ours is the old inode
-        if self._fd is None:
-            created = self.inode is None
-            self._fd = os.open(
-                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
-            )
-            self.inode = os.fstat(self._fd).st_ino
-            if created and fsync:
-                _fsync_dir(self.path.parent)  # a new file must survive, not only its bytes
-        return self._fd
-
     def close(self) -> None:
+        """Drop the descriptor; the next :meth:`read_new` re-reads the file from the start."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            self._inode = 0
 
 
 class ProcessLock:

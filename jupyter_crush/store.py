@@ -70,6 +70,7 @@ import re
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,8 @@ FORMAT_NAME = "jupyter-crush-transcripts"
 FORMAT_VERSION = 1
 #: A journal is compacted only beyond this size (and when over half of it is superseded).
 COMPACT_MIN_BYTES = 256 * 1024
+#: Session journals kept open at once (each pins the file version it has read).
+MAX_OPEN_JOURNALS = 128
 KERNEL_STOPPED_MESSAGE = "The kernel stopped before this reply finished"
 TOOL_INTERRUPTED_MESSAGE = "Tool call interrupted: the kernel stopped before it finished"
 
@@ -264,6 +267,8 @@ class TranscriptStore:
         self._sessions: dict[str, _SessionState] = {}  # creation order
         # session id -> ids of messages whose latest state is in memory only (coalesced)
         self._pending: dict[str, dict[str, None]] = {}
+        # session ids whose journal holds a descriptor, least recently used first
+        self._open_journals: OrderedDict[str, None] = OrderedDict()
         self._last_write: dict[tuple[str, str], float] = {}  # (session, message) -> clock()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
@@ -523,19 +528,44 @@ class TranscriptStore:
         """Apply records other processes appended to the session's journal."""
         assert st.entries is not None
         reset, records = st.journal.read_new()
-        if reset:
-            sid = st.session.id
-            pending = self._pending.get(sid, {})
-            kept = {mid: st.entries[mid] for mid in pending if mid in st.entries}
-            st.entries = {}
-            st.live_bytes = 0
-            for mid, entry in kept.items():
-                entry.disk_len = 0
-                st.entries[mid] = entry
+        self._note_journal(st)
+        if not reset:
+            for record, line in records:
+                self._apply_record(st, record, line)
+            return
+        # Rebuild from the file's whole content in its order, then lay our pending (newer,
+        # not yet written) states over it.
+        pending = self._pending.get(st.session.id, {})
+        kept = {mid: st.entries[mid] for mid in pending if mid in st.entries}
+        st.entries = {}
+        st.live_bytes = 0
         for record, line in records:
             self._apply_record(st, record, line)
-        if reset:
-            _recompute_totals(st)
+        for mid, entry in kept.items():
+            on_disk = st.entries.get(mid)
+            entry.disk_len = on_disk.disk_len if on_disk is not None else 0
+            st.entries[mid] = entry
+        _recompute_totals(st)
+
+    def _note_journal(self, st: _SessionState) -> None:
+        """Track journals holding a descriptor; close the least recently used beyond a cap.
+
+        A closed journal is simply re-read from the start on its next use. Journals with
+        pending updates stay open: their in-memory state is newer than the disk.
+        """
+        sid = st.session.id
+        if not st.journal.is_open:
+            self._open_journals.pop(sid, None)
+            return
+        self._open_journals[sid] = None
+        self._open_journals.move_to_end(sid)
+        if len(self._open_journals) <= MAX_OPEN_JOURNALS:
+            return
+        for victim in list(self._open_journals):
+            if victim != sid and victim not in self._pending:
+                self._sessions[victim].journal.close()
+                del self._open_journals[victim]
+                return
 
     def _apply_record(self, st: _SessionState, record: dict[str, Any], line: bytes) -> None:
         assert st.entries is not None
@@ -607,16 +637,29 @@ class TranscriptStore:
             self._check_open()
             st = self._loaded(sid)
             assert st.entries is not None
-            old = st.entries.get(mid)
-            entry.disk_len = old.disk_len if old is not None else 0
-            _set_entry(st, mid, entry)
-            st.session.updated_at = now()
             last = self._last_write.get((sid, mid))
-            if force or last is None or self._clock() - last >= self.flush_interval:
-                self._write(st, [mid])
-            else:
+            write_now = (
+                force
+                or mid not in st.entries
+                or last is None
+                or self._clock() - last >= self.flush_interval
+            )
+            if not write_now:
+                entry.disk_len = st.entries[mid].disk_len
+                _set_entry(st, mid, entry)
+                st.session.updated_at = now()
                 self._pending.setdefault(sid, {})[mid] = None
                 self._schedule_deadline()
+                return
+            with self._plock:
+                # Read other processes' records first, so a new message takes the same
+                # place in memory as on disk: after them.
+                self._catch_up(st)
+                old = st.entries.get(mid)
+                entry.disk_len = old.disk_len if old is not None else 0
+                _set_entry(st, mid, entry)
+                st.session.updated_at = now()
+                self._write(st, [mid])
 
     def _write(self, st: _SessionState, mids: Iterable[str]) -> None:
         """Append the latest state of ``mids`` to the session journal, then the session record."""
@@ -708,6 +751,11 @@ class TranscriptStore:
     # -- internals: settling -------------------------------------------------
 
     def _settle(self, st: _SessionState) -> list[Message]:
+        with self._plock:  # nobody appends between our reading and our writing
+            self._catch_up(st)
+            return self._settle_locked(st)
+
+    def _settle_locked(self, st: _SessionState) -> list[Message]:
         assert st.entries is not None
         alive: dict[str, bool] = {}
 

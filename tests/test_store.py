@@ -722,3 +722,43 @@ def test_concurrent_processes_lose_nothing(tmp_path):
 @pytest.mark.slow
 def test_four_processes_times_two_thousand_writes(tmp_path):
     run_concurrent_writers(tmp_path / "s", processes=4, count=2000)
+
+
+def test_journals_closed_beyond_the_cap_are_reread_correctly(tmp_path, monkeypatch, clock):
+    monkeypatch.setattr(store_module, "MAX_OPEN_JOURNALS", 2)
+    path = tmp_path / "s"
+    with TranscriptStore(path) as a, TranscriptStore(path, flush_interval=60, clock=clock) as b:
+        ids = [a.create_session(f"s{n}").id for n in range(5)]
+        for sid in ids:
+            a.add_message(Message(sid, Role.USER, [TextPart(f"hello {sid}")]))
+        replies = [b.add_message(assistant(sid, "streaming")) for sid in ids]
+        for reply in replies:  # pending in every session: none of them may be closed
+            reply.append_text(" more")
+            b.update_message(reply)
+        for sid in ids:
+            a.add_message(Message(sid, Role.USER, [TextPart("later")]))
+        for sid in ids:
+            assert [m.text for m in b.list_messages(sid)] == [
+                f"hello {sid}",
+                "streaming more",
+                "later",
+            ]
+        b.flush()
+        for sid in ids:
+            assert [m.text for m in a.list_messages(sid)][1] == "streaming more"
+
+
+def test_messages_added_by_two_stores_keep_one_order_everywhere(tmp_path):
+    path = tmp_path / "s"
+    with TranscriptStore(path) as a, TranscriptStore(path) as b:
+        session = a.create_session()
+        a.list_messages(session.id)
+        b.list_messages(session.id)
+        for n in range(6):
+            writer = a if n % 2 == 0 else b
+            writer.add_message(Message(session.id, Role.USER, [TextPart(str(n))]))
+        expected = [str(n) for n in range(6)]
+        assert [m.text for m in a.list_messages(session.id)] == expected
+        assert [m.text for m in b.list_messages(session.id)] == expected
+    with TranscriptStore(path) as c:
+        assert [m.text for m in c.list_messages(session.id)] == expected
