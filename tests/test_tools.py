@@ -101,8 +101,9 @@ async def test_python_ipython_syntax_and_top_level_await(shell, ns):
 
 async def test_python_display_and_rich_results_are_summarized(shell, ns):
     code = (
-        "from IPython.display import display, HTML\n"
+        "from IPython.display import display, clear_output\n"
         "display({'a': 1})\n"
+        "clear_output()\n"
         "class Rich:\n"
         "    def _repr_html_(self): return '<b>x</b>'\n"
         "    def __repr__(self): return 'Rich()'\n"
@@ -111,6 +112,8 @@ async def test_python_display_and_rich_results_are_summarized(shell, ns):
     result = await python(shell).run({"code": code}, CTX)
     assert "[display] {'a': 1}" in result.content
     assert "Out: Rich()\n[rich output: text/html]" in result.content
+    pub = shell.display_pub
+    assert "publish" not in vars(pub) and "clear_output" not in vars(pub)  # patch undone
 
 
 async def test_python_figures_are_described_and_closed(shell, ns):

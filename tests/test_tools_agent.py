@@ -169,14 +169,19 @@ async def test_stop_during_python_stops_the_worker(store, shell, tmp_path):
 # -- a real kernel, clicking the permission buttons over comm messages ---------------------
 
 
+FIRST_CODE = (
+    "secret_answer = 6 * 7\n"
+    "print('tool says', secret_answer)\n"
+    "from IPython.display import display, clear_output\n"
+    "display({'shown': 1})\n"
+    "clear_output()"
+)
+SECOND_CODE = "print('again', secret_answer)"
 TWO_PROMPTS = (
     "from jupyter_crush.testing import Reply, ToolCall\n"
     "crush.use_model(ScriptedModel(["
-    "Reply(tool_calls=[ToolCall('python', {'code': 'secret_answer = 6 * 7\\nprint(\"tool says\", "
-    'secret_answer)\\nfrom IPython.display import display\\ndisplay({"shown": 1})\'})]), '
-    "'First done.', "
-    "Reply(tool_calls=[ToolCall('python', {'code': 'print(\"again\", secret_answer)'})]), "
-    "'Second done.']))"
+    f"Reply(tool_calls=[ToolCall('python', {{'code': {FIRST_CODE!r}}})]), 'First done.', "
+    f"Reply(tool_calls=[ToolCall('python', {{'code': {SECOND_CODE!r}}})]), 'Second done.']))"
 )
 
 
@@ -223,6 +228,7 @@ def test_allow_for_session_click_in_a_real_kernel(tmp_path):
         ]
         # (the run widget's own display shows the tool result; the tool's display() is not)
         assert not any(m["content"]["data"].get("text/plain") == "{'shown': 1}" for m in displays)
+        assert not [m for m in kernel.iopub if m["msg_type"] == "clear_output"]
         turns = kernel.value(
             "[(str(m.role), [r.content for r in m.tool_results], m.finish_reason and "
             "str(m.finish_reason)) for m in crush.store.list_messages(crush.current_session_id)]"

@@ -110,9 +110,13 @@ class _Router:
         self._lock = threading.Lock()
         self._sinks: dict[int, CappedBuffer] = {}
         self._installed: dict[str, Any] = {}
-        self._shells: dict[int, tuple[Any, Any]] = {}
+        # id(display publisher) -> (publisher, {method name: its own instance attribute
+        # or None}), to undo the patch exactly.
+        self._shells: dict[int, tuple[Any, dict[str, Any]]] = {}
 
     def sink(self) -> CappedBuffer | None:
+        # Lock-free on purpose (every print goes through here): a dict lookup is atomic
+        # under the GIL, and a thread's own entry only changes from that thread.
         return self._sinks.get(threading.get_ident())
 
     def enter(self, sink: CappedBuffer, shell: Any) -> None:
@@ -142,30 +146,39 @@ class _Router:
             if getattr(sys, name) is proxy:
                 setattr(sys, name, proxy.original)
         self._installed.clear()
-        for pub, had_own in self._shells.values():
-            if had_own is None:
-                pub.__dict__.pop("publish", None)
-            else:
-                pub.publish = had_own
+        for pub, own in self._shells.values():
+            for name, attribute in own.items():
+                if attribute is None:
+                    pub.__dict__.pop(name, None)
+                else:
+                    setattr(pub, name, attribute)
         self._shells.clear()
 
     def _patch_display(self, shell: Any) -> None:
+        """Route ``display()`` and ``clear_output()`` of capturing threads away from the cell."""
         pub = getattr(shell, "display_pub", None)
         if pub is None or id(pub) in self._shells:
             return
-        had_own = pub.__dict__.get("publish")
-        original = pub.publish
+        own = {name: pub.__dict__.get(name) for name in ("publish", "clear_output")}
+        publish, clear_output = pub.publish, pub.clear_output
         router = self
 
-        def publish(data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        def routed_publish(data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
             sink = router.sink()
             if sink is None:
-                return original(data, *args, **kwargs)
+                return publish(data, *args, **kwargs)
             sink.write(_summarize_display(data) + "\n")
             return None
 
-        pub.publish = publish
-        self._shells[id(pub)] = (pub, had_own)
+        def routed_clear_output(*args: Any, **kwargs: Any) -> Any:
+            # Clearing would wipe whichever cell the kernel is busy with: drop it.
+            if router.sink() is None:
+                return clear_output(*args, **kwargs)
+            return None
+
+        pub.publish = routed_publish
+        pub.clear_output = routed_clear_output
+        self._shells[id(pub)] = (pub, own)
 
 
 _ROUTER = _Router()
