@@ -444,6 +444,14 @@ async def test_view_renders_notebooks_as_cells(files, workspace):
     assert raw.content == "     1|{not json"
 
 
+async def test_view_reads_overlong_lines_in_bounded_pieces(files, workspace):
+    (workspace.root / "min.json").write_text("[" + "1," * 3_000_000 + "1]\nsecond line\n")
+    result = await files.view({"path": "min.json"}, CTX)
+    first, second = result.content.splitlines()
+    assert first.endswith("[line truncated]") and len(first) < 2_100
+    assert second == "     2|second line"
+
+
 async def test_view_size_limit(workspace):
     (workspace.root / "big.txt").write_text("".join(f"row {i}\n" for i in range(100_000)))
     result = await FileTools(workspace, limit=5_000).view({"path": "big.txt"}, CTX)

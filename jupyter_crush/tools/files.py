@@ -249,15 +249,25 @@ def _write_text(path: Path, content: str) -> None:
 
 
 def _file_lines(path: Path) -> Iterator[str]:
+    """The file's lines, each cut at a bounded length: a huge one-line file (minified JSON,
+    a data dump) must not be read into memory whole just to show its first characters."""
+    cap = VIEW_MAX_LINE_CHARS + 1
     with path.open(encoding="utf-8", errors="replace", newline="") as fh:
-        yield from fh
+        while line := fh.readline(cap):
+            if len(line) == cap and not line.endswith(("\n", "\r")):
+                while (rest := fh.readline(cap * 64)) and not rest.endswith(("\n", "\r")):
+                    pass  # skip the rest of the overlong line
+            yield line
 
 
 _NOTEBOOK_OUTPUT_LINES = 20
+_NOTEBOOK_MAX_BYTES = 20 * 1024 * 1024
 
 
 def _render_notebook(path: Path) -> list[str] | None:
     """A notebook's cells as readable text (sources, text outputs); None if it is not one."""
+    if path.stat().st_size > _NOTEBOOK_MAX_BYTES:
+        return None  # shown raw (line by line) rather than parsed whole
     try:
         notebook = json.loads(path.read_text(encoding="utf-8"))
         cells = notebook["cells"]
