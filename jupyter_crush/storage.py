@@ -240,9 +240,15 @@ class WriterLease:
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def release(self) -> None:
+        """End the lease: remove the file and drop the flock."""
         if self._fd is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+            self.close()
+
+    def close(self) -> None:
+        """Close this descriptor only (a forked child's copy: the parent keeps the lease)."""
+        if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 

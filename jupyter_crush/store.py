@@ -264,6 +264,7 @@ class TranscriptStore:
         # thread while a shutdown hook may flush from another.
         self._lock = threading.RLock()
         self._closed = False
+        self._pid = os.getpid()  # the process that opened the store (see _forked)
         self._sessions: dict[str, _SessionState] = {}  # creation order
         # session id -> ids of messages whose latest state is in memory only (coalesced)
         self._pending: dict[str, dict[str, None]] = {}
@@ -324,6 +325,20 @@ class TranscriptStore:
                     Session(id=sid, title=title), Journal(self._messages_dir / f"{sid}.jsonl")
                 )
                 self._sessions[sid] = st
+                self._write_session_record(st)
+            return _copy_session(st.session)
+
+    def rename_session(self, session_id: str, title: str) -> Session:
+        """Set a session's title (durable on return)."""
+        if not isinstance(title, str):
+            raise TypeError(f"session title must be a str, got {type(title).__name__}")
+        with self._lock:
+            self._check_open()
+            st = self._state(session_id)
+            with self._plock:
+                self._catch_up_index()
+                st.session.title = title
+                st.session.updated_at = now()
                 self._write_session_record(st)
             return _copy_session(st.session)
 
@@ -409,7 +424,7 @@ class TranscriptStore:
     def flush(self) -> None:
         """Write every pending (coalesced) update."""
         with self._lock:
-            if self._closed:
+            if self._closed or self._forked():
                 return
             for sid in list(self._pending):
                 mids = list(self._pending.get(sid, ()))
@@ -426,7 +441,8 @@ class TranscriptStore:
             finally:
                 self._closed = True
                 _LIVE_STORES.discard(self)
-                self._release_files()
+                # A forked child's copy must not remove the parent's lease.
+                self._release_files(release_lease=not self._forked())
 
     def __enter__(self) -> TranscriptStore:
         return self
@@ -493,6 +509,16 @@ class TranscriptStore:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"the transcript store {self.path} is closed; open a new one")
+        if self._forked():
+            raise StoreError(
+                f"this TranscriptStore for {self.path} was opened in process {self._pid} and "
+                "inherited by a fork; open a new TranscriptStore in this process"
+            )
+
+    def _forked(self) -> bool:
+        # A fork shares the parent's flocks (same open file descriptions), so a child
+        # writing through the inherited store would not be serialized against its parent.
+        return os.getpid() != self._pid
 
     def _state(self, session_id: str) -> _SessionState:
         st = self._sessions.get(session_id)
@@ -850,13 +876,16 @@ class TranscriptStore:
             if token != self._token and _WRITER_TOKEN.fullmatch(token):
                 WriterLease.is_alive(self._writers_dir, token)
 
-    def _release_files(self) -> None:
+    def _release_files(self, *, release_lease: bool = True) -> None:
         for st in getattr(self, "_sessions", {}).values():
             st.journal.close()
         if hasattr(self, "_index"):
             self._index.close()
         if hasattr(self, "_lease"):
-            self._lease.release()
+            if release_lease:
+                self._lease.release()
+            else:
+                self._lease.close()
         if hasattr(self, "_plock"):
             self._plock.close()
 

@@ -762,3 +762,36 @@ def test_messages_added_by_two_stores_keep_one_order_everywhere(tmp_path):
         assert [m.text for m in b.list_messages(session.id)] == expected
     with TranscriptStore(path) as c:
         assert [m.text for m in c.list_messages(session.id)] == expected
+
+
+def test_renaming_a_session_is_durable_and_seen_by_other_stores(tmp_path):
+    path = tmp_path / "s"
+    with TranscriptStore(path) as a, TranscriptStore(path) as b:
+        session = a.create_session("draft")
+        b.add_message(Message(session.id, Role.USER, [TextPart("hi")]))
+        assert a.rename_session(session.id, "NaN hunt").title == "NaN hunt"
+        assert b.get_session(session.id).title == "NaN hunt"
+        assert b.get_session(session.id).message_count == 1
+    with TranscriptStore(path) as c:
+        assert c.get_session(session.id).title == "NaN hunt"
+        assert c.get_session(session.id).message_count == 1
+
+
+def test_a_forked_child_cannot_write_through_the_parent_s_store(tmp_path):
+    store = TranscriptStore(tmp_path / "s")
+    session = store.create_session()
+    pid = os.fork()
+    if pid == 0:  # the child: only report, never run the rest of the test
+        code = 1
+        try:
+            store.add_message(Message(session.id, Role.USER, [TextPart("from the child")]))
+        except StoreError as exc:
+            code = 0 if "inherited by a fork" in str(exc) else 2
+        store.close()  # must not end the parent's lease
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store._lease.path.exists()
+    store.add_message(Message(session.id, Role.USER, [TextPart("from the parent")]))
+    assert [m.text for m in store.list_messages(session.id)] == ["from the parent"]
+    store.close()
