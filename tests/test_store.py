@@ -10,12 +10,15 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tinydb import Query
 
 import jupyter_crush.store as store_module
@@ -795,3 +798,73 @@ def test_a_forked_child_cannot_write_through_the_parent_s_store(tmp_path):
     store.add_message(Message(session.id, Role.USER, [TextPart("from the parent")]))
     assert [m.text for m in store.list_messages(session.id)] == ["from the parent"]
     store.close()
+
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, 1), st.integers(0, 2), st.text(max_size=30)),
+        st.tuples(
+            st.just("update"),
+            st.integers(0, 1),
+            st.integers(0, 20),
+            st.text(max_size=300),
+            st.booleans(),
+        ),
+        st.tuples(st.just("tick")),
+        st.tuples(st.just("flush"), st.integers(0, 1)),
+        st.tuples(st.just("reopen"), st.integers(0, 1)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(operations)
+def test_any_sequence_of_writes_reads_back_the_same_from_every_store(ops):
+    """Two stores on one directory, random adds/updates/flushes/reopens, tiny compaction
+    threshold: each store always sees its own latest state, and after closing, a fresh
+    store sees exactly the model."""
+    clock = FakeClock()
+    saved = store_module.COMPACT_MIN_BYTES
+    store_module.COMPACT_MIN_BYTES = 512
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "s"
+        stores = [TranscriptStore(path, flush_interval=1, clock=clock) for _ in range(2)]
+        try:
+            sessions = [stores[0].create_session(session_id=f"s{n}").id for n in range(3)]
+            model: dict[str, dict[str, str]] = {sid: {} for sid in sessions}
+            owned: list[tuple[int, Message]] = []  # (owner store, message)
+            for op in ops:
+                if op[0] == "add":
+                    _, who, where, text = op
+                    message = stores[who].add_message(
+                        Message(sessions[where], Role.USER, [TextPart(text)])
+                    )
+                    owned.append((who, message))
+                    model[sessions[where]][message.id] = text
+                elif op[0] == "update" and owned:
+                    _, _, which, text, force = op
+                    who, message = owned[which % len(owned)]
+                    message.parts[0].text = text
+                    stores[who].update_message(message, force=force)
+                    model[message.session_id][message.id] = text
+                elif op[0] == "tick":
+                    clock.now += 1
+                elif op[0] == "flush":
+                    stores[op[1]].flush()
+                elif op[0] == "reopen":
+                    stores[op[1]].close()
+                    stores[op[1]] = TranscriptStore(path, flush_interval=1, clock=clock)
+                    owned = [(who, m) for who, m in owned if who != op[1]]
+                for who, message in owned:
+                    seen = stores[who].get_message(message.session_id, message.id)
+                    assert seen.text == model[message.session_id][message.id]
+        finally:
+            for store in stores:
+                store.close()
+            store_module.COMPACT_MIN_BYTES = saved
+        with TranscriptStore(path) as fresh:
+            for sid, messages in model.items():
+                listed = fresh.list_messages(sid)
+                assert [(m.id, m.text) for m in listed] == list(messages.items())
+                assert fresh.get_session(sid).message_count == len(messages)
