@@ -536,15 +536,15 @@ class TranscriptStore:
             self._catch_up(st)
             return st
         with self._plock:
+            indexed = _session_totals(st.session)
             st.entries = {}
             try:
-                self._catch_up(st)
+                self._catch_up(st)  # a first read: recomputes the totals from the messages
             except BaseException:
                 st.entries = None
                 raise
-            if _totals(st.entries) != _session_totals(st.session):
-                # The process stopped between a message write and its session record.
-                _recompute_totals(st)
+            if _session_totals(st.session) != indexed:
+                # A writer stopped between a message write and its session record.
                 self._write_session_record(st)
             if settle:
                 self._settle(st)
@@ -698,7 +698,13 @@ class TranscriptStore:
             self._catch_up(st)
             assert st.entries is not None
             entries = [st.entries[mid] for mid in mids]
-            st.journal.append(b"".join(e.line + b"\n" for e in entries), fsync=self.fsync)
+            try:
+                st.journal.append(b"".join(e.line + b"\n" for e in entries), fsync=self.fsync)
+            except OSError as exc:
+                raise StoreError(
+                    f"could not write the transcript file {st.journal.path} ({exc.strerror}); "
+                    "the messages stay pending in memory and are retried on the next write"
+                ) from exc
             written = self._clock()
             for mid, entry in zip(mids, entries, strict=True):
                 st.live_bytes += len(entry.line) + 1 - entry.disk_len
@@ -936,26 +942,21 @@ def _set_entry(st: _SessionState, mid: str, entry: _Entry) -> None:
     session.message_count = len(st.entries)
 
 
-def _totals(entries: dict[str, _Entry]) -> tuple[_UsageTuple, float, int]:
-    usage = [0, 0, 0, 0]
-    cost = 0.0
-    for entry in entries.values():
-        for i, value in enumerate(entry.usage):
-            usage[i] += value
-        cost += entry.cost
-    return (usage[0], usage[1], usage[2], usage[3]), round(cost, 9), len(entries)
-
-
 def _session_totals(session: Session) -> tuple[_UsageTuple, float, int]:
     return _usage_tuple(session.usage), round(session.cost, 9), session.message_count
 
 
 def _recompute_totals(st: _SessionState) -> None:
     assert st.entries is not None
-    usage, cost, count = _totals(st.entries)
+    usage = [0, 0, 0, 0]
+    cost = 0.0
+    for entry in st.entries.values():
+        for i, value in enumerate(entry.usage):
+            usage[i] += value
+        cost += entry.cost
     st.session.usage = Usage(*usage)
-    st.session.cost = cost
-    st.session.message_count = count
+    st.session.cost = round(cost, 9)
+    st.session.message_count = len(st.entries)
 
 
 def _copy_session(session: Session) -> Session:

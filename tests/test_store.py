@@ -183,6 +183,7 @@ def test_session_totals_are_repaired_when_the_index_record_was_lost(tmp_path):
         session = store.create_session()
         reply = assistant(session.id, "a")
         reply.usage = Usage(7, 8, 0, 0)
+        reply.add_finish(FinishReason.END_TURN)  # nothing to settle: only the repair writes
         store.add_message(reply)
     index = path / "sessions.jsonl"
     lines = index.read_bytes().splitlines(keepends=True)
