@@ -709,6 +709,10 @@ def test_default_tools(shell, workspace):
         default_tools(shell, workspace.root, include=["vim"])
     with pytest.raises(WorkspaceError):
         default_tools(shell, workspace.root / "missing")
+    with pytest.raises(ValueError, match="python_timeout must be a positive number"):
+        default_tools(shell, workspace.root, python_timeout=0)
+    (python_tool,) = default_tools(shell, workspace.root, include=["python"], python_timeout=5)
+    assert "default 5," in python_tool.spec.description
 
 
 def test_default_tools_workspace_is_the_working_directory(shell, workspace, monkeypatch):

@@ -138,9 +138,12 @@ def default_tools(
     from .shell import BashTool
     from .variables import VariablesTool
 
-    wanted = DEFAULT_TOOL_NAMES if include is None else tuple(include)
     if isinstance(include, str):
         raise TypeError(f"include must be a list of tool names, not the string {include!r}")
+    for label, value in (("python_timeout", python_timeout), ("bash_timeout", bash_timeout)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{label} must be a positive number of seconds, not {value!r}")
+    wanted = DEFAULT_TOOL_NAMES if include is None else tuple(include)
     unknown = sorted(set(wanted) - set(DEFAULT_TOOL_NAMES))
     if unknown:
         raise ValueError(
