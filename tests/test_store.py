@@ -684,9 +684,10 @@ def test_two_stores_on_one_directory_see_each_other(tmp_path, monkeypatch):
 
 
 MP_WRITER = """
+    import pathlib, time
     from jupyter_crush.message import Message, Role, TextPart, Usage
     from jupyter_crush.store import TranscriptStore
-    path, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    path, name, count, processes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     store = TranscriptStore(path, flush_interval=0)
     own = store.create_session(session_id=name)
     for i in range(count):
@@ -696,6 +697,13 @@ MP_WRITER = """
         store.add_message(message)
         message.parts[0].text += " done"
         store.update_message(message)
+    # Wait for every writer, then this long-open store must see all their messages.
+    pathlib.Path(path, f"done-{name}").touch()
+    deadline = time.monotonic() + 300
+    while len(list(pathlib.Path(path).glob("done-*"))) < processes:
+        assert time.monotonic() < deadline, "the other writers never finished"
+        time.sleep(0.01)
+    print(len(store.list_messages("shared")), store.get_session("shared").message_count)
     store.close()
 """
 
@@ -703,16 +711,21 @@ MP_WRITER = """
 def run_concurrent_writers(path: Path, processes: int, count: int) -> None:
     with TranscriptStore(path) as store:
         store.create_session(session_id="shared")
-    children = [run_child(MP_WRITER, str(path), f"w{n}", str(count)) for n in range(processes)]
+    children = [
+        run_child(MP_WRITER, str(path), f"w{n}", str(count), str(processes))
+        for n in range(processes)
+    ]
+    expected = processes * (count // 2)
     for child in children:
-        _, err = child.communicate(timeout=600)
+        out, err = child.communicate(timeout=600)
         assert child.returncode == 0, err
+        assert out.split() == [str(expected), str(expected)]
     with TranscriptStore(path) as store:
         shared = store.get_session("shared")  # from the index, written concurrently
-        assert shared.message_count == processes * (count // 2)
-        assert shared.usage.output_tokens == processes * (count // 2)
+        assert shared.message_count == expected
+        assert shared.usage.output_tokens == expected
         texts = [m.text for m in store.list_messages("shared")]
-        assert len(texts) == len(set(texts)) == processes * (count // 2)
+        assert len(texts) == len(set(texts)) == expected
         assert all(t.endswith(" done") for t in texts)
         for n in range(processes):
             own = store.list_messages(f"w{n}")
