@@ -242,3 +242,48 @@ def test_allow_for_session_click_in_a_real_kernel(tmp_path):
         assert sources == ["user", "session"]
     finally:
         kernel.shutdown()
+
+
+SPINNER = (
+    "import pathlib, time\n"
+    "pathlib.Path('tool-started').touch()\n"
+    "for i in range(60):\n"
+    "    print('tool line', i)\n"
+    "    time.sleep(0.025)"
+)
+
+
+@pytest.mark.slow
+def test_a_cell_running_beside_the_python_tool_keeps_its_output(tmp_path):
+    import time
+
+    from kernel_harness import SETUP, Kernel
+
+    kernel = Kernel(tmp_path)
+    try:
+        kernel.run(SETUP)
+        kernel.run(
+            "from jupyter_crush.testing import Reply, ToolCall\n"
+            "crush.use_model(ScriptedModel(["
+            f"Reply(tool_calls=[ToolCall('python', {{'code': {SPINNER!r}}})]), 'Done.']))"
+        )
+        kernel.run("%%crush --new --yolo\nspin")
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "tool-started").exists():
+            assert time.monotonic() < deadline, "the python tool never started"
+            time.sleep(0.01)
+        cell = kernel.execute(
+            "import time\nfor i in range(20):\n    print('mine', i)\n    time.sleep(0.02)"
+        )
+        assert "mine 19" in cell.stdout and "tool line" not in cell.stdout
+        kernel.run("import asyncio; await asyncio.wait_for(crush.last_view.wait(), 20)", 25)
+        kernel.drain()
+        streams = "".join(m["content"]["text"] for m in kernel.iopub if m["msg_type"] == "stream")
+        assert "tool line" not in streams
+        result = kernel.value(
+            "[r.content for m in crush.store.list_messages(crush.current_session_id) "
+            "for r in m.tool_results]"
+        )[0]
+        assert "tool line 0" in result and "tool line 59" in result and "mine" not in result
+    finally:
+        kernel.shutdown()
