@@ -90,6 +90,7 @@ class Crush:
         #: The view of the latest %%crush cell, for code that wants to await it.
         self.last_view: RunView | None = None
         self._closed = False
+        self._unpatch_shutdown: Callable[[], None] | None = None
 
     # -- lazily built parts --------------------------------------------------------------
 
@@ -386,6 +387,9 @@ class Crush:
             self._sigint.uninstall()
             self._sigint = None
         atexit.unregister(self.shutdown)
+        if self._unpatch_shutdown is not None:
+            self._unpatch_shutdown()
+            self._unpatch_shutdown = None
         with contextlib.suppress(ValueError):  # already unregistered
             self.shell.events.unregister("pre_run_cell", self._pre_run_cell)
         with contextlib.suppress(ValueError):
@@ -397,8 +401,20 @@ class Crush:
         self.shell.configurables.append(self.config)
         self.shell.events.register("pre_run_cell", self._pre_run_cell)
         self.shell.events.register("post_run_cell", self._post_run_cell)
-        # Kernel shutdown and restart end the process normally (the control channel stops
-        # the loop), so atexit sees every run still in flight.
+        # Kernel shutdown and restart: the shutdown request (handled on the control thread)
+        # schedules the canceled records on the kernel's loop, ahead of the loop's stop; atexit
+        # covers a process that ends any other way. shutdown() runs once.
+        kernel = getattr(self.shell, "kernel", None)
+        io_loop = getattr(kernel, "io_loop", None)
+        original = getattr(kernel, "do_shutdown", None)
+        if io_loop is not None and original is not None:
+
+            def do_shutdown(restart: bool) -> Any:
+                io_loop.add_callback(self.shutdown)  # thread-safe, unlike the agent's store
+                return original(restart)
+
+            kernel.do_shutdown = do_shutdown
+            self._unpatch_shutdown = lambda: setattr(kernel, "do_shutdown", original)
         atexit.register(self.shutdown)
 
     def _pre_run_cell(self, info: Any) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,7 +115,8 @@ class RunView:
         self.reasoning_box.layout.display = "none"
         self.tools = widgets.VBox()
         self._tool_widgets: dict[str, tuple[widgets.Accordion, widgets.HTML]] = {}
-        self.answer = widgets.Output()
+        # Frozen outputs (finished paragraphs) then the live one; see _draw_answer.
+        self.answer = widgets.VBox([widgets.Output()])
         self.permission = widgets.VBox()
         self.root = widgets.VBox(
             [header, self.reasoning_box, self.tools, self.answer, self.permission]
@@ -341,13 +343,7 @@ class RunView:
         self._last_draw = self._clock()
         self.redraws += 1
         self.status.value = self._status_html()
-        answer = self.answer_markdown
-        if answer != self._drawn_answer:
-            self._drawn_answer = answer
-            data = {"text/plain": answer}
-            if self._answer_mime == "text/markdown":
-                data["text/markdown"] = answer
-            self.answer.outputs = ({"output_type": "display_data", "data": data, "metadata": {}},)
+        self._draw_answer()
         reasoning = self.reasoning_text
         if reasoning:
             self.reasoning_box.layout.display = None
@@ -355,6 +351,41 @@ class RunView:
             if self.reasoning.value != value:
                 self.reasoning.value = value
         self._draw_tools()
+
+    def _draw_answer(self) -> None:
+        # Each redraw resends (and the front end re-renders) the whole of a widget's value,
+        # so finished paragraphs move into frozen outputs and only the growing last one is
+        # redrawn: a redraw costs O(paragraph), not O(answer).
+        answer = self.answer_markdown
+        if answer == self._drawn_answer:
+            return
+        self._drawn_answer = answer
+        chunks, tail = split_paragraphs(answer)
+        parts = list(self.answer.children)
+        while len(parts) - 1 < len(chunks):
+            # The live output freezes with its final chunk; a new live one follows it.
+            self._set_output(parts[-1], chunks[len(parts) - 1])
+            parts.append(widgets.Output())
+        if len(parts) != len(self.answer.children):
+            self.answer.children = tuple(parts)
+        self._set_output(parts[-1], tail)
+
+    def _set_output(self, output: widgets.Output, text: str) -> None:
+        data = {"text/plain": text}
+        if self._answer_mime == "text/markdown":
+            data["text/markdown"] = text
+        bundle = {"output_type": "display_data", "data": data, "metadata": {}}
+        if not text:
+            output.outputs = ()
+        elif output.outputs != (bundle,):
+            output.outputs = (bundle,)
+
+    @property
+    def answer_parts(self) -> list[str]:
+        """The text shown in each output of the answer area, in order."""
+        return [
+            o.outputs[0]["data"]["text/plain"] if o.outputs else "" for o in self.answer.children
+        ]
 
     def _draw_tools(self) -> None:
         added = False
@@ -476,6 +507,39 @@ class WidgetPermissionBroker:
         finally:
             # Also on cancel (Stop while the prompt is open): the buttons go away.
             remove()
+
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+
+
+def split_paragraphs(text: str) -> tuple[list[str], str]:
+    """Split streamed Markdown into finished chunks and the still-growing tail.
+
+    A chunk ends at a blank line outside a fenced code block. The split of a text is a
+    prefix of the split of any continuation of it, so a chunk, once finished, never
+    changes. ``"".join(chunks) + tail == text``.
+    """
+    chunks: list[str] = []
+    start = 0
+    fence: str | None = None
+    has_content = False
+    position = 0
+    for line in text.splitlines(keepends=True):
+        position += len(line)
+        if not line.endswith("\n"):
+            break  # the last line is still being written
+        match = _FENCE.match(line)
+        if fence is None and match:
+            fence = match.group(1)[0] * len(match.group(1))
+        elif fence is not None and match and match.group(1).startswith(fence):
+            fence = None
+        elif fence is None and not line.strip() and has_content:
+            chunks.append(text[start:position])
+            start = position
+            has_content = False
+            continue
+        has_content = has_content or bool(line.strip())
+    return chunks, text[start:]
 
 
 def _pretty_json(text: str) -> str:

@@ -212,8 +212,9 @@ def test_shutdown_persists_the_canceled_turn(tmp_path):
         messages = store.list_messages(session_id)
     finally:
         store.close()
-    assert [str(m.role) for m in messages] == ["user", "assistant"]
-    assert messages[-1].finish_reason == "canceled"
+    summary = [(str(m.role), m.finish_reason, m.finish and m.finish.message) for m in messages]
+    assert [s[0] for s in summary] == ["user", "assistant"], summary
+    assert messages[-1].finish_reason == "canceled", summary
     assert "word" in messages[-1].text  # what had streamed before shutdown is kept
 
 

@@ -162,7 +162,7 @@ def test_format_code_puts_the_code_in_the_next_cell(ip, crush):
 def test_format_text_shows_the_answer_verbatim(ip, crush):
     crush.use_model(ScriptedModel(["**not bold**"]))
     run(ip, "%%crush -f text\nanswer")
-    (output,) = crush.last_view.answer.outputs
+    (output,) = crush.last_view.answer.children[-1].outputs
     assert output["data"] == {"text/plain": "**not bold**"}
 
 

@@ -7,11 +7,19 @@ import asyncio
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from jupyter_crush.agent import Delta, Finished, Queued, Started, ToolFinished
 from jupyter_crush.message import FinishReason, Message, Role, ToolCallPart, ToolResultPart, Usage
 from jupyter_crush.tools import Decision, PermissionRequest
-from jupyter_crush.widget import WIDGET_VIEW_MIME, RunLabels, RunView, WidgetPermissionBroker
+from jupyter_crush.widget import (
+    WIDGET_VIEW_MIME,
+    RunLabels,
+    RunView,
+    WidgetPermissionBroker,
+    split_paragraphs,
+)
 
 
 def make_view(**kwargs) -> tuple[RunView, list[str]]:
@@ -39,7 +47,7 @@ async def test_token_deltas_are_coalesced_into_few_redraws():
     assert view.redraws - base <= 1
     await asyncio.sleep(0.1)
     assert view.redraws - base <= 2
-    assert view.answer.outputs[0]["data"]["text/markdown"] == message.text
+    assert "".join(view.answer_parts) == message.text
 
 
 async def test_redraws_are_rate_limited_over_time():
@@ -55,7 +63,7 @@ async def test_redraws_are_rate_limited_over_time():
     await asyncio.sleep(0.1)
     # 20/s over ~0.6 s, plus the first immediate draw and one trailing timer.
     assert view.redraws - base <= 15
-    assert view.answer.outputs[0]["data"]["text/markdown"] == message.text
+    assert "".join(view.answer_parts) == message.text
 
 
 async def test_status_line_follows_the_run():
@@ -176,3 +184,33 @@ async def test_permission_prompt_goes_away_when_the_run_is_canceled():
 
 async def test_permission_without_a_view_is_denied():
     assert await WidgetPermissionBroker({}).ask(request()) == Decision.DENY
+
+
+async def test_finished_paragraphs_freeze_and_only_the_tail_redraws():
+    view, _ = make_view(redraw_rate=0)
+    view.on_event(Started("u1"))
+    message = Message("s1", Role.ASSISTANT)
+    text = "Intro.\n\n```python\nx = 1\n\ny = 2\n```\n\n- a\n- b\n\nTail being writ"
+    for char in text:
+        message.append_text(char)
+        view.on_event(Delta(message))
+    assert view.answer_parts == [
+        "Intro.\n\n",
+        "```python\nx = 1\n\ny = 2\n```\n\n",  # no split inside a code fence
+        "- a\n- b\n\n",
+        "Tail being writ",
+    ]
+    frozen = view.answer.children[0]
+    message.append_text("ten.")
+    view.on_event(Delta(message))
+    assert view.answer.children[0] is frozen
+    assert view.answer_parts[-1] == "Tail being written."
+
+
+@given(st.text(alphabet="ab`~ \n", max_size=80), st.integers(min_value=0, max_value=80))
+def test_paragraph_split_is_stable_as_text_grows(text, cut):
+    prefix = text[:cut]
+    chunks, tail = split_paragraphs(prefix)
+    assert "".join(chunks) + tail == prefix
+    longer, _ = split_paragraphs(text)
+    assert longer[: len(chunks)] == chunks
