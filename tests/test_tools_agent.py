@@ -287,3 +287,28 @@ def test_a_cell_running_beside_the_python_tool_keeps_its_output(tmp_path):
         assert "tool line 0" in result and "tool line 59" in result and "mine" not in result
     finally:
         kernel.shutdown()
+
+
+@pytest.mark.slow
+def test_insert_cell_payload_rides_on_the_next_execute_reply(tmp_path):
+    from kernel_harness import SETUP, Kernel
+
+    cell = "df = load()\ndf.plot()"
+    kernel = Kernel(tmp_path)
+    try:
+        kernel.run(SETUP)
+        kernel.run(
+            "from jupyter_crush.testing import Reply, ToolCall\n"
+            "crush.use_model(ScriptedModel(["
+            f"Reply(tool_calls=[ToolCall('insert_cell', {{'code': {cell!r}}})]), 'Proposed.']))"
+        )
+        kernel.run("%%crush --new --yolo\npropose")
+        # The proposal arrives while this cell executes, so it rides on this cell's reply
+        # (a front end inserts it below the cell); the next reply has none left.
+        waiting = "import asyncio; await asyncio.wait_for(crush.last_view.wait(), 20)"
+        reply = kernel.execute(waiting, timeout=25).reply["content"]
+        assert reply["payload"] == [{"source": "set_next_input", "text": cell, "replace": False}]
+        assert kernel.execute("1").reply["content"]["payload"] == []
+        assert "df" not in kernel.value("list(get_ipython().user_ns)")  # proposed, never run
+    finally:
+        kernel.shutdown()

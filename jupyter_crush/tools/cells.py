@@ -1,10 +1,10 @@
 """The ``insert_cell`` tool: propose code as a new notebook cell, never run it.
 
 By default the code goes through IPython's ``set_next_input`` payload. In
-Jupyter that payload rides on the reply of the *next* ``execute_request`` the
-kernel finishes: a blocking ``%%crush --wait`` cell gets the new cell right
-below it, while a background run's proposal appears below the next cell the
-user executes. A front end with a better channel (a comm to the JupyterLab
+Jupyter that payload rides on the reply of the ``execute_request`` the kernel
+finishes next, and the front end inserts the new cell below that cell: below a
+blocking ``%%crush --wait`` cell (or any cell that was executing meanwhile),
+and for a background run below the next cell the user executes. A front end with a better channel (a comm to the JupyterLab
 extension, a button in the run widget) passes its own ``propose`` callable.
 The result's metadata always carries the code as ``proposed_cell`` so a run
 view can offer it directly.
