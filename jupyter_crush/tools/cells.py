@@ -4,8 +4,9 @@ By default the code goes through IPython's ``set_next_input`` payload. In
 Jupyter that payload rides on the reply of the ``execute_request`` the kernel
 finishes next, and the front end inserts the new cell below that cell: below a
 blocking ``%%crush --wait`` cell (or any cell that was executing meanwhile),
-and for a background run below the next cell the user executes. A front end with a better channel (a comm to the JupyterLab
-extension, a button in the run widget) passes its own ``propose`` callable.
+and for a background run below the next cell the user executes. A front end
+with a better channel (a comm to the JupyterLab extension, a button in the run
+widget) passes its own ``propose`` callable.
 The result's metadata always carries the code as ``proposed_cell`` so a run
 view can offer it directly.
 """
