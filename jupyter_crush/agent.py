@@ -453,7 +453,12 @@ class SessionAgent:
                         f"Stopped: the model repeated the same {tool_call.name} call "
                         f"{REPEATED_CALL_LIMIT} times",
                     )
-                result = await self._call_tool(turn, tool_call)
+                try:
+                    result = await self._call_tool(turn, tool_call)
+                except _PermissionDenied as denied:
+                    results.parts.append(denied.result)  # the denial is the call's clear record
+                    self.store.update_message(results, force=True)
+                    raise
                 results.parts.append(result)
                 self.store.update_message(results, force=True)
                 self._emit(turn, ToolFinished(tool_call, result))
@@ -524,11 +529,18 @@ class SessionAgent:
         if not isinstance(arguments, dict):
             return error(f"Arguments for {call.name} must be a JSON object")
         if tool.changes_state and self.permissions is not None:
-            request = PermissionRequest(turn.session_id, call.id, call.name, arguments)
+            request = PermissionRequest(
+                turn.session_id, call.id, call.name, arguments, tool.permission_summary(arguments)
+            )
             self._emit(turn, PermissionAsked(request))
             decision = await self.permissions.ask(request)
             if decision is Decision.DENY:
-                raise _TurnEnded(FinishReason.CANCELED, f"Permission denied for {call.name}")
+                message = f"Permission denied for {call.name}"
+                denial_reason = getattr(self.permissions, "denial_reason", None)
+                reason = denial_reason(call.id) if denial_reason else None
+                if reason and reason != "denied by the user":
+                    message = f"{message}: {reason}"
+                raise _PermissionDenied(error(message), message)
         self._emit(turn, ToolStarted(call))
         try:
             outcome: ToolResult = await tool.run(arguments, ToolContext(turn.session_id, call.id))
@@ -689,6 +701,14 @@ class _TurnEnded(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+class _PermissionDenied(_TurnEnded):
+    """The user (or the headless policy) denied a tool call: the turn ends canceled."""
+
+    def __init__(self, result: ToolResultPart, message: str) -> None:
+        super().__init__(FinishReason.CANCELED, message)
+        self.result = result
 
 
 def _resolve(model: Model | str) -> Model:

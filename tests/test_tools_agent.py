@@ -85,11 +85,12 @@ async def test_headless_deny_ends_the_turn_canceled_with_a_clear_record(store, s
     session = store.create_session()
     result = await agent.run(SessionAgentCall(session.id, "touch a file"))
     assert result.reason is FinishReason.CANCELED
-    assert result.message == "Permission denied for bash"
+    assert result.message == f"Permission denied for bash: {HEADLESS_REASON}"
     assert not (tmp_path / "ran.txt").exists()
     messages = store.list_messages(session.id)
     call = messages[1].tool_calls[0]
     assert messages[2].tool_results[0].is_error
+    assert messages[2].tool_results[0].content == result.message
     assert messages[-1].finish_reason is FinishReason.CANCELED
     assert policy.denial_reason(call.id) == HEADLESS_REASON
     assert policy.records[-1].request.summary == "touch ran.txt"
