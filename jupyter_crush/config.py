@@ -11,7 +11,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from traitlets import Bool, CaselessStrEnum, Float, Int, List, Unicode, default
+from traitlets import (
+    Bool,
+    CaselessStrEnum,
+    Float,
+    Int,
+    List,
+    TraitError,
+    Unicode,
+    default,
+    validate,
+)
 from traitlets.config import Configurable
 
 OPENAI_DEFAULT = "openai:gpt-4o"
@@ -83,6 +93,21 @@ class CrushConfig(Configurable):
         "",
         help="System prompt for new runs; empty uses the agent's built-in prompt.",
     ).tag(config=True)
+
+    #: The data_dir the kernel's transcript store was opened with; fixed from then on.
+    opened_data_dir = Unicode(None, allow_none=True)
+
+    @validate("data_dir")
+    def _check_data_dir(self, proposal: dict) -> str:
+        # Compared with the opened path, not the current value: %config sets traits while
+        # holding notifications and validates afterwards, when the value is already new.
+        opened = self.opened_data_dir
+        if opened is not None and proposal["value"] != opened:
+            raise TraitError(
+                "data_dir cannot change once the transcript store is open; set it before the "
+                "first %%crush, in ipython_config.py or $CRUSH_DATA_DIR, or restart the kernel"
+            )
+        return proposal["value"]
 
     @default("model")
     def _default_model(self) -> str:

@@ -102,6 +102,7 @@ class Crush:
             path = os.path.abspath(os.path.expanduser(self.config.data_dir))
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             self._store = TranscriptStore(path)
+            self.config.opened_data_dir = self.config.data_dir
         return self._store
 
     @property
@@ -127,7 +128,13 @@ class Crush:
                 max_steps=self.config.max_steps,
                 permissions=_CellPermissions(self),
             )
+            self._agent.add_status_listener(self._status_changed)
         return self._agent
+
+    def _status_changed(self, status: Any) -> None:
+        # The running prompt's widget says how many wait behind it (loop thread).
+        for session_id, view in self.views.items():
+            view.set_queued_behind(status.queued.get(session_id, 0))
 
     def use_model(self, model: Model | str | None) -> None:
         """Set the default model: a Model object, a 'provider:model' name, or None for config."""
@@ -219,7 +226,9 @@ class Crush:
             raise UsageError("The prompt is empty: write what you want after the %%crush line")
         model = self.resolve_model(model_name)  # before anything is recorded
         agent = self.agent
+        # Settings changed with %config since the agent was made apply to the next prompt.
         agent.max_steps = self.config.max_steps
+        agent.system_prompt = self.config.system_prompt or None
         session = self.session_for_cell(session_ref, new, prompt)
         self.current_session_id = session.id
 
@@ -774,10 +783,6 @@ def load(shell: Any) -> Crush:
         crush.install()
         shell._jupyter_crush = crush
         shell.register_magics(CrushMagics(shell, crush))
-        from .labcomm import register
-
-        # The JupyterLab stop command and status bar talk to this kernel's agent.
-        register(shell, lambda: crush._agent)
     return crush
 
 

@@ -76,6 +76,7 @@ class RunView:
         self.usage = Usage()
         self.cost: float | None = None
         self.waiting_permission = False
+        self.queued_behind = 0  # prompts of this session waiting for this run
         #: Whether a front end that can click shows this view (permission prompts need one).
         self.interactive = True
         self._created = clock()
@@ -163,7 +164,19 @@ class RunView:
         end = self._ended if self._ended is not None else self._clock()
         return end - start
 
+    def set_queued_behind(self, count: int) -> None:
+        """How many prompts wait for this run (loop thread)."""
+        if count != self.queued_behind and self._ended is None:
+            self.queued_behind = count
+            self._draw()
+
     def _phase_text(self) -> str:
+        text = self._phase_only()
+        if self.queued_behind and self._ended is None and self.phase == "running":
+            text += f", {self.queued_behind} queued behind"
+        return text
+
+    def _phase_only(self) -> str:
         if self.phase == "queued":
             return f"queued (position {self.queue_position})"
         if self.phase == "folded":

@@ -164,8 +164,10 @@ def test_queued_prompt_runs_after_the_first(kernel):
     kernel.run("%%crush --new -s queue\nfirst prompt")
     kernel.run("first = crush.last_view")
     kernel.run("%%crush -s queue\nsecond prompt")
+    # Both widgets say so: the new one is queued, the running one has a prompt behind it.
     assert kernel.value("crush.last_view.phase") == "queued"
     assert "queued (position 1)" in kernel.value("crush.last_view.status_text()")
+    assert "running, 1 queued behind" in kernel.value("first.status_text()")
     kernel.run("import asyncio; await asyncio.gather(first.wait(), crush.last_view.wait())")
     turn = kernel.value(
         "[(str(m.role), m.text[:20], m.finish_reason and str(m.finish_reason)) "

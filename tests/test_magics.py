@@ -34,6 +34,7 @@ def ip(tmp_path, monkeypatch):
     yield shell
     shell.run_line_magic("unload_ext", "jupyter_crush")
     shell.rl_next_input = None
+    shell.config.pop("CrushConfig", None)  # %config writes there; keep tests independent
 
 
 @pytest.fixture
@@ -79,6 +80,23 @@ def test_config_from_shell_config(ip):
         assert CrushConfig(parent=ip).max_steps == 7
     finally:
         del ip.config.CrushConfig["max_steps"]
+
+
+def test_data_dir_is_fixed_once_the_store_is_open(ip, crush, tmp_path, caplog):
+    run(ip, f"%config CrushConfig.data_dir = {str(tmp_path / 'other')!r}")  # not open yet
+    assert crush.store.path == tmp_path / "other"
+    run(ip, f"%config CrushConfig.data_dir = {str(tmp_path / 'third')!r}")
+    assert "cannot change once the transcript store is open" in caplog.text  # %config logs it
+    assert crush.config.data_dir == str(tmp_path / "other")
+
+
+def test_system_prompt_from_config_reaches_the_model(ip, crush):
+    model = ScriptedModel(["ok", "ok"])
+    crush.use_model(model)
+    run(ip, "%%crush\nfirst")
+    run(ip, "%config CrushConfig.system_prompt = 'Answer in French.'")
+    run(ip, "%%crush\nsecond")
+    assert model.requests[1].system == "Answer in French."
 
 
 def test_default_model_follows_the_keys():
