@@ -236,8 +236,21 @@ class WriterLease:
 
     def __init__(self, directory: Path, token: str) -> None:
         self.path = directory / f"{token}.lock"
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Lock under a private name, then rename: a lease must never be visible unlocked,
+        # or a process checking it would take it for a dead writer's and remove it.
+        fresh = directory / f".{token}.new"
+        self._fd: int | None = os.open(
+            fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+        )
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(fresh, self.path)
+        except BaseException:
+            os.close(self._fd)
+            self._fd = None
+            with contextlib.suppress(OSError):
+                fresh.unlink()
+            raise
 
     def release(self) -> None:
         """End the lease: remove the file and drop the flock."""

@@ -279,10 +279,8 @@ class TranscriptStore:
             for sub in (self._messages_dir, self._writers_dir):
                 sub.mkdir(exist_ok=True)
             self._plock = ProcessLock(self.path / ".lock")
-            self._lease = WriterLease(self._writers_dir, self._token)
         except OSError as exc:
             self._closed = True
-            self._release_files()
             raise StoreError(
                 f"the transcript store {self.path} is not writable ({exc.strerror}); "
                 "choose a directory you can write to"
@@ -290,11 +288,18 @@ class TranscriptStore:
         self._index = Journal(self.path / "sessions.jsonl")
         try:
             with self._lock, self._plock:
+                # Under the process lock, like every liveness check, so no other process
+                # sees this lease before it is held.
+                self._lease = WriterLease(self._writers_dir, self._token)
                 self._check_format()
                 remove_stale_temporaries(self.path)
                 remove_stale_temporaries(self._messages_dir)
                 self._sweep_dead_leases()
                 self._catch_up_index()
+        except OSError as exc:
+            self._closed = True
+            self._release_files()
+            raise StoreError(f"cannot open the transcript store {self.path}: {exc}") from None
         except BaseException:
             self._closed = True
             self._release_files()
@@ -876,11 +881,19 @@ class TranscriptStore:
             )
 
     def _sweep_dead_leases(self) -> None:
-        """Remove lease files of dead writers (checked under the process lock at open)."""
-        for lease in self._writers_dir.glob("*.lock"):
-            token = lease.stem
-            if token != self._token and _WRITER_TOKEN.fullmatch(token):
-                WriterLease.is_alive(self._writers_dir, token)
+        """Remove lease files of dead writers. Runs under the process lock at open, and
+        leases are made under it too, so a half-made lease here belongs to a dead writer."""
+        for lease in self._writers_dir.iterdir():
+            name = lease.name
+            if name.startswith(".") and name.endswith(".new"):
+                with contextlib.suppress(OSError):
+                    lease.unlink()
+            elif (
+                name.endswith(".lock")
+                and _WRITER_TOKEN.fullmatch(lease.stem)
+                and lease.stem != self._token
+            ):
+                WriterLease.is_alive(self._writers_dir, lease.stem)
 
     def _release_files(self, *, release_lease: bool = True) -> None:
         for st in getattr(self, "_sessions", {}).values():

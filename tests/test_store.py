@@ -372,21 +372,34 @@ CRASH_WRITER = """
                 store.update_message(reply, force=token % 17 == 0)
                 if token % 17 == 0:
                     print("F", session.id, reply.id, len(reply.text), flush=True)
+            note = store.add_message(Message("shared", Role.USER, [TextPart("x" * 40)]))
+            print("M shared", note.id, flush=True)
 """
 
 
-def crash_and_verify(path: Path, iterations: int) -> None:
-    sessions: set[str] = set()
+def crash_and_verify(path: Path, iterations: int, writers: int = 1) -> None:
+    """Writers append to their own sessions and one shared session; each is killed at a
+    random moment (several at once contend for the same files); then every write a writer
+    reported as returned must be in the store."""
+    with TranscriptStore(path) as store:
+        store.create_session(session_id="shared")
+    sessions: set[str] = {"shared"}
     messages: dict[tuple[str, str], int] = {}
     for _ in range(iterations):
-        child = run_child(CRASH_WRITER, str(path))
-        assert child.stdout is not None
-        assert child.stdout.readline() == "ready\n", child.stderr.read() if child.stderr else ""
-        time.sleep(random.uniform(0.0, 0.3))
-        child.send_signal(signal.SIGKILL)
-        out, _ = child.communicate(timeout=60)
-        assert child.returncode == -signal.SIGKILL
-        for line in out.splitlines(keepends=True):
+        outputs = []
+        children = [run_child(CRASH_WRITER, str(path)) for _ in range(writers)]
+        for child in children:
+            assert child.stdout is not None
+            ready = child.stdout.readline()
+            assert ready == "ready\n", child.stderr.read() if child.stderr else ""
+        for child in children:
+            time.sleep(random.uniform(0.0, 0.3 / writers))
+            child.send_signal(signal.SIGKILL)
+        for child in children:
+            out, _ = child.communicate(timeout=60)
+            assert child.returncode == -signal.SIGKILL
+            outputs.append(out)
+        for line in "".join(outputs).splitlines(keepends=True):
             if not line.endswith("\n") or not line.strip():
                 continue  # the kill cut this report short; its write may or may not be there
             kind, *fields = line.split()
@@ -420,9 +433,14 @@ def test_kill_9_at_random_moments_never_loses_a_returned_write(tmp_path):
     crash_and_verify(tmp_path / "store", iterations=10)
 
 
+def test_kill_9_of_concurrent_writers_never_loses_a_returned_write(tmp_path):
+    crash_and_verify(tmp_path / "store", iterations=4, writers=3)
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_many_times(tmp_path):
     crash_and_verify(tmp_path / "store", iterations=50)
+    crash_and_verify(tmp_path / "concurrent", iterations=20, writers=3)
 
 
 def test_a_torn_journal_tail_is_ignored_then_cut_off(tmp_path):
