@@ -6,7 +6,8 @@
    an idle kernel (goal: <= 1.3x).
 2. Stop click (a real comm_msg in) -> the widget reports the canceled turn, which the agent
    writes to the store before it tells the widget (goal: p99 <= 50 ms).
-3. ``%load_ext jupyter_crush`` in a fresh kernel (goal: <= 300 ms), and whether it pulled in
+3. The kernel's interrupt (SIGINT while the kernel is idle) -> canceled turn shown.
+4. ``%load_ext jupyter_crush`` in a fresh kernel (goal: <= 300 ms), and whether it pulled in
    a provider SDK (it must not: they are imported when a model resolves).
 
 The machine is shared, so every number is printed for comparison within one run; nothing
@@ -16,6 +17,7 @@ here passes or fails.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -105,6 +107,23 @@ def bench_stop(kernel: Kernel, n: int) -> None:
     print(f"   canceled turn in the store afterwards: {persisted}/{n}")
 
 
+def bench_interrupt(kernel: Kernel, n: int) -> None:
+    latencies = []
+    kernel.run(scripted(100_000, 500))
+    for _ in range(n):
+        kernel.run("%%crush --new\nstream until interrupted")
+        time.sleep(0.05)
+        kernel.drain()
+        kernel.iopub.clear()
+        sent = time.perf_counter()
+        kernel.interrupt()  # SIGINT to the idle kernel, as JupyterLab's ■ does
+        kernel.wait_iopub(canceled_update, timeout=10)
+        latencies.append(time.perf_counter() - sent)
+        kernel.iopub.clear()
+    print("3. kernel interrupt (SIGINT, kernel idle) -> canceled turn persisted and shown")
+    print(f"   {describe(latencies)}")
+
+
 def bench_load_ext(runs: int) -> None:
     times, sdk = [], []
     for _ in range(runs):
@@ -123,7 +142,7 @@ def bench_load_ext(runs: int) -> None:
         seconds, imported = out.split()
         times.append(float(seconds))
         sdk.append(imported == "True")
-    print("3. %load_ext jupyter_crush in a fresh kernel")
+    print("4. %load_ext jupyter_crush in a fresh kernel")
     print(f"   {describe(times)} (goal <= 300 ms)")
     print(f"   provider SDK imported by %load_ext: {any(sdk)}")
 
@@ -133,11 +152,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     args = parser.parse_args()
     cells, stops, loads = (20, 10, 2) if args.quick else (100, 40, 5)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"machine: {os.cpu_count()} CPUs, load average {load} (shared: expect outliers)")
     with tempfile.TemporaryDirectory() as data:
         kernel = Kernel(data)
         try:
             bench_latency(kernel, cells)
             bench_stop(kernel, stops)
+            bench_interrupt(kernel, stops)
         finally:
             kernel.shutdown()
     bench_load_ext(loads)

@@ -163,7 +163,7 @@ def test_queued_prompt_runs_after_the_first(kernel):
     kernel.run(scripted(100, 200))
     kernel.run("%%crush --new -s queue\nfirst prompt")
     kernel.run("first = crush.last_view")
-    kernel.run("%%crush -s queue\nsecond prompt")
+    second = kernel.execute("%%crush -s queue\nsecond prompt")
     # Both widgets say so: the new one is queued, the running one has a prompt behind it.
     assert kernel.value("crush.last_view.phase") == "queued"
     assert "queued (position 1)" in kernel.value("crush.last_view.status_text()")
@@ -176,6 +176,17 @@ def test_queued_prompt_runs_after_the_first(kernel):
     assert [t[0] for t in turn] == ["user", "assistant", "user", "assistant"]
     assert turn[0][1] == "first prompt" and turn[2][1] == "second prompt"
     assert turn[1][2] == turn[3][2] == "end_turn"
+    # The queued prompt ran on the first prompt's task, yet its final display lands in its
+    # own cell: the update carries the second cell's parent header.
+    (shown,) = [m for m in second.outputs if m["msg_type"] == "display_data"]
+    display_id = shown["content"]["transient"]["display_id"]
+    update = kernel.wait_iopub(
+        lambda m: (
+            m["msg_type"] == "update_display_data"
+            and m["content"]["transient"]["display_id"] == display_id
+        )
+    )
+    assert update["parent_header"]["msg_id"] == second.msg_id
 
 
 def test_bad_input_is_one_line(kernel):
