@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -184,6 +185,11 @@ def main() -> None:
     samples = 200 if args.quick else 2000
     began = time.perf_counter()
     print("latencies in ms; triples are mean / p50 / p99; single numbers are one measurement")
+    print(
+        "load average at start: {:.1f} {:.1f} {:.1f} ({} cores; p99 is sensitive to it)".format(
+            *os.getloadavg(), os.cpu_count()
+        )
+    )
     for size in sizes:
         # Stock TinyDB rewrites the whole file per write: keep its sample count bounded.
         stock_samples = max(3, min(samples, 2_000_000 // max(size, 1) // 20))
@@ -216,7 +222,10 @@ def main() -> None:
             f"{ours['stream bytes'] / 1024:.0f} KiB (coalesced to <= 30 writes/s; stock has "
             "no coalescing, its per-update cost is update/forced)"
         )
-    print(f"\ntotal {time.perf_counter() - began:.0f} s")
+    print(
+        f"\ntotal {time.perf_counter() - began:.0f} s; "
+        f"load average at end: {os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":
