@@ -900,3 +900,20 @@ def test_any_sequence_of_writes_reads_back_the_same_from_every_store(ops):
                 listed = fresh.list_messages(sid)
                 assert [(m.id, m.text) for m in listed] == list(messages.items())
                 assert fresh.get_session(sid).message_count == len(messages)
+
+
+def test_fsync_mode_writes_and_compacts_the_same_way(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "COMPACT_MIN_BYTES", 1024)
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    path = tmp_path / "s"
+    with TranscriptStore(path, fsync=True, flush_interval=0) as store:
+        session = store.create_session()
+        reply = store.add_message(assistant(session.id))
+        for i in range(100):
+            reply.append_text(f"token {i} ")
+            store.update_message(reply)
+    assert len(synced) > 200  # every journal and index append, plus compactions
+    with TranscriptStore(path) as reopened:
+        assert reopened.list_messages(session.id)[0].text == reply.text
