@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from jupyter_client.manager import start_new_kernel
 
+pytestmark = pytest.mark.slow  # real kernels
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET = "jupyter_crush"
 

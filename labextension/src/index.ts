@@ -147,7 +147,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
       label: args => (args.toolbar ? '' : 'Crush: stop running agents'),
       caption: 'Stop every running and queued crush run in this notebook\u2019s kernel',
       icon: stopAgentsIcon,
-      isEnabled: () => !!tracker.currentWidget?.sessionContext.session?.kernel,
+      // Enabled once the current notebook's kernel has crush loaded (it answered on the comm).
+      isEnabled: () => current.status !== null,
       execute: async () => {
         const kernel = tracker.currentWidget?.sessionContext.session?.kernel;
         if (!kernel) {
@@ -160,7 +161,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         return stopped;
       }
     });
-    tracker.currentChanged.connect(() => app.commands.notifyCommandChanged(CommandIDs.stopAll));
+    current.changed.connect(() => app.commands.notifyCommandChanged(CommandIDs.stopAll));
 
     palette?.addItem({ command: CommandIDs.stopAll, category: 'Crush' });
 
