@@ -24,28 +24,37 @@ and cut off by the next writer (see :mod:`jupyter_crush.storage`). Whole-file re
 Streaming: the agent calls :meth:`TranscriptStore.update_message` for every token. Updates
 are coalesced to at most one disk write per message per ``flush_interval`` (30/s by
 default); the latest state is always visible to readers in this process, and whatever is
-pending is written by a forced update, ``flush()``, ``close()``,
-a timer on the running event loop, garbage collection, or interpreter exit. Each write of a
+pending is written by a forced update, ``flush()``, ``close()``, a timer on the running
+event loop, garbage collection of the store, or interpreter exit. Each write of a
 message appends its full JSON, so a long streamed reply supersedes its earlier records;
 when superseded bytes dominate a journal (more than half of it, beyond
 ``COMPACT_MIN_BYTES``) the journal is rewritten with only the latest records. That bounds a
 journal to about twice its live size and costs O(1) amortized per appended byte.
 
-Opening reads only ``format.json`` and the session index (each session record carries its
-usage/cost totals and message count, maintained incrementally); a session's journal is read
-the first time its messages are needed in this process. Several processes (kernels) may
-use one store: writers take the ``.lock`` flock, first read whatever other processes
-appended, then append; readers re-read only new bytes of a file (or the whole file after a
-compaction by someone else replaced it), so every process sees the others' messages on its
-next read.
+Opening reads only ``format.json`` and the session index. Each session record carries the
+usage/cost totals and message count, maintained incrementally and appended after every
+message write; a writer killed between the two appends leaves stale totals, which are
+recomputed and rewritten when the session's journal is first read in a process (the first
+time its messages are needed). Message records carry one extra key, ``_writer``.
+
+Several processes (kernels) may use one store. Writers take the ``.lock`` flock, read
+whatever other processes appended, then append, so records never interleave and a new
+message gets the same place in every process. Readers need no lock: they read only the new
+bytes of a file, up to its last newline. Each journal keeps a descriptor on the file version
+it has read, which pins the inode, so a compaction by another process (a new inode at the
+path) is always noticed and the file re-read; at most ``MAX_OPEN_JOURNALS`` are kept open,
+a closed one is re-read whole when next needed. A store object inherited through ``fork``
+refuses to work in the child (the flocks would be shared with the parent).
 
 Settling. A kernel killed mid-reply leaves an assistant message without a finish part, and
 maybe tool calls without results; providers reject such a history. When a session is
-loaded for the first time in a process, such messages get an ``error`` finish part and the
-calls an error tool result (in one appended tool message), and that is persisted. Each
-record names the store instance that wrote it; an instance holds a lease (a flock on
-``writers/<token>.lock``) while it lives, which the kernel drops when the process dies, so a
-message still streaming in another live kernel is never settled.
+loaded for the first time in a process (and on ``settle_dangling``), such messages get an
+``error`` finish part and the calls an error tool result (in one appended tool message), and
+that is persisted. Only messages of dead writers are settled: each record names the store
+instance that wrote it, and an instance holds a lease (a flock on ``writers/<token>.lock``)
+while it lives, which the kernel drops when the process dies, even on ``kill -9``. So a
+reply still streaming in another live kernel (or in this store) is never cut short; it is
+settled by whoever loads the session after its kernel died.
 
 TinyDB. :attr:`TranscriptStore.db` is a real :class:`tinydb.TinyDB` (tables ``sessions`` and
 ``messages``, the latter the default) over a custom :class:`tinydb.Storage` that reads the
@@ -54,7 +63,9 @@ read-only: TinyDB's write path hands the storage the whole database on every ope
 (O(N), the cost this store exists to avoid) and would bypass the journal's ordering and
 totals, so writes raise :class:`StoreError` pointing at the store's methods. The query
 cache is disabled so a query always sees the latest messages. Message documents carry
-three derived fields for convenient queries: ``text``, ``reasoning`` and ``finish_reason``.
+derived fields for convenient queries: ``text``, ``reasoning``, ``finish_reason`` and
+``position`` (index in its session). A query reads every session (O(store));
+``search_messages(cond, session_id=...)`` reads one.
 """
 
 from __future__ import annotations
@@ -104,6 +115,7 @@ __all__ = [
     "KERNEL_STOPPED_MESSAGE",
     "TOOL_INTERRUPTED_MESSAGE",
     "StoreError",
+    "TranscriptDB",
     "TranscriptStore",
     "UnknownMessageError",
     "UnknownSessionError",
@@ -325,6 +337,14 @@ class TranscriptStore:
                 if sid in self._sessions:
                     raise ValueError(
                         f"session {sid!r} already exists in {self.path}; use get_session({sid!r})"
+                    )
+                # Journals are named by id, and some file systems ignore case.
+                folded = sid.casefold()
+                clash = next((o for o in self._sessions if o.casefold() == folded), None)
+                if clash is not None:
+                    raise ValueError(
+                        f"session id {sid!r} differs from the existing {clash!r} only in case; "
+                        "pick another id"
                     )
                 st = _SessionState(
                     Session(id=sid, title=title), Journal(self._messages_dir / f"{sid}.jsonl")

@@ -636,6 +636,8 @@ def test_session_ids_are_validated_and_unique(store):
     assert store.create_session("named", session_id="analysis").id == "analysis"
     with pytest.raises(ValueError, match="already exists"):
         store.create_session(session_id="analysis")
+    with pytest.raises(ValueError, match="only in case"):
+        store.create_session(session_id="Analysis")
     for bad in ("../escape", "", "a/b", ".hidden", "x" * 129):
         with pytest.raises(ValueError, match="invalid session id"):
             store.create_session(session_id=bad)
