@@ -275,6 +275,8 @@ class Crush:
 
         blocking = fmt == "code" or (self._should_wait() if wait is None else wait)
         if blocking:
+            if view.interactive:
+                view.stop_with_interrupt()
             self._wait(loop, view, session.id)
             if fmt == "code":
                 self._code_to_next_cell(view)

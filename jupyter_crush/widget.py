@@ -77,6 +77,7 @@ class RunView:
         self.cost: float | None = None
         self.waiting_permission = False
         self.queued_behind = 0  # prompts of this session waiting for this run
+        self._stop_hint = ""
         #: Whether a front end that can click shows this view (permission prompts need one).
         self.interactive = True
         self._created = clock()
@@ -156,6 +157,8 @@ class RunView:
             parts.append(f"{self.usage.total_tokens} tokens")
         if self.cost is not None:
             parts.append(f"${self.cost:.4f}")
+        if self._stop_hint and self._ended is None:
+            parts.append(self._stop_hint)
         return " · ".join(parts)
 
     @property
@@ -163,6 +166,16 @@ class RunView:
         start = self._started if self._started is not None else self._created
         end = self._ended if self._ended is not None else self._clock()
         return end - start
+
+    def stop_with_interrupt(self) -> None:
+        """For a cell that blocks until the answer: the kernel's interrupt is the way to stop.
+
+        ipykernel 7 hands a widget's clicks to the shell that sent the widget, which is busy
+        running this very cell, so a Stop click would only land once the answer is complete.
+        """
+        self.stop_button.layout.display = "none"
+        self._stop_hint = "interrupt the kernel (■) to stop"
+        self._draw()
 
     def set_queued_behind(self, count: int) -> None:
         """How many prompts wait for this run (loop thread)."""

@@ -89,8 +89,9 @@ def test_stop_click_cancels_and_persists(kernel):
     assert kernel.value("crush.last_view.phase") == "canceled"
 
 
-def test_stop_click_on_a_subshell_thread(kernel):
-    # JupyterLab sends comm messages on a subshell: the click is handled off the loop thread.
+def test_stop_click_sent_on_a_subshell(kernel):
+    # JupyterLab sends comm messages on a subshell (ipykernel then routes a widget's messages
+    # to the shell that sent the widget; the cross-thread path is covered in test_widget).
     subshell = kernel.create_subshell()
     kernel.run(SLOW)
     kernel.run("%%crush --new\nwrite a lot")
@@ -313,6 +314,8 @@ def test_interrupt_while_a_wait_cell_blocks_cancels_the_run(kernel):
     kernel.interrupt()
     reply = kernel._shell_reply(msg_id, time.monotonic() + 20)
     assert reply["content"]["status"] == "ok"  # the cell ends normally, showing the cancel
+    # A blocking cell's widget points at the interrupt instead of a Stop button.
+    assert kernel.value("crush.last_view.stop_button.layout.display") == "none"
     assert kernel.value("crush.last_view.phase") == "canceled"
     assert last_turn(kernel)[-1][1] == "canceled"
 
