@@ -71,6 +71,8 @@ class Crush:
         self.current_session_id: str | None = None
         self._store: TranscriptStore | None = None
         self._agent: SessionAgent | None = None
+        # Resolved models by name, so a cell's -m does not rebuild SDK clients; written only
+        # by cells (the loop thread).
         self._models: dict[str, Model] = {}
         # Session id -> the view of its active prompt, for the permission broker; written
         # and read on the loop thread only.

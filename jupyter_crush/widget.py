@@ -116,6 +116,7 @@ class RunView:
         )
         self.reasoning_box.layout.display = "none"
         self.tools = widgets.VBox()
+        # Tool call id -> its accordion and body, in call order; loop thread only.
         self._tool_widgets: dict[str, tuple[widgets.Accordion, widgets.HTML]] = {}
         # Frozen outputs (finished paragraphs) then the live one; see _draw_answer.
         self.answer = widgets.VBox([widgets.Output()])

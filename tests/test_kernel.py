@@ -349,3 +349,17 @@ def test_extension_and_config_from_the_command_line(tmp_path):
         assert k.value("crush.store.list_messages(crush.current_session_id)[-1].text") == "Olá!"
     finally:
         k.shutdown()
+
+
+def test_wait_never_returns_at_once_even_headless(kernel):
+    kernel.run(SLOW)
+    kernel.run('%config CrushConfig.wait = "never"')
+    try:
+        result = kernel.execute("%%crush --new\nwrite a lot", allow_stdin=False)
+        assert result.reply["content"]["status"] == "ok"
+        assert kernel.value("crush.last_view.is_finished") is False
+        kernel.run("%crush cancel")
+        wait_view(kernel)
+    finally:
+        kernel.run('%config CrushConfig.wait = "auto"')
+    assert last_turn(kernel)[-1][1] == "canceled"
