@@ -78,6 +78,7 @@ import json
 import logging
 import os
 import re
+import resource
 import threading
 import time
 import weakref
@@ -127,8 +128,19 @@ FORMAT_NAME = "jupyter-crush-transcripts"
 FORMAT_VERSION = 1
 #: A journal is compacted only beyond this size (and when over half of it is superseded).
 COMPACT_MIN_BYTES = 256 * 1024
+
+
+def _journal_cap() -> int:
+    """Session journals to keep open at once: a quarter of the descriptor limit, so the rest
+    of the kernel keeps plenty, but at least 32 and at most 1024."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(32, min(1024, soft // 4))
+
+
 #: Session journals kept open at once (each pins the file version it has read).
-MAX_OPEN_JOURNALS = 128
+MAX_OPEN_JOURNALS = _journal_cap()
 KERNEL_STOPPED_MESSAGE = "The kernel stopped before this reply finished"
 TOOL_INTERRUPTED_MESSAGE = "Tool call interrupted: the kernel stopped before it finished"
 
