@@ -11,6 +11,7 @@ test-artifacts/browser/.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import pytest
@@ -40,6 +41,11 @@ print("finish:", *[
 ])"""
 
 
+def _is_info_reply(frame: str | bytes) -> bool:
+    data = frame if isinstance(frame, bytes) else frame.encode()
+    return b'"kernel_info_reply"' in data
+
+
 class Notebook:
     """One notebook page, driven through the DOM and the keyboard."""
 
@@ -47,12 +53,23 @@ class Notebook:
         self.page = page
 
     def open(self, url: str, cells: int) -> None:
+        # A cell run before the page has its kernel session is silently dropped, and the
+        # toolbar says "idle" from the start; the page's own kernel_info_reply is the
+        # moment it can run cells. Frames are watched from the socket's first event on.
+        replies: list[bool] = []
+
+        def watch(socket: Any) -> None:
+            if "/api/kernels/" in socket.url:
+                socket.on("framereceived", lambda frame: replies.append(_is_info_reply(frame)))
+
+        self.page.on("websocket", watch)
         self.page.goto(url)
         self.cells.nth(cells - 1).wait_for()
-        # The kernel is up once the toolbar's execution indicator says idle.
-        self.page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for(
-            timeout=90_000
-        )
+        deadline = time.monotonic() + 90
+        while not any(replies):
+            assert time.monotonic() < deadline, "the page never connected to its kernel"
+            self.page.wait_for_timeout(100)
+        self.page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').first.wait_for()
 
     @property
     def cells(self) -> Any:
