@@ -15,6 +15,8 @@ import errno
 import fcntl
 import json
 import os
+import queue
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,7 @@ class Journal:
         self.offset = 0
         self._fd: int | None = None  # O_RDWR|O_APPEND descriptor on the consumed version
         self._inode = 0  # inode of _fd
+        self._version = 0  # bumped on every open: same number, same pinned file
 
     @property
     def is_open(self) -> bool:
@@ -99,11 +102,11 @@ class Journal:
             try:
                 st = os.stat(self.path)
             except FileNotFoundError:
-                self.close()
+                self.close(defer=True)
                 self.offset = 0
                 return True, []
             if st.st_ino != self._inode:
-                self.close()  # replaced by a compaction elsewhere: re-read the new version
+                self.close(defer=True)  # replaced by a compaction elsewhere: read the new one
             elif st.st_size == self.offset:
                 return False, []
         reset = self._fd is None
@@ -139,6 +142,7 @@ class Journal:
         flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0)
         self._fd = os.open(self.path, flags, 0o644)
         self._inode = os.fstat(self._fd).st_ino
+        self._version += 1
 
     def corrupt(self, line: bytes, problem: str) -> StoreError:
         """A :class:`StoreError` for a well-formed JSON line the caller cannot use."""
@@ -183,16 +187,95 @@ class Journal:
     def rewrite(self, payload: bytes, *, fsync: bool) -> None:
         """Atomically replace the whole file (compaction). Call under the process lock."""
         write_atomic(self.path, payload, fsync=fsync)
-        self.close()
+        self.close(defer=True)
         self._open(create=False)
         self.offset = len(payload)
 
-    def close(self) -> None:
-        """Drop the descriptor; the next :meth:`read_new` re-reads the file from the start."""
+    # Compaction in the background, in two steps: the bulk copy without any lock, then a
+    # short install under the locks that adds what was appended meanwhile.
+
+    def snapshot(self) -> tuple[int, int]:
+        """The consumed version and offset, for :meth:`install_compacted`."""
+        return self._version, self.offset
+
+    def write_compacted(self, payload: bytes, tag: str) -> Path:
+        """Write a compacted copy next to the journal. Needs no lock: it touches only a
+        file named after ``tag`` (the writer's token, so a sweep can tell it is alive)."""
+        tmp = self.path.with_name(f".{self.path.name}.{tag}.compact")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, payload)
+        finally:
+            os.close(fd)
+        return tmp
+
+    def install_compacted(self, tmp: Path, snapshot: tuple[int, int], *, fsync: bool) -> bool:
+        """Move a compacted copy of the journal up to ``snapshot`` into place.
+
+        Call under the process lock right after :meth:`read_new`. The records appended since
+        the snapshot are copied over verbatim (last record still wins). Returns False, and
+        drops the copy, if the journal is no longer the version the snapshot was taken of.
+        """
+        version, start = snapshot
+        if self._fd is None or self._version != version or self.offset < start:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            return False
+        tail = os.pread(self._fd, self.offset - start, start)
+        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            _write_all(fd, tail)
+            if fsync:
+                os.fsync(fd)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        if fsync:
+            _fsync_dir(self.path.parent)
+        self.close(defer=True)
+        self._open(create=False)
+        self.offset = size
+        return True
+
+    def close(self, *, defer: bool = False) -> None:
+        """Drop the descriptor; the next :meth:`read_new` re-reads the file from the start.
+
+        ``defer`` hands it to a background thread: closing the last descriptor of a replaced
+        version frees its blocks, which can take milliseconds the caller should not wait.
+        """
         if self._fd is not None:
-            os.close(self._fd)
+            if defer:
+                _close_soon(self._fd)
+            else:
+                os.close(self._fd)
             self._fd = None
             self._inode = 0
+
+
+# Descriptors waiting to be closed by the closer thread. The thread is started on first
+# use and again in a forked child (threads do not survive a fork).
+_to_close: queue.SimpleQueue[int] = queue.SimpleQueue()
+_closer: threading.Thread | None = None
+_closer_lock = threading.Lock()  # guards starting _closer
+
+
+def _close_soon(fd: int) -> None:
+    global _closer
+    with _closer_lock:
+        if _closer is None or not _closer.is_alive():
+            _closer = threading.Thread(
+                target=_close_forever, name="crush-store-closer", daemon=True
+            )
+            _closer.start()
+    _to_close.put(fd)
+
+
+def _close_forever() -> None:
+    while True:
+        fd = _to_close.get()
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 class ProcessLock:

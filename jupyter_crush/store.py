@@ -224,6 +224,7 @@ class _SessionState:
         self.entries: dict[str, _Entry] | None = None
         self.live_bytes = 0  # sum of entries' disk_len: the size of a compacted journal
         self.index_line = b""  # this session's latest record in sessions.jsonl
+        self.compactor: threading.Thread | None = None  # compacting its journal, if any
 
 
 class _LiveTable(Table):
@@ -288,6 +289,7 @@ class TranscriptStore:
         # thread while a shutdown hook may flush from another.
         self._lock = threading.RLock()
         self._closed = False
+        self._closing = False  # set by close(): compactions may no longer start
         self._pid = os.getpid()  # the process that opened the store (see _forked)
         self._sessions: dict[str, _SessionState] = {}  # creation order
         # session id -> ids of messages whose latest state is in memory only (coalesced)
@@ -318,7 +320,7 @@ class TranscriptStore:
                 self._check_format()
                 remove_stale_temporaries(self.path)
                 remove_stale_temporaries(self._messages_dir)
-                self._sweep_dead_leases()
+                self._sweep_dead_writers()
                 self._catch_up_index()
         except OSError as exc:
             self._closed = True
@@ -470,6 +472,12 @@ class TranscriptStore:
 
     def close(self) -> None:
         """Flush and release the store's files. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closing = True  # no new compactions
+        if not self._forked():
+            self._join_compactions()
         with self._lock:
             if self._closed:
                 return
@@ -766,21 +774,54 @@ class TranscriptStore:
             self._index.rewrite(payload, fsync=self.fsync)
 
     def _maybe_compact(self, st: _SessionState) -> None:
-        """Rewrite the journal with only the latest records once superseded ones dominate."""
-        size = st.journal.offset
-        if size <= max(COMPACT_MIN_BYTES, 2 * st.live_bytes):
+        """Start compacting the journal once superseded records dominate it.
+
+        The copy is written by a background thread without any lock and installed under
+        the locks together with whatever was appended meanwhile, so a write never waits for
+        a whole session to be rewritten.
+        """
+        if st.compactor is not None or self._closing:
             return
+        if st.journal.offset <= max(COMPACT_MIN_BYTES, 2 * st.live_bytes):
+            return
+        if st.session.id in self._pending:
+            return  # the copy must be the disk's state; the write that flushes retries
         assert st.entries is not None
-        sid = st.session.id
-        # Pending entries go out in their newest state: the rewrite doubles as their flush.
-        st.journal.rewrite(b"".join(e.line + b"\n" for e in st.entries.values()), fsync=self.fsync)
-        written = self._clock()
-        for mid in self._pending.pop(sid, {}):
-            self._last_write[(sid, mid)] = written
-        st.live_bytes = 0
-        for entry in st.entries.values():
-            entry.disk_len = len(entry.line) + 1
-            st.live_bytes += entry.disk_len
+        lines = [entry.line for entry in st.entries.values()]
+        st.compactor = threading.Thread(
+            target=self._compact,
+            args=(st, lines, st.journal.snapshot()),
+            name="crush-store-compact",
+            daemon=True,
+        )
+        st.compactor.start()
+
+    def _compact(self, st: _SessionState, lines: list[bytes], snapshot: tuple[int, int]) -> None:
+        tmp = None
+        try:
+            tmp = st.journal.write_compacted(b"".join(line + b"\n" for line in lines), self._token)
+            with self._lock:
+                if self._closed:
+                    return
+                with self._plock:
+                    self._catch_up(st)
+                    if st.journal.install_compacted(tmp, snapshot, fsync=self.fsync):
+                        tmp = None
+        except Exception:
+            log.exception("compacting %s failed; a later write retries", st.journal.path)
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            with self._lock:
+                st.compactor = None
+
+    def _join_compactions(self) -> None:
+        """Wait for running compactions. Call without holding ``_lock``: they need it."""
+        with self._lock:
+            running = [st.compactor for st in self._sessions.values() if st.compactor]
+        for thread in running:
+            thread.join()
 
     def _schedule_deadline(self) -> None:
         """Make sure coalesced updates reach the disk even if no further update comes.
@@ -912,9 +953,10 @@ class TranscriptStore:
                 f"this jupyter-crush supports ({FORMAT_VERSION}); upgrade jupyter-crush"
             )
 
-    def _sweep_dead_leases(self) -> None:
-        """Remove lease files of dead writers. Runs under the process lock at open, and
-        leases are made under it too, so a half-made lease here belongs to a dead writer."""
+    def _sweep_dead_writers(self) -> None:
+        """Remove what dead writers left: leases and compaction copies. Runs under the
+        process lock at open; leases are made under it too, so a half-made lease here
+        belongs to a dead writer."""
         for lease in self._writers_dir.iterdir():
             name = lease.name
             if name.startswith(".") and name.endswith(".new"):
@@ -926,6 +968,14 @@ class TranscriptStore:
                 and lease.stem != self._token
             ):
                 WriterLease.is_alive(self._writers_dir, lease.stem)
+        # Background compactions write their copy outside the process lock, named by token.
+        for copy in self._messages_dir.glob(".*.compact"):
+            token = copy.name.rsplit(".", 2)[-2]
+            if not _WRITER_TOKEN.fullmatch(token) or not WriterLease.is_alive(
+                self._writers_dir, token
+            ):
+                with contextlib.suppress(OSError):
+                    copy.unlink()
 
     def _release_files(self, *, release_lease: bool = True) -> None:
         for st in getattr(self, "_sessions", {}).values():

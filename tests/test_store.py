@@ -339,6 +339,7 @@ def test_a_long_stream_keeps_its_journal_bounded(tmp_path, monkeypatch):
         for i in range(1500):
             reply.append_text(f"token{i} ")
             store.update_message(reply)
+            store._join_compactions()  # compaction runs in the background; make it prompt
             largest = max(largest, journal.stat().st_size)
         live = sum(len(m.text) for m in store.list_messages(session.id))
         assert live > 10_000
@@ -919,3 +920,112 @@ def test_fsync_mode_writes_and_compacts_the_same_way(tmp_path, monkeypatch):
     assert len(synced) > 200  # every journal and index append, plus compactions
     with TranscriptStore(path) as reopened:
         assert reopened.list_messages(session.id)[0].text == reply.text
+
+
+@pytest.fixture
+def held_compaction(monkeypatch):
+    """Hold the first background compaction after it has written its copy."""
+    written, release = threading.Event(), threading.Event()
+    real = Journal.write_compacted
+    calls = []
+
+    def holding(self, payload, tag):
+        tmp = real(self, payload, tag)
+        calls.append(tmp)
+        if len(calls) == 1:
+            written.set()
+            assert release.wait(60)
+        return tmp
+
+    monkeypatch.setattr(Journal, "write_compacted", holding)
+    monkeypatch.setattr(store_module, "COMPACT_MIN_BYTES", 2048)
+    return written, release
+
+
+def stream_until_compaction(store, session_id, written) -> Message:
+    reply = store.add_message(assistant(session_id))
+    while not written.is_set():
+        reply.append_text("word ")
+        store.update_message(reply, force=True)
+    return reply
+
+
+def records_in(journal: Path) -> int:
+    return len(journal.read_bytes().splitlines())
+
+
+def test_writes_during_a_background_compaction_are_kept(tmp_path, held_compaction):
+    written, release = held_compaction
+    path = tmp_path / "s"
+    with TranscriptStore(path) as store:
+        session = store.create_session()
+        reply = stream_until_compaction(store, session.id, written)
+        journal = path / "messages" / f"{session.id}.jsonl"
+        before = records_in(journal)
+        # the copy is written but not installed: these land in the old file meanwhile
+        later = store.add_message(Message(session.id, Role.USER, [TextPart("meanwhile")]))
+        reply.append_text("the end")
+        store.update_message(reply, force=True)
+        release.set()
+        store._join_compactions()
+        assert not list((path / "messages").glob(".*.compact"))
+        assert records_in(journal) < before  # compacted, and the two new records are kept
+        expected = [(reply.id, reply.text), (later.id, "meanwhile")]
+        assert [(m.id, m.text) for m in store.list_messages(session.id)] == expected
+    with TranscriptStore(path) as reopened:
+        assert [(m.id, m.text) for m in reopened.list_messages(session.id)] == expected
+
+
+def test_a_compaction_overtaken_by_another_store_is_dropped(tmp_path, held_compaction):
+    written, release = held_compaction
+    path = tmp_path / "s"
+    with TranscriptStore(path) as a, TranscriptStore(path) as b:
+        session = a.create_session()
+        stream_until_compaction(a, session.id, written)
+        # b compacts the same journal (its compaction is not held) and replaces the file
+        reply = b.add_message(assistant(session.id))
+        journal = path / "messages" / f"{session.id}.jsonl"
+        inode = journal.stat().st_ino
+        while journal.stat().st_ino == inode:
+            reply.append_text("more ")
+            b.update_message(reply, force=True)
+            b._join_compactions()
+        release.set()
+        a._join_compactions()  # its copy is of a replaced version: dropped
+        assert not list((path / "messages").glob(".*.compact"))
+        assert a.get_message(session.id, reply.id).text == reply.text
+    with TranscriptStore(path) as c:
+        assert c.get_message(session.id, reply.id).text == reply.text
+        assert len(c.list_messages(session.id)) == 2
+
+
+def test_close_waits_for_a_running_compaction(tmp_path, held_compaction):
+    written, release = held_compaction
+    path = tmp_path / "s"
+    store = TranscriptStore(path)
+    session = store.create_session()
+    reply = stream_until_compaction(store, session.id, written)
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # held by the compaction it waits for
+    release.set()
+    closer.join(60)
+    assert not closer.is_alive()
+    assert not list((path / "messages").glob(".*.compact"))
+    with TranscriptStore(path) as reopened:
+        assert reopened.get_message(session.id, reply.id).text == reply.text
+
+
+def test_a_dead_writer_s_compaction_copy_is_swept_at_open(tmp_path):
+    path = tmp_path / "s"
+    with TranscriptStore(path) as store:
+        session = store.create_session()
+        live = store.add_message(Message(session.id, Role.USER, [TextPart("x")]))
+        leftover = Journal(path / "messages" / f"{session.id}.jsonl").write_compacted(b"", "0" * 32)
+        mine = Journal(path / "messages" / f"{session.id}.jsonl").write_compacted(b"", store._token)
+        with TranscriptStore(path) as other:
+            assert other.get_message(session.id, live.id).text == "x"
+        assert not leftover.exists()
+        assert mine.exists()  # its writer is alive
+        mine.unlink()
