@@ -29,7 +29,10 @@ event loop, garbage collection of the store, or interpreter exit. Each write of 
 message appends its full JSON, so a long streamed reply supersedes its earlier records;
 when superseded bytes dominate a journal (more than half of it, beyond
 ``COMPACT_MIN_BYTES``) the journal is rewritten with only the latest records. That bounds a
-journal to about twice its live size and costs O(1) amortized per appended byte.
+journal to about twice its live size and costs O(1) amortized per appended byte. The rewrite
+runs on a background thread: it writes the copy without holding any lock, then, under the
+locks, appends the records written meanwhile verbatim and moves the copy into place, so no
+write waits for a large session to be copied.
 
 Opening reads only ``format.json`` and the session index. Each session record carries the
 usage/cost totals and message count, maintained incrementally and appended after every
@@ -1073,6 +1076,16 @@ def _query_document(line: bytes, position: int) -> dict[str, Any]:
 # Every open store, weakly: flushed and closed at interpreter exit, yet free to be
 # garbage-collected (and then flushed by __del__) before that.
 _LIVE_STORES: weakref.WeakSet[TranscriptStore] = weakref.WeakSet()
+
+
+def _reset_locks_in_child() -> None:
+    # A fork copies a lock held by another thread (a compaction, a flush) as held forever;
+    # fresh locks let the child's inherited stores at least refuse work and close.
+    for store in list(_LIVE_STORES):
+        store._lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_reset_locks_in_child)
 
 
 @atexit.register
