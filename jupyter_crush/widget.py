@@ -273,6 +273,8 @@ class RunView:
             self._schedule_redraw()
         elif isinstance(event, ToolStarted):
             self._tool_calls[event.call.id] = event.call
+            # Permission was granted (perhaps without a prompt: yolo, allowed tools).
+            self.waiting_permission = bool(self.permission.children)
             self._schedule_redraw()
         elif isinstance(event, ToolFinished):
             self._tool_calls[event.call.id] = event.call
@@ -418,8 +420,10 @@ class RunView:
         added = False
         for call_id, call in self._tool_calls.items():
             result = self._tool_results.get(call_id)
-            if result is None:
-                state = "running" if call.finished else "streaming arguments"
+            if result is None and not call.finished:
+                state = "streaming arguments"
+            elif result is None:
+                state = "waiting for permission" if self.waiting_permission else "running"
             else:
                 state = "error" if result.is_error else "ok"
             title = f"tool {call.name} · {state}"

@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jupyter_crush.agent import Delta, Finished, Queued, Started, ToolFinished
+from jupyter_crush.agent import (
+    Delta,
+    Finished,
+    PermissionAsked,
+    Queued,
+    Started,
+    ToolFinished,
+    ToolStarted,
+)
 from jupyter_crush.message import FinishReason, Message, Role, ToolCallPart, ToolResultPart, Usage
 from jupyter_crush.tools import Decision, PermissionRequest
 from jupyter_crush.widget import (
@@ -214,3 +222,13 @@ def test_paragraph_split_is_stable_as_text_grows(text, cut):
     assert "".join(chunks) + tail == prefix
     longer, _ = split_paragraphs(text)
     assert longer[: len(chunks)] == chunks
+
+
+async def test_permission_granted_without_a_prompt_clears_the_waiting_state():
+    # yolo or allowed tools: the agent announces the ask, then starts the tool directly.
+    view, _ = make_view()
+    view.on_event(Started("u1"))
+    view.on_event(PermissionAsked(request()))
+    assert "waiting for permission" in view.status_text()
+    view.on_event(ToolStarted(ToolCallPart("c1", "bash", "{}", finished=True)))
+    assert "running" in view.status_text()
