@@ -363,3 +363,30 @@ def test_wait_never_returns_at_once_even_headless(kernel):
     finally:
         kernel.run('%config CrushConfig.wait = "auto"')
     assert last_turn(kernel)[-1][1] == "canceled"
+
+
+def test_restart_persists_running_and_queued_turns(tmp_path):
+    k = Kernel(tmp_path)
+    try:
+        k.run(SETUP)
+        k.run(SLOW)
+        k.run("%%crush --new -s restart\nwrite a lot")
+        k.run("%%crush -s restart\nand more")
+        session_id = k.value("crush.current_session_id")
+        assert k.value("crush.agent.queued_prompts(crush.current_session_id)") == 1
+        k.km.restart_kernel(now=False)
+        k.kc.wait_for_ready(timeout=60)
+        k.run(SETUP)
+        turns = k.value(
+            f"[(str(m.role), m.finish_reason and str(m.finish_reason)) "
+            f"for m in crush.store.list_messages({session_id!r})]"
+        )
+    finally:
+        k.shutdown()
+    # Both prompts are kept, each as a canceled turn: the running one and the queued one.
+    assert turns == [
+        ["user", None],
+        ["assistant", "canceled"],
+        ["user", None],
+        ["assistant", "canceled"],
+    ]
