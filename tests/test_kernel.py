@@ -4,10 +4,13 @@ the store."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 
 import pytest
-from kernel_harness import SETUP, Kernel, scripted
+from kernel_harness import ROOT, SETUP, Kernel, scripted
+from replay_server import ReplayServer, recording_steps
 
 from jupyter_crush.store import TranscriptStore
 
@@ -390,3 +393,59 @@ def test_restart_persists_running_and_queued_turns(tmp_path):
         ["user", None],
         ["assistant", "canceled"],
     ]
+
+
+@pytest.fixture
+def openai_server():
+    """A local OpenAI-compatible server answering with a recorded real stream."""
+    recording = ROOT / "jupyter_crush" / "recordings"
+    steps = recording_steps(recording / "OpenAICommon--openai-gpt-4o--simple_streaming.yaml")
+    loop = asyncio.new_event_loop()
+    server = ReplayServer(steps)
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.__aenter__())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(10)
+    yield server
+    asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def test_with_an_api_key_the_default_model_is_the_real_provider(tmp_path, openai_server):
+    # What quickstart.sh does with OPENAI_API_KEY set, against a local OpenAI-compatible
+    # server (OPENAI_BASE_URL) instead of api.openai.com.
+    k = Kernel(
+        tmp_path,
+        env={
+            "OPENAI_API_KEY": "sk-test-not-a-real-key",
+            "OPENAI_BASE_URL": f"{openai_server.url}/v1",
+        },
+    )
+    try:
+        k.run(SETUP)
+        assert k.run("%crush model").strip() == "openai:gpt-4o"
+        k.run("%%crush\nSay hi in Portuguese")
+        k.run("await crush.last_view.wait()")
+        assert k.value("crush.last_view.phase") == "done"
+        assert "replay" not in k.value("crush.last_view.status_text()")
+        stored = k.value(
+            "[(str(m.role), m.provider, m.text) "
+            "for m in crush.store.list_messages(crush.current_session_id)]"
+        )
+        store_bytes = b"".join(p.read_bytes() for p in tmp_path.rglob("*.jsonl"))
+    finally:
+        k.shutdown()
+    assert stored == [["user", "", "Say hi in Portuguese"], ["assistant", "openai", "Olá!"]]
+    (request,) = openai_server.requests
+    assert request.path == "/v1/chat/completions"
+    assert request.headers["authorization"] == "Bearer sk-test-not-a-real-key"
+    assert b"sk-test-not-a-real-key" not in store_bytes  # the key never reaches the store
