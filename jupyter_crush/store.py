@@ -644,8 +644,10 @@ class TranscriptStore:
     def _apply_record(self, st: _SessionState, record: dict[str, Any], line: bytes) -> None:
         assert st.entries is not None
         mid = record.get("id")
-        if not isinstance(mid, str):
-            raise st.journal.corrupt(line, "a message record without an id")
+        problem = _record_problem(record, st.session.id)
+        if problem:
+            raise st.journal.corrupt(line, problem)
+        assert isinstance(mid, str)
         size = len(line) + 1
         old = st.entries.get(mid)
         if old is not None:
@@ -1024,6 +1026,23 @@ def _prepare_directory(path: Path) -> Path:
             f"the transcript store {path} is not writable; choose a directory you can write to"
         )
     return path
+
+
+_ROLES = frozenset(str(role) for role in Role)
+
+
+def _record_problem(record: dict[str, Any], session_id: str) -> str:
+    """Why a journal record cannot be a message of this session ("" if it can)."""
+    if not isinstance(record.get("id"), str):
+        return "a message record without an id"
+    if record.get("session_id") != session_id:
+        return f"a message of another session ({record.get('session_id')!r})"
+    if record.get("role") not in _ROLES:
+        return f"a message record with an unknown role ({record.get('role')!r})"
+    parts = record.get("parts")
+    if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+        return "a message record whose parts are not a list of objects"
+    return ""
 
 
 def _set_entry(st: _SessionState, mid: str, entry: _Entry) -> None:

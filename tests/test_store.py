@@ -483,6 +483,22 @@ def test_a_corrupted_journal_is_a_clear_error_not_silent_loss(tmp_path):
     assert journal.read_bytes() == first + b"#garbage#\n" + second  # nothing was dropped
 
 
+def test_a_well_formed_but_wrong_record_is_a_clear_error(tmp_path):
+    path = tmp_path / "s"
+    with TranscriptStore(path) as store:
+        session = store.create_session()
+    journal = path / "messages" / f"{session.id}.jsonl"
+    for record, problem in [
+        ({"session_id": session.id}, "without an id"),
+        ({"id": "m", "session_id": "other", "role": "user", "parts": []}, "another session"),
+        ({"id": "m", "session_id": session.id, "role": "robot", "parts": []}, "unknown role"),
+        ({"id": "m", "session_id": session.id, "role": "user", "parts": [1]}, "parts"),
+    ]:
+        journal.write_text(json.dumps(record) + "\n")
+        with TranscriptStore(path) as store, pytest.raises(StoreError, match=problem):
+            store.list_messages(session.id)
+
+
 def test_a_corrupted_session_index_fails_the_open_with_a_hint(tmp_path):
     path = tmp_path / "s"
     TranscriptStore(path).close()
