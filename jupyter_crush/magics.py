@@ -109,6 +109,10 @@ class Crush:
 
     @property
     def agent(self) -> SessionAgent:
+        return self._ensure_agent(None)
+
+    def _ensure_agent(self, model: Model | None) -> SessionAgent:
+        """The kernel's agent, made on first use (with ``model`` as its default, if given)."""
         if self._agent is None:
             from .agent import SessionAgent
             from .tools import default_tools
@@ -123,7 +127,7 @@ class Crush:
                 tools=tools,
             )
             self._agent = SessionAgent(
-                self.resolve_model(None),
+                model or self.resolve_model(None),
                 self.store,
                 tools=tools,
                 system_prompt=self.config.system_prompt or None,
@@ -227,7 +231,7 @@ class Crush:
         if not prompt.strip():
             raise UsageError("The prompt is empty: write what you want after the %%crush line")
         model = self.resolve_model(model_name)  # before anything is recorded
-        agent = self.agent
+        agent = self._ensure_agent(model)
         # Settings changed with %config since the agent was made apply to the next prompt.
         agent.max_steps = self.config.max_steps
         agent.system_prompt = self.config.system_prompt or None

@@ -586,5 +586,9 @@ def _clip(text: str) -> str:
     return text[:_TOOL_TEXT_LIMIT] + f"\n… ({len(text) - _TOOL_TEXT_LIMIT} more characters)"
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]#|~])")
+
+
 def _md_escape(text: str) -> str:
-    return text.replace("*", r"\*").replace("_", r"\_")
+    """``text`` shown literally inside Markdown (a session title may hold anything)."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))

@@ -171,6 +171,13 @@ def test_per_cell_model_overrides_the_default(ip, crush):
     assert "replay of a recorded stream" in crush.last_view.status_text()
 
 
+def test_a_cell_model_works_when_the_default_does_not_resolve(ip, monkeypatch):
+    monkeypatch.setenv("CRUSH_MODEL", "openai:gpt-4o")  # no OPENAI_API_KEY in these tests
+    crush = current()
+    run(ip, "%%crush -m replay:openai-simple\nhi")
+    assert messages(crush)[-1].text == "Olá!"
+
+
 def test_format_code_puts_the_code_in_the_next_cell(ip, crush):
     crush.use_model(ScriptedModel(["Here:\n```python\nprint(6 * 7)\n```\nand\n```\nx = 1\n```"]))
     run(ip, "%%crush -f code\nwrite code")

@@ -232,3 +232,16 @@ async def test_permission_granted_without_a_prompt_clears_the_waiting_state():
     assert "waiting for permission" in view.status_text()
     view.on_event(ToolStarted(ToolCallPart("c1", "bash", "{}", finished=True)))
     assert "running" in view.status_text()
+
+
+async def test_session_title_is_literal_in_the_static_markdown():
+    view = RunView(
+        RunLabels("<b>x</b> *y* [z](http://e)", "m:n"),
+        on_stop=lambda: None,
+        loop=asyncio.get_running_loop(),
+    )
+    md = view.to_markdown()
+    assert "&lt;b&gt;x&lt;/b&gt; \\*y\\* \\[z\\](http://e)" in md
+    # The live status line is HTML: the title is escaped there too.
+    assert "&lt;b&gt;x&lt;/b&gt;" in view.status.value
+    assert "<b>x</b>" not in view.status.value
