@@ -683,6 +683,9 @@ class TranscriptStore:
                 session = Session.from_dict(record)
             except (TypeError, ValueError, KeyError, AttributeError):
                 raise self._index.corrupt(line, "not a valid session record") from None
+            if not isinstance(session.id, str) or not _SESSION_ID.fullmatch(session.id):
+                # ids name files: never follow one out of the store
+                raise self._index.corrupt(line, f"a session with an invalid id {session.id!r}")
             st = self._sessions.get(session.id)
             if st is None:
                 st = _SessionState(session, Journal(self._messages_dir / f"{session.id}.jsonl"))

@@ -508,6 +508,9 @@ def test_a_corrupted_session_index_fails_the_open_with_a_hint(tmp_path):
     (path / "sessions.jsonl").write_bytes(b'{"no_id": 1}\n')
     with pytest.raises(StoreError, match=r"sessions\.jsonl.*not a valid session record"):
         TranscriptStore(path)
+    (path / "sessions.jsonl").write_bytes(b'{"id": "../../escape"}\n')
+    with pytest.raises(StoreError, match=r"sessions\.jsonl.*invalid id '\.\./\.\./escape'"):
+        TranscriptStore(path)
 
 
 def test_a_damaged_or_foreign_format_file_is_refused(tmp_path):
