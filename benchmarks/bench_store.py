@@ -7,7 +7,8 @@ For each size N, a store is filled with N messages spread over sessions of 50 me
   append          add_message of a new message into an existing session (written at once)
   update/forced   update_message(force=True) of a streaming reply: every call writes
   update/stream   update_message at token rate with the default 1/30 s coalescing
-plus cold open (open + list_sessions) and one session's list_messages in a fresh store.
+plus cold open (open + list_sessions) and one session's list_messages in a fresh store,
+and finally 4 processes appending to one store at once (each also into a shared session).
 
 Stock TinyDB is measured on the same documents in one JSON file; each of its writes
 rewrites the whole file, so at larger sizes only a few samples are taken (said in the
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -165,6 +167,56 @@ def bench_stock(path: Path, size: int, samples: int) -> dict[str, object]:
     return result
 
 
+CONCURRENT_WRITER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from jupyter_crush.message import Message, Role, TextPart
+from jupyter_crush.store import TranscriptStore
+store = TranscriptStore(sys.argv[2])
+name, count = sys.argv[3], int(sys.argv[4])
+own = store.create_session(session_id=name).id
+latencies = []
+for i in range(count):
+    message = Message("shared" if i % 2 else own, Role.USER, [TextPart(f"{name} {i} " * 40)])
+    start = time.perf_counter_ns()
+    store.add_message(message)
+    latencies.append(time.perf_counter_ns() - start)
+store.close()
+print(" ".join(map(str, latencies)))
+"""
+
+
+def bench_concurrent(path: Path, processes: int, count: int) -> str:
+    """``processes`` writers at once, half their messages into one shared session."""
+    with TranscriptStore(path) as store:
+        store.create_session(session_id="shared")
+    repo = str(Path(__file__).resolve().parents[1])
+    began = time.perf_counter()
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_WRITER, repo, str(path), f"w{n}", str(count)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(processes)
+    ]
+    latencies = []
+    for child in children:
+        out, _ = child.communicate()
+        if child.returncode != 0:
+            raise SystemExit(f"a concurrent writer failed with exit code {child.returncode}")
+        latencies += [int(x) for x in out.split()]
+    elapsed = time.perf_counter() - began
+    with TranscriptStore(path) as store:
+        stored = sum(len(store.list_messages(s.id)) for s in store.list_sessions())
+    lost = processes * count - stored
+    mean, p50, p99 = stats(latencies)
+    return (
+        f"{processes} processes x {count} appends in {elapsed:.2f} s (incl. start-up), "
+        f"append mean/p50/p99 {mean:.3f} / {p50:.3f} / {p99:.3f} ms, lost {lost}"
+    )
+
+
 def row(name: str, ours: object, stock: object | None, stock_note: str) -> str:
     def fmt(value: object) -> str:
         if value is None:
@@ -222,6 +274,8 @@ def main() -> None:
             f"{ours['stream bytes'] / 1024:.0f} KiB (coalesced to <= 30 writes/s; stock has "
             "no coalescing, its per-update cost is update/forced)"
         )
+    with tempfile.TemporaryDirectory() as tmp:
+        print("\n" + bench_concurrent(Path(tmp) / "store", 4, 200 if args.quick else 2000))
     print(
         f"\ntotal {time.perf_counter() - began:.0f} s; "
         f"load average at end: {os.getloadavg()[0]:.1f}"
