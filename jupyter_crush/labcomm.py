@@ -18,12 +18,11 @@ Threads: under ipykernel 7 JupyterLab sends comm messages on a subshell, so ``co
 and ``comm_msg`` handlers may run on a thread other than the one running the asyncio loop.
 ``cancel_all`` is called right there (the agent's cancel is safe from any thread, and that
 way it lands even while a blocking cell holds the loop), and status requests are answered
-there too; only subscribing to the agent's status hops to the loop.
+there too. Status pushes come from the agent's listener, on the loop thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
 import threading
@@ -69,13 +68,8 @@ class _Peer:
 class _LabChannel:
     """Every open ``jupyter_crush`` comm of one kernel, fed by one agent's status."""
 
-    def __init__(
-        self,
-        get_agent: Callable[[], SessionAgent | None],
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
+    def __init__(self, get_agent: Callable[[], SessionAgent | None]) -> None:
         self._get_agent = get_agent
-        self._loop = loop
         # Guards _peers and orders the status events: a status is read *and* sent under
         # it, so the last event a page gets reflects a read made after the last change
         # (a subshell thread answering a request cannot overtake a newer push from the
@@ -85,7 +79,7 @@ class _LabChannel:
         self._peers: dict[str, _Peer] = {}
         # Agents whose status listener is installed. The agent has no way to remove a
         # listener, so this keeps a replaced-then-restored agent from getting a second one.
-        # Loop thread only.
+        # Main thread only (register and the post_run_cell hook).
         self._listening: weakref.WeakSet[SessionAgent] = weakref.WeakSet()
 
     # -- comm handlers (any thread) ------------------------------------------------------
@@ -119,10 +113,9 @@ class _LabChannel:
             with self._lock:
                 self._send_locked({"event": "error", "message": error}, only=comm_id)
             return
-        # Answer from this thread: a page asking while a blocking cell holds the loop
-        # still gets the counts. Subscribing to a new agent waits for the loop.
+        # Answered from this thread: a page asking while a blocking cell holds the main
+        # shell still gets the counts.
         self.push()
-        self._loop.call_soon_threadsafe(self.subscribe)
 
     def push(self) -> None:
         """Send the current counts to every open comm."""
@@ -140,10 +133,14 @@ class _LabChannel:
                 log.debug("could not send to comm %s", comm_id, exc_info=True)
                 del self._peers[comm_id]
 
-    # -- loop thread ---------------------------------------------------------------------
+    # -- main thread ---------------------------------------------------------------------
 
     def subscribe(self, *_args: Any) -> None:
-        """Follow the status of the kernel's agent, if one was made (or replaced) since."""
+        """Follow the status of the kernel's agent, if one was made (or replaced) since.
+
+        Agents are made and replaced by cells, so checking at registration and after each
+        cell is enough; the listener itself is then called on the loop thread.
+        """
         agent = self._get_agent()
         if agent is None or agent in self._listening:
             return
@@ -184,21 +181,10 @@ def register(kernel_or_shell: Any, get_agent: Callable[[], SessionAgent | None])
         return
     if getattr(kernel, "_jupyter_crush_lab", None) is not None:
         return
-    channel = _LabChannel(get_agent, _loop())
+    channel = _LabChannel(get_agent)
     kernel._jupyter_crush_lab = channel
     comm_manager.register_target(TARGET, channel.on_open)
     # A cell may make the agent (the first %%crush) or replace it (a model change).
     shell.events.register("post_run_cell", channel.subscribe)
     channel.subscribe()
     channel.announce()
-
-
-def _loop() -> asyncio.AbstractEventLoop:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        # Registered from code that runs outside the loop (a kernel's startup hook):
-        # IPython's persistent loop is the one the kernel's cells and tasks run on.
-        from IPython.core.async_helpers import get_asyncio_loop
-
-        return get_asyncio_loop()

@@ -150,7 +150,13 @@ export class CrushConnection implements IDisposable {
     // A restarted kernel has a fresh interpreter: crush is gone until it is loaded again.
     if (status === 'restarting' || status === 'autorestarting' || status === 'dead') {
       this._comm = null;
+      this._probeWhenIdle = true;
       this._setStatus(null);
+    } else if (status === 'idle' && this._probeWhenIdle) {
+      // A kernel configured to load crush at startup said hello before this page
+      // reconnected; ask once instead.
+      this._probeWhenIdle = false;
+      void this.connect();
     }
   }
 
@@ -170,6 +176,7 @@ export class CrushConnection implements IDisposable {
   private readonly _onKernelOpen: (comm: Kernel.IComm, msg: KernelMessage.ICommOpenMsg) => void;
   private _comm: Kernel.IComm | null = null;
   private _connecting: Promise<boolean> | null = null;
+  private _probeWhenIdle = false;
   private _status: ICrushStatus | null = null;
   private _isDisposed = false;
   private _statusChanged = new Signal<this, ICrushStatus | null>(this);

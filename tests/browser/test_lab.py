@@ -226,3 +226,24 @@ def test_notebook7_toolbar_and_shortcut(page, lab_server):
     page.keyboard.press("Control+Alt+Period")
     notebook.wait_output(2, r"canceled")
     assert notebook.finish_reasons(3) == ["canceled"]
+
+
+def test_status_follows_a_kernel_restart(page, lab_server):
+    name = lab_server.write_notebook(['%load_ext jupyter_crush\nprint("loaded")'])
+    notebook = Notebook(page)
+    notebook.open(lab_server.lab_url(name), cells=1)
+    notebook.run(0)
+    notebook.wait_output(0, r"loaded")
+    status = page.locator(".jp-crush-StatusItem")
+    status.filter(has_text="Crush: idle").wait_for()
+
+    # A restarted kernel has no crush until it is loaded again: the item goes away...
+    notebook.cells.nth(0).locator(".jp-InputPrompt").click()
+    page.keyboard.press("Escape")
+    page.keyboard.press("0")
+    page.keyboard.press("0")
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    status.wait_for(state="hidden")
+    # ...and comes back when the kernel says hello after %load_ext.
+    notebook.run(0)
+    status.filter(has_text="Crush: idle").wait_for()
