@@ -619,7 +619,7 @@ class CrushMagics(Magics):
         super().__init__(shell)
         self.crush = crush
 
-    @magic_arguments()
+    @magic_arguments(name="%crush")
     @argument("-s", "--session", help="session id, id prefix, or title (a new title starts one)")
     @argument("--new", action="store_true", help="start a new session (titled -s if given)")
     @argument("-m", "--model", help="model for this prompt, as 'provider:model'")
@@ -672,10 +672,13 @@ class CrushMagics(Magics):
             raise UsageError(f"Unknown command {command!r}; %crush help lists the commands")
         handler(rest)
 
-    crush_line.__doc__ = "Manage sessions and runs.\n\n" + LINE_USAGE
+    # `%crush?` shows both forms: the line commands, then the cell's options.
+    crush_line.__doc__ = (
+        "Manage sessions and runs.\n\n" + LINE_USAGE + "\n\nThe cell form:\n" + crush_cell.__doc__
+    )
 
     def _cmd_help(self, rest: list[str]) -> None:
-        print(LINE_USAGE)
+        print(CrushMagics.crush_line.__doc__)
 
     def _cmd_sessions(self, rest: list[str]) -> None:
         _no_args("sessions", rest)

@@ -270,6 +270,7 @@ def test_help_texts(ip, capsys):
     out = capsys.readouterr().out
     for command in ("sessions", "history", "cancel", "use", "new", "model", "help"):
         assert f"%crush {command}" in out
+    assert "%%crush [-s SESSION]" in out  # and the cell form
     assert "%crush sessions" in (CrushMagics.crush_line.__doc__ or "")
     cell_doc = CrushMagics.crush_cell.__doc__ or ""
     for option in ("-s SESSION", "--new", "-m MODEL", "--wait", "--yolo", "-f"):
