@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from lab_harness import ARTIFACTS, LabServer
 
+from jupyter_crush import Role, TranscriptStore
+
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 STOP_COMMAND = "jupyter-crush:stop-all"
@@ -35,7 +37,7 @@ PROMPT = "%%crush --new\nwrite a long answer"
 QUEUED_PROMPT = "%%crush\nand then another one"
 TRIVIAL = "print(6 * 7)"
 FINISH_REASONS = """\
-print("finish:", *[
+print("session:", crush.current_session_id, "finish:", *[
     m.finish_reason for m in crush.store.list_messages(crush.current_session_id)
     if m.role == "assistant"
 ])"""
@@ -51,6 +53,7 @@ class Notebook:
 
     def __init__(self, page: Any) -> None:
         self.page = page
+        self.session_id = ""  # the kernel's current session, as finish_reasons last saw it
 
     def open(self, url: str, cells: int) -> None:
         # A cell run before the page has its kernel session is silently dropped, and the
@@ -102,12 +105,27 @@ class Notebook:
         self.wait_output(index, r"word word word")
 
     def finish_reasons(self, index: int) -> list[str]:
+        """Run the FINISH_REASONS cell at ``index``: how the session's turns ended."""
         self.run(index)
         text = self.wait_output(index, r"finish:")
+        self.session_id = text.split("session:", 1)[1].split()[0]
         return text.split("finish:", 1)[1].split()
 
     def screenshot(self, name: str) -> None:
         self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def stored_finish_reasons(lab_server: LabServer, session_id: str) -> list[str]:
+    """The same, read from the store's files by this process rather than the kernel."""
+    store = TranscriptStore(lab_server.root / ".crush")
+    try:
+        return [
+            str(m.finish_reason)
+            for m in store.list_messages(session_id)
+            if m.role == Role.ASSISTANT
+        ]
+    finally:
+        store.close()
 
 
 def start_streaming_run(page: Any, lab_server: LabServer, url: Any, extra: list[str]) -> Notebook:
@@ -144,6 +162,8 @@ def test_stop_button_cancels_while_other_cells_still_run(page, lab_server):
     notebook.output(1).get_by_role("button", name="Stop").click()
     notebook.wait_output(1, r"canceled")
     assert notebook.finish_reasons(3) == ["canceled"]
+    # On disk, not only in the kernel's memory.
+    assert stored_finish_reasons(lab_server, notebook.session_id) == ["canceled"]
 
 
 def test_toolbar_command_and_status_bar(page, lab_server):
@@ -186,6 +206,7 @@ def test_status_bar_click_stops_the_run_and_its_queue(page, lab_server):
     status.filter(has_text="Crush: idle").wait_for()
     # The queued prompt is kept as a canceled turn too.
     assert notebook.finish_reasons(3) == ["canceled", "canceled"]
+    assert stored_finish_reasons(lab_server, notebook.session_id) == ["canceled", "canceled"]
 
 
 def test_command_palette_lists_the_command_once_crush_is_loaded(page, lab_server):
