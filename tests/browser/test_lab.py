@@ -239,11 +239,11 @@ def test_notebook7_toolbar_and_shortcut(page, lab_server):
     notebook.wait_output(1, r"canceled")
     notebook.screenshot("notebook7-toolbar")
 
-    # A second run in a new session, stopped with the shortcut.
+    # A second run in a new session, stopped with the shortcut while typing in a cell.
     notebook.run(2)
     notebook.wait_streaming(2)
-    notebook.cells.nth(2).locator(".jp-InputPrompt").click()
-    page.keyboard.press("Escape")
+    notebook.cells.nth(3).locator(".cm-content").click()
+    page.locator(".jp-Notebook.jp-mod-editMode").wait_for()
     page.keyboard.press("Control+Alt+Period")
     notebook.wait_output(2, r"canceled")
     assert notebook.finish_reasons(3) == ["canceled"]
