@@ -40,6 +40,7 @@ async def model_alone() -> float:
 
 
 async def agent_and_store(directory: str, tokens_per_second: float | None) -> tuple[float, float]:
+    Path(directory).mkdir(parents=True, exist_ok=True)
     store = TranscriptStore(Path(directory) / "store")
     session = store.create_session("bench")
     agent = SessionAgent(ScriptedModel([TEXT], tokens_per_second=tokens_per_second), store)

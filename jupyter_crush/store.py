@@ -297,6 +297,10 @@ class TranscriptStore:
         self._sessions: dict[str, _SessionState] = {}  # creation order
         # session id -> ids of messages whose latest state is in memory only (coalesced)
         self._pending: dict[str, dict[str, None]] = {}
+        # session id -> message id -> the caller's live Message of a coalesced update, not yet
+        # serialized. Folded into the session's entries (_materialize) before anything reads
+        # or writes them, so a streamed token costs no JSON encoding.
+        self._live: dict[str, dict[str, Message]] = {}
         # session ids whose journal holds a descriptor, least recently used first
         self._open_journals: OrderedDict[str, None] = OrderedDict()
         self._last_write: dict[tuple[str, str], float] = {}  # (session, message) -> clock()
@@ -601,6 +605,7 @@ class TranscriptStore:
     def _catch_up(self, st: _SessionState) -> None:
         """Apply records other processes appended to the session's journal."""
         assert st.entries is not None
+        self._materialize(st)  # every reader and writer passes here
         reset, records = st.journal.read_new()
         self._note_journal(st)
         if not reset:
@@ -707,29 +712,23 @@ class TranscriptStore:
     def _store_message(self, message: Message, *, force: bool) -> None:
         if not isinstance(message, Message):
             raise TypeError(f"expected a Message, got {type(message).__name__}")
-        data = message.to_dict()  # the caller keeps mutating its object; snapshot it
-        data[_WRITER_KEY] = self._token
-        line = _dumps(data)
-        entry = _Entry(line, _usage_tuple(message.usage), float(message.cost or 0.0), self._token)
         sid, mid = message.session_id, message.id
         with self._lock:
             self._check_open()
-            st = self._loaded(sid)
-            assert st.entries is not None
             last = self._last_write.get((sid, mid))
-            write_now = (
-                force
-                or mid not in st.entries
-                or last is None
-                or self._clock() - last >= self.flush_interval
-            )
-            if not write_now:
-                entry.disk_len = st.entries[mid].disk_len
-                _set_entry(st, mid, entry)
-                st.session.updated_at = now()
+            if not force and last is not None and self._clock() - last < self.flush_interval:
+                # Coalesced (the streaming hot path): keep a reference to the live message;
+                # it is serialized when written or read.
+                self._live.setdefault(sid, {})[mid] = message
                 self._pending.setdefault(sid, {})[mid] = None
                 self._schedule_deadline()
                 return
+        entry = self._entry_for(message)  # the caller keeps mutating its object; snapshot it
+        with self._lock:
+            self._check_open()
+            self._live.get(sid, {}).pop(mid, None)  # superseded by this newer snapshot
+            st = self._loaded(sid)
+            assert st.entries is not None
             with self._plock:
                 # Read other processes' records first, so a new message takes the same
                 # place in memory as on disk: after them.
@@ -739,6 +738,25 @@ class TranscriptStore:
                 _set_entry(st, mid, entry)
                 st.session.updated_at = now()
                 self._write(st, [mid])
+
+    def _entry_for(self, message: Message) -> _Entry:
+        data = message.to_dict()
+        data[_WRITER_KEY] = self._token
+        usage, cost = _usage_tuple(message.usage), float(message.cost or 0.0)
+        return _Entry(_dumps(data), usage, cost, self._token)
+
+    def _materialize(self, st: _SessionState) -> None:
+        """Serialize the session's coalesced live messages into its entries."""
+        live = self._live.pop(st.session.id, None)
+        if not live:
+            return
+        assert st.entries is not None
+        for mid, message in live.items():
+            entry = self._entry_for(message)
+            old = st.entries.get(mid)
+            entry.disk_len = old.disk_len if old is not None else 0
+            _set_entry(st, mid, entry)
+        st.session.updated_at = now()
 
     def _write(self, st: _SessionState, mids: Iterable[str]) -> None:
         """Append the latest state of ``mids`` to the session journal, then the session record."""

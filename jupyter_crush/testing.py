@@ -168,17 +168,25 @@ class ScriptedModel:
         reply = self.replies[step]
         gates = [g for g in self._gates if g.step == step]
         emitted = 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
 
         async def tick() -> None:
-            nonlocal emitted
+            nonlocal emitted, started
             for gate in gates:
                 if gate.after_tokens == emitted:
+                    held = loop.time()
                     await gate._hold()
+                    started += loop.time() - held  # pacing resumes after the gate
             emitted += 1
-            if self.tokens_per_second:
-                await asyncio.sleep(1 / self.tokens_per_second)
-            else:
-                await asyncio.sleep(0)
+            # Pace against the clock, not per-token sleeps: the loop's timers have ~1 ms
+            # resolution, so a fast rate catches up with several tokens per wake-up.
+            delay = (
+                started + emitted / self.tokens_per_second - loop.time()
+                if self.tokens_per_second
+                else 0
+            )
+            await asyncio.sleep(max(delay, 0))
 
         if reply.reasoning:
             for token in tokenize(reply.reasoning):
