@@ -88,7 +88,7 @@ class Crush:
         self._running_cell: contextvars.Context | None = None
         self._cell_serial = 0
         # Final displays of headless runs that ended between cells (see _finished).
-        self._headless_updates: list[tuple[Any, dict[str, Any]]] = []
+        self._headless_updates: list[tuple[Any, dict[str, Any], RunView]] = []
         #: The view of the latest %%crush cell, for code that wants to await it.
         self.last_view: RunView | None = None
         self._closed = False
@@ -291,6 +291,7 @@ class Crush:
     def _finished(self, view: RunView, handle: Any, cell: tuple[contextvars.Context, int]) -> None:
         self._yolo_sessions.discard(view.session_id)
         if handle is None:
+            view.close()
             return
         # Replace the live widget by the static answer: a notebook reopened without a
         # kernel (or without saved widget state) still shows what the agent said.
@@ -298,6 +299,7 @@ class Crush:
         context, serial = cell
         context.run(handle.update, bundle, raw=True)
         if view.interactive or serial == self._cell_serial:
+            view.close()  # after the update: the page drops the view before the models
             return
         # nbclient only reads messages of the cell it is executing, so a run that ends
         # after its own cell (a --no-wait prompt) is also updated through the cell running
@@ -306,8 +308,9 @@ class Crush:
         running = self._running_cell
         if running is not None:
             running.run(handle.update, bundle, raw=True)
+            view.close()
         else:
-            self._headless_updates.append((handle, bundle))
+            self._headless_updates.append((handle, bundle, view))
 
     def _task_done(self, task: asyncio.Task[Any], view: RunView) -> None:
         self._tasks.discard(task)
@@ -439,8 +442,9 @@ class Crush:
         self._cell_serial += 1
         self._running_cell = contextvars.copy_context()
         updates, self._headless_updates = self._headless_updates, []
-        for handle, bundle in updates:
+        for handle, bundle, view in updates:
             handle.update(bundle, raw=True)
+            view.close()
 
     def _post_run_cell(self, result: Any) -> None:
         self._running_cell = None

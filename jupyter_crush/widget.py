@@ -452,6 +452,14 @@ class RunView:
         if added:
             self.tools.children = tuple(box for box, _ in self._tool_widgets.values())
 
+    def close(self) -> None:
+        """Close the view's widgets once the static answer has replaced it on the page.
+
+        Every widget is a comm the kernel (and the front end) would otherwise keep for the
+        rest of the session, one set per prompt.
+        """
+        close_widgets(self.root)
+
     # -- stop ------------------------------------------------------------------
 
     def _stop_clicked(self, _button: widgets.Button) -> None:
@@ -496,6 +504,7 @@ class RunView:
 
         def remove() -> None:
             self.permission.children = tuple(c for c in self.permission.children if c is not prompt)
+            close_widgets(prompt)
             self.waiting_permission = bool(self.permission.children)
             if self._ended is None:
                 self._draw()
@@ -538,6 +547,16 @@ class WidgetPermissionBroker:
         finally:
             # Also on cancel (Stop while the prompt is open): the buttons go away.
             remove()
+
+
+def close_widgets(widget: widgets.Widget) -> None:
+    """Close ``widget``, its descendants, and their layout and style widgets."""
+    for child in getattr(widget, "children", ()):
+        close_widgets(child)
+    for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+        if isinstance(part, widgets.Widget):
+            part.close()
+    widget.close()
 
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")

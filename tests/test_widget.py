@@ -245,3 +245,26 @@ async def test_session_title_is_literal_in_the_static_markdown():
     # The live status line is HTML: the title is escaped there too.
     assert "&lt;b&gt;x&lt;/b&gt;" in view.status.value
     assert "<b>x</b>" not in view.status.value
+
+
+async def test_close_releases_every_widget_of_the_view():
+    view, _ = make_view()
+    view.on_event(Started("u1"))
+    message = Message("s1", Role.ASSISTANT)
+    message.append_text("one\n\ntwo")
+    message.parts.append(ToolCallPart("c1", "python", "{}", finished=True))
+    view.on_event(Delta(message))
+    view._draw()
+    mine = [
+        view.root,
+        view.stop_button,
+        view.stop_button.layout,
+        view.stop_button.style,
+        view.status,
+        *view.answer.children,
+        *view.tools.children,
+    ]
+    assert len(view.answer.children) == 2 and len(view.tools.children) == 1
+    assert all(w.comm is not None for w in mine)
+    view.close()
+    assert all(w.comm is None for w in mine)  # closed: no comm left behind
