@@ -199,7 +199,6 @@ class _Turn:
     loop: asyncio.AbstractEventLoop | None = None
     task: asyncio.Task[None] | None = None
     observers: list[RunObserver] = field(default_factory=list)
-    folded: list[SessionAgentCall] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)  # this turn's records, in order
     user_recorded: bool = False
     result: RunResult | None = None  # set once, by _finalize: the turn is terminal
@@ -564,7 +563,6 @@ class SessionAgent:
         added = []
         for queued in folded:
             queued.result = RunResult(turn.session_id, FinishReason.UNKNOWN)  # owned by `turn`
-            turn.folded.append(queued.call)
             self._emit(queued, Folded())
             turn.observers.extend(queued.observers)
             user = _user_message(queued.call)
@@ -594,7 +592,7 @@ class SessionAgent:
         if turn.result is not None:
             return
         with turn.state.lock:
-            if turn.seq <= turn.state.cancel_mark:
+            if reason is not FinishReason.CANCELED and turn.seq <= turn.state.cancel_mark:
                 # A cancel covers this turn: however it ended since (a provider error, a
                 # denied permission), the user asked it to stop. Only a turn the model had
                 # already ended before the cancel keeps its own reason (checked below).

@@ -235,9 +235,12 @@ async def test_shutdown_records_active_and_queued_turns(store):
     queued = Recorder()
     assert await agent.run(SessionAgentCall(session.id, "second", observer=queued)) is None
     agent.shutdown()
-    assert [e.reason for e in queued.finished] == [FinishReason.CANCELED]
+    assert [(e.reason, e.message) for e in queued.finished] == [
+        (FinishReason.CANCELED, "Kernel shut down")
+    ]
     await first
     reopened = TranscriptStore(store.path)
+    assert reopened.list_messages(session.id)[1].finish.message == "Kernel shut down"
     assert roles_and_reasons(reopened, session.id) == [
         ("user", None),
         ("assistant", "canceled"),
