@@ -7,9 +7,9 @@ happen, displays a :class:`~jupyter_crush.widget.RunView`, schedules
 ``agent.run`` on the kernel's running loop and returns, so the kernel is idle
 while the answer streams.
 
-Imports of the agent, the store, the widgets and the providers happen on first
-use, not at ``%load_ext``: the provider SDKs alone take longer to import than a
-user should wait for an extension to load.
+The widgets (ipywidgets), the tools and the providers are imported on first use,
+not at ``%load_ext``: the provider SDKs alone take longer to import than a user
+should wait for an extension to load.
 """
 
 from __future__ import annotations
@@ -30,14 +30,15 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from .agent import Finished, SessionAgent, SessionAgentCall, Started
 from .config import CrushConfig
 from .interpolate import interpolate
+from .message import FinishReason, Session
+from .store import TranscriptStore
+from .tools import Decision
 
 if TYPE_CHECKING:
-    from .agent import SessionAgent
-    from .message import Session
     from .model import Model
-    from .store import TranscriptStore
     from .widget import RunView
 
 LINE_USAGE = """\
@@ -99,8 +100,6 @@ class Crush:
     @property
     def store(self) -> TranscriptStore:
         if self._store is None:
-            from .store import TranscriptStore
-
             path = os.path.abspath(os.path.expanduser(self.config.data_dir))
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             self._store = TranscriptStore(path)
@@ -114,7 +113,6 @@ class Crush:
     def _ensure_agent(self, model: Model | None) -> SessionAgent:
         """The kernel's agent, made on first use (with ``model`` as its default, if given)."""
         if self._agent is None:
-            from .agent import SessionAgent
             from .tools import default_tools
             from .tools.permissions import PermissionPolicy
             from .widget import WidgetPermissionBroker
@@ -238,7 +236,6 @@ class Crush:
         session = self.session_for_cell(session_ref, new, prompt)
         self.current_session_id = session.id
 
-        from .agent import SessionAgentCall
         from .widget import RunLabels, RunView
 
         # Accept first: from here on a cancel from any cell, button or interrupt covers it.
@@ -318,8 +315,6 @@ class Crush:
             return
         error = task.exception()
         if error is not None and not view.is_finished:
-            from .message import FinishReason
-
             view.finish(FinishReason.ERROR, _one_line(error))
 
     def _should_wait(self) -> bool:
@@ -474,8 +469,6 @@ class _CellPermissions:
         self._crush = crush
 
     async def ask(self, request: Any) -> Any:
-        from .tools import Decision
-
         crush = self._crush
         if crush.config.yolo or request.session_id in crush._yolo_sessions:
             return Decision.ALLOW
@@ -496,8 +489,6 @@ class _Tracker:
         self._yolo = yolo
 
     def on_event(self, event: Any) -> None:
-        from .agent import Finished, Started
-
         if isinstance(event, Started):
             self._crush.views[self._view.session_id] = self._view
             if self._yolo:

@@ -22,6 +22,17 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from .agent import (
+    Delta,
+    Finished,
+    Folded,
+    PermissionAsked,
+    Queued,
+    RunEvent,
+    Started,
+    ToolFinished,
+    ToolStarted,
+)
 from .message import FinishReason, Message, Role, ToolCallPart, ToolResultPart, Usage
 from .tools import Decision, PermissionRequest
 
@@ -251,19 +262,8 @@ class RunView:
             self._done = self._get_loop().create_future()
         await asyncio.shield(self._done)
 
-    def on_event(self, event: Any) -> None:
-        """Agent events, on the loop thread. Imports stay local to keep %load_ext fast."""
-        from .agent import (
-            Delta,
-            Finished,
-            Folded,
-            PermissionAsked,
-            Queued,
-            Started,
-            ToolFinished,
-            ToolStarted,
-        )
-
+    def on_event(self, event: RunEvent) -> None:
+        """Agent events, on the loop thread."""
         if isinstance(event, Delta):
             message = event.message
             if message.role == Role.ASSISTANT:
