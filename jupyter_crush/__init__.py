@@ -1,6 +1,7 @@
 """jupyter-crush: a Crush-style agent in Jupyter notebooks."""
 
 from .agent import AcceptedRun, SessionAgent, SessionAgentCall
+from .history import export_session, history, sessions
 from .message import FinishReason, Message, Role, Session, Usage
 from .store import TranscriptStore
 
@@ -14,6 +15,9 @@ __all__ = [
     "SessionAgentCall",
     "TranscriptStore",
     "Usage",
+    "export_session",
+    "history",
+    "sessions",
 ]
 
 

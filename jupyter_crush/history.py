@@ -1,0 +1,542 @@
+"""Query the transcript store from cells and scripts.
+
+``crush.history()`` returns the stored messages as a pandas DataFrame (a list of dicts when
+pandas is not installed), one row per message, optionally narrowed to one session, a role,
+a time, and a full-text search over prompts, answers and reasoning. ``crush.sessions()``
+lists the sessions; ``crush.export_session()`` writes one as Markdown or JSON.
+
+The store is the kernel's own when ``%load_ext jupyter_crush`` ran, else the configured data
+directory (``CrushConfig.data_dir``, ``$CRUSH_DATA_DIR``, else ``.crush/``); ``store=`` takes
+a :class:`~jupyter_crush.store.TranscriptStore` or a path. pandas is imported only when a
+frame is built: it takes longer to import than ``%load_ext`` may.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .message import (
+    FinishReason,
+    Message,
+    ReasoningPart,
+    Role,
+    Session,
+    TextPart,
+    now,
+)
+from .storage import StoreError
+
+if TYPE_CHECKING:
+    from .store import TranscriptStore
+
+__all__ = [
+    "MESSAGE_COLUMNS",
+    "SESSION_COLUMNS",
+    "SessionNotFoundError",
+    "export_session",
+    "find_session",
+    "history",
+    "open_store",
+    "sessions",
+]
+
+#: Columns of :func:`history`, in order.
+MESSAGE_COLUMNS = (
+    "session",
+    "session_title",
+    "message_id",
+    "time",
+    "role",
+    "model",
+    "text",
+    "reasoning",
+    "tool_calls",
+    "tool_results",
+    "finish_reason",
+    "finish_message",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+)
+#: Columns of :func:`sessions`, in order.
+SESSION_COLUMNS = (
+    "session",
+    "title",
+    "created",
+    "updated",
+    "messages",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+)
+#: Finish reasons not worth a note in a transcript (any other one is shown).
+ORDINARY_FINISHES = frozenset({FinishReason.END_TURN, FinishReason.TOOL_USE})
+EXPORT_FORMAT = "jupyter-crush-session"
+EXPORT_VERSION = 1
+#: Shortest id prefix accepted as a session reference (shorter ones match too much).
+MIN_PREFIX = 4
+
+
+class SessionNotFoundError(LookupError):
+    """A session reference matched no session, or several."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+# -- public API ------------------------------------------------------------------------------
+
+
+def history(
+    session: str | None = None,
+    *,
+    store: TranscriptStore | str | os.PathLike[str] | None = None,
+    search: str | None = None,
+    role: str | Role | Iterable[str | Role] | None = None,
+    since: datetime | date | timedelta | str | float | None = None,
+    limit: int | None = None,
+) -> Any:
+    """The stored messages, one row per message (a DataFrame, or dicts without pandas).
+
+    ``session`` is an id, a title (the newest session of that title) or a unique id prefix;
+    without it every session is included. ``search`` keeps messages whose text or
+    reasoning contains every word of it, case-insensitively (``"exact phrase"`` in double
+    quotes keeps words together). ``role`` is one role or several; ``since`` a datetime
+    (naive means local time), an ISO 8601 string, a timedelta before now, or a Unix time.
+    ``limit`` keeps the newest rows. One session's rows are in its order; rows of several
+    sessions are ordered by time. ``time`` is the message's creation in local time.
+    """
+    with open_store(store) as opened:
+        rows = message_rows(
+            opened, session=session, search=search, role=role, since=since, limit=limit
+        )
+    return _table(rows, MESSAGE_COLUMNS)
+
+
+def sessions(
+    *,
+    store: TranscriptStore | str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+) -> Any:
+    """The sessions, most recently updated first (a DataFrame, or dicts without pandas)."""
+    with open_store(store) as opened:
+        rows = session_rows(opened, limit=limit)
+    return _table(rows, SESSION_COLUMNS)
+
+
+def export_session(
+    session: str,
+    format: str = "markdown",
+    path: str | os.PathLike[str] | None = None,
+    *,
+    store: TranscriptStore | str | os.PathLike[str] | None = None,
+) -> str:
+    """One session as Markdown (to read or share) or JSON (complete, every part kept).
+
+    ``session`` is an id, a title or a unique id prefix. With ``path`` the text is also
+    written to that file. Returns the text.
+    """
+    if format not in ("markdown", "json"):
+        raise ValueError(f"unknown export format {format!r}; use 'markdown' or 'json'")
+    with open_store(store) as opened:
+        if opened is None:
+            raise SessionNotFoundError(f"no session {session!r}: the transcript store is empty")
+        found = find_session(opened, session)
+        messages = opened.list_messages(found.id)
+    text = session_json(found, messages) if format == "json" else session_markdown(found, messages)
+    if path is not None:
+        Path(path).write_text(text, encoding="utf-8")
+    return text
+
+
+# -- building blocks shared with the command line -----------------------------------------------
+
+
+@contextlib.contextmanager
+def open_store(
+    store: TranscriptStore | str | os.PathLike[str] | None,
+) -> Iterator[TranscriptStore | None]:
+    """The store to query: the given one (left open), one opened at a path (closed after),
+    the kernel's, or the default data directory's (``None`` when none was made there yet)."""
+    from .store import TranscriptStore
+
+    if isinstance(store, TranscriptStore):
+        yield store
+        return
+    if store is None:
+        kernel_store = _kernel_store()
+        if kernel_store is not None:
+            yield kernel_store
+            return
+        path = Path(_default_data_dir()).expanduser()
+        if not _is_store(path):
+            yield None  # nothing recorded yet: an empty history, not an error
+            return
+    else:
+        path = Path(store).expanduser()
+        if not path.exists():
+            raise StoreError(f"no transcript store at {path}: the directory does not exist")
+        if not _is_store(path):
+            raise StoreError(
+                f"{path} is not a transcript store (no format.json or sessions.jsonl in it); "
+                "pass the directory a %%crush kernel writes to (its data_dir, default .crush)"
+            )
+    opened = TranscriptStore(path)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def find_session(store: TranscriptStore, ref: str) -> Session:
+    """A session by id, title (the newest of that title) or unique id prefix."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise SessionNotFoundError(f"a session reference must be a non-empty str, got {ref!r}")
+    ref = ref.strip()
+    listed = store.list_sessions()
+    for session in listed:
+        if session.id == ref:
+            return session
+    titled = [s for s in listed if s.title == ref]
+    if titled:
+        return max(titled, key=lambda s: s.created_at)
+    prefixed = [s for s in listed if len(ref) >= MIN_PREFIX and s.id.startswith(ref)]
+    if len(prefixed) == 1:
+        return prefixed[0]
+    if prefixed:
+        raise SessionNotFoundError(
+            f"session prefix {ref!r} matches {len(prefixed)} sessions; give more of the id"
+        )
+    raise SessionNotFoundError(
+        f"no session {ref!r} (by id, title or id prefix) in the transcript store "
+        f"{store.path}; list them with crush.sessions() or `python -m jupyter_crush log`"
+    )
+
+
+def session_rows(store: TranscriptStore | None, *, limit: int | None = None) -> list[dict]:
+    """One dict per session, most recently updated first."""
+    _check_limit(limit)
+    if store is None:
+        return []
+    listed = store.list_sessions()
+    if limit is not None:
+        listed = listed[:limit]
+    return [
+        {
+            "session": s.id,
+            "title": s.title,
+            "created": datetime.fromtimestamp(s.created_at),
+            "updated": datetime.fromtimestamp(s.updated_at),
+            "messages": s.message_count,
+            "input_tokens": s.usage.input_tokens,
+            "output_tokens": s.usage.output_tokens,
+            "cost": s.cost,
+        }
+        for s in listed
+    ]
+
+
+def message_rows(
+    store: TranscriptStore | None,
+    *,
+    session: str | None = None,
+    search: str | None = None,
+    role: str | Role | Iterable[str | Role] | None = None,
+    since: datetime | date | timedelta | str | float | None = None,
+    limit: int | None = None,
+) -> list[dict]:
+    """The rows of :func:`history` as dicts (see there for the arguments)."""
+    match = Matcher(search) if search is not None else None
+    roles = _roles(role)
+    cutoff = _since(since)
+    _check_limit(limit)
+    if store is None:
+        if session is not None:
+            raise SessionNotFoundError(f"no session {session!r}: the transcript store is empty")
+        return []
+    if session is not None:
+        chosen = [find_session(store, session)]
+    else:
+        chosen = sorted(store.list_sessions(), key=lambda s: s.created_at)
+    if match is not None:
+        store.flush()  # so the journals on disk hold this process's latest states too
+    rows: list[dict] = []
+    for s in chosen:
+        # A session last written before the cutoff has no message after it: skip its file.
+        if cutoff is not None and s.updated_at < cutoff:
+            continue
+        if match is not None and not match.may_occur_in(store.path / "messages" / f"{s.id}.jsonl"):
+            continue
+        for message in store.list_messages(s.id):
+            if roles is not None and message.role not in roles:
+                continue
+            if cutoff is not None and message.created_at < cutoff:
+                continue
+            if match is not None and not match(message):
+                continue
+            rows.append(_row(s, message))
+    if len(chosen) > 1:
+        rows.sort(key=lambda r: r["_created"])  # stable: one session's order is kept on ties
+    if limit is not None:
+        rows = rows[len(rows) - limit :] if limit else []
+    for r in rows:
+        r["time"] = datetime.fromtimestamp(r.pop("_created"))
+    return rows
+
+
+class Matcher:
+    """Full-text match over a message's text and reasoning.
+
+    Every word of the query must occur, case-insensitively (Unicode case folding);
+    ``"a phrase"`` in double quotes is one word. Parts are joined with a newline, so a
+    word never matches across two parts.
+    """
+
+    def __init__(self, query: str) -> None:
+        if not isinstance(query, str):
+            raise TypeError(f"search must be a str, got {type(query).__name__}")
+        self.query = query
+        self.terms = tuple(
+            t.casefold() for pair in _TERMS.findall(query) for t in pair if t.strip()
+        )
+        if not self.terms:
+            raise ValueError("search needs at least one word, e.g. search='NaN'")
+        # The terms as they appear inside JSON strings written with ensure_ascii=False.
+        self._escaped = tuple(json.dumps(t, ensure_ascii=False)[1:-1] for t in self.terms)
+
+    def may_occur_in(self, journal: Path) -> bool:
+        """Whether a session's journal (see :mod:`jupyter_crush.store`) may hold a match.
+
+        A cheap necessary condition that spares decoding sessions without one: every term,
+        JSON-escaped as the store writes text, occurs somewhere in the case-folded file.
+        Escaping and case folding are per character and commute (escape sequences are
+        already folded), so a term inside a part's text is found in the file. The file holds
+        every record of the session, superseded ones too: a superset of its messages.
+        """
+        try:
+            content = journal.read_bytes().decode("utf-8", "replace").casefold()
+        except FileNotFoundError:
+            return False  # a session that never had a message
+        return all(term in content for term in self._escaped)
+
+    def __call__(self, message: Message) -> bool:
+        haystack = "\n".join(
+            p.text for p in message.parts if isinstance(p, TextPart | ReasoningPart)
+        ).casefold()
+        return all(term in haystack for term in self.terms)
+
+
+def compact_tool_calls(message: Message) -> str:
+    """``name(arguments)`` per call, arguments as compact JSON, joined by ``; ``."""
+    return "; ".join(f"{c.name}({compact_arguments(c.input)})" for c in message.tool_calls)
+
+
+def compact_tool_results(message: Message) -> str:
+    """``name: content`` per result (``name (error): ...`` for failures), joined by ``; ``."""
+    return "; ".join(
+        f"{r.name}{' (error)' if r.is_error else ''}: {r.content}" for r in message.tool_results
+    )
+
+
+def session_json(session: Session, messages: list[Message]) -> str:
+    """A session and all its messages as one JSON document (the store's own records)."""
+    document = {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "session": session.to_dict(),
+        "messages": [m.to_dict() for m in messages],
+    }
+    return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+
+
+def session_markdown(session: Session, messages: list[Message]) -> str:
+    """A session as a readable Markdown document."""
+    out = [
+        f"# {_md_literal(session.title or '(untitled)')}",
+        "",
+        f"- Session: `{session.id}`",
+        f"- Created: {format_time(session.created_at)}; updated: {format_time(session.updated_at)}",
+        f"- Messages: {session.message_count}; tokens: {session.usage.input_tokens} in, "
+        f"{session.usage.output_tokens} out; cost: {format_cost(session.cost)}",
+    ]
+    for message in messages:
+        head = f"## {str(message.role).capitalize()} · {format_time(message.created_at)}"
+        if message.model:
+            head += f" · {_md_literal(message.model)}"
+        out += ["", head]
+        if message.reasoning:
+            out += [
+                "",
+                "<details><summary>Reasoning</summary>",
+                "",
+                message.reasoning.strip(),
+                "",
+                "</details>",
+            ]
+        if message.text:
+            out += ["", message.text.strip()]
+        for call in message.tool_calls:
+            out += ["", f"**Tool call** `{call.name}`:", _fenced(_pretty_json(call.input), "json")]
+        for result in message.tool_results:
+            label = "Tool error" if result.is_error else "Tool result"
+            out += ["", f"**{label}** `{result.name}`:", _fenced(result.content, "")]
+        finish = message.finish
+        if finish is not None and finish.reason not in ORDINARY_FINISHES:
+            note = f"*Finished: {finish.reason}*"
+            if finish.message:
+                note = f"*Finished: {finish.reason} ({_md_literal(finish.message)})*"
+            out += ["", note]
+    return "\n".join(out) + "\n"
+
+
+# -- internals -----------------------------------------------------------------------------------
+
+_TERMS = re.compile(r'"([^"]*)"|(\S+)')
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
+
+
+def _row(session: Session, message: Message) -> dict[str, Any]:
+    finish = message.finish
+    return {
+        "session": session.id,
+        "session_title": session.title,
+        "message_id": message.id,
+        "_created": message.created_at,  # becomes "time" once rows are ordered
+        "role": str(message.role),
+        "model": message.model,
+        "text": message.text,
+        "reasoning": message.reasoning,
+        "tool_calls": compact_tool_calls(message),
+        "tool_results": compact_tool_results(message),
+        "finish_reason": str(finish.reason) if finish is not None else None,
+        "finish_message": finish.message if finish is not None else "",
+        "input_tokens": message.usage.input_tokens,
+        "output_tokens": message.usage.output_tokens,
+        "cost": message.cost,
+    }
+
+
+def _table(rows: list[dict], columns: tuple[str, ...]) -> Any:
+    try:
+        import pandas as pd
+    except ImportError:
+        return rows
+    return pd.DataFrame.from_records(rows, columns=list(columns))
+
+
+def _kernel_store() -> TranscriptStore | None:
+    """The store of this kernel's extension, if it is loaded (never loads it)."""
+    shell = _ipython()
+    crush = getattr(shell, "_jupyter_crush", None) if shell is not None else None
+    return crush.store if crush is not None else None
+
+
+def _default_data_dir() -> str:
+    from .config import CrushConfig
+
+    shell = _ipython()
+    # With a shell, settings from ipython_config.py apply as they would to %%crush.
+    config = CrushConfig(parent=shell) if shell is not None else CrushConfig()
+    return os.path.abspath(os.path.expanduser(config.data_dir))
+
+
+def _ipython() -> Any:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return get_ipython()
+
+
+def _is_store(path: Path) -> bool:
+    return (path / "format.json").is_file() or (path / "sessions.jsonl").is_file()
+
+
+def _roles(role: str | Role | Iterable[str | Role] | None) -> frozenset[Role] | None:
+    if role is None:
+        return None
+    wanted = [role] if isinstance(role, str) else list(role)
+    roles = set()
+    for r in wanted:
+        try:
+            roles.add(Role(r))
+        except ValueError:
+            names = ", ".join(repr(str(x)) for x in Role)
+            raise ValueError(f"unknown role {r!r}; use one of {names}") from None
+    return frozenset(roles)
+
+
+def _since(since: datetime | date | timedelta | str | float | None) -> float | None:
+    """The cutoff as a Unix time."""
+    if since is None:
+        return None
+    if isinstance(since, bool):
+        raise TypeError("since must be a datetime, date, timedelta, ISO 8601 str or Unix time")
+    if isinstance(since, int | float):
+        return float(since)
+    if isinstance(since, timedelta):
+        return now() - since.total_seconds()
+    if isinstance(since, str):
+        try:
+            since = datetime.fromisoformat(since.strip())
+        except ValueError:
+            raise ValueError(
+                f"since={since!r} is not an ISO 8601 time; write e.g. '2026-11-25' or "
+                "'2026-11-25T14:30', or pass a datetime or timedelta"
+            ) from None
+    if isinstance(since, datetime):
+        return since.timestamp()  # a naive datetime is local time, as in the time column
+    if isinstance(since, date):
+        return datetime(since.year, since.month, since.day).timestamp()
+    raise TypeError(
+        f"since must be a datetime, date, timedelta, ISO 8601 str or Unix time, "
+        f"got {type(since).__name__}"
+    )
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a non-negative int, got {limit!r}")
+
+
+def compact_arguments(text: str) -> str:
+    """Tool call arguments as compact JSON (as streamed when they are not valid JSON)."""
+    try:
+        return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
+    except ValueError:
+        return text  # arguments cut off mid-stream (a canceled call): shown as streamed
+
+
+def _pretty_json(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text), ensure_ascii=False, indent=2)
+    except ValueError:
+        return text
+
+
+def _fenced(text: str, language: str) -> str:
+    # A fence longer than any backtick run inside, so the content cannot close it.
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{language}\n{text.rstrip(chr(10))}\n{fence}"
+
+
+def _md_literal(text: str) -> str:
+    return _MD_SPECIAL.sub(r"\\\1", text.replace("\n", " "))
+
+
+def format_time(timestamp: float) -> str:
+    """A Unix time as local ``YYYY-MM-DD HH:MM:SS``."""
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_cost(cost: float | None) -> str:
+    """A cost in dollars, ``-`` when unknown or zero."""
+    return "-" if not cost else f"${cost:.4f}"
