@@ -217,7 +217,15 @@ def _print_hits(rows: list[dict[str, Any]], args: argparse.Namespace, out: TextI
     for r in rows:
         title = _line(r["session_title"]) or "(untitled)"
         out.write(f"-- {r['session']} {title} · {r['time']:%Y-%m-%d %H:%M:%S} · {r['role']}\n")
-        out.write(f"  {_snippet(r['text'] or r['reasoning'] or r['tool_calls'], terms)}\n")
+        out.write(f"  {_snippet(_hit_text(r, terms), terms)}\n")
+
+
+def _hit_text(row: dict[str, Any], terms: Sequence[str]) -> str:
+    """What a hit shows: the text or reasoning with a match, else whatever it has."""
+    for field in ("text", "reasoning"):
+        if any(t in row[field].casefold() for t in terms):
+            return row[field]
+    return row["text"] or row["reasoning"] or row["tool_calls"] or row["tool_results"]
 
 
 def _snippet(text: str, terms: Sequence[str]) -> str:

@@ -283,11 +283,11 @@ def message_rows(
                 continue
             rows.append(_row(s, message))
     if len(chosen) > 1:
-        rows.sort(key=lambda r: r["_created"])  # stable: one session's order is kept on ties
+        rows.sort(key=lambda r: r["time"])  # stable: one session's order is kept on ties
     if limit is not None:
         rows = rows[len(rows) - limit :] if limit else []
     for r in rows:
-        r["time"] = datetime.fromtimestamp(r.pop("_created"))
+        r["time"] = datetime.fromtimestamp(r["time"])
     return rows
 
 
@@ -408,7 +408,7 @@ def _row(session: Session, message: Message) -> dict[str, Any]:
         "session": session.id,
         "session_title": session.title,
         "message_id": message.id,
-        "_created": message.created_at,  # becomes "time" once rows are ordered
+        "time": message.created_at,  # a datetime once the rows are ordered
         "role": str(message.role),
         "model": message.model,
         "text": message.text,
