@@ -224,6 +224,14 @@ crush = current()
 """
 
 
-def scripted(tokens: int, rate: float | None) -> str:
-    """Kernel code making the default model a ScriptedModel of ``tokens`` word tokens."""
-    return f"crush.use_model(ScriptedModel(['word ' * {tokens}] * 50, tokens_per_second={rate!r}))"
+def scripted(tokens: int, rate: float | None, hold_after: int | None = None) -> str:
+    """Kernel code making the default model a ScriptedModel of ``tokens`` word tokens.
+
+    With ``hold_after``, the model's first request holds after that many tokens until the
+    kernel variable ``gate`` is released: the run is streaming, deterministically, for as
+    long as a test needs, however loaded the machine.
+    """
+    code = f"model = ScriptedModel(['word ' * {tokens}] * 50, tokens_per_second={rate!r})\n"
+    if hold_after is not None:
+        code += f"gate = model.gate(step=0, after_tokens={hold_after})\n"
+    return code + "crush.use_model(model)"

@@ -16,8 +16,9 @@ from jupyter_crush.store import TranscriptStore
 
 pytestmark = pytest.mark.slow
 
-# A run long enough to still be streaming when the test acts: 400 tokens at 100/s = 4 s.
-SLOW = scripted(400, 100)
+# A run that streams 20 tokens, then holds (until `gate.release()`): it is still running
+# whenever the test acts.
+SLOW = scripted(400, 100, hold_after=20)
 FAST = scripted(20, None)
 
 
@@ -48,13 +49,14 @@ def wait_view(kernel: Kernel, timeout: float = 20.0) -> None:
 
 def test_cell_returns_while_the_run_streams(kernel):
     kernel.run(SLOW)
-    started = time.monotonic()
     result = kernel.execute("%%crush --new\nwrite a lot")
     assert result.reply["content"]["status"] == "ok"
-    assert time.monotonic() - started < 3, "the %%crush cell blocked"
-    # A trivial cell runs while the agent streams, and the session is still busy after it.
-    assert kernel.value("21 * 2") == 42
+    # The cell has returned, the run goes on: a trivial cell runs meanwhile.
     assert kernel.value("crush.agent.is_session_busy(crush.current_session_id)") is True
+    assert kernel.value("21 * 2") == 42
+    kernel.run("await gate.reached()")
+    assert kernel.value("crush.last_view.phase") == "running"
+    kernel.run("gate.release()")
     wait_view(kernel)
     turn = last_turn(kernel)
     assert [t[0] for t in turn] == ["user", "assistant"]
@@ -220,6 +222,7 @@ def test_shutdown_persists_the_canceled_turn(tmp_path):
         k.run(SETUP)
         k.run(SLOW)
         k.run("%%crush --new\nwrite a lot")
+        k.run("await gate.reached()")  # 20 tokens have streamed; the run holds there
         session_id = k.value("crush.current_session_id")
         assert k.value("crush.agent.is_session_busy(crush.current_session_id)") is True
     finally:
@@ -232,7 +235,7 @@ def test_shutdown_persists_the_canceled_turn(tmp_path):
     summary = [(str(m.role), m.finish_reason, m.finish and m.finish.message) for m in messages]
     assert [s[0] for s in summary] == ["user", "assistant"], summary
     assert messages[-1].finish_reason == "canceled", summary
-    assert "word" in messages[-1].text  # what had streamed before shutdown is kept
+    assert messages[-1].text.split() == ["word"] * 20  # what streamed before shutdown is kept
 
 
 TOOL_SCRIPT = (
