@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from traitlets import (
     Bool,
     CaselessStrEnum,
+    Dict,
     Float,
     Int,
     List,
     TraitError,
+    TraitType,
     Unicode,
     default,
     validate,
 )
 from traitlets.config import Configurable
+
+if TYPE_CHECKING:
+    from .providers import ProviderSettings
 
 OPENAI_DEFAULT = "openai:gpt-4o"
 ANTHROPIC_DEFAULT = "anthropic:claude-sonnet-4-20250514"
@@ -40,6 +46,31 @@ def default_model_name(environ: os._Environ[str] | dict[str, str] | None = None)
     if env.get("ANTHROPIC_API_KEY"):
         return ANTHROPIC_DEFAULT
     return REPLAY_DEFAULT
+
+
+class _MaskedKeys(dict):
+    """Provider id -> API key, with a repr that shows only which providers have one:
+    ``%config CrushConfig`` prints current values into the cell's output."""
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{name!r}: '***'" for name in self) + "}"
+
+
+class SecretKeys(TraitType):
+    """A trait holding API keys by provider id, never shown in full."""
+
+    default_value = _MaskedKeys()
+    info_text = "a dict of provider id -> API key"
+
+    def validate(self, obj: Any, value: Any) -> _MaskedKeys:
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            self.error(obj, value)
+        return _MaskedKeys(value)
+
+    def default_value_repr(self) -> str:
+        return "{}"
 
 
 class CrushConfig(Configurable):
@@ -93,6 +124,44 @@ class CrushConfig(Configurable):
         "",
         help="System prompt for new runs; empty uses the agent's built-in prompt.",
     ).tag(config=True)
+
+    api_keys = SecretKeys(
+        help="API keys by provider id, e.g. {'openai': '...'}; most specific source, above "
+        "crush.json and the SDKs' variables (OPENAI_API_KEY, ANTHROPIC_API_KEY). Never shown.",
+    ).tag(config=True)
+
+    base_urls = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        help="Base URLs by provider id, e.g. {'openai': 'http://127.0.0.1:8080/v1'} for a "
+        "local OpenAI-compatible server.",
+    ).tag(config=True)
+
+    crush_config = Unicode(
+        "",
+        help="Path of a Crush crush.json to read providers and models from; empty searches "
+        "./crush.json, ./.crush.json and ~/.config/crush/crush.json.",
+    ).tag(config=True)
+
+    max_retries = Int(
+        2, help="Retries of a failed provider request (429, 5xx, connection errors)."
+    ).tag(config=True)
+
+    request_timeout = Float(
+        300.0, help="Seconds without a byte from the provider before a request fails."
+    ).tag(config=True)
+
+    def provider_settings(self) -> ProviderSettings:
+        """These settings in the form the providers take."""
+        from .providers import ProviderSettings
+
+        return ProviderSettings(
+            api_keys=dict(self.api_keys),
+            base_urls=dict(self.base_urls),
+            crush_config=self.crush_config or None,
+            max_retries=self.max_retries,
+            read_timeout=self.request_timeout,
+        )
 
     #: The data_dir the kernel's transcript store was opened with; fixed from then on.
     opened_data_dir = Unicode(None, allow_none=True)

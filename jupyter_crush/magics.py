@@ -74,7 +74,11 @@ class Crush:
         self._agent: SessionAgent | None = None
         # Resolved models by name, so a cell's -m does not rebuild SDK clients; written only
         # by cells (the loop thread).
-        self._models: dict[str, Model] = {}
+        self._models: dict[str, Model] = {}  # by name; cleared when provider settings change
+        self.config.observe(
+            lambda _change: self._models.clear(),
+            names=["api_keys", "base_urls", "crush_config", "max_retries", "request_timeout"],
+        )
         # Session id -> the view of its active prompt, for the permission broker; written
         # and read on the loop thread only.
         self.views: dict[str, RunView] = {}
@@ -167,7 +171,7 @@ class Crush:
         except ImportError as error:
             raise UsageError(f"Model providers are not available: {error}") from None
         try:
-            model = resolve_model(name)
+            model = resolve_model(name, settings=self.config.provider_settings())
         except Exception as error:  # provider config errors carry a what-to-do message
             raise UsageError(f"Cannot use model {name!r}: {_one_line(error)}") from None
         self._models[name] = model

@@ -281,3 +281,34 @@ def test_extract_code_takes_python_blocks_only():
     answer = "a\n```python\nx = 1\n```\n```bash\nls\n```\n```\ny = 2\n```\n"
     assert extract_code(answer) == "x = 1\n\ny = 2"
     assert extract_code("no code here") == ""
+
+
+# -- provider settings from CrushConfig ------------------------------------------------------
+
+
+def test_config_keys_and_base_urls_reach_the_provider(ip, capsys):
+    run(ip, "%config CrushConfig.api_keys = {'openai': 'sk-test-not-shown'}")
+    run(ip, "%config CrushConfig.base_urls = {'openai': 'http://127.0.0.1:9/v1'}")
+    run(ip, "%config CrushConfig.max_retries = 0")
+    model = current().resolve_model("openai:gpt-4o")
+    assert model.config.base_url == "http://127.0.0.1:9/v1"
+    assert model.config.api_key == "sk-test-not-shown"
+    assert model.settings.max_retries == 0
+    capsys.readouterr()
+    run(ip, "%config CrushConfig")
+    shown = capsys.readouterr().out
+    assert "api_keys" in shown and "'openai': '***'" in shown
+    assert "sk-test-not-shown" not in shown
+
+
+def test_changing_provider_settings_resolves_the_model_again(ip):
+    run(ip, "%config CrushConfig.api_keys = {'openai': 'first'}")
+    first = current().resolve_model("openai:gpt-4o")
+    assert current().resolve_model("openai:gpt-4o") is first
+    run(ip, "%config CrushConfig.api_keys = {'openai': 'second'}")
+    assert current().resolve_model("openai:gpt-4o").config.api_key == "second"
+
+
+def test_api_keys_must_be_strings(ip):
+    with pytest.raises(Exception, match="API key"):
+        current().config.api_keys = {"openai": 42}
