@@ -325,7 +325,10 @@ def main() -> None:
             (100_000, lambda: at_100k(store, args.quick)),
         ):
             seconds = store.grow_to(size // scale)
-            print(f"\n(filled to {store.size} messages in {seconds:.1f} s)")
+            print(
+                f"\n(filled to {store.size} messages in {seconds:.1f} s; "
+                f"load average {os.getloadavg()[0]:.1f})"
+            )
             measure()
     with tempfile.TemporaryDirectory() as tmp:
         kill_loop(Path(tmp) / "store", kills)

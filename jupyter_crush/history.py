@@ -14,6 +14,7 @@ frame is built: it takes longer to import than ``%load_ext`` may.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import os
 import re
@@ -171,11 +172,14 @@ def open_store(
         yield store
         return
     if store is None:
-        kernel_store = _kernel_store()
-        if kernel_store is not None:
-            yield kernel_store
+        crush = _kernel_crush()
+        if crush is not None and crush.config.opened_data_dir is not None:
+            yield crush.store
             return
-        path = Path(_default_data_dir()).expanduser()
+        # Not opened by a cell yet: read its directory without opening the kernel's store,
+        # which would fix CrushConfig.data_dir before the user's first %%crush.
+        data_dir = crush.config.data_dir if crush is not None else _default_data_dir()
+        path = Path(os.path.abspath(os.path.expanduser(data_dir)))
         if not _is_store(path):
             yield None  # nothing recorded yet: an empty history, not an error
             return
@@ -264,16 +268,23 @@ def message_rows(
     if session is not None:
         chosen = [find_session(store, session)]
     else:
-        chosen = sorted(store.list_sessions(), key=lambda s: s.created_at)
+        # Newest first, so a limit can stop early: a session holds no message created after
+        # its last write (updated_at), so once ``limit`` rows are newer than a session's last
+        # write, neither it nor any older one can contribute. The same bound lets ``since``
+        # skip a session's file entirely.
+        chosen = sorted(store.list_sessions(), key=lambda s: s.updated_at, reverse=True)
     if match is not None:
         store.flush()  # so the journals on disk hold this process's latest states too
-    rows: list[dict] = []
+    found: list[tuple[Session, list[dict]]] = []
+    newest: list[float] = []  # min-heap of the ``limit`` newest row times so far
     for s in chosen:
-        # A session last written before the cutoff has no message after it: skip its file.
         if cutoff is not None and s.updated_at < cutoff:
-            continue
+            break
+        if limit is not None and len(newest) == limit and (not limit or s.updated_at < newest[0]):
+            break
         if match is not None and not match.may_occur_in(store.path / "messages" / f"{s.id}.jsonl"):
             continue
+        rows = []
         for message in store.list_messages(s.id):
             if roles is not None and message.role not in roles:
                 continue
@@ -282,7 +293,14 @@ def message_rows(
             if match is not None and not match(message):
                 continue
             rows.append(_row(s, message))
-    if len(chosen) > 1:
+            if limit:
+                heapq.heappush(newest, message.created_at)
+                if len(newest) > limit:
+                    heapq.heappop(newest)
+        found.append((s, rows))
+    found.sort(key=lambda pair: pair[0].created_at)
+    rows = [row for _, kept in found for row in kept]
+    if len(found) > 1:
         rows.sort(key=lambda r: r["time"])  # stable: one session's order is kept on ties
     if limit is not None:
         rows = rows[len(rows) - limit :] if limit else []
@@ -431,11 +449,11 @@ def _table(rows: list[dict], columns: tuple[str, ...]) -> Any:
     return pd.DataFrame.from_records(rows, columns=list(columns))
 
 
-def _kernel_store() -> TranscriptStore | None:
-    """The store of this kernel's extension, if it is loaded (never loads it)."""
+def _kernel_crush() -> Any:
+    """The kernel's :class:`~jupyter_crush.magics.Crush` if the extension is loaded (never
+    loads it: that would register magics as a side effect of a query)."""
     shell = _ipython()
-    crush = getattr(shell, "_jupyter_crush", None) if shell is not None else None
-    return crush.store if crush is not None else None
+    return getattr(shell, "_jupyter_crush", None) if shell is not None else None
 
 
 def _default_data_dir() -> str:

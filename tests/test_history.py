@@ -182,6 +182,24 @@ def test_role_since_and_limit_narrow_the_rows(transcripts):
     assert list(crush.history(store=path, search="NaN", limit=1).text) == [ANSWER]
 
 
+def test_limit_keeps_the_newest_rows_across_interleaved_sessions(tmp_path):
+    with TranscriptStore(tmp_path / "store") as store:
+        a, b, c = (store.create_session(title).id for title in "abc")
+        for sid, text in [(c, "c1"), (a, "a1"), (b, "b1"), (a, "a2"), (b, "b2"), (a, "a3")]:
+            store.add_message(Message(sid, Role.USER, [TextPart(text)]))
+        assert list(crush.history(store=store, limit=4).text) == ["b1", "a2", "b2", "a3"]
+        assert list(crush.history(store=store, limit=6).text) == [
+            "c1",
+            "a1",
+            "b1",
+            "a2",
+            "b2",
+            "a3",
+        ]
+        assert list(crush.history(store=store, role="user", limit=1).text) == ["a3"]
+        assert list(crush.history(store=store, search="b", limit=1).text) == ["b2"]
+
+
 def test_sessions_newest_first_with_totals(transcripts):
     df = crush.sessions(store=transcripts.path)
     assert list(df.columns) == list(SESSION_COLUMNS)
@@ -240,6 +258,10 @@ def test_in_a_kernel_the_extension_s_store_is_queried(tmp_path, monkeypatch):
     shell = get_ipython()
     shell.run_line_magic("load_ext", "jupyter_crush")
     try:
+        # Before a cell opened the kernel's store, a query leaves data_dir free to change.
+        assert crush.history().empty
+        assert shell._jupyter_crush.config.opened_data_dir is None
+        shell.run_line_magic("config", f"CrushConfig.data_dir = {str(tmp_path / 'kernel')!r}")
         shell._jupyter_crush.use_model(ScriptedModel(["Forty-two."]))
         result = shell.run_cell("%%crush -s answers\nWhat is six times seven?")
         assert result.success
@@ -248,6 +270,8 @@ def test_in_a_kernel_the_extension_s_store_is_queried(tmp_path, monkeypatch):
         df = crush.history("answers")
         assert list(df.text) == ["What is six times seven?", "Forty-two."]
         assert set(df.session_title) == {"answers"}
+        assert (tmp_path / "kernel" / "format.json").is_file()
+        assert not (tmp_path / "kernel-store").exists()
     finally:
         shell.run_line_magic("unload_ext", "jupyter_crush")
         shell.config.pop("CrushConfig", None)
