@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +12,6 @@ import openai
 
 from ..message import FinishReason, Message, Role, TextPart, ToolResultPart, Usage
 from ..model import (
-    ModelError,
     ReasoningDelta,
     ReasoningEnd,
     StreamEvent,
@@ -24,10 +22,8 @@ from ..model import (
     ToolCallStart,
     ToolSpec,
 )
-from .config import ProviderConfig, ProviderSettings
-from .errors import translate_error
+from .base import SDKModel
 from .history import conversation, tool_arguments
-from .prices import step_cost
 
 _FINISH = {
     "stop": FinishReason.END_TURN,
@@ -220,58 +216,11 @@ def _usage(raw: Any) -> Usage:
     )
 
 
-class OpenAIModel:
+class OpenAIModel(SDKModel):
     """A chat-completions model: OpenAI itself or any OpenAI-compatible server."""
 
-    def __init__(
-        self,
-        model: str,
-        config: ProviderConfig,
-        settings: ProviderSettings,
-        *,
-        transport: httpx2.AsyncBaseTransport | None = None,
-        price_provider: str | None = None,
-        price_model: str | None = None,
-    ) -> None:
-        self.provider = config.id
-        self.name = model
-        self.config = config
-        self.settings = settings
-        self._transport = transport
-        self._price_provider = price_provider or config.id
-        self._price_model = price_model or model
-        # One SDK client per event loop: httpx connection pools belong to the loop
-        # that opened them. Only touched from the loop thread (stream() is a coroutine).
-        self._client_loop: asyncio.AbstractEventLoop | None = None
-        self._client_obj: openai.AsyncOpenAI | None = None
-
-    def __repr__(self) -> str:
-        return (
-            f"OpenAIModel(provider={self.provider!r}, name={self.name!r}, "
-            f"base_url={self.config.base_url!r})"
-        )
-
-    def _client(self) -> openai.AsyncOpenAI:
-        loop = asyncio.get_running_loop()
-        if self._client_obj is None or self._client_loop is not loop:
-            timeout = httpx2.Timeout(
-                self.settings.read_timeout, connect=self.settings.connect_timeout
-            )
-            http_client = (
-                httpx2.AsyncClient(transport=self._transport, timeout=timeout)
-                if self._transport is not None
-                else None
-            )
-            self._client_obj = openai.AsyncOpenAI(
-                api_key=self.config.api_key,
-                base_url=self.config.base_url,
-                max_retries=self.settings.max_retries,
-                timeout=timeout,
-                default_headers=dict(self.config.extra_headers) or None,
-                http_client=http_client,
-            )
-            self._client_loop = loop
-        return self._client_obj
+    def _make_client(self, **options: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(**options)
 
     def request_params(
         self,
@@ -318,27 +267,13 @@ class OpenAIModel:
                     for event in state.feed(chunk):
                         yield event
         except _STREAM_ERRORS as exc:
-            raise translate_error(
-                exc,
-                provider=self.provider,
-                base_url=self.config.base_url,
-                api_key=self.config.api_key,
-                read_timeout=self.settings.read_timeout,
-            ) from exc
+            raise self._error(exc) from exc
         if state.finish is None:
-            raise ModelError(
-                "the stream ended before the model finished (connection closed early)",
-                provider=self.provider,
-            )
+            raise self._ended_early()
         for event in state.close():
             yield event
         yield StreamFinish(
             state.reason(),
             state.usage,
-            step_cost(
-                self._price_provider,
-                self._price_model,
-                state.usage,
-                base_url=self.config.base_url,
-            ),
+            self._cost(state.usage),
         )
