@@ -154,6 +154,10 @@ def at_50k(store: Growing) -> None:
     size = store.size
     target = store.sessions[len(store.sessions) // 2]
     print(f"\n== {size} messages: crush.history() (pandas DataFrame)")
+    print(
+        "  (the first read also settles each session: bench_store's messages leave tool calls "
+        "without results,\n   which get an error result appended, one tool message per session)"
+    )
     with TranscriptStore(store.path) as opened:
         cases = [
             ("every message, first read", {}),
