@@ -400,7 +400,9 @@ def crash_and_verify(path: Path, iterations: int, writers: int = 1) -> None:
             out, _ = child.communicate(timeout=60)
             assert child.returncode == -signal.SIGKILL
             outputs.append(out)
-        for line in "".join(outputs).splitlines(keepends=True):
+        # Each child's report on its own: a line a kill cut short must not run into the
+        # next child's first line.
+        for line in (line for out in outputs for line in out.splitlines(keepends=True)):
             if not line.endswith("\n") or not line.strip():
                 continue  # the kill cut this report short; its write may or may not be there
             kind, *fields = line.split()
