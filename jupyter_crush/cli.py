@@ -104,7 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(out)
         return 0
     try:
-        return _log(args, out)
+        status = _log(args, out)
+        out.flush()  # here, so a reader that went away is handled below, not at exit
+        return status
     except (StoreError, SessionNotFoundError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
