@@ -180,14 +180,14 @@ def open_store(
         # which would fix CrushConfig.data_dir before the user's first %%crush.
         data_dir = crush.config.data_dir if crush is not None else _default_data_dir()
         path = Path(os.path.abspath(os.path.expanduser(data_dir)))
-        if not _is_store(path):
+        if not TranscriptStore.exists(path):
             yield None  # nothing recorded yet: an empty history, not an error
             return
     else:
         path = Path(store).expanduser()
         if not path.exists():
             raise StoreError(f"no transcript store at {path}: the directory does not exist")
-        if not _is_store(path):
+        if not TranscriptStore.exists(path):
             raise StoreError(
                 f"{path} is not a transcript store (no format.json or sessions.jsonl in it); "
                 "pass the directory a %%crush kernel writes to (its data_dir, default .crush)"
@@ -282,7 +282,7 @@ def message_rows(
             break
         if limit is not None and len(newest) == limit and (not limit or s.updated_at < newest[0]):
             break
-        if match is not None and not match.may_occur_in(store.path / "messages" / f"{s.id}.jsonl"):
+        if match is not None and not match.may_occur_in(store.journal_path(s.id)):
             continue
         rows = []
         for message in store.list_messages(s.id):
@@ -471,10 +471,6 @@ def _ipython() -> Any:
     except ImportError:
         return None
     return get_ipython()
-
-
-def _is_store(path: Path) -> bool:
-    return (path / "format.json").is_file() or (path / "sessions.jsonl").is_file()
 
 
 def _roles(role: str | Role | Iterable[str | Role] | None) -> frozenset[Role] | None:

@@ -150,6 +150,8 @@ TOOL_INTERRUPTED_MESSAGE = "Tool call interrupted: the kernel stopped before it 
 # Session ids name files, so they are restricted to a portable, path-safe alphabet.
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _WRITER_TOKEN = re.compile(r"[0-9a-f]{32}")
+FORMAT_FILE = "format.json"  # the format version; written once
+INDEX_FILE = "sessions.jsonl"  # the session index
 _WRITER_KEY = "_writer"  # record key naming the store instance that wrote it
 
 _UsageTuple = tuple[int, int, int, int]
@@ -269,6 +271,12 @@ class _StoreStorage(Storage):
 class TranscriptStore:
     """Sessions and messages in a directory; see the module docstring for the design."""
 
+    @staticmethod
+    def exists(path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` holds a transcript store, checked without creating one."""
+        path = Path(path)
+        return (path / FORMAT_FILE).is_file() or (path / INDEX_FILE).is_file()
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -318,7 +326,7 @@ class TranscriptStore:
                 f"the transcript store {self.path} is not writable ({exc.strerror}); "
                 "choose a directory you can write to"
             ) from None
-        self._index = Journal(self.path / "sessions.jsonl")
+        self._index = Journal(self.path / INDEX_FILE)
         try:
             with self._lock, self._plock:
                 # Under the process lock, like every liveness check, so no other process
@@ -451,6 +459,13 @@ class TranscriptStore:
                 raise UnknownMessageError(session_id, message_id)
             line = entry.line
         return Message.from_dict(json.loads(line))
+
+    def journal_path(self, session_id: str) -> Path:
+        """The session's append-only JSON-lines file, for read-only scans such as a search
+        prefilter; call :meth:`flush` first so it holds this process's latest states."""
+        with self._lock:
+            self._check_open()
+            return self._state(session_id).journal.path
 
     def settle_dangling(self, session_id: str) -> list[Message]:
         """Finish what a stopped kernel left open in the session; return what changed.
@@ -951,7 +966,7 @@ class TranscriptStore:
     # -- internals: files ------------------------------------------------------
 
     def _check_format(self) -> None:
-        path = self.path / "format.json"
+        path = self.path / FORMAT_FILE
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
