@@ -9,6 +9,10 @@
 3. The kernel's interrupt (SIGINT while the kernel is idle) -> canceled turn shown.
 4. ``%load_ext jupyter_crush`` in a fresh kernel (goal: <= 300 ms), and whether it pulled in
    a provider SDK (it must not: they are imported when a model resolves).
+5. A 2 s answer (1,000 tokens at 500/s): when the cell returns and when the first token is
+   on screen (goal: <= 50 ms), against the blocking alternative in the same kernel -- the
+   same cell with ``--wait``, which like a non-streaming ``%%ai`` shows nothing and holds the
+   kernel until the whole answer is there.
 
 The machine is shared, so every number is printed for comparison within one run; nothing
 here passes or fails.
@@ -124,6 +128,36 @@ def bench_interrupt(kernel: Kernel, n: int) -> None:
     print(f"   {describe(latencies)}")
 
 
+def first_token_shown(msg: dict) -> bool:
+    if msg["msg_type"] != "comm_msg":
+        return False
+    # The answer is drawn into Output widgets: their ``outputs`` state carries the text.
+    return "word" in str(msg["content"]["data"].get("state", {}).get("outputs", ""))
+
+
+def bench_first_token(kernel: Kernel, n: int) -> None:
+    kernel.run(scripted(1000, 500))
+    returned, first, blocking = [], [], []
+    for _ in range(n):
+        kernel.drain()
+        kernel.iopub.clear()
+        sent = time.perf_counter()
+        kernel.execute("%%crush --new\nanswer me")
+        returned.append(time.perf_counter() - sent)
+        kernel.wait_iopub(first_token_shown, timeout=10)
+        first.append(time.perf_counter() - sent)
+        kernel.run("%crush cancel --all")
+        kernel.run("import asyncio; await asyncio.wait_for(crush.last_view.wait(), 10)")
+    for _ in range(max(2, n // 5)):
+        sent = time.perf_counter()
+        kernel.execute("%%crush --new --wait\nanswer me", timeout=60)
+        blocking.append(time.perf_counter() - sent)
+    print("5. a 2 s answer: streaming cell vs the blocking alternative (--wait, like %%ai)")
+    print(f"   cell returns after:         {describe(returned)}")
+    print(f"   first token on screen:      {describe(first)} (goal <= 50 ms)")
+    print(f"   blocking cell returns after: {describe(blocking)}; nothing shows before")
+
+
 def bench_load_ext(runs: int) -> None:
     times, sdk = [], []
     for _ in range(runs):
@@ -160,6 +194,7 @@ def main() -> None:
             bench_latency(kernel, cells)
             bench_stop(kernel, stops)
             bench_interrupt(kernel, stops)
+            bench_first_token(kernel, stops)
         finally:
             kernel.shutdown()
     bench_load_ext(loads)

@@ -107,6 +107,7 @@ class RunView:
         self._tick_handle: asyncio.Handle | None = None
         self._last_draw = float("-inf")
         self._drawn_answer = ""
+        self._content_shown = False  # has any answer or reasoning text been drawn yet?
         self.redraws = 0
 
         self.status = widgets.HTML()
@@ -270,7 +271,12 @@ class RunView:
                 self._messages[message.id] = message
                 for call in message.tool_calls:
                     self._tool_calls[call.id] = call
-            self._schedule_redraw()
+            if not self._content_shown and (message.text or message.reasoning):
+                # The first token goes on screen at once; coalescing starts after it.
+                self._content_shown = True
+                self._draw_now()
+            else:
+                self._schedule_redraw()
         elif isinstance(event, ToolStarted):
             self._tool_calls[event.call.id] = event.call
             # Permission was granted (perhaps without a prompt: yolo, allowed tools).
@@ -352,6 +358,12 @@ class RunView:
 
     def _timed_draw(self) -> None:
         self._redraw_handle = None
+        self._draw()
+
+    def _draw_now(self) -> None:
+        if self._redraw_handle is not None:
+            self._redraw_handle.cancel()
+            self._redraw_handle = None
         self._draw()
 
     def _start_ticker(self) -> None:

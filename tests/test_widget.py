@@ -58,6 +58,19 @@ async def test_token_deltas_are_coalesced_into_few_redraws():
     assert "".join(view.answer_parts) == message.text
 
 
+async def test_the_first_token_is_drawn_at_once_even_right_after_a_status_draw():
+    view, _ = make_view(redraw_rate=1.0)  # a second between coalesced redraws
+    view.on_event(Started("u1"))
+    view.on_event(Delta(Message("s1", Role.ASSISTANT)))  # no text yet: a status redraw
+    message = Message("s1", Role.ASSISTANT)
+    message.append_text("Hello")
+    view.on_event(Delta(message))
+    assert view.answer_parts == ["Hello"]  # on screen now, not a second later
+    message.append_text(" world")
+    view.on_event(Delta(message))
+    assert view.answer_parts == ["Hello"]  # later tokens are coalesced again
+
+
 async def test_redraws_are_rate_limited_over_time():
     view, _ = make_view(redraw_rate=20.0)
     view.on_event(Started("u1"))
