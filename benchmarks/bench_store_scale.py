@@ -209,31 +209,8 @@ def at_100k(store: Growing, quick: bool) -> None:
     print(f"  one session's messages, again       {triple(warms)}")
 
 
-KILLED_WRITER = """
-import random, sys
-sys.path.insert(0, sys.argv[1])
-import jupyter_crush.store as store_module
-from jupyter_crush.message import Message, Role, TextPart, Usage
-store_module.COMPACT_MIN_BYTES = 2048  # compact often, so kills land inside compactions too
-store = store_module.TranscriptStore(sys.argv[2], flush_interval=0.002)
-print("ready", flush=True)
-while True:
-    session = store.create_session()
-    print("S", session.id, flush=True)
-    for turn in range(random.randint(1, 6)):
-        user = store.add_message(Message(session.id, Role.USER, [TextPart("q" * 50)]))
-        print("M", session.id, user.id, flush=True)
-        reply = store.add_message(Message(session.id, Role.ASSISTANT))
-        print("M", session.id, reply.id, flush=True)
-        for token in range(random.randint(1, 80)):
-            reply.append_text("tok ")
-            reply.usage = Usage(output_tokens=token + 1)
-            store.update_message(reply, force=token % 17 == 0)
-            if token % 17 == 0:
-                print("F", session.id, reply.id, len(reply.text), flush=True)
-        note = store.add_message(Message("shared", Role.USER, [TextPart("x" * 40)]))
-        print("M shared", note.id, flush=True)
-"""
+# The writer the kill -9 tests use: it reports each write once it returned.
+KILLED_WRITER = REPO / "tests" / "crash_writer.py"
 
 
 def kill_loop(path: Path, iterations: int) -> None:
@@ -245,7 +222,7 @@ def kill_loop(path: Path, iterations: int) -> None:
     began = time.perf_counter()
     for _ in range(iterations):
         child = subprocess.Popen(
-            [sys.executable, "-c", KILLED_WRITER, str(REPO), str(path)],
+            [sys.executable, str(KILLED_WRITER), str(path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -86,7 +86,11 @@ MIN_PREFIX = 4
 
 
 class SessionNotFoundError(LookupError):
-    """A session reference matched no session, or several."""
+    """A session reference matched no session, or several (``ambiguous``)."""
+
+    def __init__(self, message: str, *, ambiguous: bool = False) -> None:
+        super().__init__(message)
+        self.ambiguous = ambiguous
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -216,7 +220,8 @@ def find_session(store: TranscriptStore, ref: str) -> Session:
         return prefixed[0]
     if prefixed:
         raise SessionNotFoundError(
-            f"session prefix {ref!r} matches {len(prefixed)} sessions; give more of the id"
+            f"session prefix {ref!r} matches {len(prefixed)} sessions; give more of the id",
+            ambiguous=True,
         )
     raise SessionNotFoundError(
         f"no session {ref!r} (by id, title or id prefix) in the transcript store "

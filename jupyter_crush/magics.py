@@ -180,24 +180,20 @@ class Crush:
     # -- sessions ------------------------------------------------------------------------
 
     def find_session(self, ref: str) -> Session:
-        """A session by id, unique id prefix, or title (the newest of that title)."""
-        ref = ref.strip()
-        sessions = self.store.list_sessions()
-        for session in sessions:
-            if session.id == ref:
-                return session
-        titled = [s for s in sessions if s.title == ref]
-        if titled:
-            return max(titled, key=lambda s: s.created_at)
-        prefixed = [s for s in sessions if len(ref) >= 4 and s.id.startswith(ref)]
-        if len(prefixed) == 1:
-            return prefixed[0]
-        if len(prefixed) > 1:
-            raise UsageError(f"Session prefix {ref!r} is ambiguous; give more of the id")
-        raise UsageError(
-            f"No session {ref!r}; list them with %crush sessions, or start one with "
-            f"%%crush --new -s {shlex.quote(ref)}"
-        )
+        """A session by id, title (the newest of that title), or unique id prefix."""
+        from .history import SessionNotFoundError, find_session
+
+        try:
+            return find_session(self.store, ref)
+        except SessionNotFoundError as error:
+            if error.ambiguous:
+                raise UsageError(
+                    f"Session prefix {ref!r} is ambiguous; give more of the id"
+                ) from None
+            raise UsageError(
+                f"No session {ref!r}; list them with %crush sessions, or start one with "
+                f"%%crush --new -s {shlex.quote(ref.strip())}"
+            ) from None
 
     def session_for_cell(self, ref: str | None, new: bool, prompt: str) -> Session:
         if new:

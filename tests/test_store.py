@@ -352,30 +352,7 @@ def test_a_long_stream_keeps_its_journal_bounded(tmp_path, monkeypatch):
 
 # -- crashes and damaged files ---------------------------------------------------
 
-CRASH_WRITER = """
-    import random
-    import jupyter_crush.store as store_module
-    from jupyter_crush.message import Message, Role, TextPart, Usage
-    store_module.COMPACT_MIN_BYTES = 2048  # compact often, so kills land inside compactions too
-    store = store_module.TranscriptStore(sys.argv[1], flush_interval=0.002)
-    print("ready", flush=True)
-    while True:
-        session = store.create_session()
-        print("S", session.id, flush=True)
-        for turn in range(random.randint(1, 6)):
-            user = store.add_message(Message(session.id, Role.USER, [TextPart("q" * 50)]))
-            print("M", session.id, user.id, flush=True)
-            reply = store.add_message(Message(session.id, Role.ASSISTANT))
-            print("M", session.id, reply.id, flush=True)
-            for token in range(random.randint(1, 80)):
-                reply.append_text("tok ")
-                reply.usage = Usage(output_tokens=token + 1)
-                store.update_message(reply, force=token % 17 == 0)
-                if token % 17 == 0:
-                    print("F", session.id, reply.id, len(reply.text), flush=True)
-            note = store.add_message(Message("shared", Role.USER, [TextPart("x" * 40)]))
-            print("M shared", note.id, flush=True)
-"""
+CRASH_WRITER = Path(__file__).with_name("crash_writer.py")
 
 
 def crash_and_verify(path: Path, iterations: int, writers: int = 1) -> None:
@@ -388,7 +365,15 @@ def crash_and_verify(path: Path, iterations: int, writers: int = 1) -> None:
     messages: dict[tuple[str, str], int] = {}
     for _ in range(iterations):
         outputs = []
-        children = [run_child(CRASH_WRITER, str(path)) for _ in range(writers)]
+        children = [
+            subprocess.Popen(
+                [sys.executable, str(CRASH_WRITER), str(path)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(writers)
+        ]
         for child in children:
             assert child.stdout is not None
             ready = child.stdout.readline()
