@@ -351,6 +351,32 @@ async def test_cancel_right_after_handoff_stops_the_next_prompt(store):
     assert len(model.requests) == 1
 
 
+async def test_cancel_while_the_canceled_turn_is_being_recorded(store):
+    """Cancels (same thread and another) landing inside the canceled turn's own recording."""
+    session = store.create_session()
+    agent, model = make_agent(store, "one two three four", "next answer")
+    gate = model.gate(step=0, after_tokens=2)
+
+    class CancelAgainWhileRecording(Recorder):
+        def on_event(self, event):
+            super().on_event(event)
+            if isinstance(event, Finished):
+                agent.cancel(session.id)
+                thread = threading.Thread(target=agent.cancel, args=(session.id,))
+                thread.start()
+                thread.join()
+
+    recorder = CancelAgainWhileRecording()
+    run = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first", observer=recorder)))
+    await gate.reached()
+    agent.cancel(session.id)
+    assert (await run).reason is FinishReason.CANCELED
+    assert [e.reason for e in recorder.finished] == [FinishReason.CANCELED]
+    assert roles_and_reasons(store, session.id) == [("user", None), ("assistant", "canceled")]
+    result = await agent.run(SessionAgentCall(session.id, "second"))  # nothing lingers
+    assert result.reason is FinishReason.END_TURN and result.text == "next answer"
+
+
 async def test_prompt_accepted_after_a_cancel_is_not_covered(store):
     session = store.create_session()
     agent, model = make_agent(store, "first answer", "second answer")
