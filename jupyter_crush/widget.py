@@ -4,9 +4,21 @@ Threading rules (DESIGN.md): agent events reach :meth:`RunView.on_event` on the
 kernel's event-loop thread, but widget clicks may arrive on a subshell thread
 (ipykernel 7 + JupyterLab). Click handlers therefore only call thread-safe
 things (``agent.cancel``) and hand everything else to the loop with
-``call_soon_threadsafe``. Output goes through widget values and
-``Output.outputs``, never ``with out:`` or ``print`` — from a background task
-those land in whichever cell happens to be executing.
+``call_soon_threadsafe``; the one exception is the Stop button's own state,
+guarded by a lock (see ``RunView._stop_lock``). Output goes through widget
+values and ``Output.outputs``, never ``with out:`` or ``print`` — from a
+background task those land in whichever cell happens to be executing.
+
+Stop while another cell blocks: JupyterLab 4 and Notebook 7 send a widget's
+comm messages on a kernel subshell of their comm target, but ipykernel 7.4
+reroutes each comm message to the subshell of the last message the *kernel*
+published on that comm — for a widget made by a cell, the main shell, where a
+click would wait for whatever cell runs there. The Stop button's comm takes
+clicks on the subshell the page sent them on (:func:`take_clicks_where_sent`),
+so the cancel is recorded and the button says "Stopping…" at once, from that
+thread. A cell that blocks the main thread also holds the asyncio loop, so the
+stream itself stops at the loop's first tick after that cell: no model token is
+read meanwhile and none after it.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ import asyncio
 import html
 import json
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,6 +131,13 @@ class RunView:
             layout=widgets.Layout(width="auto", flex="0 0 auto"),
         )
         self.stop_button.on_click(self._stop_clicked)
+        take_clicks_where_sent(self.stop_button)
+        #: Whether Stop was clicked (set on the click's thread, at once).
+        self.stop_requested = False
+        # Orders the click's thread against finish() on the loop: "Stopping…" is never
+        # written on a run that has already ended. Guards stop_requested and the Stop
+        # button's disabled/description, and the _ended check made before writing them.
+        self._stop_lock = threading.Lock()
         header = widgets.HBox(
             [self.status, self.stop_button],
             layout=widgets.Layout(justify_content="space-between", align_items="center"),
@@ -203,6 +223,8 @@ class RunView:
         return text
 
     def _phase_only(self) -> str:
+        if self.stop_requested and self._ended is None:
+            return "stopping"
         if self.phase == "queued":
             return f"queued (position {self.queue_position})"
         if self.phase == "folded":
@@ -312,9 +334,10 @@ class RunView:
         cost: float | None = None,
     ) -> None:
         """Mark the run terminal (loop thread). Idempotent."""
-        if self._ended is not None:
-            return
-        self._ended = self._clock()
+        with self._stop_lock:
+            if self._ended is not None:
+                return
+            self._ended = self._clock()
         self.finish_reason = FinishReason(reason)
         self.finish_message = message
         if usage is not None:
@@ -475,16 +498,23 @@ class RunView:
     # -- stop ------------------------------------------------------------------
 
     def _stop_clicked(self, _button: widgets.Button) -> None:
-        # May run on a subshell thread: cancel is thread-safe; the redraw goes to the loop.
+        # Runs on the thread the click was delivered to, usually a subshell's: the loop may
+        # be held by a blocking cell, so the cancel and the button's "Stopping…" happen here
+        # (the iopub socket is thread-safe); the status line follows on the loop.
         self._on_stop()
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._mark_stopping)
-
-    def _mark_stopping(self) -> None:
-        if self._ended is None:
+        with self._stop_lock:
+            if self._ended is not None:
+                return
+            self.stop_requested = True
             self.stop_button.disabled = True
             self.stop_button.description = "Stopping…"
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._draw_stopping)
+
+    def _draw_stopping(self) -> None:
+        if self._ended is None:
+            self._draw()
 
     # -- permission prompt ---------------------------------------------------
 
@@ -559,6 +589,33 @@ class WidgetPermissionBroker:
         finally:
             # Also on cancel (Stop while the prompt is open): the buttons go away.
             remove()
+
+
+def take_clicks_where_sent(button: widgets.Button) -> None:
+    """Handle ``button``'s clicks on the kernel subshell the page sent them on.
+
+    ipykernel 7.4 routes a comm message to the subshell of the last message the kernel
+    published on that comm (``BaseComm._reply_subshell_for``, asked on the shell-channel
+    thread for every ``comm_msg``), so a widget a cell made answers on the main shell
+    whatever subshell the page chose. For a button whose click handler is thread-safe,
+    clicks keep the page's choice; everything else on the comm (state updates, close)
+    keeps ipykernel's routing. A page that sends no subshell (comms over subshells off,
+    or a front end without them) still reaches the main shell, as before. Kernels
+    without this routing already deliver where the page sends, and are left alone.
+    """
+    comm = getattr(button, "comm", None)
+    route = getattr(comm, "_reply_subshell_for", None)
+    if route is None:
+        return
+
+    def route_clicks(data: Any, sent_to: str | None) -> str | None:
+        if isinstance(data, dict) and data.get("method") == "custom":
+            content = data.get("content")
+            if isinstance(content, dict) and content.get("event") == "click":
+                return sent_to
+        return route(data, sent_to)
+
+    comm._reply_subshell_for = route_clicks
 
 
 def close_widgets(widget: widgets.Widget) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
 import pytest
 from kernel_harness import ROOT, SETUP, Kernel, scripted
@@ -103,6 +104,57 @@ def test_stop_click_sent_on_a_subshell(kernel):
     kernel.click(kernel.stop_button(), subshell_id=subshell)
     wait_view(kernel)
     assert last_turn(kernel)[-1][1] == "canceled"
+
+
+def stopping_shown(button: str) -> Any:
+    """A predicate: the iopub update that turns ``button`` into "Stopping…"."""
+    return lambda m: (
+        m["msg_type"] == "comm_msg"
+        and m["content"]["comm_id"] == button
+        and m["content"]["data"].get("state", {}).get("description") == "Stopping…"
+    )
+
+
+def test_stop_click_lands_while_another_cell_blocks(kernel):
+    # JupyterLab sends widget comm messages on a subshell of their comm target; the click
+    # must be taken there, not queued on the main shell behind a cell that sleeps.
+    subshell = kernel.create_subshell()
+    kernel.run(SLOW)
+    kernel.run("%%crush --new\nwrite a lot")
+    kernel.run("await gate.reached()")  # 20 tokens streamed, then the stream holds
+    button = kernel.stop_button()
+    sleeper = kernel.kc.execute("import time; time.sleep(3)")
+    kernel.wait_iopub(
+        lambda m: (
+            m["parent_header"].get("msg_id") == sleeper
+            and m["msg_type"] == "status"
+            and m["content"]["execution_state"] == "busy"
+        )
+    )
+    sent = kernel.click(button, subshell_id=subshell)
+    # The cancel is recorded and the button says so while the cell still sleeps: before
+    # the cell's idle, and well within its 3 s.
+    stopping = kernel.wait_iopub(stopping_shown(button), timeout=20)
+    shown = time.perf_counter() - sent
+    idle = kernel.wait_iopub(
+        lambda m: (
+            m["parent_header"].get("msg_id") == sleeper
+            and m["msg_type"] == "status"
+            and m["content"]["execution_state"] == "idle"
+        ),
+        timeout=20,
+    )
+    assert kernel.iopub.index(stopping) < kernel.iopub.index(idle)
+    assert shown < 1.5, f"the Stop click waited {shown:.2f} s for the sleeping cell"
+    # Clicked while the loop was held: recorded at once, stopped at the loop's first tick.
+    assert kernel.value("crush.last_view.stop_requested") is True
+    wait_view(kernel)
+    turn = last_turn(kernel)
+    assert turn[-1][1] == "canceled"
+    assert (
+        kernel.value("crush.store.list_messages(crush.current_session_id)[-1].text.count('word')")
+        == 20
+    )
 
 
 def test_cancel_magic_from_another_cell(kernel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -27,6 +28,7 @@ from jupyter_crush.widget import (
     RunView,
     WidgetPermissionBroker,
     split_paragraphs,
+    take_clicks_where_sent,
 )
 
 
@@ -150,6 +152,57 @@ async def test_stop_click_from_another_thread_cancels_and_marks_stopping():
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert view.stop_button.disabled and view.stop_button.description == "Stopping…"
+
+
+async def test_stop_clicked_while_the_loop_is_held_shows_stopping_at_once():
+    # A blocking cell holds the loop: the click's own thread marks the button, and the
+    # status line says "stopping" once the loop runs again.
+    view, stops = make_view()
+    view.on_event(Started("u1"))
+    clicker = threading.Thread(target=view.stop_button.click, name="subshell")
+    clicker.start()
+    clicker.join()
+    assert stops == ["subshell"]
+    assert view.stop_requested
+    assert view.stop_button.disabled and view.stop_button.description == "Stopping…"
+    await asyncio.sleep(0)
+    assert "stopping" in view.status.value
+    view.on_event(Finished(FinishReason.CANCELED))
+    assert "canceled" in view.status.value and "stopping" not in view.status.value
+
+
+async def test_stop_clicked_after_the_run_ended_changes_nothing():
+    view, stops = make_view()
+    view.on_event(Started("u1"))
+    view.on_event(Finished(FinishReason.END_TURN))
+    view._stop_clicked(view.stop_button)  # a click already on its way when the run ended
+    assert stops == ["MainThread"]  # the cancel is harmless on an idle session
+    assert not view.stop_requested
+    assert view.stop_button.description == "Stop"
+
+
+def test_clicks_are_taken_on_the_subshell_the_page_sent_them_on():
+    # ipykernel 7.4 asks the comm where each comm_msg goes; by default, to the subshell of
+    # the kernel's last message on that comm (the main shell, for a widget a cell made).
+    asked = []
+
+    def kernel_route(data, sent_to):
+        asked.append(data)
+        return None
+
+    comm = SimpleNamespace(_reply_subshell_for=kernel_route)
+    take_clicks_where_sent(SimpleNamespace(comm=comm))
+    click = {"method": "custom", "content": {"event": "click"}}
+    assert comm._reply_subshell_for(click, "sub-1") == "sub-1"
+    assert comm._reply_subshell_for(click, None) is None
+    update = {"method": "update", "state": {"description": "x"}}
+    assert comm._reply_subshell_for(update, "sub-1") is None
+    assert comm._reply_subshell_for({"method": "custom", "content": "click"}, "sub-1") is None
+    assert asked == [update, {"method": "custom", "content": "click"}]
+    # A comm without that routing (another kernel, or no kernel) is left as it is.
+    plain = SimpleNamespace()
+    take_clicks_where_sent(SimpleNamespace(comm=plain))
+    assert not hasattr(plain, "_reply_subshell_for")
 
 
 async def test_wait_returns_when_finished():
