@@ -166,6 +166,34 @@ def test_stop_button_cancels_while_other_cells_still_run(page, lab_server):
     assert stored_finish_reasons(lab_server, notebook.session_id) == ["canceled"]
 
 
+SLEEPER = 'import time\ntime.sleep(8)\nprint("slept")'
+
+
+@pytest.mark.parametrize("front_end", ["lab", "notebook7"])
+def test_stop_button_lands_while_another_cell_sleeps(page, lab_server, front_end):
+    url = lab_server.lab_url if front_end == "lab" else lab_server.notebook7_url
+    notebook = start_streaming_run(page, lab_server, url, [SLEEPER, FINISH_REASONS])
+    notebook.run(2)
+    notebook.cells.nth(2).locator(".jp-InputPrompt", has_text="*").wait_for()
+
+    clicked = time.monotonic()
+    notebook.output(1).get_by_role("button", name="Stop").click()
+    # The page sends the click on a kernel subshell; the kernel takes it there, not
+    # behind the sleeping cell: the run is marked while that cell still runs.
+    notebook.output(1).get_by_role("button", name="Stopping…").wait_for()
+    shown = time.monotonic() - clicked
+    assert "slept" not in notebook.output_text(2)
+    print(f"{front_end}: Stop shown as Stopping… {shown * 1000:.0f} ms after the click")
+    notebook.screenshot(f"stop-while-busy-{front_end}")
+
+    # The stream stops at the loop's first tick after the sleep; the sleeping cell is
+    # not interrupted.
+    notebook.wait_output(2, r"slept")
+    notebook.wait_output(1, r"canceled")
+    assert notebook.finish_reasons(3) == ["canceled"]
+    assert stored_finish_reasons(lab_server, notebook.session_id) == ["canceled"]
+
+
 def test_toolbar_command_and_status_bar(page, lab_server):
     notebook = start_streaming_run(page, lab_server, lab_server.lab_url, [FINISH_REASONS])
 
