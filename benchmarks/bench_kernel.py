@@ -13,6 +13,11 @@
    on screen (goal: <= 50 ms), against the blocking alternative in the same kernel -- the
    same cell with ``--wait``, which like a non-streaming ``%%ai`` shows nothing and holds the
    kernel until the whole answer is there.
+6. Stop while another cell blocks the kernel (``time.sleep(1)``): the click sent on a
+   subshell, as JupyterLab 4 and Notebook 7 send it -> the button says "Stopping…" (the
+   cancel is recorded; goal <= 50 ms), and the sleeping cell's end -> canceled turn shown
+   (the loop's first tick). For comparison, the click sent on the main shell, as a front end
+   without comms over subshells sends it, waits for the cell.
 
 The machine is shared, so every number is printed for comparison within one run; nothing
 here passes or fails.
@@ -181,6 +186,53 @@ def bench_load_ext(runs: int) -> None:
     print(f"   provider SDK imported by %load_ext: {any(sdk)}")
 
 
+def status_of(msg_id: str, state: str):
+    return lambda m: (
+        m["parent_header"].get("msg_id") == msg_id
+        and m["msg_type"] == "status"
+        and m["content"]["execution_state"] == state
+    )
+
+
+def bench_stop_while_busy(kernel: Kernel, n: int) -> None:
+    subshell = kernel.create_subshell()
+    kernel.run(scripted(100_000, 500))
+    results: dict[str | None, tuple[list[float], list[float]]] = {}
+    for sent_on in (subshell, None):
+        marked, after_cell = [], []
+        for _ in range(n):
+            kernel.run("%%crush --new\nstream until stopped")
+            time.sleep(0.05)
+            button = kernel.stop_button()
+            sleeper = kernel.kc.execute("import time; time.sleep(1)")
+            kernel.wait_iopub(status_of(sleeper, "busy"))
+            time.sleep(0.2)  # well inside the sleep
+            kernel.drain()
+            kernel.iopub.clear()
+            sent = kernel.click(button, subshell_id=sent_on)
+            kernel.wait_iopub(
+                lambda m, b=button: (
+                    m["msg_type"] == "comm_msg"
+                    and m["content"]["comm_id"] == b
+                    and m["content"]["data"].get("state", {}).get("description") == "Stopping…"
+                ),
+                timeout=10,
+            )
+            marked.append(time.perf_counter() - sent)
+            kernel.wait_iopub(status_of(sleeper, "idle"), timeout=10)
+            idle = time.perf_counter()
+            kernel.wait_iopub(canceled_update, timeout=10)
+            after_cell.append(max(0.0, time.perf_counter() - idle))
+            kernel.iopub.clear()
+        results[sent_on] = (marked, after_cell)
+    print("6. Stop while another cell sleeps 1 s (clicked 0.2 s into it)")
+    marked, after_cell = results[subshell]
+    print(f"   click on a subshell -> Stopping… shown: {describe(marked)} (goal <= 50 ms)")
+    print(f"   cell ends -> canceled turn shown:       {describe(after_cell)}")
+    marked, _ = results[None]
+    print(f"   click on the main shell -> Stopping…:   {describe(marked)} (waits for the cell)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -195,6 +247,7 @@ def main() -> None:
             bench_stop(kernel, stops)
             bench_interrupt(kernel, stops)
             bench_first_token(kernel, stops)
+            bench_stop_while_busy(kernel, max(5, stops // 4))
         finally:
             kernel.shutdown()
     bench_load_ext(loads)

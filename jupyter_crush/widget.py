@@ -203,8 +203,10 @@ class RunView:
     def stop_with_interrupt(self) -> None:
         """For a cell that blocks until the answer: the kernel's interrupt is the way to stop.
 
-        ipykernel 7 hands a widget's clicks to the shell that sent the widget, which is busy
-        running this very cell, so a Stop click would only land once the answer is complete.
+        A click the page sends on a kernel subshell would land at once (see
+        :func:`take_clicks_where_sent`), but one sent on the main shell, as front ends
+        without comms over subshells do, waits behind this very cell until the answer is
+        complete; the interrupt works everywhere.
         """
         self.stop_button.layout.display = "none"
         self._stop_hint = "interrupt the kernel (■) to stop"
