@@ -96,8 +96,8 @@ def test_stop_click_cancels_and_persists(kernel):
 
 
 def test_stop_click_sent_on_a_subshell(kernel):
-    # JupyterLab sends comm messages on a subshell (ipykernel then routes a widget's messages
-    # to the shell that sent the widget; the cross-thread path is covered in test_widget).
+    # JupyterLab sends comm messages on a subshell; the Stop button takes its clicks there
+    # (the click handler runs on that subshell's thread).
     subshell = kernel.create_subshell()
     kernel.run(SLOW)
     kernel.run("%%crush --new\nwrite a lot")
