@@ -122,7 +122,8 @@ class CrushConfig(Configurable):
 
     system_prompt = Unicode(
         "",
-        help="System prompt for new runs; empty uses the agent's built-in prompt.",
+        help="System prompt; empty uses the built-in one (jupyter_crush.prompt), which tells "
+        "the model it runs in this notebook kernel and which tools it has.",
     ).tag(config=True)
 
     api_keys = SecretKeys(

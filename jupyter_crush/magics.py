@@ -23,7 +23,7 @@ import re
 import shlex
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
@@ -132,12 +132,18 @@ class Crush:
                 model or self.resolve_model(None),
                 self.store,
                 tools=tools,
-                system_prompt=self.config.system_prompt or None,
+                system_prompt=self._system_prompt(tools),
                 max_steps=self.config.max_steps,
                 permissions=_CellPermissions(self),
             )
             self._agent.add_status_listener(self._status_changed)
         return self._agent
+
+    def _system_prompt(self, tools: Iterable[Any]) -> str:
+        """The configured system prompt, else the built-in one for these tools."""
+        from .prompt import notebook_prompt
+
+        return self.config.system_prompt or notebook_prompt(tool.name for tool in tools)
 
     def _status_changed(self, status: Any) -> None:
         # The running prompt's widget says how many wait behind it (loop thread).
@@ -232,7 +238,7 @@ class Crush:
         agent = self._ensure_agent(model)
         # Settings changed with %config since the agent was made apply to the next prompt.
         agent.max_steps = self.config.max_steps
-        agent.system_prompt = self.config.system_prompt or None
+        agent.system_prompt = self._system_prompt(agent.tools.values())
         session = self.session_for_cell(session_ref, new, prompt)
         self.current_session_id = session.id
 

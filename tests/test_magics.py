@@ -312,3 +312,13 @@ def test_changing_provider_settings_resolves_the_model_again(ip):
 def test_api_keys_must_be_strings(ip):
     with pytest.raises(Exception, match="API key"):
         current().config.api_keys = {"openai": 42}
+
+
+def test_the_built_in_system_prompt_describes_the_notebook_and_its_tools(ip, crush):
+    run(ip, "%%crush\nhi")
+    system = crush.model_override.requests[-1].system
+    assert "Jupyter notebook kernel" in system
+    assert "Tools available: python, variables" in system
+    run(ip, "%config CrushConfig.system_prompt = 'Answer in French.'")
+    run(ip, "%%crush\nhi again")
+    assert crush.model_override.requests[-1].system == "Answer in French."
