@@ -62,6 +62,10 @@ from .tools import Decision, PermissionBroker, PermissionRequest, Tool, ToolCont
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_STEPS = 25
+#: Characters of conversation sent with each request (about 4 per token, so ~100k tokens).
+#: Older turns beyond it are left out of the request, oldest first, so a long session does
+#: not outgrow the model's context window; the transcript keeps them all.
+DEFAULT_HISTORY_CHARS = 400_000
 #: The same tool call (name and arguments) this many times in one turn ends the turn.
 REPEATED_CALL_LIMIT = 3
 TOOL_CANCELED = "Tool call canceled: the run was stopped before it finished"
@@ -240,6 +244,7 @@ class SessionAgent:
         *,
         max_steps: int = DEFAULT_MAX_STEPS,
         permissions: PermissionBroker | None = None,
+        history_chars: int = DEFAULT_HISTORY_CHARS,
     ) -> None:
         self.model = _resolve(model)
         self.store = store
@@ -247,6 +252,7 @@ class SessionAgent:
         self.system_prompt = system_prompt
         self.max_steps = max_steps
         self.permissions = permissions
+        self.history_chars = history_chars
         # Guards creation of entries in _sessions so every thread sees one state per session.
         self._sessions_lock = threading.Lock()
         self._sessions: dict[str, _SessionState] = {}
@@ -476,7 +482,8 @@ class SessionAgent:
     ) -> StreamFinish:
         finish: StreamFinish | None = None
         store = self.store
-        stream = model.stream(history, system=self.system_prompt, tools=specs)
+        request = _fit_history(history, self.history_chars)
+        stream = model.stream(request, system=self.system_prompt, tools=specs)
         async with contextlib.aclosing(stream):  # closes the provider's HTTP stream on any exit
             async for event in stream:
                 if _covered(turn):
@@ -754,6 +761,41 @@ def _covered(turn: _Turn) -> bool:
     """Has a cancel covered ``turn``? Read without the lock: ``cancel_mark`` only grows, so a
     stale read merely leaves the stop to the ``task.cancel()`` already on its way."""
     return turn.seq <= turn.state.cancel_mark
+
+
+def _fit_history(history: list[Message], budget: int) -> list[Message]:
+    """The newest turns of ``history`` that fit in ``budget`` characters.
+
+    Cuts only at a user message, so no tool result is ever separated from its call, and
+    always keeps the last one (the prompt being answered) whatever its size. A note says
+    how much was left out, so the model knows the conversation is longer.
+    """
+    total = 0
+    cut = None
+    for index in range(len(history) - 1, -1, -1):
+        total += _size(history[index])
+        if history[index].role is Role.USER:
+            if total > budget and cut is not None:
+                break
+            cut = index
+    if not cut:
+        return history
+    note = Message(
+        history[cut].session_id,
+        Role.USER,
+        [TextPart(f"({cut} earlier messages of this conversation are left out to fit.)")],
+    )
+    return [note, *history[cut:]]
+
+
+def _size(message: Message) -> int:
+    """Characters a message adds to a request: its text, arguments and results."""
+    return sum(
+        len(getattr(part, "text", "") or "")
+        + len(getattr(part, "input", "") or "")
+        + len(getattr(part, "content", "") or "")
+        for part in message.parts
+    )
 
 
 def _describe(error: BaseException) -> str:

@@ -107,6 +107,12 @@ class CrushConfig(Configurable):
 
     max_steps = Int(25, help="Most model requests one prompt may make.").tag(config=True)
 
+    history_chars = Int(
+        400_000,
+        help="Characters of the session's conversation sent with each request (about 4 a "
+        "token); older turns beyond it are left out of the request, never out of the store.",
+    ).tag(config=True)
+
     redraw_rate = Float(
         30.0,
         help="Most redraws per second of a streaming answer; tokens in between are coalesced.",

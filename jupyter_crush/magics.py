@@ -238,6 +238,7 @@ class Crush:
         agent = self._ensure_agent(model)
         # Settings changed with %config since the agent was made apply to the next prompt.
         agent.max_steps = self.config.max_steps
+        agent.history_chars = self.config.history_chars
         agent.system_prompt = self._system_prompt(agent.tools.values())
         session = self.session_for_cell(session_ref, new, prompt)
         self.current_session_id = session.id

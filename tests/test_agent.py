@@ -572,6 +572,36 @@ async def test_permission_denied_ends_the_turn_canceled(store):
     assert messages[-1].finish_reason is FinishReason.CANCELED
 
 
+async def test_long_sessions_send_only_the_newest_turns_that_fit(store):
+    session = store.create_session()
+    agent, model = make_agent(
+        store,
+        "a" * 300,
+        Reply(text="b" * 300, tool_calls=[ToolCall("echo", {"text": "c" * 300})]),
+        "d" * 300,
+        "fits",
+        tools=[echo_tool()],
+        history_chars=1400,  # turn 2 (~1,240 characters) and 3 fit; turn 1 (~305) does not
+    )
+    for prompt in ("first", "second", "third"):
+        await agent.run(SessionAgentCall(session.id, prompt))
+    sent = model.requests[-1].messages
+    assert "2 earlier messages" in sent[0].text  # the first turn is left out, with a note
+    assert [m.text for m in sent if m.role is Role.USER][1:] == ["second", "third"]
+    # cut at a turn boundary: the tool call and its result stay together
+    calls = {c.id for m in sent for c in m.tool_calls}
+    assert calls and calls == {r.tool_call_id for m in sent for r in m.tool_results}
+    assert len(store.list_messages(session.id)) == 8  # the transcript keeps everything
+
+
+async def test_an_oversized_prompt_is_still_sent(store):
+    session = store.create_session()
+    agent, model = make_agent(store, "ok", "ok", history_chars=10)
+    await agent.run(SessionAgentCall(session.id, "earlier"))
+    await agent.run(SessionAgentCall(session.id, "x" * 100))
+    assert [m.text for m in model.requests[-1].messages][-1] == "x" * 100
+
+
 # -- folding queued prompts into a running turn ------------------------------------------------
 
 

@@ -322,3 +322,9 @@ def test_the_built_in_system_prompt_describes_the_notebook_and_its_tools(ip, cru
     run(ip, "%config CrushConfig.system_prompt = 'Answer in French.'")
     run(ip, "%%crush\nhi again")
     assert crush.model_override.requests[-1].system == "Answer in French."
+
+
+def test_history_budget_is_a_setting(ip, crush):
+    run(ip, "%config CrushConfig.history_chars = 1000")
+    run(ip, "%%crush\nhi")
+    assert crush.agent.history_chars == 1000
