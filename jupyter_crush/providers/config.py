@@ -146,10 +146,6 @@ _BASE_URL_ENV = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
 NO_KEY = "not-needed"
 
 
-def builtin_provider_ids() -> tuple[str, ...]:
-    return tuple(_BUILTIN)
-
-
 # -- crush.json ---------------------------------------------------------------
 
 

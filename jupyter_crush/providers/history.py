@@ -88,7 +88,3 @@ def _interrupted(call: ToolCallPart) -> ToolResultPart:
 
 def _settle(session_id: str, pending: dict[str, ToolCallPart]) -> Message:
     return Message(session_id, Role.TOOL, [_interrupted(call) for call in pending.values()])
-
-
-def text_of(message: Message) -> str:
-    return "".join(p.text for p in message.parts if isinstance(p, TextPart))
