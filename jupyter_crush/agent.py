@@ -46,16 +46,7 @@ from .message import (
     ToolResultPart,
     Usage,
 )
-from .model import (
-    Model,
-    ReasoningDelta,
-    ReasoningEnd,
-    StreamFinish,
-    TextDelta,
-    ToolCallDelta,
-    ToolCallEnd,
-    ToolCallStart,
-)
+from .model import Model, StreamFinish, apply_event
 from .store import TranscriptStore
 from .tools import Decision, PermissionBroker, PermissionRequest, Tool, ToolContext, ToolResult
 
@@ -490,29 +481,10 @@ class SessionAgent:
                     # cancel() has marked this turn; its task.cancel() may still be on its way
                     # from another thread. Stop at this token rather than after it arrives.
                     raise asyncio.CancelledError
-                force = False
-                if isinstance(event, TextDelta):
-                    assistant.append_text(event.text)
-                elif isinstance(event, ReasoningDelta):
-                    assistant.append_reasoning(event.text, event.signature)
-                elif isinstance(event, ReasoningEnd):
-                    assistant.finish_reasoning()
-                elif isinstance(event, ToolCallStart):
-                    assistant.parts.append(ToolCallPart(event.id, event.name))
-                elif isinstance(event, ToolCallDelta):
-                    _tool_call(assistant, event.id).input += event.input_delta
-                elif isinstance(event, ToolCallEnd):
-                    _tool_call(assistant, event.id).finished = True
-                    force = True
-                elif isinstance(event, StreamFinish):
+                if isinstance(event, StreamFinish):
+                    # tool_use ends a step, not the turn; any other reason is the terminal record
                     finish = event
-                    for call in assistant.tool_calls:
-                        call.finished = True
-                    assistant.usage = event.usage
-                    assistant.cost = event.cost
-                    # tool_use ends a step, not the turn; every other reason is the terminal record.
-                    assistant.add_finish(event.reason)
-                    force = True
+                force = apply_event(assistant, event)
                 store.update_message(assistant, force=force)
                 self._emit(turn, Delta(assistant))
         if finish is None:
@@ -737,13 +709,6 @@ def _user_message(call: SessionAgentCall) -> Message:
         for a in call.attachments
     ]
     return Message(call.session_id, Role.USER, parts=list(parts))
-
-
-def _tool_call(message: Message, call_id: str) -> ToolCallPart:
-    call = message.tool_call(call_id)
-    if call is None:
-        raise _TurnEnded(FinishReason.ERROR, f"The model streamed an unknown tool call {call_id!r}")
-    return call
 
 
 def _canonical_json(text: str) -> str:

@@ -63,6 +63,7 @@ class TextPart:
 class ReasoningPart:
     text: str = ""
     signature: str = ""
+    redacted: str = ""  # Anthropic's encrypted redacted_thinking data; sent back verbatim
     started_at: float | None = None
     finished_at: float | None = None
     type: str = field(default="reasoning", init=False)
@@ -204,14 +205,14 @@ class Message:
             self.parts.append(TextPart(delta))
         self.touch()
 
-    def append_reasoning(self, delta: str, signature: str = "") -> None:
+    def append_reasoning(self, delta: str, signature: str = "", redacted: str = "") -> None:
         last = self.parts[-1] if self.parts else None
         if not isinstance(last, ReasoningPart) or last.finished_at is not None:
             last = ReasoningPart(started_at=now())
             self.parts.append(last)
         last.text += delta
-        if signature:
-            last.signature += signature
+        last.signature += signature
+        last.redacted += redacted
         self.touch()
 
     def finish_reasoning(self) -> None:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from .message import FinishReason, Message, Usage
+from .message import FinishReason, Message, ToolCallPart, Usage
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class TextDelta:
 class ReasoningDelta:
     text: str = ""
     signature: str = ""  # Anthropic sends the thinking signature as a delta too
+    redacted: str = ""  # the opaque data of a redacted thinking block
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,42 @@ class ModelError(Exception):
         where = f"{self.provider} " if self.provider else ""
         status = f"HTTP {self.status_code}: " if self.status_code else ""
         return f"{where}{status}{self.message}".strip()
+
+
+def apply_event(message: Message, event: StreamEvent) -> bool:
+    """Apply one streamed event to the assistant ``message`` being built.
+
+    Returns True at a terminal point of the stream (a tool call complete, the finish),
+    where the message should be written at once rather than coalesced.
+    """
+    if isinstance(event, TextDelta):
+        message.append_text(event.text)
+    elif isinstance(event, ReasoningDelta):
+        message.append_reasoning(event.text, event.signature, event.redacted)
+    elif isinstance(event, ReasoningEnd):
+        message.finish_reasoning()
+    elif isinstance(event, ToolCallStart):
+        message.parts.append(ToolCallPart(event.id, event.name))
+    elif isinstance(event, ToolCallDelta):
+        _streamed_call(message, event.id).input += event.input_delta
+    elif isinstance(event, ToolCallEnd):
+        _streamed_call(message, event.id).finished = True
+        return True
+    elif isinstance(event, StreamFinish):
+        for call in message.tool_calls:
+            call.finished = True
+        message.usage = event.usage
+        message.cost = event.cost
+        message.add_finish(event.reason)
+        return True
+    return False
+
+
+def _streamed_call(message: Message, call_id: str) -> ToolCallPart:
+    call = message.tool_call(call_id)
+    if call is None:
+        raise ModelError(f"the model streamed a delta for an unknown tool call {call_id!r}")
+    return call
 
 
 @runtime_checkable

@@ -33,14 +33,12 @@ from jupyter_crush.message import (
 )
 from jupyter_crush.model import (
     ModelError,
-    ReasoningDelta,
     ReasoningEnd,
     StreamFinish,
     TextDelta,
-    ToolCallDelta,
-    ToolCallEnd,
     ToolCallStart,
     ToolSpec,
+    apply_event,
 )
 from jupyter_crush.providers import (
     AnthropicModel,
@@ -147,22 +145,9 @@ async def run_step(model, messages: list[Message], tools=(WEATHER,)) -> Streamed
     out = Streamed(Message("s", Role.ASSISTANT))
     async for event in model.stream(messages, system="You are a helpful assistant", tools=tools):
         out.events.append(event)
-        m = out.message
-        if isinstance(event, TextDelta):
-            m.append_text(event.text)
-        elif isinstance(event, ReasoningDelta):
-            m.append_reasoning(event.text, event.signature)
-        elif isinstance(event, ReasoningEnd):
-            m.finish_reasoning()
-        elif isinstance(event, ToolCallStart):
-            assert m.tool_call(event.id) is None, "a tool call started twice"
-            m.parts.append(ToolCallPart(event.id, event.name))
-        elif isinstance(event, ToolCallDelta):
-            m.tool_call(event.id).input += event.input_delta
-        elif isinstance(event, ToolCallEnd):
-            m.tool_call(event.id).finished = True
-        elif isinstance(event, StreamFinish):
-            m.add_finish(event.reason)
+        if isinstance(event, ToolCallStart):
+            assert out.message.tool_call(event.id) is None, "a tool call started twice"
+        apply_event(out.message, event)
     finishes = [e for e in out.events if isinstance(e, StreamFinish)]
     assert len(finishes) == 1 and out.events[-1] is finishes[0]
     return out
@@ -596,6 +581,53 @@ async def test_openrouter_style_reasoning_field():
     assert (step.message.reasoning, step.message.text) == ("Thinking.", "Done.")
     kinds = [type(e).__name__ for e in step.events]
     assert kinds.index("ReasoningEnd") < kinds.index("TextDelta")
+
+
+async def test_anthropic_redacted_thinking_is_kept_and_sent_back():
+    def event(data: dict[str, Any]) -> str:
+        return f"event: {data['type']}\ndata: {json.dumps(data)}\n\n"
+
+    usage = {"input_tokens": 10, "output_tokens": 1}
+    message = {"id": "m", "type": "message", "role": "assistant", "content": [], "usage": usage}
+    body = "".join(
+        event(e)
+        for e in [
+            {"type": "message_start", "message": {**message, "model": "claude-sonnet-4"}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "redacted_thinking", "data": "EncryptedBlob=="},
+            },
+            {"type": "content_block_stop", "index": 0},
+            {
+                "type": "content_block_start",
+                "index": 1,
+                "content_block": {"type": "text", "text": ""},
+            },
+            {
+                "type": "content_block_delta",
+                "index": 1,
+                "delta": {"type": "text_delta", "text": "Done."},
+            },
+            {"type": "content_block_stop", "index": 1},
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn"},
+                "usage": {"output_tokens": 5},
+            },
+            {"type": "message_stop"},
+        ]
+    )
+    async with ReplayServer([Step(body)]) as server:
+        step = await run_step(protocol_model("anthropic", server.url), [user("hi")])
+    reasoning = step.message.parts[0]
+    assert isinstance(reasoning, ReasoningPart)
+    assert (reasoning.redacted, reasoning.text) == ("EncryptedBlob==", "")
+    assert reasoning.finished_at is not None and step.message.text == "Done."
+    stored = Message.from_dict(json.loads(json.dumps(step.message.to_dict())))
+    sent = anthropic_provider.build_messages([user("hi"), stored, user("and?")])[1]["content"]
+    assert sent[0] == {"type": "redacted_thinking", "data": "EncryptedBlob=="}
+    assert sent[1] == {"type": "text", "text": "Done."}
 
 
 async def test_stream_ending_without_finish_is_an_error():

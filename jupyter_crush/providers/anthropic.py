@@ -52,9 +52,12 @@ def _assistant_blocks(message: Message) -> list[dict[str, Any]]:
     for part in message.parts:
         if isinstance(part, ReasoningPart):
             # Thinking goes back verbatim with its signature (the API checks it, and
-            # requires it before tool_use when thinking is on). Unsigned thinking is
-            # a stream cut mid-thought: the API would reject it, so it is dropped.
-            if part.signature:
+            # requires it before tool_use when thinking is on); redacted thinking goes back
+            # as its encrypted data. Unsigned thinking is a stream cut mid-thought: the API
+            # would reject it, so it is dropped.
+            if part.redacted:
+                blocks.append({"type": "redacted_thinking", "data": part.redacted})
+            elif part.signature:
                 blocks.append(
                     {"type": "thinking", "thinking": part.text, "signature": part.signature}
                 )
@@ -125,7 +128,7 @@ def build_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
 class _StreamState:
     """Turns Messages API stream events into ours; one per request."""
 
-    #: content block index -> ("thinking" | "text" | "tool_use", tool call id)
+    #: content block index -> (its type: "thinking", "text", "tool_use", ..., tool call id)
     blocks: dict[int, tuple[str, str]] = field(default_factory=dict)
     stop_reason: str | None = None
     stopped: bool = False
@@ -143,6 +146,8 @@ class _StreamState:
             self.blocks[event.index] = (block.type, "")
             if block.type == "thinking" and (block.thinking or block.signature):
                 return [ReasoningDelta(block.thinking or "", block.signature or "")]
+            if block.type == "redacted_thinking":
+                return [ReasoningDelta(redacted=block.data)]
             if block.type == "text" and block.text:
                 return [TextDelta(block.text)]
         elif kind == "content_block_delta":
@@ -161,7 +166,7 @@ class _StreamState:
             block_type, call_id = self.blocks.get(event.index, ("", ""))
             if block_type == "tool_use":
                 return [ToolCallEnd(call_id)]
-            if block_type == "thinking":
+            if block_type in ("thinking", "redacted_thinking"):
                 return [ReasoningEnd()]
         elif kind == "message_delta":
             if event.delta.stop_reason:
