@@ -201,15 +201,14 @@ class RunView:
         return end - start
 
     def stop_with_interrupt(self) -> None:
-        """For a cell that blocks until the answer: the kernel's interrupt is the way to stop.
+        """For a cell that blocks until the answer: point at the interrupt as well.
 
-        A click the page sends on a kernel subshell would land at once (see
-        :func:`take_clicks_where_sent`), but one sent on the main shell, as front ends
-        without comms over subshells do, waits behind this very cell until the answer is
-        complete; the interrupt works everywhere.
+        A Stop click the page sends on a kernel subshell (JupyterLab 4 and Notebook 7 do)
+        lands at once (see :func:`take_clicks_where_sent`), but one sent on the main shell,
+        as front ends without comms over subshells do, waits behind this very cell until
+        the answer is complete; the interrupt works everywhere.
         """
-        self.stop_button.layout.display = "none"
-        self._stop_hint = "interrupt the kernel (■) to stop"
+        self._stop_hint = "or interrupt the kernel (■)"
         self._draw()
 
     def set_queued_behind(self, count: int) -> None:

@@ -115,6 +115,12 @@ def stopping_shown(button: str) -> Any:
     )
 
 
+def stopping_hint_shown(m: dict) -> bool:
+    """The status line of a waiting cell's run, which also points at the interrupt."""
+    state = m["content"].get("data", {}).get("state", {}) if m["msg_type"] == "comm_msg" else {}
+    return "or interrupt the kernel" in str(state.get("value", ""))
+
+
 def test_stop_click_lands_while_another_cell_blocks(kernel):
     # JupyterLab sends widget comm messages on a subshell of their comm target; the click
     # must be taken there, not queued on the main shell behind a cell that sleeps.
@@ -159,6 +165,27 @@ def test_stop_click_lands_while_another_cell_blocks(kernel):
     # after the click, and the canceled turn keeps everything read before it.
     kept = kernel.value("len(crush.store.list_messages(crush.current_session_id)[-1].text.split())")
     assert kept == kernel.value("streamed") >= 5
+
+
+def test_stop_click_ends_a_waiting_cell(kernel):
+    # A --wait cell holds the main shell until its answer is complete; JupyterLab's click
+    # arrives on a subshell and stops the run, and with it the wait.
+    subshell = kernel.create_subshell()
+    kernel.run(scripted(400, 50))  # 8 s of streaming
+    waiting = kernel.kc.execute("%%crush --new --wait\nwrite a lot")
+    kernel.wait_iopub(stopping_hint_shown, timeout=20)
+    button = kernel.stop_button()
+    sent = kernel.click(button, subshell_id=subshell)
+    idle = kernel.wait_iopub(
+        lambda m: (
+            m["parent_header"].get("msg_id") == waiting
+            and m["msg_type"] == "status"
+            and m["content"]["execution_state"] == "idle"
+        ),
+        timeout=20,
+    )
+    assert idle is not None and time.perf_counter() - sent < 4, "the cell waited for the answer"
+    assert last_turn(kernel)[-1][1] == "canceled"
 
 
 def test_cancel_magic_from_another_cell(kernel):
@@ -376,8 +403,10 @@ def test_interrupt_while_a_wait_cell_blocks_cancels_the_run(kernel):
     kernel.interrupt()
     reply = kernel._shell_reply(msg_id, time.monotonic() + 20)
     assert reply["content"]["status"] == "ok"  # the cell ends normally, showing the cancel
-    # A blocking cell's widget points at the interrupt instead of a Stop button.
-    assert kernel.value("crush.last_view.stop_button.layout.display") == "none"
+    # A blocking cell keeps its Stop button (JupyterLab's clicks land on a subshell) and
+    # also points at the interrupt, which works with any front end.
+    assert kernel.value("crush.last_view.stop_button.layout.display") is None
+    assert kernel.value("crush.last_view._stop_hint") == "or interrupt the kernel (■)"
     assert kernel.value("crush.last_view.phase") == "canceled"
     assert last_turn(kernel)[-1][1] == "canceled"
 
