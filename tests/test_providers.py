@@ -316,6 +316,7 @@ async def test_tool_results_and_thinking_signature_are_sent_back():
             "tool_use_id": call_id,
             "content": "40 C",
             "is_error": False,
+            "cache_control": {"type": "ephemeral"},  # the newest message: a cache breakpoint
         }
 
 
@@ -752,7 +753,17 @@ def test_request_options():
     assert params["thinking"] == {"type": "enabled", "budget_tokens": 2000}
     assert params["max_tokens"] > 2000  # the API requires room beyond the budget
     assert params["tools"][0]["input_schema"] == WEATHER.parameters
-    assert params["system"] == "sys"
+    # prompt-cache breakpoints after the tools (covering the system prompt) and the newest
+    # message, so each step of a turn reads what came before from the cache
+    cached = {"type": "ephemeral"}
+    assert params["system"] == [{"type": "text", "text": "sys", "cache_control": cached}]
+    assert params["tools"][-1]["cache_control"] == cached
+    assert params["messages"][-1]["content"][-1]["cache_control"] == cached
+    plain = resolve_model(
+        "anthropic:claude-sonnet-4-20250514",
+        settings=ProviderSettings(api_keys={"anthropic": "k"}, prompt_caching=False),
+    ).request_params([user("q")], system="sys", tools=[WEATHER])
+    assert "cache_control" not in json.dumps(plain)
 
 
 # -- model names, keys, crush.json -------------------------------------------

@@ -46,6 +46,10 @@ _STREAM_ERRORS = (anthropic.AnthropicError, httpx2.HTTPError, ValueError)
 #: Anthropic requires max_tokens; this is what we ask for when the settings leave it open.
 DEFAULT_MAX_TOKENS = 4096
 
+#: A prompt-cache breakpoint. Each step of a turn resends the system prompt, the tools and
+#: the conversation so far; cached input is billed at a tenth of the price and read faster.
+_CACHE = {"type": "ephemeral"}
+
 
 def _assistant_blocks(message: Message) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
@@ -210,16 +214,28 @@ class AnthropicModel(SDKModel):
         max_tokens = self.settings.max_tokens or DEFAULT_MAX_TOKENS
         if budget and max_tokens <= budget:
             max_tokens = budget + DEFAULT_MAX_TOKENS  # the API requires max_tokens > budget
+        wire = build_messages(messages)
         params: dict[str, Any] = {
             "model": self.name,
             "max_tokens": max_tokens,
-            "messages": build_messages(messages),
+            "messages": wire,
             "stream": True,
         }
+        caching = self.settings.prompt_caching
         if system:
-            params["system"] = system
+            params["system"] = [
+                {"type": "text", "text": system, **({"cache_control": _CACHE} if caching else {})}
+            ]
         if tools:
             params["tools"] = build_tools(tools)
+        if caching:
+            # Breakpoints (at most 4 allowed): after the tools, which cover the system prompt
+            # too, and after the newest message, so the next step reads all of it from cache.
+            if tools:
+                params["tools"][-1]["cache_control"] = _CACHE
+            last = wire[-1]["content"][-1] if wire and wire[-1]["content"] else None
+            if last is not None and last["type"] in ("text", "tool_result"):
+                last["cache_control"] = _CACHE
         if budget:
             params["thinking"] = {"type": "enabled", "budget_tokens": budget}
         return params

@@ -93,6 +93,8 @@ class ProviderSettings:
     thinking_budget: int | None = None
     #: OpenAI / OpenAI-compatible ``reasoning_effort`` ("low", "medium", "high").
     reasoning_effort: str | None = None
+    #: Mark Anthropic prompt-cache breakpoints (system prompt, tools, conversation so far).
+    prompt_caching: bool = True
     #: Seconds between server-sent events when replaying a recording (0: as fast as possible).
     replay_delay: float = 0.02
 
