@@ -1,6 +1,6 @@
 """The run widget: one prompt's live view, and the permission prompt inside it.
 
-Threading rules (DESIGN.md): agent events reach :meth:`RunView.on_event` on the
+Threading rules: agent events reach :meth:`RunView.on_event` on the
 kernel's event-loop thread, but widget clicks may arrive on a subshell thread
 (ipykernel 7 + JupyterLab). Click handlers therefore only call thread-safe
 things (``agent.cancel``) and hand everything else to the loop with
