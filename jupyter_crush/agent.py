@@ -430,9 +430,7 @@ class SessionAgent:
             history.append(assistant)
             calls = assistant.tool_calls
             if not calls:
-                if (
-                    finish.reason is FinishReason.TOOL_USE
-                ):  # a model that claims tools but sent none
+                if finish.reason is FinishReason.TOOL_USE:  # it claimed tools but sent none
                     raise _TurnEnded(FinishReason.ERROR, "The model asked for tools but sent none")
                 return finish.reason
             results = Message(session_id, Role.TOOL)
