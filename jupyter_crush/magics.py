@@ -239,6 +239,7 @@ class Crush:
         # Settings changed with %config since the agent was made apply to the next prompt.
         agent.max_steps = self.config.max_steps
         agent.history_chars = self.config.history_chars
+        self.permissions.allowed_tools = frozenset(self.config.allowed_tools)
         agent.system_prompt = self._system_prompt(agent.tools.values())
         session = self.session_for_cell(session_ref, new, prompt)
         self.current_session_id = session.id

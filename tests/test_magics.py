@@ -19,7 +19,9 @@ from jupyter_crush.config import (
     default_model_name,
 )
 from jupyter_crush.magics import CrushMagics, current, extract_code
-from jupyter_crush.testing import Reply, ScriptedModel
+from jupyter_crush.model import ToolSpec
+from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
+from jupyter_crush.tools import Tool, ToolResult
 
 
 @pytest.fixture
@@ -328,3 +330,23 @@ def test_history_budget_is_a_setting(ip, crush):
     run(ip, "%config CrushConfig.history_chars = 1000")
     run(ip, "%%crush\nhi")
     assert crush.agent.history_chars == 1000
+
+
+def test_allowed_tools_changed_after_the_first_prompt_apply_to_the_next(ip, tmp_path):
+
+    ran = []
+
+    async def write(arguments, context):
+        ran.append(arguments)
+        return ToolResult("written")
+
+    crush = current()
+    crush.tools = [Tool(ToolSpec("write", "Write.", {"type": "object"}), write, changes_state=True)]
+    crush.use_model(ScriptedModel([Reply(tool_calls=[ToolCall("write", {"n": 1})]), "done"] * 2))
+    run(ip, "%config CrushConfig.allowed_tools = ['write']")
+    run(ip, "%%crush\nwrite once")
+    assert ran == [{"n": 1}]
+    run(ip, "%config CrushConfig.allowed_tools = []")
+    run(ip, "%%crush\nwrite again")
+    assert ran == [{"n": 1}]  # headless and no longer allowed: denied
+    assert messages(crush)[-1].finish_reason == "canceled"
