@@ -452,6 +452,7 @@ class SessionAgent:
                 except _PermissionDenied as denied:
                     results.parts.append(denied.result)  # the denial is the call's clear record
                     self.store.update_message(results, force=True)
+                    self._emit(turn, ToolFinished(tool_call, denied.result))
                     raise
                 results.parts.append(result)
                 self.store.update_message(results, force=True)

@@ -487,6 +487,10 @@ class _CellPermissions:
         finally:
             _ASKING_HEADLESS.reset(token)
 
+    def denial_reason(self, tool_call_id: str) -> str | None:
+        """Why the policy denied a call, for the tool result and the transcript."""
+        return self._crush.permissions.denial_reason(tool_call_id)
+
 
 class _Tracker:
     """Observer wrapper: keeps the broker's session → view map current, then forwards."""

@@ -15,7 +15,7 @@ from jupyter_crush import (
     SessionAgentCall,
     TranscriptStore,
 )
-from jupyter_crush.agent import Finished, Folded, Queued, Started
+from jupyter_crush.agent import Finished, Folded, Queued, Started, ToolFinished
 from jupyter_crush.model import ModelError, ToolSpec
 from jupyter_crush.store import UnknownSessionError
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
@@ -563,10 +563,13 @@ async def test_permission_denied_ends_the_turn_canceled(store):
         tools=[tool],
         permissions=Deny(),
     )
-    result = await agent.run(SessionAgentCall(session.id, "write x"))
+    recorder = Recorder()
+    result = await agent.run(SessionAgentCall(session.id, "write x", observer=recorder))
     assert result.reason is FinishReason.CANCELED
     assert result.message == "Permission denied for write"
     assert ran == []
+    shown = [e.result for e in recorder.events if isinstance(e, ToolFinished)]
+    assert [(r.is_error, r.content) for r in shown] == [(True, "Permission denied for write")]
     messages = store.list_messages(session.id)
     assert messages[2].tool_results[0].is_error
     assert messages[-1].finish_reason is FinishReason.CANCELED

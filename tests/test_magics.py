@@ -349,4 +349,7 @@ def test_allowed_tools_changed_after_the_first_prompt_apply_to_the_next(ip, tmp_
     run(ip, "%config CrushConfig.allowed_tools = []")
     run(ip, "%%crush\nwrite again")
     assert ran == [{"n": 1}]  # headless and no longer allowed: denied
-    assert messages(crush)[-1].finish_reason == "canceled"
+    last = messages(crush)[-1]
+    assert last.finish_reason == "canceled"
+    assert last.finish.message.startswith("Permission denied for write: ")
+    assert "headless" in last.finish.message  # the policy's reason reaches the transcript
