@@ -1,4 +1,5 @@
-"""notebooks/quickstart.ipynb runs headless under nbclient, offline, against a replay."""
+"""The notebooks run headless under nbclient, offline: the quickstart against a replay of
+recorded provider streams, the DataFrame tools walkthrough with a scripted model."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from nbclient import NotebookClient
 
 pytestmark = pytest.mark.slow
 
-NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
+NOTEBOOKS = ROOT / "notebooks"
 
 
 def cell_output(nb, first_line: str) -> list[dict]:
@@ -32,8 +33,9 @@ def text_of(outputs: list[dict]) -> str:
     return "\n".join(parts)
 
 
-def test_quickstart_executes_headless(tmp_path: Path):
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+def execute(name: str, tmp_path: Path):
+    """Run notebooks/``name`` headless in a fresh kernel; fail on any error output."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = NotebookClient(
         nb,
         km=kernel_manager(tmp_path / "specs"),
@@ -41,9 +43,13 @@ def test_quickstart_executes_headless(tmp_path: Path):
         resources={"metadata": {"path": str(tmp_path)}},
     )
     client.execute(env=kernel_env(tmp_path / ".crush"))
-
     errors = [o for c in nb.cells for o in c.get("outputs", ()) if o["output_type"] == "error"]
     assert not errors, errors
+    return nb
+
+
+def test_quickstart_executes_headless(tmp_path: Path):
+    nb = execute("quickstart.ipynb", tmp_path)
     assert text_of(cell_output(nb, "%crush model")).startswith("replay:")
 
     # Headless cells wait for their answers, so Run-All sees the final, static answer.
@@ -66,3 +72,19 @@ def test_quickstart_executes_headless(tmp_path: Path):
 
     assert "'essay'" in text_of(cell_output(nb, "from tinydb import Query"))
     assert "essay" in text_of(cell_output(nb, "%crush sessions"))
+
+
+def test_dataframe_tools_walkthrough_executes_headless(tmp_path: Path):
+    nb = execute("dataframe-tools.ipynb", tmp_path)
+    answer = text_of(cell_output(nb, "%%crush --new -s prices"))
+    assert "· done ·" in answer and "two in Lyon" in answer
+
+    # The real tools ran on the real DataFrame, and the transcript keeps their results.
+    transcript = text_of(cell_output(nb, "for message in crush.store.list_messages"))
+    assert "price: float64, 3 null" in transcript  # variables described `sales`
+    assert "Lyon    2" in transcript and "Nice    1" in transcript  # python counted
+
+    # Once python is no longer allowed, the headless run denies it: `sales` survives.
+    denied = text_of(cell_output(nb, "last = crush.store.list_messages"))
+    assert "canceled - Permission denied for python: " in denied
+    assert "sales is still here: True" in denied
