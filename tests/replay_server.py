@@ -23,7 +23,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from jupyter_crush.providers.replay import load_recording, split_events
 
 #: reset: TCP RST mid-body; close: clean FIN mid-body; stall: stop sending mid-body;
 #: stall_head: never send the status line.
@@ -58,32 +58,16 @@ class SeenRequest:
 
 def recording_steps(path: Path, **overrides: Any) -> list[Step]:
     """One step per recorded interaction, in recorded order."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    steps = []
-    for item in data["interactions"]:
-        response = item["response"]
-        headers = {
-            k.lower(): ", ".join(v) if isinstance(v, list) else str(v)
-            for k, v in (response.get("headers") or {}).items()
-        }
-        steps.append(
-            Step(body=response["body"], status=int(response["code"]), headers=headers, **overrides)
-        )
-    return steps
+    return [
+        Step(body=i.body, status=i.status, headers=dict(i.headers), **overrides)
+        for i in load_recording(path).interactions
+    ]
 
 
 def error_step(status: int, message: str, **headers: str) -> Step:
     """A JSON error body in the shape both OpenAI and Anthropic use."""
     body = json.dumps({"type": "error", "error": {"type": "api_error", "message": message}})
     return Step(body=body, status=status, headers={"content-type": "application/json", **headers})
-
-
-def split_events(body: str) -> list[bytes]:
-    pieces = body.split("\n\n")
-    chunks = [p + "\n\n" for p in pieces[:-1]]
-    if pieces[-1]:
-        chunks.append(pieces[-1])
-    return [c.encode() for c in chunks]
 
 
 class ReplayServer:

@@ -156,7 +156,7 @@ def load_recording(path: Path, name: str | None = None) -> Recording:
     return Recording(name or short or path.stem, path, tuple(interactions))
 
 
-def _split_events(body: str) -> list[bytes]:
+def split_events(body: str) -> list[bytes]:
     """The body cut at server-sent-event boundaries, each piece ending with its blank line."""
     pieces = body.split("\n\n")
     chunks = [piece + "\n\n" for piece in pieces[:-1]]
@@ -219,7 +219,7 @@ class ReplayTransport(httpx2.AsyncBaseTransport):
         return httpx2.Response(
             interaction.status,
             headers=headers,
-            stream=_PacedStream(_split_events(interaction.body), self.delay),
+            stream=_PacedStream(split_events(interaction.body), self.delay),
             request=request,
         )
 
