@@ -72,6 +72,22 @@ def timed(fn, *args) -> int:
     return time.perf_counter_ns() - start
 
 
+def write_samples(
+    store: TranscriptStore, session: str, first: int, samples: int
+) -> tuple[list[int], list[int]]:
+    """Nanoseconds per call: ``samples`` appends of new messages (numbered from ``first``),
+    then ``samples`` forced updates of a growing reply (one message more in the session)."""
+    appends = [timed(store.add_message, make_message(session, first + i)) for i in range(samples)]
+    reply = store.add_message(Message(session, Role.ASSISTANT))
+    forced = []
+    for i in range(samples):
+        reply.append_text(f"tok{i} ")
+        start = time.perf_counter_ns()
+        store.update_message(reply, force=True)
+        forced.append(time.perf_counter_ns() - start)
+    return appends, forced
+
+
 def fill_store(path: Path, size: int) -> list[str]:
     sessions = []
     with TranscriptStore(path) as store:
@@ -95,17 +111,8 @@ def bench_ours(path: Path, size: int, samples: int) -> dict[str, object]:
     result["list_messages (warm)"] = timed(store.list_messages, target) / 1e6
 
     busy = sessions[-1]
-    result["append"] = stats(
-        [timed(store.add_message, make_message(busy, size + i)) for i in range(samples)]
-    )
-
-    reply = store.add_message(Message(busy, Role.ASSISTANT))
-    forced = []
-    for i in range(samples):
-        reply.append_text(f"tok{i} ")
-        start = time.perf_counter_ns()
-        store.update_message(reply, force=True)
-        forced.append(time.perf_counter_ns() - start)
+    appends, forced = write_samples(store, busy, size, samples)
+    result["append"] = stats(appends)
     result["update/forced"] = stats(forced)
 
     reply = store.add_message(Message(busy, Role.ASSISTANT))

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_store import SESSION_SIZE, fill_stock, make_message, stats, timed
+from bench_store import SESSION_SIZE, fill_stock, make_message, stats, timed, write_samples
 from tinydb import TinyDB
 from tinydb.middlewares import CachingMiddleware
 from tinydb.storages import JSONStorage
@@ -82,16 +82,7 @@ def write_latencies(grown: Growing, samples: int) -> dict[str, list[int]]:
     """Appends of new messages and forced updates of a streaming reply, per call."""
     session = grown.sessions[-1]
     with TranscriptStore(grown.path) as store:
-        appends = [
-            timed(store.add_message, make_message(session, grown.size + i)) for i in range(samples)
-        ]
-        reply = store.add_message(Message(session, Role.ASSISTANT))
-        updates = []
-        for i in range(samples):
-            reply.append_text(f"tok{i} ")
-            start = time.perf_counter_ns()
-            store.update_message(reply, force=True)
-            updates.append(time.perf_counter_ns() - start)
+        appends, updates = write_samples(store, session, grown.size, samples)
     grown.size += samples + 1
     return {"append": appends, "update": updates}
 
