@@ -31,6 +31,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from .agent import Finished, SessionAgent, SessionAgentCall, Started
+from .commands import COMMANDS, load_commands, usage_lines
 from .config import CrushConfig
 from .interpolate import interpolate
 from .message import FinishReason, Session
@@ -675,9 +676,12 @@ class CrushMagics(Magics):
             raise UsageError("Say what to do: %crush help lists the commands")
         command, rest = words[0], words[1:]
         handler: Callable[[list[str]], None] | None = getattr(self, f"_cmd_{command}", None)
-        if handler is None:
+        if handler is not None:
+            handler(rest)
+        elif command in COMMANDS:
+            COMMANDS[command].run(self.crush, rest)
+        else:
             raise UsageError(f"Unknown command {command!r}; %crush help lists the commands")
-        handler(rest)
 
     # `%crush?` shows both forms: the line commands, then the cell's options.
     crush_line.__doc__ = (
@@ -685,7 +689,7 @@ class CrushMagics(Magics):
     )
 
     def _cmd_help(self, rest: list[str]) -> None:
-        print(CrushMagics.crush_line.__doc__)
+        print(help_text())
 
     def _cmd_sessions(self, rest: list[str]) -> None:
         _no_args("sessions", rest)
@@ -761,6 +765,15 @@ class CrushMagics(Magics):
         print(f"Default model: {rest[0]}")
 
 
+def help_text() -> str:
+    """``%crush help``: the built-in commands, those other modules registered, the cell."""
+    builtin, _, notes = LINE_USAGE.partition("\n\n")
+    registered = usage_lines()
+    usage = f"{builtin}\n{registered}\n\n{notes}" if registered else LINE_USAGE
+    cell = CrushMagics.crush_cell.__doc__
+    return f"Manage sessions and runs.\n\n{usage}\n\nThe cell form:\n{cell}"
+
+
 def _no_args(command: str, rest: list[str]) -> None:
     if rest:
         raise UsageError(f"%crush {command} takes no arguments")
@@ -797,6 +810,7 @@ def load(shell: Any) -> Crush:
     """Register the magics on ``shell`` (once) and return its Crush."""
     crush = getattr(shell, "_jupyter_crush", None)
     if crush is None:
+        load_commands()
         crush = Crush(shell)
         crush.install()
         shell._jupyter_crush = crush

@@ -279,6 +279,27 @@ def test_help_texts(ip, capsys):
         assert option in cell_doc
 
 
+def test_registered_command_runs_and_is_listed_in_help(ip, crush, capsys, monkeypatch):
+    from jupyter_crush import commands
+
+    monkeypatch.setattr(commands, "COMMANDS", dict(commands.COMMANDS))
+    seen = []
+
+    @commands.command("echo-test", "%crush echo-test WORDS", "say the words back")
+    def echo(crush_arg, args):
+        seen.append((crush_arg, args))
+
+    monkeypatch.setattr("jupyter_crush.magics.COMMANDS", commands.COMMANDS)
+    run(ip, "%crush echo-test one 'two words'")
+    assert seen == [(crush, ["one", "two words"])]
+    run(ip, "%crush help")
+    out = capsys.readouterr().out
+    assert "%crush echo-test WORDS" in out and "say the words back" in out
+    assert out.index("%crush echo-test") < out.index("SESSION is a session id")
+    with pytest.raises(ValueError, match="registered twice"):
+        commands.command("echo-test", "u", "s")(echo)
+
+
 def test_extract_code_takes_python_blocks_only():
     answer = "a\n```python\nx = 1\n```\n```bash\nls\n```\n```\ny = 2\n```\n"
     assert extract_code(answer) == "x = 1\n\ny = 2"

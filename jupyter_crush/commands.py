@@ -1,0 +1,60 @@
+"""Line commands of ``%crush`` contributed by other modules.
+
+A capability that adds a command (``%crush fix``, ``%crush mcp``, …) registers it here from
+its own module instead of growing ``magics.py``::
+
+    @command("fix", "%crush fix [INSTRUCTION]", "ask the agent to fix the last error")
+    def fix(crush: Crush, args: list[str]) -> None: ...
+
+``magics.py`` imports the modules listed in ``COMMAND_MODULES`` when the extension loads,
+so their commands exist before the first ``%crush`` line runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .magics import Crush
+
+#: Modules whose import registers commands; each one adds itself here.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    usage: str  # e.g. "%crush fix [INSTRUCTION]"
+    summary: str  # one line, shown beside the usage in %crush help
+    run: Callable[[Crush, list[str]], Any]
+
+
+#: Registered commands by name. Written at import time only, so no lock is needed.
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, usage: str, summary: str) -> Callable[[Callable[..., Any]], Any]:
+    """Register the decorated ``run(crush, args)`` as ``%crush NAME``."""
+
+    def register(run: Callable[[Crush, list[str]], Any]) -> Callable[[Crush, list[str]], Any]:
+        if name in COMMANDS:
+            raise ValueError(f"%crush {name} is registered twice")
+        COMMANDS[name] = Command(name, usage, summary, run)
+        return run
+
+    return register
+
+
+def load_commands() -> None:
+    for module in COMMAND_MODULES:
+        importlib.import_module(module, __package__)
+
+
+def usage_lines(width: int = 29) -> str:
+    """The registered commands as help lines, aligned like ``LINE_USAGE``."""
+    return "\n".join(
+        f"{c.usage:<{width}}{c.summary}" for c in sorted(COMMANDS.values(), key=lambda c: c.name)
+    )
