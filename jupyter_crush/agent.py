@@ -1,26 +1,15 @@
-"""The session agent: accepted → (cancel-on-entry | queued | active) → done.
+"""The session agent: runs each session's turns — model steps, tool calls, records.
 
-One prompt's life::
+Which prompt runs, waits or stops, and when, is decided in :mod:`jupyter_crush.dispatch`;
+what a turn writes and how it is closed, in :mod:`jupyter_crush.records`. This module drives
+one active turn::
 
-    begin_accepted ──► run() decides, under the session's dispatch lock, exactly one of:
-       ├─ cancel-on-entry : a cancel covers this accept → record the canceled turn, no model call
-       ├─ queued          : the session is busy → wait in the session queue
-       └─ active          : the turn's task is registered as the cancel handle before the lock
-                            is released
-    active ──► stream steps (model → tool calls → results → …) ──► done:
-       under the lock, drop the queued prompts a cancel covers (each recorded as a canceled
-       turn) and make the next one active — the handoff leaves no window in which the
-       session looks idle
+    active ──► stream steps (model → tool calls → results → …) ──► finish: the terminal
+    record, then the observers' Finished event
 
-Cancels are *sequence marks*: every accept takes the session's next sequence number and
-``cancel`` covers the prompts accepted at or before it, never one accepted after it. A
-cancel on an idle session changes nothing.
-
-Threads: the loop runs on one thread, but ``cancel`` and ``begin_accepted`` may come from
-another (ipykernel 7 delivers widget clicks on a subshell thread). The dispatch state is
-guarded by a real ``threading.Lock`` and a cancel reaches the loop through
-``call_soon_threadsafe``. Everything else — the store, the observers — is touched on the
-loop thread only.
+Everything here runs on the event loop's thread, except the calls that only forward to
+dispatch (``begin_accepted``, ``cancel``, ``cancel_all``, ``is_session_busy``,
+``queued_prompts``, ``status``), which are safe from any thread.
 """
 
 from __future__ import annotations
@@ -29,15 +18,14 @@ import asyncio
 import contextlib
 import json
 import logging
-import threading
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .dispatch import AcceptedRun, AgentStatus, Dispatcher, Entry, Turn, covered
 from .message import (
     CANCELED_MESSAGE,
-    TERMINAL_REASONS,
     FinishReason,
     Message,
     Role,
@@ -47,8 +35,18 @@ from .message import (
     Usage,
 )
 from .model import Model, StreamFinish, apply_event
+from .records import TurnRecords, prompt_message
 from .store import TranscriptStore
 from .tools import Decision, PermissionBroker, PermissionRequest, Tool, ToolContext, ToolResult
+
+__all__ = [
+    "AcceptedRun",
+    "AgentStatus",
+    "Attachment",
+    "RunResult",
+    "SessionAgent",
+    "SessionAgentCall",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +57,6 @@ DEFAULT_MAX_STEPS = 25
 DEFAULT_HISTORY_CHARS = 400_000
 #: The same tool call (name and arguments) this many times in one turn ends the turn.
 REPEATED_CALL_LIMIT = 3
-TOOL_CANCELED = "Tool call canceled: the run was stopped before it finished"
-TOOL_FAILED = "Tool call not completed: the run failed before it finished"
 
 
 # -- events an observer (the run widget) receives ---------------------------------------------
@@ -122,31 +118,6 @@ class RunObserver(Protocol):
 # -- public call types -------------------------------------------------------------------------
 
 
-class AcceptedRun:
-    """One accept reservation taken by :meth:`SessionAgent.begin_accepted`.
-
-    ``close`` releases it; it is idempotent, and ``AcceptedRun.close(None)`` is a no-op so
-    callers holding an optional reservation need no check.
-    """
-
-    __slots__ = ("_agent", "_closed", "seq", "session_id")
-
-    def __init__(self, agent: SessionAgent, session_id: str, seq: int) -> None:
-        self._agent = agent
-        self.session_id = session_id
-        self.seq = seq
-        self._closed = False  # guarded by the session's dispatch lock
-
-    def close(self) -> None:
-        if self is None:
-            return
-        self._agent._release_accept(self)
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<AcceptedRun session={self.session_id!r} seq={self.seq} {state}>"
-
-
 @dataclass(frozen=True)
 class Attachment:
     """Text attached to a prompt (a file, a DataFrame summary, a cell's source)."""
@@ -175,54 +146,6 @@ class RunResult:
     cost: float | None = None
 
 
-@dataclass(frozen=True)
-class AgentStatus:
-    running: list[str]
-    queued: dict[str, int]
-
-
-# -- internal state ----------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Turn:
-    """One prompt from accept to its terminal record. Touched on the loop thread only."""
-
-    call: SessionAgentCall
-    seq: int
-    state: _SessionState
-    loop: asyncio.AbstractEventLoop | None = None
-    task: asyncio.Task[None] | None = None
-    observers: list[RunObserver] = field(default_factory=list)
-    messages: list[Message] = field(default_factory=list)  # this turn's records, in order
-    user_recorded: bool = False
-    result: RunResult | None = None  # set once, by _finalize: the turn is terminal
-
-    @property
-    def session_id(self) -> str:
-        return self.call.session_id
-
-
-@dataclass(eq=False)
-class _SessionState:
-    # The dispatch lock. It makes these transitions atomic against cancel(): accept
-    # (seq assignment), the accepted → cancel-on-entry | queued | active decision, the fold of
-    # queued prompts into a running turn, and the handoff from a finished turn to the next
-    # queued one. Never held across I/O or an await.
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    # Last sequence number handed out by begin_accepted.
-    accept_seq: int = 0
-    # Open accept reservations: prompts accepted whose run() has not decided yet.
-    open_accepts: int = 0
-    # Prompts with seq <= cancel_mark are covered by a cancel; raised only when a cancel finds
-    # something to stop, so an idle cancel never reaches a later prompt.
-    cancel_mark: int = 0
-    # The active turn: its task is the cancel handle, registered before the lock is released.
-    active: _Turn | None = None
-    # Prompts waiting behind the active turn, in order of arrival.
-    queue: deque[_Turn] = field(default_factory=deque)
-
-
 class SessionAgent:
     """Runs prompts for many sessions, one turn at a time per session, cancel-safe."""
 
@@ -244,72 +167,31 @@ class SessionAgent:
         self.max_steps = max_steps
         self.permissions = permissions
         self.history_chars = history_chars
-        # Guards creation of entries in _sessions so every thread sees one state per session.
-        self._sessions_lock = threading.Lock()
-        self._sessions: dict[str, _SessionState] = {}
+        self._dispatch = Dispatcher(self._drive, self._finish, self._status_changed)
         self._status_listeners: list[Callable[[AgentStatus], None]] = []
 
     # -- accept / cancel: callable from any thread ---------------------------------------------
 
     def begin_accepted(self, session_id: str) -> AcceptedRun:
         """Reserve the next prompt of ``session_id``: from now on a cancel reaches it."""
-        state = self._state(session_id)
-        with state.lock:
-            state.accept_seq += 1
-            state.open_accepts += 1
-            return AcceptedRun(self, session_id, state.accept_seq)
-
-    def _release_accept(self, accepted: AcceptedRun) -> None:
-        state = self._state(accepted.session_id)
-        with state.lock:
-            self._release_accept_locked(state, accepted)
-
-    @staticmethod
-    def _release_accept_locked(state: _SessionState, accepted: AcceptedRun) -> None:
-        if not accepted._closed:
-            accepted._closed = True
-            state.open_accepts -= 1
+        return self._dispatch.accept(session_id)
 
     def cancel(self, session_id: str) -> None:
         """Stop every prompt of ``session_id`` accepted so far. Safe from any thread."""
-        state = self._state(session_id)
-        with state.lock:
-            active = state.active
-            if active is None and not state.open_accepts and not state.queue:
-                return  # idle: nothing to stop, and nothing may linger for a later prompt
-            # Covers the active turn, the queue, and accepts not yet decided. The queue
-            # itself is dropped (and recorded) by the handoff when the active turn ends.
-            state.cancel_mark = state.accept_seq
-        if active is not None and active.task is not None and active.loop is not None:
-            _call_on_loop(active.loop, active.task.cancel)
+        self._dispatch.cancel(session_id)
 
     def cancel_all(self) -> None:
-        with self._sessions_lock:
-            session_ids = list(self._sessions)
-        for session_id in session_ids:
-            self.cancel(session_id)
+        for session_id in self._dispatch.session_ids():
+            self._dispatch.cancel(session_id)
 
     def is_session_busy(self, session_id: str) -> bool:
-        state = self._state(session_id)
-        with state.lock:
-            return state.active is not None
+        return self._dispatch.is_busy(session_id)
 
     def queued_prompts(self, session_id: str) -> int:
-        state = self._state(session_id)
-        with state.lock:
-            return len(state.queue)
+        return self._dispatch.queued(session_id)
 
     def status(self) -> AgentStatus:
-        with self._sessions_lock:
-            states = list(self._sessions.items())
-        running, queued = [], {}
-        for session_id, state in states:
-            with state.lock:
-                if state.active is not None:
-                    running.append(session_id)
-                if state.queue:
-                    queued[session_id] = len(state.queue)
-        return AgentStatus(running, queued)
+        return self._dispatch.status()
 
     def add_status_listener(self, listener: Callable[[AgentStatus], None]) -> None:
         """Call ``listener`` (on the loop thread) whenever runs start, queue or end."""
@@ -329,33 +211,22 @@ class SessionAgent:
         except Exception:
             accepted.close()  # a rejected call must not hold the session's accept count
             raise
-        loop = asyncio.get_running_loop()
-        state = self._state(call.session_id)
-        turn = _Turn(call, accepted.seq, state, loop=loop)
+        records = TurnRecords(self.store, call.session_id, call.prompt, call.attachments)
+        state = self._dispatch.state(call.session_id)
+        turn = Turn(call, accepted.seq, state, asyncio.get_running_loop(), records)
         if call.observer is not None:
             turn.observers.append(call.observer)
 
-        with state.lock:
-            self._release_accept_locked(state, accepted)
-            if turn.seq <= state.cancel_mark:
-                transition = "cancel-on-entry"
-            elif state.active is not None:
-                transition = "queued"
-                state.queue.append(turn)
-                position = len(state.queue)
-            else:
-                transition = "active"
-                self._activate_locked(state, turn)
-
-        if transition == "cancel-on-entry":
-            self._finalize(turn, FinishReason.CANCELED, CANCELED_MESSAGE)
+        entry, position = self._dispatch.enter(turn, accepted)
+        if entry is Entry.CANCELED:
+            self._finish(turn, FinishReason.CANCELED, CANCELED_MESSAGE)
             return turn.result
-        if transition == "queued":
+        if entry is Entry.QUEUED:
             self._emit(turn, Queued(position))
-            self._notify_status()
+            self._status_changed()
             return None
 
-        self._notify_status()
+        self._status_changed()
         assert turn.task is not None
         caller = asyncio.current_task()
         cancels_before = caller.cancelling() if caller else 0
@@ -365,57 +236,31 @@ class SessionAgent:
             # Our own cancel hit the turn's task before it started, or the caller is being
             # torn down (kernel shutdown). Record the turn now, synchronously: the loop may
             # not run again.
-            self._finalize(turn, FinishReason.CANCELED, CANCELED_MESSAGE)
+            self._finish(turn, FinishReason.CANCELED, CANCELED_MESSAGE)
         if caller is not None and caller.cancelling() > cancels_before:
             # The caller was canceled; the turn task absorbed that cancel, so pass it on.
             raise asyncio.CancelledError
         return turn.result
 
-    def _activate_locked(self, state: _SessionState, turn: _Turn) -> None:
-        """Make ``turn`` the session's active turn. Caller holds ``state.lock``.
-
-        The task is created (not yet started) and registered as the cancel handle before
-        the lock is released, so a cancel arriving at any later instant finds it.
-        """
-        assert turn.loop is not None
-        turn.task = turn.loop.create_task(self._drive(turn), name=f"crush:{turn.session_id}")
-        turn.task.add_done_callback(lambda _task: self._on_turn_done(state, turn))
-        state.active = turn
-
-    def _on_turn_done(self, state: _SessionState, turn: _Turn) -> None:
-        """The turn's task ended: hand the session to the next queued prompt."""
-        # A task canceled before it started never ran its own handler.
-        self._finalize(turn, FinishReason.CANCELED, CANCELED_MESSAGE)
-        with state.lock:
-            dropped = [t for t in state.queue if t.seq <= state.cancel_mark]
-            remaining = [t for t in state.queue if t.seq > state.cancel_mark]
-            state.queue = deque(remaining[1:])
-            state.active = None
-            if remaining:
-                self._activate_locked(state, remaining[0])
-        for queued in dropped:
-            # Recorded, not destroyed: the prompt stays in the transcript and can be re-run.
-            self._finalize(queued, FinishReason.CANCELED, CANCELED_MESSAGE)
-        self._notify_status()
-
-    async def _drive(self, turn: _Turn) -> None:
+    async def _drive(self, turn: Turn) -> None:
         """The active turn: stream steps until the model stops, then record the outcome."""
         try:
             reason = await self._steps(turn)
-            self._finalize(turn, reason)
+            self._finish(turn, reason, "")
         except asyncio.CancelledError:
-            self._finalize(turn, FinishReason.CANCELED, CANCELED_MESSAGE)
+            self._finish(turn, FinishReason.CANCELED, CANCELED_MESSAGE)
         except _TurnEnded as ended:
-            self._finalize(turn, ended.reason, ended.message)
+            self._finish(turn, ended.reason, ended.message)
         except Exception as error:  # a provider or tool layer failure ends the turn, never the loop
             log.debug("turn failed", exc_info=True)
-            self._finalize(turn, FinishReason.ERROR, _describe(error))
+            self._finish(turn, FinishReason.ERROR, _describe(error))
 
-    async def _steps(self, turn: _Turn) -> FinishReason:
+    async def _steps(self, turn: Turn) -> FinishReason:
         session_id = turn.session_id
         model = turn.call.model or self.model
-        self._record_user(turn)
-        self._emit(turn, Started(turn.messages[0].id))
+        records = turn.records
+        records.record_prompt()
+        self._emit(turn, Started(records.messages[0].id))
         history = self.store.list_messages(session_id)
         repeats: Counter[str] = Counter()
         specs = [tool.spec for tool in self.tools.values()]
@@ -425,7 +270,7 @@ class SessionAgent:
             assistant = Message(
                 session_id, Role.ASSISTANT, model=model.name, provider=model.provider
             )
-            self._record(turn, assistant)
+            records.add(assistant)
             finish = await self._stream_step(turn, model, history, specs, assistant)
             history.append(assistant)
             calls = assistant.tool_calls
@@ -434,10 +279,10 @@ class SessionAgent:
                     raise _TurnEnded(FinishReason.ERROR, "The model asked for tools but sent none")
                 return finish.reason
             results = Message(session_id, Role.TOOL)
-            self._record(turn, results)
+            records.add(results)
             history.append(results)
             for tool_call in calls:
-                if _covered(turn):
+                if covered(turn):
                     raise asyncio.CancelledError
                 signature = f"{tool_call.name}:{_canonical_json(tool_call.input)}"
                 repeats[signature] += 1
@@ -451,11 +296,11 @@ class SessionAgent:
                     result = await self._call_tool(turn, tool_call)
                 except _PermissionDenied as denied:
                     results.parts.append(denied.result)  # the denial is the call's clear record
-                    self.store.update_message(results, force=True)
+                    records.save(results)
                     self._emit(turn, ToolFinished(tool_call, denied.result))
                     raise
                 results.parts.append(result)
-                self.store.update_message(results, force=True)
+                records.save(results)
                 self._emit(turn, ToolFinished(tool_call, result))
         raise _TurnEnded(
             FinishReason.ERROR,
@@ -464,19 +309,19 @@ class SessionAgent:
 
     async def _stream_step(
         self,
-        turn: _Turn,
+        turn: Turn,
         model: Model,
         history: list[Message],
         specs: list[Any],
         assistant: Message,
     ) -> StreamFinish:
         finish: StreamFinish | None = None
-        store = self.store
+        records = turn.records
         request = _fit_history(history, self.history_chars)
         stream = model.stream(request, system=self.system_prompt, tools=specs)
         async with contextlib.aclosing(stream):  # closes the provider's HTTP stream on any exit
             async for event in stream:
-                if _covered(turn):
+                if covered(turn):
                     # cancel() has marked this turn; its task.cancel() may still be on its way
                     # from another thread. Stop at this token rather than after it arrives.
                     raise asyncio.CancelledError
@@ -484,13 +329,13 @@ class SessionAgent:
                     # tool_use ends a step, not the turn; any other reason is the terminal record
                     finish = event
                 force = apply_event(assistant, event)
-                store.update_message(assistant, force=force)
+                records.save(assistant, force=force)
                 self._emit(turn, Delta(assistant))
         if finish is None:
             raise _TurnEnded(FinishReason.ERROR, "The model's stream ended without a finish")
         return finish
 
-    async def _call_tool(self, turn: _Turn, call: ToolCallPart) -> ToolResultPart:
+    async def _call_tool(self, turn: Turn, call: ToolCallPart) -> ToolResultPart:
         def error(content: str) -> ToolResultPart:
             return ToolResultPart(call.id, call.name, content, is_error=True)
 
@@ -529,39 +374,26 @@ class SessionAgent:
             call.id, call.name, outcome.content, outcome.is_error, outcome.metadata
         )
 
-    def _fold_queued(self, turn: _Turn) -> list[Message]:
+    def _fold_queued(self, turn: Turn) -> list[Message]:
         """Between steps: queued prompts join the running turn, unless a cancel covers them."""
-        state = self._state(turn.session_id)
-        with state.lock:
-            dropped = [t for t in state.queue if t.seq <= state.cancel_mark]
-            folded = [t for t in state.queue if t.seq > state.cancel_mark]
-            state.queue.clear()
+        dropped, folded = self._dispatch.fold(turn)
         for queued in dropped:
-            self._finalize(queued, FinishReason.CANCELED, CANCELED_MESSAGE)
+            self._finish(queued, FinishReason.CANCELED, CANCELED_MESSAGE)
         added = []
         for queued in folded:
             queued.result = RunResult(turn.session_id, FinishReason.UNKNOWN)  # owned by `turn`
             self._emit(queued, Folded())
             turn.observers.extend(queued.observers)
-            user = _user_message(queued.call)
-            self._record(turn, user)
+            user = prompt_message(queued.session_id, queued.call.prompt, queued.call.attachments)
+            turn.records.add(user)
             added.append(user)
         if dropped or folded:
-            self._notify_status()
+            self._status_changed()
         return added
 
-    # -- records -------------------------------------------------------------------------------
+    # -- the end of a turn ---------------------------------------------------------------------
 
-    def _record_user(self, turn: _Turn) -> None:
-        if not turn.user_recorded:
-            turn.user_recorded = True
-            self._record(turn, _user_message(turn.call))
-
-    def _record(self, turn: _Turn, message: Message) -> None:
-        self.store.add_message(message)
-        turn.messages.append(message)
-
-    def _finalize(self, turn: _Turn, reason: FinishReason, detail: str = "") -> None:
+    def _finish(self, turn: Turn, reason: FinishReason, detail: str) -> None:
         """Write the turn's terminal record and tell its observers. Runs once per turn.
 
         Synchronous on purpose: a cancel during kernel shutdown must still be written,
@@ -569,58 +401,21 @@ class SessionAgent:
         """
         if turn.result is not None:
             return
-        with turn.state.lock:
-            if reason is not FinishReason.CANCELED and turn.seq <= turn.state.cancel_mark:
-                # A cancel covers this turn: however it ended since (a provider error, a
-                # denied permission), the user asked it to stop. Only a turn the model had
-                # already ended before the cancel keeps its own reason (checked below).
-                reason, detail = FinishReason.CANCELED, CANCELED_MESSAGE
-        session_id = turn.session_id
-        self._record_user(turn)
-        assistants = [m for m in turn.messages if m.role is Role.ASSISTANT]
-        last = assistants[-1] if assistants else None
-        if last is not None and last.finish_reason in TERMINAL_REASONS:
-            # The model had already ended the turn: a cancel arriving after that changes nothing.
-            reason, detail = last.finish_reason, last.finish.message
-        elif last is not None and not last.is_finished:
-            for call in last.tool_calls:
-                call.finished = True
-            last.add_finish(reason, detail)
-            self.store.update_message(last, force=True)
-        # Every tool call sent to the model gets a result, so the next request is well-formed.
-        answered = {r.tool_call_id for m in turn.messages for r in m.tool_results}
-        unanswered = [c for m in assistants for c in m.tool_calls if c.id not in answered]
-        if unanswered:
-            results = turn.messages[-1]
-            if results.role is not Role.TOOL:
-                results = Message(session_id, Role.TOOL)
-                self._record(turn, results)
-            note = TOOL_CANCELED if reason is FinishReason.CANCELED else TOOL_FAILED
-            results.parts.extend(
-                ToolResultPart(c.id, c.name, note, is_error=True) for c in unanswered
-            )
-            self.store.update_message(results, force=True)
-        if last is None or last.finish_reason is FinishReason.TOOL_USE:
-            # Stopped before the model answered, or between steps: the terminal record is an
-            # assistant message holding only the finish.
-            model = turn.call.model or self.model
-            terminal = Message(
-                session_id, Role.ASSISTANT, model=model.name, provider=model.provider
-            )
-            terminal.add_finish(reason, detail)
-            self._record(turn, terminal)
-            assistants.append(terminal)
-        self.store.flush()
-        usage = Usage()
-        for message in assistants:
-            usage += message.usage
-        costs = [m.cost for m in assistants if m.parts and not _finish_only(m)]
-        cost = sum(costs) if costs and None not in costs else None  # unknown when any step is
-        text = "".join(m.text for m in assistants)
-        turn.result = RunResult(session_id, FinishReason(reason), detail, text, usage, cost)
-        self._emit(turn, Finished(FinishReason(reason), detail, usage, cost))
-
-    # -- shutdown ------------------------------------------------------------------------------
+        if reason is not FinishReason.CANCELED and covered(turn):
+            # A cancel covers this turn: however it ended since (a provider error, a denied
+            # permission), the user asked it to stop. Only a turn the model had already ended
+            # before the cancel keeps its own reason (the records' rule).
+            reason, detail = FinishReason.CANCELED, CANCELED_MESSAGE
+        outcome = turn.records.close(reason, detail, turn.call.model or self.model)
+        turn.result = RunResult(
+            turn.session_id,
+            outcome.reason,
+            outcome.detail,
+            outcome.text,
+            outcome.usage,
+            outcome.cost,
+        )
+        self._emit(turn, Finished(outcome.reason, outcome.detail, outcome.usage, outcome.cost))
 
     def shutdown(self) -> None:
         """Record every turn in flight or queued as canceled, synchronously.
@@ -628,38 +423,19 @@ class SessionAgent:
         For kernel shutdown and restart: call it from the loop's thread (or once the loop
         has stopped). Turns whose tasks run again afterwards find themselves finalized.
         """
-        with self._sessions_lock:
-            states = list(self._sessions.values())
-        for state in states:
-            with state.lock:
-                state.cancel_mark = state.accept_seq
-                active, queued = state.active, list(state.queue)
-                state.queue.clear()
-            for turn in [active, *queued]:
-                if turn is None:
-                    continue
-                self._finalize(turn, FinishReason.CANCELED, "Kernel shut down")
-                if turn.task is not None and not turn.task.done():
-                    turn.task.cancel()
+        self._dispatch.shutdown("Kernel shut down")
         self.store.flush()
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _state(self, session_id: str) -> _SessionState:
-        state = self._sessions.get(session_id)
-        if state is None:
-            with self._sessions_lock:
-                state = self._sessions.setdefault(session_id, _SessionState())
-        return state
-
-    def _emit(self, turn: _Turn, event: RunEvent) -> None:
+    def _emit(self, turn: Turn, event: RunEvent) -> None:
         for observer in turn.observers:
             try:
                 observer.on_event(event)
             except Exception:  # a broken view must not break the run
                 log.exception("run observer failed on %s", type(event).__name__)
 
-    def _notify_status(self) -> None:
+    def _status_changed(self) -> None:
         if not self._status_listeners:
             return
         status = self.status()
@@ -701,30 +477,11 @@ def _validate(call: SessionAgentCall, store: TranscriptStore) -> None:
     store.get_session(call.session_id)  # raises UnknownSessionError with a clear message
 
 
-def _user_message(call: SessionAgentCall) -> Message:
-    parts = [TextPart(call.prompt)]
-    parts += [
-        TextPart(f'\n<attachment name="{a.name}">\n{a.content}\n</attachment>')
-        for a in call.attachments
-    ]
-    return Message(call.session_id, Role.USER, parts=list(parts))
-
-
 def _canonical_json(text: str) -> str:
     try:
         return json.dumps(json.loads(text or "{}"), sort_keys=True)
     except json.JSONDecodeError:
         return text
-
-
-def _finish_only(message: Message) -> bool:
-    return all(p.type == "finish" for p in message.parts)
-
-
-def _covered(turn: _Turn) -> bool:
-    """Has a cancel covered ``turn``? Read without the lock: ``cancel_mark`` only grows, so a
-    stale read merely leaves the stop to the ``task.cancel()`` already on its way."""
-    return turn.seq <= turn.state.cancel_mark
 
 
 def _fit_history(history: list[Message], budget: int) -> list[Message]:
@@ -765,15 +522,3 @@ def _size(message: Message) -> int:
 def _describe(error: BaseException) -> str:
     text = str(error).strip()
     return text or type(error).__name__
-
-
-def _call_on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], Any]) -> None:
-    """Run ``callback`` on ``loop``: now when already on its thread, else via the loop."""
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        callback()
-    elif not loop.is_closed():
-        loop.call_soon_threadsafe(callback)

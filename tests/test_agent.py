@@ -35,12 +35,12 @@ class Recorder:
 
 
 def open_accepts(agent: SessionAgent, session_id: str) -> int:
-    return agent._state(session_id).open_accepts
+    return agent._dispatch.state(session_id).open_accepts
 
 
 def cancel_pending(agent: SessionAgent, session_id: str) -> bool:
     """A cancel covers an accepted prompt that has not been decided yet."""
-    state = agent._state(session_id)
+    state = agent._dispatch.state(session_id)
     return state.open_accepts > 0 and state.cancel_mark >= state.accept_seq
 
 
@@ -89,7 +89,7 @@ def test_accepted_run_close_is_none_safe():
 def test_idle_cancel_is_a_no_op(store):
     agent, _ = make_agent(store)
     agent.cancel("sid")
-    assert agent._state("sid").cancel_mark == 0
+    assert agent._dispatch.state("sid").cancel_mark == 0
 
 
 def test_cancel_with_accepted_prompt_covers_it(store):
@@ -98,7 +98,7 @@ def test_cancel_with_accepted_prompt_covers_it(store):
     agent.cancel("sid")
     assert cancel_pending(agent, "sid")
     agent.cancel("sid")  # a second cancel stays one cover, consumed by one run
-    assert agent._state("sid").cancel_mark == accepted.seq
+    assert agent._dispatch.state("sid").cancel_mark == accepted.seq
     accepted.close()
 
 
@@ -411,7 +411,7 @@ async def test_cancel_then_new_prompt_runs_normally(store):
     )
     result = await agent.run(SessionAgentCall(session.id, "b"))
     assert result.reason is FinishReason.END_TURN
-    assert agent._state(session.id).open_accepts == 0
+    assert agent._dispatch.state(session.id).open_accepts == 0
 
 
 # -- tools -------------------------------------------------------------------------------------
@@ -639,7 +639,7 @@ async def test_fold_skips_queued_prompts_a_cancel_covers(store):
     agent = None
 
     async def mark_canceled(arguments, context):
-        state = agent._state(session.id)
+        state = agent._dispatch.state(session.id)
         with state.lock:
             state.cancel_mark = state.accept_seq
         return ToolResult("ok")

@@ -68,10 +68,10 @@ ECHO = Tool(ToolSpec("echo", "Echo.", {"type": "object"}), echo)
 
 
 def active_turn_is_complete(agent: SessionAgent, session_id: str) -> bool:
-    turn = agent._state(session_id).active
+    turn = agent._dispatch.state(session_id).active
     if turn is None:
         return False
-    assistants = [m for m in turn.messages if m.role is Role.ASSISTANT]
+    assistants = [m for m in turn.records.messages if m.role is Role.ASSISTANT]
     return bool(assistants) and assistants[-1].finish_reason in TERMINAL_REASONS
 
 
@@ -121,7 +121,7 @@ def test_random_interleavings_keep_the_invariants(actions, reply_kinds):
                 for prompt in prompts:
                     if prompt.session_id == session_id and not prompt.finished:
                         prompt.covered = True
-                        active = agent._state(session_id).active
+                        active = agent._dispatch.state(session_id).active
                         if complete and active is not None and active.call.observer is prompt:
                             prompt.complete_before_cancel = True
                 if act[2]:
@@ -159,7 +159,7 @@ async def drain(agent, session_ids, tasks) -> None:
 
 def check_running_invariants(agent, session_ids, prompts) -> None:
     for session_id in session_ids:
-        state = agent._state(session_id)
+        state = agent._dispatch.state(session_id)
         assert state.open_accepts >= 0
         assert state.cancel_mark <= state.accept_seq
         if state.queue:
@@ -179,7 +179,7 @@ def check_final_invariants(agent, store, session_ids, prompts) -> None:
         if prompt.covered and not prompt.complete_before_cancel:
             assert reason is FinishReason.CANCELED, "a cancel was lost"
     for session_id in session_ids:
-        state = agent._state(session_id)
+        state = agent._dispatch.state(session_id)
         assert state.open_accepts == 0
         assert state.active is None and not state.queue
         messages = store.list_messages(session_id)
