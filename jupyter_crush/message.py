@@ -6,10 +6,12 @@ through plain JSON (``to_dict``/``from_dict``) so the store never pickles.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 
@@ -78,6 +80,56 @@ class ToolCallPart:
     type: str = field(default="tool_call", init=False)
 
 
+#: An image file's name: the SHA-256 of its bytes and the extension of its type.
+IMAGE_FILE = re.compile(r"[0-9a-f]{64}\.(?:png|jpg)")
+
+
+@dataclass
+class ImagePart:
+    """An image the model is shown: a figure, a displayed PNG, a picture named in a prompt.
+
+    The bytes are kept once, in a file of the transcript store's ``images/`` directory named
+    by their content hash (``file``); the message records only the reference, so a journal
+    line stays small however often the message is rewritten. Until the store has written
+    the file the part holds the bytes in memory; a part read back from a store knows the
+    directory to read them from (:meth:`read`).
+    """
+
+    media_type: str  # image/png or image/jpeg
+    file: str  # <sha256>.<png|jpg> in the store's images/ directory
+    width: int = 0
+    height: int = 0
+    size: int = 0  # bytes
+    label: str = ""  # what it shows: "Figure 1", "{fig}", "display()"
+    type: str = field(default="image", init=False)
+
+    def __post_init__(self) -> None:
+        # Not dataclass fields, so never serialized: the bytes before the store has them,
+        # and the directory a stored image is read from.
+        self.data: bytes | None = None
+        self.directory: Path | None = None
+
+    def path_in(self, directory: Path) -> Path:
+        """The image's file in ``directory``; refuses a name the store would not write."""
+        if not IMAGE_FILE.fullmatch(self.file):
+            raise ValueError(f"{self.file!r} is not an image file name of the transcript store")
+        return directory / self.file
+
+    def read(self) -> bytes:
+        """The image's bytes; ``FileNotFoundError`` when its file has gone from the store."""
+        if self.data is not None:
+            return self.data
+        if self.directory is None:
+            raise FileNotFoundError(f"image {self.file} has no bytes and no store directory")
+        return self.path_in(self.directory).read_bytes()
+
+    def describe(self) -> str:
+        """One line for text-only readers: ``[image Figure 1: 640x480 PNG, 21 KB]``."""
+        kind = self.media_type.partition("/")[2].upper()
+        name = f" {self.label}" if self.label else ""
+        return f"[image{name}: {self.width}x{self.height} {kind}, {max(self.size // 1024, 1)} KB]"
+
+
 @dataclass
 class ToolResultPart:
     tool_call_id: str
@@ -85,6 +137,7 @@ class ToolResultPart:
     content: str
     is_error: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    images: list[ImagePart] = field(default_factory=list)  # figures and displayed images
     type: str = field(default="tool_result", init=False)
 
 
@@ -97,11 +150,12 @@ class FinishPart:
     type: str = field(default="finish", init=False)
 
 
-Part = TextPart | ReasoningPart | ToolCallPart | ToolResultPart | FinishPart
+Part = TextPart | ReasoningPart | ImagePart | ToolCallPart | ToolResultPart | FinishPart
 
 _PART_TYPES: dict[str, type] = {
     "text": TextPart,
     "reasoning": ReasoningPart,
+    "image": ImagePart,
     "tool_call": ToolCallPart,
     "tool_result": ToolResultPart,
     "finish": FinishPart,
@@ -120,6 +174,8 @@ def part_from_dict(data: dict[str, Any]) -> Part:
     fields = {k: v for k, v in data.items() if k != "type"}
     if cls is FinishPart:
         fields["reason"] = FinishReason(fields["reason"])
+    if cls is ToolResultPart:
+        fields["images"] = [part_from_dict(image) for image in fields.get("images", ())]
     return cls(**fields)
 
 
@@ -178,6 +234,17 @@ class Message:
     @property
     def tool_results(self) -> list[ToolResultPart]:
         return [p for p in self.parts if isinstance(p, ToolResultPart)]
+
+    @property
+    def images(self) -> list[ImagePart]:
+        """Every image of the message: its own parts and those of its tool results."""
+        found: list[ImagePart] = []
+        for part in self.parts:
+            if isinstance(part, ImagePart):
+                found.append(part)
+            elif isinstance(part, ToolResultPart):
+                found.extend(part.images)
+        return found
 
     @property
     def finish(self) -> FinishPart | None:

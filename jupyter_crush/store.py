@@ -7,6 +7,8 @@ On-disk layout (format version 1)::
       sessions.jsonl         session index: one full Session record per line, last per id wins
       messages/<id>.jsonl    one journal per session: one full Message record per line, last
                              record per message id wins; messages keep the order of first record
+      images/<sha256>.<ext>  the bytes of each image part, written once, named by their hash;
+                             records hold only the name (see ImagePart)
       writers/<token>.lock   one per open store, flock-held while that store is alive
       .lock                  flock that serializes writers across processes
 
@@ -97,6 +99,7 @@ from tinydb.table import Table
 
 from .message import (
     FinishReason,
+    ImagePart,
     Message,
     Role,
     Session,
@@ -151,6 +154,7 @@ TOOL_INTERRUPTED_MESSAGE = "Tool call interrupted: the kernel stopped before it 
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _WRITER_TOKEN = re.compile(r"[0-9a-f]{32}")
 FORMAT_FILE = "format.json"  # the format version; written once
+IMAGES_DIR = "images"  # image parts' bytes, one file per distinct image
 INDEX_FILE = "sessions.jsonl"  # the session index
 _WRITER_KEY = "_writer"  # record key naming the store instance that wrote it
 
@@ -294,6 +298,7 @@ class TranscriptStore:
         self._token = new_id()  # names this instance in the records it writes
         self._messages_dir = self.path / "messages"
         self._writers_dir = self.path / "writers"
+        self.images_dir = self.path / IMAGES_DIR
         # _lock guards every field below and all file access by this instance: the session
         # map and each session's entries/totals, pending updates, write times, the journals'
         # offsets and descriptors, and the timer. The agent writes from the event loop
@@ -317,7 +322,7 @@ class TranscriptStore:
         self._index_live = 0  # sum of the session records' sizes: a compacted index's size
         self._db: TranscriptDB | None = None
         try:
-            for sub in (self._messages_dir, self._writers_dir):
+            for sub in (self._messages_dir, self._writers_dir, self.images_dir):
                 sub.mkdir(exist_ok=True)
             self._plock = ProcessLock(self.path / ".lock")
         except OSError as exc:
@@ -335,6 +340,7 @@ class TranscriptStore:
                 self._check_format()
                 remove_stale_temporaries(self.path)
                 remove_stale_temporaries(self._messages_dir)
+                remove_stale_temporaries(self.images_dir)
                 self._sweep_dead_writers()
                 self._catch_up_index()
         except OSError as exc:
@@ -447,7 +453,7 @@ class TranscriptStore:
             st = self._loaded(session_id)
             assert st.entries is not None
             lines = [entry.line for entry in st.entries.values()]
-        return [Message.from_dict(json.loads(line)) for line in lines]
+        return [self._located(Message.from_dict(json.loads(line))) for line in lines]
 
     def get_message(self, session_id: str, message_id: str) -> Message:
         with self._lock:
@@ -458,7 +464,7 @@ class TranscriptStore:
             if entry is None:
                 raise UnknownMessageError(session_id, message_id)
             line = entry.line
-        return Message.from_dict(json.loads(line))
+        return self._located(Message.from_dict(json.loads(line)))
 
     def journal_path(self, session_id: str) -> Path:
         """The session's append-only JSON-lines file, for read-only scans such as a search
@@ -551,7 +557,7 @@ class TranscriptStore:
             table = self.db.table("messages")
         else:
             table = TranscriptDB(self, session_id, storage=_StoreStorage).table("messages")
-        return [Message.from_dict(doc) for doc in table.search(cond)]
+        return [self._located(Message.from_dict(doc)) for doc in table.search(cond)]
 
     def _tinydb_tables(self, session_id: str | None) -> dict[str, dict[str, Any]]:
         with self._lock:
@@ -728,6 +734,10 @@ class TranscriptStore:
         if not isinstance(message, Message):
             raise TypeError(f"expected a Message, got {type(message).__name__}")
         sid, mid = message.session_id, message.id
+        unsaved = [image for image in message.images if image.directory != self.images_dir]
+        # A message with images not yet on disk is written now, with them, never coalesced:
+        # its record must not reach the journal before the files it names.
+        force = force or bool(unsaved)
         with self._lock:
             self._check_open()
             last = self._last_write.get((sid, mid))
@@ -748,11 +758,40 @@ class TranscriptStore:
                 # Read other processes' records first, so a new message takes the same
                 # place in memory as on disk: after them.
                 self._catch_up(st)
+                self._save_images(unsaved)
                 old = st.entries.get(mid)
                 entry.disk_len = old.disk_len if old is not None else 0
                 _set_entry(st, mid, entry)
                 st.session.updated_at = now()
                 self._write(st, [mid])
+
+    def _save_images(self, images: list[ImagePart]) -> None:
+        """Write the bytes of images new to the store; each file once (named by content).
+
+        Under the process lock, like every atomic write (see remove_stale_temporaries).
+        """
+        for image in images:
+            path = image.path_in(self.images_dir)
+            if not path.exists():
+                if image.data is None:
+                    raise StoreError(
+                        f"image {image.file} has no bytes to store; make it with "
+                        "jupyter_crush.images (image_part)"
+                    )
+                try:
+                    write_atomic(path, image.data, fsync=self.fsync)
+                except OSError as exc:
+                    raise StoreError(
+                        f"could not write the image file {path} ({exc.strerror}); "
+                        "free some space or make the store's directory writable"
+                    ) from exc
+            image.directory = self.images_dir
+
+    def _located(self, message: Message) -> Message:
+        """``message`` with its images pointing at this store's image files."""
+        for image in message.images:
+            image.directory = self.images_dir
+        return message
 
     def _entry_for(self, message: Message) -> _Entry:
         data = message.to_dict()
