@@ -11,6 +11,12 @@ Protocol: JSON over a Jupyter comm with target ``jupyter_crush``.
 - kernel -> browser ``{"event": "hello"}`` on a comm the kernel opens and closes at once
   when crush is loaded: pages that tried before (the kernel closes a comm to an unknown
   target) now open theirs.
+- kernel -> browser ``{"event": "request", "id": n, "op": ...}`` asks the page about its
+  notebook; the page answers ``{"action": "reply", "id": n, ...}`` (or ``"error"``).
+  ``op: "cells"`` answers ``{"path", "dirty", "cells": [nbformat cells]}`` with image data
+  replaced by its length; ``op: "insert_cell"`` with ``source``, ``metadata`` and
+  ``after`` (a cell id) inserts a code cell below that cell (else below the active one)
+  and answers ``{"index", "id"}``. See :func:`request`.
 
 The browser opens the comm when a notebook becomes current, and keeps it.
 
@@ -23,7 +29,9 @@ there too. Status pushes come from the agent's listener, on the loop thread.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import itertools
 import logging
 import threading
 import weakref
@@ -34,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .agent import AgentStatus, SessionAgent
 
-__all__ = ["TARGET", "register", "status_message"]
+__all__ = ["TARGET", "register", "request", "status_message"]
 
 TARGET = "jupyter_crush"
 
@@ -77,6 +85,11 @@ class _LabChannel:
         # thread at a time.
         self._lock = threading.Lock()
         self._peers: dict[str, _Peer] = {}
+        # Requests to a page waiting for its reply, by request id: added and removed by
+        # the awaiting task (loop thread), resolved from whichever thread the reply
+        # arrives on. Guarded by _lock too.
+        self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
+        self._request_ids = itertools.count(1)
         # Agents whose status listener is installed. The agent has no way to remove a
         # listener, so this keeps a replaced-then-restored agent from getting a second one.
         # Main thread only (register and the post_run_cell hook).
@@ -104,6 +117,9 @@ class _LabChannel:
 
     def _handle(self, comm_id: str, data: Any) -> None:
         action = data.get("action") if isinstance(data, dict) else None
+        if action == "reply":
+            self._resolve(data)
+            return
         if action == "cancel_all":
             agent = self._get_agent()
             if agent is not None:
@@ -116,6 +132,36 @@ class _LabChannel:
         # Answered from this thread: a page asking while a blocking cell holds the main
         # shell still gets the counts.
         self.push()
+
+    def _resolve(self, reply: dict[str, Any]) -> None:
+        with self._lock:
+            waiting = self._pending.get(reply.get("id"))  # type: ignore[arg-type]
+        if waiting is not None:
+            loop, future = waiting
+            loop.call_soon_threadsafe(_settle, future, reply)
+
+    async def request(self, data: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """Ask the newest page about its notebook; None when no page answers in time."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._lock:
+            if not self._peers:
+                return None
+            comm_id = next(reversed(self._peers))
+            request_id = next(self._request_ids)
+            self._pending[request_id] = (loop, future)
+            self._send_locked({"event": "request", "id": request_id, **data}, only=comm_id)
+        try:
+            reply = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            with self._lock:
+                self._pending.pop(request_id, None)
+        if isinstance(reply.get("error"), str):
+            log.debug("the page could not answer %s: %s", data.get("op"), reply["error"])
+            return None
+        return reply
 
     def push(self) -> None:
         """Send the current counts to every open comm."""
@@ -165,6 +211,26 @@ class _LabChannel:
 
         comm = create_comm(target_name=TARGET, data={"event": "hello"})
         comm.close()
+
+
+def _settle(future: asyncio.Future[Any], reply: dict[str, Any]) -> None:
+    if not future.done():
+        future.set_result(reply)
+
+
+async def request(
+    kernel_or_shell: Any, data: dict[str, Any], timeout: float = 2.0
+) -> dict[str, Any] | None:
+    """Ask the page showing this kernel's notebook (see the protocol above).
+
+    ``None`` at once when no page with the extension is connected (nbclient, a console,
+    classic Notebook), or after ``timeout`` seconds without an answer.
+    """
+    kernel = getattr(kernel_or_shell, "kernel", kernel_or_shell)
+    channel: _LabChannel | None = getattr(kernel, "_jupyter_crush_lab", None)
+    if channel is None:
+        return None
+    return await channel.request(data, timeout)
 
 
 def register(kernel_or_shell: Any, get_agent: Callable[[], SessionAgent | None]) -> None:

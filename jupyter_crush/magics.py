@@ -24,13 +24,15 @@ import shlex
 import signal
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from .agent import Finished, SessionAgent, SessionAgentCall, Started
+from . import notebook_state
+from .agent import Attachment, Finished, SessionAgent, SessionAgentCall, Started
 from .commands import COMMANDS, load_commands, usage_lines
 from .config import CrushConfig
 from .interpolate import interpolate
@@ -39,6 +41,7 @@ from .store import TranscriptStore
 from .tools import Decision
 
 if TYPE_CHECKING:
+    from .context import SystemPrompt
     from .model import Model
     from .widget import RunView
 
@@ -118,11 +121,14 @@ class Crush:
     def _ensure_agent(self, model: Model | None) -> SessionAgent:
         """The kernel's agent, made on first use (with ``model`` as its default, if given)."""
         if self._agent is None:
+            from .provenance import cell_proposer
             from .tools import default_tools
             from .tools.permissions import PermissionPolicy
             from .widget import WidgetPermissionBroker
 
-            tools = self.tools or default_tools(self.shell, include=self.config.tools)
+            tools = self.tools or default_tools(
+                self.shell, include=self.config.tools, propose_cell=cell_proposer(self)
+            )
             self.permissions = PermissionPolicy(
                 WidgetPermissionBroker(self.views),
                 allowed_tools=self.config.allowed_tools,
@@ -133,18 +139,19 @@ class Crush:
                 model or self.resolve_model(None),
                 self.store,
                 tools=tools,
-                system_prompt=self._system_prompt(tools),
+                system_prompt=self._system_prompt(tools).text,
                 max_steps=self.config.max_steps,
                 permissions=_CellPermissions(self),
             )
             self._agent.add_status_listener(self._status_changed)
         return self._agent
 
-    def _system_prompt(self, tools: Iterable[Any]) -> str:
-        """The configured system prompt, else the built-in one for these tools."""
-        from .prompt import notebook_prompt
+    def _system_prompt(self, tools: Iterable[Any]) -> SystemPrompt:
+        """The configured system prompt, else the built-in one, then the context files."""
+        from .context import build_system_prompt
 
-        return self.config.system_prompt or notebook_prompt(tool.name for tool in tools)
+        names = [tool.name for tool in tools]
+        return build_system_prompt(self.config.system_prompt, names, self.shell)
 
     def _status_changed(self, status: Any) -> None:
         # The running prompt's widget says how many wait behind it (loop thread).
@@ -231,8 +238,9 @@ class Crush:
         wait: bool | None = None,
         yolo: bool = False,
         fmt: str = "markdown",
+        attachments: Iterable[Attachment] = (),
     ) -> RunView:
-        """Accept ``prompt``, show its view, and run it on the kernel loop."""
+        """Accept ``prompt`` (with ``attachments``), show its view, and run it on the loop."""
         if not prompt.strip():
             raise UsageError("The prompt is empty: write what you want after the %%crush line")
         model = self.resolve_model(model_name)  # before anything is recorded
@@ -241,7 +249,10 @@ class Crush:
         agent.max_steps = self.config.max_steps
         agent.history_chars = self.config.history_chars
         self.permissions.allowed_tools = frozenset(self.config.allowed_tools)
-        agent.system_prompt = self._system_prompt(agent.tools.values())
+        system = self._system_prompt(agent.tools.values())
+        agent.system_prompt = system.text
+        for problem in system.problems:
+            print(problem)
         session = self.session_for_cell(session_ref, new, prompt)
         self.current_session_id = session.id
 
@@ -267,6 +278,7 @@ class Crush:
             call = SessionAgentCall(
                 session.id,
                 prompt,
+                attachments=tuple(attachments),
                 accepted=accepted,
                 observer=_Tracker(self, view, yolo),
                 model=model,
@@ -378,7 +390,9 @@ class Crush:
     def _code_to_next_cell(self, view: RunView) -> None:
         code = extract_code(view.answer_markdown)
         if code:
-            self.shell.set_next_input(code, replace=False)
+            from .provenance import insert_answer_code
+
+            insert_answer_code(self, view.session_id, code)
 
     # -- cancel, interrupt, shutdown ------------------------------------------------------
 
@@ -420,9 +434,11 @@ class Crush:
             self.shell.events.unregister("post_run_cell", self._post_run_cell)
         if self.config in self.shell.configurables:
             self.shell.configurables.remove(self.config)
+        notebook_state.uninstall(self.shell)
 
     def install(self) -> None:
         self.shell.configurables.append(self.config)
+        notebook_state.install(self.shell)
         self.shell.events.register("pre_run_cell", self._pre_run_cell)
         self.shell.events.register("post_run_cell", self._post_run_cell)
         # Kernel shutdown and restart: the shutdown request (handled on the control thread)
@@ -647,6 +663,9 @@ class CrushMagics(Magics):
         help="render the answer as markdown or text; 'code' waits, then puts the answer's "
         "code into a new cell below (not run)",
     )
+    @argument(
+        "--fix", action="store_true", help="fix the last error; the cell may add an instruction"
+    )
     @cell_magic("crush")
     def crush_cell(self, line: str, cell: str) -> None:
         """Ask the agent: the cell is the prompt; the answer streams below while the kernel
@@ -656,7 +675,10 @@ class CrushMagics(Magics):
         if args.wait and args.no_wait:
             raise UsageError("--wait and --no-wait contradict each other; pick one")
         prompt = interpolate(cell.rstrip().lstrip("\n"), self.shell.user_ns)
-        self.crush.submit(
+        from .fix import submit_fix
+
+        submit = partial(submit_fix, self.crush) if args.fix else self.crush.submit
+        submit(
             prompt,
             session_ref=args.session,
             new=args.new,

@@ -7,9 +7,7 @@ real-kernel behaviour (returning at once, Stop, interrupt) is in test_kernel.py.
 from __future__ import annotations
 
 import pytest
-from IPython import get_ipython
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import start_ipython
 
 from jupyter_crush.config import (
     ANTHROPIC_DEFAULT,
@@ -22,28 +20,6 @@ from jupyter_crush.magics import CrushMagics, current, extract_code
 from jupyter_crush.model import ToolSpec
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 from jupyter_crush.tools import Tool, ToolResult
-
-
-@pytest.fixture
-def ip(tmp_path, monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    monkeypatch.delenv("CRUSH_MODEL", raising=False)
-    monkeypatch.setenv("CRUSH_DATA_DIR", str(tmp_path / "store"))
-    start_ipython()  # once per process; later calls return None
-    shell = get_ipython()
-    shell.run_line_magic("load_ext", "jupyter_crush")
-    yield shell
-    shell.run_line_magic("unload_ext", "jupyter_crush")
-    shell.rl_next_input = None
-    shell.config.pop("CrushConfig", None)  # %config writes there; keep tests independent
-
-
-@pytest.fixture
-def crush(ip):
-    crush = current()
-    crush.use_model(ScriptedModel(["The answer is 42."] * 20))
-    return crush
 
 
 def run(ip, cell: str):

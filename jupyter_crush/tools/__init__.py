@@ -101,6 +101,7 @@ class CancelablePermissionBroker(PermissionBroker, Protocol):
 DEFAULT_TOOL_NAMES = (
     "python",
     "variables",
+    "notebook",
     "insert_cell",
     "view",
     "glob",
@@ -119,21 +120,22 @@ def default_tools(
     include: Iterable[str] | None = None,
     python_timeout: float | None = None,
     bash_timeout: float | None = None,
-    propose_cell: Callable[[str, ToolContext], str] | None = None,
+    propose_cell: Callable[[str, ToolContext], Any] | None = None,
 ) -> list[Tool]:
     """The notebook agent's tools.
 
     ``shell`` is the IPython shell whose namespace ``python`` and ``variables``
-    use (default: the running one; without one those tools and ``insert_cell``
-    are left out). ``workspace`` is the directory the file tools and ``bash`` are
-    confined to (default: the kernel's working directory, which Jupyter sets to
-    the notebook's folder). ``include`` picks a subset by name. ``propose_cell``
-    replaces how ``insert_cell`` delivers code (see :mod:`.cells`).
+    use and whose notebook ``notebook`` reads (default: the running one; without one
+    those tools and ``insert_cell`` are left out). ``workspace`` is the directory the
+    file tools and ``bash`` are confined to (default: the kernel's working directory,
+    which Jupyter sets to the notebook's folder). ``include`` picks a subset by name.
+    ``propose_cell`` replaces how ``insert_cell`` delivers code (see :mod:`.cells`).
     """
     from pathlib import Path
 
     from .cells import InsertCellTool
     from .files import FileTools, Workspace
+    from .notebook import NotebookTool
     from .python import PythonTool
     from .shell import BashTool
     from .variables import VariablesTool
@@ -178,5 +180,6 @@ def default_tools(
     if shell is not None:
         makers["python"] = python.tool
         makers["variables"] = VariablesTool(shell).tool
+        makers["notebook"] = NotebookTool(shell).tool
         makers["insert_cell"] = InsertCellTool(shell, propose_cell).tool
     return [makers[name]() for name in DEFAULT_TOOL_NAMES if name in wanted and name in makers]

@@ -6,7 +6,9 @@ finishes next, and the front end inserts the new cell below that cell: below a
 blocking ``%%crush --wait`` cell (or any cell that was executing meanwhile),
 and for a background run below the next cell the user executes. A front end
 with a better channel (a comm to the JupyterLab extension, a button in the run
-widget) passes its own ``propose`` callable.
+widget) passes its own ``propose`` callable; the notebook's kernel passes
+:func:`jupyter_crush.provenance.cell_proposer`, which inserts the cell through the
+JupyterLab extension with metadata naming where it came from.
 The result's metadata always carries the code as ``proposed_cell`` so a run
 view can offer it directly.
 """
@@ -14,15 +16,17 @@ view can offer it directly.
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..model import ToolSpec
 from . import Tool, ToolContext, ToolResult
 
-#: Delivers proposed code to the user; returns a sentence saying where it went.
-CellProposer = Callable[[str, ToolContext], str]
+#: Delivers proposed code to the user; returns (or resolves to) a sentence saying where
+#: it went.
+CellProposer = Callable[[str, ToolContext], str | Awaitable[str]]
 
 MAX_CELL_CHARS = 100_000
 
@@ -68,6 +72,8 @@ class InsertCellTool:
             return ToolResult(f"insert_cell: the code does not parse: {problem}; fix it", True)
         if self.propose is not None:
             where = self.propose(code, ctx)
+            if inspect.isawaitable(where):
+                where = await where
         elif self.shell is not None:
             self.shell.set_next_input(code, replace=False)
             where = (

@@ -5,6 +5,8 @@
  *   browser -> kernel  {"action": "status"}       ask for the current counts
  *   browser -> kernel  {"action": "cancel_all"}   stop every running and queued run
  *   kernel -> browser  {"event": "status", "running": n, "queued": m}
+ *   kernel -> browser  {"event": "request", "id": n, "op": ...}   a question about the
+ *                      notebook (notebook.ts); answered {"action": "reply", "id": n, ...}
  *
  * The browser opens the comm when a notebook becomes current. A kernel without
  * crush closes it at once; when crush is loaded later, the kernel opens and
@@ -37,9 +39,13 @@ function parseStatus(data: unknown): ICrushStatus | null {
   return { running, queued };
 }
 
+/** Answers the kernel's `request` events (see notebook.ts). */
+export type RequestHandler = (request: { [key: string]: unknown }) => { [key: string]: unknown };
+
 export class CrushConnection implements IDisposable {
-  constructor(kernel: Kernel.IKernelConnection) {
+  constructor(kernel: Kernel.IKernelConnection, onRequest?: RequestHandler) {
     this._kernel = kernel;
+    this._onRequest = onRequest ?? null;
     this._onKernelOpen = () => {
       // The kernel's hello: crush is loaded now.
       if (!this._comm) {
@@ -140,6 +146,17 @@ export class CrushConnection implements IDisposable {
   }
 
   private _handle(data: unknown): void {
+    const msg = data as { [key: string]: unknown } | null;
+    if (msg && msg.event === 'request' && this._comm) {
+      let reply: { [key: string]: unknown };
+      try {
+        reply = this._onRequest ? this._onRequest(msg) : { error: 'no handler' };
+      } catch (reason) {
+        reply = { error: String(reason) };
+      }
+      this._comm.send({ ...reply, action: 'reply', id: msg.id as number });
+      return;
+    }
     const status = parseStatus(data);
     if (status) {
       this._setStatus(status);
@@ -173,6 +190,7 @@ export class CrushConnection implements IDisposable {
   }
 
   private readonly _kernel: Kernel.IKernelConnection;
+  private readonly _onRequest: RequestHandler | null;
   private readonly _onKernelOpen: (comm: Kernel.IComm, msg: KernelMessage.ICommOpenMsg) => void;
   private _comm: Kernel.IComm | null = null;
   private _connecting: Promise<boolean> | null = null;

@@ -18,6 +18,7 @@ import { Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
 import { CrushConnection, ICrushStatus } from './connection';
+import { answerRequest } from './notebook';
 
 const PLUGIN_ID = 'jupyter-crush:plugin';
 
@@ -35,10 +36,17 @@ const stopAgentsIcon = new LabIcon({
 
 /** One CrushConnection per kernel connection, dropped when the kernel connection goes away. */
 class Connections {
+  constructor(tracker: INotebookTracker) {
+    this._tracker = tracker;
+  }
+
   get(kernel: Kernel.IKernelConnection): CrushConnection {
     let connection = this._byKernel.get(kernel);
     if (!connection) {
-      connection = new CrushConnection(kernel);
+      // The kernel's questions about its notebook are answered from the panel showing it.
+      const panel = () =>
+        this._tracker.find(p => p.sessionContext.session?.kernel === kernel) ?? null;
+      connection = new CrushConnection(kernel, request => answerRequest(panel(), request));
       this._byKernel.set(kernel, connection);
       kernel.disposed.connect(() => {
         this._byKernel.get(kernel)?.dispose();
@@ -48,6 +56,7 @@ class Connections {
     return connection;
   }
 
+  private readonly _tracker: INotebookTracker;
   private _byKernel = new Map<Kernel.IKernelConnection, CrushConnection>();
 }
 
@@ -140,7 +149,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     palette: ICommandPalette | null,
     statusBar: IStatusBar | null
   ) => {
-    const connections = new Connections();
+    const connections = new Connections(tracker);
     const current = new CurrentKernelStatus(tracker, connections);
 
     app.commands.addCommand(CommandIDs.stopAll, {

@@ -1,0 +1,117 @@
+"""``%crush fix`` and ``%%crush --fix``: ask the agent to fix the last error.
+
+The prompt carries the last error a cell raised in this kernel (exception type and
+message, the traceback as IPython printed it, the failing cell's source) as an
+attachment, plus the user's optional instruction. It is an ordinary prompt of the current
+session: it queues behind a running one, Stop cancels it, the transcript keeps it. With
+``-f code`` the answer's corrected cell goes into a new cell below, not run, carrying the
+provenance metadata (:mod:`jupyter_crush.provenance`). Without a recent error nothing is
+sent and the cell says so in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from . import notebook_state
+from .agent import Attachment
+from .commands import command
+from .notebook_state import CellError
+from .tools.output import clean
+
+if TYPE_CHECKING:
+    from .magics import Crush
+    from .widget import RunView
+
+NO_ERROR = "No recent error to fix: run the failing cell, then %crush fix."
+# Errors are seen from the moment the extension is loaded; one raised before needs its
+# cell run again.
+#: Bounds of what is attached: a huge cell or a deep recursion's traceback keep head + tail.
+SOURCE_CHARS = 12_000
+TRACEBACK_CHARS = 12_000
+
+_ASK = (
+    "Fix the error in my notebook: the failing cell, the exception and its traceback are "
+    "attached. Say in a sentence or two what caused it, then give the corrected cell."
+)
+_ASK_CODE = (
+    "Fix the error in my notebook: the failing cell, the exception and its traceback are "
+    "attached. Answer with the complete corrected cell as a single ```python block (it "
+    "replaces the failing cell, so keep everything the cell must still do), preceded by "
+    "one sentence on the cause."
+)
+
+
+def last_error(shell: Any) -> CellError | None:
+    """The last error a cell raised in this kernel (not a ``%crush`` line's own)."""
+    state = notebook_state.get(shell)
+    return state.last_error if state is not None else None
+
+
+def error_attachment(shell: Any, error: CellError) -> Attachment:
+    """The attachment: where the error came from, the cell, the exception, the traceback."""
+    where = f"In [{error.execution_count}]" if error.execution_count is not None else "a cell"
+    if error.cell_id:
+        where += f", cell id {error.cell_id}"
+    source = error.source.rstrip() or "(empty cell)"
+    parts = [
+        f"Failing cell ({where}):",
+        clean(source, SOURCE_CHARS, what="source"),
+        "",
+        f"Exception: {error.summary()}",
+        "",
+        "Traceback:",
+        clean(error.traceback_text(shell), TRACEBACK_CHARS, what="traceback"),
+    ]
+    return Attachment("error", "\n".join(parts))
+
+
+def fix_prompt(instruction: str, code: bool) -> str:
+    prompt = _ASK_CODE if code else _ASK
+    instruction = instruction.strip()
+    return f"{prompt}\n\n{instruction}" if instruction else prompt
+
+
+def submit_fix(crush: Crush, instruction: str = "", **options: Any) -> RunView | None:
+    """Send the fix request through ``crush.submit`` (same options); None without an error."""
+    error = last_error(crush.shell)
+    if error is None:
+        print(NO_ERROR)
+        return None
+    prompt = fix_prompt(instruction, options.get("fmt") == "code")
+    return crush.submit(prompt, attachments=[error_attachment(crush.shell, error)], **options)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        from IPython.core.error import UsageError
+
+        raise UsageError(f"%crush fix: {message}; see %crush help")
+
+
+_parser = _Parser(prog="%crush fix", add_help=False)
+_parser.add_argument("-s", "--session")
+_parser.add_argument("-m", "--model")
+_parser.add_argument("-f", "--format", choices=("markdown", "code", "text"), default="markdown")
+_parser.add_argument("--wait", action="store_true")
+_parser.add_argument("--yolo", action="store_true")
+_parser.add_argument("instruction", nargs="*")
+
+
+@command(
+    "fix",
+    "%crush fix [-f code] [TEXT]",
+    "ask the agent to fix the last error (-f code: the fix goes in a new cell)",
+)
+def fix_command(crush: Crush, args: list[str]) -> None:
+    parsed = _parser.parse_args(args)
+    submit_fix(
+        crush,
+        " ".join(parsed.instruction),
+        session_ref=parsed.session,
+        model_name=parsed.model,
+        wait=True if parsed.wait else None,
+        yolo=parsed.yolo,
+        fmt=parsed.format,
+    )

@@ -1,0 +1,105 @@
+"""Cells the agent inserts say so: cell metadata naming the session, message and model.
+
+A cell proposed by the ``insert_cell`` tool, by ``-f code`` or by ``%crush fix -f code``
+is inserted by the JupyterLab 4 / Notebook 7 extension (over its comm) with this in its
+metadata, saved with the notebook::
+
+    "jupyter_crush": {"session": "<id>", "message": "<id>", "model": "provider:model",
+                      "tool_call": "<id>"}          # tool_call only from insert_cell
+
+A front end without the extension (classic Notebook, VS Code, nbclient) gets the cell
+through IPython's ``set_next_input`` payload, which carries no metadata: the cell appears,
+unmarked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from . import labcomm, notebook_state
+
+if TYPE_CHECKING:
+    from .magics import Crush
+    from .store import TranscriptStore
+    from .tools import ToolContext
+
+METADATA_KEY = "jupyter_crush"
+#: How long the page has to confirm an insert before the payload route is used instead.
+INSERT_TIMEOUT = 3.0
+SET_NEXT_INPUT = "It will appear as a new cell below the cell the kernel finishes executing next."
+
+
+def cell_metadata(
+    session_id: str, message_id: str, model: str, tool_call_id: str = ""
+) -> dict[str, Any]:
+    origin = {"session": session_id, "message": message_id, "model": model}
+    if tool_call_id:
+        origin["tool_call"] = tool_call_id
+    return {METADATA_KEY: origin}
+
+
+def origin_of(store: TranscriptStore, session_id: str, tool_call_id: str = "") -> tuple[str, str]:
+    """(message id, 'provider:model') of the session's assistant message holding
+    ``tool_call_id`` (else its newest assistant message)."""
+    for message in reversed(store.list_messages(session_id)):
+        if str(message.role) != "assistant":
+            continue
+        if tool_call_id and not any(c.id == tool_call_id for c in message.tool_calls):
+            continue
+        model = f"{message.provider}:{message.model}" if message.provider else message.model
+        return message.id, model
+    return "", ""
+
+
+async def insert_cell(shell: Any, code: str, metadata: dict[str, Any]) -> str:
+    """Insert ``code`` below the prompt's cell; a sentence saying where it went."""
+    reply = await labcomm.request(
+        shell,
+        {
+            "op": "insert_cell",
+            "source": code,
+            "metadata": metadata,
+            "after": notebook_state.prompt_cell(shell),
+        },
+        timeout=INSERT_TIMEOUT,
+    )
+    if reply is not None and isinstance(reply.get("index"), int):
+        return f"It was inserted as cell {reply['index']}, below the prompt's cell."
+    shell.set_next_input(code, replace=False)
+    return SET_NEXT_INPUT
+
+
+def insert_cell_now(shell: Any, code: str, metadata: dict[str, Any]) -> str:
+    """:func:`insert_cell` from a cell that is still executing (``-f code``).
+
+    The cell waits on the kernel's loop through nest-asyncio2 (see ``Crush._wait``), so
+    the page's answer can be awaited here too; without the loop (terminal IPython) the
+    payload route is the only one.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        shell.set_next_input(code, replace=False)
+        return SET_NEXT_INPUT
+    import nest_asyncio2
+
+    nest_asyncio2.apply(loop)
+    return loop.run_until_complete(insert_cell(shell, code, metadata))
+
+
+def insert_answer_code(crush: Crush, session_id: str, code: str) -> str:
+    """``-f code``: the answer's code as a new cell below, marked with the answer's origin."""
+    message_id, model = origin_of(crush.store, session_id)
+    return insert_cell_now(crush.shell, code, cell_metadata(session_id, message_id, model))
+
+
+def cell_proposer(crush: Crush) -> Any:
+    """The ``insert_cell`` tool's proposer: inserts with this kernel's provenance."""
+
+    async def propose(code: str, ctx: ToolContext) -> str:
+        message_id, model = origin_of(crush.store, ctx.session_id, ctx.tool_call_id)
+        metadata = cell_metadata(ctx.session_id, message_id, model, ctx.tool_call_id)
+        return await insert_cell(crush.shell, code, metadata)
+
+    return propose

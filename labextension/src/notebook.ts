@@ -1,0 +1,71 @@
+/**
+ * The kernel's questions about the notebook a page shows (see connection.ts):
+ *
+ *   {"op": "cells"}        -> {"path", "dirty", "cells": [nbformat cells]}; image data is
+ *                             replaced by its base64 length (the kernel only notes images)
+ *   {"op": "insert_cell", "source", "metadata", "after"}
+ *                          -> inserts a code cell below the cell whose id is `after`
+ *                             (else below the active cell), with that cell metadata;
+ *                             answers {"index", "id"}
+ */
+import { NotebookPanel } from '@jupyterlab/notebook';
+
+export type NotebookRequest = { [key: string]: unknown };
+
+export function answerRequest(
+  panel: NotebookPanel | null,
+  request: NotebookRequest
+): { [key: string]: unknown } {
+  const model = panel?.content.model;
+  if (!panel || !model) {
+    return { error: 'no notebook is open for this kernel' };
+  }
+  if (request.op === 'cells') {
+    const cells = [];
+    for (let i = 0; i < model.cells.length; i++) {
+      cells.push(withoutImageData(model.cells.get(i).toJSON() as any));
+    }
+    return { path: panel.context.path, dirty: model.dirty, cells };
+  }
+  if (request.op === 'insert_cell') {
+    if (typeof request.source !== 'string') {
+      return { error: "insert_cell needs a 'source' string" };
+    }
+    let index = -1;
+    for (let i = 0; i < model.cells.length; i++) {
+      if (model.cells.get(i).id === request.after) {
+        index = i + 1;
+        break;
+      }
+    }
+    if (index < 0) {
+      index = Math.min(panel.content.activeCellIndex + 1, model.cells.length);
+    }
+    const metadata = (request.metadata ?? {}) as { [key: string]: any };
+    model.sharedModel.insertCell(index, {
+      cell_type: 'code',
+      source: request.source,
+      metadata
+    });
+    return { index, id: model.cells.get(index).id };
+  }
+  return { error: `unknown op ${String(request.op)}` };
+}
+
+function withoutImageData(cell: any): any {
+  if (!Array.isArray(cell.outputs)) {
+    return cell;
+  }
+  const outputs = cell.outputs.map((output: any) => {
+    if (!output.data) {
+      return output;
+    }
+    const data: { [key: string]: unknown } = {};
+    for (const [mime, value] of Object.entries(output.data)) {
+      const text = Array.isArray(value) ? value.join('') : value;
+      data[mime] = mime.startsWith('image/') && typeof text === 'string' ? text.length : value;
+    }
+    return { ...output, data };
+  });
+  return { ...cell, outputs };
+}
