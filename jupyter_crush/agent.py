@@ -38,6 +38,7 @@ from .model import Model, StreamFinish, apply_event
 from .records import TurnRecords, prompt_message
 from .store import TranscriptStore
 from .tools import Decision, PermissionBroker, PermissionRequest, Tool, ToolContext, ToolResult
+from .tools.output import redact
 
 __all__ = [
     "AcceptedRun",
@@ -520,5 +521,5 @@ def _size(message: Message) -> int:
 
 
 def _describe(error: BaseException) -> str:
-    text = str(error).strip()
-    return text or type(error).__name__
+    # Shown in the cell and stored: an error message may quote a key it was given.
+    return redact(str(error).strip() or type(error).__name__)

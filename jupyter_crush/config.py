@@ -27,6 +27,8 @@ from traitlets import (
 )
 from traitlets.config import Configurable
 
+from .known_secrets import remember
+
 if TYPE_CHECKING:
     from .providers import ProviderSettings
 
@@ -67,6 +69,7 @@ class SecretKeys(TraitType):
             isinstance(k, str) and isinstance(v, str) for k, v in value.items()
         ):
             self.error(obj, value)
+        remember(value.values())  # tool output is redacted of these from now on
         return _MaskedKeys(value)
 
     def default_value_repr(self) -> str:

@@ -23,7 +23,7 @@ import re
 import shlex
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ from .commands import COMMANDS, load_commands, usage_lines
 from .config import CrushConfig
 from .interpolate import interpolate
 from .message import FinishReason, Session
-from .store import TranscriptStore
+from .store import StoreError, TranscriptStore
 from .tools import Decision
 
 if TYPE_CHECKING:
@@ -253,7 +253,9 @@ class Crush:
         agent.system_prompt = system.text
         for problem in system.problems:
             print(problem)
-        session = self.session_for_cell(session_ref, new, prompt)
+        with store_problems_in_one_line():  # a damaged journal stops here, before any accept
+            session = self.session_for_cell(session_ref, new, prompt)
+            self.store.list_messages(session.id)
         self.current_session_id = session.id
 
         from .widget import RunLabels, RunView
@@ -522,11 +524,12 @@ class _Tracker:
             self._crush.views[self._view.session_id] = self._view
             if self._yolo:
                 self._crush._yolo_sessions.add(self._view.session_id)
-        elif (
-            isinstance(event, Finished)
-            and self._crush.views.get(self._view.session_id) is self._view
-        ):
-            del self._crush.views[self._view.session_id]
+        elif isinstance(event, Finished):
+            if self._crush.views.get(self._view.session_id) is self._view:
+                del self._crush.views[self._view.session_id]
+            # Records the disk refused stay in memory; the status line says so.
+            pending = self._crush.store.pending_writes(self._view.session_id)
+            self._view.set_store_note("; ".join(str(p) for p in pending))
         self._view.on_event(event)
 
 
@@ -620,6 +623,16 @@ def _title(prompt: str) -> str:
 
 def _looks_like_id(ref: str) -> bool:
     return bool(re.fullmatch(r"[0-9a-f]{32}", ref))
+
+
+@contextlib.contextmanager
+def store_problems_in_one_line() -> Iterator[None]:
+    """A damaged transcript file becomes a one-line UsageError naming the file, the byte
+    and the command that recovers it, instead of a traceback."""
+    try:
+        yield
+    except StoreError as error:
+        raise UsageError(_one_line(error)) from None
 
 
 def _one_line(error: BaseException | str) -> str:
@@ -736,14 +749,16 @@ class CrushMagics(Magics):
         if len(rest) > 1:
             raise UsageError("Usage: %crush history [SESSION]")
         crush = self.crush
-        if rest:
-            session = crush.find_session(rest[0])
-        elif crush.current_session_id is not None:
-            session = crush.store.get_session(crush.current_session_id)
-        else:
-            print("No current session: a %%crush cell starts one.")
-            return
-        print(format_history(session, crush.store.list_messages(session.id)))
+        with store_problems_in_one_line():
+            if rest:
+                session = crush.find_session(rest[0])
+            elif crush.current_session_id is not None:
+                session = crush.store.get_session(crush.current_session_id)
+            else:
+                print("No current session: a %%crush cell starts one.")
+                return
+            messages = crush.store.list_messages(session.id)
+        print(format_history(session, messages))
 
     def _cmd_cancel(self, rest: list[str]) -> None:
         crush = self.crush

@@ -20,6 +20,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+# What a file system says when it refuses writes to a file it lets us read.
+_REFUSED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
 
 class StoreError(Exception):
     """The store's files cannot be used: a bad path, no write access, or corrupted data."""
@@ -86,6 +89,8 @@ class Journal:
         self._fd: int | None = None  # O_RDWR|O_APPEND descriptor on the consumed version
         self._inode = 0  # inode of _fd
         self._version = 0  # bumped on every open: same number, same pinned file
+        self._read_only = False  # _fd opened read-only: the file refused write access
+        self.tail = 0  # bytes after the last newline at the last read: torn or in flight
 
     @property
     def is_open(self) -> bool:
@@ -136,13 +141,33 @@ class Journal:
             records.append((record, line))
             pos += len(line) + 1
         self.offset = start + end
+        self.tail = size - self.offset
         return reset, records
 
     def _open(self, *, create: bool) -> None:
         flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-        self._fd = os.open(self.path, flags, 0o644)
+        try:
+            self._fd = os.open(self.path, flags, 0o644)
+            self._read_only = False
+        except OSError as exc:
+            if create or exc.errno not in _REFUSED:
+                raise
+            # A file that refuses writes (read-only mount, immutable) can still be read;
+            # append reopens it for writing and then reports the refusal.
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self._read_only = True
         self._inode = os.fstat(self._fd).st_ino
         self._version += 1
+
+    def _writable(self) -> None:
+        """Swap a read-only descriptor for a writable one on the same file, or raise why not."""
+        if self._read_only and self._fd is not None:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+            if os.fstat(fd).st_ino != self._inode:
+                os.close(fd)  # replaced meanwhile: the caller read_new()s first, so rare
+                raise OSError(errno.ESTALE, "the file was replaced while being written")
+            os.close(self._fd)
+            self._fd, self._read_only = fd, False
 
     def corrupt(self, line: bytes, problem: str) -> StoreError:
         """A :class:`StoreError` for a well-formed JSON line the caller cannot use."""
@@ -172,6 +197,7 @@ class Journal:
             if fsync:
                 _fsync_dir(self.path.parent)  # a new file must survive, not only its bytes
         assert self._fd is not None
+        self._writable()
         size = os.fstat(self._fd).st_size
         if size > self.offset:
             # A torn tail from a writer killed mid-append: we hold the lock and have read
@@ -179,10 +205,17 @@ class Journal:
             os.ftruncate(self._fd, self.offset)
         elif size < self.offset:
             raise self._shrunk(size)
-        _write_all(self._fd, payload)
+        try:
+            _write_all(self._fd, payload)
+            if fsync:
+                os.fsync(self._fd)
+        except OSError:
+            # Refused part way (disk full): take back the lines that did land, so no reader
+            # takes them for records and the space is free for the retry of the whole batch.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.offset)
+            raise
         self.offset += len(payload)
-        if fsync:
-            os.fsync(self._fd)
 
     def rewrite(self, payload: bytes, *, fsync: bool) -> None:
         """Atomically replace the whole file (compaction). Call under the process lock."""

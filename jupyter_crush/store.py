@@ -86,6 +86,7 @@ import re
 import resource
 import threading
 import time
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -121,9 +122,11 @@ from .storage import (
 __all__ = [
     "KERNEL_STOPPED_MESSAGE",
     "TOOL_INTERRUPTED_MESSAGE",
+    "PendingWrites",
     "StoreError",
     "TranscriptDB",
     "TranscriptStore",
+    "TruncatedTranscriptWarning",
     "UnknownMessageError",
     "UnknownSessionError",
 ]
@@ -134,6 +137,8 @@ FORMAT_NAME = "jupyter-crush-transcripts"
 FORMAT_VERSION = 1
 #: A journal is compacted only beyond this size (and when over half of it is superseded).
 COMPACT_MIN_BYTES = 256 * 1024
+#: Seconds between retries of writes the file system refused (disk full, read-only).
+RETRY_INTERVAL = 1.0
 
 
 def _journal_cap() -> int:
@@ -193,7 +198,12 @@ class UnknownMessageError(KeyError):
 
 
 def _dumps(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        # Text decoded with surrogateescape holds lone surrogates, which UTF-8 cannot
+        # encode; ASCII JSON escapes them (\udcXX) and reads back the same string.
+        return json.dumps(data, separators=(",", ":")).encode()
 
 
 def _usage_tuple(usage: dict[str, Any] | Usage) -> _UsageTuple:
@@ -221,6 +231,27 @@ class _Entry:
     cost: float
     writer: str  # token of the store instance whose record this is
     disk_len: int = 0  # bytes of its latest on-disk record incl. newline; 0 if never written
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """The file system refused a write to ``path``, saying ``reason``."""
+
+    path: Path
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingWrites:
+    """Records kept in memory because their file refused them; retried until written."""
+
+    path: Path
+    records: int
+    reason: str
+
+    def __str__(self) -> str:
+        noun = "record" if self.records == 1 else "records"
+        return f"{self.records} {noun} not yet written to {self.path}: {self.reason}"
 
 
 class _SessionState:
@@ -320,6 +351,11 @@ class TranscriptStore:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._index_live = 0  # sum of the session records' sizes: a compacted index's size
+        # What the file system refused, by session id (its journal) or INDEX_FILE: the file
+        # and the reason. The refused records stay in _pending / _stale_index until a retry
+        # succeeds; nothing of one session waits for another's.
+        self._refusals: dict[str, Refusal] = {}
+        self._stale_index: dict[str, None] = {}  # sessions whose latest record is not indexed
         self._db: TranscriptDB | None = None
         try:
             for sub in (self._messages_dir, self._writers_dir, self.images_dir):
@@ -343,6 +379,7 @@ class TranscriptStore:
                 remove_stale_temporaries(self.images_dir)
                 self._sweep_dead_writers()
                 self._catch_up_index()
+                _warn_if_cut_short(self._index)
         except OSError as exc:
             self._closed = True
             self._release_files()
@@ -425,7 +462,10 @@ class TranscriptStore:
             self._catch_up_index()
             for st in self._sessions.values():
                 if st.entries is not None:
-                    self._catch_up(st)
+                    # A damaged journal is reported when its own session is used; the
+                    # listing shows what was last read of it.
+                    with contextlib.suppress(StoreError):
+                        self._catch_up(st)
             sessions = [_copy_session(st.session) for st in self._sessions.values()]
         sessions.sort(key=lambda s: s.updated_at, reverse=True)
         return sessions
@@ -489,14 +529,34 @@ class TranscriptStore:
     # -- durability ----------------------------------------------------------
 
     def flush(self) -> None:
-        """Write every pending (coalesced) update."""
+        """Write every pending update, and retry what the file system refused before."""
         with self._lock:
             if self._closed or self._forked():
                 return
             for sid in list(self._pending):
-                mids = list(self._pending.get(sid, ()))
-                if mids:
-                    self._write(self._sessions[sid], mids)
+                if self._pending.get(sid):
+                    self._write(self._sessions[sid], ())
+            if self._stale_index and not self._pending:
+                self._write_session_record(self._sessions[next(iter(self._stale_index))])
+
+    def pending_writes(self, session_id: str | None = None) -> list[PendingWrites]:
+        """What the file system refused and is kept in memory until a retry succeeds.
+
+        Empty when everything is on disk. With ``session_id``, only what concerns that
+        session (its journal, and the session index if its record waits there).
+        """
+        with self._lock:
+            found = []
+            for key, refusal in self._refusals.items():
+                if key == INDEX_FILE:
+                    sids = [s for s in self._stale_index if session_id in (None, s)]
+                    if sids:
+                        found.append(PendingWrites(refusal.path, len(sids), refusal.reason))
+                elif session_id in (None, key) and self._pending.get(key):
+                    found.append(
+                        PendingWrites(refusal.path, len(self._pending[key]), refusal.reason)
+                    )
+            return found
 
     def close(self) -> None:
         """Flush and release the store's files. Idempotent."""
@@ -511,6 +571,8 @@ class TranscriptStore:
                 return
             try:
                 self.flush()
+                for lost in self.pending_writes():
+                    log.error("closing the transcript store lost what it could not write: %s", lost)
             finally:
                 self._closed = True
                 _LIVE_STORES.discard(self)
@@ -616,6 +678,7 @@ class TranscriptStore:
             except BaseException:
                 st.entries = None
                 raise
+            _warn_if_cut_short(st.journal, st.session.message_count, indexed[2])
             if _session_totals(st.session) != indexed:
                 # A writer stopped between a message write and its session record.
                 self._write_session_record(st)
@@ -813,42 +876,63 @@ class TranscriptStore:
         st.session.updated_at = now()
 
     def _write(self, st: _SessionState, mids: Iterable[str]) -> None:
-        """Append the latest state of ``mids`` to the session journal, then the session record."""
+        """Append the latest state of ``mids`` to the session journal, then the session record.
+
+        A write the file system refuses (disk full, read-only, permission) raises nothing:
+        the messages stay pending in memory, in order, and every later write of the
+        session, :meth:`flush` and a retry timer try again (see :meth:`pending_writes`).
+        """
         sid = st.session.id
-        mids = list(mids)
         pending = self._pending.setdefault(sid, {})
         for mid in mids:
             pending[mid] = None  # so a re-read during catch-up keeps our newer state
         with self._plock:
             self._catch_up(st)
             assert st.entries is not None
+            # Everything pending goes in one append, in message order: a message refused
+            # earlier must not land on disk after the ones that followed it.
+            mids = [mid for mid in st.entries if mid in pending]
             entries = [st.entries[mid] for mid in mids]
             try:
                 st.journal.append(b"".join(e.line + b"\n" for e in entries), fsync=self.fsync)
             except OSError as exc:
-                raise StoreError(
-                    f"could not write the transcript file {st.journal.path} ({exc.strerror}); "
-                    "the messages stay pending in memory and are retried on the next write"
-                ) from exc
+                self._refused(sid, st.journal.path, exc)
+                return
+            self._refusals.pop(sid, None)
             written = self._clock()
             for mid, entry in zip(mids, entries, strict=True):
                 st.live_bytes += len(entry.line) + 1 - entry.disk_len
                 entry.disk_len = len(entry.line) + 1
                 self._last_write[(sid, mid)] = written
-                pending.pop(mid, None)
-            if not pending:
-                del self._pending[sid]
+            del self._pending[sid]
             self._maybe_compact(st)
             self._write_session_record(st)
 
+    def _refused(self, key: str, path: Path, exc: OSError) -> None:
+        """Note a write the file system refused; a timer retries it (see _retry_refused)."""
+        if key not in self._refusals:
+            log.warning("could not write %s (%s); kept in memory, retrying", path, exc.strerror)
+        self._refusals[key] = Refusal(path, exc.strerror or str(exc))
+        self._schedule_deadline()
+
     def _write_session_record(self, st: _SessionState) -> None:
         self._catch_up_index()
-        line = _dumps(st.session.to_dict())
-        self._index.append(line + b"\n", fsync=self.fsync)
-        if st.index_line:
-            self._index_live -= len(st.index_line) + 1
-        st.index_line = line
-        self._index_live += len(line) + 1
+        # Session records the index refused before go along; the latest record per id wins.
+        self._stale_index[st.session.id] = None
+        states = [self._sessions[sid] for sid in self._stale_index]
+        lines = [_dumps(s.session.to_dict()) for s in states]
+        try:
+            self._index.append(b"".join(line + b"\n" for line in lines), fsync=self.fsync)
+        except OSError as exc:
+            self._refused(INDEX_FILE, self._index.path, exc)
+            return
+        self._refusals.pop(INDEX_FILE, None)
+        self._stale_index.clear()
+        for s, line in zip(states, lines, strict=True):
+            if s.index_line:
+                self._index_live -= len(s.index_line) + 1
+            s.index_line = line
+            self._index_live += len(line) + 1
         if self._index.offset > max(COMPACT_MIN_BYTES, 2 * self._index_live):
             payload = b"".join(s.index_line + b"\n" for s in self._sessions.values())
             self._index.rewrite(payload, fsync=self.fsync)
@@ -919,22 +1003,35 @@ class TranscriptStore:
         self._timer = loop.call_later(self.flush_interval, self._flush_due)
 
     def _flush_due(self) -> None:
+        # A loop callback: an exception here would be printed into whichever cell runs.
+        try:
+            self._flush_due_locked()
+        except Exception:
+            log.exception("writing pending transcript updates to %s failed", self.path)
+
+    def _flush_due_locked(self) -> None:
         with self._lock:
             self._timer = None
-            if self._closed:
+            if self._closed or self._forked():
+                return
+            if self._refusals:
+                # Something was refused: retry everything, at a pace that does not spin.
+                self.flush()
+                if self._refusals and self._timer_loop is not None:
+                    self._timer = self._timer_loop.call_later(RETRY_INTERVAL, self._flush_due)
                 return
             clock = self._clock()
             wait: float | None = None
             for sid in list(self._pending):
-                due = []
+                due = False
                 for mid in self._pending.get(sid, ()):
                     left = self._last_write.get((sid, mid), clock) + self.flush_interval - clock
                     if left <= 0:
-                        due.append(mid)
+                        due = True
                     else:
                         wait = left if wait is None else min(wait, left)
                 if due:
-                    self._write(self._sessions[sid], due)
+                    self._write(self._sessions[sid], ())
             if wait is not None and self._timer_loop is not None:
                 self._timer = self._timer_loop.call_later(wait, self._flush_due)
 
@@ -1118,6 +1215,34 @@ def _record_problem(record: dict[str, Any], session_id: str) -> str:
     if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
         return "a message record whose parts are not a list of objects"
     return ""
+
+
+class TruncatedTranscriptWarning(UserWarning):
+    """A transcript file was cut short (an interrupted copy, a restored disk)."""
+
+
+def _warn_if_cut_short(journal: Journal, found: int = 0, indexed: int = 0) -> None:
+    """Say once, at the first read in this process, that a file lost its end.
+
+    Call under the process lock: every append happens under it, so bytes after the last
+    newline then are a torn record, never one still being written. A journal holding
+    fewer messages than its session record counts lost whole records.
+    """
+    problems = []
+    if journal.tail:
+        problems.append(f"its last {journal.tail} bytes are an incomplete record, ignored")
+    if found < indexed:
+        problems.append(
+            f"it holds {found} messages where the session index counts {indexed}, so "
+            f"{indexed - found} are missing"
+        )
+    if problems:
+        warnings.warn(
+            f"transcript file {journal.path} was cut short: {'; '.join(problems)}. The "
+            "records before are read; restore the file from a backup to recover the rest.",
+            TruncatedTranscriptWarning,
+            stacklevel=2,
+        )
 
 
 def _set_entry(st: _SessionState, mid: str, entry: _Entry) -> None:

@@ -102,6 +102,7 @@ class RunView:
         self.waiting_permission = False
         self.queued_behind = 0  # prompts of this session waiting for this run
         self._stop_hint = ""
+        self.store_note = ""  # what the transcript store could not write yet, if anything
         #: Whether a front end that can click shows this view (permission prompts need one).
         self.interactive = True
         self._created = clock()
@@ -192,6 +193,8 @@ class RunView:
             parts.append(f"${self.cost:.4f}")
         if self._stop_hint and self._ended is None:
             parts.append(self._stop_hint)
+        if self.store_note:
+            parts.append(self.store_note)
         return " · ".join(parts)
 
     @property
@@ -210,6 +213,12 @@ class RunView:
         """
         self._stop_hint = "or interrupt the kernel (■)"
         self._draw()
+
+    def set_store_note(self, note: str) -> None:
+        """Say what the transcript store keeps in memory because the disk refused it."""
+        if note != self.store_note:
+            self.store_note = note
+            self._draw()
 
     def set_queued_behind(self, count: int) -> None:
         """How many prompts wait for this run (loop thread)."""

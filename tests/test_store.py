@@ -38,6 +38,7 @@ from jupyter_crush.store import (
     KERNEL_STOPPED_MESSAGE,
     TOOL_INTERRUPTED_MESSAGE,
     TranscriptStore,
+    TruncatedTranscriptWarning,
     UnknownMessageError,
     UnknownSessionError,
 )
@@ -441,7 +442,7 @@ def test_a_torn_journal_tail_is_ignored_then_cut_off(tmp_path):
         f.write(b'{"id": "half-written", "session_id": "x", "ro')
     with open(path / "sessions.jsonl", "ab") as f:
         f.write(b'{"id": "torn')
-    with TranscriptStore(path) as store:
+    with pytest.warns(TruncatedTranscriptWarning), TranscriptStore(path) as store:
         assert [m.id for m in store.list_messages(session.id)] == [kept.id]
         later = store.add_message(Message(session.id, Role.USER, [TextPart("later")]))
     assert b"half-written" not in journal.read_bytes()

@@ -29,6 +29,7 @@ from ..model import (
     ToolCallStart,
     ToolSpec,
 )
+from ..undecodable import encodable
 from .base import SDKModel
 from .history import conversation, tool_arguments
 
@@ -247,12 +248,13 @@ class AnthropicModel(SDKModel):
         system: str | None = None,
         tools: Sequence[ToolSpec] = (),
     ) -> AsyncIterator[StreamEvent]:
-        params = self.request_params(messages, system=system, tools=tools)
+        # UTF-8 JSON on the wire: undecodable characters go as visible marks.
+        params = encodable(self.request_params(messages, system=system, tools=tools))
         state = _StreamState()
         try:
             # SDK retries (408/409/429/5xx, overloaded, connection errors) happen inside
             # create(), before the caller has seen any event.
-            response = await self._client().messages.create(**params)
+            response = await self._open(self._client().messages.create(**params))
             async with response:  # closes the HTTP stream on every exit, cancel included
                 async for event in response:
                     for ours in state.feed(event):
@@ -260,7 +262,7 @@ class AnthropicModel(SDKModel):
         except _STREAM_ERRORS as exc:
             raise self._error(exc) from exc
         if not state.stopped or state.stop_reason is None:
-            raise self._ended_early()
+            raise self._ended_early(response)
         yield StreamFinish(
             _FINISH.get(state.stop_reason, FinishReason.UNKNOWN),
             state.usage,

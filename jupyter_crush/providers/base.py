@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import httpx2
 
@@ -12,6 +13,10 @@ from ..model import ModelError
 from .config import ProviderConfig, ProviderSettings
 from .errors import translate_error
 from .prices import step_cost
+
+#: Content types that are never an event stream: a proxy's or portal's page, not the API.
+_NOT_A_STREAM = frozenset({"text/html", "application/xhtml+xml"})
+_Stream = TypeVar("_Stream")
 
 
 class SDKModel:
@@ -81,7 +86,41 @@ class SDKModel:
             read_timeout=self.settings.read_timeout,
         )
 
-    def _ended_early(self) -> ModelError:
+    def _url(self) -> str:
+        return str(self.config.base_url or self._client().base_url)
+
+    async def _open(self, request: Awaitable[_Stream]) -> _Stream:
+        """Await the SDK's ``create(..., stream=True)``: its retries, bounded as a whole by
+        ``answer_timeout``, then a check that what came back is an event stream."""
+        limit = self.settings.answer_timeout
+        attempts = self.settings.max_retries + 1
+        try:
+            async with asyncio.timeout(limit):
+                stream = await request
+        except TimeoutError:
+            raise ModelError(
+                f"no answer from {self._url()} within {limit:g} s over up to {attempts} "
+                "attempts: the server accepted the connection but sent nothing; check that "
+                "it is up (ProviderSettings.answer_timeout sets the limit)",
+                provider=self.provider,
+            ) from None
+        kind = stream.response.headers.get("content-type", "")
+        if kind.split(";")[0].strip().lower() in _NOT_A_STREAM:
+            await stream.response.aclose()
+            raise self._wrong_content(kind)
+        return stream
+
+    def _wrong_content(self, kind: str) -> ModelError:
+        return ModelError(
+            f"the server at {self._url()} answered with {kind or 'no content type'} instead of "
+            "an event stream (a proxy or a login page in between?); check the base URL",
+            provider=self.provider,
+        )
+
+    def _ended_early(self, stream: Any = None) -> ModelError:
+        kind = stream.response.headers.get("content-type", "") if stream is not None else ""
+        if kind and not kind.startswith("text/event-stream"):
+            return self._wrong_content(kind)
         return ModelError(
             "the stream ended before the model finished (connection closed early)",
             provider=self.provider,

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from ..known_secrets import remember, remember_headers, remember_url
+
 ProviderType = Literal["openai", "openai-compat", "anthropic"]
 PROVIDER_TYPES: tuple[str, ...] = ("openai", "openai-compat", "anthropic")
 
@@ -85,9 +87,12 @@ class ProviderSettings:
     crush_config: str | Path | Literal[False] | None = None
     #: SDK retries on 408/409/429/5xx and connection errors (honoring retry-after).
     max_retries: int = 2
-    #: Seconds without a byte from the server before the request fails.
+    #: Seconds without a byte from the server, once it answers, before the request fails.
     read_timeout: float = 300.0
     connect_timeout: float = 10.0
+    #: Seconds for the server to start answering, all attempts (retries) included: a
+    #: server that accepts the connection and never answers fails within this.
+    answer_timeout: float = 60.0
     max_tokens: int | None = None  # None: the provider's default (Anthropic needs one: 4096)
     #: Anthropic extended thinking budget in tokens; None leaves thinking off.
     thinking_budget: int | None = None
@@ -103,7 +108,7 @@ class ProviderSettings:
             raise ProviderConfigError(
                 f"max_retries must be a non-negative integer, got {self.max_retries!r}"
             )
-        for name in ("read_timeout", "connect_timeout"):
+        for name in ("read_timeout", "connect_timeout", "answer_timeout"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise ProviderConfigError(f"{name} must be a positive number of seconds")
@@ -254,6 +259,10 @@ def _parse_crush_file(path: Path) -> CrushConfig:
                 'e.g. {"provider": "openai", "model": "gpt-4o"}'
             )
         models[size] = (str(raw["provider"]), str(raw["model"]))
+    for provider in providers.values():  # known from reading the file on, used or not
+        remember([provider.api_key])
+        remember_headers(provider.extra_headers)
+        remember_url(provider.base_url)
     return CrushConfig(providers, models, (path,))
 
 
@@ -317,4 +326,9 @@ def provider_config(
                 "or set api_key in crush.json"
             )
         key = NO_KEY
+    # Whatever reaches a request is a secret tool output must never show.
+    remember(settings.api_keys.values())
+    remember([key])
+    remember_headers(config.extra_headers)
+    remember_url(base_url)
     return replace(config, base_url=base_url, api_key=key)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx2
 
 from ..model import ModelError
+from ..tools.output import redact
 
 _HINTS = {
     400: "the provider rejected the request",
@@ -69,9 +70,12 @@ def translate_error(
     and this message is shown in the notebook and written to the transcript.
     """
     error = _translate(exc, provider=provider, base_url=base_url, read_timeout=read_timeout)
-    if api_key and len(api_key) >= 8 and api_key in error.message:
+    message = redact(error.message)
+    if api_key and len(api_key) >= 8:
+        message = message.replace(api_key, "***")
+    if message != error.message:
         error = ModelError(
-            error.message.replace(api_key, "***"),
+            message,
             status_code=error.status_code,
             retry_after=error.retry_after,
             provider=error.provider,

@@ -22,6 +22,7 @@ from ..model import (
     ToolCallStart,
     ToolSpec,
 )
+from ..undecodable import encodable
 from .base import SDKModel
 from .history import conversation, tool_arguments
 
@@ -253,13 +254,14 @@ class OpenAIModel(SDKModel):
         system: str | None = None,
         tools: Sequence[ToolSpec] = (),
     ) -> AsyncIterator[StreamEvent]:
-        params = self.request_params(messages, system=system, tools=tools)
+        # UTF-8 JSON on the wire: undecodable characters go as visible marks.
+        params = encodable(self.request_params(messages, system=system, tools=tools))
         state = _StreamState()
         try:
             # The SDK retries 408/409/429/5xx and connection failures here, before any
             # event reached the caller; a failure after that is not retried because the
             # caller already holds part of the answer.
-            response = await self._client().chat.completions.create(**params)
+            response = await self._open(self._client().chat.completions.create(**params))
             # ``async with`` closes the HTTP response on every exit, including a
             # CancelledError raised at the await inside the loop.
             async with response:
@@ -269,7 +271,7 @@ class OpenAIModel(SDKModel):
         except _STREAM_ERRORS as exc:
             raise self._error(exc) from exc
         if state.finish is None:
-            raise self._ended_early()
+            raise self._ended_early(response)
         for event in state.close():
             yield event
         yield StreamFinish(

@@ -2,8 +2,9 @@
 
 Every tool result goes to the provider and into the transcript store, so two
 rules hold for all of them: a result is never unbounded (a model context and a
-TinyDB document both suffer), and the values of secret-looking environment
-variables (API keys, tokens) are replaced before the text leaves the tool.
+TinyDB document both suffer), and every secret the extension knows (secret-looking
+environment variables, configured API keys and headers) is replaced before the text
+leaves the tool.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import re
 import threading
 from collections import deque
 
+from ..known_secrets import MIN_SECRET_LEN, known
+
 #: Default cap on one tool result, in characters (about 10k tokens).
 MAX_OUTPUT_CHARS = 40_000
 
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
-#: Shorter values are too likely to occur by chance ("true", "1") to be worth replacing.
-_MIN_SECRET_LEN = 8
 REDACTED = "[redacted]"
 
 
@@ -86,18 +87,20 @@ class CappedBuffer:
 
 
 def secret_values(environ: dict[str, str] | os._Environ[str] | None = None) -> list[str]:
-    """Values of environment variables whose names look like credentials, longest first."""
+    """Every secret to redact, longest first: values of environment variables whose names
+    look like credentials, and the keys, headers and URL credentials the extension was
+    configured with (:mod:`jupyter_crush.known_secrets`)."""
     env = os.environ if environ is None else environ
     values = {
         value
         for name, value in env.items()
-        if _SECRET_NAME.search(name) and len(value) >= _MIN_SECRET_LEN
+        if _SECRET_NAME.search(name) and len(value) >= MIN_SECRET_LEN
     }
-    return sorted(values, key=len, reverse=True)
+    return sorted(values | known(), key=len, reverse=True)
 
 
 def redact(text: str, environ: dict[str, str] | os._Environ[str] | None = None) -> str:
-    """Replace the values of credential-like environment variables in ``text``."""
+    """Replace every known secret (see :func:`secret_values`) in ``text``."""
     for value in secret_values(environ):
         if value in text:
             text = text.replace(value, REDACTED)

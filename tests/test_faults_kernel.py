@@ -1,0 +1,122 @@
+"""Faults met in a real kernel: a store on a disk that fills up, a damaged journal, a prompt
+holding undecodable text. The cell shows one clear line, never a traceback; the session is
+usable again once the cause is gone; what was accepted is kept."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from kernel_harness import SETUP, Kernel, scripted
+from test_store_faults import fill
+
+pytestmark = pytest.mark.slow
+
+FAST = scripted(20, None)
+
+
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory):
+    """The kernel's data directory on a 1 MiB tmpfs, so the test can fill it."""
+    mount = tmp_path_factory.mktemp("disk")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture(scope="module")
+def kernel(disk):
+    k = Kernel(disk)
+    k.run(SETUP)
+    yield k
+    k.shutdown()
+
+
+def wait_view(kernel: Kernel, timeout: float = 20.0) -> None:
+    kernel.run(
+        f"import asyncio; await asyncio.wait_for(crush.last_view.wait(), {timeout})",
+        timeout=timeout + 5,
+    )
+
+
+def no_traceback(kernel: Kernel) -> None:
+    """Nothing the kernel sent so far holds a raw traceback or asyncio's callback report."""
+    for msg in kernel.iopub:
+        text = str(msg["content"])
+        assert "Exception in callback" not in text and "Traceback" not in text, text[:2000]
+
+
+def test_a_full_disk_mid_turn_is_said_in_the_status_line_and_written_once_freed(kernel, disk):
+    kernel.run(FAST)
+    kernel.run("%%crush --new -s fulldisk\nfirst")
+    wait_view(kernel)
+    filler = fill(disk)
+    try:
+        kernel.run(scripted(3000, None))  # a reply far larger than the free space
+        result = kernel.execute("%%crush -s fulldisk\nwhy is the disk full?")
+        assert result.reply["content"]["status"] == "ok"
+        wait_view(kernel)
+        status = kernel.value("crush.last_view.status_text()")
+        assert "not yet written to" in status and "No space left on device" in status
+        assert kernel.value("crush.agent.is_session_busy(crush.current_session_id)") is False
+    finally:
+        filler.unlink()
+    # Space is back: the next prompt runs and everything kept reaches the disk.
+    kernel.run("%%crush -s fulldisk\nand now?")
+    wait_view(kernel)
+    assert "not yet written" not in kernel.value("crush.last_view.status_text()")
+    assert kernel.value("crush.store.pending_writes()") == []
+    kernel.run("%crush cancel")  # idle: nothing to stop, no error
+    texts = kernel.value("[m.text for m in crush.store.list_messages(crush.current_session_id)]")
+    assert "why is the disk full?" in texts and "and now?" in texts
+    no_traceback(kernel)
+
+
+def test_a_damaged_journal_is_one_line_in_the_cell_and_the_session_recovers(kernel, disk):
+    kernel.run(FAST)
+    kernel.run("%%crush --new -s damaged\nhello")
+    wait_view(kernel)
+    sid = kernel.value("crush.current_session_id")
+    journal = Path(kernel.value(f"str(crush.store.journal_path({sid!r}))"))
+    intact = journal.stat().st_size
+    with open(journal, "ab") as f:
+        f.write(b"#garbage#\n")
+    for cell in ("%%crush -s damaged\nare you there?", "%crush history"):
+        result = kernel.execute(cell)
+        reply = result.reply["content"]
+        assert reply["status"] == "error" and reply["ename"] == "UsageError"
+        assert reply["traceback"] == []
+        [stderr] = [m["content"]["text"] for m in result.outputs if m["msg_type"] == "stream"]
+        assert stderr.count("\n") == 1, stderr
+        assert str(journal) in stderr and f"byte {intact}" in stderr
+        assert f"head -c {intact}" in stderr
+    assert kernel.value(f"crush.agent.is_session_busy({sid!r})") is False
+    # Recovered as the message says: the session takes prompts again.
+    journal.write_bytes(journal.read_bytes()[:intact])
+    kernel.run("%%crush -s damaged\nback?")
+    wait_view(kernel)
+    texts = kernel.value(f"[m.text for m in crush.store.list_messages({sid!r})]")
+    assert texts[0] == "hello" and "back?" in texts
+    no_traceback(kernel)
+
+
+def test_a_prompt_with_undecodable_text_is_kept(kernel):
+    kernel.run(FAST)
+    kernel.run("name = b'caf\\xe9 \\xff.csv'.decode('utf-8', 'surrogateescape')")
+    kernel.run("%%crush --new\nwhat is in {name}?")
+    wait_view(kernel)
+    assert kernel.value("crush.last_view.phase") == "done"
+    stored = kernel.value(
+        "[m.text.encode('utf-8', 'surrogateescape').hex() for m in "
+        "crush.store.list_messages(crush.current_session_id)][0]"
+    )
+    assert bytes.fromhex(stored) == b"what is in caf\xe9 \xff.csv?"
+    no_traceback(kernel)
