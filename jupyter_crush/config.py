@@ -27,7 +27,7 @@ from traitlets import (
 )
 from traitlets.config import Configurable
 
-from .known_secrets import remember
+from .known_secrets import remember, remember_url
 
 if TYPE_CHECKING:
     from .providers import ProviderSettings
@@ -159,7 +159,14 @@ class CrushConfig(Configurable):
     ).tag(config=True)
 
     request_timeout = Float(
-        300.0, help="Seconds without a byte from the provider before a request fails."
+        300.0,
+        help="Seconds without a byte from the provider, once it answers, before a request fails.",
+    ).tag(config=True)
+
+    answer_timeout = Float(
+        60.0,
+        help="Seconds for the provider to start answering, retries included: a server that "
+        "accepts the connection and never answers fails within this.",
     ).tag(config=True)
 
     def provider_settings(self) -> ProviderSettings:
@@ -172,6 +179,7 @@ class CrushConfig(Configurable):
             crush_config=self.crush_config or None,
             max_retries=self.max_retries,
             read_timeout=self.request_timeout,
+            answer_timeout=self.answer_timeout,
         )
 
     #: The data_dir the kernel's transcript store was opened with; fixed from then on.
@@ -187,6 +195,12 @@ class CrushConfig(Configurable):
                 "data_dir cannot change once the transcript store is open; set it before the "
                 "first %%crush, in ipython_config.py or $CRUSH_DATA_DIR, or restart the kernel"
             )
+        return proposal["value"]
+
+    @validate("base_urls")
+    def _remember_url_credentials(self, proposal: dict) -> dict:
+        for url in proposal["value"].values():
+            remember_url(url)  # a user:password in a URL is redacted from tool output
         return proposal["value"]
 
     @default("model")

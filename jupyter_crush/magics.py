@@ -244,7 +244,8 @@ class Crush:
         if not prompt.strip():
             raise UsageError("The prompt is empty: write what you want after the %%crush line")
         model = self.resolve_model(model_name)  # before anything is recorded
-        agent = self._ensure_agent(model)
+        with store_problems_in_one_line():  # the store opens here (a full disk, a bad path)
+            agent = self._ensure_agent(model)
         # Settings changed with %config since the agent was made apply to the next prompt.
         agent.max_steps = self.config.max_steps
         agent.history_chars = self.config.history_chars

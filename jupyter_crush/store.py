@@ -23,6 +23,12 @@ and cut off by the next writer (see :mod:`jupyter_crush.storage`). Whole-file re
 (compaction, ``format.json``) go through a temporary file and ``os.replace``. With
 ``fsync=True`` every write is also fsynced, which additionally survives power loss.
 
+Refused writes. When the file system refuses an append (disk full, read-only, permission
+removed), nothing raises and nothing is dropped: the records stay pending in memory, in
+order, and are retried on every later write of their session, on ``flush()`` and by a
+timer every ``RETRY_INTERVAL``; :meth:`TranscriptStore.pending_writes` says what waits,
+where and why. One session's refused journal never fails another session's writes.
+
 Streaming: the agent calls :meth:`TranscriptStore.update_message` for every token. Updates
 are coalesced to at most one disk write per message per ``flush_interval`` (30/s by
 default); the latest state is always visible to readers in this process, and whatever is
@@ -911,7 +917,9 @@ class TranscriptStore:
     def _refused(self, key: str, path: Path, exc: OSError) -> None:
         """Note a write the file system refused; a timer retries it (see _retry_refused)."""
         if key not in self._refusals:
-            log.warning("could not write %s (%s); kept in memory, retrying", path, exc.strerror)
+            # Said on the run's status line (pending_writes); a log line at warning level
+            # would land in whichever cell runs next.
+            log.info("could not write %s (%s); kept in memory, retrying", path, exc.strerror)
         self._refusals[key] = Refusal(path, exc.strerror or str(exc))
         self._schedule_deadline()
 
@@ -935,7 +943,10 @@ class TranscriptStore:
             self._index_live += len(line) + 1
         if self._index.offset > max(COMPACT_MIN_BYTES, 2 * self._index_live):
             payload = b"".join(s.index_line + b"\n" for s in self._sessions.values())
-            self._index.rewrite(payload, fsync=self.fsync)
+            try:
+                self._index.rewrite(payload, fsync=self.fsync)
+            except OSError as exc:  # only space is lost; the next record's write retries
+                log.info("compacting %s failed (%s)", self._index.path, exc.strerror)
 
     def _maybe_compact(self, st: _SessionState) -> None:
         """Start compacting the journal once superseded records dominate it.
@@ -971,6 +982,8 @@ class TranscriptStore:
                     self._catch_up(st)
                     if st.journal.install_compacted(tmp, snapshot, fsync=self.fsync):
                         tmp = None
+        except OSError as exc:  # a full disk: the journal stays as it was, a later write retries
+            log.info("compacting %s failed (%s)", st.journal.path, exc.strerror)
         except Exception:
             log.exception("compacting %s failed; a later write retries", st.journal.path)
         finally:
@@ -1006,8 +1019,8 @@ class TranscriptStore:
         # A loop callback: an exception here would be printed into whichever cell runs.
         try:
             self._flush_due_locked()
-        except Exception:
-            log.exception("writing pending transcript updates to %s failed", self.path)
+        except Exception as exc:  # a journal damaged meanwhile: said when the session is used
+            log.warning("writing pending transcript updates to %s failed: %s", self.path, exc)
 
     def _flush_due_locked(self) -> None:
         with self._lock:

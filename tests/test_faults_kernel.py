@@ -120,3 +120,24 @@ def test_a_prompt_with_undecodable_text_is_kept(kernel):
     )
     assert bytes.fromhex(stored) == b"what is in caf\xe9 \xff.csv?"
     no_traceback(kernel)
+
+
+def test_a_store_that_cannot_open_on_a_full_disk_is_one_line_then_opens_once_freed(disk):
+    (disk / "fresh").mkdir()
+    filler = fill(disk)
+    fresh = Kernel(disk / "fresh", env={"CRUSH_DATA_DIR": str(disk / "fresh" / "store")})
+    try:
+        fresh.run(SETUP + FAST)
+        result = fresh.execute("%%crush\nhello")
+        reply = result.reply["content"]
+        assert reply["status"] == "error" and reply["ename"] == "UsageError"
+        [stderr] = [m["content"]["text"] for m in result.outputs if m["msg_type"] == "stream"]
+        assert stderr.count("\n") == 1 and "No space left on device" in stderr, stderr
+        filler.unlink()
+        fresh.run("%%crush\nhello again")
+        wait_view(fresh)
+        assert fresh.value("crush.last_view.phase") == "done"
+        no_traceback(fresh)
+    finally:
+        filler.unlink(missing_ok=True)
+        fresh.shutdown()

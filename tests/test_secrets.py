@@ -26,12 +26,14 @@ CONFIG_KEY = "sk-config-8b2e4f6a1c"
 JSON_KEY = "sk-crushjson-3d7a9c1e"
 HEADER_TOKEN = "hdr-token-6e2b8d4f0a"
 URL_PASSWORD = "url-pass-1a9f3c7e5b"
+CONFIG_URL_PASSWORD = "cfg-url-pass-7c3e9a1f"
 SECRETS = {
     "environment": ENV_SECRET,
     "%config": CONFIG_KEY,
     "crush.json key": JSON_KEY,
     "crush.json header": HEADER_TOKEN,
     "base-url password": URL_PASSWORD,
+    "%config base_urls password": CONFIG_URL_PASSWORD,
 }
 
 
@@ -46,7 +48,10 @@ def shell():
 def configured(tmp_path, monkeypatch):
     """The secrets set the ways a user sets them."""
     monkeypatch.setenv("MY_SERVICE_TOKEN", ENV_SECRET)
-    CrushConfig(api_keys={"openai": CONFIG_KEY})  # what %config CrushConfig.api_keys does
+    CrushConfig(  # what %config CrushConfig.api_keys = ... (and base_urls) does
+        api_keys={"openai": CONFIG_KEY},
+        base_urls={"compat": f"http://me:{CONFIG_URL_PASSWORD}@127.0.0.1:9/v1"},
+    )
     crush_json = tmp_path / "crush.json"
     crush_json.write_text(
         json.dumps(

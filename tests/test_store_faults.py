@@ -286,3 +286,33 @@ def test_text_decoded_with_surrogateescape_is_stored_losslessly(tmp_path):
         assert message.text == f"what is in {text}?"
         assert message.text.encode("utf-8", "surrogateescape") == b"what is in " + raw + b"?"
         assert store.get_session(session.id).title == f"about {text}"
+
+
+def test_undecodable_tool_output_is_stored_and_sent_marked(tmp_path):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from jupyter_crush.testing import Reply, ToolCall
+    from jupyter_crush.tools import default_tools
+    from jupyter_crush.tools.permissions import PermissionPolicy
+    from jupyter_crush.undecodable import encodable
+
+    shell = InteractiveShell.instance()
+    shell.user_ns["raw"] = b"r\xe9sum\xe9".decode("utf-8", "surrogateescape")
+    model = ScriptedModel([Reply(tool_calls=[ToolCall("python", {"code": "print(raw)"})]), "Ok."])
+    tools = default_tools(shell, tmp_path)
+
+    async def scenario() -> None:
+        with TranscriptStore(tmp_path / "store") as store:
+            agent = SessionAgent(
+                model, store, tools=tools, permissions=PermissionPolicy(None, yolo=True)
+            )
+            sid = store.create_session().id
+            result = await agent.run(SessionAgentCall(sid, "print it"))
+            assert result is not None and result.reason is FinishReason.END_TURN
+
+    asyncio.run(scenario())
+    with TranscriptStore(tmp_path / "store") as store:
+        [sid] = [s.id for s in store.list_sessions()]
+        [output] = [r.content for m in store.list_messages(sid) for r in m.tool_results]
+    assert output.encode("utf-8", "surrogateescape") == b"r\xe9sum\xe9"
+    assert encodable(output) == "r\\xe9sum\\xe9"
