@@ -37,7 +37,15 @@ from .message import (
 from .model import Model, StreamFinish, apply_event
 from .records import TurnRecords, prompt_message
 from .store import TranscriptStore
-from .tools import Decision, PermissionBroker, PermissionRequest, Tool, ToolContext, ToolResult
+from .tools import (
+    Decision,
+    PermissionBroker,
+    PermissionRequest,
+    Tool,
+    ToolContext,
+    ToolResult,
+    ToolSource,
+)
 from .tools.output import redact
 
 __all__ = [
@@ -164,6 +172,8 @@ class SessionAgent:
         self.model = _resolve(model)
         self.store = store
         self.tools: dict[str, Tool] = {t.name: t for t in tools}
+        #: Refreshed into ``tools`` at the start of each turn (MCP servers).
+        self.tool_sources: list[ToolSource] = []
         self.system_prompt = system_prompt
         self.max_steps = max_steps
         self.permissions = permissions
@@ -264,6 +274,8 @@ class SessionAgent:
         self._emit(turn, Started(records.messages[0].id))
         history = self.store.list_messages(session_id)
         repeats: Counter[str] = Counter()
+        for source in self.tool_sources:
+            await source.refresh(self.tools)
         specs = [tool.spec for tool in self.tools.values()]
         for step in range(self.max_steps):
             if step:
@@ -342,8 +354,10 @@ class SessionAgent:
 
         tool = self.tools.get(call.name)
         if tool is None:
+            explained = (source.unknown_tool(call.name) for source in self.tool_sources)
             return error(
-                f"Unknown tool {call.name!r}; available: {', '.join(self.tools) or 'none'}"
+                next(filter(None, explained), None)
+                or f"Unknown tool {call.name!r}; available: {', '.join(self.tools) or 'none'}"
             )
         try:
             arguments = json.loads(call.input or "{}")

@@ -154,6 +154,15 @@ class CrushConfig(Configurable):
         "./crush.json, ./.crush.json and ~/.config/crush/crush.json.",
     ).tag(config=True)
 
+    mcp_servers = Dict(
+        key_trait=Unicode(),
+        value_trait=Dict(),
+        help="MCP servers whose tools the agent may use, by name, in crush.json's shape: "
+        "{'db': {'type': 'stdio', 'command': 'uvx', 'args': ['mcp-server-sqlite']}} or "
+        "{'api': {'type': 'http', 'url': '...', 'headers': {...}}}; added to crush.json's "
+        '"mcp" section, winning by name. Read at the start of each prompt.',
+    ).tag(config=True)
+
     max_retries = Int(
         2, help="Retries of a failed provider request (429, 5xx, connection errors)."
     ).tag(config=True)

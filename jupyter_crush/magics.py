@@ -36,6 +36,7 @@ from .agent import Attachment, Finished, SessionAgent, SessionAgentCall, Started
 from .commands import COMMANDS, load_commands, usage_lines
 from .config import CrushConfig
 from .interpolate import interpolate
+from .mcp_tools import MCPServers
 from .message import FinishReason, Session
 from .store import StoreError, TranscriptStore
 from .tools import Decision
@@ -73,6 +74,8 @@ class Crush:
         #: Tools for the agent; empty means the default set (config.tools), made with it.
         self.tools: list[Any] = []
         self.permissions: Any = None
+        #: The MCP servers whose tools the agent gets (crush.json's "mcp", mcp_servers).
+        self.mcp = MCPServers.for_config(self.config)
         self.current_session_id: str | None = None
         self._store: TranscriptStore | None = None
         self._agent: SessionAgent | None = None
@@ -143,6 +146,7 @@ class Crush:
                 max_steps=self.config.max_steps,
                 permissions=_CellPermissions(self),
             )
+            self._agent.tool_sources.append(self.mcp)
             self._agent.add_status_listener(self._status_changed)
         return self._agent
 
@@ -418,6 +422,7 @@ class Crush:
         self._closed = True
         if self._agent is not None:
             self._agent.shutdown()
+        self.mcp.shutdown()
 
     def close(self) -> None:
         """Undo ``install``: record runs in flight as canceled, restore handlers, drop hooks."""

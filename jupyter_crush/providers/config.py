@@ -174,10 +174,16 @@ def crush_config_paths(cwd: Path | None = None) -> list[Path]:
 _ENV_REF = re.compile(
     r"^\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))$"
 )
+#: A ``$VAR`` or ``${VAR}`` inside a longer value, such as ``"Bearer $GH_PAT"``.
+_EMBEDDED_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
-def _expand(value: Any, path: Path, what: str) -> str | None:
-    """Crush writes secrets as ``"$ENV_VAR"``; resolve those, keep literals as they are."""
+def expand_value(value: Any, path: Path | str, what: str) -> str | None:
+    """Crush writes secrets as ``"$ENV_VAR"``; resolve those, keep literals as they are.
+
+    A whole-value reference to an unset variable gives ``None``; a reference inside a longer
+    value (``"Bearer $TOKEN"``) must be set, or the value would be sent half-empty.
+    """
     if value is None:
         return None
     if not isinstance(value, str):
@@ -191,7 +197,14 @@ def _expand(value: Any, path: Path, what: str) -> str | None:
             f"{path}: {what} uses $(...) command substitution, which is not run here; "
             'put the value in an environment variable and write "$VAR"'
         )
-    return value
+
+    def substitute(ref: re.Match[str]) -> str:
+        name = ref.group(1) or ref.group(2)
+        if name not in os.environ:
+            raise CrushConfigError(f"{path}: {what} refers to ${name}, which is not set")
+        return os.environ[name]
+
+    return _EMBEDDED_REF.sub(substitute, value)
 
 
 def _env_names(value: Any) -> tuple[str, ...]:
@@ -202,7 +215,8 @@ def _env_names(value: Any) -> tuple[str, ...]:
     return ()
 
 
-def _parse_crush_file(path: Path) -> CrushConfig:
+def read_crush_json(path: Path) -> dict[str, Any]:
+    """The top-level object of one crush.json, or a one-line error saying what to fix."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -214,7 +228,11 @@ def _parse_crush_file(path: Path) -> CrushConfig:
         raise CrushConfigError(f"cannot read {path}: {exc.strerror}") from None
     if not isinstance(data, dict):
         raise CrushConfigError(f"{path}: the top level must be a JSON object")
+    return data
 
+
+def _parse_crush_file(path: Path) -> CrushConfig:
+    data = read_crush_json(path)
     providers: dict[str, ProviderConfig] = {}
     raw_providers = data.get("providers", {})
     if not isinstance(raw_providers, dict):
@@ -237,13 +255,13 @@ def _parse_crush_file(path: Path) -> CrushConfig:
         providers[pid] = ProviderConfig(
             id=pid,
             type=ptype,
-            base_url=_expand(raw.get("base_url"), path, f'provider "{pid}" base_url')
+            base_url=expand_value(raw.get("base_url"), path, f'provider "{pid}" base_url')
             or (builtin.base_url if builtin else None),
-            api_key=_expand(raw.get("api_key"), path, f'provider "{pid}" api_key'),
+            api_key=expand_value(raw.get("api_key"), path, f'provider "{pid}" api_key'),
             api_key_env=_env_names(raw.get("api_key")) + (builtin.api_key_env if builtin else ()),
             requires_key=builtin.requires_key if builtin else "api_key" in raw,
             extra_headers={
-                str(k): _expand(v, path, f'provider "{pid}" header {k}') or ""
+                str(k): expand_value(v, path, f'provider "{pid}" header {k}') or ""
                 for k, v in headers.items()
             },
         )

@@ -97,6 +97,20 @@ class CancelablePermissionBroker(PermissionBroker, Protocol):
     def cancel(self, request: PermissionRequest) -> None: ...
 
 
+class ToolSource(Protocol):
+    """Tools that come and go while the kernel runs (an MCP server's).
+
+    The agent awaits ``refresh`` at the start of every turn, on the kernel's loop; it adds,
+    replaces or removes the source's own entries in the agent's tool map. ``unknown_tool``
+    explains a call to a name the map lacks when the source owns it (a server that failed),
+    or returns ``None``.
+    """
+
+    async def refresh(self, tools: dict[str, Tool]) -> None: ...
+
+    def unknown_tool(self, name: str) -> str | None: ...
+
+
 #: Names :func:`default_tools` knows, in the order the model sees them.
 DEFAULT_TOOL_NAMES = (
     "python",
