@@ -386,7 +386,7 @@ class SessionAgent:
         except Exception as exc:
             return error(f"{call.name} failed: {_describe(exc)}")
         return ToolResultPart(
-            call.id, call.name, outcome.content, outcome.is_error, outcome.metadata
+            call.id, call.name, outcome.content, outcome.is_error, outcome.metadata, outcome.images
         )
 
     def _fold_queued(self, turn: Turn) -> list[Message]:

@@ -508,19 +508,25 @@ def mcp_tool(server: MCPServer, listed: mcp_types.Tool, name: str) -> Tool:
 
 
 def tool_result(server: str, result: mcp_types.CallToolResult) -> ToolResult:
-    """An MCP result as a tool result: text, structured content, notes for media, the error flag."""
+    """An MCP result as a tool result: text, images (checked and downscaled like figures),
+    structured content, the error flag; a line of text for what cannot be shown."""
     from mcp import types as mcp_types
 
+    from .images import ImageError, image_part
+
     texts = []
+    images = []
     for block in result.content:
         if isinstance(block, mcp_types.TextContent):
             texts.append(block.text)
-        elif isinstance(block, mcp_types.ImageContent | mcp_types.AudioContent):
-            size = len(base64.b64decode(block.data, validate=False)) if block.data else 0
-            texts.append(
-                f"[{block.type} {block.mime_type}, {size} bytes: not shown; this tool result "
-                "carries text only]"
-            )
+        elif isinstance(block, mcp_types.ImageContent):
+            try:
+                data = base64.b64decode(block.data, validate=True)
+                images.append(image_part(data, block.mime_type, label=f"from MCP server {server}"))
+            except (ValueError, ImageError) as error:  # binascii.Error is a ValueError
+                texts.append(f"[image {block.mime_type} not shown: {error}]")
+        elif isinstance(block, mcp_types.AudioContent):
+            texts.append(f"[audio {block.mime_type} not shown: models here take text and images]")
         elif isinstance(block, mcp_types.EmbeddedResource):
             resource = block.resource
             if isinstance(resource, mcp_types.TextResourceContents):
@@ -535,7 +541,7 @@ def tool_result(server: str, result: mcp_types.CallToolResult) -> ToolResult:
         metadata["structured_content"] = result.structured_content
         if not texts:  # the spec asks servers to repeat it as text; not all do
             texts.append(structured)
-    return ToolResult("\n".join(texts), is_error=result.is_error, metadata=metadata)
+    return ToolResult("\n".join(texts), result.is_error, metadata, images)
 
 
 def _read_only(listed: mcp_types.Tool) -> bool:

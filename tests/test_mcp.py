@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from kernel_harness import ROOT
 from mcp import types
+from mcp_server import PIXEL
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
 from jupyter_crush.mcp_config import MCPServerConfig, load_mcp_servers
@@ -143,11 +144,12 @@ async def test_colliding_names_get_a_suffix_and_read_only_skips_permission():
 
 
 def test_results_become_tool_results():
-    png = base64.b64encode(b"\x89PNG....").decode()
     result = types.CallToolResult(
         content=[
             types.TextContent(text="two rows"),
-            types.ImageContent(data=png, mime_type="image/png"),
+            types.ImageContent(data=base64.b64encode(PIXEL).decode(), mime_type="image/png"),
+            types.ImageContent(data=base64.b64encode(b"not a png").decode(), mime_type="image/png"),
+            types.AudioContent(data="", mime_type="audio/wav"),
             types.EmbeddedResource(
                 resource=types.TextResourceContents(uri="file:///a.txt", text="embedded text")
             ),
@@ -156,13 +158,18 @@ def test_results_become_tool_results():
         structured_content={"rows": 2},
     )
     converted = tool_result("db", result)
-    assert converted.content.splitlines() == [
-        "two rows",
-        "[image image/png, 8 bytes: not shown; this tool result carries text only]",
+    lines = converted.content.splitlines()
+    assert lines[0] == "two rows"
+    assert lines[1].startswith("[image image/png not shown: ")
+    assert lines[2:] == [
+        "[audio audio/wav not shown: models here take text and images]",
         "embedded text",
         "[resource link file:///b.csv: b.csv]",
     ]
     assert converted.metadata == {"mcp_server": "db", "structured_content": {"rows": 2}}
+    [image] = converted.images
+    assert (image.media_type, image.width, image.height) == ("image/png", 1, 1)
+    assert image.label == "from MCP server db"
     structured_only = tool_result("db", types.CallToolResult(content=[], structured_content=[1]))
     assert structured_only.content == "[1]"
     error = tool_result(
@@ -238,7 +245,7 @@ async def test_streamable_http_server_results_and_stop(http_server):
     added = await tools["mcp_web_add"].run({"a": 20, "b": 22}, context)
     assert (added.content, added.metadata["structured_content"]) == ("42", {"result": 42})
     pixel = await tools["mcp_web_pixel"].run({}, context)
-    assert pixel.content.startswith("[image image/png, 67 bytes")
+    assert [(i.media_type, i.width) for i in pixel.images] == [("image/png", 1)]
     failed = await tools["mcp_web_fail"].run({"reason": "nope"}, context)
     assert failed.is_error
     # A Stop (the turn's task cancelled) ends the call at once and cancels it on the server.

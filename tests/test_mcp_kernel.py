@@ -82,7 +82,7 @@ def test_tools_are_offered_and_called_with_permission(kernel):
     script(
         kernel,
         "Reply(tool_calls=[ToolCall('mcp_demo_add', {'a': 2, 'b': 40}), "
-        "ToolCall('mcp_demo_write_note', {'text': 'hello'})])",
+        "ToolCall('mcp_demo_write_note', {'text': 'hello'}), ToolCall('mcp_demo_pixel', {})])",
         "'The sum is 42.'",
     )
     kernel.run("%%crush --new\nadd and note")
@@ -102,6 +102,12 @@ def test_tools_are_offered_and_called_with_permission(kernel):
     assert messages[2][1][0][:2] == ["mcp_demo_add", False]
     assert messages[2][1][0][2].startswith("42")
     assert messages[2][1][1] == ["mcp_demo_write_note", False, "noted: hello"]
+    # The image is kept in the store like a figure, and read back from it.
+    image = kernel.value(
+        "(lambda r: [r.name, r.images[0].media_type, len(r.images[0].read())])"
+        "(crush.store.list_messages(crush.current_session_id)[2].tool_results[2])"
+    )
+    assert image == ["mcp_demo_pixel", "image/png", 69]
     assert messages[-1][2] == "end_turn"
     specs = kernel.value("sorted(t for t in crush.agent.tools if t.startswith('mcp_'))")
     assert "mcp_demo_add" in specs and "mcp_stuck_hang" in specs

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from ..message import ImagePart
 from ..model import ToolSpec
 
 
@@ -16,6 +17,7 @@ class ToolResult:
     content: str
     is_error: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    images: list[ImagePart] = field(default_factory=list)  # shown to the model with the text
 
 
 @dataclass(frozen=True)
