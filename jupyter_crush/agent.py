@@ -276,7 +276,9 @@ class SessionAgent:
         repeats: Counter[str] = Counter()
         for source in self.tool_sources:
             await source.refresh(self.tools)
-        specs = [tool.spec for tool in self.tools.values()]
+        # A model may bring tools of its own (a replay's recorded ones); the agent's win.
+        tools = {**{t.name: t for t in getattr(model, "tools", ())}, **self.tools}
+        specs = [tool.spec for tool in tools.values()]
         for step in range(self.max_steps):
             if step:
                 history.extend(self._fold_queued(turn))
@@ -306,7 +308,7 @@ class SessionAgent:
                         f"{REPEATED_CALL_LIMIT} times",
                     )
                 try:
-                    result = await self._call_tool(turn, tool_call)
+                    result = await self._call_tool(turn, tool_call, tools)
                 except _PermissionDenied as denied:
                     results.parts.append(denied.result)  # the denial is the call's clear record
                     records.save(results)
@@ -348,16 +350,18 @@ class SessionAgent:
             raise _TurnEnded(FinishReason.ERROR, "The model's stream ended without a finish")
         return finish
 
-    async def _call_tool(self, turn: Turn, call: ToolCallPart) -> ToolResultPart:
+    async def _call_tool(
+        self, turn: Turn, call: ToolCallPart, tools: dict[str, Tool]
+    ) -> ToolResultPart:
         def error(content: str) -> ToolResultPart:
             return ToolResultPart(call.id, call.name, content, is_error=True)
 
-        tool = self.tools.get(call.name)
+        tool = tools.get(call.name)
         if tool is None:
             explained = (source.unknown_tool(call.name) for source in self.tool_sources)
             return error(
                 next(filter(None, explained), None)
-                or f"Unknown tool {call.name!r}; available: {', '.join(self.tools) or 'none'}"
+                or f"Unknown tool {call.name!r}; available: {', '.join(tools) or 'none'}"
             )
         try:
             arguments = json.loads(call.input or "{}")

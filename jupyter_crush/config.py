@@ -34,20 +34,28 @@ if TYPE_CHECKING:
 
 OPENAI_DEFAULT = "openai:gpt-4o"
 ANTHROPIC_DEFAULT = "anthropic:claude-sonnet-4-20250514"
-#: Offline default: a recorded real Anthropic stream (reasoning, a tool call, an answer).
-REPLAY_DEFAULT = "replay:anthropic-thinking"
+#: Offline default: for each prompt, the recorded real stream that answered it.
+REPLAY_DEFAULT = "replay:auto"
 
 
 def default_model_name(environ: os._Environ[str] | dict[str, str] | None = None) -> str:
     """The model a fresh kernel talks to: whichever provider has a key, else a replay."""
+    return default_model_choice(environ)[0]
+
+
+def default_model_choice(
+    environ: os._Environ[str] | dict[str, str] | None = None,
+) -> tuple[str, str]:
+    """The model a fresh kernel talks to, and the environment variable that chose it
+    ("" for the offline replay)."""
     env = os.environ if environ is None else environ
     if env.get("CRUSH_MODEL"):
-        return env["CRUSH_MODEL"]
+        return env["CRUSH_MODEL"], "CRUSH_MODEL"
     if env.get("OPENAI_API_KEY"):
-        return OPENAI_DEFAULT
+        return OPENAI_DEFAULT, "OPENAI_API_KEY"
     if env.get("ANTHROPIC_API_KEY"):
-        return ANTHROPIC_DEFAULT
-    return REPLAY_DEFAULT
+        return ANTHROPIC_DEFAULT, "ANTHROPIC_API_KEY"
+    return REPLAY_DEFAULT, ""
 
 
 class _MaskedKeys(dict):

@@ -247,7 +247,10 @@ class Crush:
         """Accept ``prompt`` (with ``attachments``), show its view, and run it on the loop."""
         if not prompt.strip():
             raise UsageError("The prompt is empty: write what you want after the %%crush line")
-        model = self.resolve_model(model_name)  # before anything is recorded
+        from .providers.replay import for_prompt
+
+        # Before anything is recorded; a replay says which recorded prompt it answers.
+        model, replay_note = for_prompt(self.resolve_model(model_name), prompt)
         with store_problems_in_one_line():  # the store opens here (a full disk, a bad path)
             agent = self._ensure_agent(model)
         # Settings changed with %config since the agent was made apply to the next prompt.
@@ -273,7 +276,7 @@ class Crush:
                 RunLabels(
                     session=session.title or session.id[:8],
                     model=f"{model.provider}:{model.name}",
-                    replay=_is_replay(model),
+                    replay=replay_note,
                 ),
                 on_stop=lambda: agent.cancel(session.id),
                 session_id=session.id,
@@ -616,10 +619,6 @@ def _kernel_loop() -> asyncio.AbstractEventLoop:
         from IPython.core.async_helpers import get_asyncio_loop
 
         return get_asyncio_loop()
-
-
-def _is_replay(model: Any) -> bool:
-    return getattr(model, "provider", "") == "replay"
 
 
 def _title(prompt: str) -> str:

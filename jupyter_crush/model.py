@@ -142,6 +142,9 @@ class Model(Protocol):
     with exactly one :class:`StreamFinish` unless it raises. Cancellation
     arrives as ``asyncio.CancelledError`` at an ``await``; implementations
     close their HTTP stream when that happens (``async with`` does).
+
+    A model may also have ``tools``, a sequence of :class:`~jupyter_crush.tools.Tool`
+    offered beside the agent's own (a replay's recorded tools answer its recorded calls).
     """
 
     provider: str

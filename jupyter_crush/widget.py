@@ -61,7 +61,8 @@ class RunLabels:
 
     session: str
     model: str
-    replay: bool = False
+    #: For a replay, which recorded prompt it answers ("replaying a recorded answer to: …").
+    replay: str = ""
 
 
 class RunView:
@@ -182,7 +183,7 @@ class RunView:
     def status_text(self) -> str:
         parts = [f"session {self.labels.session}", self.labels.model]
         if self.labels.replay:
-            parts.append("replay of a recorded stream")
+            parts.append(self.labels.replay)
         parts.append(self._phase_text())
         elapsed = self.elapsed
         if elapsed is not None:

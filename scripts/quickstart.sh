@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
-# The quickstart, end to end: set up .venv, run notebooks/quickstart.ipynb headless, and say
-# where the executed notebook is.
+# The quickstart: set up .venv, run notebooks/quickstart.ipynb headless, and print what each
+# step showed, what was recorded and where to look. With --lab, start JupyterLab on
+# 127.0.0.1 with the quickstart open instead (Ctrl+C stops it).
 #
-# Offline it talks to a replay of recorded real provider streams (the widget says so). With
-# OPENAI_API_KEY or ANTHROPIC_API_KEY set, or CRUSH_MODEL naming a local OpenAI-compatible
-# server (e.g. CRUSH_MODEL=ollama:llama3.2), the same notebook talks to that model.
+# Offline the notebook's prompts get the real recorded answers to those prompts (replay:auto;
+# each status line names the recorded prompt it answers). With OPENAI_API_KEY or
+# ANTHROPIC_API_KEY set, or CRUSH_MODEL naming a model (e.g. CRUSH_MODEL=ollama:llama3.2 for
+# a local server), the same notebook talks to that model; the first line printed says which.
 #
-# Usage: bash scripts/quickstart.sh [OUTPUT.ipynb]
+# Usage: bash scripts/quickstart.sh [--no-setup] [OUTPUT.ipynb]
+#        bash scripts/quickstart.sh [--no-setup] --lab [JUPYTER LAB OPTIONS, e.g. --no-browser]
+# --no-setup uses .venv as it is (skips `bash scripts/setup.sh quickstart`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--no-setup" ]; then
+  shift
+else
+  bash scripts/setup.sh quickstart
+fi
+if [ "${1:-}" = "--lab" ]; then
+  exec .venv/bin/python scripts/quickstart.py "$@"
+fi
 out=${1:-notebooks/quickstart.out.ipynb}
-bash scripts/setup.sh quickstart
 # Unless CRUSH_DATA_DIR says otherwise, each run's transcripts go to a fresh store beside
 # the output, not into the notebook folder's own .crush/.
 if [ -z "${CRUSH_DATA_DIR:-}" ]; then
@@ -18,45 +29,4 @@ if [ -z "${CRUSH_DATA_DIR:-}" ]; then
   rm -rf "$CRUSH_DATA_DIR"
   export CRUSH_DATA_DIR
 fi
-.venv/bin/python - "$out" <<'PY'
-import json
-import os
-import sys
-import tempfile
-from pathlib import Path
-
-import nbformat
-from nbclient import NotebookClient
-
-out = Path(sys.argv[1]).resolve()
-# Run the notebook on this venv's Python whatever "python3" kernelspecs the machine has:
-# a throwaway kernelspec first on JUPYTER_PATH wins over every installed one.
-specs = tempfile.TemporaryDirectory(prefix="crush-quickstart-")
-spec = Path(specs.name) / "kernels" / "python3"
-spec.mkdir(parents=True)
-spec.joinpath("kernel.json").write_text(json.dumps({
-    "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-    "display_name": "Python 3 (jupyter-crush)",
-    "language": "python",
-}))
-os.environ["JUPYTER_PATH"] = os.pathsep.join(
-    p for p in (specs.name, os.environ.get("JUPYTER_PATH", "")) if p
-)
-nb = nbformat.read("notebooks/quickstart.ipynb", as_version=4)
-client = NotebookClient(
-    nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": "notebooks"}}
-)
-try:
-    client.execute()
-finally:
-    nbformat.write(nb, out)
-    specs.cleanup()
-model = next(
-    (o.get("text", "") for c in nb.cells if c.source.strip() == "%crush model"
-     for o in c.get("outputs", ())),
-    "",
-).strip()
-print(f"Executed notebook: {out}")
-print(f"Model: {model}" + ("  (a replay of a recorded real stream)" if model.startswith("replay:") else ""))
-print(f"Transcripts: {os.environ['CRUSH_DATA_DIR']}")
-PY
+exec .venv/bin/python scripts/quickstart.py "$out"

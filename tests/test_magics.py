@@ -145,8 +145,33 @@ def test_new_session_and_use_by_prefix(ip, crush, capsys):
 def test_per_cell_model_overrides_the_default(ip, crush):
     run(ip, "%%crush -m replay:openai-simple\nhi")
     assert messages(crush)[-1].provider == "replay"
-    assert crush.last_view.labels.replay
-    assert "replay of a recorded stream" in crush.last_view.status_text()
+    # "hi" is not what the recording answered, and the status line says so.
+    assert (
+        "replay:openai-simple · replaying a recorded answer to a different prompt: "
+        "“Say hi in Portuguese”" in crush.last_view.status_text()
+    )
+
+
+def test_offline_default_replays_the_recording_of_the_prompt_asked(ip):
+    crush = current()
+    ip.user_ns.update(a=2, b=3)
+    run(ip, "%%crush\nAdd and multiply the number {a} and {b}")
+    assert crush.config.model == "replay:auto"
+    assert (
+        "replay:anthropic-multi-tool · replaying a recorded answer to: "
+        "“Add and multiply the number 2 and 3” · done" in crush.last_view.status_text()
+    )
+    # The recorded tools answered with the recorded results, so the answer fits the turn.
+    turn = messages(crush)
+    assert [m.model for m in turn if m.role == "assistant"] == ["anthropic-multi-tool"] * 2
+    assert [r.content for m in turn for r in m.tool_results] == ["5", "6"]
+    assert "5" in turn[-1].text and "6" in turn[-1].text
+
+    run(ip, "%%crush\nWhat is a DataFrame?")  # no recording answers it: the line says so
+    assert (
+        "replay:anthropic-thinking · replaying a recorded answer to a different prompt: "
+        "“What's the weather in Florence, Italy?”" in crush.last_view.status_text()
+    )
 
 
 def test_a_cell_model_works_when_the_default_does_not_resolve(ip, monkeypatch):

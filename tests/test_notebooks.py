@@ -1,5 +1,5 @@
-"""The notebooks run headless under nbclient, offline: the quickstart against a replay of
-recorded provider streams, the DataFrame tools walkthrough with a scripted model."""
+"""The notebooks run headless under nbclient, offline: the DataFrame tools walkthrough with a
+scripted model (the quickstart runs through its script, in test_quickstart.py)."""
 
 from __future__ import annotations
 
@@ -46,32 +46,6 @@ def execute(name: str, tmp_path: Path):
     errors = [o for c in nb.cells for o in c.get("outputs", ()) if o["output_type"] == "error"]
     assert not errors, errors
     return nb
-
-
-def test_quickstart_executes_headless(tmp_path: Path):
-    nb = execute("quickstart.ipynb", tmp_path)
-    assert text_of(cell_output(nb, "%crush model")).startswith("replay:")
-
-    # Headless cells wait for their answers, so Run-All sees the final, static answer.
-    ask = text_of(cell_output(nb, "%%crush"))
-    assert "replay of a recorded stream" in ask
-    assert "· done ·" in ask
-
-    # The stopped run shows as canceled in its own cell, though it ended during a later one.
-    essay = cell_output(nb, "%%crush --new -s essay --no-wait -m $long_model")
-    assert "· canceled" in text_of(essay)
-    assert text_of(cell_output(nb, "await crush.last_view.wait()")) == "'canceled'"
-
-    queued = text_of(cell_output(nb, "%%crush -s queue"))
-    assert "· done ·" in queued
-
-    transcript = text_of(cell_output(nb, "store = crush.store"))
-    assert "Name three uses of a Python dict." in transcript
-    assert "And three uses of a set." in transcript
-    assert "end_turn" in transcript
-
-    assert "'essay'" in text_of(cell_output(nb, "from tinydb import Query"))
-    assert "essay" in text_of(cell_output(nb, "%crush sessions"))
 
 
 def test_dataframe_tools_walkthrough_executes_headless(tmp_path: Path):

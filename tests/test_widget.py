@@ -111,14 +111,17 @@ async def test_error_and_cancel_states():
     assert view2.phase == "canceled"
 
 
-async def test_replay_is_labelled():
+async def test_replay_says_which_prompt_it_answers_on_the_status_line():
+    note = "replaying a recorded answer to: “What's the weather in Florence, Italy?”"
     view = RunView(
-        RunLabels("s", "replay:anthropic-thinking", replay=True),
+        RunLabels("s", "replay:anthropic-thinking", replay=note),
         on_stop=lambda: None,
         loop=asyncio.get_running_loop(),
     )
-    assert "replay of a recorded stream" in view.status_text()
-    assert "replay of a recorded stream" in view.to_markdown()
+    assert view.status_text().startswith(f"session s · replay:anthropic-thinking · {note} · ")
+    # The saved output (Markdown and plain text) keeps it on the same line.
+    assert note in view.to_markdown().splitlines()[0]
+    assert note in view.to_text().splitlines()[0]
 
 
 async def test_bundles_carry_a_static_fallback():

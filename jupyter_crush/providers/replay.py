@@ -12,15 +12,23 @@ assistant steps since the request's last user prompt and serves that
 interaction; past the last one it starts over from the first (so a new prompt
 always replays the recording from its beginning, and an agent that keeps
 calling tools loops through it until its step limit). The request content is
-never matched: the answer is the recording's whatever was asked.
+never matched: the answer is the recording's whatever was asked, so
+:func:`for_prompt` says which prompt it answers (the status line shows it).
+
+A recording keeps its conversation whole: its prompt (:attr:`Recording.prompt`)
+and its tools (:attr:`Recording.tools`), which answer the recorded calls with
+the recorded results, so a replayed turn reads as the real one did.
+``replay:auto`` picks, for each prompt, the recording that answered it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import re
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -29,25 +37,32 @@ from urllib.parse import urlsplit
 import httpx2
 import yaml
 
-from ..message import Message
-from ..model import StreamEvent, ToolSpec
+from ..message import Message, Role
+from ..model import Model, StreamEvent, ToolSpec
+from ..tools import Tool, ToolContext, ToolResult
 from .config import ProviderConfig, ProviderConfigError, ProviderSettings
 
 RECORDINGS_DIR = Path(__file__).resolve().parent.parent / "recordings"
 
-#: Short names for the recordings shipped with the package.
+#: Short names for the recordings shipped with the package, in the order ``replay:auto``
+#: prefers them when several answered the same prompt (for the weather question, the
+#: longest stream: word-by-word reasoning, a tool call, an answer).
 SHORT_NAMES: dict[str, str] = {
     "anthropic-simple": "AnthropicCommon--claude-sonnet-4--simple_streaming",
-    "anthropic-tool": "AnthropicCommon--claude-sonnet-4--tool_streaming",
     "anthropic-multi-tool": "AnthropicCommon--claude-sonnet-4--multi_tool_streaming",
+    "zai-thinking": "OpenAICompatibleThinking--zai-glm-4-7-flash--thinking-streaming",
     "anthropic-thinking": "AnthropicThinking--claude-sonnet-4--thinking-streaming",
+    "anthropic-tool": "AnthropicCommon--claude-sonnet-4--tool_streaming",
     "openai-simple": "OpenAICommon--openai-gpt-4o--simple_streaming",
     "openai-tool": "OpenAICommon--openai-gpt-4o--tool_streaming",
     "openai-multi-tool": "OpenAICommon--openai-gpt-5--multi_tool_streaming",
     "groq-tool": "OpenAICompatibleCommon--groq-kimi-k2--tool_streaming",
     "llama-cpp-thinking": "OpenAICompatibleThinking--llama-cpp-gpt-oss--thinking-streaming",
-    "zai-thinking": "OpenAICompatibleThinking--zai-glm-4-7-flash--thinking-streaming",
 }
+
+#: ``replay:auto`` chooses a recording by prompt; a prompt none answered gets this one.
+AUTO = "auto"
+AUTO_FALLBACK = "anthropic-thinking"
 
 #: Recorded hosts whose prices we know, so a replay reports what the recorded step cost.
 _PRICED_HOSTS = {
@@ -99,9 +114,90 @@ class Recording:
     def host(self) -> str:
         return urlsplit(self.interactions[0].url).hostname or ""
 
+    @functools.cached_property
+    def prompt(self) -> str:
+        """The user prompt the recorded conversation answers."""
+        messages = _request_body(self.interactions[0]).get("messages") or []
+        prompts = [m.get("content") for m in messages if m.get("role") == "user"]
+        return _content_text(prompts[-1]) if prompts else ""
+
+    @functools.cached_property
+    def tools(self) -> tuple[Tool, ...]:
+        """The recorded tools; each answers a recorded call with its recorded result."""
+        return recorded_tools([self])
+
+    def tool_specs(self) -> list[ToolSpec]:
+        """The tools the recorded client offered, in the order it sent them."""
+        for interaction in self.interactions:
+            tools = _request_body(interaction).get("tools")
+            if tools:
+                return [_tool_spec(tool) for tool in tools]
+        return []
+
+    def tool_results(self) -> dict[str, str]:
+        """Recorded tool results by tool call id, as the recorded client sent them back."""
+        results = {}
+        for interaction in self.interactions:
+            for message in _request_body(interaction).get("messages") or []:
+                if message.get("role") == "tool":  # OpenAI
+                    results[message.get("tool_call_id", "")] = _content_text(message["content"])
+                elif isinstance(message.get("content"), list):  # Anthropic
+                    for block in message["content"]:
+                        if block.get("type") == "tool_result":
+                            results[block["tool_use_id"]] = _content_text(block.get("content"))
+        return results
+
+
+def _request_body(interaction: Interaction) -> dict[str, Any]:
+    try:
+        body = json.loads(interaction.request_body or "{}")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _content_text(content: Any) -> str:
+    """A message content's text: a string, or the text blocks of a list of blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(b.get("text", "") for b in content if isinstance(b, dict))
+    return ""
+
+
+def _tool_spec(tool: dict[str, Any]) -> ToolSpec:
+    function = tool.get("function") or tool  # OpenAI nests the tool under "function"
+    return ToolSpec(
+        name=function["name"],
+        description=function.get("description", ""),
+        parameters=function.get("parameters") or function.get("input_schema") or {},
+    )
+
+
+def recorded_tools(recordings: Iterable[Recording]) -> tuple[Tool, ...]:
+    """The tools of ``recordings`` by name (the first spec of a name wins), each answering
+    any of their recorded calls with the recorded result (call ids are unique)."""
+    specs: dict[str, ToolSpec] = {}
+    results: dict[str, str] = {}
+    for recording in recordings:
+        for spec in recording.tool_specs():
+            specs.setdefault(spec.name, spec)
+        results.update(recording.tool_results())
+    return tuple(Tool(spec, _recorded_result(results)) for spec in specs.values())
+
+
+def _recorded_result(results: Mapping[str, str]) -> Any:
+    async def run(arguments: dict[str, Any], context: ToolContext) -> ToolResult:
+        recorded = results.get(context.tool_call_id)
+        if recorded is None:
+            return ToolResult(f"no recorded result for call {context.tool_call_id}", True)
+        return ToolResult(recorded, metadata={"recorded": True})
+
+    return run
+
 
 def recording_names() -> list[str]:
-    return sorted(SHORT_NAMES)
+    return sorted([*SHORT_NAMES, AUTO])
 
 
 def find_recording(ref: str) -> Path:
@@ -261,6 +357,11 @@ class ReplayModel:
     def requests(self) -> list[dict[str, Any]]:
         return list(self.transport.requests)
 
+    @property
+    def tools(self) -> tuple[Tool, ...]:
+        """The recorded tools, offered beside the agent's own (see :class:`~..model.Model`)."""
+        return self.recording.tools
+
     def __repr__(self) -> str:
         return (
             f"ReplayModel(name={self.name!r}, recorded_model={self.recording.model!r}, "
@@ -277,6 +378,84 @@ class ReplayModel:
         return self._inner.stream(messages, system=system, tools=tools)
 
 
-def replay_model(ref: str, settings: ProviderSettings) -> ReplayModel:
+class AutoReplayModel:
+    """``replay:auto``: each prompt gets the shipped recording that answered it.
+
+    The notebook asks :meth:`for_prompt` before a turn starts, so the transcript
+    names the recording played; :meth:`stream` does the same from the request's
+    last prompt, for code that drives the agent directly.
+    """
+
+    provider = "replay"
+    name = AUTO
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self._settings = settings
+        # One model per recording name, made on first use; the loop thread only.
+        self._models: dict[str, ReplayModel] = {}
+
+    def for_prompt(self, prompt: str) -> ReplayModel:
+        name = next(
+            (n for n, r in _shipped_recordings().items() if same_prompt(prompt, r.prompt)),
+            AUTO_FALLBACK,
+        )
+        if name not in self._models:
+            self._models[name] = ReplayModel(_shipped_recordings()[name], self._settings)
+        return self._models[name]
+
+    @property
+    def tools(self) -> tuple[Tool, ...]:
+        return _shipped_tools()
+
+    def __repr__(self) -> str:
+        return f"AutoReplayModel(recordings={sorted(SHORT_NAMES)!r})"
+
+    def stream(self, messages: Sequence[Message], **options: Any) -> AsyncIterator[StreamEvent]:
+        prompts = [m.text for m in messages if m.role is Role.USER]
+        return self.for_prompt(prompts[-1] if prompts else "").stream(messages, **options)
+
+
+@functools.cache
+def _shipped_recordings() -> dict[str, Recording]:
+    """The recordings shipped with the package by short name, read once per process."""
+    return {name: load_recording(find_recording(name)) for name in SHORT_NAMES}
+
+
+@functools.cache
+def _shipped_tools() -> tuple[Tool, ...]:
+    return recorded_tools(_shipped_recordings().values())
+
+
+def same_prompt(asked: str, recorded: str) -> bool:
+    """Whether two prompts are the same question: words compared, case and punctuation not."""
+
+    def words(text: str) -> list[str]:
+        return re.findall(r"\w+", text.casefold())
+
+    return words(asked) == words(recorded)
+
+
+def for_prompt(model: Model, prompt: str) -> tuple[Model, str]:
+    """The model that answers ``prompt`` and what a status line says about it.
+
+    ``replay:auto`` becomes the recording that answered ``prompt``; a replay is described by
+    the recorded prompt it answers, saying so when that is not ``prompt``; any other model
+    is returned as it is, with nothing to say.
+    """
+    if isinstance(model, AutoReplayModel):
+        model = model.for_prompt(prompt)
+    if not isinstance(model, ReplayModel):
+        return model, ""
+    recorded = model.recording.prompt
+    if not recorded:
+        return model, "replaying a recorded answer (the recording keeps no prompt)"
+    if same_prompt(prompt, recorded):
+        return model, f"replaying a recorded answer to: “{recorded}”"
+    return model, f"replaying a recorded answer to a different prompt: “{recorded}”"
+
+
+def replay_model(ref: str, settings: ProviderSettings) -> ReplayModel | AutoReplayModel:
+    if ref == AUTO:
+        return AutoReplayModel(settings)
     path = find_recording(ref)
     return ReplayModel(load_recording(path), settings)
