@@ -895,9 +895,10 @@ class TranscriptStore:
         with self._plock:
             self._catch_up(st)
             assert st.entries is not None
-            # Everything pending goes in one append, in message order: a message refused
-            # earlier must not land on disk after the ones that followed it.
-            mids = [mid for mid in st.entries if mid in pending]
+            # Everything pending goes in one append, in the order it became pending: a
+            # message refused earlier must not land on disk after the ones that followed
+            # it (a message enters pending first when it is new, so in message order).
+            mids = list(pending)
             entries = [st.entries[mid] for mid in mids]
             try:
                 st.journal.append(b"".join(e.line + b"\n" for e in entries), fsync=self.fsync)
