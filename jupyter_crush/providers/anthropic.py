@@ -11,11 +11,13 @@ import httpx2
 
 from ..message import (
     FinishReason,
+    ImagePart,
     Message,
     ReasoningPart,
     Role,
     TextPart,
     ToolCallPart,
+    ToolResultPart,
     Usage,
 )
 from ..model import (
@@ -32,6 +34,7 @@ from ..model import (
 from ..undecodable import encodable
 from .base import SDKModel
 from .history import conversation, tool_arguments
+from .vision import wire_image
 
 _FINISH = {
     "end_turn": FinishReason.END_TURN,
@@ -81,12 +84,36 @@ def _assistant_blocks(message: Message) -> list[dict[str, Any]]:
     return blocks
 
 
-def build_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+def _image_block(image: ImagePart, images: bool) -> dict[str, Any]:
+    """An image block, or the text block that stands in for it (see :func:`wire_image`)."""
+    wire = wire_image(image, images)
+    if isinstance(wire, str):
+        return {"type": "text", "text": wire}
+    source = {"type": "base64", "media_type": wire.media_type, "data": wire.base64}
+    return {"type": "image", "source": source}
+
+
+def _tool_result_block(result: ToolResultPart, images: bool) -> dict[str, Any]:
+    content: str | list[dict[str, Any]] = result.content
+    if result.images:
+        # A tool result may carry image blocks of its own: the figure stays with its call.
+        content = [{"type": "text", "text": result.content}]
+        content += [_image_block(image, images) for image in result.images]
+    return {
+        "type": "tool_result",
+        "tool_use_id": result.tool_call_id,
+        "content": content,
+        "is_error": result.is_error,
+    }
+
+
+def build_messages(messages: Sequence[Message], *, images: bool = True) -> list[dict[str, Any]]:
     """Messages API content for a transcript.
 
     Anthropic requires user/assistant alternation: tool results travel in a
     user message, and consecutive messages of one wire role are merged (tool
-    results first, as the API requires).
+    results first, as the API requires). Images are image blocks, in the user's
+    message or inside their tool result; with ``images`` false, a line of text each.
     """
     out: list[dict[str, Any]] = []
     for message in conversation(messages):
@@ -94,21 +121,15 @@ def build_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
             role, blocks = "assistant", _assistant_blocks(message)
         elif message.role is Role.TOOL:
             role = "user"
-            blocks = [
-                {
-                    "type": "tool_result",
-                    "tool_use_id": r.tool_call_id,
-                    "content": r.content,
-                    "is_error": r.is_error,
-                }
-                for r in message.tool_results
-            ]
+            blocks = [_tool_result_block(r, images) for r in message.tool_results]
         else:
             role = "user"
             blocks = [
                 {"type": "text", "text": p.text}
+                if isinstance(p, TextPart)
+                else _image_block(p, images)
                 for p in message.parts
-                if isinstance(p, TextPart) and p.text.strip()
+                if (isinstance(p, TextPart) and p.text.strip()) or isinstance(p, ImagePart)
             ]
         if not blocks:
             continue
@@ -215,7 +236,7 @@ class AnthropicModel(SDKModel):
         max_tokens = self.settings.max_tokens or DEFAULT_MAX_TOKENS
         if budget and max_tokens <= budget:
             max_tokens = budget + DEFAULT_MAX_TOKENS  # the API requires max_tokens > budget
-        wire = build_messages(messages)
+        wire = build_messages(messages, images=self.accepts_images)
         params: dict[str, Any] = {
             "model": self.name,
             "max_tokens": max_tokens,
@@ -235,7 +256,7 @@ class AnthropicModel(SDKModel):
             if tools:
                 params["tools"][-1]["cache_control"] = _CACHE
             last = wire[-1]["content"][-1] if wire and wire[-1]["content"] else None
-            if last is not None and last["type"] in ("text", "tool_result"):
+            if last is not None and last["type"] in ("text", "tool_result", "image"):
                 last["cache_control"] = _CACHE
         if budget:
             params["thinking"] = {"type": "enabled", "budget_tokens": budget}

@@ -13,6 +13,7 @@ from ..model import ModelError
 from .config import ProviderConfig, ProviderSettings
 from .errors import translate_error
 from .prices import step_cost
+from .vision import accepts_images
 
 #: Content types that are never an event stream: a proxy's or portal's page, not the API.
 _NOT_A_STREAM = frozenset({"text/html", "application/xhtml+xml"})
@@ -49,6 +50,11 @@ class SDKModel:
             f"{type(self).__name__}(provider={self.provider!r}, name={self.name!r}, "
             f"base_url={self.config.base_url!r})"
         )
+
+    @property
+    def accepts_images(self) -> bool:
+        """Whether requests carry images, or a line of text in place of each."""
+        return accepts_images(self.name, self.settings.image_input)
 
     def _make_client(self, **options: Any) -> Any:
         """The SDK's async client built with ``options``."""

@@ -100,6 +100,9 @@ class ProviderSettings:
     reasoning_effort: str | None = None
     #: Mark Anthropic prompt-cache breakpoints (system prompt, tools, conversation so far).
     prompt_caching: bool = True
+    #: Send images to the model (True) or a line of text for each (False); None decides
+    #: from the model's name (see providers/vision.py).
+    image_input: bool | None = None
     #: Seconds between server-sent events when replaying a recording (0: as fast as possible).
     replay_delay: float = 0.02
 

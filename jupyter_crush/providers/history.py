@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from ..limits import capped
 from ..message import Message, ReasoningPart, Role, TextPart, ToolCallPart, ToolResultPart
 
 
@@ -50,7 +51,8 @@ INTERRUPTED = "The tool call was interrupted before it returned a result."
 
 
 def conversation(messages: Sequence[Message]) -> list[Message]:
-    """The messages worth sending, in order, with every tool call answered exactly once.
+    """The messages worth sending, in order, with every tool call answered exactly once,
+    each within the request's limits (:mod:`jupyter_crush.limits`).
 
     Empty assistant turns and system rows are skipped. Both APIs reject a tool call
     without a result right after it, and a result whose call is not in the message
@@ -79,7 +81,7 @@ def conversation(messages: Sequence[Message]) -> list[Message]:
         out.append(message)
     if pending:
         out.append(_settle(out[-1].session_id, pending))
-    return out
+    return capped(out)
 
 
 def _interrupted(call: ToolCallPart) -> ToolResultPart:

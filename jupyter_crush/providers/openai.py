@@ -10,7 +10,7 @@ from typing import Any
 import httpx2
 import openai
 
-from ..message import FinishReason, Message, Role, TextPart, ToolResultPart, Usage
+from ..message import FinishReason, ImagePart, Message, Part, Role, TextPart, ToolResultPart, Usage
 from ..model import (
     ReasoningDelta,
     ReasoningEnd,
@@ -25,6 +25,7 @@ from ..model import (
 from ..undecodable import encodable
 from .base import SDKModel
 from .history import conversation, tool_arguments
+from .vision import wire_image
 
 _FINISH = {
     "stop": FinishReason.END_TURN,
@@ -39,27 +40,36 @@ _FINISH = {
 _STREAM_ERRORS = (openai.OpenAIError, httpx2.HTTPError, ValueError)
 
 
-def build_messages(messages: Sequence[Message], system: str | None) -> list[dict[str, Any]]:
+def build_messages(
+    messages: Sequence[Message], system: str | None, *, images: bool = True
+) -> list[dict[str, Any]]:
     """Chat-completions messages for a transcript.
 
     Reasoning is not sent back: OpenAI-compatible servers do not accept
     ``reasoning_content`` in requests. Consecutive user or assistant messages
-    are merged so every server sees one message per turn.
+    are merged so every server sees one message per turn. Images go as ``image_url``
+    parts of a user message; a tool message takes only text, so a tool result's images
+    follow its tool messages in a user message that names the call. With ``images``
+    false each image is a line of text instead.
     """
     out: list[dict[str, Any]] = []
     if system:
         out.append({"role": "system", "content": system})
     for message in conversation(messages):
         if message.role is Role.TOOL:
+            shown: list[Part] = []
             for result in message.tool_results:
                 out.append(_tool_message(result))
+                if result.images:
+                    shown.append(
+                        TextPart(f"Images from the {result.name} call {result.tool_call_id}:")
+                    )
+                    shown.extend(result.images)
+            if shown:
+                _add_user(out, _user_content(shown, images))
             continue
         if message.role is Role.USER:
-            text = "".join(p.text for p in message.parts if isinstance(p, TextPart))
-            if out and out[-1]["role"] == "user" and isinstance(out[-1]["content"], str):
-                out[-1]["content"] += "\n\n" + text
-            else:
-                out.append({"role": "user", "content": text})
+            _add_user(out, _user_content(message.parts, images))
             continue
         entry = _assistant_message(message)
         if entry is None:
@@ -92,6 +102,39 @@ def _assistant_message(message: Message) -> dict[str, Any] | None:
     if calls:
         entry["tool_calls"] = calls
     return entry
+
+
+def _user_content(parts: Sequence[Part], images: bool) -> str | list[dict[str, Any]]:
+    """A user message's content: plain text, or content parts when it carries an image."""
+    content: list[dict[str, Any]] = []
+    for part in parts:
+        if isinstance(part, TextPart):
+            content.append({"type": "text", "text": part.text})
+        elif isinstance(part, ImagePart):
+            wire = wire_image(part, images)
+            if isinstance(wire, str):
+                content.append({"type": "text", "text": "\n" + wire})  # on a line of its own
+            else:
+                url = f"data:{wire.media_type};base64,{wire.base64}"
+                content.append({"type": "image_url", "image_url": {"url": url}})
+    if all(item["type"] == "text" for item in content):
+        return "".join(item["text"] for item in content)
+    return content
+
+
+def _add_user(out: list[dict[str, Any]], content: str | list[dict[str, Any]]) -> None:
+    """Append a user message, merged into the previous one if that is a user message too."""
+    last = out[-1] if out else None
+    if last is None or last["role"] != "user":
+        out.append({"role": "user", "content": content})
+    elif isinstance(last["content"], str) and isinstance(content, str):
+        last["content"] += "\n\n" + content
+    else:
+        last["content"] = _as_parts(last["content"]) + _as_parts(content)
+
+
+def _as_parts(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
 
 
 def _tool_message(result: ToolResultPart) -> dict[str, Any]:
@@ -232,7 +275,7 @@ class OpenAIModel(SDKModel):
     ) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": self.name,
-            "messages": build_messages(messages, system),
+            "messages": build_messages(messages, system, images=self.accepts_images),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
