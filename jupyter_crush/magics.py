@@ -24,6 +24,7 @@ import shlex
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from . import notebook_state
-from .agent import Attachment, Finished, SessionAgent, SessionAgentCall, Started
+from .agent import Attachment, Finished, Folded, SessionAgent, SessionAgentCall, Started
 from .commands import COMMANDS, load_commands, usage_lines
 from .config import CrushConfig
 from .interpolate import interpolate
@@ -89,6 +90,9 @@ class Crush:
         # Session id -> the view of its active prompt, for the permission broker; written
         # and read on the loop thread only.
         self.views: dict[str, RunView] = {}
+        # Session id -> the model answering its active prompt, for the prompts folded into
+        # it; written and read on the loop thread only, with views.
+        self._turn_models: dict[str, Model] = {}
         # Session ids whose active prompt ran with --yolo; loop thread only.
         self._yolo_sessions: set[str] = set()
         # Strong references to the run tasks: the loop keeps only weak ones, and a
@@ -290,7 +294,7 @@ class Crush:
                 prompt,
                 attachments=tuple(attachments),
                 accepted=accepted,
-                observer=_Tracker(self, view, yolo),
+                observer=_Tracker(self, view, yolo, model, prompt),
                 model=model,
             )
             handle = _display(view)
@@ -523,19 +527,33 @@ class _CellPermissions:
 class _Tracker:
     """Observer wrapper: keeps the broker's session → view map current, then forwards."""
 
-    def __init__(self, crush: Crush, view: RunView, yolo: bool) -> None:
+    def __init__(self, crush: Crush, view: RunView, yolo: bool, model: Model, prompt: str) -> None:
         self._crush = crush
         self._view = view
         self._yolo = yolo
+        self._model = model
+        self._prompt = prompt
 
     def on_event(self, event: Any) -> None:
+        session_id = self._view.session_id
         if isinstance(event, Started):
-            self._crush.views[self._view.session_id] = self._view
+            self._crush.views[session_id] = self._view
+            self._crush._turn_models[session_id] = self._model
             if self._yolo:
-                self._crush._yolo_sessions.add(self._view.session_id)
+                self._crush._yolo_sessions.add(session_id)
+        elif isinstance(event, Folded) and session_id in self._crush._turn_models:
+            # The running turn's model answers a folded prompt: the status line names it (and
+            # for a replay, the recorded prompt it answers).
+            from .providers.replay import for_prompt
+
+            model, note = for_prompt(self._crush._turn_models[session_id], self._prompt)
+            self._view.labels = replace(
+                self._view.labels, model=f"{model.provider}:{model.name}", replay=note
+            )
         elif isinstance(event, Finished):
-            if self._crush.views.get(self._view.session_id) is self._view:
-                del self._crush.views[self._view.session_id]
+            if self._crush.views.get(session_id) is self._view:
+                del self._crush.views[session_id]
+                del self._crush._turn_models[session_id]
             # Records the disk refused stay in memory; the status line says so.
             pending = self._crush.store.pending_writes(self._view.session_id)
             self._view.set_store_note("; ".join(str(p) for p in pending))

@@ -375,3 +375,24 @@ def test_allowed_tools_changed_after_the_first_prompt_apply_to_the_next(ip, tmp_
     assert last.finish_reason == "canceled"
     assert last.finish.message.startswith("Permission denied for write: ")
     assert "headless" in last.finish.message  # the policy's reason reaches the transcript
+
+
+async def test_a_prompt_folded_into_a_replayed_turn_names_the_recording_that_answers(ip):
+    crush = current()
+    first = crush.submit(
+        "Add and multiply the number 2 and 3",
+        session_ref="fold",
+        new=True,
+        model_name="replay:anthropic-multi-tool",
+        wait=False,
+    )
+    # Queued behind a turn that calls tools: it joins that turn after the tool results.
+    second = crush.submit("Say hi in Portuguese", session_ref="fold", wait=False)
+    await first.wait()
+    await second.wait()
+    assert second.phase == "done"
+    # Its answer is the running recording's, and its status line says so.
+    assert (
+        "replay:anthropic-multi-tool · replaying a recorded answer to a different prompt: "
+        "“Add and multiply the number 2 and 3”" in second.status_text()
+    )
