@@ -35,7 +35,7 @@ from .message import (
     Usage,
 )
 from .model import Model, StreamFinish, apply_event
-from .records import TurnRecords, prompt_message
+from .records import StoreFailed, TurnRecords, describe, prompt_message
 from .store import TranscriptStore
 from .tools import (
     Decision,
@@ -46,7 +46,6 @@ from .tools import (
     ToolResult,
     ToolSource,
 )
-from .tools.output import redact
 
 __all__ = [
     "AcceptedRun",
@@ -218,9 +217,10 @@ class SessionAgent:
         """
         accepted = call.accepted or self.begin_accepted(call.session_id)
         try:
+            self._dispatch.check(accepted, call.session_id)
             _validate(call, self.store)
         except Exception:
-            accepted.close()  # a rejected call must not hold the session's accept count
+            accepted.close()  # a rejected call must not hold its session's accept count
             raise
         records = TurnRecords(self.store, call.session_id, call.prompt, call.attachments)
         state = self._dispatch.state(call.session_id)
@@ -259,12 +259,17 @@ class SessionAgent:
             reason = await self._steps(turn)
             self._finish(turn, reason, "")
         except asyncio.CancelledError:
-            self._finish(turn, FinishReason.CANCELED, CANCELED_MESSAGE)
+            if covered(turn) or _cancel_requested():
+                self._finish(turn, FinishReason.CANCELED, CANCELED_MESSAGE)
+            else:  # a library below raised it on its own (an inner future was cancelled)
+                self._finish(turn, FinishReason.ERROR, "The model's stream was cancelled")
         except _TurnEnded as ended:
             self._finish(turn, ended.reason, ended.message)
+        except StoreFailed:  # the records say what failed and what was saved
+            self._finish(turn, FinishReason.ERROR, "")
         except Exception as error:  # a provider or tool layer failure ends the turn, never the loop
             log.debug("turn failed", exc_info=True)
-            self._finish(turn, FinishReason.ERROR, _describe(error))
+            self._finish(turn, FinishReason.ERROR, describe(error))
 
     async def _steps(self, turn: Turn) -> FinishReason:
         session_id = turn.session_id
@@ -272,7 +277,7 @@ class SessionAgent:
         records = turn.records
         records.record_prompt()
         self._emit(turn, Started(records.messages[0].id))
-        history = self.store.list_messages(session_id)
+        history = records.history()
         repeats: Counter[str] = Counter()
         for source in self.tool_sources:
             await source.refresh(self.tools)
@@ -386,28 +391,35 @@ class SessionAgent:
         try:
             outcome: ToolResult = await tool.run(arguments, ToolContext(turn.session_id, call.id))
         except asyncio.CancelledError:
-            raise
+            if covered(turn) or _cancel_requested():
+                raise
+            # Raised by the tool on its own (an inner future was cancelled): nobody stopped
+            # the turn, so it is the tool's failure, not a user's cancel.
+            return error(f"{call.name} failed: it was cancelled from inside the tool")
         except Exception as exc:
-            return error(f"{call.name} failed: {_describe(exc)}")
+            return error(f"{call.name} failed: {describe(exc)}")
         return ToolResultPart(
             call.id, call.name, outcome.content, outcome.is_error, outcome.metadata, outcome.images
         )
 
     def _fold_queued(self, turn: Turn) -> list[Message]:
-        """Between steps: queued prompts join the running turn, unless a cancel covers them."""
-        dropped, folded = self._dispatch.fold(turn)
-        for queued in dropped:
-            self._finish(queued, FinishReason.CANCELED, CANCELED_MESSAGE)
-        added = []
+        """Between steps: queued prompts join the running turn, unless a cancel covers it."""
+        folded = self._dispatch.fold(turn)
+        if folded is None:
+            raise asyncio.CancelledError  # covered: no further step, nothing joins
         for queued in folded:
-            queued.result = RunResult(turn.session_id, FinishReason.UNKNOWN)  # owned by `turn`
+            # Owned by `turn` before anything is written: if a write fails, the turn's end
+            # still reaches every folded prompt's observers.
+            queued.result = RunResult(turn.session_id, FinishReason.UNKNOWN)
             self._emit(queued, Folded())
             turn.observers.extend(queued.observers)
+        if folded:
+            self._status_changed()
+        added = []
+        for queued in folded:
             user = prompt_message(queued.session_id, queued.call.prompt, queued.call.attachments)
             turn.records.add(user)
             added.append(user)
-        if dropped or folded:
-            self._status_changed()
         return added
 
     # -- the end of a turn ---------------------------------------------------------------------
@@ -426,6 +438,8 @@ class SessionAgent:
             # before the cancel keeps its own reason (the records' rule).
             reason, detail = FinishReason.CANCELED, CANCELED_MESSAGE
         outcome = turn.records.close(reason, detail, turn.call.model or self.model)
+        if turn.records.failure is not None:
+            log.error("turn of session %s: %s", turn.session_id, outcome.detail)
         turn.result = RunResult(
             turn.session_id,
             outcome.reason,
@@ -443,7 +457,10 @@ class SessionAgent:
         has stopped). Turns whose tasks run again afterwards find themselves finalized.
         """
         self._dispatch.shutdown("Kernel shut down")
-        self.store.flush()
+        try:
+            self.store.flush()
+        except Exception:  # each turn's own record already says what was not written
+            log.exception("flushing the transcript store at shutdown failed")
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -451,7 +468,7 @@ class SessionAgent:
         for observer in turn.observers:
             try:
                 observer.on_event(event)
-            except Exception:  # a broken view must not break the run
+            except (Exception, asyncio.CancelledError):  # a broken view must not break the run
                 log.exception("run observer failed on %s", type(event).__name__)
 
     def _status_changed(self) -> None:
@@ -461,7 +478,7 @@ class SessionAgent:
         for listener in self._status_listeners:
             try:
                 listener(status)
-            except Exception:
+            except (Exception, asyncio.CancelledError):
                 log.exception("status listener failed")
 
 
@@ -538,6 +555,7 @@ def _size(message: Message) -> int:
     )
 
 
-def _describe(error: BaseException) -> str:
-    # Shown in the cell and stored: an error message may quote a key it was given.
-    return redact(str(error).strip() or type(error).__name__)
+def _cancel_requested() -> bool:
+    """Has someone asked to cancel the running task (the caller's teardown, asyncio.run)?"""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -6,15 +6,33 @@ One prompt's life::
        ├─ cancel-on-entry : a cancel covers this accept → the canceled turn is recorded,
        │                    no model call
        ├─ queued          : the session is busy → wait in the session's queue
-       └─ active          : the turn's task is registered as the cancel handle before the
-                            lock is released
+       └─ active          : the turn is the session's active turn before the lock is released
+                            (its task is started right after, outside the lock)
     active ──► the turn's steps (agent.py); between steps, fold() lets queued prompts join
     the running turn ──► the task ends ──► handoff: under the lock, drop the queued prompts
     a cancel covers (each recorded as a canceled turn) and make the next one active
 
 Cancels are *sequence marks*: every accept takes the session's next sequence number and a
-cancel covers the prompts accepted at or before it, never one accepted after it. A cancel
-on an idle session changes nothing.
+cancel covers the prompts accepted at or before it, never one accepted after it.
+
+The invariants, each kept in one place below (search for its name):
+
+- NEVER-LOST: a cancel landing in any window (accepted, queued, active, the handoff, the
+  instant between a turn becoming active and its task existing) stops that prompt.
+- IDLE-NO-OP: a cancel on an idle session changes nothing and keeps no state.
+- COVERS-EARLIER: a cancel covers exactly the prompts accepted at or before it.
+- ACCEPTS-RETURN: the accept count returns to zero on every path, and an AcceptedRun is
+  consumed once, by the session and agent that issued it.
+- NO-FOLD-INTO-COVERED: queued prompts never join a turn a cancel covers; the handoff
+  takes them.
+- ONE-RECORD: every accepted prompt ends in exactly one terminal record — dropped queued
+  prompts included, and whatever the store or the observers raise.
+- HANDOFF-ALWAYS: when the active turn's task ends the session moves on (next prompt, or
+  idle), whatever the store or the observers raise; turns stranded on an event loop that
+  was closed are recorded and released the next time the session is used.
+- NO-REENTRY: nothing that can call back into the agent (task creation, the agent's
+  finish, observers, listeners) runs while a session lock is held, so an eager task
+  factory or an observer that cancels cannot deadlock the loop's thread.
 
 Threads: the loop runs on one thread, but ``accept``, ``release`` and ``cancel`` may come
 from another (ipykernel 7 delivers widget clicks on a subshell thread). The state of each
@@ -106,7 +124,8 @@ class SessionState:
     # Prompts with seq <= cancel_mark are covered by a cancel; raised only when a cancel finds
     # something to stop, so an idle cancel never reaches a later prompt.
     cancel_mark: int = 0
-    # The active turn: its task is the cancel handle, registered before the lock is released.
+    # The active turn. Set under the lock by the decision or the handoff; its task, the cancel
+    # handle, is registered by _start just after (None in between: see NEVER-LOST).
     active: Turn | None = None
     # Prompts waiting behind the active turn, in order of arrival.
     queue: deque[Turn] = field(default_factory=deque)
@@ -120,6 +139,9 @@ class Entry(enum.Enum):
     ACTIVE = "active"
 
 
+STRANDED_MESSAGE = "Stopped: the event loop it ran on was closed"
+
+
 class Dispatcher:
     """The dispatch state of every session of one agent, and each transition of it."""
 
@@ -130,11 +152,12 @@ class Dispatcher:
         status_changed: Callable[[], None],
     ) -> None:
         # The agent's side: run the active turn's steps, write a turn's terminal record (once
-        # per turn; later calls do nothing), and tell listeners the status changed.
+        # per turn, never raising; later calls do nothing), and tell listeners of a change.
         self._drive = drive
         self._finish = finish
         self._status_changed = status_changed
         # Guards creation of entries in _sessions so every thread sees one state per session.
+        # Entries are made only by accept (IDLE-NO-OP: queries and cancels never add one).
         self._sessions_lock = threading.Lock()
         self._sessions: dict[str, SessionState] = {}
 
@@ -153,30 +176,55 @@ class Dispatcher:
         with state.lock:
             _release_locked(state, accepted)
 
+    def check(self, accepted: AcceptedRun, session_id: str) -> None:
+        """ACCEPTS-RETURN: refuse a reservation this agent cannot consume for ``session_id``."""
+        if accepted._dispatcher is not self:
+            raise ValueError("This AcceptedRun was taken from another agent; accept on this one")
+        if accepted.session_id != session_id:
+            raise ValueError(
+                f"This AcceptedRun is for another session ({accepted.session_id!r}); "
+                f"call begin_accepted({session_id!r})"
+            )
+        if accepted._closed:
+            raise ValueError("This AcceptedRun was already used or closed; accept each prompt")
+
     def cancel(self, session_id: str) -> None:
         """Cover every prompt of ``session_id`` accepted so far and stop the active one."""
-        state = self.state(session_id)
+        state = self._sessions.get(session_id)
+        if state is None:
+            return  # IDLE-NO-OP: never accepted here, nothing to stop
+        self._reap(state)
         with state.lock:
             active = state.active
             if active is None and not state.open_accepts and not state.queue:
-                return  # idle: nothing to stop, and nothing may linger for a later prompt
-            # Covers the active turn, the queue, and accepts not yet decided. The queue
-            # itself is dropped (and recorded) by the handoff when the active turn ends.
+                return  # IDLE-NO-OP: nothing to stop, and nothing may linger for a later prompt
+            # COVERS-EARLIER: covers the active turn, the queue and accepts not yet decided,
+            # nothing accepted later. The queue itself is dropped (and recorded) by the
+            # handoff when the active turn ends.
             state.cancel_mark = state.accept_seq
-        if active is not None and active.task is not None:
-            call_on_loop(active.loop, active.task.cancel)
+            task = active.task if active is not None else None
+        if task is not None:
+            # NEVER-LOST: no task yet means _start has not registered it; it reads the mark
+            # after registering and delivers this cancel itself.
+            call_on_loop(active.loop, task.cancel)
 
     def session_ids(self) -> list[str]:
         with self._sessions_lock:
             return list(self._sessions)
 
     def is_busy(self, session_id: str) -> bool:
-        state = self.state(session_id)
+        state = self._sessions.get(session_id)
+        if state is None:
+            return False
+        self._reap(state)
         with state.lock:
             return state.active is not None
 
     def queued(self, session_id: str) -> int:
-        state = self.state(session_id)
+        state = self._sessions.get(session_id)
+        if state is None:
+            return 0
+        self._reap(state)
         with state.lock:
             return len(state.queue)
 
@@ -186,10 +234,10 @@ class Dispatcher:
         running, queued = [], {}
         for session_id, state in states:
             with state.lock:
-                if state.active is not None:
+                if state.active is not None and not state.active.loop.is_closed():
                     running.append(session_id)
-                if state.queue:
-                    queued[session_id] = len(state.queue)
+                    if state.queue:
+                        queued[session_id] = len(state.queue)
         return AgentStatus(running, queued)
 
     def state(self, session_id: str) -> SessionState:
@@ -203,30 +251,33 @@ class Dispatcher:
 
     def enter(self, turn: Turn, accepted: AcceptedRun) -> tuple[Entry, int]:
         """Decide the accepted ``turn``: canceled on entry, queued (at a 1-based position),
-        or active. Consumes ``accepted``."""
+        or active (its task started). Consumes ``accepted``."""
         state = turn.state
+        self._reap(state)
         with state.lock:
-            _release_locked(state, accepted)
+            _release_locked(state, accepted)  # ACCEPTS-RETURN
             if turn.seq <= state.cancel_mark:
                 return Entry.CANCELED, 0
             if state.active is not None:
                 state.queue.append(turn)
                 return Entry.QUEUED, len(state.queue)
-            self._activate_locked(state, turn)
-            return Entry.ACTIVE, 0
+            state.active = turn
+        self._start(turn)
+        return Entry.ACTIVE, 0
 
-    def fold(self, turn: Turn) -> tuple[list[Turn], list[Turn]]:
-        """Between steps of the active ``turn``: take its queue as (dropped, folded).
-
-        Dropped prompts are covered by a cancel and must be recorded as canceled; folded
-        ones join ``turn``.
-        """
+    def fold(self, turn: Turn) -> list[Turn] | None:
+        """Between steps of the active ``turn``: the queued prompts that join it, or None when
+        a cancel covers ``turn`` (which must then stop)."""
         state = turn.state
         with state.lock:
-            dropped = [t for t in state.queue if t.seq <= state.cancel_mark]
-            folded = [t for t in state.queue if t.seq > state.cancel_mark]
+            if turn.seq <= state.cancel_mark:
+                # NO-FOLD-INTO-COVERED: prompts queued behind a covered turn stay queued; the
+                # handoff drops those the cancel covers and runs the others.
+                return None
+            # Queued prompts were accepted after `turn`, so no cancel covers them either.
+            folded = list(state.queue)
             state.queue.clear()
-        return dropped, folded
+        return folded
 
     def shutdown(self, detail: str) -> None:
         """Cover every prompt accepted so far and record every turn in flight or queued."""
@@ -244,30 +295,58 @@ class Dispatcher:
                 if turn.task is not None and not turn.task.done():
                     turn.task.cancel()
 
-    def _activate_locked(self, state: SessionState, turn: Turn) -> None:
-        """Make ``turn`` the session's active turn. Caller holds ``state.lock``.
+    def _start(self, turn: Turn) -> None:
+        """Create the task of ``turn``, just made active, and register it as its cancel handle.
 
-        The task is created (not yet started) and registered as the cancel handle before
-        the lock is released, so a cancel arriving at any later instant finds it.
+        NO-REENTRY: created outside the lock, since an eager task factory runs the first step
+        inside create_task. NEVER-LOST: a cancel that found no task yet has raised the mark;
+        it is read here, under the lock, after the task is registered.
         """
-        turn.task = turn.loop.create_task(self._drive(turn), name=f"crush:{turn.session_id}")
-        turn.task.add_done_callback(lambda _task: self._handoff(state, turn))
-        state.active = turn
+        task = turn.loop.create_task(self._drive(turn), name=f"crush:{turn.session_id}")
+        task.add_done_callback(lambda _task: self._handoff(turn))
+        with turn.state.lock:
+            turn.task = task
+            stop = turn.seq <= turn.state.cancel_mark
+        if stop:
+            task.cancel()
 
-    def _handoff(self, state: SessionState, turn: Turn) -> None:
-        """The active turn's task ended: hand the session to the next queued prompt."""
-        # A task canceled before it started never ran its own handler.
+    def _handoff(self, turn: Turn) -> None:
+        """The active turn's task ended: hand the session to the next queued prompt.
+
+        HANDOFF-ALWAYS: a done-callback; nothing may escape it.
+        """
+        state = turn.state
+        # A task canceled before it started never ran its own handler. ONE-RECORD: finish
+        # never raises, so the transition below always happens.
         self._finish(turn, FinishReason.CANCELED, CANCELED_MESSAGE)
         with state.lock:
             dropped = [t for t in state.queue if t.seq <= state.cancel_mark]
             remaining = [t for t in state.queue if t.seq > state.cancel_mark]
             state.queue = deque(remaining[1:])
-            state.active = None
-            if remaining:
-                self._activate_locked(state, remaining[0])
+            following = state.active = remaining[0] if remaining else None
+        if following is not None:
+            self._start(following)
         for queued in dropped:
             # Recorded, not destroyed: the prompt stays in the transcript and can be re-run.
             self._finish(queued, FinishReason.CANCELED, CANCELED_MESSAGE)
+        self._status_changed()
+
+    def _reap(self, state: SessionState) -> None:
+        """HANDOFF-ALWAYS: record and release the turns stranded on a closed event loop.
+
+        A loop closed while a turn was active (``asyncio.run`` returning with a prompt
+        queued, the handoff having started it on the closing loop) never runs that turn
+        again; the session would stay busy on every later loop.
+        """
+        with state.lock:
+            active = state.active
+            if active is None or not active.loop.is_closed():
+                return
+            stranded = [active, *state.queue]
+            state.active = None
+            state.queue.clear()
+        for turn in stranded:
+            self._finish(turn, FinishReason.CANCELED, STRANDED_MESSAGE)
         self._status_changed()
 
 
