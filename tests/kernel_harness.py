@@ -108,8 +108,24 @@ class Kernel:
         self.iopub.append(msg)
         return msg
 
-    def execute(self, code: str, timeout: float = 30.0, allow_stdin: bool = True) -> Execution:
-        msg_id = self.kc.execute(code, allow_stdin=allow_stdin)
+    def execute(
+        self, code: str, timeout: float = 30.0, allow_stdin: bool = True, cell_id: str = ""
+    ) -> Execution:
+        """Run ``code``; ``cell_id`` sends the cell's id as JupyterLab and nbclient do."""
+        if cell_id:
+            content = {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                "allow_stdin": allow_stdin,
+                "stop_on_error": True,
+            }
+            msg = self.kc.session.msg("execute_request", content, metadata={"cellId": cell_id})
+            self.kc.shell_channel.send(msg)
+            msg_id = msg["header"]["msg_id"]
+        else:
+            msg_id = self.kc.execute(code, allow_stdin=allow_stdin)
         outputs: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
         while True:

@@ -87,7 +87,7 @@ def on_disk(tmp_path, shell, monkeypatch):
     )
     monkeypatch.setitem(shell.user_ns, "__session__", str(path))
     # The module's shell is shared with other test files: start from an empty history.
-    monkeypatch.setitem(shell.user_ns, "In", [""])
+    monkeypatch.setattr(shell.history_manager, "input_hist_raw", [""])
     monkeypatch.setitem(shell.user_ns, "Out", {})
     return path
 
@@ -172,7 +172,7 @@ async def test_without_a_file_the_kernel_history_is_the_notebook(shell, monkeypa
 
 
 async def test_cells_run_since_the_save_follow_the_file(shell, on_disk):
-    shell.user_ns["In"] += ["df = load()\ndf.head()", "fresh = 'not saved yet'"]
+    shell.history_manager.input_hist_raw += ["df = load()\ndf.head()", "fresh = 'not saved yet'"]
     text, _ = await run(shell)
     assert text.count("df = load()") == 1  # a saved cell is not repeated
     assert "fresh = 'not saved yet'" in text

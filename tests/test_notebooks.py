@@ -1,5 +1,6 @@
-"""The notebooks run headless under nbclient, offline: the DataFrame tools walkthrough with a
-scripted model (the quickstart runs through its script, in test_quickstart.py)."""
+"""The notebooks run headless under nbclient, offline: the DataFrame tools walkthrough and
+the fix-and-plots example with a scripted model (the quickstart runs through its script, in
+test_quickstart.py)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def text_of(outputs: list[dict]) -> str:
 
 
 def execute(name: str, tmp_path: Path):
-    """Run notebooks/``name`` headless in a fresh kernel; fail on any error output."""
+    """Run notebooks/``name`` headless in a fresh kernel; fail on any error output but those
+    of cells tagged ``raises-exception`` (which nbclient runs past)."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = NotebookClient(
         nb,
@@ -43,7 +45,13 @@ def execute(name: str, tmp_path: Path):
         resources={"metadata": {"path": str(tmp_path)}},
     )
     client.execute(env=kernel_env(tmp_path / ".crush"))
-    errors = [o for c in nb.cells for o in c.get("outputs", ()) if o["output_type"] == "error"]
+    errors = [
+        o
+        for c in nb.cells
+        if "raises-exception" not in c.metadata.get("tags", ())
+        for o in c.get("outputs", ())
+        if o["output_type"] == "error"
+    ]
     assert not errors, errors
     return nb
 
@@ -62,3 +70,27 @@ def test_dataframe_tools_walkthrough_executes_headless(tmp_path: Path):
     denied = text_of(cell_output(nb, "last = crush.store.list_messages"))
     assert "canceled - Permission denied for python: " in denied
     assert "sales is still here: True" in denied
+
+
+def test_fix_and_plots_executes_headless(tmp_path: Path):
+    nb = execute("fix-and-plots.ipynb", tmp_path)
+    failing = cell_output(nb, 'weekly = weather.groupby("city")["temperature"]')
+    assert failing[0]["ename"] == "KeyError"
+
+    # %crush fix sent the real error and the agent read the notebook before answering.
+    fix = text_of(cell_output(nb, "%crush fix -f code"))
+    assert "· done ·" in fix and "temp_c" in fix
+    received = text_of(cell_output(nb, "first, second = model.requests"))
+    assert "Exception: KeyError: 'Column not found: temperature'" in received
+    assert 'weekly = weather.groupby("city")["temperature"].rolling(7).mean()' in received
+    assert "keep the 7-day window" in received
+    sizes = {line.split()[0]: line for line in received.splitlines() if "chars" in line}
+    assert set(sizes) == {"system", "prompt", "notebook"}
+
+    context = text_of(cell_output(nb, "%crush context"))
+    assert context.startswith("Model: scripted:scripted-model\nSession: ")
+    assert "Attachments: none (%crush fix would attach \"KeyError: 'Column not found" in context
+
+    # The corrected cell runs on the generated data.
+    fixed = text_of(cell_output(nb, 'weekly = weather.groupby("city")["temp_c"]'))
+    assert "Brest" in fixed and "Lyon" in fixed

@@ -34,6 +34,8 @@ from .output import MAX_OUTPUT_CHARS, clean, truncate
 #: Per-cell bounds: a source or the outputs of one cell longer than this keep head + tail.
 CELL_SOURCE_CHARS = 3_000
 CELL_OUTPUT_CHARS = 2_000
+#: Executions missing from the saved file that are listed after it (the newest).
+MAX_HISTORY_CELLS = 50
 #: How long a page has to answer before the tool falls back to the file on disk.
 LIVE_TIMEOUT = 2.0
 
@@ -172,7 +174,9 @@ def kernel_notebook_path(shell: Any) -> Path | None:
 def history_cells(shell: Any, errors: dict[int, str], after: int = 0) -> list[Cell]:
     """Cells from IPython's ``In``/``Out`` history (executions numbered ``after`` + 1 on)."""
     user_ns = getattr(shell, "user_ns", None) or {}
-    inputs = user_ns.get("In") or []
+    # The sources as typed (In holds them after IPython's transforms: %%crush would read
+    # get_ipython().run_cell_magic(...)).
+    inputs = getattr(getattr(shell, "history_manager", None), "input_hist_raw", None) or []
     results = user_ns.get("Out") or {}
     cells = []
     for count in range(max(after + 1, 1), len(inputs)):
@@ -203,13 +207,13 @@ def _short_repr(value: Any) -> str:
 
 
 def merge_history(cells: list[Cell], history: list[Cell]) -> list[Cell]:
-    """``cells`` followed by the executions whose source is in none of them.
+    """``cells`` followed by the newest executions whose source is in none of them.
 
     A cell run since the file was saved (or a cell deleted since) shows up this way; its
     index continues the document's.
     """
     saved = {c.source.strip() for c in cells}
-    extra = [c for c in history if c.source.strip() not in saved]
+    extra = [c for c in history if c.source.strip() not in saved][-MAX_HISTORY_CELLS:]
     for offset, cell in enumerate(extra):
         cell.index = len(cells) + offset
     return cells + extra
