@@ -372,6 +372,8 @@ class MCPServers:
 
     def __init__(self, load: Callable[[], dict[str, MCPServerConfig]]) -> None:
         self._load = load
+        # Name -> server, in line with the configuration after each reload(). Read and
+        # written on the kernel's loop thread only (turns, %crush mcp), so no lock.
         self.servers: dict[str, MCPServer] = {}
         self.config_error = ""  # a crush.json that could not be read at all
         # The names this source put into the agent's tool map, so a refresh can replace them.
@@ -594,20 +596,27 @@ def _find_child(mark: str) -> int | None:
 
 def _stop_process_groups(pids: set[int]) -> None:
     """SIGTERM each server's process group (the SDK starts each in a session of its own),
-    then SIGKILL what is left after a grace period."""
+    wait until the servers exit or a grace period ends, then SIGKILL the groups. Never
+    reaps: the SDK's child watcher owns that, and warns about a child reaped under it."""
     import psutil
 
-    procs = []
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
     for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            procs.append(psutil.Process(pid))
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=_SHUTDOWN_GRACE)
-    for proc in alive:
+    deadline = time.monotonic() + _SHUTDOWN_GRACE
+    left = [pid for pid in pids if alive(pid)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.02)
+        left = [pid for pid in left if alive(pid)]
+    for pid in pids:  # the whole group: a server's own children may outlive it
         with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=_SHUTDOWN_GRACE)
+            os.killpg(pid, signal.SIGKILL)
 
 
 def _with_stderr(reason: str, stderr: Any) -> str:

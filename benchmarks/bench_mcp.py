@@ -1,0 +1,134 @@
+"""What MCP servers cost: first-use start-up of a stdio server and per-call overhead.
+
+    .venv/bin/python benchmarks/bench_mcp.py
+
+- first use: ``MCPServers.refresh`` in a process that has not imported the SDK yet (what
+  a kernel's first prompt pays: SDK import off the loop, spawn, initialize, tools/list),
+  with the lateness of a 10 ms ticker on the loop meanwhile (what cells and the Stop
+  button feel), then warm restarts next to the raw SDK doing the same
+  (``stdio_client`` + ``ClientSession.initialize`` + ``list_tools``);
+- per call: an ``mcp_*`` tool's ``run`` (the agent's path: race against the connection,
+  result conversion) next to the raw ``session.call_tool`` on its own connection to the
+  same server program.
+
+The server is tests/mcp_server.py, written with the SDK's MCPServer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from jupyter_crush.mcp_config import MCPServerConfig  # noqa: E402
+from jupyter_crush.mcp_tools import MCPServers  # noqa: E402
+from jupyter_crush.tools import ToolContext  # noqa: E402
+
+SERVER = str(ROOT / "tests" / "mcp_server.py")
+CONFIG = MCPServerConfig("bench", command=sys.executable, args=(SERVER,), timeout=60)
+CALLS = 300
+RESTARTS = 5
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+async def ticker(lateness: list[float], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        start = time.perf_counter()
+        await asyncio.sleep(0.01)
+        lateness.append(time.perf_counter() - start - 0.01)
+
+
+async def first_use(servers: MCPServers) -> dict:
+    assert "mcp" not in sys.modules, "the SDK must not be imported before the first use"
+    lateness: list[float] = []
+    stop = asyncio.Event()
+    tick = asyncio.ensure_future(ticker(lateness, stop))
+    tools: dict = {}
+    start = time.perf_counter()
+    await servers.refresh(tools)
+    elapsed = time.perf_counter() - start
+    stop.set()
+    await tick
+    assert "mcp_bench_add" in tools, servers.status()
+    print(f"first use (cold: SDK import + spawn + initialize + tools/list): {ms(elapsed)}")
+    print(
+        f"  loop lateness meanwhile: median {ms(statistics.median(lateness))}, "
+        f"max {ms(max(lateness))} ({len(lateness)} ticks of 10 ms)"
+    )
+    return tools
+
+
+async def warm_starts(servers: MCPServers) -> None:
+    from mcp import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    server = servers.servers["bench"]
+    ours = []
+    for _ in range(RESTARTS):
+        server.stop()
+        await asyncio.sleep(0.5)  # let the old process go
+        start = time.perf_counter()
+        await server.restart()
+        ours.append(time.perf_counter() - start)
+    raw = []
+    params = StdioServerParameters(command=sys.executable, args=[SERVER])
+    for _ in range(RESTARTS):
+        start = time.perf_counter()
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            await session.list_tools()
+            raw.append(time.perf_counter() - start)
+    print(
+        f"warm start, ours: median {ms(statistics.median(ours))}; raw SDK: median "
+        f"{ms(statistics.median(raw))}  (n={RESTARTS}; mostly the server's own import)"
+    )
+
+
+async def per_call(tools: dict) -> None:
+    from mcp import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    tool = tools["mcp_bench_add"]
+    context = ToolContext("bench", "call")
+    await tool.run({"a": 1, "b": 2}, context)  # the SDK compiles the output schema once
+    ours = []
+    for i in range(CALLS):
+        start = time.perf_counter()
+        result = await tool.run({"a": i, "b": 1}, context)
+        ours.append(time.perf_counter() - start)
+        assert result.content == str(i + 1), result
+    raw = []
+    params = StdioServerParameters(command=sys.executable, args=[SERVER])
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        await session.list_tools()
+        await session.call_tool("add", {"a": 1, "b": 2})
+        for i in range(CALLS):
+            start = time.perf_counter()
+            await session.call_tool("add", {"a": i, "b": 1})
+            raw.append(time.perf_counter() - start)
+    ours_median, raw_median = statistics.median(ours), statistics.median(raw)
+    print(
+        f"per call 'add': ours median {ms(ours_median)}, raw SDK call_tool median "
+        f"{ms(raw_median)}; overhead {ms(ours_median - raw_median)}  (n={CALLS})"
+    )
+
+
+async def main() -> None:
+    servers = MCPServers(lambda: {"bench": CONFIG})
+    tools = await first_use(servers)
+    await per_call(tools)
+    await warm_starts(servers)
+    servers.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
