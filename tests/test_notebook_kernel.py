@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from kernel_harness import SETUP, Kernel
+from kernel_harness import SETUP, Kernel, scripted
 
 pytestmark = pytest.mark.slow
 
@@ -155,3 +155,23 @@ def test_notebook_path_that_cannot_be_found_is_a_tool_error(kernel):
     missing = Path(notebook).parent / "gone.ipynb"
     assert result == f"notebook: notebook {missing} not found; give a path to an existing .ipynb"
     assert k.value("crush.last_view.phase") == "done"  # the turn went on
+
+
+def test_fix_queues_behind_a_running_prompt_and_stop_keeps_it(kernel):
+    k, _ = kernel
+    k.run(scripted(400, 100, hold_after=20))  # the first prompt streams, then holds
+    k.run("%%crush --new -s busy\nwrite a lot")
+    k.run("first = crush.last_view")
+    k.execute("1 / 0", cell_id="zero")
+    k.execute("%crush fix", cell_id="fix-queued")
+    assert k.value("crush.last_view.phase") == "queued"
+    k.run("%crush cancel")
+    k.run("import asyncio; await asyncio.gather(first.wait(), crush.last_view.wait())")
+    turns = k.value(
+        "[(str(m.role), m.text[:26], m.finish_reason and str(m.finish_reason)) "
+        "for m in crush.store.list_messages(crush.find_session('busy').id)]"
+    )
+    # Both turns are kept as canceled, the fix prompt with its attachment, never sent.
+    assert [t[2] for t in turns if t[0] == "assistant"] == ["canceled", "canceled"]
+    assert turns[2][:2] == ["user", "Fix the error in my notebo"]
+    assert k.value("len(model.requests)") == 1

@@ -110,3 +110,38 @@ def test_inserted_cell_carries_provenance_into_the_saved_notebook(page, lab_serv
     assert origin["tool_call"] == "call_0_0"
     assert len(origin["message"]) == 32
     assert inserted["outputs"] == [] and inserted["execution_count"] is None
+
+
+FIX_SETUP = """\
+%load_ext jupyter_crush
+from jupyter_crush.magics import current
+from jupyter_crush.testing import ScriptedModel
+crush = current()
+crush.use_model(ScriptedModel(["A typo.\\n\\n```python\\nvalue = 6 * 7\\nprint(value)\\n```"]))
+print("setup done")"""
+
+
+def test_fix_code_cell_lands_below_with_provenance(page, lab_server):
+    name = lab_server.write_notebook([FIX_SETUP, "value = 6 * sevn", "%crush fix -f code", SESSION])
+    notebook = Notebook(page)
+    notebook.open(lab_server.lab_url(name), cells=4)
+    notebook.run(0)
+    notebook.wait_output(0, r"setup done")
+    notebook.run(1)
+    notebook.wait_output(1, r"NameError")
+    notebook.run(2)
+    notebook.wait_output(2, r"done")
+    # -f code waits for the answer, then inserts its code below the %crush fix cell.
+    notebook.cells.nth(4).wait_for()
+    notebook.run(4)
+    session_id = notebook.wait_output(4, r"session:").split("session:", 1)[1].split()[0]
+
+    notebook.cells.nth(0).locator(".jp-InputPrompt").click()
+    page.keyboard.press("ControlOrMeta+s")
+    saved = wait_saved(lab_server.root / name, '"message": "')
+    sources = ["".join(c["source"]) for c in saved["cells"]]
+    assert sources[3] == "value = 6 * 7\nprint(value)", sources
+    origin = saved["cells"][3]["metadata"]["jupyter_crush"]
+    assert origin["session"] == session_id
+    assert origin["model"] == "scripted:scripted-model"
+    assert len(origin["message"]) == 32 and "tool_call" not in origin
