@@ -94,7 +94,7 @@ def test_a_damaged_journal_is_one_line_in_the_cell_and_the_session_recovers(kern
         reply = result.reply["content"]
         assert reply["status"] == "error" and reply["ename"] == "UsageError"
         assert reply["traceback"] == []
-        [stderr] = [m["content"]["text"] for m in result.outputs if m["msg_type"] == "stream"]
+        stderr = "".join(m["content"]["text"] for m in result.outputs if m["msg_type"] == "stream")
         assert stderr.count("\n") == 1, stderr
         assert str(journal) in stderr and f"byte {intact}" in stderr
         assert f"head -c {intact}" in stderr
@@ -131,7 +131,7 @@ def test_a_store_that_cannot_open_on_a_full_disk_is_one_line_then_opens_once_fre
         result = fresh.execute("%%crush\nhello")
         reply = result.reply["content"]
         assert reply["status"] == "error" and reply["ename"] == "UsageError"
-        [stderr] = [m["content"]["text"] for m in result.outputs if m["msg_type"] == "stream"]
+        stderr = "".join(m["content"]["text"] for m in result.outputs if m["msg_type"] == "stream")
         assert stderr.count("\n") == 1 and "No space left on device" in stderr, stderr
         filler.unlink()
         fresh.run("%%crush\nhello again")

@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from replay_server import ReplayServer, Step
+from replay_server import ReplayServer, Step, error_step
 from test_providers import _isolated_env, protocol_model, run_step, simple_body, user
 
 from jupyter_crush.model import ModelError
@@ -86,3 +86,24 @@ async def test_undecodable_text_goes_to_the_server_as_visible_marks(protocol):
         body = server.requests[0].body.decode("utf-8")  # valid UTF-8 on the wire
     sent = json.dumps(json.loads(body))
     assert json.dumps("the file says caf\\xe9 \\xff")[1:-1] in sent
+
+
+async def test_an_error_that_echoes_a_configured_header_is_redacted():
+    from jupyter_crush.providers import ProviderConfig, ProviderSettings, resolve_model
+
+    token = "corp-gateway-token-7d1e5a9c"
+    echo = f"invalid gateway credential 'Bearer {token}'"
+    async with ReplayServer([error_step(401, echo)]) as server:
+        corp = ProviderConfig(
+            "corp",
+            "openai-compat",
+            f"{server.url}/v1",
+            requires_key=False,
+            extra_headers={"Authorization": f"Bearer {token}"},
+        )
+        settings = ProviderSettings(providers={"corp": corp}, crush_config=False)
+        model = resolve_model("corp:some-model", settings=settings)
+        with pytest.raises(ModelError) as info:
+            await run_step(model, [user("hi")])
+        assert server.requests[0].headers.get("authorization") == f"Bearer {token}"
+    assert token not in str(info.value) and "invalid gateway credential" in str(info.value)
