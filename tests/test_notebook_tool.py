@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
-from traitlets.config import Config
+from IPython import get_ipython
+from IPython.testing.globalipapp import start_ipython
 
 from jupyter_crush import notebook_state
 from jupyter_crush.tools import ToolContext
@@ -39,11 +39,11 @@ def code(source: str, count: int | None = None, outputs=(), id: str = "") -> dic
 
 @pytest.fixture(scope="module")
 def shell():
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    shell = InteractiveShell.instance(config=config)
+    start_ipython()  # the process's one shell, as the other test files use it
+    shell = get_ipython()
     notebook_state.install(shell)
     yield shell
+    notebook_state.uninstall(shell)  # no error seen here leaks into another file's tests
 
 
 @pytest.fixture

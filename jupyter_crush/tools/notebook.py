@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import labcomm, notebook_state
 from ..model import ToolSpec
 from . import Tool, ToolContext, ToolResult
 from .output import MAX_OUTPUT_CHARS, clean, truncate
@@ -289,7 +290,7 @@ def format_cells(
 
 @dataclass
 class NotebookTool:
-    """Reads the notebook of ``shell``; ``live`` asks the page (None: no extension)."""
+    """Reads the notebook of ``shell`` (see the module docstring for the sources)."""
 
     shell: Any
     limit: int = MAX_OUTPUT_CHARS
@@ -324,8 +325,6 @@ class NotebookTool:
             cells = select(snapshot.cells, args.get("start"), args.get("end"), args.get("search"))
         except NotebookError as error:
             return ToolResult(f"notebook: {error}", True)
-        from .. import notebook_state
-
         state = notebook_state.get(self.shell)
         text = format_cells(
             snapshot,
@@ -340,8 +339,6 @@ class NotebookTool:
 
     async def snapshot(self, path: str | None = None) -> NotebookSnapshot:
         """The notebook's cells from the best source available (see the module docstring)."""
-        from .. import labcomm, notebook_state
-
         if path:
             target = Path(path).expanduser()
             if not target.is_absolute():
