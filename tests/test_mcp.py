@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from kernel_harness import ROOT
 from mcp import types
@@ -275,3 +277,36 @@ def test_a_server_entry_is_replaced_when_its_config_changes():
     configs["x"] = MCPServerConfig("x", command="b")
     manager.reload()
     assert manager.servers["x"] is not first and isinstance(manager.servers["x"], MCPServer)
+
+
+@pytest.mark.slow
+async def test_stdio_server_garbage_and_an_idle_exit():
+    config = MCPServerConfig("t", command=sys.executable, args=(SERVER,), timeout=60)
+    servers = MCPServers(lambda: {"t": config})
+    tools = {}
+    await servers.refresh(tools)
+    server = servers.servers["t"]
+    context = ToolContext("s", "c")
+    try:
+        # A line that is not JSON-RPC ends the call at once (not after the 60 s timeout).
+        started = time.perf_counter()
+        garbage = await tools["mcp_t_garbage"].run({}, context)
+        assert time.perf_counter() - started < 10
+        assert garbage.is_error
+        assert garbage.content.startswith(
+            "MCP server 't' failed during garbage: it sent something that is not MCP: "
+            "'this is not MCP'"
+        )
+        assert server.state is ServerState.FAILED
+        assert (await tools["mcp_t_add"].run({"a": 1, "b": 2}, context)).content == "3"
+        # A server that died between calls is restarted by the next one, which succeeds.
+        pid = server.pid
+        process = psutil.Process(pid)
+        process.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):  # reaped by the SDK's child watcher
+            while process.status() != psutil.STATUS_ZOMBIE:
+                await asyncio.sleep(0.01)
+        assert (await tools["mcp_t_add"].run({"a": 2, "b": 2}, context)).content == "4"
+        assert server.pid != pid
+    finally:
+        servers.shutdown()
