@@ -221,6 +221,7 @@ def http_server(tmp_path):
     process = subprocess.Popen(
         [sys.executable, SERVER, "http", str(port)],
         env={**__import__("os").environ, "MCP_TEST_MARKS": str(marks)},
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
