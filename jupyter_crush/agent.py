@@ -27,6 +27,7 @@ from .dispatch import AcceptedRun, AgentStatus, Dispatcher, Entry, Turn, covered
 from .message import (
     CANCELED_MESSAGE,
     FinishReason,
+    ImagePart,
     Message,
     Role,
     TextPart,
@@ -128,10 +129,12 @@ class RunObserver(Protocol):
 
 @dataclass(frozen=True)
 class Attachment:
-    """Text attached to a prompt (a file, a DataFrame summary, a cell's source)."""
+    """Text attached to a prompt (a file, a DataFrame summary, a cell's source), or an
+    image (a figure named in the prompt)."""
 
     name: str
-    content: str
+    content: str = ""
+    image: ImagePart | None = None
 
 
 @dataclass

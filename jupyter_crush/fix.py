@@ -80,7 +80,8 @@ def submit_fix(crush: Crush, instruction: str = "", **options: Any) -> RunView |
         print(NO_ERROR)
         return None
     prompt = fix_prompt(instruction, options.get("fmt") == "code")
-    return crush.submit(prompt, attachments=[error_attachment(crush.shell, error)], **options)
+    attachments = [error_attachment(crush.shell, error), *options.pop("attachments", ())]
+    return crush.submit(prompt, attachments=attachments, **options)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .message import (
     FinishReason,
+    ImagePart,
     Message,
     ReasoningPart,
     Role,
@@ -60,6 +61,7 @@ MESSAGE_COLUMNS = (
     "reasoning",
     "tool_calls",
     "tool_results",
+    "images",
     "finish_reason",
     "finish_message",
     "input_tokens",
@@ -368,6 +370,11 @@ def compact_tool_results(message: Message) -> str:
     )
 
 
+def image_path(image: ImagePart) -> Path:
+    """Where a stored image's file is (its name alone for an image not yet stored)."""
+    return image.path_in(image.directory) if image.directory is not None else Path(image.file)
+
+
 def session_json(session: Session, messages: list[Message]) -> str:
     """A session and all its messages as one JSON document (the store's own records)."""
     document = {
@@ -410,6 +417,8 @@ def session_markdown(session: Session, messages: list[Message]) -> str:
         for result in message.tool_results:
             label = "Tool error" if result.is_error else "Tool result"
             out += ["", f"**{label}** `{result.name}`:", _fenced(result.content, "")]
+        for image in message.images:
+            out += ["", f"![{_md_literal(image.describe())}](<{image_path(image)}>)"]
         finish = message.finish
         if finish is not None and finish.reason not in ORDINARY_FINISHES:
             note = f"*Finished: {finish.reason}*"
@@ -438,6 +447,7 @@ def _row(session: Session, message: Message) -> dict[str, Any]:
         "reasoning": message.reasoning,
         "tool_calls": compact_tool_calls(message),
         "tool_results": compact_tool_results(message),
+        "images": [str(image_path(image)) for image in message.images],
         "finish_reason": str(finish.reason) if finish is not None else None,
         "finish_message": finish.message if finish is not None else "",
         "input_tokens": message.usage.input_tokens,

@@ -79,6 +79,11 @@ def image_part(data: bytes, media_type: str, label: str = "") -> ImagePart:
             f"{what} has too many pixels to decode safely (over "
             f"{Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels); save it with fewer pixels"
         ) from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(
+            f"{what} could not be read as {media_type} (its bytes are no image format known); "
+            "show it as a PNG or JPEG image"
+        ) from None
     except (OSError, ValueError) as e:
         raise ImageError(
             f"{what} could not be read as {media_type} ({e}); show it as a PNG or JPEG image"
@@ -185,6 +190,34 @@ def decode_display_data(value: Any, media_type: str, label: str = "") -> bytes:
     raise ImageError(
         f"{label or 'the image'}: its {media_type} data is neither bytes nor base64 text"
     )
+
+
+class PromptImages:
+    """Turns the images a prompt names (``{fig}``, ``{Out[5]}``) into attached images.
+
+    Pass as ``render`` to :func:`jupyter_crush.interpolate.interpolate`: each placeholder
+    whose value shows an image becomes a one-line description in the text, the image is
+    kept in :attr:`images`, and an image that cannot be sent leaves the value's ``str``
+    and a line in :attr:`problems` saying why.
+    """
+
+    def __init__(self) -> None:
+        self.images: list[ImagePart] = []
+        self.problems: list[str] = []
+
+    def __call__(self, placeholder: str, value: Any) -> str | None:
+        try:
+            image = image_from_value(value, placeholder)
+        except ImageError as error:
+            self.problems.append(f"{placeholder}: image not attached: {error}")
+            return None
+        except Exception as error:  # a broken _repr_png_ or savefig must not lose the prompt
+            self.problems.append(f"{placeholder}: image not attached: rendering failed: {error}")
+            return None
+        if image is None:
+            return None
+        self.images.append(image)
+        return f"{image.describe()} (attached below)"
 
 
 def images_from_bundle(bundle: dict[str, Any], label: str) -> tuple[list[ImagePart], list[str]]:

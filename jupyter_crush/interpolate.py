@@ -11,7 +11,7 @@ for a literal ``{`` (and ``{{x}}`` becomes ``{x}``, as in ``str.format``).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 # One alternation, scanned left to right so an escape is consumed before the
@@ -33,12 +33,18 @@ _HISTORY = re.compile(r"(In|Out)\[\s*(-?\d+)\s*\]")
 _MISSING = object()
 
 
-def interpolate(text: str, namespace: Mapping[str, Any]) -> str:
+def interpolate(
+    text: str,
+    namespace: Mapping[str, Any],
+    render: Callable[[str, Any], str | None] | None = None,
+) -> str:
     """Return ``text`` with resolvable placeholders replaced by ``str(value)``.
 
     Never raises for any input: a lookup that fails (unknown name, missing
     attribute, a property that raises, an out-of-range ``In[n]``) leaves the
-    placeholder as written.
+    placeholder as written. ``render(placeholder, value)`` may claim a value first by
+    returning its text (a figure becomes an attached image, see
+    :class:`jupyter_crush.images.PromptImages`); ``None`` leaves it to ``str``.
     """
 
     def replace(match: re.Match[str]) -> str:
@@ -49,7 +55,10 @@ def interpolate(text: str, namespace: Mapping[str, Any]) -> str:
         value = _resolve(match.group("field"), namespace)
         if value is _MISSING:
             return match.group(0)
-        return value if isinstance(value, str) else _to_text(value)
+        if isinstance(value, str):
+            return value
+        rendered = render(match.group(0), value) if render is not None else None
+        return _to_text(value) if rendered is None else rendered
 
     return _TOKEN.sub(replace, text)
 

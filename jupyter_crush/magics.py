@@ -36,6 +36,7 @@ from . import notebook_state
 from .agent import Attachment, Finished, Folded, SessionAgent, SessionAgentCall, Started
 from .commands import COMMANDS, load_commands, usage_lines
 from .config import CrushConfig
+from .images import PromptImages
 from .interpolate import interpolate
 from .mcp_tools import MCPServers
 from .message import FinishReason, Session
@@ -710,7 +711,10 @@ class CrushMagics(Magics):
         args = parse_argstring(self.crush_cell, line)
         if args.wait and args.no_wait:
             raise UsageError("--wait and --no-wait contradict each other; pick one")
-        prompt = interpolate(cell.rstrip().lstrip("\n"), self.shell.user_ns)
+        shown = PromptImages()  # figures the prompt names go as images
+        prompt = interpolate(cell.rstrip().lstrip("\n"), self.shell.user_ns, shown)
+        for problem in shown.problems:
+            print(problem)
         from .fix import submit_fix
 
         submit = partial(submit_fix, self.crush) if args.fix else self.crush.submit
@@ -722,6 +726,7 @@ class CrushMagics(Magics):
             wait=True if args.wait else (False if args.no_wait else None),
             yolo=args.yolo,
             fmt=args.format,
+            attachments=[Attachment(image.label, image=image) for image in shown.images],
         )
 
     @line_magic("crush")

@@ -27,6 +27,7 @@ from .message import (
     TERMINAL_REASONS,
     FinishReason,
     Message,
+    Part,
     Role,
     TextPart,
     ToolResultPart,
@@ -59,11 +60,14 @@ class TurnOutcome:
 
 
 def prompt_message(session_id: str, prompt: str, attachments: Sequence[Attachment]) -> Message:
-    parts = [TextPart(prompt)]
+    parts: list[Part] = [TextPart(prompt)]
     parts += [
-        TextPart(f'\n<attachment name="{a.name}">\n{a.content}\n</attachment>') for a in attachments
+        a.image
+        if a.image is not None
+        else TextPart(f'\n<attachment name="{a.name}">\n{a.content}\n</attachment>')
+        for a in attachments
     ]
-    return Message(session_id, Role.USER, parts=list(parts))
+    return Message(session_id, Role.USER, parts=parts)
 
 
 @dataclass(eq=False)

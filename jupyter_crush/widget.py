@@ -24,6 +24,7 @@ read meanwhile and none after it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import html
 import json
 import re
@@ -266,7 +267,7 @@ class RunView:
             state = "running" if result is None else ("error" if result.is_error else "ok")
             body = f"<pre>{html.escape(_clip(_pretty_json(call.input)))}</pre>"
             if result is not None:
-                body += f"\n<pre>{html.escape(_clip(result.content))}</pre>"
+                body += f"\n<pre>{html.escape(_clip(result.content))}</pre>{_images_html(result)}"
             lines.append(
                 f"<details><summary>tool {html.escape(call.name)} · {state}</summary>\n\n"
                 f"{body}\n\n</details>"
@@ -482,6 +483,7 @@ class RunView:
                 body += (
                     "<b>result</b>"
                     f'<pre style="white-space: pre-wrap">{html.escape(_clip(result.content))}</pre>'
+                    + _images_html(result)
                 )
             entry = self._tool_widgets.get(call_id)
             if entry is None:
@@ -677,6 +679,22 @@ def _pretty_json(text: str) -> str:
         return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
     except (ValueError, TypeError):
         return text
+
+
+def _images_html(result: ToolResultPart) -> str:
+    """The result's images as thumbnails: what the model was shown."""
+    tags = []
+    for image in result.images:
+        try:
+            data = base64.b64encode(image.read()).decode("ascii")
+        except (OSError, ValueError):
+            tags.append(f"<p>{html.escape(image.describe())} (file missing)</p>")
+            continue
+        tags.append(
+            f'<img src="data:{image.media_type};base64,{data}" '
+            f'alt="{html.escape(image.describe())}" style="max-width: 480px">'
+        )
+    return "".join(tags)
 
 
 def _clip(text: str) -> str:

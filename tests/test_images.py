@@ -7,6 +7,7 @@ import io
 import json
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -202,3 +203,82 @@ def test_a_stored_image_whose_file_is_gone_or_renamed_fails_clearly(tmp_path):
             stored.read()
     finally:
         store.close()
+
+
+# -- from the notebook: the python tool and a prompt's placeholders -------------------------------
+
+
+async def test_python_tool_returns_figures_and_displayed_images_and_says_what_it_refused(ip):
+    from jupyter_crush.tools import ToolContext
+    from jupyter_crush.tools.python import PythonTool
+
+    ip.user_ns["small_png"] = png(30, 20)
+    ip.user_ns["bomb_png"] = png_header_only(50_000, 50_000)
+    code = (
+        "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+        "from IPython.display import Image, display\n"
+        "fig, ax = plt.subplots(figsize=(4, 3))\nax.plot([1, 2, 3], [3, 1, 2])\n"
+        "display(Image(data=small_png))\n"
+        "display({'image/gif': 'R0lGODlhAQABAAAAACw='}, raw=True)\n"
+        "display({'image/png': base64.b64encode(bomb_png).decode()}, raw=True)\n"
+        "Image(data=small_png)"  # the same picture as the display: sent once
+    )
+    ip.user_ns["base64"] = base64
+    result = await PythonTool(ip).run({"code": code}, ToolContext("s", "c1"))
+    assert not result.is_error, result.content
+    assert [i.label for i in result.images] == ["display()", "Figure 1"]
+    assert (result.images[0].width, result.images[0].height) == (30, 20)
+    figure = result.images[1]
+    assert 300 < figure.width <= 400 and 200 < figure.height <= 300
+    assert "[image not sent: display() is image/gif, which models are not sent" in result.content
+    assert "[image not sent: display() has too many pixels to decode safely" in result.content
+    assert "Figures created (now closed): <matplotlib Figure 1: 400x300 px" in result.content
+
+
+def test_a_figure_named_in_a_prompt_is_attached_and_shown_in_history(ip, crush, tmp_path):
+    from test_magics import messages, run
+
+    from jupyter_crush.history import history, session_markdown
+    from jupyter_crush.testing import ScriptedModel
+
+    model = ScriptedModel(["A rising line."])
+    crush.use_model(model)
+    run(ip, "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt")
+    run(ip, "fig, ax = plt.subplots(figsize=(4, 3))\nax.plot([1, 2, 3])\nplt.close(fig)")
+    run(ip, "%%crush\nWhat does {fig} show?")
+    prompt = model.requests[0].messages[-1]
+    image = prompt.images[0]
+    assert prompt.text == f"What does {image.describe()} (attached below) show?"
+    with Image.open(io.BytesIO(image.read())) as img:
+        assert img.format == "PNG" and img.size == (image.width, image.height)
+    stored = messages(crush)[0]
+    assert stored.images[0].read() == image.read()
+    rows = history(store=crush.store)  # what crush.history() shows
+    paths = rows["images"].iloc[0]
+    assert len(paths) == 1 and Path(paths[0]).read_bytes() == image.read()
+    session = crush.store.get_session(crush.current_session_id)
+    exported = session_markdown(session, messages(crush))
+    assert f"]](<{paths[0]}>)" in exported and "![\\[image {fig}: " in exported
+
+
+def test_a_broken_figure_in_a_prompt_is_one_line_and_the_prompt_still_goes(ip, crush, capsys):
+    from test_magics import run
+
+    from jupyter_crush.testing import ScriptedModel
+
+    class Broken:
+        def _repr_png_(self):
+            return b"not a png"
+
+        def __str__(self):
+            return "<broken plot>"
+
+    model = ScriptedModel(["ok"])
+    crush.use_model(model)
+    ip.user_ns["plot"] = Broken()
+    run(ip, "%%crush\nLook at {plot}")
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "{plot}: image not attached: {plot} could not be read as image/png "
+        "(its bytes are no image format known); show it as a PNG or JPEG image"
+    )
+    assert model.requests[0].messages[-1].text == "Look at <broken plot>"

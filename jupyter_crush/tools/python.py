@@ -43,6 +43,13 @@ the code itself starts are not captured. Figures the code creates are listed
 in the result and then closed: the user does not see them (the inline backend
 would otherwise draw them in whichever cell runs next), so the model is told
 to propose plotting code with ``insert_cell`` instead.
+
+Images
+------
+The model sees what the code plotted: each figure the run leaves open, each PNG/JPEG
+the code displays, and a last expression that renders as an image (a ``Figure``, a PIL
+image, ``IPython.display.Image``) go with the result as images (checked and downscaled
+by :mod:`jupyter_crush.images`; one that cannot be sent is a line in the text saying why).
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..images import ImageError, image_from_value, images_from_bundle
+from ..message import ImagePart
 from ..model import ToolSpec
 from . import Tool, ToolContext, ToolResult
 from .output import MAX_OUTPUT_CHARS, CappedBuffer, clean, truncate
@@ -77,8 +86,9 @@ variables you define stay defined, and you can read the user's variables (use th
 
 Returns printed output, the value of the last expression (like a cell's Out[]), \
 display() output summarized as text, figures created, and the full traceback if the \
-code raises. Output is truncated when long, so print summaries (df.head(), len(x)) \
-rather than whole objects.
+code raises. Figures, displayed PNG/JPEG images and a last value that is an image \
+come back as images you can look at. Output is truncated when long, so print \
+summaries (df.head(), len(x)) rather than whole objects.
 
 The code runs with a time limit (`timeout` seconds, default {timeout:g}, at most \
 {max_timeout:g}); prefer small steps. Code that blocks in C (sleep, network) can \
@@ -168,6 +178,12 @@ class _Router:
             if sink is None:
                 return publish(data, *args, **kwargs)
             sink.write(_summarize_display(data) + "\n")
+            images = getattr(_RUN_IMAGES, "images", None)
+            if images is not None:
+                found, notes = images_from_bundle(data, "display()")
+                images.extend(found)
+                for note in notes:
+                    sink.write(note + "\n")
             return None
 
         def routed_clear_output(*args: Any, **kwargs: Any) -> Any:
@@ -182,6 +198,8 @@ class _Router:
 
 
 _ROUTER = _Router()
+#: The images of the run on this thread (a worker's own list while its code runs).
+_RUN_IMAGES = threading.local()
 
 
 class _RoutedStream:
@@ -229,6 +247,7 @@ class _Outcome:
     error: BaseException | None = None
     traceback: str = ""
     figures: list[str] = field(default_factory=list)
+    images: list[ImagePart] = field(default_factory=list)
 
 
 def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> int:
@@ -266,11 +285,13 @@ class _Worker:
 
     def _main(self) -> None:
         outcome = _Outcome()
+        _RUN_IMAGES.images = outcome.images
         _ROUTER.enter(self.buffer, self.shell)
         try:
             self._run(outcome)
         finally:
             _ROUTER.leave()
+            _RUN_IMAGES.images = None
             outcome.output = self.buffer.getvalue()
             # RuntimeError: the kernel's loop closed while this run was abandoned.
             with contextlib.suppress(RuntimeError):
@@ -311,10 +332,11 @@ class _Worker:
             if has_value and value is not None:  # like Out[]: None is not shown
                 outcome.has_result = True
                 outcome.result = _format_result(self.shell, value)
+                outcome.result += _value_image(value, outcome.images)
         except BaseException as exc:
             outcome.error = exc
             outcome.traceback = _format_exception(exc)
-        outcome.figures = _new_figures(figures_before)
+        outcome.figures = _new_figures(figures_before, outcome.images)
 
 
 def _execute(shell: Any, code: str) -> tuple[Any, bool]:
@@ -423,8 +445,21 @@ def _figure_numbers() -> set[int]:
         return set()
 
 
-def _new_figures(before: set[int]) -> list[str]:
-    """Describe, then close, the figures the run left open.
+def _value_image(value: Any, images: list[ImagePart]) -> str:
+    """Add the image ``value`` renders as to ``images``; a note if it cannot be sent."""
+    try:
+        image = image_from_value(value, "Out")
+    except ImageError as error:
+        return f"\n[image not sent: {error}]"
+    except Exception as error:  # a broken _repr_png_ must not lose the run's output
+        return f"\n[image not sent: rendering it failed: {error!r}]"
+    if image is not None:
+        images.append(image)
+    return ""
+
+
+def _new_figures(before: set[int], images: list[ImagePart]) -> list[str]:
+    """Describe, render into ``images``, then close the figures the run left open.
 
     Closed because the inline backend would otherwise draw them at the end of
     whichever cell the user runs next, in that cell's output.
@@ -440,7 +475,12 @@ def _new_figures(before: set[int]) -> list[str]:
             titles = [ax.get_title() for ax in axes if ax.get_title()]
             width, height = (fig.get_size_inches() * fig.dpi).round().astype(int)
             label = f"<matplotlib Figure {number}: {width}x{height} px, {len(axes)} axes"
-            described.append(label + (f", titles {titles!r}>" if titles else ">"))
+            label += f", titles {titles!r}>" if titles else ">"
+            try:
+                images.append(image_from_value(fig, f"Figure {number}"))
+            except ImageError as error:
+                label += f" [image not sent: {error}]"
+            described.append(label)
             pyplot.close(fig)
         except Exception as exc:  # a broken figure must not lose the run's output
             described.append(f"<matplotlib figure {number}: {exc!r}>")
@@ -539,7 +579,12 @@ class PythonTool:
         metadata: dict[str, Any] = {"timed_out": interrupted}
         if outcome.error is not None and not interrupted:
             metadata["exception"] = type(outcome.error).__name__
-        return ToolResult(clean(text, self.limit), outcome.error is not None, metadata)
+        # One image per distinct picture: a figure displayed and left open is the same bytes.
+        distinct: dict[str, ImagePart] = {}
+        for image in outcome.images:
+            distinct.setdefault(image.file, image)
+        images = list(distinct.values())
+        return ToolResult(clean(text, self.limit), outcome.error is not None, metadata, images)
 
 
 def summarize(args: dict[str, Any]) -> str:
