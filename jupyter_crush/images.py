@@ -108,7 +108,7 @@ def _fit(img: Any, data: bytes, media_type: str) -> tuple[bytes, str, int, int]:
     from PIL import Image
 
     width, height = img.size
-    scale = min(1.0, MAX_EDGE / max(width, height), math.sqrt(MAX_PIXELS / (width * height)))
+    scale = _scale(width, height)
     if scale >= 1.0 and len(data) <= MAX_BYTES:
         return data, media_type, width, height
     if img.mode not in ("RGB", "RGBA", "L"):
@@ -129,6 +129,11 @@ def _fit(img: Any, data: bytes, media_type: str) -> tuple[bytes, str, int, int]:
     return encoded, "image/jpeg", *rgb.size
 
 
+def _scale(width: float, height: float) -> float:
+    """The factor that brings an image within MAX_EDGE and MAX_PIXELS (>= 1: it fits)."""
+    return min(MAX_EDGE / max(width, height, 1), math.sqrt(MAX_PIXELS / max(width * height, 1)))
+
+
 def _encode(img: Any, fmt: str, **options: Any) -> bytes:
     out = io.BytesIO()
     img.save(out, fmt, **options)
@@ -147,8 +152,11 @@ def image_from_value(value: Any, label: str = "") -> ImagePart | None:
     """
     figure = _matplotlib_figure(value)
     if figure is not None:
+        # Drawn at a dpi that already fits: sharper text and faster than shrinking after.
+        width, height = figure.get_size_inches() * figure.dpi
+        dpi = figure.dpi * min(1.0, _scale(width, height))
         out = io.BytesIO()
-        figure.savefig(out, format="png", bbox_inches="tight")
+        figure.savefig(out, format="png", bbox_inches="tight", dpi=dpi)
         return image_part(out.getvalue(), "image/png", label)
     pil = sys.modules.get("PIL.Image")
     if pil is not None and isinstance(value, pil.Image):

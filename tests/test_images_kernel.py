@@ -75,7 +75,7 @@ def test_figures_reach_the_request_and_a_5mb_value_is_capped(kernel):
     )
     content, images = tool
     assert images == [["Figure 1", "image/png"]]
-    assert content.startswith("plotted\n")
+    assert "\nplotted\nFigures created (now closed): <matplotlib Figure 1: 640x480 px" in content
     assert "[image not sent: display() is image/gif, which models are not sent" in content
     finish = kernel.value(
         "str(crush.store.list_messages(crush.current_session_id)[-1].finish_reason)"
