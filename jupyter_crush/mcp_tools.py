@@ -197,8 +197,8 @@ class MCPServer:
                     )
                     await session.initialize()
                     self.tools = await _list_tools(session)
-                    if stop.is_set():
-                        return
+                    if stop.is_set():  # stopped or restarted while starting
+                        raise RuntimeError("stopped while starting")
                     self._session = session
                     ready.set_result(None)
                     await stop.wait()
