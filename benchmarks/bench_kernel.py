@@ -14,7 +14,7 @@
    same cell with ``--wait``, which like a non-streaming ``%%ai`` shows nothing and holds the
    kernel until the whole answer is there.
 6. Stop while another cell blocks the kernel (``time.sleep(1)``): the click sent on a
-   subshell, as JupyterLab 4 and Notebook 7 send it -> the button says "Stopping…" (the
+   subshell, as JupyterLab 4 and Notebook 7 send it -> the kernel tells the page "stopping" (the
    cancel is recorded; goal <= 50 ms), and the sleeping cell's end -> canceled turn shown
    (the loop's first tick). For comparison, the click sent on the main shell, as a front end
    without comms over subshells sends it, waits for the cell.
@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from kernel_harness import SETUP, Kernel, scripted
+from kernel_harness import SETUP, Kernel, scripted, view_ops
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -87,10 +87,7 @@ def bench_latency(kernel: Kernel, n: int) -> None:
 
 
 def canceled_update(msg: dict) -> bool:
-    if msg["msg_type"] != "comm_msg":
-        return False
-    state = msg["content"]["data"].get("state", {})
-    return "· canceled" in str(state.get("value", ""))
+    return any(op == "status" and "canceled" in v["head"] for op, v in view_ops(msg))
 
 
 def bench_stop(kernel: Kernel, n: int) -> None:
@@ -100,10 +97,10 @@ def bench_stop(kernel: Kernel, n: int) -> None:
     for _ in range(n):
         kernel.run("%%crush --new\nstream until stopped")
         time.sleep(0.05)
-        button = kernel.stop_button()
+        kernel.run_view()
         kernel.drain()
         kernel.iopub.clear()  # only messages sent after the click count
-        sent = kernel.click(button)
+        sent = kernel.stop()
         kernel.wait_iopub(canceled_update, timeout=10)
         latencies.append(time.perf_counter() - sent)
         kernel.iopub.clear()
@@ -134,10 +131,8 @@ def bench_interrupt(kernel: Kernel, n: int) -> None:
 
 
 def first_token_shown(msg: dict) -> bool:
-    if msg["msg_type"] != "comm_msg":
-        return False
-    # The answer is drawn into Output widgets: their ``outputs`` state carries the text.
-    return "word" in str(msg["content"]["data"].get("state", {}).get("outputs", ""))
+    # The run view is sent the answer's text as it grows.
+    return any(op == "answer+" and "word" in v for op, v in view_ops(msg))
 
 
 def bench_first_token(kernel: Kernel, n: int) -> None:
@@ -203,21 +198,14 @@ def bench_stop_while_busy(kernel: Kernel, n: int) -> None:
         for _ in range(n):
             kernel.run("%%crush --new\nstream until stopped")
             time.sleep(0.05)
-            button = kernel.stop_button()
+            view = kernel.run_view()
             sleeper = kernel.kc.execute("import time; time.sleep(1)")
             kernel.wait_iopub(status_of(sleeper, "busy"))
             time.sleep(0.2)  # well inside the sleep
             kernel.drain()
             kernel.iopub.clear()
-            sent = kernel.click(button, subshell_id=sent_on)
-            kernel.wait_iopub(
-                lambda m, b=button: (
-                    m["msg_type"] == "comm_msg"
-                    and m["content"]["comm_id"] == b
-                    and m["content"]["data"].get("state", {}).get("description") == "Stopping…"
-                ),
-                timeout=10,
-            )
+            sent = kernel.stop(subshell_id=sent_on)
+            kernel.wait_iopub(lambda m, v=view: ["stop", "stopping"] in view_ops(m, v), timeout=10)
             marked.append(time.perf_counter() - sent)
             kernel.wait_iopub(status_of(sleeper, "idle"), timeout=10)
             idle = time.perf_counter()
@@ -227,7 +215,7 @@ def bench_stop_while_busy(kernel: Kernel, n: int) -> None:
         results[sent_on] = (marked, after_cell)
     print("6. Stop while another cell sleeps 1 s (clicked 0.2 s into it)")
     marked, after_cell = results[subshell]
-    print(f"   click on a subshell -> Stopping… shown: {describe(marked)} (goal <= 50 ms)")
+    print(f"   click on a subshell -> stopping sent: {describe(marked)} (goal <= 50 ms)")
     print(f"   cell ends -> canceled turn shown:       {describe(after_cell)}")
     marked, _ = results[None]
     print(f"   click on the main shell -> Stopping…:   {describe(marked)} (waits for the cell)")

@@ -130,6 +130,14 @@ class CrushConfig(Configurable):
         help="Most redraws per second of a streaming answer; tokens in between are coalesced.",
     ).tag(config=True)
 
+    run_view = CaselessStrEnum(
+        ["delta", "widgets"],
+        default_value="delta",
+        help="How a run is shown live: 'delta' sends the page only what is new (an "
+        "anywidget module); 'widgets' re-sends whole ipywidgets values at each redraw "
+        "(kept for comparison).",
+    ).tag(config=True)
+
     wait = CaselessStrEnum(
         ["auto", "always", "never"],
         default_value="auto",

@@ -271,13 +271,13 @@ class Crush:
             self.store.list_messages(session.id)
         self.current_session_id = session.id
 
-        from .widget import RunLabels, RunView
+        from .widget import RunLabels
 
         # Accept first: from here on a cancel from any cell, button or interrupt covers it.
         accepted = agent.begin_accepted(session.id)
         try:
             loop = _kernel_loop()
-            view = RunView(
+            view = run_view_class(self.config.run_view)(
                 RunLabels(
                     session=session.title or session.id[:8],
                     model=f"{model.provider}:{model.name}",
@@ -621,6 +621,17 @@ class _InterruptCanceler:
         previous = self._previous
         if callable(previous) and previous is not signal.default_int_handler:
             previous(signum, frame)
+
+
+def run_view_class(name: str) -> type[RunView]:
+    """The view class of ``CrushConfig.run_view``."""
+    if name == "widgets":
+        from .widgets_view import WidgetsRunView
+
+        return WidgetsRunView
+    from .delta_view import DeltaRunView
+
+    return DeltaRunView
 
 
 def _display(view: RunView) -> Any:

@@ -1,4 +1,10 @@
-"""The run widget: one prompt's live view, and the permission prompt inside it.
+"""The run view: one prompt's live view, and the permission prompt inside it.
+
+:class:`RunView` holds what a view shows and follows the agent's events; how it reaches
+the page is its subclass's: :class:`~jupyter_crush.delta_view.DeltaRunView` (the default)
+sends only what changed to a front-end module that appends it, and
+:class:`~jupyter_crush.widgets_view.WidgetsRunView` re-sends ipywidgets values
+(``CrushConfig.run_view``).
 
 Threading rules: agent events reach :meth:`RunView.on_event` on the
 kernel's event-loop thread, but widget clicks may arrive on a subshell thread
@@ -6,16 +12,16 @@ kernel's event-loop thread, but widget clicks may arrive on a subshell thread
 things (``agent.cancel``) and hand everything else to the loop with
 ``call_soon_threadsafe``; the one exception is the Stop button's own state,
 guarded by a lock (see ``RunView._stop_lock``). Output goes through widget
-values and ``Output.outputs``, never ``with out:`` or ``print`` — from a
+values, comm messages and ``Output.outputs``, never ``with out:`` or ``print`` — from a
 background task those land in whichever cell happens to be executing.
 
 Stop while another cell blocks: JupyterLab 4 and Notebook 7 send a widget's
 comm messages on a kernel subshell of their comm target, but ipykernel 7.4
 reroutes each comm message to the subshell of the last message the *kernel*
 published on that comm — for a widget made by a cell, the main shell, where a
-click would wait for whatever cell runs there. The Stop button's comm takes
+click would wait for whatever cell runs there. A view's Stop comm takes
 clicks on the subshell the page sent them on (:func:`take_clicks_where_sent`),
-so the cancel is recorded and the button says "Stopping…" at once, from that
+so the cancel is recorded and the view says "Stopping…" at once, from that
 thread. A cell that blocks the main thread also holds the asyncio loop, so the
 stream itself stops at the loop's first tick after that cell: no model token is
 read meanwhile and none after it.
@@ -30,7 +36,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +72,24 @@ class RunLabels:
     replay: str = ""
 
 
+@dataclass(frozen=True)
+class ToolRow:
+    """One tool call as a view shows it (texts clipped)."""
+
+    call_id: str
+    name: str
+    state: str
+    arguments: str
+    result: str | None
+    #: The result's images as <img> thumbnails (HTML made here, texts escaped): what the
+    #: model was shown.
+    images: str = ""
+
+    @property
+    def title(self) -> str:
+        return f"tool {self.name} · {self.state}"
+
+
 class RunView:
     """The live view of one ``%%crush`` prompt, and the agent's observer for it.
 
@@ -73,6 +97,10 @@ class RunView:
     widget plus a text/markdown fallback, and when the run finishes
     ``on_finished`` callbacks get the chance to replace the display with the
     static final answer, so a notebook reopened without a kernel still shows it.
+
+    Subclasses put it on the page: :meth:`_draw` (loop thread, rate-limited by
+    :meth:`_redraw_delay`), :meth:`_show_stopping` (the click's thread),
+    :meth:`ask_permission`, :meth:`_widget` and :meth:`close`.
     """
 
     def __init__(
@@ -114,60 +142,36 @@ class RunView:
         self._messages: dict[str, Message] = {}
         self._tool_calls: dict[str, ToolCallPart] = {}
         self._tool_results: dict[str, ToolResultPart] = {}
+        self._tool_images: dict[str, str] = {}  # call id -> its result's thumbnails (HTML)
         self._finished_callbacks: list[Callable[[RunView], None]] = []
         self._done: asyncio.Future[None] | None = None
 
         # Loop-thread-only redraw state: one pending timer coalesces every event
         # that arrives before it fires (never a redraw per token).
-        self._redraw_handle: asyncio.Handle | None = None
-        self._tick_handle: asyncio.Handle | None = None
+        self._redraw_handle: asyncio.TimerHandle | None = None
         self._last_draw = float("-inf")
-        self._drawn_answer = ""
         self._content_shown = False  # has any answer or reasoning text been drawn yet?
         self.redraws = 0
 
-        self.status = widgets.HTML()
-        self.stop_button = widgets.Button(
-            description="Stop",
-            icon="stop",
-            tooltip="Cancel this prompt (and anything queued before it in this session)",
-            layout=widgets.Layout(width="auto", flex="0 0 auto"),
-        )
-        self.stop_button.on_click(self._stop_clicked)
-        take_clicks_where_sent(self.stop_button)
         #: Whether Stop was clicked (set on the click's thread, at once).
         self.stop_requested = False
         # Orders the click's thread against finish() on the loop: "Stopping…" is never
-        # written on a run that has already ended. Guards stop_requested and the Stop
-        # button's disabled/description, and the _ended check made before writing them.
+        # shown on a run that has already ended. Guards stop_requested, what
+        # _show_stopping writes, and the _ended check made before writing them.
         self._stop_lock = threading.Lock()
-        header = widgets.HBox(
-            [self.status, self.stop_button],
-            layout=widgets.Layout(justify_content="space-between", align_items="center"),
-        )
-        self.reasoning = widgets.HTML()
-        self.reasoning_box = widgets.Accordion(
-            children=[self.reasoning], titles=("Reasoning",), selected_index=None
-        )
-        self.reasoning_box.layout.display = "none"
-        self.tools = widgets.VBox()
-        # Tool call id -> its accordion and body, in call order; loop thread only.
-        self._tool_widgets: dict[str, tuple[widgets.Accordion, widgets.HTML]] = {}
-        # Frozen outputs (finished paragraphs) then the live one; see _draw_answer.
-        self.answer = widgets.VBox([widgets.Output()])
-        self.permission = widgets.VBox()
-        self.root = widgets.VBox(
-            [header, self.reasoning_box, self.tools, self.answer, self.permission]
-        )
-        self._draw()
 
     # -- display -----------------------------------------------------------
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle = dict(self.root._repr_mimebundle_(**kwargs) or {})
-        bundle["text/plain"] = self.to_text()
-        bundle["text/markdown"] = self.to_markdown()
-        return bundle
+    def _widget(self) -> widgets.Widget:
+        """The widget the page displays."""
+        raise NotImplementedError
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | tuple[dict, dict]:
+        shown = self._widget()._repr_mimebundle_(**kwargs) or {}
+        # ipywidgets returns the data; anywidget returns (data, metadata).
+        data, metadata = shown if isinstance(shown, tuple) else (shown, None)
+        bundle = {**data, "text/plain": self.to_text(), "text/markdown": self.to_markdown()}
+        return bundle if metadata is None else (bundle, metadata)
 
     def static_bundle(self) -> dict[str, Any]:
         """The display data of a finished run without the live widget."""
@@ -181,29 +185,43 @@ class RunView:
     def reasoning_text(self) -> str:
         return "\n\n".join(m.reasoning for m in self._messages.values() if m.reasoning)
 
+    def _streamed_chars(self) -> int:
+        """Characters of answer and reasoning received so far (cheap: no joins)."""
+        return sum(len(m.text) + len(m.reasoning) for m in self._messages.values())
+
     def status_text(self) -> str:
-        parts = [f"session {self.labels.session}", self.labels.model]
-        if self.labels.replay:
-            parts.append(self.labels.replay)
-        parts.append(self._phase_text())
-        elapsed = self.elapsed
+        head, elapsed, tail = self.status_parts()
         if elapsed is not None:
-            parts.append(f"{elapsed:.1f} s")
+            head.append(f"{elapsed:.1f} s")
+        return " · ".join(head + tail)
+
+    def status_parts(self) -> tuple[list[str], float | None, list[str]]:
+        """The status line around its elapsed time: (before, seconds, after)."""
+        head = [f"session {self.labels.session}", self.labels.model]
+        if self.labels.replay:
+            head.append(self.labels.replay)
+        head.append(self._phase_text())
+        tail = []
         if self.usage.total_tokens:
-            parts.append(f"{self.usage.total_tokens} tokens")
+            tail.append(f"{self.usage.total_tokens} tokens")
         if self.cost is not None:
-            parts.append(f"${self.cost:.4f}")
+            tail.append(f"${self.cost:.4f}")
         if self._stop_hint and self._ended is None:
-            parts.append(self._stop_hint)
+            tail.append(self._stop_hint)
         if self.store_note:
-            parts.append(self.store_note)
-        return " · ".join(parts)
+            tail.append(self.store_note)
+        return head, self.elapsed, tail
 
     @property
     def elapsed(self) -> float | None:
         start = self._started if self._started is not None else self._created
         end = self._ended if self._ended is not None else self._clock()
         return end - start
+
+    @property
+    def ticking(self) -> bool:
+        """Whether the elapsed time is still moving."""
+        return self._ended is None
 
     def stop_with_interrupt(self) -> None:
         """For a cell that blocks until the answer: point at the interrupt as well.
@@ -251,6 +269,25 @@ class RunView:
             return f"done ({self.finish_reason})"
         return self.phase
 
+    def tool_rows(self) -> Iterator[ToolRow]:
+        """The tool calls of this turn as shown, in call order."""
+        for call_id, call in self._tool_calls.items():
+            result = self._tool_results.get(call_id)
+            if result is None and not call.finished:
+                state = "streaming arguments"
+            elif result is None:
+                state = "waiting for permission" if self.waiting_permission else "running"
+            else:
+                state = "error" if result.is_error else "ok"
+            yield ToolRow(
+                call_id,
+                call.name,
+                state,
+                _clip(_pretty_json(call.input)),
+                None if result is None else _clip(result.content),
+                self._tool_images.get(call_id, ""),
+            )
+
     def to_text(self) -> str:
         answer = self.answer_markdown
         return f"[crush] {self.status_text()}" + (f"\n\n{answer}" if answer else "")
@@ -262,14 +299,13 @@ class RunView:
             lines.append(
                 f"<details><summary>Reasoning</summary>\n\n{html.escape(reasoning)}\n\n</details>"
             )
-        for call_id, call in self._tool_calls.items():
-            result = self._tool_results.get(call_id)
-            state = "running" if result is None else ("error" if result.is_error else "ok")
-            body = f"<pre>{html.escape(_clip(_pretty_json(call.input)))}</pre>"
-            if result is not None:
-                body += f"\n<pre>{html.escape(_clip(result.content))}</pre>{_images_html(result)}"
+        for row in self.tool_rows():
+            state = {"ok": "ok", "error": "error"}.get(row.state, "running")
+            body = f"<pre>{html.escape(row.arguments)}</pre>"
+            if row.result is not None:
+                body += f"\n<pre>{html.escape(row.result)}</pre>{row.images}"
             lines.append(
-                f"<details><summary>tool {html.escape(call.name)} · {state}</summary>\n\n"
+                f"<details><summary>tool {html.escape(row.name)} · {state}</summary>\n\n"
                 f"{body}\n\n</details>"
             )
         answer = self.answer_markdown
@@ -314,11 +350,13 @@ class RunView:
         elif isinstance(event, ToolStarted):
             self._tool_calls[event.call.id] = event.call
             # Permission was granted (perhaps without a prompt: yolo, allowed tools).
-            self.waiting_permission = bool(self.permission.children)
+            self.waiting_permission = self._prompts_open()
             self._schedule_redraw()
         elif isinstance(event, ToolFinished):
             self._tool_calls[event.call.id] = event.call
             self._tool_results[event.call.id] = event.result
+            # Read and encoded once, not at every redraw.
+            self._tool_images[event.call.id] = _images_html(event.result)
             self._schedule_redraw()
         elif isinstance(event, Queued):
             self.phase = "queued"
@@ -331,7 +369,7 @@ class RunView:
             self.phase = "running"
             self._started = self._clock()
             self._draw()
-            self._start_ticker()
+            self._on_started()
         elif isinstance(event, PermissionAsked):
             self.waiting_permission = True
             self._draw()
@@ -362,12 +400,10 @@ class RunView:
         else:
             self.phase = "done"
         self.waiting_permission = False
-        self.permission.children = ()
-        self.stop_button.disabled = True
-        for handle in (self._redraw_handle, self._tick_handle):
-            if handle is not None:
-                handle.cancel()
-        self._redraw_handle = self._tick_handle = None
+        if self._redraw_handle is not None:
+            self._redraw_handle.cancel()
+            self._redraw_handle = None
+        self._on_finished()
         self._draw()
         callbacks, self._finished_callbacks = self._finished_callbacks, []
         for callback in callbacks:
@@ -382,123 +418,54 @@ class RunView:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
+    def _redraw_delay(self) -> float:
+        """Seconds until the next coalesced redraw may run (<= 0: now)."""
+        return self._last_draw + self._min_interval - self._clock()
+
     def _schedule_redraw(self) -> None:
-        if self._redraw_handle is not None or self._ended is not None:
+        if self._ended is not None:
             return
-        delay = self._last_draw + self._min_interval - self._clock()
+        delay = self._redraw_delay()
+        loop = self._get_loop()
+        pending = self._redraw_handle
+        if pending is not None:
+            if pending.when() <= loop.time() + delay:
+                return
+            pending.cancel()  # what waits now may go sooner (a batch filled up)
+            self._redraw_handle = None
         if delay <= 0:
-            self._draw()
+            self._redraw()
         else:
-            self._redraw_handle = self._get_loop().call_later(delay, self._timed_draw)
+            self._redraw_handle = loop.call_later(delay, self._timed_draw)
 
     def _timed_draw(self) -> None:
         self._redraw_handle = None
-        self._draw()
+        self._redraw()
 
     def _draw_now(self) -> None:
         if self._redraw_handle is not None:
             self._redraw_handle.cancel()
             self._redraw_handle = None
-        self._draw()
+        self._redraw()
 
-    def _start_ticker(self) -> None:
-        # The elapsed time keeps moving while the model thinks silently.
-        def tick() -> None:
-            self._tick_handle = None
-            if self._ended is None:
-                self.status.value = self._status_html()
-                self._tick_handle = self._get_loop().call_later(1.0, tick)
-
-        if self._tick_handle is None:
-            self._tick_handle = self._get_loop().call_later(1.0, tick)
-
-    def _status_html(self) -> str:
-        return f"<b>crush</b> · {html.escape(self.status_text())}"
-
-    def _draw(self) -> None:
+    def _redraw(self) -> None:
         self._last_draw = self._clock()
         self.redraws += 1
-        self.status.value = self._status_html()
-        self._draw_answer()
-        reasoning = self.reasoning_text
-        if reasoning:
-            self.reasoning_box.layout.display = None
-            value = f'<div style="white-space: pre-wrap">{html.escape(reasoning)}</div>'
-            if self.reasoning.value != value:
-                self.reasoning.value = value
-        self._draw_tools()
+        self._draw()
 
-    def _draw_answer(self) -> None:
-        # Each redraw resends (and the front end re-renders) the whole of a widget's value,
-        # so finished paragraphs move into frozen outputs and only the growing last one is
-        # redrawn: a redraw costs O(paragraph), not O(answer).
-        answer = self.answer_markdown
-        if answer == self._drawn_answer:
-            return
-        self._drawn_answer = answer
-        chunks, tail = split_paragraphs(answer)
-        parts = list(self.answer.children)
-        while len(parts) - 1 < len(chunks):
-            # The live output freezes with its final chunk; a new live one follows it.
-            self._set_output(parts[-1], chunks[len(parts) - 1])
-            parts.append(widgets.Output())
-        if len(parts) != len(self.answer.children):
-            self.answer.children = tuple(parts)
-        self._set_output(parts[-1], tail)
+    def _draw(self) -> None:
+        """Bring the page up to date with this view's state (loop thread)."""
+        raise NotImplementedError
 
-    def _set_output(self, output: widgets.Output, text: str) -> None:
-        data = {"text/plain": text}
-        if self._answer_mime == "text/markdown":
-            data["text/markdown"] = text
-        bundle = {"output_type": "display_data", "data": data, "metadata": {}}
-        if not text:
-            output.outputs = ()
-        elif output.outputs != (bundle,):
-            output.outputs = (bundle,)
+    def _on_started(self) -> None:
+        """The run left the queue (loop thread)."""
 
-    @property
-    def answer_parts(self) -> list[str]:
-        """The text shown in each output of the answer area, in order."""
-        return [
-            o.outputs[0]["data"]["text/plain"] if o.outputs else "" for o in self.answer.children
-        ]
+    def _on_finished(self) -> None:
+        """The run ended; called before the last :meth:`_draw` (loop thread)."""
 
-    def _draw_tools(self) -> None:
-        added = False
-        for call_id, call in self._tool_calls.items():
-            result = self._tool_results.get(call_id)
-            if result is None and not call.finished:
-                state = "streaming arguments"
-            elif result is None:
-                state = "waiting for permission" if self.waiting_permission else "running"
-            else:
-                state = "error" if result.is_error else "ok"
-            title = f"tool {call.name} · {state}"
-            body = (
-                "<b>arguments</b>"
-                f'<pre style="white-space: pre-wrap">'
-                f"{html.escape(_clip(_pretty_json(call.input)))}</pre>"
-            )
-            if result is not None:
-                body += (
-                    "<b>result</b>"
-                    f'<pre style="white-space: pre-wrap">{html.escape(_clip(result.content))}</pre>'
-                    + _images_html(result)
-                )
-            entry = self._tool_widgets.get(call_id)
-            if entry is None:
-                content = widgets.HTML(body)
-                box = widgets.Accordion(children=[content], titles=(title,), selected_index=None)
-                self._tool_widgets[call_id] = (box, content)
-                added = True
-            else:
-                box, content = entry
-                if content.value != body:
-                    content.value = body
-                if box.titles != (title,):
-                    box.titles = (title,)
-        if added:
-            self.tools.children = tuple(box for box, _ in self._tool_widgets.values())
+    def _prompts_open(self) -> bool:
+        """Whether a permission prompt is still shown."""
+        raise NotImplementedError
 
     def close(self) -> None:
         """Close the view's widgets once the static answer has replaced it on the page.
@@ -506,24 +473,29 @@ class RunView:
         Every widget is a comm the kernel (and the front end) would otherwise keep for the
         rest of the session, one set per prompt.
         """
-        close_widgets(self.root)
+        close_widgets(self._widget())
 
     # -- stop ------------------------------------------------------------------
 
-    def _stop_clicked(self, _button: widgets.Button) -> None:
-        # Runs on the thread the click was delivered to, usually a subshell's: the loop may
-        # be held by a blocking cell, so the cancel and the button's "Stopping…" happen here
-        # (the iopub socket is thread-safe); the status line follows on the loop.
+    def request_stop(self) -> None:
+        """The Stop click, on whichever thread delivered it (usually a subshell's).
+
+        The loop may be held by a blocking cell, so the cancel and the view's "Stopping…"
+        happen here (the iopub socket is thread-safe); the status line follows on the loop.
+        """
         self._on_stop()
         with self._stop_lock:
             if self._ended is not None:
                 return
             self.stop_requested = True
-            self.stop_button.disabled = True
-            self.stop_button.description = "Stopping…"
+            self._show_stopping()
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._draw_stopping)
+
+    def _show_stopping(self) -> None:
+        """Say "Stopping…" on the page (the click's thread, under ``_stop_lock``)."""
+        raise NotImplementedError
 
     def _draw_stopping(self) -> None:
         if self._ended is None:
@@ -538,33 +510,19 @@ class RunView:
 
         Returns a function that removes the prompt (loop thread).
         """
-        what = request.summary or _pretty_json(json.dumps(request.arguments))
-        text = widgets.HTML(
-            f"<b>{html.escape(request.tool_name)}</b> wants to run:"
-            f'<pre style="white-space: pre-wrap">{html.escape(what)}</pre>'
-        )
-        buttons = []
-        for label, decision, style in (
-            ("Allow", Decision.ALLOW, "success"),
-            ("Allow for session", Decision.ALLOW_SESSION, "info"),
-            ("Deny", Decision.DENY, "danger"),
-        ):
-            button = widgets.Button(description=label, button_style=style)
-            button.on_click(lambda _b, d=decision: decide(d))
-            buttons.append(button)
-        prompt = widgets.VBox([text, widgets.HBox(buttons)])
-        self.permission.children = (*self.permission.children, prompt)
-        self.waiting_permission = True
-        self._draw()
+        raise NotImplementedError
 
-        def remove() -> None:
-            self.permission.children = tuple(c for c in self.permission.children if c is not prompt)
-            close_widgets(prompt)
-            self.waiting_permission = bool(self.permission.children)
-            if self._ended is None:
-                self._draw()
 
-        return remove
+PERMISSION_CHOICES = (
+    ("Allow", Decision.ALLOW),
+    ("Allow for session", Decision.ALLOW_SESSION),
+    ("Deny", Decision.DENY),
+)
+
+
+def permission_summary(request: PermissionRequest) -> str:
+    """What a permission prompt shows the tool will do."""
+    return request.summary or _pretty_json(json.dumps(request.arguments))
 
 
 class WidgetPermissionBroker:
@@ -604,19 +562,22 @@ class WidgetPermissionBroker:
             remove()
 
 
-def take_clicks_where_sent(button: widgets.Button) -> None:
-    """Handle ``button``'s clicks on the kernel subshell the page sent them on.
+def take_clicks_where_sent(widget: widgets.Widget) -> None:
+    """Handle ``widget``'s clicks on the kernel subshell the page sent them on.
+
+    A click is a custom comm message whose content has ``"event": "click"`` (what an
+    ipywidgets Button sends, and what the delta view's buttons send).
 
     ipykernel 7.4 routes a comm message to the subshell of the last message the kernel
     published on that comm (``BaseComm._reply_subshell_for``, asked on the shell-channel
     thread for every ``comm_msg``), so a widget a cell made answers on the main shell
-    whatever subshell the page chose. For a button whose click handler is thread-safe,
+    whatever subshell the page chose. For a widget whose click handler is thread-safe,
     clicks keep the page's choice; everything else on the comm (state updates, close)
     keeps ipykernel's routing. A page that sends no subshell (comms over subshells off,
     or a front end without them) still reaches the main shell, as before. Kernels
     without this routing already deliver where the page sends, and are left alone.
     """
-    comm = getattr(button, "comm", None)
+    comm = getattr(widget, "comm", None)
     route = getattr(comm, "_reply_subshell_for", None)
     if route is None:
         return
@@ -639,39 +600,6 @@ def close_widgets(widget: widgets.Widget) -> None:
         if isinstance(part, widgets.Widget):
             part.close()
     widget.close()
-
-
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-
-
-def split_paragraphs(text: str) -> tuple[list[str], str]:
-    """Split streamed Markdown into finished chunks and the still-growing tail.
-
-    A chunk ends at a blank line outside a fenced code block. The split of a text is a
-    prefix of the split of any continuation of it, so a chunk, once finished, never
-    changes. ``"".join(chunks) + tail == text``.
-    """
-    chunks: list[str] = []
-    start = 0
-    fence: str | None = None
-    has_content = False
-    position = 0
-    for line in text.splitlines(keepends=True):
-        position += len(line)
-        if not line.endswith("\n"):
-            break  # the last line is still being written
-        match = _FENCE.match(line)
-        if fence is None and match:
-            fence = match.group(1)[0] * len(match.group(1))
-        elif fence is not None and match and match.group(1).startswith(fence):
-            fence = None
-        elif fence is None and not line.strip() and has_content:
-            chunks.append(text[start:position])
-            start = position
-            has_content = False
-            continue
-        has_content = has_content or bool(line.strip())
-    return chunks, text[start:]
 
 
 def _pretty_json(text: str) -> str:

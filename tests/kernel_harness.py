@@ -45,6 +45,22 @@ class Execution:
 
 KERNEL_NAME = "crush-test"
 
+#: What the delta run view's Stop button sends (jupyter_crush/delta_view.js).
+STOP_CLICK = {"event": "click", "target": "stop"}
+
+
+def view_ops(msg: dict[str, Any], comm_id: str | None = None) -> list[list[Any]]:
+    """The ops a run view's iopub message carries (none for any other message)."""
+    if msg["msg_type"] != "comm_msg":
+        return []
+    content = msg["content"]
+    if comm_id is not None and content["comm_id"] != comm_id:
+        return []
+    data = content.get("data", {})
+    if data.get("method") != "custom" or not isinstance(data.get("content"), dict):
+        return []
+    return data["content"].get("ops", [])
+
 
 def kernel_manager(spec_dir: str | os.PathLike[str]) -> KernelManager:
     """A KernelManager for this Python (the venv's), via a kernelspec written to ``spec_dir``."""
@@ -174,23 +190,48 @@ class Kernel:
                 found.append((content["comm_id"], state))
         return found
 
-    def stop_button(self) -> str:
-        """The comm id of the newest Stop button."""
-        buttons = [c for c, s in self.widget_comms("ButtonModel") if s.get("description") == "Stop"]
-        assert buttons, "no Stop button was displayed"
-        return buttons[-1]
+    def run_view(self) -> str:
+        """The comm id of the newest run view (the delta view's anywidget)."""
+        views = [c for c, s in self.widget_comms("AnyModel") if "protocol" in s]
+        assert views, "no run view was displayed"
+        return views[-1]
 
-    def click(self, comm_id: str, subshell_id: str | None = None) -> float:
-        """Send a widget click exactly as the ipywidgets front end does; returns send time."""
+    def click(
+        self,
+        comm_id: str,
+        subshell_id: str | None = None,
+        content: dict[str, Any] | None = None,
+    ) -> float:
+        """Send a widget click exactly as the front end does; returns send time.
+
+        ``content`` defaults to an ipywidgets Button's click.
+        """
         msg = self.kc.session.msg(
             "comm_msg",
-            {"comm_id": comm_id, "data": {"method": "custom", "content": {"event": "click"}}},
+            {
+                "comm_id": comm_id,
+                "data": {"method": "custom", "content": content or {"event": "click"}},
+            },
         )
         if subshell_id is not None:
             msg["header"]["subshell_id"] = subshell_id
         sent = time.perf_counter()
         self.kc.shell_channel.send(msg)
         return sent
+
+    def wait_ask(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The first permission prompt a run view showed (kept or new): id, tool, what."""
+        msg = self.wait_iopub(lambda m: any(op == "ask" for op, _ in view_ops(m)), timeout)
+        return next(value for op, value in view_ops(msg) if op == "ask")
+
+    def stop(self, subshell_id: str | None = None) -> float:
+        """Click the newest run view's Stop, as its page sends it; returns send time."""
+        return self.click(self.run_view(), subshell_id, STOP_CLICK)
+
+    def decide(self, ask_id: str, decision: str, subshell_id: str | None = None) -> float:
+        """Click a permission prompt's button in the newest run view."""
+        content = {"event": "click", "target": "decide", "ask": ask_id, "decision": decision}
+        return self.click(self.run_view(), subshell_id, content)
 
     def create_subshell(self, timeout: float = 10.0) -> str:
         """A subshell, as JupyterLab creates for comm traffic under ipykernel 7."""

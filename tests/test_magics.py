@@ -190,8 +190,9 @@ def test_format_code_puts_the_code_in_the_next_cell(ip, crush):
 def test_format_text_shows_the_answer_verbatim(ip, crush):
     crush.use_model(ScriptedModel(["**not bold**"]))
     run(ip, "%%crush -f text\nanswer")
-    (output,) = crush.last_view.answer.children[-1].outputs
-    assert output["data"] == {"text/plain": "**not bold**"}
+    state = crush.last_view.snapshot()["snapshot"]
+    assert (state["format"], state["answer"]) == ("text", "**not bold**")
+    assert "<pre>**not bold**</pre>" in crush.last_view.to_markdown()
 
 
 def test_model_errors_end_the_turn_with_the_reason(ip, crush):

@@ -188,7 +188,7 @@ TWO_PROMPTS = (
 
 @pytest.mark.slow
 def test_allow_for_session_click_in_a_real_kernel(tmp_path):
-    from kernel_harness import SETUP, Kernel
+    from kernel_harness import SETUP, Kernel, view_ops
 
     kernel = Kernel(tmp_path)
     try:
@@ -196,30 +196,15 @@ def test_allow_for_session_click_in_a_real_kernel(tmp_path):
         kernel.run(TWO_PROMPTS)
         kernel.iopub.clear()
         kernel.run("%%crush --new\nfirst")
-        kernel.wait_iopub(
-            lambda m: (
-                m["msg_type"] == "comm_open"
-                and m["content"]["data"].get("state", {}).get("description") == "Allow for session"
-            )
-        )
-        buttons = {
-            s["description"]: c
-            for c, s in kernel.widget_comms("ButtonModel")
-            if s["description"].startswith(("Allow", "Deny"))
-        }
-        kernel.click(buttons["Allow for session"], subshell_id=kernel.create_subshell())
+        ask = kernel.wait_ask()
+        kernel.decide(ask["id"], "allow_session", subshell_id=kernel.create_subshell())
         kernel.run("import asyncio; await asyncio.wait_for(crush.last_view.wait(), 20)", 25)
         kernel.drain()
         mark = len(kernel.iopub)
         kernel.run("%%crush\nsecond")  # same session: no prompt this time
         kernel.run("import asyncio; await asyncio.wait_for(crush.last_view.wait(), 20)", 25)
         kernel.drain()
-        prompts = [
-            m
-            for m in kernel.iopub[mark:]
-            if m["msg_type"] == "comm_open"
-            and m["content"]["data"].get("state", {}).get("description") == "Deny"
-        ]
+        prompts = [v for m in kernel.iopub[mark:] for op, v in view_ops(m) if op == "ask"]
         assert prompts == []
         # The tool's prints went into its result, never into a cell's output.
         streams = [m["content"]["text"] for m in kernel.iopub if m["msg_type"] == "stream"]

@@ -1,0 +1,228 @@
+"""The delta run view: the kernel sends only what is new, the page appends it.
+
+One anywidget model per run. Its synced state is only the front-end module
+(``delta_view.js``); everything the run shows travels as custom comm messages:
+
+- kernel -> page ``{"seq": n, "ops": [...]}``, numbered from 1 without gaps. Ops:
+  ``["status", {"head", "elapsed", "ticking", "tail"}]`` (the page ticks the elapsed time
+  itself), ``["stop", "ready" | "stopping" | "disabled"]``, ``["answer+", text]`` /
+  ``["reasoning+", text]`` (appended), ``["answer=", text]`` / ``["reasoning=", text]``
+  (replaced: only if a text ever stops being a prefix of its successor), ``["tool", row]``
+  (one call, added or changed) and ``["ask", prompt]`` / ``["asked", id]`` (a permission
+  prompt shown / gone).
+- page -> kernel ``{"event": "sync", "nonce": …}`` when a view renders (a new view, a
+  reloaded page) or finds a gap in ``seq``; the kernel answers
+  ``{"snapshot": state, "seq": n, "for": nonce}``, the state as of op ``n``, and the view
+  applies the ops after it.
+- page -> kernel ``{"event": "click", "target": "stop"}`` and
+  ``{"event": "click", "target": "decide", "ask": id, "decision": …}``. Clicks are taken on
+  the subshell the page sent them on (:func:`~jupyter_crush.widget.take_clicks_where_sent`);
+  the page shows "Stopping…" before it sends the click.
+
+Why anywidget and not a model in the prebuilt JupyterLab extension: VS Code loads no
+JupyterLab extension, but it renders anywidget models, whose module travels in the model's
+own state; JupyterLab 4 and Notebook 7 get anywidget's prebuilt extension from its wheel.
+
+The kernel batches: the first token goes out at once, then at most ``redraw_rate``
+messages a second, and while fewer than :data:`BATCH_CHARS` characters wait, at most one
+every :data:`TRICKLE_INTERVAL` seconds. A message's envelope (header, parent header,
+signature) is ~600 bytes, so bytes per answer character stay near 1 + 600 / batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import ipywidgets as widgets
+import traitlets
+
+from .tools import Decision, PermissionRequest
+from .widget import RunLabels, RunView, permission_summary, take_clicks_where_sent
+
+#: Fewer characters than this waiting: send at most every TRICKLE_INTERVAL seconds.
+BATCH_CHARS = 512
+TRICKLE_INTERVAL = 0.25
+
+_HERE = Path(__file__).resolve().parent
+
+
+class RunWidget(anywidget.AnyWidget):
+    """The comm of a delta view; its front end is ``delta_view.js``."""
+
+    _esm = _HERE / "delta_view.js"
+    _css = _HERE / "delta_view.css"
+    #: Version of the message protocol above, for the page to check.
+    protocol = traitlets.Int(1).tag(sync=True)
+
+
+class DeltaRunView(RunView):
+    """A run view that sends the page only what changed since its last message."""
+
+    def __init__(self, labels: RunLabels, **kwargs: Any) -> None:
+        super().__init__(labels, **kwargs)
+        self.widget = RunWidget()
+        self.widget.on_msg(self._on_message)
+        take_clicks_where_sent(self.widget)
+        # Loop thread only: the permission prompts to show, by ask id.
+        self._asks: dict[str, dict[str, str]] = {}
+        # Ask id -> its decide callback. Written on the loop thread; the click's thread
+        # only reads one key (atomic), and a late click on a removed prompt finds none.
+        self._deciders: dict[str, Callable[[Decision], None]] = {}
+        self._drawn_chars = 0  # _streamed_chars() at the last draw (loop thread)
+        # Guards _seq and _sent, and the order of ops messages on the comm: the loop
+        # thread draws, the click's thread sends "stopping"; a message's seq and the
+        # state it moves _sent to go together.
+        self._send_lock = threading.Lock()
+        self._seq = 0
+        #: What the page has been sent, as of op ``_seq`` (the snapshot of a sync).
+        self._sent: dict[str, Any] = {
+            "format": "text" if self._answer_mime == "text/plain" else "markdown",
+            "status": {},
+            "stop": "ready",
+            "answer": "",
+            "reasoning": "",
+            "tools": {},
+            "asks": {},
+        }
+        #: Ops messages sent so far.
+        self.messages_sent = 0
+        self._draw()
+
+    def _widget(self) -> widgets.Widget:
+        return self.widget
+
+    def _prompts_open(self) -> bool:
+        return bool(self._asks)
+
+    def _on_finished(self) -> None:
+        self._asks.clear()
+        self._deciders.clear()
+
+    def _redraw_delay(self) -> float:
+        delay = super()._redraw_delay()
+        if self._streamed_chars() - self._drawn_chars < BATCH_CHARS:
+            delay = max(delay, self._last_draw + TRICKLE_INTERVAL - self._clock())
+        return delay
+
+    # -- kernel -> page --------------------------------------------------------
+
+    def _draw(self) -> None:
+        self._drawn_chars = self._streamed_chars()
+        with self._send_lock:
+            ops = self._ops()
+            if ops:
+                self._send_ops(ops)
+
+    def _ops(self) -> list[list[Any]]:
+        """What changed since the last message, applied to ``_sent`` (under _send_lock)."""
+        sent = self._sent
+        ops: list[list[Any]] = []
+        head, elapsed, tail = self.status_parts()
+        status = {"head": " · ".join(head), "tail": " · ".join(tail), "ticking": self.ticking}
+        if {k: sent["status"].get(k) for k in status} != status:
+            status["elapsed"] = round(elapsed or 0.0, 3)
+            sent["status"] = status
+            ops.append(["status", status])
+        for key, text in (("reasoning", self.reasoning_text), ("answer", self.answer_markdown)):
+            shown = sent[key]
+            if text == shown:
+                continue
+            if text.startswith(shown):
+                ops.append([f"{key}+", text[len(shown) :]])
+            else:
+                ops.append([f"{key}=", text])
+            sent[key] = text
+        for row in self.tool_rows():
+            fields = dataclasses.asdict(row)
+            if sent["tools"].get(row.call_id) != fields:
+                sent["tools"][row.call_id] = fields
+                ops.append(["tool", fields])
+        for ask_id in [a for a in sent["asks"] if a not in self._asks]:
+            del sent["asks"][ask_id]
+            ops.append(["asked", ask_id])
+        for ask_id, ask in self._asks.items():
+            if ask_id not in sent["asks"]:
+                sent["asks"][ask_id] = ask
+                ops.append(["ask", ask])
+        stop = "disabled" if self._ended is not None else sent["stop"]
+        if stop != sent["stop"]:
+            sent["stop"] = stop
+            ops.append(["stop", stop])
+        return ops
+
+    def _send_ops(self, ops: list[list[Any]]) -> None:
+        """One numbered message (under _send_lock)."""
+        if self.widget.comm is None:
+            return  # closed: the static answer has replaced the view
+        self._seq += 1
+        self.messages_sent += 1
+        self.widget.send({"seq": self._seq, "ops": ops})
+
+    def _show_stopping(self) -> None:
+        with self._send_lock:
+            if self._sent["stop"] == "ready":
+                self._sent["stop"] = "stopping"
+                self._send_ops([["stop", "stopping"]])
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the page has been sent, whole, and the seq it stands at."""
+        with self._send_lock:
+            sent = self._sent
+            state = {
+                **sent,
+                "tools": list(sent["tools"].values()),
+                "asks": list(sent["asks"].values()),
+            }
+            return {"snapshot": state, "seq": self._seq}
+
+    def _send_snapshot(self, nonce: str) -> None:
+        """Answer a view's sync (loop thread): bring _sent up to date, then send it whole."""
+        self._draw()
+        if self.widget.comm is not None:
+            self.widget.send({**self.snapshot(), "for": nonce})
+
+    # -- page -> kernel ----------------------------------------------------------
+
+    def _on_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        # Any thread: a click arrives on the subshell the page sent it on.
+        if not isinstance(content, dict):
+            return
+        event, target = content.get("event"), content.get("target")
+        if event == "click" and target == "stop":
+            self.request_stop()
+        elif event == "click" and target == "decide":
+            decide = self._deciders.get(str(content.get("ask")))
+            if decide is not None and content.get("decision") in set(Decision):
+                decide(Decision(content["decision"]))
+        elif event == "sync":
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._send_snapshot, str(content.get("nonce", "")))
+
+    # -- permission prompt ---------------------------------------------------------
+
+    def ask_permission(
+        self, request: PermissionRequest, decide: Callable[[Decision], None]
+    ) -> Callable[[], None]:
+        ask_id = request.tool_call_id or str(id(request))
+        self._deciders[ask_id] = decide
+        self._asks[ask_id] = {
+            "id": ask_id,
+            "tool": request.tool_name,
+            "what": permission_summary(request),
+        }
+        self.waiting_permission = True
+        self._draw()
+
+        def remove() -> None:
+            self._asks.pop(ask_id, None)
+            self._deciders.pop(ask_id, None)
+            self.waiting_permission = bool(self._asks)
+            self._draw()
+
+        return remove
