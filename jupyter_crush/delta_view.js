@@ -323,7 +323,9 @@ function render({ model, el }) {
 
   function setStop(state) {
     stop.disabled = state !== "ready";
-    stop.textContent = state === "stopping" ? "Stopping\u2026" : "Stop";
+    if (state !== "disabled") {
+      stop.textContent = state === "stopping" ? "Stopping\u2026" : "Stop";
+    }
   }
   stop.addEventListener("click", () => {
     if (stop.disabled) return;

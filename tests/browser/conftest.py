@@ -8,21 +8,20 @@ set (CI), where a missing browser is a failure.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_harness import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, LABEXTENSION, REPO, LabServer
+from lab_harness import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    LABEXTENSION,
+    LabServer,
+    running_lab_server,
+)
 
 
 def _unavailable(reason: str) -> None:
@@ -50,22 +49,6 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _write_settings(settings: Path) -> None:
-    # No news or update check: their notification would cover the notebook toolbar, and
-    # the machine has no network beyond loopback anyway.
-    notification = settings / "@jupyterlab" / "apputils-extension"
-    notification.mkdir(parents=True)
-    (notification / "notification.jupyterlab-settings").write_text(
-        json.dumps({"checkForUpdates": False, "fetchNews": "false"})
-    )
-
-
 @pytest.fixture(scope="session")
 def lab_server(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
     if not (LABEXTENSION / "package.json").exists():
@@ -74,71 +57,8 @@ def lab_server(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "run `pip install -e .` (it builds labextension/ with npm)",
             pytrace=False,
         )
-    base = tmp_path_factory.mktemp("lab")
-    root = base / "root"
-    root.mkdir()
-    settings = base / "settings"
-    _write_settings(settings)
-    log = ARTIFACTS / "jupyterlab-server.log"
-    port = _free_port()
-    env = dict(os.environ)
-    env.update(
-        {
-            # The kernels import the package under test from this checkout.
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-            "JUPYTER_CONFIG_DIR": str(base / "config"),
-            "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
-            "JUPYTERLAB_WORKSPACES_DIR": str(base / "workspaces"),
-            "CRUSH_DATA_DIR": str(root / ".crush"),
-        }
-    )
-    env.pop("CRUSH_MODEL", None)
-    command = [
-        sys.executable,
-        "-m",
-        "jupyterlab",
-        "--no-browser",
-        "--allow-root",  # CI runs as root
-        "--LabApp.extension_manager=readonly",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        "--IdentityProvider.token=",
-        "--ServerApp.password=",
-        f"--ServerApp.root_dir={root}",
-        f"--LabApp.user_settings_dir={settings}",
-        f"--LabApp.workspaces_dir={base / 'workspaces'}",
-    ]
-    with log.open("w") as log_file:
-        process = subprocess.Popen(
-            command, cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(url, process, log)
-        yield LabServer(url, root, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"jupyter lab exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/api/status", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"jupyter lab did not answer on {url} within 90 s:\n{log.read_text()}")
+    with running_lab_server(tmp_path_factory.mktemp("lab"), ARTIFACTS) as server:
+        yield server
 
 
 @pytest.fixture
