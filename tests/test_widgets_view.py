@@ -74,18 +74,6 @@ async def test_redraws_are_rate_limited_over_time():
     assert "".join(view.answer_parts) == message.text
 
 
-async def test_stop_click_from_another_thread_cancels_and_marks_stopping():
-    view, stops = make_view()
-    view.on_event(Started("u1"))
-    clicker = threading.Thread(target=view.stop_button.click, name="subshell")
-    clicker.start()
-    clicker.join()
-    assert stops == ["subshell"]  # the cancel itself runs right there (it is thread-safe)
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert view.stop_button.disabled and view.stop_button.description == "Stopping…"
-
-
 async def test_stop_clicked_while_the_loop_is_held_shows_stopping_at_once():
     # A blocking cell holds the loop: the click's own thread marks the button, and the
     # status line says "stopping" once the loop runs again.
