@@ -104,7 +104,8 @@ def in_sync(view: DeltaRunView, page: Page) -> bool:
 
 
 async def test_token_deltas_are_coalesced_into_few_messages():
-    view, page, _ = make_view(redraw_rate=30.0)
+    # A clock that stands still: however slow the machine, no interval passes in the loop.
+    view, page, _ = make_view(redraw_rate=30.0, clock=lambda: 100.0)
     view.on_event(Started("u1"))
     message = Message("s1", Role.ASSISTANT)
     base = len(page.ops_messages)

@@ -154,8 +154,10 @@ def test_stop_during_a_long_code_answer(page, lab_server):
     )
     # The button says so in the click's own handler, before the kernel can answer (which,
     # here, is fast enough to replace the whole view with the static answer at once).
-    shown = notebook.output(1).get_by_role("button", name="Stop").evaluate(
-        "(button) => { button.click(); return [button.textContent, button.disabled]; }"
+    shown = (
+        notebook.output(1)
+        .get_by_role("button", name="Stop")
+        .evaluate("(button) => { button.click(); return [button.textContent, button.disabled]; }")
     )
     assert shown == ["Stopping…", True]
     notebook.wait_output(1, r"· canceled")
