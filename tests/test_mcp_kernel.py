@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 from kernel_harness import ROOT, SETUP, Kernel
-from test_kernel import permission_buttons, wait_view
+from test_kernel import wait_view
 
 pytestmark = pytest.mark.slow
 
@@ -88,14 +88,7 @@ def test_tools_are_offered_and_called_with_permission(kernel):
     kernel.run("%%crush --new\nadd and note")
     # add is read-only (readOnlyHint): no prompt. write_note changes state: the prompt.
     # The first prompt starts the servers (seconds each on a busy machine).
-    kernel.wait_iopub(
-        lambda m: (
-            m["msg_type"] == "comm_open"
-            and m["content"]["data"].get("state", {}).get("description") == "Deny"
-        ),
-        timeout=60,
-    )
-    kernel.click(permission_buttons(kernel)["Allow"])
+    kernel.decide(kernel.wait_ask(timeout=60)["id"], "allow")
     wait_view(kernel, timeout=60)
     messages = turn(kernel)
     assert [m[0] for m in messages] == ["user", "assistant", "tool", "assistant"]
@@ -156,7 +149,7 @@ def test_stop_during_a_slow_call_cancels_it_on_the_server(kernel, tmp_path_facto
         assert time.monotonic() < deadline, "the slow call never reached the server"
         time.sleep(0.05)
     clicked = time.time()
-    kernel.click(kernel.stop_button())
+    kernel.stop()
     wait_view(kernel)
     reason, finished = kernel.value(
         "(lambda m: (str(m.finish_reason), m.finish.time))"

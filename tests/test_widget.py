@@ -215,8 +215,9 @@ async def test_replay_says_which_prompt_it_answers_on_the_status_line():
         loop=asyncio.get_running_loop(),
     )
     page = Page(view)
-    assert view.status_text().startswith(f"session s · replay:anthropic-thinking · {note} · ")
-    assert page.state["status"]["head"].startswith(f"session s · replay:anthropic-thinking · {note}")
+    head = f"session s · replay:anthropic-thinking · {note}"
+    assert view.status_text().startswith(f"{head} · ")
+    assert page.state["status"]["head"].startswith(head)
     # The saved output (Markdown and plain text) keeps it on the same line.
     assert note in view.to_markdown().splitlines()[0]
     assert note in view.to_text().splitlines()[0]
