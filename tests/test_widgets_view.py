@@ -31,7 +31,8 @@ def make_view(**kwargs) -> tuple[WidgetsRunView, list[str]]:
 
 
 async def test_token_deltas_are_coalesced_into_few_redraws():
-    view, _ = make_view(redraw_rate=30.0)
+    # A clock that stands still: however slow the machine, no interval passes in the loop.
+    view, _ = make_view(redraw_rate=30.0, clock=lambda: 100.0)
     view.on_event(Started("u1"))
     message = Message("s1", Role.ASSISTANT)
     base = view.redraws
