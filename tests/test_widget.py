@@ -22,7 +22,15 @@ from jupyter_crush.agent import (
     ToolStarted,
 )
 from jupyter_crush.delta_view import BATCH_CHARS, DeltaRunView
-from jupyter_crush.message import FinishReason, Message, Role, ToolCallPart, ToolResultPart, Usage
+from jupyter_crush.message import (
+    FinishReason,
+    ImagePart,
+    Message,
+    Role,
+    ToolCallPart,
+    ToolResultPart,
+    Usage,
+)
 from jupyter_crush.tools import Decision, PermissionRequest
 from jupyter_crush.widget import (
     WIDGET_VIEW_MIME,
@@ -269,6 +277,22 @@ async def test_tool_calls_are_sent_when_they_change():
     view._draw()
     assert page.state["tools"][0]["state"] == "error"
     assert in_sync(view, page)
+
+
+async def test_a_tools_images_go_to_the_page_once_as_thumbnails():
+    view, page, _ = make_view(redraw_rate=0)
+    view.on_event(Started("u1"))
+    call = ToolCallPart("c1", "python", "{}", finished=True)
+    image = ImagePart("image/png", "0" * 64 + ".png", 2, 1, 70, "Figure 1")
+    image.data = b"\x89PNG-bytes"
+    view.on_event(ToolFinished(call, ToolResultPart("c1", "python", "drawn", images=[image])))
+    view._draw()
+    (row,) = page.state["tools"]
+    assert row["images"].startswith('<img src="data:image/png;base64,iVBORy1ieXRlcw=="')
+    assert 'alt="[image Figure 1: 2x1 PNG, 1 KB]"' in row["images"]
+    image.data = None  # were it read again, it would now be "(file missing)"
+    view._draw()
+    assert page.state["tools"][0]["images"] == row["images"]
 
 
 def click(view: DeltaRunView, content: dict[str, Any], thread: str = "subshell") -> None:
