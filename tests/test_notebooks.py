@@ -94,3 +94,10 @@ def test_fix_and_plots_executes_headless(tmp_path: Path):
     # The corrected cell runs on the generated data.
     fixed = text_of(cell_output(nb, 'weekly = weather.groupby("city")["temp_c"]'))
     assert "Brest" in fixed and "Lyon" in fixed
+
+    # The figure named in the prompt went to the model as an image, not as text.
+    plot = text_of(cell_output(nb, "%%crush\nWhich city is warmer in {fig}"))
+    assert "· done ·" in plot
+    carried = text_of(cell_output(nb, "asked = model.requests[-1]"))
+    assert carried.startswith("{fig}: image/png, ")
+    assert "Which city is warmer in [image {fig}: " in carried
