@@ -194,6 +194,13 @@ class CrushConfig(Configurable):
         "accepts the connection and never answers fails within this.",
     ).tag(config=True)
 
+    image_input = Bool(
+        None,
+        allow_none=True,
+        help="Send figures and images to the model (True) or a line of text for each "
+        "(False); None decides from the model's name.",
+    ).tag(config=True)
+
     def provider_settings(self) -> ProviderSettings:
         """These settings in the form the providers take."""
         from .providers import ProviderSettings
@@ -205,6 +212,7 @@ class CrushConfig(Configurable):
             max_retries=self.max_retries,
             read_timeout=self.request_timeout,
             answer_timeout=self.answer_timeout,
+            image_input=self.image_input,
         )
 
     #: The data_dir the kernel's transcript store was opened with; fixed from then on.

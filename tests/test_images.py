@@ -282,3 +282,19 @@ def test_a_broken_figure_in_a_prompt_is_one_line_and_the_prompt_still_goes(ip, c
         "(its bytes are no image format known); show it as a PNG or JPEG image"
     )
     assert model.requests[0].messages[-1].text == "Look at <broken plot>"
+
+
+def test_an_update_that_adds_an_image_is_written_at_once_with_its_file(tmp_path):
+    store = TranscriptStore(tmp_path / "store", flush_interval=3600)  # coalesce everything
+    try:
+        session = store.create_session()
+        results = Message(session.id, Role.TOOL, [ToolResultPart("c1", "python", "ok")])
+        store.add_message(results)
+        part = image_part(png(16, 16), "image/png", "Figure 1")
+        results.parts.append(ToolResultPart("c2", "python", "drawn", images=[part]))
+        store.update_message(results)  # not forced, within the flush interval
+        journal = store.journal_path(session.id).read_text().splitlines()
+        assert part.file in journal[-1]  # the record is on disk, not pending...
+        assert (store.images_dir / part.file).read_bytes() == part.read()  # ...with its file
+    finally:
+        store.close()

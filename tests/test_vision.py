@@ -164,3 +164,7 @@ def test_the_setting_overrides_the_name_rule():
     assert resolve_model("ollama:my-finetune", settings=settings).accepts_images
     settings.image_input = False
     assert not resolve_model("ollama:llava", settings=settings).accepts_images
+    from jupyter_crush.config import CrushConfig
+
+    assert CrushConfig(image_input=False).provider_settings().image_input is False
+    assert CrushConfig().provider_settings().image_input is None
