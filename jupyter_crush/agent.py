@@ -145,6 +145,8 @@ class SessionAgentCall:
     accepted: AcceptedRun | None = None
     observer: RunObserver | None = None
     model: Model | None = None  # overrides the agent's model for this prompt
+    tools: Sequence[Tool] = ()  # override the agent's tools of the same names, for this prompt
+    metadata: dict[str, Any] = field(default_factory=dict)  # kept on the prompt's message
 
 
 @dataclass
@@ -225,7 +227,9 @@ class SessionAgent:
         except Exception:
             accepted.close()  # a rejected call must not hold its session's accept count
             raise
-        records = TurnRecords(self.store, call.session_id, call.prompt, call.attachments)
+        records = TurnRecords(
+            self.store, call.session_id, call.prompt, call.attachments, call.metadata
+        )
         state = self._dispatch.state(call.session_id)
         turn = Turn(call, accepted.seq, state, asyncio.get_running_loop(), records)
         if call.observer is not None:
@@ -286,6 +290,7 @@ class SessionAgent:
             await source.refresh(self.tools)
         # A model may bring tools of its own (a replay's recorded ones); the agent's win.
         tools = {**{t.name: t for t in getattr(model, "tools", ())}, **self.tools}
+        tools.update((t.name, t) for t in turn.call.tools)
         specs = [tool.spec for tool in tools.values()]
         for step in range(self.max_steps):
             if step:
@@ -420,7 +425,8 @@ class SessionAgent:
             self._status_changed()
         added = []
         for queued in folded:
-            user = prompt_message(queued.session_id, queued.call.prompt, queued.call.attachments)
+            call = queued.call
+            user = prompt_message(call.session_id, call.prompt, call.attachments, call.metadata)
             turn.records.add(user)
             added.append(user)
         return added

@@ -146,6 +146,15 @@ class CrushConfig(Configurable):
         "--execute, or $CRUSH_WAIT=1); %%crush --wait always blocks.",
     ).tag(config=True)
 
+    replay = CaselessStrEnum(
+        ["auto", "off", "strict"],
+        default_value="auto",
+        help="What a %%crush cell does when the store holds its answer (jupyter_crush.rerun): "
+        "'auto' replays an unchanged cell's recorded turn and asks afresh when anything "
+        "changed; 'strict' replays or fails the cell saying what changed (for CI); 'off' "
+        "always asks. %%crush --fresh always asks.",
+    ).tag(config=True)
+
     system_prompt = Unicode(
         "",
         help="System prompt; empty uses the built-in one (jupyter_crush.prompt), which tells "

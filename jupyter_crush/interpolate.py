@@ -37,6 +37,7 @@ def interpolate(
     text: str,
     namespace: Mapping[str, Any],
     render: Callable[[str, Any], str | None] | None = None,
+    used: dict[str, Any] | None = None,
 ) -> str:
     """Return ``text`` with resolvable placeholders replaced by ``str(value)``.
 
@@ -45,6 +46,8 @@ def interpolate(
     placeholder as written. ``render(placeholder, value)`` may claim a value first by
     returning its text (a figure becomes an attached image, see
     :class:`jupyter_crush.images.PromptImages`); ``None`` leaves it to ``str``.
+    ``used``, when given, receives each placeholder filled in (``"df"``, ``"obj.attr"``,
+    ``"Out[2]"``) with its value, for replay fingerprints.
     """
 
     def replace(match: re.Match[str]) -> str:
@@ -55,6 +58,8 @@ def interpolate(
         value = _resolve(match.group("field"), namespace)
         if value is _MISSING:
             return match.group(0)
+        if used is not None:
+            used[match.group("field")] = value
         if isinstance(value, str):
             return value
         rendered = render(match.group(0), value) if render is not None else None

@@ -40,6 +40,7 @@ from .images import PromptImages
 from .interpolate import interpolate
 from .mcp_tools import MCPServers
 from .message import FinishReason, Session
+from .rerun import Cell, Rerun
 from .store import StoreError, TranscriptStore
 from .tools import Decision
 
@@ -110,6 +111,8 @@ class Crush:
         self.last_view: RunView | None = None
         self._closed = False
         self._unpatch_shutdown: Callable[[], None] | None = None
+        #: Replays of recorded turns (jupyter_crush.rerun): each session's chain of prompts.
+        self.rerun = Rerun()
 
     # -- lazily built parts --------------------------------------------------------------
 
@@ -248,8 +251,13 @@ class Crush:
         yolo: bool = False,
         fmt: str = "markdown",
         attachments: Iterable[Attachment] = (),
+        cell: Cell | None = None,
     ) -> RunView:
-        """Accept ``prompt`` (with ``attachments``), show its view, and run it on the loop."""
+        """Accept ``prompt`` (with ``attachments``), show its view, and run it on the loop.
+
+        ``cell`` (its text, the values filled in, ``--fresh``) lets an unchanged cell replay
+        its recorded turn (:mod:`jupyter_crush.rerun`).
+        """
         if not prompt.strip():
             raise UsageError("The prompt is empty: write what you want after the %%crush line")
         from .providers.replay import for_prompt
@@ -270,6 +278,16 @@ class Crush:
             session = self.session_for_cell(session_ref, new, prompt)
             self.store.list_messages(session.id)
         self.current_session_id = session.id
+        plan = self.rerun.plan(
+            self,
+            session.id,
+            prompt,
+            cell,
+            model=model,
+            tools=agent.tools,
+            system=system.text,
+            attachments=attachments,
+        )
 
         from .widget import RunLabels
 
@@ -281,7 +299,7 @@ class Crush:
                 RunLabels(
                     session=session.title or session.id[:8],
                     model=f"{model.provider}:{model.name}",
-                    replay=replay_note,
+                    replay=plan.note or replay_note,
                 ),
                 on_stop=lambda: agent.cancel(session.id),
                 session_id=session.id,
@@ -290,13 +308,16 @@ class Crush:
                 answer_format="text" if fmt == "text" else "markdown",
             )
             view.interactive = self._interactive()
+            plan.show(view)
             call = SessionAgentCall(
                 session.id,
                 prompt,
                 attachments=tuple(attachments),
                 accepted=accepted,
                 observer=_Tracker(self, view, yolo, model, prompt),
-                model=model,
+                model=plan.model or model,
+                tools=plan.replay.tools(agent.tools) if plan.replay else (),
+                metadata=plan.metadata,
             )
             handle = _display(view)
             # The cell's context carries its parent header (ipykernel 7): updates sent in it
@@ -317,7 +338,7 @@ class Crush:
             if view.interactive:
                 view.stop_with_interrupt()
             self._wait(loop, view, session.id)
-            if fmt == "code":
+            if fmt == "code" and plan.replay is None:  # a replay's cell is already there
                 self._code_to_next_cell(view)
         return view
 
@@ -714,6 +735,7 @@ class CrushMagics(Magics):
     @argument(
         "--fix", action="store_true", help="fix the last error; the cell may add an instruction"
     )
+    @argument("--fresh", action="store_true", help="ask again even if a recorded turn matches")
     @cell_magic("crush")
     def crush_cell(self, line: str, cell: str) -> None:
         """Ask the agent: the cell is the prompt; the answer streams below while the kernel
@@ -722,8 +744,10 @@ class CrushMagics(Magics):
         args = parse_argstring(self.crush_cell, line)
         if args.wait and args.no_wait:
             raise UsageError("--wait and --no-wait contradict each other; pick one")
+        template = cell.rstrip().lstrip("\n")
         shown = PromptImages()  # figures the prompt names go as images
-        prompt = interpolate(cell.rstrip().lstrip("\n"), self.shell.user_ns, shown)
+        values: dict[str, Any] = {}  # what the placeholders were, for replay fingerprints
+        prompt = interpolate(template, self.shell.user_ns, shown, values)
         for problem in shown.problems:
             print(problem)
         from .fix import submit_fix
@@ -738,6 +762,7 @@ class CrushMagics(Magics):
             yolo=args.yolo,
             fmt=args.format,
             attachments=[Attachment(image.label, image=image) for image in shown.images],
+            cell=Cell(template, values, args.fresh),
         )
 
     @line_magic("crush")

@@ -216,6 +216,9 @@ class Message:
     updated_at: float = field(default_factory=now)
     usage: Usage = field(default_factory=Usage)
     cost: float | None = None
+    #: Facts about the message beyond its parts, e.g. a prompt's replay fingerprint
+    #: (:mod:`jupyter_crush.rerun`); plain JSON, written only when not empty.
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     # -- reading -----------------------------------------------------------
 
@@ -306,7 +309,7 @@ class Message:
     # -- JSON --------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "id": self.id,
             "session_id": self.session_id,
             "role": str(self.role),
@@ -318,6 +321,9 @@ class Message:
             "usage": asdict(self.usage),
             "cost": self.cost,
         }
+        if self.metadata:
+            data["metadata"] = self.metadata
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Message:
@@ -332,6 +338,7 @@ class Message:
             updated_at=data.get("updated_at", 0.0),
             usage=Usage(**data.get("usage", {})),
             cost=data.get("cost"),
+            metadata=data.get("metadata") or {},
         )
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .message import (
     TERMINAL_REASONS,
@@ -59,7 +59,12 @@ class TurnOutcome:
     text: str
 
 
-def prompt_message(session_id: str, prompt: str, attachments: Sequence[Attachment]) -> Message:
+def prompt_message(
+    session_id: str,
+    prompt: str,
+    attachments: Sequence[Attachment],
+    metadata: dict[str, Any] | None = None,
+) -> Message:
     parts: list[Part] = [TextPart(prompt)]
     parts += [
         a.image
@@ -67,7 +72,7 @@ def prompt_message(session_id: str, prompt: str, attachments: Sequence[Attachmen
         else TextPart(f'\n<attachment name="{a.name}">\n{a.content}\n</attachment>')
         for a in attachments
     ]
-    return Message(session_id, Role.USER, parts=parts)
+    return Message(session_id, Role.USER, parts=parts, metadata=dict(metadata or {}))
 
 
 @dataclass(eq=False)
@@ -78,6 +83,7 @@ class TurnRecords:
     session_id: str
     prompt: str
     attachments: Sequence[Attachment] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)  # the user message's
     messages: list[Message] = field(default_factory=list)
     prompt_recorded: bool = False
     failure: Exception | None = None  # the first store error this turn met
@@ -89,7 +95,7 @@ class TurnRecords:
         """Write the turn's user message, once: it is always the turn's first record."""
         if not self.prompt_recorded:
             self.prompt_recorded = True
-            self.add(prompt_message(self.session_id, self.prompt, self.attachments))
+            self.add(prompt_message(self.session_id, self.prompt, self.attachments, self.metadata))
 
     def add(self, message: Message) -> None:
         """Add a new record: the turn owns it from now on, even if the write fails."""

@@ -18,6 +18,8 @@ import contextlib
 import json
 import socket
 import struct
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -202,3 +204,28 @@ class ReplayServer:
             writer.transport.abort()
             return
         writer.close()  # "close": a clean FIN in the middle of the chunked body
+
+
+@contextlib.contextmanager
+def serving(steps: list[Step]) -> Iterator[ReplayServer]:
+    """A ReplayServer on a loop of its own thread, for clients in other processes (kernels)."""
+    loop = asyncio.new_event_loop()
+    server = ReplayServer(steps)
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.__aenter__())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

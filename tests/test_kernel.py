@@ -4,14 +4,12 @@ the store."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from typing import Any
 
 import pytest
 from kernel_harness import ROOT, SETUP, Kernel, scripted, view_ops
-from replay_server import ReplayServer, recording_steps
+from replay_server import recording_steps, serving
 
 from jupyter_crush.store import TranscriptStore
 
@@ -467,24 +465,8 @@ def openai_server():
     """A local OpenAI-compatible server answering with a recorded real stream."""
     recording = ROOT / "jupyter_crush" / "recordings"
     steps = recording_steps(recording / "OpenAICommon--openai-gpt-4o--simple_streaming.yaml")
-    loop = asyncio.new_event_loop()
-    server = ReplayServer(steps)
-    ready = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.__aenter__())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    ready.wait(10)
-    yield server
-    asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    with serving(steps) as server:
+        yield server
 
 
 def test_with_an_api_key_the_default_model_is_the_real_provider(tmp_path, openai_server):

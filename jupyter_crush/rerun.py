@@ -1,0 +1,375 @@
+"""Reproducible Run All: an unchanged ``%%crush`` cell replays its recorded turn.
+
+Every prompt a ``%%crush`` cell sends carries its :class:`~jupyter_crush.fingerprint.Fingerprint`
+on the user message's metadata (``{"fingerprint": {...}}``). When a cell runs again and the
+transcript store holds a *completed* turn (finish ``end_turn``; never a canceled or failed
+one) with the same fingerprint key, the cell replays it instead of asking the provider:
+
+- the recorded steps stream into the widget at once from :class:`RecordedModel` (provider
+  ``recorded``, 0 tokens, no cost), through the agent like any turn, so queueing, Stop and
+  the transcript work as usual; the user message says ``replay_of`` (the recorded prompt's
+  id) and ``replayed_from`` (its time), so the transcript tells a replay from a model turn;
+- the ``python`` calls are run again in order, in the kernel, so later cells see the same
+  variables; each output is compared with the recorded one and a difference marks the cell
+  "diverged" (status line, and the tool result's ``replay`` metadata);
+- read-only tools and ``insert_cell`` answer from the record (a replay never inserts a cell
+  again, and ``-f code`` does not insert its cell again);
+- a recorded call to a tool with effects outside the kernel (``bash``, ``write``, ``edit``,
+  an MCP tool) is never re-run: the replay stops there, the turn ends with a note saying so.
+
+``CrushConfig.replay`` (or ``%crush replay on|off|strict``) picks what happens otherwise:
+``auto`` asks afresh when anything changed, saying what ("df changed since the recorded
+answer"); ``strict`` refuses with an error naming the cell and what changed, so a CI run
+never reaches a provider; ``off`` always asks. ``%%crush --fresh`` always asks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+
+from .commands import command
+from .fingerprint import Fingerprint
+from .message import FinishReason, Message, Role
+from .model import (
+    ModelError,
+    ReasoningDelta,
+    ReasoningEnd,
+    StreamEvent,
+    StreamFinish,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    ToolSpec,
+)
+from .store import StoreError
+from .tools import Tool, ToolContext, ToolResult
+
+if TYPE_CHECKING:
+    from .agent import Attachment
+    from .magics import Crush
+    from .model import Model
+    from .store import TranscriptStore
+    from .widget import RunView
+
+#: Run again on replay, in the kernel, outputs compared with the recorded ones.
+RERUN_TOOLS = frozenset({"python"})
+#: Answered from the record on replay: they read, or (insert_cell) their cell is already there.
+RECORDED_TOOLS = frozenset({"variables", "notebook", "view", "glob", "grep", "ls", "insert_cell"})
+
+NO_RECORD = "no recorded answer to this prompt"
+
+MODES = {"on": "auto", "auto": "auto", "off": "off", "strict": "strict"}
+
+
+@dataclass(frozen=True)
+class RecordedTurn:
+    """A prompt of the store and the records its turn wrote after it."""
+
+    user: Message
+    records: list[Message]
+    fingerprint: Fingerprint
+
+    @property
+    def completed(self) -> bool:
+        answers = [m for m in self.records if m.role is Role.ASSISTANT]
+        return bool(answers) and answers[-1].finish_reason is FinishReason.END_TURN
+
+    @property
+    def steps(self) -> list[Message]:
+        """The assistant messages the model streamed, one per step."""
+        return [
+            m
+            for m in self.records
+            if m.role is Role.ASSISTANT and any(p.type != "finish" for p in m.parts)
+        ]
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """Recorded tool results by tool call id."""
+        return {r.tool_call_id: r for m in self.records for r in m.tool_results}
+
+    @property
+    def model(self) -> str:
+        step = next(iter(self.steps), None)
+        return f"{step.provider}:{step.model}" if step else self.fingerprint.model
+
+
+def recorded_turns(store: TranscriptStore) -> Iterator[RecordedTurn]:
+    """Every fingerprinted prompt the store holds that a model answered (not a replay)."""
+    for session in store.list_sessions():
+        try:
+            messages = store.list_messages(session.id)
+        except StoreError:  # a damaged journal holds nothing to replay; its cells say so
+            continue
+        turn: list[Message] = []
+        for message in [*messages, None]:
+            if message is None or message.role is Role.USER:
+                if turn:
+                    found = _recorded(turn)
+                    if found is not None:
+                        yield found
+                turn = []
+            if message is not None:
+                turn.append(message)
+
+
+def _recorded(turn: list[Message]) -> RecordedTurn | None:
+    user, *records = turn
+    meta = user.metadata
+    if user.role is not Role.USER or "fingerprint" not in meta or "replay_of" in meta:
+        return None
+    return RecordedTurn(user, records, Fingerprint.from_dict(meta["fingerprint"]))
+
+
+def find(store: TranscriptStore, asked: Fingerprint) -> tuple[RecordedTurn | None, list[str]]:
+    """The newest completed turn that asked ``asked``, else None and what changed.
+
+    What changed is read against the closest completed turn (same prompt and values but
+    another setting, then the same prompt, then the same place in its session's chain);
+    without one it says there is no recorded answer.
+    """
+    exact = None
+    closest: tuple[int, RecordedTurn] | None = None
+    for turn in recorded_turns(store):
+        if not turn.completed:
+            continue
+        recorded = turn.fingerprint
+        if recorded.key == asked.key and not asked.uncertain:
+            exact = turn if exact is None or _newer(turn, exact) else exact
+            continue
+        score = (
+            3 * (recorded.shape == asked.shape)
+            + 2 * (recorded.template == asked.template)
+            + (recorded.previous == asked.previous)
+        )
+        if score and (closest is None or score >= closest[0]):
+            closest = (score, turn)
+    if exact is not None:
+        return exact, []
+    if closest is None or closest[0] < 2:
+        return None, [NO_RECORD]
+    return None, asked.changes_from(closest[1].fingerprint)
+
+
+def _newer(a: RecordedTurn, b: RecordedTurn) -> bool:
+    return a.user.created_at > b.user.created_at
+
+
+class RecordedModel:
+    """Plays a recorded turn's steps back as a model would stream them: 0 tokens, no cost.
+
+    Step *n* of the turn (counted from the prompt) streams the recorded step *n*. A step
+    that called a tool whose effects reach outside the kernel streams its text, then ends
+    the turn with an error saying the replay stopped there.
+    """
+
+    provider = "recorded"
+
+    def __init__(self, turn: RecordedTurn) -> None:
+        self.turn = turn
+        self.name = turn.model
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        system: str | None = None,
+        tools: Sequence[ToolSpec] = (),
+    ) -> AsyncIterator[StreamEvent]:
+        last_prompt = max(i for i, m in enumerate(messages) if m.role is Role.USER)
+        step = sum(1 for m in messages[last_prompt:] if m.role is Role.ASSISTANT)
+        steps = self.turn.steps
+        if step >= len(steps):
+            raise ModelError("the recorded turn has no further step to replay")
+        recorded = steps[step]
+        for part in recorded.parts:
+            if part.type == "reasoning":
+                yield ReasoningDelta(part.text, part.signature, part.redacted)
+                yield ReasoningEnd()
+            elif part.type == "text":
+                yield TextDelta(part.text)
+        replayable = RERUN_TOOLS | RECORDED_TOOLS
+        outside = [c.name for c in recorded.tool_calls if c.name not in replayable]
+        if outside:
+            raise ModelError(
+                f"Replay stopped before the recorded {outside[0]} call: tools with effects "
+                "outside the kernel are not run again on replay; ask afresh with "
+                "%%crush --fresh"
+            )
+        for call in recorded.tool_calls:
+            yield ToolCallStart(call.id, call.name)
+            yield ToolCallDelta(call.id, call.input)
+            yield ToolCallEnd(call.id)
+        reason = recorded.finish_reason or FinishReason.END_TURN
+        yield StreamFinish(reason)
+
+
+@dataclass
+class Replay:
+    """A replay in progress: its record, its view, and the calls that came out differently."""
+
+    turn: RecordedTurn
+    view: RunView | None = None
+    diverged: list[str] = field(default_factory=list)
+
+    @property
+    def note(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.turn.user.created_at))
+        note = f"replayed from {when} · 0 tokens · $0"
+        if self.diverged:
+            note += f" · diverged: {'; '.join(self.diverged)}"
+        return note
+
+    def tools(self, agent_tools: Mapping[str, Tool]) -> list[Tool]:
+        """The tools answering the replayed calls: python re-run and compared, the rest
+        from the record."""
+        names = {c.name for m in self.turn.steps for c in m.tool_calls}
+        results = self.turn.results
+        made = []
+        for name in sorted(names & RECORDED_TOOLS):
+            spec = agent_tools[name].spec if name in agent_tools else ToolSpec(name, "", {})
+            made.append(Tool(spec, _from_record(results)))
+        for name in sorted(names & RERUN_TOOLS & agent_tools.keys()):
+            real = agent_tools[name]
+            made.append(replace(real, run=self._compared(real, results)))
+        return made
+
+    def _compared(self, real: Tool, results: Mapping[str, Any]) -> Any:
+        async def run(arguments: dict[str, Any], context: ToolContext) -> ToolResult:
+            outcome = await real.run(arguments, context)
+            recorded = results.get(context.tool_call_id)
+            if recorded is not None and (
+                outcome.content != recorded.content or outcome.is_error != recorded.is_error
+            ):
+                calls = [c.id for m in self.turn.steps for c in m.tool_calls if c.name == real.name]
+                number = calls.index(context.tool_call_id) + 1
+                self.diverged.append(f"{real.name} call {number} printed something else")
+                outcome.metadata = {
+                    **outcome.metadata,
+                    "replay": {"diverged": True, "recorded": recorded.content},
+                }
+                if self.view is not None:
+                    self.view.labels = replace(self.view.labels, replay=self.note)
+            return outcome
+
+        return run
+
+
+def _from_record(results: Mapping[str, Any]) -> Any:
+    async def run(arguments: dict[str, Any], context: ToolContext) -> ToolResult:
+        recorded = results.get(context.tool_call_id)
+        if recorded is None:
+            return ToolResult("The recorded turn has no result for this call", is_error=True)
+        metadata = {**recorded.metadata, "replay": {"from_record": True}}
+        return ToolResult(recorded.content, recorded.is_error, metadata, list(recorded.images))
+
+    return run
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What a ``%%crush`` cell held: its text, the values it filled in, ``--fresh``."""
+
+    template: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+    fresh: bool = False
+
+
+@dataclass
+class Plan:
+    """What a ``%%crush`` cell does: replay a recorded turn, or ask with its fingerprint."""
+
+    metadata: dict[str, Any]
+    replay: Replay | None = None
+    #: For the status line: the replay's note, or why the cell asks again.
+    note: str = ""
+
+    @property
+    def model(self) -> Model | None:
+        return RecordedModel(self.replay.turn) if self.replay else None
+
+    def show(self, view: RunView) -> None:
+        if self.replay is not None:
+            self.replay.view = view
+
+
+class Rerun:
+    """The kernel's replay state: the latest turn asked in each session, for the chain."""
+
+    def __init__(self) -> None:
+        # Session id -> fingerprint key of its latest turn asked in this kernel; the next
+        # turn's `previous`. Written and read by cells only (the loop thread).
+        self._latest: dict[str, str] = {}
+
+    def plan(
+        self,
+        crush: Crush,
+        session_id: str,
+        prompt: str,
+        cell: Cell | None,
+        *,
+        model: Model,
+        tools: Mapping[str, Tool],
+        system: str | None,
+        attachments: Iterable[Attachment] = (),
+    ) -> Plan:
+        """Replay or ask; raises UsageError in strict mode when there is nothing to replay."""
+        cell = cell or Cell(prompt)
+        attachments = list(attachments)
+        asked = "".join(
+            [prompt, *(f"\0{a.name}\0{a.image.file if a.image else a.content}" for a in attachments)]
+        )
+        # A figure sent as an image is told by its picture: the file name is the PNG's hash.
+        pictures = {a.image.label.strip("{} "): a.image.file for a in attachments if a.image}
+        fingerprint = Fingerprint.of(
+            cell.template,
+            asked,
+            {name: pictures.get(name, value) for name, value in cell.values.items()},
+            model=f"{model.provider}:{model.name}",
+            tools=(name for name in tools if not name.startswith("mcp_")),
+            system=system,
+            previous=self._latest.get(session_id),
+        )
+        self._latest[session_id] = fingerprint.key
+        metadata: dict[str, Any] = {"fingerprint": fingerprint.to_dict()}
+        mode = crush.config.replay
+        if cell.fresh or mode == "off":
+            return Plan(metadata)
+        turn, changes = find(crush.store, fingerprint)
+        if turn is not None:
+            metadata["replay_of"] = turn.user.id
+            metadata["replayed_from"] = turn.user.created_at
+            replay = Replay(turn)
+            return Plan(metadata, replay, replay.note)
+        if mode == "strict":
+            raise UsageError(
+                f"Replay is strict and cell {_cell_name(crush, cell.template)} has no recorded "
+                f"answer to replay: {'; '.join(changes)}. Ask afresh with %%crush --fresh or "
+                "%crush replay on"
+            )
+        if changes == [NO_RECORD]:
+            return Plan(metadata)
+        return Plan(metadata, note=f"{', '.join(changes)} since the recorded answer")
+
+
+def _cell_name(crush: Crush, text: str) -> str:
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = first if len(first) <= 50 else first[:49] + "…"
+    # IPython counts the running cell before running it: it is In[execution_count - 1].
+    count = getattr(crush.shell, "execution_count", 1) - 1
+    return f"[{count}] “{first}”" if count > 0 else f"“{first}”"
+
+
+@command("replay", "%crush replay [on|off|strict]", "replay unchanged cells' recorded turns")
+def replay_command(crush: Crush, args: list[str]) -> None:
+    if len(args) > 1 or (args and args[0] not in MODES):
+        raise UsageError("Usage: %crush replay [on|off|strict]")
+    if args:
+        crush.config.replay = MODES[args[0]]
+    print(f"Replay: {crush.config.replay} (recorded turns in {crush.config.data_dir})")
