@@ -322,9 +322,8 @@ class Rerun:
         """Replay or ask; raises UsageError in strict mode when there is nothing to replay."""
         cell = cell or Cell(prompt)
         attachments = list(attachments)
-        asked = "".join(
-            [prompt, *(f"\0{a.name}\0{a.image.file if a.image else a.content}" for a in attachments)]
-        )
+        sent = (a.image.file if a.image else a.content for a in attachments)
+        asked = "\0".join([prompt, *sent])
         # A figure sent as an image is told by its picture: the file name is the PNG's hash.
         pictures = {a.image.label.strip("{} "): a.image.file for a in attachments if a.image}
         fingerprint = Fingerprint.of(
