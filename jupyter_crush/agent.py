@@ -23,6 +23,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .compaction import (
+    DEFAULT_HISTORY_CHARS,
+    CompactionEvent,
+    ContextPolicy,
+    RequestShaper,
+    SummaryFailed,
+)
 from .dispatch import AcceptedRun, AgentStatus, Dispatcher, Entry, Turn, covered
 from .message import (
     CANCELED_MESSAGE,
@@ -30,7 +37,6 @@ from .message import (
     ImagePart,
     Message,
     Role,
-    TextPart,
     ToolCallPart,
     ToolResultPart,
     Usage,
@@ -60,10 +66,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_STEPS = 25
-#: Characters of conversation sent with each request (about 4 per token, so ~100k tokens).
-#: Older turns beyond it are left out of the request, oldest first, so a long session does
-#: not outgrow the model's context window; the transcript keeps them all.
-DEFAULT_HISTORY_CHARS = 400_000
 #: The same tool call (name and arguments) this many times in one turn ends the turn.
 REPEATED_CALL_LIMIT = 3
 
@@ -116,7 +118,15 @@ class Finished:
 
 
 RunEvent = (
-    Queued | Folded | Started | Delta | ToolStarted | ToolFinished | PermissionAsked | Finished
+    Queued
+    | Folded
+    | Started
+    | Delta
+    | ToolStarted
+    | ToolFinished
+    | PermissionAsked
+    | Finished
+    | CompactionEvent
 )
 
 
@@ -147,6 +157,7 @@ class SessionAgentCall:
     model: Model | None = None  # overrides the agent's model for this prompt
     tools: Sequence[Tool] = ()  # override the agent's tools of the same names, for this prompt
     metadata: dict[str, Any] = field(default_factory=dict)  # kept on the prompt's message
+    compact: bool = False  # summarize the session (``prompt`` is not recorded) and stop
 
 
 @dataclass
@@ -172,6 +183,7 @@ class SessionAgent:
         max_steps: int = DEFAULT_MAX_STEPS,
         permissions: PermissionBroker | None = None,
         history_chars: int = DEFAULT_HISTORY_CHARS,
+        context: ContextPolicy | None = None,
     ) -> None:
         self.model = _resolve(model)
         self.store = store
@@ -181,7 +193,8 @@ class SessionAgent:
         self.system_prompt = system_prompt
         self.max_steps = max_steps
         self.permissions = permissions
-        self.history_chars = history_chars
+        #: How requests fit the model's window (summaries; ``history_chars`` without one).
+        self.context = context or ContextPolicy(history_chars=history_chars)
         self._dispatch = Dispatcher(self._drive, self._finish, self._status_changed)
         self._status_listeners: list[Callable[[AgentStatus], None]] = []
 
@@ -230,6 +243,7 @@ class SessionAgent:
         records = TurnRecords(
             self.store, call.session_id, call.prompt, call.attachments, call.metadata
         )
+        records.prompt_recorded = call.compact  # a compaction records no prompt
         state = self._dispatch.state(call.session_id)
         turn = Turn(call, accepted.seq, state, asyncio.get_running_loop(), records)
         if call.observer is not None:
@@ -283,7 +297,7 @@ class SessionAgent:
         model = turn.call.model or self.model
         records = turn.records
         records.record_prompt()
-        self._emit(turn, Started(records.messages[0].id))
+        self._emit(turn, Started(records.messages[0].id if records.messages else ""))
         history = records.history()
         repeats: Counter[str] = Counter()
         for source in self.tool_sources:
@@ -292,14 +306,31 @@ class SessionAgent:
         tools = {**{t.name: t for t in getattr(model, "tools", ())}, **self.tools}
         tools.update((t.name, t) for t in turn.call.tools)
         specs = [tool.spec for tool in tools.values()]
+        shaper = RequestShaper(
+            model,
+            self.system_prompt,
+            specs,
+            self.context,
+            records.add,
+            lambda event: self._emit(turn, event),
+            lambda: covered(turn),
+        )
+        if turn.call.compact:
+            try:
+                await shaper.compact(history)
+            except SummaryFailed as failed:
+                raise _TurnEnded(FinishReason.ERROR, f"No summary: {failed}") from None
+            return FinishReason.END_TURN
+        compact = False
         for step in range(self.max_steps):
             if step:
-                history.extend(self._fold_queued(turn))
+                compact = self._fold_queued(turn, history)
+            request = await shaper.fit_request(history, force=compact)
             assistant = Message(
                 session_id, Role.ASSISTANT, model=model.name, provider=model.provider
             )
             records.add(assistant)
-            finish = await self._stream_step(turn, model, history, specs, assistant)
+            finish = await self._stream_step(turn, model, request, specs, assistant)
             history.append(assistant)
             calls = assistant.tool_calls
             if not calls:
@@ -339,13 +370,12 @@ class SessionAgent:
         self,
         turn: Turn,
         model: Model,
-        history: list[Message],
+        request: list[Message],
         specs: list[Any],
         assistant: Message,
     ) -> StreamFinish:
         finish: StreamFinish | None = None
         records = turn.records
-        request = _fit_history(history, self.history_chars)
         stream = model.stream(request, system=self.system_prompt, tools=specs)
         async with contextlib.aclosing(stream):  # closes the provider's HTTP stream on any exit
             async for event in stream:
@@ -410,8 +440,9 @@ class SessionAgent:
             call.id, call.name, outcome.content, outcome.is_error, outcome.metadata, outcome.images
         )
 
-    def _fold_queued(self, turn: Turn) -> list[Message]:
-        """Between steps: queued prompts join the running turn, unless a cancel covers it."""
+    def _fold_queued(self, turn: Turn, history: list[Message]) -> bool:
+        """Between steps: queued prompts join the running turn (``history``), unless a cancel
+        covers it. True when one of them asks for a summary before the next step."""
         folded = self._dispatch.fold(turn)
         if folded is None:
             raise asyncio.CancelledError  # covered: no further step, nothing joins
@@ -423,13 +454,14 @@ class SessionAgent:
             turn.observers.extend(queued.observers)
         if folded:
             self._status_changed()
-        added = []
         for queued in folded:
             call = queued.call
+            if call.compact:
+                continue
             user = prompt_message(call.session_id, call.prompt, call.attachments, call.metadata)
             turn.records.add(user)
-            added.append(user)
-        return added
+            history.append(user)
+        return any(queued.call.compact for queued in folded)
 
     # -- the end of a turn ---------------------------------------------------------------------
 
@@ -527,41 +559,6 @@ def _canonical_json(text: str) -> str:
         return json.dumps(json.loads(text or "{}"), sort_keys=True)
     except json.JSONDecodeError:
         return text
-
-
-def _fit_history(history: list[Message], budget: int) -> list[Message]:
-    """The newest turns of ``history`` that fit in ``budget`` characters.
-
-    Cuts only at a user message, so no tool result is ever separated from its call, and
-    always keeps the last one (the prompt being answered) whatever its size. A note says
-    how much was left out, so the model knows the conversation is longer.
-    """
-    total = 0
-    cut = None
-    for index in range(len(history) - 1, -1, -1):
-        total += _size(history[index])
-        if history[index].role is Role.USER:
-            if total > budget and cut is not None:
-                break
-            cut = index
-    if not cut:
-        return history
-    note = Message(
-        history[cut].session_id,
-        Role.USER,
-        [TextPart(f"({cut} earlier messages of this conversation are left out to fit.)")],
-    )
-    return [note, *history[cut:]]
-
-
-def _size(message: Message) -> int:
-    """Characters a message adds to a request: its text, arguments and results."""
-    return sum(
-        len(getattr(part, "text", "") or "")
-        + len(getattr(part, "input", "") or "")
-        + len(getattr(part, "content", "") or "")
-        for part in message.parts
-    )
 
 
 def _cancel_requested() -> bool:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .magics import Crush
 
 #: Modules whose import registers commands; each one adds itself here.
-COMMAND_MODULES: tuple[str, ...] = (".fix", ".context", ".mcp_tools", ".rerun")
+COMMAND_MODULES: tuple[str, ...] = (".fix", ".context", ".mcp_tools", ".rerun", ".compaction")
 
 
 @dataclass(frozen=True)

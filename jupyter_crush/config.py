@@ -121,8 +121,28 @@ class CrushConfig(Configurable):
 
     history_chars = Int(
         400_000,
-        help="Characters of the session's conversation sent with each request (about 4 a "
-        "token); older turns beyond it are left out of the request, never out of the store.",
+        help="For a model whose context window is unknown: characters of the session's "
+        "conversation sent with each request (about 4 a token); older turns beyond it are "
+        "left out of the request, never out of the store.",
+    ).tag(config=True)
+
+    auto_compact = Bool(
+        True,
+        help="Summarize a session's older turns when the next request would leave less than "
+        "the model's reserve free (the larger of its output limit and 20% of its window); "
+        "False leaves the oldest turns out of the request instead. The store keeps them all.",
+    ).tag(config=True)
+
+    context_window = Int(
+        0,
+        help="The model's context window in tokens; 0 takes it from crush.json's model entry "
+        "or the genai-prices model table.",
+    ).tag(config=True)
+
+    title_model = Unicode(
+        "",
+        help="Model that titles a new session after its first prompt, as 'provider:model'; "
+        "empty uses crush.json's models.small when there is one, else the session's model.",
     ).tag(config=True)
 
     redraw_rate = Float(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .commands import command
+from .context_window import estimate_chars, message_chars, model_window
 from .tools.output import truncate
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ CONTEXT_FILE_NAMES = (
 )
 #: One context file's share of the system prompt, in characters (~10k tokens).
 MAX_CONTEXT_FILE_CHARS = 40_000
-#: Characters per token for estimates (the usual rule of thumb for English and code).
-CHARS_PER_TOKEN = 4
 
 
 @dataclass
@@ -109,35 +108,11 @@ def build_system_prompt(configured: str, tool_names: Iterable[str], shell: Any) 
 # -- %crush context --------------------------------------------------------------------------
 
 
-def context_window(provider: str, model: str) -> int | None:
-    """The model's context window in tokens, from the genai-prices table (None: unknown)."""
-    import warnings
-
-    from genai_prices import Usage, calc_price
-
-    from .providers.prices import _PRICE_PROVIDER
-
-    provider_id = _PRICE_PROVIDER.get(provider)
-    if provider_id is None:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            found = calc_price(Usage(input_tokens=0), model, provider_id=provider_id)
-    except (LookupError, ValueError):
-        return None
-    return found.model.context_window
-
-
-def tokens(chars: int) -> int:
-    return -(-chars // CHARS_PER_TOKEN)
-
-
 def describe_next_request(crush: Crush) -> str:
     """What the next prompt of the current session would send, with sizes."""
     import json
 
-    from .agent import _fit_history, _size
+    from .compaction import fallback_request
     from .fix import last_error
 
     model = crush.resolve_model(None)
@@ -157,23 +132,25 @@ def describe_next_request(crush: Crush) -> str:
     left_out = 0
     if session is not None:
         messages = crush.store.list_messages(session.id)
-        history_chars = sum(_size(m) for m in messages)
-        request = _fit_history(messages, crush.config.history_chars)
-        sent = sum(_size(m) for m in request)
-        # A cut history starts with a note saying how much was left out.
-        left_out = 0 if request is messages else len(messages) - len(request) + 1
+        view, request = fallback_request(messages, crush.config.history_chars)
+        history_chars = sum(message_chars(m) for m in view)
+        sent = sum(message_chars(m) for m in request)
+        # A cut history has a note saying how much was left out.
+        left_out = 0 if request is view else len(view) - len(request) + 1
         lines.append(
             f"Session: {session.title or '(untitled)'} ({session.id[:8]}), {len(messages)} messages"
         )
     else:
         lines.append("Session: none yet (the next %%crush cell starts one)")
     system_chars = len(prompt.text)
-    lines.append(f"System prompt: {system_chars:,} chars (~{tokens(system_chars):,} tokens)")
+    lines.append(
+        f"System prompt: {system_chars:,} chars (~{estimate_chars(system_chars):,} tokens)"
+    )
     lines += [f"  {source}" for source in prompt.sources]
     lines += [f"  {problem}" for problem in prompt.problems]
     lines.append(
         f"Tools ({len(tool_list)}): {', '.join(t.name for t in tool_list) or 'none'}; "
-        f"{schema_chars:,} chars (~{tokens(schema_chars):,} tokens)"
+        f"{schema_chars:,} chars (~{estimate_chars(schema_chars):,} tokens)"
     )
     error = last_error(crush.shell)
     lines.append(
@@ -184,15 +161,16 @@ def describe_next_request(crush: Crush) -> str:
             else ""
         )
     )
-    history_line = f"History: {sent:,} chars (~{tokens(sent):,} tokens) sent"
+    history_line = f"History: {sent:,} chars (~{estimate_chars(sent):,} tokens) sent"
     if left_out:
         history_line += (
             f"; {left_out} older messages ({history_chars - sent:,} chars) left out "
             f"(CrushConfig.history_chars = {crush.config.history_chars:,})"
         )
     lines.append(history_line)
-    total = tokens(system_chars) + tokens(schema_chars) + tokens(sent)
-    window = context_window(model.provider, model.name)
+    total = estimate_chars(system_chars) + estimate_chars(schema_chars) + estimate_chars(sent)
+    limits = model_window(model, crush.config.context_window or None)
+    window = limits.window if limits else None
     if window:
         lines.append(
             f"Total: ~{total:,} tokens before the prompt, {total / window:.1%} of the "

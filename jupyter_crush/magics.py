@@ -35,6 +35,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from . import notebook_state
 from .agent import Attachment, Finished, Folded, SessionAgent, SessionAgentCall, Started
 from .commands import COMMANDS, load_commands, usage_lines
+from .compaction import ContextPolicy
 from .config import CrushConfig
 from .images import PromptImages
 from .interpolate import interpolate
@@ -252,11 +253,13 @@ class Crush:
         fmt: str = "markdown",
         attachments: Iterable[Attachment] = (),
         cell: Cell | None = None,
+        compact: bool = False,
     ) -> RunView:
         """Accept ``prompt`` (with ``attachments``), show its view, and run it on the loop.
 
         ``cell`` (its text, the values filled in, ``--fresh``) lets an unchanged cell replay
-        its recorded turn (:mod:`jupyter_crush.rerun`).
+        its recorded turn (:mod:`jupyter_crush.rerun`). ``compact`` summarizes the session
+        instead (``prompt`` is not recorded).
         """
         if not prompt.strip():
             raise UsageError("The prompt is empty: write what you want after the %%crush line")
@@ -268,7 +271,11 @@ class Crush:
             agent = self._ensure_agent(model)
         # Settings changed with %config since the agent was made apply to the next prompt.
         agent.max_steps = self.config.max_steps
-        agent.history_chars = self.config.history_chars
+        agent.context = ContextPolicy(
+            auto_compact=self.config.auto_compact,
+            context_window=self.config.context_window or None,
+            history_chars=self.config.history_chars,
+        )
         self.permissions.allowed_tools = frozenset(self.config.allowed_tools)
         system = self._system_prompt(agent.tools.values())
         agent.system_prompt = system.text
@@ -318,6 +325,7 @@ class Crush:
                 model=plan.model or model,
                 tools=plan.replay.tools(agent.tools) if plan.replay else (),
                 metadata=plan.metadata,
+                compact=compact,
             )
             handle = _display(view)
             # The cell's context carries its parent header (ipykernel 7): updates sent in it

@@ -20,6 +20,8 @@ class Role(StrEnum):
     ASSISTANT = "assistant"
     TOOL = "tool"
     SYSTEM = "system"
+    #: A summary of a session's older turns, sent in their place (jupyter_crush.compaction).
+    SUMMARY = "summary"
 
 
 class FinishReason(StrEnum):
@@ -150,7 +152,26 @@ class FinishPart:
     type: str = field(default="finish", init=False)
 
 
-Part = TextPart | ReasoningPart | ImagePart | ToolCallPart | ToolResultPart | FinishPart
+@dataclass
+class SummaryOfPart:
+    """What a summary message stands for: the requests after it send the summary in place
+    of every message before ``first_kept`` (the id of the first message sent as it is)."""
+
+    first_kept: str
+    covered: int  # messages the summary replaces in the requests
+    trigger: str = "auto"  # "auto" near the context limit, "manual" from %crush compact
+    type: str = field(default="summary_of", init=False)
+
+
+Part = (
+    TextPart
+    | ReasoningPart
+    | ImagePart
+    | ToolCallPart
+    | ToolResultPart
+    | FinishPart
+    | SummaryOfPart
+)
 
 _PART_TYPES: dict[str, type] = {
     "text": TextPart,
@@ -159,6 +180,7 @@ _PART_TYPES: dict[str, type] = {
     "tool_call": ToolCallPart,
     "tool_result": ToolResultPart,
     "finish": FinishPart,
+    "summary_of": SummaryOfPart,
 }
 
 

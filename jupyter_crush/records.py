@@ -223,6 +223,8 @@ def _label(message: Message) -> str:
         return "the prompt"
     if message.role is Role.TOOL:
         return "the tool results"
+    if message.role is Role.SUMMARY:
+        return "the summary"
     return "the finish record" if _finish_only(message) else "the answer"
 
 

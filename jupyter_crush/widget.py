@@ -53,6 +53,8 @@ from .agent import (
     ToolFinished,
     ToolStarted,
 )
+from .compaction import Compacted, CompactionEvent, ContextUsed, Summarizing
+from .context_window import Meter
 from .message import FinishReason, Message, Role, ToolCallPart, ToolResultPart, Usage
 from .tools import Decision, PermissionRequest
 
@@ -133,6 +135,9 @@ class RunView:
         self.queued_behind = 0  # prompts of this session waiting for this run
         self._stop_hint = ""
         self.store_note = ""  # what the transcript store could not write yet, if anything
+        self.context_meter: Meter | None = None  # tokens of the latest request, of the window
+        self.context_note = ""  # a summary made, or turns left out of the request
+        self.summarizing = False
         #: Whether a front end that can click shows this view (permission prompts need one).
         self.interactive = True
         self._created = clock()
@@ -201,6 +206,10 @@ class RunView:
         if self.labels.replay:
             head.append(self.labels.replay)
         head.append(self._phase_text())
+        if self.context_meter is not None:
+            head.append(str(self.context_meter))
+        if self.context_note:
+            head.append(self.context_note)
         tail = []
         if self.usage.total_tokens:
             tail.append(f"{self.usage.total_tokens} tokens")
@@ -261,6 +270,8 @@ class RunView:
             return "queued: folded into the running turn"
         if self.waiting_permission and self._ended is None:
             return "waiting for permission"
+        if self.summarizing and self._ended is None:
+            return "summarizing the session"
         if self.phase == "error":
             return f"error: {self.finish_message}" if self.finish_message else "error"
         if self.phase == "canceled":
@@ -375,6 +386,18 @@ class RunView:
             self._draw()
         elif isinstance(event, Finished):
             self.finish(event.reason, event.message, event.usage, event.cost)
+        elif isinstance(event, ContextUsed | Summarizing | Compacted):
+            self._on_context(event)
+
+    def _on_context(self, event: CompactionEvent) -> None:
+        if isinstance(event, ContextUsed):
+            self.context_meter = event.meter
+        elif isinstance(event, Summarizing):
+            self.summarizing = True
+        else:
+            self.summarizing = False
+            self.context_note = event.note or "summarized the earlier turns"
+        self._draw()
 
     def finish(
         self,

@@ -95,7 +95,12 @@ class WidgetsRunView(RunView):
         self.stop_button.description = "Stopping…"
 
     def _status_html(self) -> str:
-        return f"<b>crush</b> · {html.escape(self.status_text())}"
+        status = html.escape(self.status_text())
+        meter = self.context_meter
+        if meter is not None and meter.near_limit:  # amber: the next request summarizes
+            shown = html.escape(str(meter))
+            status = status.replace(shown, f'<span style="color:#b45309">{shown}</span>', 1)
+        return f"<b>crush</b> · {status}"
 
     def _draw(self) -> None:
         self.status.value = self._status_html()

@@ -589,8 +589,10 @@ async def test_long_sessions_send_only_the_newest_turns_that_fit(store):
     for prompt in ("first", "second", "third"):
         await agent.run(SessionAgentCall(session.id, prompt))
     sent = model.requests[-1].messages
-    assert "2 earlier messages" in sent[0].text  # the first turn is left out, with a note
-    assert [m.text for m in sent if m.role is Role.USER][1:] == ["second", "third"]
+    # The first instruction stays; the answer to it is left out, with a note.
+    assert sent[0].text == "first"
+    assert "1 earlier messages" in sent[1].text
+    assert [m.text for m in sent if m.role is Role.USER][2:] == ["second", "third"]
     # cut at a turn boundary: the tool call and its result stay together
     calls = {c.id for m in sent for c in m.tool_calls}
     assert calls and calls == {r.tool_call_id for m in sent for r in m.tool_results}

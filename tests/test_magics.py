@@ -352,7 +352,7 @@ def test_the_built_in_system_prompt_describes_the_notebook_and_its_tools(ip, cru
 def test_history_budget_is_a_setting(ip, crush):
     run(ip, "%config CrushConfig.history_chars = 1000")
     run(ip, "%%crush\nhi")
-    assert crush.agent.history_chars == 1000
+    assert crush.agent.context.history_chars == 1000
 
 
 def test_allowed_tools_changed_after_the_first_prompt_apply_to_the_next(ip, tmp_path):

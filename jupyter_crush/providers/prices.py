@@ -12,6 +12,8 @@ import warnings
 
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
+from genai_prices.data_snapshot import get_snapshot
+from genai_prices.types import ModelInfo
 
 from ..message import Usage
 
@@ -55,3 +57,14 @@ def step_cost(
     except (LookupError, ValueError):
         return None
     return float(result.total_price)
+
+
+def model_info(provider: str, model: str) -> ModelInfo | None:
+    """genai-prices' entry for ``model`` (its context window among others), or None."""
+    price_provider = _PRICE_PROVIDER.get(provider)
+    if price_provider is None or not model:
+        return None
+    try:
+        return get_snapshot().find_provider_model(model, None, price_provider, None)[1]
+    except (LookupError, ValueError):
+        return None

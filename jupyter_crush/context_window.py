@@ -1,0 +1,187 @@
+"""How much a model can read, and how much the next request to it will hold.
+
+A model's limits come from, most specific first: an override (``CrushConfig.context_window``),
+the model's entry in crush.json (Crush's ``context_window`` and ``default_max_tokens``), and
+the model metadata of genai-prices (the price table already used for costs). A model none of
+them knows has no window: its requests fall back to the character budget
+(``history_chars``).
+
+The tokens of the next request are the provider's own count of the last request answered
+(its ``input_tokens``, cached ones included, plus what it wrote back) and an estimate, about
+four characters a token, only for what was added since.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .message import ImagePart, Message, Role
+
+#: Characters per token for text we have no count of (English prose and code average ~4).
+CHARS_PER_TOKEN = 4
+#: Tokens of one image without known dimensions (Anthropic's cost of a full-size image).
+IMAGE_TOKENS = 1600
+#: Output limit when nothing names one: what Anthropic requests ask for by default here.
+DEFAULT_OUTPUT_TOKENS = 4096
+#: Share of the window kept free: the summary triggers once less than this would be left.
+RESERVE_SHARE = 0.2
+
+
+@dataclass(frozen=True)
+class ContextWindow:
+    """A model's limits, in tokens."""
+
+    window: int  # what one request (input and output) may hold
+    output: int  # the most one answer writes
+
+    @property
+    def reserve(self) -> int:
+        """Tokens a request must leave free: the larger of an answer and 20% of the window."""
+        return max(self.output, math.ceil(self.window * RESERVE_SHARE))
+
+    @property
+    def budget(self) -> int:
+        """Tokens a request may carry before it should be summarized or cut."""
+        return max(self.window - self.reserve, 0)
+
+
+def model_window(model: Any, override: int | None = None) -> ContextWindow | None:
+    """The limits of ``model`` (a :class:`~jupyter_crush.model.Model`), or None if unknown."""
+    output = _configured_output(model)
+    listed = _crush_json_entry(model)
+    window = override or listed.get("context_window") or _price_table_window(model)
+    if not window:
+        return None
+    output = output or listed.get("default_max_tokens") or DEFAULT_OUTPUT_TOKENS
+    return ContextWindow(int(window), min(int(output), int(window) // 2))
+
+
+def _configured_output(model: Any) -> int | None:
+    settings = getattr(model, "settings", None)
+    return getattr(settings, "max_tokens", None)
+
+
+def _crush_json_entry(model: Any) -> dict[str, int]:
+    """The model's entry under its provider's ``models`` in crush.json, if one is listed."""
+    settings = getattr(model, "settings", None)
+    source = getattr(settings, "crush_config", None)
+    if source is False or settings is None:
+        return {}
+    from .providers.config import CrushConfigError, crush_config_paths, read_crush_json
+
+    paths = [Path(source)] if source else [p for p in crush_config_paths() if p.is_file()]
+    found: dict[str, int] = {}
+    for path in paths:
+        try:
+            data = read_crush_json(path)
+        except CrushConfigError:
+            continue  # the provider layer already reports a broken crush.json
+        provider = (data.get("providers") or {}).get(getattr(model, "provider", ""))
+        entries = provider.get("models") if isinstance(provider, dict) else None
+        for entry in entries if isinstance(entries, list) else ():
+            if isinstance(entry, dict) and entry.get("id") == model.name:
+                found.update({k: v for k, v in entry.items() if isinstance(v, int) and v > 0})
+    return found
+
+
+def _price_table_window(model: Any) -> int | None:
+    if getattr(model, "settings", None) is None:
+        return None  # not a provider's model (a scripted one): the table cannot know it
+    from .providers.prices import model_info
+
+    info = model_info(getattr(model, "provider", ""), getattr(model, "name", ""))
+    return getattr(info, "context_window", None)
+
+
+# -- counting ----------------------------------------------------------------------------------
+
+
+def estimate_chars(chars: int) -> int:
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def estimate_text(text: str) -> int:
+    return estimate_chars(len(text))
+
+
+def message_chars(message: Message) -> int:
+    """Characters a message adds to a request: its text, arguments and results."""
+    return sum(
+        len(getattr(part, "text", "") or "")
+        + len(getattr(part, "input", "") or "")
+        + len(getattr(part, "content", "") or "")
+        for part in message.parts
+    )
+
+
+def estimate_message(message: Message) -> int:
+    """Tokens ``message`` adds to a request, estimated from its size."""
+    images = sum(_image_tokens(image) for image in message.images)
+    return estimate_chars(message_chars(message)) + images + 4  # +4: framing
+
+
+def _image_tokens(image: ImagePart) -> int:
+    if image.width and image.height:  # Anthropic's rule of thumb: width * height / 750
+        return min(math.ceil(image.width * image.height / 750), IMAGE_TOKENS)
+    return IMAGE_TOKENS
+
+
+def estimate_fixed(system: str | None, tools: Sequence[Any]) -> int:
+    """Tokens of what every request repeats: the system prompt and the tool specs."""
+    specs = json.dumps([getattr(t, "__dict__", str(t)) for t in tools], default=str)
+    return estimate_text(system or "") + estimate_text(specs)
+
+
+def reported_tokens(message: Message) -> int:
+    """The provider's count of the request ``message`` answered, plus the answer itself."""
+    usage = message.usage
+    prompt = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+    return prompt + usage.output_tokens if prompt else 0
+
+
+def request_tokens(
+    request: Sequence[Message], system: str | None, tools: Sequence[Any], since: float = 0.0
+) -> int:
+    """Tokens of ``request`` (as it will be sent): exact up to the newest answer whose provider
+    counted its own request, estimated for the messages after it.
+
+    An answer made before ``since`` (the newest summary) was counted on a request of another
+    shape, so only answers made since the request took its present shape are trusted.
+    """
+    for index in range(len(request) - 1, -1, -1):
+        message = request[index]
+        if message.role is Role.ASSISTANT and message.created_at >= since:
+            counted = reported_tokens(message)
+            if counted:
+                return counted + sum(estimate_message(m) for m in request[index + 1 :])
+    return estimate_fixed(system, tools) + sum(estimate_message(m) for m in request)
+
+
+def format_tokens(tokens: int) -> str:
+    """``41k``, ``1.2M``, ``950``: a token count for a status line."""
+    if tokens >= 1_000_000:
+        return f"{tokens / 1_000_000:.1f}M".replace(".0M", "M")
+    if tokens >= 1000:
+        return f"{round(tokens / 1000)}k"
+    return str(tokens)
+
+
+@dataclass(frozen=True)
+class Meter:
+    """Tokens the next request of a session holds, of its model's window."""
+
+    used: int
+    limits: ContextWindow
+
+    @property
+    def near_limit(self) -> bool:
+        """Within the reserve, or past it: the next prompt summarizes (or cuts) first."""
+        return self.used > self.limits.budget
+
+    def __str__(self) -> str:
+        return f"{format_tokens(self.used)} / {format_tokens(self.limits.window)}"

@@ -1,0 +1,232 @@
+"""Long sessions: summaries near the context window, the fallback cut, %crush compact."""
+
+from __future__ import annotations
+
+import asyncio
+
+from test_agent import Recorder, echo_tool
+
+from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall
+from jupyter_crush.compaction import (
+    SUMMARY_REQUEST,
+    Compacted,
+    ContextPolicy,
+    ContextUsed,
+    Summarizing,
+)
+from jupyter_crush.context_window import ContextWindow, Meter, model_window, request_tokens
+from jupyter_crush.message import Message, SummaryOfPart, TextPart, Usage
+from jupyter_crush.model import ModelError
+from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
+
+#: A window of 2,000 tokens: output 1,000 (half the window), reserve 1,000, budget 1,000.
+WINDOW = 2000
+ANSWER = "word " * 300  # ~300 tokens as the scripted model counts, ~375 as we estimate
+FIRST = "TASK: find why sales dropped in March; answer in French."
+SUMMARY = "The user wants the March sales drop explained, in French. Tables were loaded."
+
+
+def agent_for(store, replies, **policy) -> tuple[SessionAgent, ScriptedModel]:
+    model = ScriptedModel(replies)
+    context = ContextPolicy(context_window=WINDOW, **policy)
+    return SessionAgent(model, store, system_prompt="SYSTEM", context=context), model
+
+
+def is_summary_request(request) -> bool:
+    return request.messages[-1].text == SUMMARY_REQUEST
+
+
+async def run_prompts(agent, session_id, prompts, observer=None):
+    results = []
+    for prompt in prompts:
+        results.append(await agent.run(SessionAgentCall(session_id, prompt, observer=observer)))
+    return results
+
+
+async def test_a_session_past_its_window_summarizes_once_and_keeps_first_and_newest(store):
+    session = store.create_session()
+    agent, model = agent_for(store, [ANSWER] * 4 + [SUMMARY, ANSWER, ANSWER])
+    recorder = Recorder()
+    prompts = [FIRST, "second", "third", "fourth", "fifth", "sixth"]
+    results = await run_prompts(agent, session.id, prompts, recorder)
+    assert all(r.reason is FinishReason.END_TURN for r in results)
+
+    summaries = [i for i, r in enumerate(model.requests) if is_summary_request(r)]
+    assert summaries == [4]  # once, before the fifth prompt's answer
+    ask, after, last = model.requests[3], model.requests[4], model.requests[5]
+    # The summary request is the previous request plus the new prompt and the question:
+    # same system prompt, same tools, same leading messages, so a prompt cache serves it.
+    assert [m.id for m in after.messages[: len(ask.messages)]] == [m.id for m in ask.messages]
+    assert [m.text for m in after.messages[len(ask.messages) : -1]] == [ANSWER, "fifth"]
+    assert (after.system, after.tools) == (ask.system, ask.tools)
+    # The answer's request: the first instruction verbatim, the summary, the newest turn.
+    sent = [m.text for m in last.messages]
+    assert sent[0] == FIRST
+    assert SUMMARY in sent[1] and len(sent) == 3 and sent[2] == "fifth"
+    assert last.system == "SYSTEM"
+    # The next turn goes on from there, without another summary.
+    sixth = [m.text for m in model.requests[6].messages]
+    assert sixth[:3] == sent and sixth[-1] == "sixth"
+
+    stored = store.list_messages(session.id)
+    assert [m.text for m in stored if m.role is Role.USER] == prompts  # nothing lost
+    assert sum(1 for m in stored if m.role is Role.ASSISTANT) == 6
+    (summary,) = [m for m in stored if m.role is Role.SUMMARY]
+    assert summary.text == SUMMARY and summary.usage.output_tokens > 0
+    (of,) = [p for p in summary.parts if isinstance(p, SummaryOfPart)]
+    assert (of.covered, of.trigger) == (8, "auto")
+    assert store.get_message(session.id, of.first_kept).text == "fifth"
+
+    kinds = [type(e) for e in recorder.events if isinstance(e, Summarizing | Compacted)]
+    assert kinds == [Summarizing, Compacted]
+    meters = [e.meter for e in recorder.events if isinstance(e, ContextUsed)]
+    assert meters[0].limits == ContextWindow(WINDOW, WINDOW // 2)
+    assert any(m.near_limit for m in meters) and not meters[-1].near_limit
+
+
+async def test_the_count_is_the_providers_plus_an_estimate_of_what_came_after(store):
+    reported = Message("s", Role.ASSISTANT, [TextPart("ok")], usage=Usage(900, 100, 50, 0))
+    after = Message("s", Role.USER, [TextPart("x" * 400)])
+    assert request_tokens([reported, after], "S" * 4000, []) == 900 + 100 + 50 + 100 + 4
+    # An answer counted before the latest summary was counted on a longer request.
+    assert request_tokens([reported, after], "", [], since=reported.created_at + 1) < 300
+
+
+async def test_a_summary_never_separates_a_tool_call_from_its_result(store):
+    session = store.create_session()
+    calls = [Reply(text=ANSWER, tool_calls=[ToolCall("echo", {"text": str(n)})]) for n in range(4)]
+    agent, model = agent_for(store, [*calls, SUMMARY, "done"])
+    agent.tools["echo"] = echo_tool()
+    result = await agent.run(SessionAgentCall(session.id, FIRST))
+    assert result.reason is FinishReason.END_TURN
+    assert sum(is_summary_request(r) for r in model.requests) == 1
+    sent = model.requests[-1].messages
+    assert sent[0].text == FIRST and SUMMARY in sent[1].text
+    assert sent[2].role is Role.ASSISTANT  # the kept turns start at a step, not a result
+    calls = {c.id for m in sent for c in m.tool_calls}
+    assert calls == {r.tool_call_id for m in sent for r in m.tool_results}
+
+
+async def test_stop_during_the_summary_cancels_the_turn_and_changes_nothing(store):
+    session = store.create_session()
+    agent, model = agent_for(store, [ANSWER] * 4 + [SUMMARY, SUMMARY, "fine"])
+    await run_prompts(agent, session.id, [FIRST, "second", "third", "fourth"])
+    before = store.list_messages(session.id)
+    gate = model.gate(step=4, after_tokens=2)
+    run = asyncio.create_task(agent.run(SessionAgentCall(session.id, "fifth")))
+    await gate.reached()
+    agent.cancel(session.id)
+    gate.release()
+    result = await run
+    assert result.reason is FinishReason.CANCELED
+    after = store.list_messages(session.id)
+    assert not [m for m in after if m.role is Role.SUMMARY]
+    assert [m.id for m in after[: len(before)]] == [m.id for m in before]
+    assert [(m.role, m.text) for m in after[len(before) :]] == [
+        (Role.USER, "fifth"),
+        (Role.ASSISTANT, ""),
+    ]
+    assert after[-1].finish_reason is FinishReason.CANCELED
+    # Still usable: the next prompt summarizes and answers.
+    assert (await agent.run(SessionAgentCall(session.id, "again"))).reason is FinishReason.END_TURN
+    assert model.requests[-1].messages[-1].text == "again"
+
+
+async def check_fallback(store, summary_reply, why: str) -> None:
+    session = store.create_session()
+    agent, model = agent_for(store, [ANSWER] * 4 + [summary_reply, "answered"])
+    recorder = Recorder()
+    await run_prompts(agent, session.id, [FIRST, "second", "third", "fourth"])
+    (result,) = await run_prompts(agent, session.id, ["fifth"], recorder)
+    assert result.reason is FinishReason.END_TURN
+    sent = model.requests[-1].messages
+    assert sent[0].text == FIRST and "left out to fit" in sent[1].text
+    assert sent[-1].text == "fifth"
+    (note,) = [e for e in recorder.events if isinstance(e, Compacted)]
+    assert note.summary is None and why in note.note
+    assert not [m for m in store.list_messages(session.id) if m.role is Role.SUMMARY]
+
+
+async def test_a_failing_summary_falls_back_to_cutting_old_turns(store):
+    await check_fallback(store, Reply(error=ModelError("overloaded", status_code=529)), "failed")
+
+
+async def test_an_empty_summary_falls_back_to_cutting_old_turns(store):
+    await check_fallback(store, Reply(text=""), "empty")
+
+
+async def test_an_overlong_summary_falls_back_to_cutting_old_turns(store):
+    await check_fallback(store, Reply(text="long " * 400), "longer than")
+
+
+async def test_auto_compact_off_cuts_old_turns_without_asking(store):
+    session = store.create_session()
+    agent, model = agent_for(store, [ANSWER] * 5, auto_compact=False)
+    await run_prompts(agent, session.id, [FIRST, "second", "third", "fourth", "fifth"])
+    assert not any(is_summary_request(r) for r in model.requests)
+    assert model.requests[-1].messages[0].text == FIRST
+    assert "left out to fit" in model.requests[-1].messages[1].text
+
+
+async def test_compact_on_an_idle_session_summarizes_it_now(store):
+    session = store.create_session()
+    agent, model = agent_for(store, ["short answer", "another", SUMMARY])
+    await run_prompts(agent, session.id, [FIRST, "second"])
+    compact = SessionAgentCall(session.id, "(compact)", compact=True)
+    assert (await agent.run(compact)).reason is FinishReason.END_TURN
+    assert is_summary_request(model.requests[2])
+    stored = store.list_messages(session.id)
+    assert [m.text for m in stored if m.role is Role.USER] == [FIRST, "second"]
+    (summary,) = [m for m in stored if m.role is Role.SUMMARY]
+    assert [p.trigger for p in summary.parts if isinstance(p, SummaryOfPart)] == ["manual"]
+
+
+async def test_compact_on_a_busy_session_waits_like_a_prompt(store):
+    session = store.create_session()
+    agent, model = agent_for(store, ["first answer", "second answer", SUMMARY])
+    await run_prompts(agent, session.id, [FIRST])
+    gate = model.gate(step=1, after_tokens=1)
+    running = asyncio.create_task(agent.run(SessionAgentCall(session.id, "second")))
+    await gate.reached()
+    recorder = Recorder()
+    queued = await agent.run(
+        SessionAgentCall(session.id, "(compact)", compact=True, observer=recorder)
+    )
+    assert queued is None  # queued behind the running prompt
+    gate.release()
+    await running
+    await asyncio.wait_for(_finished(recorder), 10)
+    assert recorder.finished[0].reason is FinishReason.END_TURN
+    assert is_summary_request(model.requests[2])
+    assert [m.role for m in store.list_messages(session.id)][-1] is not Role.USER
+
+
+async def _finished(recorder: Recorder) -> None:
+    while not recorder.finished:
+        await asyncio.sleep(0.01)
+
+
+def test_windows_come_from_the_override_the_price_table_or_nowhere():
+    from jupyter_crush.providers import ProviderSettings, resolve_model
+
+    settings = ProviderSettings(api_keys={"anthropic": "k", "openai": "k"}, crush_config=False)
+    sonnet = resolve_model("anthropic:claude-sonnet-4-20250514", settings=settings)
+    assert model_window(sonnet) == ContextWindow(200_000, 4096)
+    assert model_window(sonnet).reserve == 40_000  # 20% of the window beats the output limit
+    assert model_window(resolve_model("openai:gpt-4o", settings=settings)).window == 128_000
+    assert model_window(sonnet, 50_000).window == 50_000
+    assert model_window(ScriptedModel()) is None
+    assert str(Meter(41_200, ContextWindow(200_000, 4096))) == "41k / 200k"
+
+
+def test_a_crush_json_model_entry_gives_window_and_output(tmp_path):
+    import json
+
+    from jupyter_crush.providers import ProviderSettings, resolve_model
+
+    path = tmp_path / "crush.json"
+    entry = {"id": "local-7b", "context_window": 32_768, "default_max_tokens": 2048}
+    provider = {"type": "openai-compat", "base_url": "http://127.0.0.1:1/v1", "models": [entry]}
+    path.write_text(json.dumps({"providers": {"mine": {**provider, "api_key": "x"}}}))
+    model = resolve_model("mine:local-7b", settings=ProviderSettings(crush_config=str(path)))
+    assert model_window(model) == ContextWindow(32_768, 2048)
