@@ -21,11 +21,11 @@ import asyncio
 import json
 import re
 import threading
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .message import FinishReason, Message, Usage
+from .message import FinishReason, Message, Role, Usage
 from .model import (
     ModelError,
     ReasoningDelta,
@@ -135,9 +135,16 @@ class ScriptedModel:
         *,
         tokens_per_second: float | None = None,
         name: str = "scripted-model",
+        by_prompt: Mapping[str, Iterable[Reply | str]] | None = None,
     ) -> None:
         self.name = name
         self.replies: list[Reply] = [Reply(text=r) if isinstance(r, str) else r for r in replies]
+        #: Replies for the prompts containing a key, played in order before ``replies``: an
+        #: offline notebook answers each prompt whichever cells run (a replay asks nothing).
+        self.by_prompt: dict[str, list[Reply]] = {
+            key: [Reply(text=r) if isinstance(r, str) else r for r in script]
+            for key, script in (by_prompt or {}).items()
+        }
         self.tokens_per_second = tokens_per_second
         self.requests: list[ScriptedRequest] = []
         self._gates: list[Gate] = []
@@ -151,6 +158,18 @@ class ScriptedModel:
         self._gates.append(gate)
         return gate
 
+    def _scripted_for(self, messages: Sequence[Message], step: int) -> Reply:
+        prompts = [m.text for m in messages if m.role is Role.USER]
+        for key, script in self.by_prompt.items():
+            if script and prompts and key in prompts[-1]:
+                return script.pop(0)
+        if step >= len(self.replies):
+            raise ModelError(
+                f"ScriptedModel has no reply for request {step + 1}; script more replies",
+                provider=self.provider,
+            )
+        return self.replies[step]
+
     async def stream(
         self,
         messages: Sequence[Message],
@@ -160,12 +179,7 @@ class ScriptedModel:
     ) -> AsyncIterator[StreamEvent]:
         step = len(self.requests)
         self.requests.append(ScriptedRequest(list(messages), system, list(tools)))
-        if step >= len(self.replies):
-            raise ModelError(
-                f"ScriptedModel has no reply for request {step + 1}; script more replies",
-                provider=self.provider,
-            )
-        reply = self.replies[step]
+        reply = self._scripted_for(messages, step)
         gates = [g for g in self._gates if g.step == step]
         emitted = 0
         loop = asyncio.get_running_loop()

@@ -4,7 +4,9 @@ test_quickstart.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -34,10 +36,13 @@ def text_of(outputs: list[dict]) -> str:
     return "\n".join(parts)
 
 
-def execute(name: str, tmp_path: Path):
-    """Run notebooks/``name`` headless in a fresh kernel; fail on any error output but those
-    of cells tagged ``raises-exception`` (which nbclient runs past)."""
+def execute(name: str, tmp_path: Path, edit: Callable[[Any], None] | None = None):
+    """Run notebooks/``name`` headless in a fresh kernel (after ``edit``, if given); fail on
+    any error output but those of cells tagged ``raises-exception`` (which nbclient runs
+    past)."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    if edit is not None:
+        edit(nb)
     client = NotebookClient(
         nb,
         km=kernel_manager(tmp_path / "specs"),
@@ -101,3 +106,29 @@ def test_fix_and_plots_executes_headless(tmp_path: Path):
     carried = text_of(cell_output(nb, "asked = model.requests[-1]"))
     assert carried.startswith("{fig}: image/png, ")
     assert "Which city is warmer in [image {fig}: " in carried
+
+
+def test_rerun_replays_a_run_all_then_reasks_the_changed_cell(tmp_path: Path):
+    first = execute("rerun.ipynb", tmp_path)
+    assert "model requests this run: 4" in text_of(cell_output(first, 'print("model requests'))
+
+    # Run All again in a new kernel over the same store: nothing asked, the same outputs.
+    second = execute("rerun.ipynb", tmp_path)
+    kept = text_of(cell_output(second, 'print("model requests'))
+    assert "model requests this run: 0" in kept
+    assert "stock: replay: 'Make a DataFrame" in kept
+    made = "# `stock` was made"
+    assert cell_output(second, made) == cell_output(first, made)
+    assert "Brest" in text_of(cell_output(second, "%%crush -s prices"))
+    assert "replayed from" in text_of(cell_output(second, "%%crush -s stock"))
+
+    # A changed price: the cell reading {prices} asks again; the other one still replays.
+    def cheaper_nice(nb) -> None:
+        cell = next(c for c in nb.cells if c.source.startswith("prices = "))
+        cell.source += '\nprices.loc[1, "price"] = 1.0'
+
+    third = execute("rerun.ipynb", tmp_path, cheaper_nice)
+    assert "model requests this run: 2" in text_of(cell_output(third, 'print("model requests'))
+    cheapest = text_of(cell_output(third, "%%crush -s prices"))
+    assert "prices changed since the recorded answer" in cheapest and "Nice" in cheapest
+    assert "replayed from" in text_of(cell_output(third, "%%crush -s stock"))
