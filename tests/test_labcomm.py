@@ -262,3 +262,29 @@ def test_closed_comms_get_no_more_events(kernel):
     kernel.wait_event(lambda e: e.get("event") == "status", other, since)
     kernel.run("pass")
     assert len(kernel.comm_events(comm_id)) == before
+
+
+def test_request_is_answered_by_the_page_and_falls_back_when_it_is_silent(kernel):
+    subshell = kernel.create_subshell()
+    comm_id = kernel.comm_open({"action": "status"}, subshell)
+    kernel.wait_event(lambda e: e.get("event") == "status", comm_id)
+    since = kernel.mark(comm_id)
+    asked = kernel.start(
+        """
+        reply = await labcomm.request(get_ipython(), {"op": "cells"}, timeout=30)
+        print(reply)
+        """
+    )
+    request = kernel.wait_event(lambda e: e.get("event") == "request", comm_id, since)
+    assert request["op"] == "cells"
+    # The page answers on its subshell, as JupyterLab does, while the cell still awaits.
+    kernel.comm_send(
+        comm_id, {"action": "reply", "id": request["id"], "cells": [], "path": "a.ipynb"}, subshell
+    )
+    assert kernel.wait(asked).strip() == (
+        f"{{'action': 'reply', 'id': {request['id']}, 'cells': [], 'path': 'a.ipynb'}}"
+    )
+    # A page that never answers leaves the caller to its fallback once the timeout passes.
+    started = time.monotonic()
+    out = kernel.run('print(await labcomm.request(get_ipython(), {"op": "cells"}, timeout=0.5))')
+    assert out.strip() == "None" and time.monotonic() - started < 10
