@@ -203,3 +203,26 @@ def test_replay_command_shows_and_sets_the_mode(ip, crush, capsys):
     assert crush.config.replay == "auto"
     with pytest.raises(UsageError, match="Usage: %crush replay"):
         run(ip, "%crush replay sometimes")
+
+
+def test_a_replay_inserts_no_cell_again(ip, crush, model):
+    model.add(
+        "Here:\n```python\nprint(6 * 7)\n```",
+        Reply(tool_calls=[ToolCall("insert_cell", {"code": "total = 1 + 1"})]),
+        "Proposed it below.",
+    )
+    run(ip, "%config CrushConfig.allowed_tools = ['insert_cell']")
+    run(ip, "%%crush -s demo -f code\nwrite code")
+    assert ip.rl_next_input == "print(6 * 7)"
+    ip.rl_next_input = None
+    run(ip, "%%crush -s demo\npropose a cell")
+    assert ip.rl_next_input == "total = 1 + 1"
+    ip.rl_next_input = None
+
+    run_all_again(crush)
+    run(ip, "%%crush -s demo -f code\nwrite code")
+    run(ip, "%%crush -s demo\npropose a cell")
+    assert len(model.requests) == 3
+    assert ip.rl_next_input is None  # the cells are already in the notebook
+    results = crush.store.list_messages(crush.current_session_id)[-2].tool_results
+    assert results[0].metadata["replay"] == {"from_record": True}
