@@ -1,0 +1,56 @@
+"""Print the score of a mutmut run and every surviving mutant with its diff.
+
+Usage (from scripts/mutation.sh): ``python scripts/mutation_report.py SECONDS PATTERN...``,
+in the repository, after ``mutmut run PATTERN...``. Reads mutmut's results in mutants/; a
+survivor listed in tests/mutation-survivors.md (by its name in backquotes) is marked as
+explained there.
+"""
+
+import fnmatch
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from mutmut.stats import status_by_exit_code
+
+SURVIVORS_FILE = Path("tests/mutation-survivors.md")
+KILLED = {"killed", "timeout"}  # a mutant that hangs the tests is caught too
+
+
+def main(seconds: int, patterns: list[str]) -> None:
+    status: dict[str, str] = {}
+    for meta in Path("mutants").rglob("*.meta"):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                status[name] = status_by_exit_code[code]
+    listed = SURVIVORS_FILE.read_text() if SURVIVORS_FILE.exists() else ""
+    explained = set(re.findall(r"`([\w.ǁ]+__mutmut_\d+)`", listed))
+    survivors = sorted(n for n, s in status.items() if s not in KILLED)
+    for name in survivors:
+        mark = "explained in " + str(SURVIVORS_FILE) if name in explained else "NOT EXPLAINED"
+        print(f"\n=== {name}: {status[name]} ({mark})")
+        diff = subprocess.run(
+            [sys.executable, "-m", "mutmut", "show", name], capture_output=True, text=True
+        )
+        print(diff.stdout.strip().split("\n", 1)[-1])
+    counts = Counter(status.values())
+    killed = sum(counts[s] for s in KILLED)
+    total = len(status)
+    equivalent = sum(1 for n in survivors if n in explained)
+    print(f"\nmutants: {total}  " + "  ".join(f"{s}: {c}" for s, c in counts.most_common()))
+    print(f"score: {killed}/{total} killed ({100 * killed / max(total, 1):.1f}%)")
+    print(
+        f"non-equivalent: {killed}/{total - equivalent} killed "
+        f"({100 * killed / max(total - equivalent, 1):.1f}%), {equivalent} survivors explained"
+    )
+    print(f"time: {seconds // 60} min {seconds % 60} s")
+    stale = sorted(explained - set(survivors))
+    if stale:
+        print("listed as survivors but now killed or gone: " + ", ".join(stale))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2:])
