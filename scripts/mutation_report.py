@@ -18,6 +18,7 @@ from mutmut.stats import status_by_exit_code
 
 SURVIVORS_FILE = Path("tests/mutation-survivors.md")
 KILLED = {"killed", "timeout"}  # a mutant that hangs the tests is caught too
+UNRUN = {"not checked", "check was interrupted by user"}  # an interrupted run
 
 
 def main(seconds: int, patterns: list[str]) -> None:
@@ -28,7 +29,7 @@ def main(seconds: int, patterns: list[str]) -> None:
                 status[name] = status_by_exit_code[code]
     listed = SURVIVORS_FILE.read_text() if SURVIVORS_FILE.exists() else ""
     explained = set(re.findall(r"`([\w.ǁ]+__mutmut_\d+)`", listed))
-    survivors = sorted(n for n, s in status.items() if s not in KILLED)
+    survivors = sorted(n for n, s in status.items() if s not in KILLED | UNRUN)
     for name in survivors:
         mark = "explained in " + str(SURVIVORS_FILE) if name in explained else "NOT EXPLAINED"
         print(f"\n=== {name}: {status[name]} ({mark})")
