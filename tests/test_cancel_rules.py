@@ -283,3 +283,15 @@ async def test_a_step_without_a_cost_makes_the_turns_cost_unknown(store):
     model = ScriptedModel([Reply(tool_calls=[ToolCall("echo")], cost=0.5), Reply(text="done")])
     result = await within(SessionAgent(model, store).run(SessionAgentCall(session.id, "go")))
     assert result.reason is FinishReason.END_TURN and result.cost is None
+
+
+# -- accept reservations ---------------------------------------------------------------------
+
+
+def test_an_accept_reservation_says_its_session_number_and_whether_it_is_open(store):
+    agent = SessionAgent(ScriptedModel(), store)
+    agent.begin_accepted("sid").close()
+    accepted = agent.begin_accepted("sid")
+    assert repr(accepted) == "<AcceptedRun session='sid' seq=2 open>"
+    accepted.close()
+    assert repr(accepted) == "<AcceptedRun session='sid' seq=2 closed>"
