@@ -80,6 +80,9 @@ def submit_fix(crush: Crush, instruction: str = "", **options: Any) -> RunView |
         print(NO_ERROR)
         return None
     prompt = fix_prompt(instruction, options.get("fmt") == "code")
+    if crush.current_session_id is None and not options.get("session_ref"):
+        # A first prompt titles its session by its first line; this one says what it fixes.
+        options.update(new=True, session_ref=f"fix {error.type_name}")
     attachments = [error_attachment(crush.shell, error), *options.pop("attachments", ())]
     return crush.submit(prompt, attachments=attachments, **options)
 

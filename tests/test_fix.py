@@ -39,6 +39,8 @@ def test_fix_attaches_the_last_error_and_asks_for_a_fix(ip, crush, capsys):
     stored = messages(crush)
     assert [str(m.role) for m in stored] == ["user", "assistant"]
     assert stored[1].text == FIXED
+    # Without a current session the fix starts one named for what it fixes.
+    assert crush.store.get_session(crush.current_session_id).title == "fix NameError"
 
 
 def test_without_an_error_nothing_is_sent(ip, crush, capsys):
