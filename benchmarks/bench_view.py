@@ -75,7 +75,7 @@ def stream_bytes(kernel: Kernel, view: str, answer: str) -> tuple[dict[str, int]
     kernel.drain()
     kernel.iopub.clear()
     started = time.perf_counter()
-    cell = kernel.execute("%%crush --new\nshow me").msg_id
+    cell = kernel.execute("%%crush --new --fresh\nshow me").msg_id
     kernel.run("await crush.last_view.wait()", timeout=600)
     seconds = time.perf_counter() - started
     assert kernel.value("crush.last_view.answer_markdown") == answer

@@ -135,10 +135,10 @@ def bench_view(page, server, view: str, stops: int) -> dict:
         [
             setup_cell(view),
             big_cell(),
-            "%%crush --new\nthe big one",
+            "%%crush --new --fresh\nthe big one",
             "gate.release()",
             SLOW,
-            "%%crush --new\nstop me",
+            "%%crush --new --fresh\nstop me",
             "import json; print('R', json.dumps(received))",
         ]
     )

@@ -30,7 +30,7 @@ LONG = f"{INTRO}\n\n```python\n{CODE}```\n\n{OUTRO}"
 # The live view's answer once LONG has streamed: each rendered block's tag and text.
 WHOLE = [["P", "Here is the whole module, as asked:"], ["PRE", CODE], ["P", OUTRO]]
 
-PROMPT = "%%crush --new\nwrite the module"
+PROMPT = "%%crush --new --fresh\nwrite the module"
 RELEASE = 'gate.release()\nprint("released")'
 
 READ_ANSWER = """(output) => [...output.querySelectorAll('.crush-answer .crush-block > *')]
