@@ -44,6 +44,7 @@ from .message import (
 from .model import Model, StreamFinish, apply_event
 from .records import StoreFailed, TurnRecords, describe, prompt_message
 from .store import TranscriptStore
+from .titles import Titler, title_model_for
 from .tools import (
     Decision,
     PermissionBroker,
@@ -195,6 +196,11 @@ class SessionAgent:
         self.permissions = permissions
         #: How requests fit the model's window (summaries; ``history_chars`` without one).
         self.context = context or ContextPolicy(history_chars=history_chars)
+        #: Titles new sessions after their first prompt, with ``title_model`` (None: the
+        #: prompt's own model); ``titles`` False turns them off.
+        self.titler = Titler(store)
+        self.title_model: Model | None = None
+        self.titles = True
         self._dispatch = Dispatcher(self._drive, self._finish, self._status_changed)
         self._status_listeners: list[Callable[[AgentStatus], None]] = []
 
@@ -207,10 +213,11 @@ class SessionAgent:
     def cancel(self, session_id: str) -> None:
         """Stop every prompt of ``session_id`` accepted so far. Safe from any thread."""
         self._dispatch.cancel(session_id)
+        self.titler.cancel(session_id)
 
     def cancel_all(self) -> None:
         for session_id in self._dispatch.session_ids():
-            self._dispatch.cancel(session_id)
+            self.cancel(session_id)
 
     def is_session_busy(self, session_id: str) -> bool:
         return self._dispatch.is_busy(session_id)
@@ -299,6 +306,9 @@ class SessionAgent:
         records.record_prompt()
         self._emit(turn, Started(records.messages[0].id if records.messages else ""))
         history = records.history()
+        if not turn.call.compact and self.titles:
+            titles = title_model_for(self.title_model, model)
+            self.titler.after_prompt(session_id, turn.call.prompt, history, titles)
         repeats: Counter[str] = Counter()
         for source in self.tool_sources:
             await source.refresh(self.tools)
@@ -498,6 +508,7 @@ class SessionAgent:
         has stopped). Turns whose tasks run again afterwards find themselves finalized.
         """
         self._dispatch.shutdown("Kernel shut down")
+        self.titler.cancel_all()
         try:
             self.store.flush()
         except Exception:  # each turn's own record already says what was not written

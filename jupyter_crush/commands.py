@@ -21,7 +21,14 @@ if TYPE_CHECKING:
     from .magics import Crush
 
 #: Modules whose import registers commands; each one adds itself here.
-COMMAND_MODULES: tuple[str, ...] = (".fix", ".context", ".mcp_tools", ".rerun", ".compaction")
+COMMAND_MODULES: tuple[str, ...] = (
+    ".fix",
+    ".context",
+    ".mcp_tools",
+    ".rerun",
+    ".compaction",
+    ".titles",
+)
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,15 @@ class ContextPolicy:
     history_chars: int = DEFAULT_HISTORY_CHARS  # the budget when the window is unknown
 
 
+def policy_from(config: Any) -> ContextPolicy:
+    """The policy a :class:`~jupyter_crush.config.CrushConfig` sets."""
+    return ContextPolicy(
+        auto_compact=config.auto_compact,
+        context_window=config.context_window or None,
+        history_chars=config.history_chars,
+    )
+
+
 class SummaryFailed(Exception):
     """The model gave no usable summary; the message says why, for the user."""
 
@@ -168,7 +177,8 @@ class RequestShaper:
         history.append(summary)
         request = request_view(history)
         used = self._tokens(history, request)
-        self.emit(ContextUsed(Meter(used, limits)))
+        if self.limits is not None:  # a window the model has (else the chars budget's)
+            self.emit(ContextUsed(Meter(used, limits)))
         self.emit(Compacted(summary, ""))
         return request, used
 
@@ -377,3 +387,19 @@ def compact_command(crush: Crush, args: list[str]) -> None:
         raise UsageError("No session to compact yet: name one, %crush compact SESSION")
     session = crush.find_session(ref) if ref else None
     crush.submit("(compact the session)", session_ref=session.id if session else None, compact=True)
+
+
+def session_meter(crush: Crush, session_id: str) -> str:
+    """``41k / 200k`` for a session with the default model, ``41k / 200k (near the limit)``
+    within the reserve; empty when the model's window is unknown."""
+    try:
+        model = crush.resolve_model(None)
+    except Exception:  # no model configured yet: nothing to measure against
+        return ""
+    agent = crush.agent
+    specs = [tool.spec for tool in agent.tools.values()]
+    history = crush.store.list_messages(session_id)
+    meter = meter_for(model, history, policy_from(crush.config), agent.system_prompt, specs)
+    if meter is None:
+        return ""
+    return f"{meter} (near the limit)" if meter.near_limit else str(meter)

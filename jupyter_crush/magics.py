@@ -35,7 +35,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from . import notebook_state
 from .agent import Attachment, Finished, Folded, SessionAgent, SessionAgentCall, Started
 from .commands import COMMANDS, load_commands, usage_lines
-from .compaction import ContextPolicy
+from .compaction import policy_from, session_meter
 from .config import CrushConfig
 from .images import PromptImages
 from .interpolate import interpolate
@@ -43,6 +43,7 @@ from .mcp_tools import MCPServers
 from .message import FinishReason, Session
 from .rerun import Cell, Rerun
 from .store import StoreError, TranscriptStore
+from .titles import Titler, configured_title_model, prompt_title
 from .tools import Decision
 
 if TYPE_CHECKING:
@@ -157,6 +158,7 @@ class Crush:
             )
             self._agent.tool_sources.append(self.mcp)
             self._agent.add_status_listener(self._status_changed)
+            self._agent.titler.listeners.append(self._titled)
         return self._agent
 
     def _system_prompt(self, tools: Iterable[Any]) -> SystemPrompt:
@@ -170,6 +172,16 @@ class Crush:
         # The running prompt's widget says how many wait behind it (loop thread).
         for session_id, view in self.views.items():
             view.set_queued_behind(status.queued.get(session_id, 0))
+
+    def _titled(self, session_id: str, title: str) -> None:
+        # A title made while the session's prompt runs shows in its status line (loop thread).
+        view = self.views.get(session_id)
+        if view is not None:
+            view.labels = replace(view.labels, session=title)
+
+    @property
+    def titler(self) -> Titler:
+        return self.agent.titler
 
     def use_model(self, model: Model | str | None) -> None:
         """Set the default model: a Model object, a 'provider:model' name, or None for config."""
@@ -224,7 +236,7 @@ class Crush:
 
     def session_for_cell(self, ref: str | None, new: bool, prompt: str) -> Session:
         if new:
-            session = self.store.create_session(title=ref or _title(prompt))
+            session = self.store.create_session(title=ref or prompt_title(prompt))
         elif ref:
             try:
                 session = self.find_session(ref)
@@ -236,7 +248,7 @@ class Crush:
         elif self.current_session_id is not None:
             return self.store.get_session(self.current_session_id)
         else:
-            session = self.store.create_session(title=_title(prompt))
+            session = self.store.create_session(title=prompt_title(prompt))
         return session
 
     # -- running -------------------------------------------------------------------------
@@ -271,11 +283,8 @@ class Crush:
             agent = self._ensure_agent(model)
         # Settings changed with %config since the agent was made apply to the next prompt.
         agent.max_steps = self.config.max_steps
-        agent.context = ContextPolicy(
-            auto_compact=self.config.auto_compact,
-            context_window=self.config.context_window or None,
-            history_chars=self.config.history_chars,
-        )
+        agent.context = policy_from(self.config)
+        agent.title_model = configured_title_model(self)
         self.permissions.allowed_tools = frozenset(self.config.allowed_tools)
         system = self._system_prompt(agent.tools.values())
         agent.system_prompt = system.text
@@ -680,11 +689,6 @@ def _kernel_loop() -> asyncio.AbstractEventLoop:
         return get_asyncio_loop()
 
 
-def _title(prompt: str) -> str:
-    first = next((line.strip() for line in prompt.splitlines() if line.strip()), "")
-    return first if len(first) <= 60 else first[:59] + "…"
-
-
 def _looks_like_id(ref: str) -> bool:
     return bool(re.fullmatch(r"[0-9a-f]{32}", ref))
 
@@ -812,9 +816,12 @@ class CrushMagics(Magics):
             if agent is not None and agent.is_session_busy(session.id):
                 queued = agent.queued_prompts(session.id)
                 state = "running" + (f", {queued} queued" if queued else "")
+            meter = session_meter(crush, session.id)
             print(
                 f"{mark} {session.id[:8]}  {session.title or '(untitled)'}  "
-                f"{session.message_count} messages" + (f"  [{state}]" if state else "")
+                f"{session.message_count} messages"
+                + (f"  {meter}" if meter else "")
+                + (f"  [{state}]" if state else "")
             )
 
     def _cmd_history(self, rest: list[str]) -> None:

@@ -230,3 +230,24 @@ def test_a_crush_json_model_entry_gives_window_and_output(tmp_path):
     path.write_text(json.dumps({"providers": {"mine": {**provider, "api_key": "x"}}}))
     model = resolve_model("mine:local-7b", settings=ProviderSettings(crush_config=str(path)))
     assert model_window(model) == ContextWindow(32_768, 2048)
+
+
+def test_compact_command_and_the_meter_in_sessions(ip):
+    from IPython.utils.capture import capture_output
+    from test_magics import run
+
+    from jupyter_crush.magics import current
+
+    crush = current()
+    crush.use_model(ScriptedModel(["first answer", "second answer", SUMMARY]))
+    run(ip, "%%crush\n" + FIRST)
+    run(ip, "%%crush\nsecond")
+    run(ip, "%crush compact")
+    stored = crush.store.list_messages(crush.current_session_id)
+    assert [m.text for m in stored if m.role is Role.SUMMARY] == [SUMMARY]
+    run(ip, f"%config CrushConfig.context_window = {WINDOW}")
+    with capture_output() as captured:
+        run(ip, "%crush history")
+        run(ip, "%crush sessions")
+    assert f"summary\n  {SUMMARY}" in captured.stdout
+    assert " / 2k" in captured.stdout

@@ -1,0 +1,203 @@
+"""Session titles: a short one from a small model, made beside the first answer.
+
+A new session is named after its first prompt's first line. After that prompt is recorded
+a background request asks a model (``CrushConfig.title_model``, else crush.json's
+``models.small``, else the session's own model) for a title of at most
+:data:`MAX_TITLE_CHARS` characters. It never holds up the answer: it runs as a task of its
+own beside the turn, and the answer's stream does not wait for it. A cancel of the session
+cancels it; a failure leaves the prompt's title. A title the user set (``-s NAME``,
+``%crush rename``) is never replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .commands import command
+from .dispatch import call_on_loop
+from .message import Message, Role, TextPart
+from .model import Model, StreamFinish, TextDelta
+from .store import TranscriptStore
+
+if TYPE_CHECKING:
+    from .magics import Crush
+
+log = logging.getLogger(__name__)
+
+MAX_TITLE_CHARS = 50
+#: Longest prompt-derived title, before the model's arrives.
+MAX_PROMPT_TITLE_CHARS = 60
+#: Characters of the prompt the title request quotes.
+PROMPT_EXCERPT_CHARS = 2000
+
+#: Quotes a model may put around its title: ASCII, and typographic single and double ones.
+_QUOTES = "\"' \u201c\u201d\u2018\u2019"
+
+TITLE_REQUEST = """\
+Write a short title, at most {limit} characters, for a conversation that starts with the \
+message below. Use the message's language. Answer with the title only: no quotes, no \
+Markdown, no final period.
+
+<message>
+{prompt}
+</message>"""
+
+
+def prompt_title(prompt: str) -> str:
+    """A session's title until a better one arrives: the prompt's first non-empty line."""
+    first = next((line.strip() for line in prompt.splitlines() if line.strip()), "")
+    limit = MAX_PROMPT_TITLE_CHARS
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+def clean_title(text: str) -> str:
+    """The model's answer as a title: one line, no quotes or Markdown, at most 50 chars."""
+    line = next((line for line in text.splitlines() if line.strip()), "")
+    line = line.strip().strip("#*`_ ").strip(_QUOTES).rstrip(".").strip()
+    if len(line) > MAX_TITLE_CHARS:
+        cut = line[: MAX_TITLE_CHARS - 1]
+        line = (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(" ,;:-") + "…"
+    return line
+
+
+class Titler:
+    """Title requests in flight, one per session at most."""
+
+    def __init__(self, store: TranscriptStore) -> None:
+        self.store = store
+        #: Called on the loop thread with (session id, title) once a title is stored.
+        self.listeners: list[Callable[[str, str], None]] = []
+        # Guards _tasks: start (loop thread) and cancel (any thread) must agree on which
+        # task is a session's, so a cancel never misses one that just started.
+        self._lock = threading.Lock()
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # session id -> its title request
+
+    def after_prompt(
+        self, session_id: str, prompt: str, history: list[Message], model: Model | None
+    ) -> None:
+        """Start a title request if ``prompt`` is the session's first and the session still
+        has the title made from it (loop thread), with ``model``. None: titles are off."""
+        if model is None:
+            return
+        if sum(1 for m in history if m.role is Role.USER) != 1:
+            return
+        try:
+            title = self.store.get_session(session_id).title
+        except Exception:  # the turn's own records report a failing store
+            return
+        if title == prompt_title(prompt):
+            self.start(session_id, prompt, model)
+
+    def start(self, session_id: str, prompt: str, model: Model) -> None:
+        """Ask ``model`` for a title of ``session_id`` in the background (loop thread)."""
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._title(session_id, prompt, model), name="crush-title")
+        with self._lock:
+            self._tasks[session_id] = task
+        task.add_done_callback(lambda done: self._forget(session_id, done))
+
+    def cancel(self, session_id: str) -> None:
+        """Stop the title request of ``session_id``, if one runs. Safe from any thread."""
+        with self._lock:
+            task = self._tasks.get(session_id)
+        if task is not None:
+            call_on_loop(task.get_loop(), task.cancel)
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            sessions = list(self._tasks)
+        for session_id in sessions:
+            self.cancel(session_id)
+
+    def running(self, session_id: str) -> bool:
+        with self._lock:
+            return session_id in self._tasks
+
+    def _forget(self, session_id: str, task: asyncio.Task[None]) -> None:
+        with self._lock:
+            if self._tasks.get(session_id) is task:
+                del self._tasks[session_id]
+
+    async def _title(self, session_id: str, prompt: str, model: Model) -> None:
+        before = prompt_title(prompt)
+        try:
+            title = clean_title(await _ask(session_id, prompt, model))
+        except asyncio.CancelledError:
+            return  # canceled with the session: the prompt's title stays
+        except Exception:  # any failure leaves the prompt's title; nothing to tell the user
+            log.debug("title request for session %s failed", session_id, exc_info=True)
+            return
+        if not title:
+            return
+        try:
+            if self.store.get_session(session_id).title != before:
+                return  # the user named it meanwhile
+            self.store.rename_session(session_id, title)
+        except Exception:
+            log.debug("storing the title of session %s failed", session_id, exc_info=True)
+            return
+        for listener in self.listeners:
+            try:
+                listener(session_id, title)
+            except Exception:
+                log.exception("title listener failed")
+
+
+async def _ask(session_id: str, prompt: str, model: Model) -> str:
+    question = TITLE_REQUEST.format(limit=MAX_TITLE_CHARS, prompt=prompt[:PROMPT_EXCERPT_CHARS])
+    chunks: list[str] = []
+    finished = False
+    stream = model.stream([Message(session_id, Role.USER, [TextPart(question)])])
+    async with contextlib.aclosing(stream):
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                chunks.append(event.text)
+            elif isinstance(event, StreamFinish):
+                finished = True
+    if not finished:
+        raise RuntimeError("the title stream ended without a finish")
+    return "".join(chunks)
+
+
+def title_model_for(configured: Model | None, session_model: Model) -> Model | None:
+    """The model that titles a session: the configured one, else the session's own when it
+    is a provider's (a replay plays recorded answers, a scripted one its script)."""
+    if configured is not None:
+        return configured
+    if session_model.provider == "replay" or getattr(session_model, "settings", None) is None:
+        return None
+    return session_model
+
+
+def configured_title_model(crush: Crush) -> Model | None:
+    """``title_model``, else crush.json's ``models.small``; None: the session's own model."""
+    from .providers.config import ProviderConfigError, load_crush_config
+
+    name = crush.config.title_model.strip()
+    if not name:
+        try:
+            small = "small" in load_crush_config(crush.config.crush_config or None).models
+        except ProviderConfigError:
+            small = False  # the prompt's own model reports a broken crush.json
+        if not small:
+            return None
+        name = "crush:small"
+    return crush.resolve_model(name)
+
+
+@command("rename", "%crush rename SESSION TITLE", "set a session's title")
+def rename_command(crush: Crush, args: list[str]) -> None:
+    from IPython.core.error import UsageError
+
+    if len(args) < 2:
+        raise UsageError("Usage: %crush rename SESSION TITLE")
+    session = crush.find_session(args[0])
+    title = " ".join(args[1:]).strip()
+    crush.titler.cancel(session.id)  # a title arriving later must not replace this one
+    crush.store.rename_session(session.id, title)
+    print(f"Session {session.id[:8]} is now titled {title!r}")
