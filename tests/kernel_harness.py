@@ -22,6 +22,9 @@ from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
 ROOT = Path(__file__).resolve().parent.parent
+# An empty config home for kernels, so the developer's ~/.config/crush/crush.json (its
+# providers, its MCP servers) never reaches a test; removed when the test process exits.
+_EMPTY_CONFIG_HOME = tempfile.TemporaryDirectory(prefix="crush-test-config-")
 
 
 @dataclass
@@ -81,13 +84,15 @@ def kernel_manager(spec_dir: str | os.PathLike[str]) -> KernelManager:
 
 
 def kernel_env(data_dir: str | os.PathLike[str], **extra: str) -> dict[str, str]:
-    """The kernel's environment: this checkout first on the path, no API keys (replay)."""
+    """The kernel's environment: this checkout first on the path, no API keys (replay), no
+    user-wide crush.json (``XDG_CONFIG_HOME`` is an empty directory unless ``extra`` sets it)."""
     env = dict(os.environ)
     env.pop("OPENAI_API_KEY", None)
     env.pop("ANTHROPIC_API_KEY", None)
     env.pop("CRUSH_MODEL", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env["CRUSH_DATA_DIR"] = str(data_dir)
+    env["XDG_CONFIG_HOME"] = _EMPTY_CONFIG_HOME.name
     env.update(extra)
     return env
 

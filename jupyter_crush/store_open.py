@@ -1,0 +1,108 @@
+"""Opening a transcript store: its directory, its format file, what dead writers left.
+
+``format.json`` names the format and its version; a store written by a newer version is
+refused with a line saying to upgrade. At open, under the process lock, the leases and
+compaction copies of writers no longer alive are removed.
+
+The methods here belong to :class:`~jupyter_crush.store.TranscriptStore` (through
+:class:`_Opening`) and run when it opens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+from .storage import StoreError, WriterLease, write_atomic
+from .store_state import _WRITER_TOKEN, FORMAT_FILE, _dumps
+
+FORMAT_NAME = "jupyter-crush-transcripts"
+FORMAT_VERSION = 1
+
+
+class _Opening:
+    """Checks and clean-up when a store opens (part of TranscriptStore)."""
+
+    def _check_format(self) -> None:
+        path = self.path / FORMAT_FILE
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            if any(self.path.glob("*.jsonl")):
+                raise StoreError(
+                    f"{path} is missing but {self.path} holds transcript files; restore it "
+                    f'as {{"format": "{FORMAT_NAME}", "version": {FORMAT_VERSION}}}'
+                ) from None
+            meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
+            write_atomic(path, _dumps(meta) + b"\n", fsync=self.fsync)
+            return
+        try:
+            meta = json.loads(raw)
+            name, version = meta["format"], meta["version"]
+        except (ValueError, TypeError, KeyError):
+            raise StoreError(
+                f"corrupted transcript store file {path}; restore it "
+                f'as {{"format": "{FORMAT_NAME}", "version": {FORMAT_VERSION}}}'
+            ) from None
+        if name != FORMAT_NAME:
+            raise StoreError(f"{self.path} is not a jupyter-crush transcript store ({path})")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise StoreError(
+                f"the transcript store {self.path} has format version {version!r}, newer than "
+                f"this jupyter-crush supports ({FORMAT_VERSION}); upgrade jupyter-crush"
+            )
+
+    def _sweep_dead_writers(self) -> None:
+        """Remove what dead writers left: leases and compaction copies. Runs under the
+        process lock at open; leases are made under it too, so a half-made lease here
+        belongs to a dead writer."""
+        for lease in self._writers_dir.iterdir():
+            name = lease.name
+            if name.startswith(".") and name.endswith(".new"):
+                with contextlib.suppress(OSError):
+                    lease.unlink()
+            elif (
+                name.endswith(".lock")
+                and _WRITER_TOKEN.fullmatch(lease.stem)
+                and lease.stem != self._token
+            ):
+                WriterLease.is_alive(self._writers_dir, lease.stem)
+        # Background compactions write their copy outside the process lock, named by token.
+        for copy in self._messages_dir.glob(".*.compact"):
+            token = copy.name.rsplit(".", 2)[-2]
+            if not _WRITER_TOKEN.fullmatch(token) or not WriterLease.is_alive(
+                self._writers_dir, token
+            ):
+                with contextlib.suppress(OSError):
+                    copy.unlink()
+
+
+def _prepare_directory(path: Path) -> Path:
+    path = path.expanduser().absolute()
+    if path.exists():
+        if not path.is_dir():
+            raise StoreError(
+                f"transcript store path {path} exists and is not a directory; pass a directory"
+            )
+    else:
+        parent = path.parent
+        if not parent.is_dir():
+            problem = "is not a directory" if parent.exists() else "does not exist"
+            raise StoreError(
+                f"cannot create the transcript store {path}: its parent {parent} {problem}; "
+                "pass a path inside an existing directory"
+            )
+        try:
+            path.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the transcript store directory {path} ({exc.strerror}); "
+                "choose a directory you can write to"
+            ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StoreError(
+            f"the transcript store {path} is not writable; choose a directory you can write to"
+        )
+    return path

@@ -1,0 +1,193 @@
+"""Writing records, and keeping what the file system refuses pending until it takes it.
+
+Refused writes. When the file system refuses an append (disk full, read-only, permission
+removed), nothing raises and nothing is dropped: the records stay pending in memory, in
+order, and are retried on every later write of their session, on ``flush()`` and by a
+timer every ``RETRY_INTERVAL``; :meth:`TranscriptStore.pending_writes` says what waits,
+where and why. One session's refused journal never fails another session's writes.
+
+The same pending map carries coalesced streaming updates: a timer on the running event loop
+writes them once their ``flush_interval`` has passed.
+
+The methods here belong to :class:`~jupyter_crush.store.TranscriptStore` (through
+:class:`_PendingWrites`) and run under its ``_lock``; they use its fields, whose comments in
+``TranscriptStore.__init__`` name what each protects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterable
+from pathlib import Path
+
+from .store_state import INDEX_FILE, _dumps, _SessionState, log
+
+#: Seconds between retries of writes the file system refused (disk full, read-only).
+RETRY_INTERVAL = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """The file system refused a write to ``path``, saying ``reason``."""
+
+    path: Path
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingWrites:
+    """Records kept in memory because their file refused them; retried until written."""
+
+    path: Path
+    records: int
+    reason: str
+
+    def __str__(self) -> str:
+        noun = "record" if self.records == 1 else "records"
+        return f"{self.records} {noun} not yet written to {self.path}: {self.reason}"
+
+
+class _PendingWrites:
+    """Appending records, and retrying what was refused (part of TranscriptStore)."""
+
+    def flush(self) -> None:
+        """Write every pending update, and retry what the file system refused before."""
+        with self._lock:
+            if self._closed or self._forked():
+                return
+            for sid in list(self._pending):
+                if self._pending.get(sid):
+                    self._write(self._sessions[sid], ())
+            if self._stale_index and not self._pending:
+                self._write_session_record(self._sessions[next(iter(self._stale_index))])
+
+    def pending_writes(self, session_id: str | None = None) -> list[PendingWrites]:
+        """What the file system refused and is kept in memory until a retry succeeds.
+
+        Empty when everything is on disk. With ``session_id``, only what concerns that
+        session (its journal, and the session index if its record waits there).
+        """
+        with self._lock:
+            found = []
+            for key, refusal in self._refusals.items():
+                if key == INDEX_FILE:
+                    sids = [s for s in self._stale_index if session_id in (None, s)]
+                    if sids:
+                        found.append(PendingWrites(refusal.path, len(sids), refusal.reason))
+                elif session_id in (None, key) and self._pending.get(key):
+                    found.append(
+                        PendingWrites(refusal.path, len(self._pending[key]), refusal.reason)
+                    )
+            return found
+
+    def _write(self, st: _SessionState, mids: Iterable[str]) -> None:
+        """Append the latest state of ``mids`` to the session journal, then the session record.
+
+        A write the file system refuses (disk full, read-only, permission) raises nothing:
+        the messages stay pending in memory, in order, and every later write of the
+        session, :meth:`flush` and a retry timer try again (see :meth:`pending_writes`).
+        """
+        sid = st.session.id
+        pending = self._pending.setdefault(sid, {})
+        for mid in mids:
+            pending[mid] = None  # so a re-read during catch-up keeps our newer state
+        with self._plock:
+            self._catch_up(st)
+            assert st.entries is not None
+            # Everything pending goes in one append, in the order it became pending: a
+            # message refused earlier must not land on disk after the ones that followed
+            # it (a message enters pending first when it is new, so in message order).
+            mids = list(pending)
+            entries = [st.entries[mid] for mid in mids]
+            try:
+                st.journal.append(b"".join(e.line + b"\n" for e in entries), fsync=self.fsync)
+            except OSError as exc:
+                self._refused(sid, st.journal.path, exc)
+                return
+            self._refusals.pop(sid, None)
+            written = self._clock()
+            for mid, entry in zip(mids, entries, strict=True):
+                st.live_bytes += len(entry.line) + 1 - entry.disk_len
+                entry.disk_len = len(entry.line) + 1
+                self._last_write[(sid, mid)] = written
+            del self._pending[sid]
+            self._maybe_compact(st)
+            self._write_session_record(st)
+
+    def _refused(self, key: str, path: Path, exc: OSError) -> None:
+        """Note a write the file system refused; a timer retries it (see _flush_due)."""
+        if key not in self._refusals:
+            # Said on the run's status line (pending_writes); a log line at warning level
+            # would land in whichever cell runs next.
+            log.info("could not write %s (%s); kept in memory, retrying", path, exc.strerror)
+        self._refusals[key] = Refusal(path, exc.strerror or str(exc))
+        self._schedule_deadline()
+
+    def _write_session_record(self, st: _SessionState) -> None:
+        self._catch_up_index()
+        # Session records the index refused before go along; the latest record per id wins.
+        self._stale_index[st.session.id] = None
+        states = [self._sessions[sid] for sid in self._stale_index]
+        lines = [_dumps(s.session.to_dict()) for s in states]
+        try:
+            self._index.append(b"".join(line + b"\n" for line in lines), fsync=self.fsync)
+        except OSError as exc:
+            self._refused(INDEX_FILE, self._index.path, exc)
+            return
+        self._refusals.pop(INDEX_FILE, None)
+        self._stale_index.clear()
+        for s, line in zip(states, lines, strict=True):
+            if s.index_line:
+                self._index_live -= len(s.index_line) + 1
+            s.index_line = line
+            self._index_live += len(line) + 1
+        self._maybe_compact_index()
+
+    def _schedule_deadline(self) -> None:
+        """Make sure coalesced updates reach the disk even if no further update comes.
+
+        Only possible from a thread running an event loop (the agent's); elsewhere pending
+        updates wait for the next write, flush(), close() or interpreter exit.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._timer is not None and self._timer_loop is loop and not self._timer.cancelled():
+            return
+        self._timer_loop = loop
+        self._timer = loop.call_later(self.flush_interval, self._flush_due)
+
+    def _flush_due(self) -> None:
+        # A loop callback: an exception here would be printed into whichever cell runs.
+        try:
+            self._flush_due_locked()
+        except Exception as exc:  # a journal damaged meanwhile: said when the session is used
+            log.warning("writing pending transcript updates to %s failed: %s", self.path, exc)
+
+    def _flush_due_locked(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._closed or self._forked():
+                return
+            if self._refusals:
+                # Something was refused: retry everything, at a pace that does not spin.
+                self.flush()
+                if self._refusals and self._timer_loop is not None:
+                    self._timer = self._timer_loop.call_later(RETRY_INTERVAL, self._flush_due)
+                return
+            clock = self._clock()
+            wait: float | None = None
+            for sid in list(self._pending):
+                due = False
+                for mid in self._pending.get(sid, ()):
+                    left = self._last_write.get((sid, mid), clock) + self.flush_interval - clock
+                    if left <= 0:
+                        due = True
+                    else:
+                        wait = left if wait is None else min(wait, left)
+                if due:
+                    self._write(self._sessions[sid], ())
+            if wait is not None and self._timer_loop is not None:
+                self._timer = self._timer_loop.call_later(wait, self._flush_due)

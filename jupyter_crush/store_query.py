@@ -1,0 +1,123 @@
+"""Queries: the read-only TinyDB view of a transcript store and ``search_messages``.
+
+:attr:`TranscriptStore.db` is a real :class:`tinydb.TinyDB` (tables ``sessions`` and
+``messages``, the latter the default) over a custom :class:`tinydb.Storage` that reads the
+store's current data, so ``tinydb.Query`` works over every session and message. It is
+read-only: TinyDB's write path hands the storage the whole database on every operation
+(O(N), the cost this store exists to avoid) and would bypass the journal's ordering and
+totals, so writes raise :class:`StoreError` pointing at the store's methods. The query
+cache is disabled so a query always sees the latest messages. Message documents carry
+derived fields for convenient queries: ``text``, ``reasoning``, ``finish_reason`` and
+``position`` (index in its session). A query reads every session (O(store));
+``search_messages(cond, session_id=...)`` reads one.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from typing import Any
+
+from tinydb import TinyDB
+from tinydb.queries import QueryLike
+from tinydb.storages import Storage
+from tinydb.table import Table
+
+from .message import Message
+from .storage import StoreError
+from .store_state import _WRITER_KEY
+
+
+class _LiveTable(Table):
+    """A table without TinyDB's query cache, which is only invalidated by TinyDB's own
+    writes and would keep answering with messages from before the store changed."""
+
+    def __init__(self, storage: Storage, name: str, cache_size: int = 0, **kwargs: Any) -> None:
+        super().__init__(storage, name, cache_size=cache_size, **kwargs)
+
+
+class TranscriptDB(TinyDB):
+    """A read-only TinyDB over a transcript store: tables ``messages`` (default), ``sessions``."""
+
+    table_class = _LiveTable
+    default_table_name = "messages"
+
+
+class _StoreStorage(Storage):
+    """TinyDB storage reading a store's current sessions and messages (read-only)."""
+
+    def __init__(self, store: _Queries, session_id: str | None = None) -> None:
+        # A weak reference, so a TinyDB handle a user keeps does not keep the store alive.
+        self._store = weakref.ref(store)
+        self._session_id = session_id
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        store = self._store()
+        if store is None:
+            raise StoreError("the transcript store behind this TinyDB was closed; reopen it")
+        return store._tinydb_tables(self._session_id)
+
+    def write(self, data: dict[str, dict[str, Any]]) -> None:
+        raise StoreError(
+            "the TinyDB view of the transcript store is read-only; change it with "
+            "TranscriptStore.create_session/add_message/update_message"
+        )
+
+
+class _Queries:
+    """The TinyDB view and searches (part of TranscriptStore)."""
+
+    @property
+    def db(self) -> TranscriptDB:
+        """A read-only :class:`tinydb.TinyDB` over all sessions and messages.
+
+        ``store.db.search(Query().text.search("NaN"))`` searches messages;
+        ``store.db.table("sessions")`` holds the sessions.
+        """
+        with self._lock:
+            self._check_open()
+            if self._db is None:
+                self._db = TranscriptDB(self, storage=_StoreStorage)
+            return self._db
+
+    def search_messages(self, cond: QueryLike, session_id: str | None = None) -> list[Message]:
+        """Messages matching a ``tinydb.Query``, in session then message order.
+
+        With ``session_id``, only that session is read, which is much cheaper than a query
+        over the whole store.
+        """
+        if session_id is None:
+            table = self.db.table("messages")
+        else:
+            table = TranscriptDB(self, session_id, storage=_StoreStorage).table("messages")
+        return [self._located(Message.from_dict(doc)) for doc in table.search(cond)]
+
+    def _tinydb_tables(self, session_id: str | None) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            self._check_open()
+            if session_id is None:
+                self._catch_up_index()
+                states = list(self._sessions.values())
+            else:
+                states = [self._state(session_id)]
+            sessions: dict[str, Any] = {}
+            messages: dict[str, Any] = {}
+            for st in states:
+                self._loaded(st.session.id)
+                sessions[str(len(sessions) + 1)] = st.session.to_dict()
+                assert st.entries is not None
+                for position, entry in enumerate(st.entries.values()):
+                    messages[str(len(messages) + 1)] = _query_document(entry.line, position)
+        return {"sessions": sessions, "messages": messages}
+
+
+def _query_document(line: bytes, position: int) -> dict[str, Any]:
+    doc = json.loads(line)
+    doc.pop(_WRITER_KEY, None)
+    parts = doc.get("parts", ())
+    doc["text"] = "".join(p.get("text", "") for p in parts if p.get("type") == "text")
+    doc["reasoning"] = "".join(p.get("text", "") for p in parts if p.get("type") == "reasoning")
+    finishes = [p.get("reason") for p in parts if p.get("type") == "finish"]
+    doc["finish_reason"] = finishes[-1] if finishes else None
+    doc["position"] = position
+    return doc

@@ -1,0 +1,149 @@
+"""The transcript store's in-memory state: each session and, once loaded, its messages.
+
+A :class:`_SessionState` holds a session's record and journal and, once the journal is read
+in this process, one :class:`_Entry` per message (its latest JSON, usage and cost, writer and
+on-disk size) in message order. :func:`_set_entry` keeps the session's usage/cost totals and
+message count in step with the entries in O(1). Also the ids, record keys and errors shared
+by the store's modules (:mod:`jupyter_crush.store` and its ``store_*`` parts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from .message import Session, Usage
+from .storage import Journal
+
+# The store's modules log as one.
+log = logging.getLogger("jupyter_crush.store")
+
+# Session ids name files, so they are restricted to a portable, path-safe alphabet.
+_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_WRITER_TOKEN = re.compile(r"[0-9a-f]{32}")
+FORMAT_FILE = "format.json"  # the format version; written once
+IMAGES_DIR = "images"  # image parts' bytes, one file per distinct image
+INDEX_FILE = "sessions.jsonl"  # the session index
+_WRITER_KEY = "_writer"  # record key naming the store instance that wrote it
+
+_UsageTuple = tuple[int, int, int, int]
+
+
+class UnknownSessionError(KeyError):
+    """No session with this id exists in the store."""
+
+    def __init__(self, session_id: str, store_path: Path) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+        self.store_path = store_path
+
+    def __str__(self) -> str:
+        return (
+            f"no session {self.session_id!r} in the transcript store {self.store_path}; "
+            f"create it with create_session(session_id={self.session_id!r}) or pick an id "
+            "from list_sessions()"
+        )
+
+
+class UnknownMessageError(KeyError):
+    """No message with this id exists in the session."""
+
+    def __init__(self, session_id: str, message_id: str) -> None:
+        super().__init__(message_id)
+        self.session_id = session_id
+        self.message_id = message_id
+
+    def __str__(self) -> str:
+        return (
+            f"no message {self.message_id!r} in session {self.session_id!r}; "
+            "list_messages(session_id) shows the ids there"
+        )
+
+
+def _dumps(data: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        # Text decoded with surrogateescape holds lone surrogates, which UTF-8 cannot
+        # encode; ASCII JSON escapes them (\udcXX) and reads back the same string.
+        return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _usage_tuple(usage: dict[str, Any] | Usage) -> _UsageTuple:
+    if isinstance(usage, Usage):
+        return (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens,
+            usage.cache_write_tokens,
+        )
+    return (
+        int(usage.get("input_tokens", 0)),
+        int(usage.get("output_tokens", 0)),
+        int(usage.get("cache_read_tokens", 0)),
+        int(usage.get("cache_write_tokens", 0)),
+    )
+
+
+@dataclasses.dataclass(eq=False)
+class _Entry:
+    """One message as this process knows it."""
+
+    line: bytes  # its latest JSON (newer than the disk while the message is pending)
+    usage: _UsageTuple
+    cost: float
+    writer: str  # token of the store instance whose record this is
+    disk_len: int = 0  # bytes of its latest on-disk record incl. newline; 0 if never written
+
+
+class _SessionState:
+    """A session and, once loaded in this process, its messages."""
+
+    def __init__(self, session: Session, journal: Journal) -> None:
+        self.session = session
+        self.journal = journal
+        # None until the journal is loaded in this process; insertion order is message order.
+        self.entries: dict[str, _Entry] | None = None
+        self.live_bytes = 0  # sum of entries' disk_len: the size of a compacted journal
+        self.index_line = b""  # this session's latest record in sessions.jsonl
+        self.compactor: threading.Thread | None = None  # compacting its journal, if any
+
+
+def _set_entry(st: _SessionState, mid: str, entry: _Entry) -> None:
+    """Insert or replace a message entry, keeping the session totals in step (O(1))."""
+    assert st.entries is not None
+    old = st.entries.get(mid)
+    session = st.session
+    usage = list(_usage_tuple(session.usage))
+    for i, value in enumerate(entry.usage):
+        usage[i] += value - (old.usage[i] if old is not None else 0)
+    session.usage = Usage(*usage)
+    session.cost += entry.cost - (old.cost if old is not None else 0.0)
+    st.entries[mid] = entry
+    session.message_count = len(st.entries)
+
+
+def _session_totals(session: Session) -> tuple[_UsageTuple, float, int]:
+    return _usage_tuple(session.usage), round(session.cost, 9), session.message_count
+
+
+def _recompute_totals(st: _SessionState) -> None:
+    assert st.entries is not None
+    usage = [0, 0, 0, 0]
+    cost = 0.0
+    for entry in st.entries.values():
+        for i, value in enumerate(entry.usage):
+            usage[i] += value
+        cost += entry.cost
+    st.session.usage = Usage(*usage)
+    st.session.cost = round(cost, 9)
+    st.session.message_count = len(st.entries)
+
+
+def _copy_session(session: Session) -> Session:
+    return dataclasses.replace(session, usage=dataclasses.replace(session.usage))
