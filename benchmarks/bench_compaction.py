@@ -2,9 +2,9 @@
 
 1. First-token latency of a session's first prompt with and without a title request
    running beside it (the title model streams at the same pace as the answer).
-2. The time and tokens of a summary on a ~150k-token session (a 180k window, so it is past the reserve), against
-   the same session cut without a summary; the agent's own overhead, with a scripted
-   model answering at once.
+2. The time and tokens of a summary on a ~150k-token session (a 180k window, so it is
+   past the reserve), against the same session cut without a summary; the agent's own
+   overhead, with a scripted model answering at once.
 
     .venv/bin/python benchmarks/bench_compaction.py
 """
