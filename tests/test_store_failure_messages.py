@@ -1,0 +1,50 @@
+"""What a turn says when the transcript store failed: exactly what was and was not saved."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
+from jupyter_crush.agent import Delta
+from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
+
+FAILED = "the transcript store failed ([Errno 28] No space left on device)"
+
+
+def fail(monkeypatch, store, method: str) -> None:
+    def failing(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, method, failing)
+
+
+async def test_a_failed_flush_after_an_answer_names_the_streamed_updates(store, monkeypatch):
+    session = store.create_session()
+    fail(monkeypatch, store, "flush")
+    agent = SessionAgent(ScriptedModel(["the answer"]), store)
+    result = await agent.run(SessionAgentCall(session.id, "hi"))
+    assert result.reason is FinishReason.ERROR
+    assert result.message == (
+        f"Answered; {FAILED}; saved: the prompt, the answer; not saved: the latest streamed updates"
+    )
+
+
+async def test_failed_tool_results_are_named(store, monkeypatch):
+    session = store.create_session()
+    agent = SessionAgent(ScriptedModel([Reply(tool_calls=[ToolCall("echo")])]), store)
+
+    def fail_after_the_step(event):
+        if isinstance(event, Delta) and event.message.finish_reason is FinishReason.TOOL_USE:
+            fail(monkeypatch, store, "add_message")
+
+    observer = SimpleNamespace(on_event=fail_after_the_step)
+    call = SessionAgentCall(session.id, "go", observer=observer)
+    result = await agent.run(call)
+    assert result.reason is FinishReason.ERROR
+    assert (
+        result.message
+        == (  # the failure itself ended the turn
+            f"T{FAILED[1:]}; saved: the prompt, the answer; "
+            "not saved: the tool results, the finish record"
+        )
+    )
