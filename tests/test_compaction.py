@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
+import pytest
 from test_agent import Recorder, echo_tool
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall
@@ -251,3 +253,27 @@ def test_compact_command_and_the_meter_in_sessions(ip):
         run(ip, "%crush sessions")
     assert f"summary\n  {SUMMARY}" in captured.stdout
     assert " / 2k" in captured.stdout
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+async def test_real_sdks_summarize_a_session_past_a_small_window(store, protocol):
+    from replay_server import ReplayServer, Step
+    from test_providers import protocol_model, simple_body
+
+    first, second = "A" * 2400 + " first task", "B" * 2400 + " second"
+    async with ReplayServer([Step(simple_body(protocol)) for _ in range(3)]) as server:
+        model = protocol_model(protocol, server.url)
+        policy = ContextPolicy(context_window=1000)  # budget 500 tokens: each prompt is ~600
+        agent = SessionAgent(model, store, context=policy)
+        session = store.create_session()
+        for prompt in (first, second):
+            result = await agent.run(SessionAgentCall(session.id, prompt))
+            assert result.reason is FinishReason.END_TURN
+        bodies = [json.dumps(seen.json(), ensure_ascii=False) for seen in server.requests]
+    assert len(bodies) == 3
+    assert SUMMARY_REQUEST[:40] in bodies[1]  # the summary request, through the real SDK
+    (summary,) = [m for m in store.list_messages(session.id) if m.role is Role.SUMMARY]
+    assert summary.text and summary.text[-15:] in bodies[2]  # the summary is sent
+    assert first in bodies[2] and second in bodies[2]  # first instruction and newest turn
+    users = [m.text for m in store.list_messages(session.id) if m.role is Role.USER]
+    assert users == [first, second]
