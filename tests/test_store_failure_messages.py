@@ -48,3 +48,11 @@ async def test_failed_tool_results_are_named(store, monkeypatch):
             "not saved: the tool results, the finish record"
         )
     )
+
+
+async def test_a_finish_without_words_is_named_by_its_reason(store, monkeypatch):
+    session = store.create_session()
+    fail(monkeypatch, store, "flush")
+    model = ScriptedModel([Reply(text="filtered", finish=FinishReason.CONTENT_FILTER)])
+    result = await SessionAgent(model, store).run(SessionAgentCall(session.id, "hi"))
+    assert result.message.startswith(f"content_filter; {FAILED}; ")
