@@ -1,7 +1,10 @@
 """Random interleavings of accept / run / cancel (from any thread) / loop steps.
 
-After every action the dispatch invariants are checked; at the end every prompt must have
-reached exactly one terminal record, within a bounded time (no deadlock).
+Cancels from another thread may have their delivery held (the click's
+``call_soon_threadsafe`` not yet on the loop) and released later as its own action; a tool
+may absorb cancellation; store calls may fail. After every action the dispatch invariants
+are checked; at the end every prompt must have reached exactly one terminal record, within
+a bounded time (no deadlock), and the sessions must be idle.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,16 +36,21 @@ REPLY_KINDS = {
         tool_calls=[ToolCall("echo", {"text": "1"}), ToolCall("echo", {"text": "2"})]
     ),
     "error": Reply(text="oops", error=ModelError("server exploded", status_code=500)),
+    "absorb": Reply(tool_calls=[ToolCall("absorb")]),
 }
+STORE_CALLS = ("add_message", "update_message", "flush", "list_messages")
 
-cancel = st.tuples(st.just("cancel"), st.integers(0, SESSIONS - 1), st.booleans())
+# ("cancel", session, from another thread, its delivery held until a "deliver")
+cancel = st.tuples(st.just("cancel"), st.integers(0, SESSIONS - 1), st.booleans(), st.booleans())
 action = st.one_of(
     st.tuples(st.just("accept"), st.integers(0, SESSIONS - 1)),
     st.tuples(st.just("run"), st.integers(0, 50)),
     st.tuples(st.just("accept_and_run"), st.integers(0, SESSIONS - 1)),
     cancel,
     cancel,  # twice: cancels should land in every window, often
+    st.tuples(st.just("deliver"), st.integers(0, 50)),
     st.tuples(st.just("step"), st.integers(1, 6)),
+    st.tuples(st.just("fail"), st.sampled_from(STORE_CALLS), st.integers(1, 3)),
 )
 
 
@@ -64,7 +73,37 @@ async def echo(arguments, context):
     return ToolResult(f"echo {arguments.get('text')}")
 
 
+async def absorb(arguments, context):
+    try:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:  # swallowed: the turn goes on as if nothing happened
+        return ToolResult("stopped early")
+    return ToolResult("done")
+
+
 ECHO = Tool(ToolSpec("echo", "Echo.", {"type": "object"}), echo)
+ABSORB = Tool(ToolSpec("absorb", "Absorb.", {"type": "object"}), absorb)
+
+
+class StoreFaults:
+    """Makes the next ``count`` calls of a store method raise OSError."""
+
+    def __init__(self, store: TranscriptStore) -> None:
+        self.left = dict.fromkeys(STORE_CALLS, 0)
+        self.failed = 0
+        for name in STORE_CALLS:
+            setattr(store, name, self._failing(name, getattr(store, name)))
+
+    def _failing(self, name, real):
+        def call(*args, **kwargs):
+            if self.left[name]:
+                self.left[name] -= 1
+                self.failed += 1
+                raise OSError(5, "Input/output error")
+            return real(*args, **kwargs)
+
+        return call
 
 
 def active_turn_is_complete(agent: SessionAgent, session_id: str) -> bool:
@@ -75,20 +114,48 @@ def active_turn_is_complete(agent: SessionAgent, session_id: str) -> bool:
     return bool(assistants) and assistants[-1].finish_reason in TERMINAL_REASONS
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+INTERLEAVINGS = given(
+    st.lists(action, max_size=60), st.lists(st.sampled_from(sorted(REPLY_KINDS)), min_size=1)
 )
-@given(st.lists(action, max_size=60), st.lists(st.sampled_from(sorted(REPLY_KINDS)), min_size=1))
+SETTINGS = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
+
+
+@settings(max_examples=150, **SETTINGS)
+@INTERLEAVINGS
 def test_random_interleavings_keep_the_invariants(actions, reply_kinds):
+    check_interleaving(actions, reply_kinds)
+
+
+@pytest.mark.slow
+@settings(max_examples=5000, **SETTINGS)
+@INTERLEAVINGS
+def test_many_random_interleavings_keep_the_invariants(actions, reply_kinds):
+    check_interleaving(actions, reply_kinds)
+
+
+def check_interleaving(actions, reply_kinds) -> None:
     directory = tempfile.mkdtemp()
     loop = asyncio.new_event_loop()
+    held = []  # cross-thread deliveries not yet on the loop
+    real_threadsafe = loop.call_soon_threadsafe
+    holding = threading.local()  # set on a canceling thread whose delivery is held
+
+    def call_soon_threadsafe(callback, *args, context=None):
+        if getattr(holding, "on", False):
+            held.append((callback, args))
+            return None
+        return real_threadsafe(callback, *args, context=context)
+
+    loop.call_soon_threadsafe = call_soon_threadsafe
     try:
         store = TranscriptStore(directory)
         session_ids = [store.create_session(f"s{i}").id for i in range(SESSIONS)]
+        faults = StoreFaults(store)
         replies = [REPLY_KINDS[reply_kinds[i % len(reply_kinds)]] for i in range(400)]
-        agent = SessionAgent(ScriptedModel(replies), store, tools=[ECHO])
+        agent = SessionAgent(ScriptedModel(replies), store, tools=[ECHO, ABSORB])
         pending = []  # (AcceptedRun, Prompt) accepted, run() not yet called
         prompts: list[Prompt] = []
         tasks = []
@@ -118,18 +185,28 @@ def test_random_interleavings_keep_the_invariants(actions, reply_kinds):
             elif kind == "cancel":
                 session_id = session_ids[act[1]]
                 complete = active_turn_is_complete(agent, session_id)
+                active = agent._dispatch.state(session_id).active
                 for prompt in prompts:
                     if prompt.session_id == session_id and not prompt.finished:
                         prompt.covered = True
-                        active = agent._dispatch.state(session_id).active
-                        if complete and active is not None and active.call.observer is prompt:
+                        if complete and prompt in active.observers:
                             prompt.complete_before_cancel = True
                 if act[2]:
-                    thread = threading.Thread(target=agent.cancel, args=(session_id,))
+
+                    def cancel_from_a_thread(session_id=session_id, hold=act[3]):
+                        holding.on = hold
+                        agent.cancel(session_id)
+
+                    thread = threading.Thread(target=cancel_from_a_thread)
                     thread.start()
                     thread.join()
                 else:
                     agent.cancel(session_id)
+            elif kind == "deliver" and held:
+                callback, args = held.pop(act[1] % len(held))
+                real_threadsafe(callback, *args)
+            elif kind == "fail":
+                faults.left[act[1]] += act[2]
             elif kind == "step":
                 for _ in range(act[1]):
                     loop.run_until_complete(asyncio.sleep(0))
@@ -137,8 +214,11 @@ def test_random_interleavings_keep_the_invariants(actions, reply_kinds):
 
         for accepted, prompt in pending:  # every accept ends up run
             start(prompt, accepted)
+        for callback, args in held:  # every click reaches the loop in the end
+            real_threadsafe(callback, *args)
         loop.run_until_complete(drain(agent, session_ids, tasks))
-        check_final_invariants(agent, store, session_ids, prompts)
+        faults.left = dict.fromkeys(STORE_CALLS, 0)
+        check_final_invariants(agent, store, session_ids, prompts, faults.failed)
         store.close()
     finally:
         loop.close()
@@ -170,18 +250,26 @@ def check_running_invariants(agent, session_ids, prompts) -> None:
             assert prompt.covered, "a prompt accepted after every cancel was canceled"
 
 
-def check_final_invariants(agent, store, session_ids, prompts) -> None:
+def check_final_invariants(agent, store, session_ids, prompts, store_failures) -> None:
     check_running_invariants(agent, session_ids, prompts)
     for prompt in prompts:
         assert len(prompt.finished) == 1, "every accepted prompt ends in exactly one record"
         reason = prompt.finished[0].reason
         assert reason in {FinishReason.END_TURN, FinishReason.ERROR, FinishReason.CANCELED}
         if prompt.covered and not prompt.complete_before_cancel:
-            assert reason is FinishReason.CANCELED, "a cancel was lost"
+            # a store failure while recording the cancel makes it an error saying so
+            lost = (
+                {FinishReason.END_TURN}
+                if store_failures
+                else {FinishReason.END_TURN, FinishReason.ERROR}
+            )
+            assert reason not in lost, "a cancel was lost"
     for session_id in session_ids:
         state = agent._dispatch.state(session_id)
         assert state.open_accepts == 0
         assert state.active is None and not state.queue
+    if store_failures:
+        return  # what the store holds is the store's business (each turn says what it lost)
         messages = store.list_messages(session_id)
         calls = {c.id for m in messages for c in m.tool_calls}
         results = {r.tool_call_id for m in messages for r in m.tool_results}
