@@ -139,6 +139,12 @@ class CrushConfig(Configurable):
         "or the genai-prices model table.",
     ).tag(config=True)
 
+    titles = Bool(
+        True,
+        help="Title each new session with a short request to a model after its first prompt; "
+        "False keeps the title made from the prompt and sends no extra request.",
+    ).tag(config=True)
+
     title_model = Unicode(
         "",
         help="Model that titles a new session after its first prompt, as 'provider:model'; "

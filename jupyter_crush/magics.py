@@ -285,6 +285,7 @@ class Crush:
         agent.max_steps = self.config.max_steps
         agent.context = policy_from(self.config)
         agent.title_model = configured_title_model(self)
+        agent.titles = self.config.titles
         self.permissions.allowed_tools = frozenset(self.config.allowed_tools)
         system = self._system_prompt(agent.tools.values())
         agent.system_prompt = system.text
