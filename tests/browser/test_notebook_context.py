@@ -35,7 +35,7 @@ print("unsaved edit seen:", "EDITED IN THE PAGE, NOT SAVED" in seen)"""
 def test_notebook_tool_sees_an_unsaved_edit(page, lab_server, front_end):
     url = lab_server.lab_url if front_end == "lab" else lab_server.notebook7_url
     name = lab_server.write_notebook(
-        [READ_SETUP, "value = 'as saved'", "%%crush\nwhat is in my notebook?", READ_BACK]
+        [READ_SETUP, "value = 'as saved'", "%%crush --fresh\nwhat is in my notebook?", READ_BACK]
     )
     notebook = Notebook(page)
     notebook.open(url(name), cells=4)
@@ -84,7 +84,7 @@ def wait_saved(path: Path, text: str, timeout: float = 30) -> dict:
 @pytest.mark.parametrize("front_end", ["lab", "notebook7"])
 def test_inserted_cell_carries_provenance_into_the_saved_notebook(page, lab_server, front_end):
     url = lab_server.lab_url if front_end == "lab" else lab_server.notebook7_url
-    name = lab_server.write_notebook([INSERT_SETUP, "%%crush --yolo\nadd a cell", SESSION])
+    name = lab_server.write_notebook([INSERT_SETUP, "%%crush --yolo --fresh\nadd a cell", SESSION])
     notebook = Notebook(page)
     notebook.open(url(name), cells=3)
     notebook.run(0)
