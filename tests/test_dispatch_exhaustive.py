@@ -24,7 +24,6 @@ QUICK = {
 
 FULL = {
     "1 session x 2 prompts x 2 cancels (either thread, held)": Scenario(prompts=(2,), cancels=2),
-    "1 session x 3 prompts x 2 cancels (either thread, held)": Scenario(prompts=(3,), cancels=2),
     "2 sessions x 1 prompt, 1 cancel, one store": Scenario(prompts=(1, 1), cancels=1),
 }
 
