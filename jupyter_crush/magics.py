@@ -595,7 +595,7 @@ class _Tracker:
                 del self._crush.views[session_id]
                 del self._crush._turn_models[session_id]
             # Records the disk refused stay in memory; the status line says so.
-            pending = self._crush.store.pending_writes(self._view.session_id)
+            pending = self._crush.store.pending_writes(session_id)
             self._view.set_store_note("; ".join(str(p) for p in pending))
         self._view.on_event(event)
 
