@@ -222,6 +222,12 @@ class RunView:
         return head, self.elapsed, tail
 
     @property
+    def context_near_limit(self) -> bool:
+        """Whether the context meter is within the model's reserve (views show it amber): the
+        session's next request summarizes its older turns, or cuts them, first."""
+        return self.context_meter is not None and self.context_meter.near_limit
+
+    @property
     def elapsed(self) -> float | None:
         start = self._started if self._started is not None else self._created
         end = self._ended if self._ended is not None else self._clock()

@@ -96,9 +96,8 @@ class WidgetsRunView(RunView):
 
     def _status_html(self) -> str:
         status = html.escape(self.status_text())
-        meter = self.context_meter
-        if meter is not None and meter.near_limit:  # amber: the next request summarizes
-            shown = html.escape(str(meter))
+        if self.context_near_limit:  # amber: the next request summarizes
+            shown = html.escape(str(self.context_meter))
             status = status.replace(shown, f'<span style="color:#b45309">{shown}</span>', 1)
         return f"<b>crush</b> · {status}"
 

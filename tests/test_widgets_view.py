@@ -11,6 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jupyter_crush.agent import Delta, Finished, Started
+from jupyter_crush.compaction import ContextUsed
+from jupyter_crush.context_window import ContextWindow, Meter
 from jupyter_crush.message import FinishReason, Message, Role, ToolCallPart
 from jupyter_crush.tools import Decision, PermissionRequest
 from jupyter_crush.widget import RunLabels, WidgetPermissionBroker
@@ -184,3 +186,16 @@ async def test_close_releases_every_widget_of_the_view():
     assert all(w.comm is not None for w in mine)
     view.close()
     assert all(w.comm is None for w in mine)  # closed: no comm left behind
+
+
+async def test_the_meter_turns_amber_within_the_reserve_and_back_after_a_summary():
+    view, _ = make_view()
+    limits = ContextWindow(window=100_000, output=4096)  # reserve 20k: budget 80k
+    view.on_event(ContextUsed(Meter(41_000, limits)))
+    assert not view.context_near_limit
+    assert "41k / 100k" in view.status.value and "#b45309" not in view.status.value
+    view.on_event(ContextUsed(Meter(85_000, limits)))
+    assert view.context_near_limit
+    assert '<span style="color:#b45309">85k / 100k</span>' in view.status.value
+    view.on_event(ContextUsed(Meter(2_000, limits)))  # the request after the summary
+    assert not view.context_near_limit and "#b45309" not in view.status.value
