@@ -362,21 +362,6 @@ def _keep_from(history: Sequence[Message], budget: int) -> int | None:
     return chosen
 
 
-def meter_for(
-    model: Model,
-    history: Sequence[Message],
-    policy: ContextPolicy,
-    system: str | None = None,
-    tools: Sequence[Any] = (),
-) -> Meter | None:
-    """The context meter of a session's next request, or None when the window is unknown."""
-    limits = model_window(model, policy.context_window)
-    if limits is None:
-        return None
-    request = request_view(history)
-    return Meter(request_tokens(request, system, tools, since=_summary_time(history)), limits)
-
-
 @command("compact", "%crush compact [SESSION]", "summarize a session's older turns now")
 def compact_command(crush: Crush, args: list[str]) -> None:
     """Queued like a prompt when the session is busy; its run view shows the summary made."""
@@ -389,17 +374,27 @@ def compact_command(crush: Crush, args: list[str]) -> None:
     crush.submit("(compact the session)", session_ref=session.id if session else None, compact=True)
 
 
-def session_meter(crush: Crush, session_id: str) -> str:
-    """``41k / 200k`` for a session with the default model, ``41k / 200k (near the limit)``
-    within the reserve; empty when the model's window is unknown."""
+def session_meter(crush: Crush) -> Callable[[Sequence[Message]], Meter] | None:
+    """How full a session's next request would be with the kernel's default model, as a
+    function of the session's messages; None when no model is set up or its window is unknown.
+
+    ``%crush sessions`` and ``crush.sessions()`` both measure with it. A listing never makes
+    the kernel's agent: before the first prompt of this kernel, a session without any
+    provider count is estimated without the system prompt and tool specs.
+    """
     try:
         model = crush.resolve_model(None)
     except Exception:  # no model configured yet: nothing to measure against
-        return ""
-    agent = crush.agent
-    specs = [tool.spec for tool in agent.tools.values()]
-    history = crush.store.list_messages(session_id)
-    meter = meter_for(model, history, policy_from(crush.config), agent.system_prompt, specs)
-    if meter is None:
-        return ""
-    return f"{meter} (near the limit)" if meter.near_limit else str(meter)
+        return None
+    limits = model_window(model, policy_from(crush.config).context_window)
+    if limits is None:
+        return None
+    agent = crush._agent
+    system = agent.system_prompt if agent is not None else None
+    specs = [tool.spec for tool in agent.tools.values()] if agent is not None else []
+
+    def measure(history: Sequence[Message]) -> Meter:
+        request = request_view(history)
+        return Meter(request_tokens(request, system, specs, since=_summary_time(history)), limits)
+
+    return measure

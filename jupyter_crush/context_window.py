@@ -185,3 +185,7 @@ class Meter:
 
     def __str__(self) -> str:
         return f"{format_tokens(self.used)} / {format_tokens(self.limits.window)}"
+
+    def described(self) -> str:
+        """``41k / 200k``, or ``170k / 200k (near the limit)`` within the reserve."""
+        return f"{self} (near the limit)" if self.near_limit else str(self)

@@ -18,7 +18,7 @@ import heapq
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,7 @@ from .message import (
 from .storage import StoreError
 
 if TYPE_CHECKING:
+    from .context_window import Meter
     from .store import TranscriptStore
 
 __all__ = [
@@ -78,6 +79,9 @@ SESSION_COLUMNS = (
     "input_tokens",
     "output_tokens",
     "cost",
+    "context_tokens",
+    "context_window",
+    "near_limit",
 )
 #: Finish reasons not worth a note in a transcript (any other one is shown).
 ORDINARY_FINISHES = frozenset({FinishReason.END_TURN, FinishReason.TOOL_USE})
@@ -132,9 +136,14 @@ def sessions(
     store: TranscriptStore | str | os.PathLike[str] | None = None,
     limit: int | None = None,
 ) -> Any:
-    """The sessions, most recently updated first (a DataFrame, or dicts without pandas)."""
+    """The sessions, most recently updated first (a DataFrame, or dicts without pandas).
+
+    In a kernel with a model whose window is known, ``context_tokens`` of ``context_window``
+    is how full each session's next request would be (the meter of ``%crush sessions``) and
+    ``near_limit`` says whether that request would summarize first; elsewhere they are None.
+    """
     with open_store(store) as opened:
-        rows = session_rows(opened, limit=limit)
+        rows = session_rows(opened, limit=limit, meter=_kernel_meter())
     return _table(rows, SESSION_COLUMNS)
 
 
@@ -231,27 +240,39 @@ def find_session(store: TranscriptStore, ref: str) -> Session:
     )
 
 
-def session_rows(store: TranscriptStore | None, *, limit: int | None = None) -> list[dict]:
-    """One dict per session, most recently updated first."""
+def session_rows(
+    store: TranscriptStore | None,
+    *,
+    limit: int | None = None,
+    meter: Callable[[Sequence[Message]], Meter] | None = None,
+) -> list[dict]:
+    """One dict per session, most recently updated first; ``meter`` measures the context of
+    each session's next request (see :func:`~jupyter_crush.compaction.session_meter`)."""
     _check_limit(limit)
     if store is None:
         return []
     listed = store.list_sessions()
     if limit is not None:
         listed = listed[:limit]
-    return [
-        {
-            "session": s.id,
-            "title": s.title,
-            "created": datetime.fromtimestamp(s.created_at),
-            "updated": datetime.fromtimestamp(s.updated_at),
-            "messages": s.message_count,
-            "input_tokens": s.usage.input_tokens,
-            "output_tokens": s.usage.output_tokens,
-            "cost": s.cost,
-        }
-        for s in listed
-    ]
+    rows = []
+    for s in listed:
+        measured = meter(store.list_messages(s.id)) if meter is not None else None
+        rows.append(
+            {
+                "session": s.id,
+                "title": s.title,
+                "created": datetime.fromtimestamp(s.created_at),
+                "updated": datetime.fromtimestamp(s.updated_at),
+                "messages": s.message_count,
+                "input_tokens": s.usage.input_tokens,
+                "output_tokens": s.usage.output_tokens,
+                "cost": s.cost,
+                "context_tokens": measured.used if measured else None,
+                "context_window": measured.limits.window if measured else None,
+                "near_limit": measured.near_limit if measured else None,
+            }
+        )
+    return rows
 
 
 def message_rows(
@@ -469,6 +490,15 @@ def _kernel_crush() -> Any:
     loads it: that would register magics as a side effect of a query)."""
     shell = _ipython()
     return getattr(shell, "_jupyter_crush", None) if shell is not None else None
+
+
+def _kernel_meter() -> Callable[[Sequence[Message]], Meter] | None:
+    crush = _kernel_crush()
+    if crush is None:
+        return None
+    from .compaction import session_meter
+
+    return session_meter(crush)
 
 
 def _default_data_dir() -> str:

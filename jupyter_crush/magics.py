@@ -811,13 +811,14 @@ class CrushMagics(Magics):
             print("No sessions yet: a %%crush cell starts one.")
             return
         agent = crush._agent
+        measure = session_meter(crush)
         for session in sorted(sessions, key=lambda s: s.created_at):
             mark = "*" if session.id == crush.current_session_id else " "
             state = ""
             if agent is not None and agent.is_session_busy(session.id):
                 queued = agent.queued_prompts(session.id)
                 state = "running" + (f", {queued} queued" if queued else "")
-            meter = session_meter(crush, session.id)
+            meter = measure(crush.store.list_messages(session.id)).described() if measure else ""
             print(
                 f"{mark} {session.id[:8]}  {session.title or '(untitled)'}  "
                 f"{session.message_count} messages"

@@ -255,6 +255,36 @@ def test_compact_command_and_the_meter_in_sessions(ip):
     assert " / 2k" in captured.stdout
 
 
+def test_the_sessions_frame_carries_the_meter_of_percent_crush_sessions(ip):
+    from IPython.utils.capture import capture_output
+    from test_magics import run
+
+    import jupyter_crush as crush_api
+    from jupyter_crush.magics import current
+
+    crush = current()
+    crush.use_model(ScriptedModel([ANSWER] * 4 + ["short"]))
+    for prompt in (FIRST, "second", "third", "fourth"):
+        run(ip, "%%crush -s long\n" + prompt)
+    run(ip, "%%crush -s short\nhello")
+    before = crush_api.sessions()
+    assert before.context_tokens.isna().all()  # no window known: nothing to measure against
+    run(ip, f"%config CrushConfig.context_window = {WINDOW}")
+    with capture_output() as captured:
+        run(ip, "%crush sessions")
+    frame = crush_api.sessions().set_index("title")
+    assert list(frame.context_window) == [WINDOW, WINDOW]
+    assert frame.near_limit.to_dict() == {"short": False, "long": True}
+    long, short = frame.loc["long"], frame.loc["short"]
+    assert long.context_tokens > 1000 > short.context_tokens  # the budget is 1,000
+    shown = {
+        t: next(x for x in captured.stdout.splitlines() if f"  {t}  " in x) for t in frame.index
+    }
+    limits = ContextWindow(WINDOW, WINDOW // 2)
+    assert shown["long"].endswith(f"  {Meter(long.context_tokens, limits)} (near the limit)")
+    assert shown["short"].endswith(f"  {Meter(short.context_tokens, limits)}")
+
+
 @pytest.mark.parametrize("protocol", ["openai", "anthropic"])
 async def test_real_sdks_summarize_a_session_past_a_small_window(store, protocol):
     from replay_server import ReplayServer, Step
