@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .magics import Crush
+    from .crush import Crush
 
 #: Modules whose import registers commands; each one adds itself here.
 COMMAND_MODULES: tuple[str, ...] = (

@@ -41,7 +41,7 @@ from .message import FinishReason, Message, Role, SummaryOfPart, TextPart, Usage
 from .model import Model, StreamFinish, TextDelta
 
 if TYPE_CHECKING:
-    from .magics import Crush
+    from .crush import Crush
 
 #: Characters of conversation sent with each request when the model's window is unknown
 #: (about 4 per token, so ~100k tokens).

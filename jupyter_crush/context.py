@@ -19,7 +19,7 @@ from .context_window import estimate_chars, message_chars, model_window
 from .tools.output import truncate
 
 if TYPE_CHECKING:
-    from .magics import Crush
+    from .crush import Crush
 
 CONTEXT_FILE_NAMES = (
     "AGENTS.md",

@@ -21,7 +21,7 @@ from .notebook_state import CellError
 from .tools.output import clean
 
 if TYPE_CHECKING:
-    from .magics import Crush
+    from .crush import Crush
     from .widget import RunView
 
 NO_ERROR = "No recent error to fix: run the failing cell, then %crush fix."

@@ -486,7 +486,7 @@ def _table(rows: list[dict], columns: tuple[str, ...]) -> Any:
 
 
 def _kernel_crush() -> Any:
-    """The kernel's :class:`~jupyter_crush.magics.Crush` if the extension is loaded (never
+    """The kernel's :class:`~jupyter_crush.crush.Crush` if the extension is loaded (never
     loads it: that would register magics as a side effect of a query)."""
     shell = _ipython()
     return getattr(shell, "_jupyter_crush", None) if shell is not None else None

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from mcp import types as mcp_types
 
     from .config import CrushConfig
-    from .magics import Crush
+    from .crush import Crush
 
 #: Tool names reach every provider; OpenAI allows at most 64 of these characters.
 _NAME_LIMIT = 64
@@ -667,7 +667,7 @@ def mcp_command(crush: Crush, args: list[str]) -> None:
         raise UsageError(f"No MCP server {args[1]!r}; configured: {names}")
     if not server.usable:
         raise UsageError(server.unavailable())
-    from .magics import _kernel_loop
+    from .run_display import kernel_loop
 
-    servers.restart(server, _kernel_loop())
+    servers.restart(server, kernel_loop())
     print(f"Restarting MCP server {server.name}; %crush mcp shows its state")

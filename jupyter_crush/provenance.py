@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import labcomm, notebook_state
 
 if TYPE_CHECKING:
-    from .magics import Crush
+    from .crush import Crush
     from .store import TranscriptStore
     from .tools import ToolContext
 
@@ -73,9 +73,9 @@ async def insert_cell(shell: Any, code: str, metadata: dict[str, Any]) -> str:
 def insert_cell_now(shell: Any, code: str, metadata: dict[str, Any]) -> str:
     """:func:`insert_cell` from a cell that is still executing (``-f code``).
 
-    The cell waits on the kernel's loop through nest-asyncio2 (see ``Crush._wait``), so
-    the page's answer can be awaited here too; without the loop (terminal IPython) the
-    payload route is the only one.
+    The cell waits on the kernel's loop through nest-asyncio2 (see
+    :func:`~jupyter_crush.run_display.wait_for`), so the page's answer can be awaited here
+    too; without the loop (terminal IPython) the payload route is the only one.
     """
     try:
         loop = asyncio.get_running_loop()

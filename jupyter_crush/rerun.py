@@ -52,7 +52,7 @@ from .tools import Tool, ToolContext, ToolResult
 
 if TYPE_CHECKING:
     from .agent import Attachment
-    from .magics import Crush
+    from .crush import Crush
     from .model import Model
     from .store import TranscriptStore
     from .widget import RunView

@@ -25,7 +25,7 @@ from .model import Model, StreamFinish, TextDelta
 from .store import TranscriptStore
 
 if TYPE_CHECKING:
-    from .magics import Crush
+    from .crush import Crush
 
 log = logging.getLogger(__name__)
 

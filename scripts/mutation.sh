@@ -12,7 +12,8 @@ bash scripts/setup.sh test,mutation
 targets=(
   'jupyter_crush.dispatch.*'
   'jupyter_crush.records.*'
-  'jupyter_crush.magics.xǁCrushǁsubmit__mutmut_*'
+  'jupyter_crush.crush.xǁCrushǁsubmit__mutmut_*'
+  'jupyter_crush.prepare.x_prepare__mutmut_*'
 )
 for method in begin_accepted cancel cancel_all is_session_busy queued_prompts status \
   add_status_listener run _drive _fold_queued _finish shutdown _emit _status_changed; do

@@ -16,8 +16,9 @@ from jupyter_crush.config import (
     CrushConfig,
     default_model_name,
 )
-from jupyter_crush.magics import CrushMagics, current, extract_code
+from jupyter_crush.magics import CrushMagics, current
 from jupyter_crush.model import ToolSpec
+from jupyter_crush.run_display import extract_code
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 from jupyter_crush.tools import Tool, ToolResult
 

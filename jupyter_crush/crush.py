@@ -1,0 +1,384 @@
+"""The kernel's agent, transcript store, sessions and live runs, shared by every cell.
+
+One :class:`Crush` per shell owns the kernel's ``SessionAgent``, its ``TranscriptStore``,
+the current session and the live run views. :meth:`Crush.submit` prepares a prompt
+(:mod:`jupyter_crush.prepare`), accepts it (``agent.begin_accepted``) before anything else
+can happen, displays its :class:`~jupyter_crush.widget.RunView`
+(:mod:`jupyter_crush.run_display`), schedules ``agent.run`` on the kernel's running loop
+and returns, so the kernel is idle while the answer streams.
+
+The widgets (ipywidgets), the tools and the providers are imported on first use,
+not at ``%load_ext``: the provider SDKs alone take longer to import than a user
+should wait for an extension to load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import shlex
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+
+from . import notebook_state
+from .agent import Attachment, SessionAgent, SessionAgentCall
+from .cell_permissions import ASKING_HEADLESS, CellPermissions
+from .config import CrushConfig
+from .interrupt import InterruptCanceler
+from .mcp_tools import MCPServers
+from .message import FinishReason, Session
+from .prepare import prepare
+from .rerun import Cell, Rerun
+from .run_display import (
+    CellOutputs,
+    RunTracker,
+    code_to_next_cell,
+    interactive,
+    kernel_loop,
+    run_view_class,
+    should_wait,
+    wait_for,
+)
+from .store import TranscriptStore
+from .titles import Titler
+from .usage import one_line
+
+if TYPE_CHECKING:
+    from .context import SystemPrompt
+    from .model import Model
+    from .widget import RunView
+
+
+class Crush:
+    """The kernel's agent, store and sessions, shared by every ``%%crush`` cell."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.config = CrushConfig(parent=shell)
+        # A Model object set from code (tests, notebooks) wins over config.model.
+        self.model_override: Model | None = None
+        #: Tools for the agent; empty means the default set (config.tools), made with it.
+        self.tools: list[Any] = []
+        self.permissions: Any = None
+        #: The MCP servers whose tools the agent gets (crush.json's "mcp", mcp_servers).
+        self.mcp = MCPServers.for_config(self.config)
+        self.current_session_id: str | None = None
+        self._store: TranscriptStore | None = None
+        self._agent: SessionAgent | None = None
+        # Resolved models by name, so a cell's -m does not rebuild SDK clients; written only
+        # by cells (the loop thread).
+        self._models: dict[str, Model] = {}  # by name; cleared when provider settings change
+        self.config.observe(
+            lambda _change: self._models.clear(),
+            names=["api_keys", "base_urls", "crush_config", "max_retries", "request_timeout"],
+        )
+        # Session id -> the view of its active prompt, for the permission broker; written
+        # and read on the loop thread only.
+        self.views: dict[str, RunView] = {}
+        # Session id -> the model answering its active prompt, for the prompts folded into
+        # it; written and read on the loop thread only, with views.
+        self.turn_models: dict[str, Model] = {}
+        # Session ids whose active prompt ran with --yolo; loop thread only.
+        self.yolo_sessions: set[str] = set()
+        # Strong references to the run tasks: the loop keeps only weak ones, and a
+        # collected task would silently stop its run.
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sigint: InterruptCanceler | None = None
+        #: Where each run's view is displayed, and its answer put at its end.
+        self.outputs = CellOutputs()
+        #: The view of the latest %%crush cell, for code that wants to await it.
+        self.last_view: RunView | None = None
+        self._closed = False
+        self._unpatch_shutdown: Callable[[], None] | None = None
+        #: Replays of recorded turns (jupyter_crush.rerun): each session's chain of prompts.
+        self.rerun = Rerun()
+
+    # -- lazily built parts --------------------------------------------------------------
+
+    @property
+    def store(self) -> TranscriptStore:
+        if self._store is None:
+            path = os.path.abspath(os.path.expanduser(self.config.data_dir))
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            self._store = TranscriptStore(path)
+            self.config.opened_data_dir = self.config.data_dir
+        return self._store
+
+    @property
+    def agent(self) -> SessionAgent:
+        return self.ensure_agent(None)
+
+    def ensure_agent(self, model: Model | None) -> SessionAgent:
+        """The kernel's agent, made on first use (with ``model`` as its default, if given)."""
+        if self._agent is None:
+            from .provenance import cell_proposer
+            from .tools import default_tools
+            from .tools.permissions import PermissionPolicy
+            from .widget import WidgetPermissionBroker
+
+            tools = self.tools or default_tools(
+                self.shell, include=self.config.tools, propose_cell=cell_proposer(self)
+            )
+            self.permissions = PermissionPolicy(
+                WidgetPermissionBroker(self.views),
+                allowed_tools=self.config.allowed_tools,
+                headless=ASKING_HEADLESS.get,
+                tools=tools,
+            )
+            self._agent = SessionAgent(
+                model or self.resolve_model(None),
+                self.store,
+                tools=tools,
+                system_prompt=self.system_prompt(tools).text,
+                max_steps=self.config.max_steps,
+                permissions=CellPermissions(self),
+            )
+            self._agent.tool_sources.append(self.mcp)
+            self._agent.add_status_listener(self._status_changed)
+            self._agent.titler.listeners.append(self._titled)
+        return self._agent
+
+    def system_prompt(self, tools: Iterable[Any]) -> SystemPrompt:
+        """The configured system prompt, else the built-in one, then the context files."""
+        from .context import build_system_prompt
+
+        names = [tool.name for tool in tools]
+        return build_system_prompt(self.config.system_prompt, names, self.shell)
+
+    def _status_changed(self, status: Any) -> None:
+        # The running prompt's widget says how many wait behind it (loop thread).
+        for session_id, view in self.views.items():
+            view.set_queued_behind(status.queued.get(session_id, 0))
+
+    def _titled(self, session_id: str, title: str) -> None:
+        # A title made while the session's prompt runs shows in its status line (loop thread).
+        view = self.views.get(session_id)
+        if view is not None:
+            view.labels = replace(view.labels, session=title)
+
+    @property
+    def titler(self) -> Titler:
+        return self.agent.titler
+
+    def use_model(self, model: Model | str | None) -> None:
+        """Set the default model: a Model object, a 'provider:model' name, or None for config."""
+        if isinstance(model, str):
+            self.resolve_model(model)  # fail now, with the reason, not at the next prompt
+            self.config.model = model
+            self.model_override = None
+        else:
+            self.model_override = model
+
+    def resolve_model(self, name: str | None) -> Model:
+        """The Model for ``name`` (None: the default). Raises UsageError saying what to do."""
+        if name is None and self.model_override is not None:
+            return self.model_override
+        name = (name or self.config.model).strip()
+        cached = self._models.get(name)
+        if cached is not None:
+            return cached
+        if ":" not in name:
+            raise UsageError(
+                f"Model {name!r} is not 'provider:model' (for example openai:gpt-4o); "
+                "set one with %crush model NAME"
+            )
+        try:
+            from .providers import resolve_model
+        except ImportError as error:
+            raise UsageError(f"Model providers are not available: {error}") from None
+        try:
+            model = resolve_model(name, settings=self.config.provider_settings())
+        except Exception as error:  # provider config errors carry a what-to-do message
+            raise UsageError(f"Cannot use model {name!r}: {one_line(error)}") from None
+        self._models[name] = model
+        return model
+
+    # -- sessions ------------------------------------------------------------------------
+
+    def find_session(self, ref: str) -> Session:
+        """A session by id, title (the newest of that title), or unique id prefix."""
+        from .history import SessionNotFoundError, find_session
+
+        try:
+            return find_session(self.store, ref)
+        except SessionNotFoundError as error:
+            if error.ambiguous:
+                raise UsageError(
+                    f"Session prefix {ref!r} is ambiguous; give more of the id"
+                ) from None
+            raise UsageError(
+                f"No session {ref!r}; list them with %crush sessions, or start one with "
+                f"%%crush --new -s {shlex.quote(ref.strip())}"
+            ) from None
+
+    # -- running -------------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt: str,
+        *,
+        session_ref: str | None = None,
+        new: bool = False,
+        model_name: str | None = None,
+        wait: bool | None = None,
+        yolo: bool = False,
+        fmt: str = "markdown",
+        attachments: Iterable[Attachment] = (),
+        cell: Cell | None = None,
+        compact: bool = False,
+    ) -> RunView:
+        """Accept ``prompt`` (with ``attachments``), show its view, and run it on the loop.
+
+        ``cell`` (its text, the values filled in, ``--fresh``) lets an unchanged cell replay
+        its recorded turn (:mod:`jupyter_crush.rerun`). ``compact`` summarizes the session
+        instead (``prompt`` is not recorded).
+        """
+        prepared = prepare(
+            self,
+            prompt,
+            session_ref=session_ref,
+            new=new,
+            model_name=model_name,
+            cell=cell,
+            attachments=attachments,
+        )
+        agent, session, plan = prepared.agent, prepared.session, prepared.plan
+        model = prepared.model
+
+        from .widget import RunLabels
+
+        # Accept first: from here on a cancel from any cell, button or interrupt covers it.
+        accepted = agent.begin_accepted(session.id)
+        try:
+            loop = kernel_loop()
+            view = run_view_class(self.config.run_view)(
+                RunLabels(
+                    session=session.title or session.id[:8],
+                    model=f"{model.provider}:{model.name}",
+                    replay=prepared.note,
+                ),
+                on_stop=lambda: agent.cancel(session.id),
+                session_id=session.id,
+                redraw_rate=self.config.redraw_rate,
+                loop=loop,
+                answer_format="text" if fmt == "text" else "markdown",
+            )
+            view.interactive = interactive(self.shell)
+            plan.show(view)
+            call = SessionAgentCall(
+                session.id,
+                prompt,
+                attachments=tuple(attachments),
+                accepted=accepted,
+                observer=RunTracker(self, view, yolo, model, prompt),
+                model=plan.model or model,
+                tools=plan.replay.tools(agent.tools) if plan.replay else (),
+                metadata=plan.metadata,
+                compact=compact,
+            )
+            self.outputs.show(view, lambda v: self.yolo_sessions.discard(v.session_id))
+            task = loop.create_task(agent.run(call), name=f"crush-cell:{session.id}")
+        except BaseException:
+            accepted.close()  # nothing will run: the session's accept count must drop back
+            raise
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._task_done(t, view))
+        self.last_view = view
+        self._ensure_interrupt_handler()
+
+        blocking = fmt == "code" or (should_wait(self.config, self.shell) if wait is None else wait)
+        if blocking:
+            if view.interactive:
+                view.stop_with_interrupt()
+            wait_for(loop, view, lambda: self.agent.cancel(session.id))
+            if fmt == "code" and plan.replay is None:  # a replay's cell is already there
+                code_to_next_cell(self, view)
+        return view
+
+    def _task_done(self, task: asyncio.Task[Any], view: RunView) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None and not view.is_finished:
+            view.finish(FinishReason.ERROR, one_line(error))
+
+    # -- cancel, interrupt, shutdown ------------------------------------------------------
+
+    def cancel(self, session_id: str) -> None:
+        self.agent.cancel(session_id)
+
+    def cancel_all(self) -> None:
+        if self._agent is not None:
+            self._agent.cancel_all()
+
+    def _ensure_interrupt_handler(self) -> None:
+        if self._sigint is None:
+            self._sigint = InterruptCanceler(self.cancel_all)
+            self._sigint.install(getattr(self.shell, "kernel", None))
+
+    def shutdown(self) -> None:
+        """Persist every in-flight and queued prompt as canceled (kernel exit/restart)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._agent is not None:
+            self._agent.shutdown()
+        self.mcp.shutdown()
+
+    def close(self) -> None:
+        """Undo ``install``: record runs in flight as canceled, restore handlers, drop hooks."""
+        self.shutdown()
+        if self._store is not None:
+            self._store.close()
+        if self._sigint is not None:
+            self._sigint.uninstall()
+            self._sigint = None
+        atexit.unregister(self.shutdown)
+        if self._unpatch_shutdown is not None:
+            self._unpatch_shutdown()
+            self._unpatch_shutdown = None
+        with contextlib.suppress(ValueError):  # already unregistered
+            self.shell.events.unregister("pre_run_cell", self._pre_run_cell)
+        with contextlib.suppress(ValueError):
+            self.shell.events.unregister("post_run_cell", self._post_run_cell)
+        if self.config in self.shell.configurables:
+            self.shell.configurables.remove(self.config)
+        notebook_state.uninstall(self.shell)
+
+    def install(self) -> None:
+        self.shell.configurables.append(self.config)
+        notebook_state.install(self.shell)
+        self.shell.events.register("pre_run_cell", self._pre_run_cell)
+        self.shell.events.register("post_run_cell", self._post_run_cell)
+        # Kernel shutdown and restart: the shutdown request (handled on the control thread)
+        # schedules the canceled records on the kernel's loop, ahead of the loop's stop; atexit
+        # covers a process that ends any other way. shutdown() runs once.
+        kernel = getattr(self.shell, "kernel", None)
+        io_loop = getattr(kernel, "io_loop", None)
+        original = getattr(kernel, "do_shutdown", None)
+        if io_loop is not None and original is not None:
+
+            def do_shutdown(restart: bool) -> Any:
+                io_loop.add_callback(self.shutdown)  # thread-safe, unlike the agent's store
+                return original(restart)
+
+            kernel.do_shutdown = do_shutdown
+            self._unpatch_shutdown = lambda: setattr(kernel, "do_shutdown", original)
+        atexit.register(self.shutdown)
+
+    def _pre_run_cell(self, info: Any) -> None:
+        # Runs inside the executing cell's context (see CellOutputs).
+        self.outputs.pre_run_cell()
+
+    def _post_run_cell(self, result: Any) -> None:
+        self.outputs.post_run_cell()
+        # ■ during a cell raises KeyboardInterrupt in that cell; the agents are stopped too,
+        # because the interrupt is the user's way to stop everything the kernel is doing.
+        if isinstance(getattr(result, "error_in_exec", None), KeyboardInterrupt):
+            self.cancel_all()

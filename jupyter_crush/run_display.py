@@ -1,0 +1,223 @@
+"""How a ``%%crush`` run is shown in its cell and, when the cell blocks, awaited.
+
+A run's :class:`~jupyter_crush.widget.RunView` is displayed with a display id; when the run
+ends the live view is replaced by its static answer, through the cell it belongs to or,
+for a run that outlived its cell, the cell running then (:class:`CellOutputs`). A cell
+waits for its answer when asked to, or when no front end can watch (:func:`should_wait`),
+still serving the kernel's loop meanwhile (:func:`wait_for`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import re
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from .agent import Finished, Folded, Started
+
+if TYPE_CHECKING:
+    from .config import CrushConfig
+    from .crush import Crush
+    from .model import Model
+    from .widget import RunView
+
+_CODE_BLOCK = re.compile(r"^```[ \t]*([\w+.-]*)[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+_PYTHON_FENCES = {"", "python", "py", "python3", "ipython", "ipython3"}
+
+
+def run_view_class(name: str) -> type[RunView]:
+    """The view class of ``CrushConfig.run_view``."""
+    if name == "widgets":
+        from .widgets_view import WidgetsRunView
+
+        return WidgetsRunView
+    from .delta_view import DeltaRunView
+
+    return DeltaRunView
+
+
+def kernel_loop() -> asyncio.AbstractEventLoop:
+    """The loop the kernel runs cells on, where every run and its view live."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        # Terminal IPython and plain InteractiveShell run cells without a running loop;
+        # IPython's own persistent loop is the one its autoawait uses.
+        from IPython.core.async_helpers import get_asyncio_loop
+
+        return get_asyncio_loop()
+
+
+class CellOutputs:
+    """Displays each run's view in its cell and puts the static answer there at its end."""
+
+    def __init__(self) -> None:
+        # The executing cell's context and a count of cells run; written by the shell's
+        # pre/post_run_cell hooks and read in _finished, all on the loop thread.
+        self._running_cell: contextvars.Context | None = None
+        self._cell_serial = 0
+        # Final displays of headless runs that ended between cells (see _finished).
+        self._headless_updates: list[tuple[Any, dict[str, Any], RunView]] = []
+
+    def show(self, view: RunView, on_finished: Callable[[RunView], None]) -> None:
+        """Display ``view`` in the executing cell; at its end, ``on_finished`` then the answer."""
+        from IPython.display import display
+
+        handle = display(view, display_id=True)
+        # The cell's context carries its parent header (ipykernel 7): updates sent in it
+        # reach this cell's output, whichever task finishes the run.
+        cell = (contextvars.copy_context(), self._cell_serial)
+
+        def finished(view: RunView) -> None:
+            on_finished(view)
+            self._finished(view, handle, cell)
+
+        view.on_finished(finished)
+
+    def _finished(self, view: RunView, handle: Any, cell: tuple[contextvars.Context, int]) -> None:
+        if handle is None:
+            view.close()
+            return
+        # Replace the live widget by the static answer: a notebook reopened without a
+        # kernel (or without saved widget state) still shows what the agent said.
+        bundle = view.static_bundle()
+        context, serial = cell
+        context.run(handle.update, bundle, raw=True)
+        if view.interactive or serial == self._cell_serial:
+            view.close()  # after the update: the page drops the view before the models
+            return
+        # nbclient only reads messages of the cell it is executing, so a run that ends
+        # after its own cell (a --no-wait prompt) is also updated through the cell running
+        # now, or else the next one; nbclient applies a display update to every output
+        # with that display id.
+        running = self._running_cell
+        if running is not None:
+            running.run(handle.update, bundle, raw=True)
+            view.close()
+        else:
+            self._headless_updates.append((handle, bundle, view))
+
+    def pre_run_cell(self) -> None:
+        """Called inside the executing cell's context: remember it (see _finished)."""
+        self._cell_serial += 1
+        self._running_cell = contextvars.copy_context()
+        updates, self._headless_updates = self._headless_updates, []
+        for handle, bundle, view in updates:
+            handle.update(bundle, raw=True)
+            view.close()
+
+    def post_run_cell(self) -> None:
+        self._running_cell = None
+
+
+class RunTracker:
+    """Observer wrapper: keeps the broker's session → view map current, then forwards."""
+
+    def __init__(self, crush: Crush, view: RunView, yolo: bool, model: Model, prompt: str) -> None:
+        self._crush = crush
+        self._view = view
+        self._yolo = yolo
+        self._model = model
+        self._prompt = prompt
+
+    def on_event(self, event: Any) -> None:
+        session_id = self._view.session_id
+        crush = self._crush
+        if isinstance(event, Started):
+            crush.views[session_id] = self._view
+            crush.turn_models[session_id] = self._model
+            if self._yolo:
+                crush.yolo_sessions.add(session_id)
+        elif isinstance(event, Folded) and session_id in crush.turn_models:
+            # The running turn's model answers a folded prompt: the status line names it (and
+            # for a replay, the recorded prompt it answers).
+            from .providers.replay import for_prompt
+
+            model, note = for_prompt(crush.turn_models[session_id], self._prompt)
+            self._view.labels = replace(
+                self._view.labels, model=f"{model.provider}:{model.name}", replay=note
+            )
+        elif isinstance(event, Finished):
+            if crush.views.get(session_id) is self._view:
+                del crush.views[session_id]
+                del crush.turn_models[session_id]
+            # Records the disk refused stay in memory; the status line says so.
+            pending = crush.store.pending_writes(session_id)
+            self._view.set_store_note("; ".join(str(p) for p in pending))
+        self._view.on_event(event)
+
+
+def interactive(shell: Any) -> bool:
+    """Whether someone can watch and click: a front end that can answer input.
+
+    nbclient (and so papermill and ``nbconvert --execute``) sends every
+    execute_request with ``allow_stdin=False``; JupyterLab, Notebook and VS Code send
+    ``True``. Without a kernel (terminal IPython) nothing renders the widget at all.
+    """
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None:
+        return False
+    try:
+        parent = kernel.get_parent("shell")
+    except Exception:
+        return True
+    return bool((parent or {}).get("content", {}).get("allow_stdin", True))
+
+
+def should_wait(config: CrushConfig, shell: Any) -> bool:
+    """Whether a cell that says neither --wait nor --no-wait blocks until its answer."""
+    mode = config.wait
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    if os.environ.get("CRUSH_WAIT", "").strip().lower() in {"1", "true", "yes"}:
+        return True
+    return not interactive(shell)
+
+
+def wait_for(loop: asyncio.AbstractEventLoop, view: RunView, cancel: Callable[[], None]) -> None:
+    """Block the cell until the run is terminal, still serving the loop meanwhile.
+
+    The magic runs inside the kernel's own execute handler, a task on the very loop
+    that must keep streaming the answer; stdlib asyncio refuses to re-enter a running
+    loop. nest-asyncio2 makes ``run_until_complete`` re-entrant on that loop, so the
+    agent, its timers and the kernel's other handlers keep running while this cell
+    waits. It is the maintained fork that ipykernel 7.4 itself applies (the archived
+    nest-asyncio makes ipykernel warn); running the agent on a second thread instead
+    would break the rule that the agent and its widget live on the loop thread.
+    """
+    if loop.is_running():
+        import nest_asyncio2
+
+        nest_asyncio2.apply(loop)
+    while not view.is_finished:
+        try:
+            loop.run_until_complete(view.wait())
+        except KeyboardInterrupt:
+            # The kernel's ■ while this cell waits: stop the run, then wait for its
+            # canceled record so the cell shows the final state.
+            cancel()
+
+
+def extract_code(markdown: str) -> str:
+    """The Python code blocks of an answer, joined; '' when it has none."""
+    blocks = [
+        body.rstrip("\n")
+        for lang, body in _CODE_BLOCK.findall(markdown)
+        if lang.lower() in _PYTHON_FENCES
+    ]
+    return "\n\n".join(b for b in blocks if b.strip())
+
+
+def code_to_next_cell(crush: Crush, view: RunView) -> None:
+    """``-f code``: the answer's Python code as a new cell below (not run)."""
+    code = extract_code(view.answer_markdown)
+    if code:
+        from .provenance import insert_answer_code
+
+        insert_answer_code(crush, view.session_id, code)
