@@ -2,15 +2,13 @@
 :class:`~jupyter_crush.crush.Crush`.
 
 ``%%crush`` turns its cell into a prompt (:mod:`jupyter_crush.prepare`) and submits it;
-``%crush`` runs a line command: the built-in ones below, or one another module registered
-through :mod:`jupyter_crush.commands`.
+``%crush`` runs a line command registered through :mod:`jupyter_crush.commands`: the
+built-in ones (:mod:`jupyter_crush.session_commands`, ``help``) or another module's.
 """
 
 from __future__ import annotations
 
 import shlex
-import time
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -18,25 +16,23 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from .commands import COMMANDS, load_commands, usage_lines
-from .compaction import session_meter
+from . import session_commands  # noqa: F401  (registers the built-in commands LINE_USAGE lists)
+from .commands import COMMANDS, command, load_commands, usage_lines
 from .crush import Crush
-from .message import Session
 from .prepare import cell_prompt
-from .usage import store_problems_in_one_line
 
-LINE_USAGE = """\
-%crush sessions              list sessions (* marks the current one)
-%crush history [SESSION]     show a session's transcript (default: the current session)
-%crush cancel [SESSION|--all]  stop the running and queued prompts of a session
-%crush use SESSION           make SESSION the current session
-%crush new [TITLE]           start a new current session
-%crush model [NAME]          show or set the default model ('provider:model')
-%crush help                  this text
-
+NOTES = """\
 SESSION is a session id, a unique id prefix, or a title.
 Prompts can use {name}, {obj.attr}, {In[3]} and {Out[2]} from the notebook;
 other braces are left alone and {{ writes a literal brace."""
+
+
+@command("help", "%crush help", "this text", builtin=True)
+def help_command(crush: Crush, rest: list[str]) -> None:
+    print(help_text())
+
+
+LINE_USAGE = f"{usage_lines(builtin=True)}\n\n{NOTES}"
 
 
 @magics_class
@@ -102,141 +98,21 @@ class CrushMagics(Magics):
         if not words:
             raise UsageError("Say what to do: %crush help lists the commands")
         command, rest = words[0], words[1:]
-        handler: Callable[[list[str]], None] | None = getattr(self, f"_cmd_{command}", None)
-        if handler is not None:
-            handler(rest)
-        elif command in COMMANDS:
-            COMMANDS[command].run(self.crush, rest)
-        else:
+        if command not in COMMANDS:
             raise UsageError(f"Unknown command {command!r}; %crush help lists the commands")
+        COMMANDS[command].run(self.crush, rest)
 
     # `%crush?` shows both forms: the line commands, then the cell's options.
     crush_line.__doc__ = (
         "Manage sessions and runs.\n\n" + LINE_USAGE + "\n\nThe cell form:\n" + crush_cell.__doc__
     )
 
-    def _cmd_help(self, rest: list[str]) -> None:
-        print(help_text())
-
-    def _cmd_sessions(self, rest: list[str]) -> None:
-        _no_args("sessions", rest)
-        crush = self.crush
-        sessions = crush.store.list_sessions()
-        if not sessions:
-            print("No sessions yet: a %%crush cell starts one.")
-            return
-        agent = crush._agent
-        measure = session_meter(crush)
-        for session in sorted(sessions, key=lambda s: s.created_at):
-            mark = "*" if session.id == crush.current_session_id else " "
-            state = ""
-            if agent is not None and agent.is_session_busy(session.id):
-                queued = agent.queued_prompts(session.id)
-                state = "running" + (f", {queued} queued" if queued else "")
-            meter = measure(crush.store.list_messages(session.id)).described() if measure else ""
-            print(
-                f"{mark} {session.id[:8]}  {session.title or '(untitled)'}  "
-                f"{session.message_count} messages"
-                + (f"  {meter}" if meter else "")
-                + (f"  [{state}]" if state else "")
-            )
-
-    def _cmd_history(self, rest: list[str]) -> None:
-        if len(rest) > 1:
-            raise UsageError("Usage: %crush history [SESSION]")
-        crush = self.crush
-        with store_problems_in_one_line():
-            if rest:
-                session = crush.find_session(rest[0])
-            elif crush.current_session_id is not None:
-                session = crush.store.get_session(crush.current_session_id)
-            else:
-                print("No current session: a %%crush cell starts one.")
-                return
-            messages = crush.store.list_messages(session.id)
-        print(format_history(session, messages))
-
-    def _cmd_cancel(self, rest: list[str]) -> None:
-        crush = self.crush
-        if rest == ["--all"]:
-            crush.cancel_all()
-            return
-        if len(rest) > 1:
-            raise UsageError("Usage: %crush cancel [SESSION | --all]")
-        if rest:
-            session_id = crush.find_session(rest[0]).id
-        elif crush.current_session_id is not None:
-            session_id = crush.current_session_id
-        else:
-            raise UsageError("No current session to cancel; name one or use --all")
-        crush.cancel(session_id)
-
-    def _cmd_use(self, rest: list[str]) -> None:
-        if len(rest) != 1:
-            raise UsageError("Usage: %crush use SESSION")
-        session = self.crush.find_session(rest[0])
-        self.crush.current_session_id = session.id
-        print(f"Current session: {session.title or '(untitled)'} ({session.id[:8]})")
-
-    def _cmd_new(self, rest: list[str]) -> None:
-        session = self.crush.store.create_session(title=" ".join(rest))
-        self.crush.current_session_id = session.id
-        print(f"New current session {session.id[:8]}")
-
-    def _cmd_model(self, rest: list[str]) -> None:
-        crush = self.crush
-        if not rest:
-            if crush.model_override is not None:
-                model = crush.model_override
-                print(f"{model.provider}:{model.name} (set from code)")
-            else:
-                print(crush.config.model)
-            return
-        if len(rest) != 1:
-            raise UsageError("Usage: %crush model [provider:model]")
-        crush.use_model(rest[0])
-        print(f"Default model: {rest[0]}")
-
 
 def help_text() -> str:
     """``%crush help``: the built-in commands, those other modules registered, the cell."""
-    builtin, _, notes = LINE_USAGE.partition("\n\n")
-    registered = usage_lines()
-    usage = f"{builtin}\n{registered}\n\n{notes}" if registered else LINE_USAGE
+    lines = "\n".join(filter(None, [usage_lines(builtin=True), usage_lines(builtin=False)]))
     cell = CrushMagics.crush_cell.__doc__
-    return f"Manage sessions and runs.\n\n{usage}\n\nThe cell form:\n{cell}"
-
-
-def _no_args(command: str, rest: list[str]) -> None:
-    if rest:
-        raise UsageError(f"%crush {command} takes no arguments")
-
-
-def format_history(session: Session, messages: list[Any]) -> str:
-    """A readable transcript: one block per message."""
-    lines = [f"Session {session.title or '(untitled)'} ({session.id[:8]})"]
-    for message in messages:
-        when = time.strftime("%H:%M:%S", time.localtime(message.created_at))
-        head = f"[{when}] {message.role}"
-        reason = message.finish_reason
-        if reason is not None and str(reason) != "end_turn":
-            finish = message.finish
-            head += f" ({reason}{': ' + finish.message if finish and finish.message else ''})"
-        lines.append(head)
-        if message.reasoning:
-            lines.append("  (reasoning) " + _indent(message.reasoning))
-        if message.text:
-            lines.append("  " + _indent(message.text))
-        for call in message.tool_calls:
-            lines.append(f"  tool call {call.name} {call.input}")
-        for result in message.tool_results:
-            kind = "error" if result.is_error else "result"
-            lines.append(f"  tool {kind} {result.name}: " + _indent(result.content[:500]))
-    return "\n".join(lines)
-
-
-def _indent(text: str) -> str:
-    return text.strip().replace("\n", "\n  ")
+    return f"Manage sessions and runs.\n\n{lines}\n\n{NOTES}\n\nThe cell form:\n{cell}"
 
 
 def load(shell: Any) -> Crush:

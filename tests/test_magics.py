@@ -6,6 +6,8 @@ real-kernel behaviour (returning at once, Stop, interrupt) is in test_kernel.py.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from IPython.core.error import UsageError
 
@@ -276,6 +278,10 @@ def test_help_texts(ip, capsys):
     for command in ("sessions", "history", "cancel", "use", "new", "model", "help"):
         assert f"%crush {command}" in out
     assert "%%crush [-s SESSION]" in out  # and the cell form
+    from jupyter_crush.commands import COMMANDS
+
+    for registered in COMMANDS.values():  # a usage as long as the column still has a gap
+        assert re.search(f"{re.escape(registered.usage)}  +{re.escape(registered.summary)}", out)
     assert "%crush sessions" in (CrushMagics.crush_line.__doc__ or "")
     cell_doc = CrushMagics.crush_cell.__doc__ or ""
     for option in ("-s SESSION", "--new", "-m MODEL", "--wait", "--yolo", "-f"):

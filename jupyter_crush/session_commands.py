@@ -1,0 +1,149 @@
+"""The built-in ``%crush`` line commands: sessions, the current session, runs, the model.
+
+They are listed first in ``%crush help`` and ``%crush?``, in the order registered here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+
+from .commands import command
+from .compaction import session_meter
+from .usage import store_problems_in_one_line
+
+if TYPE_CHECKING:
+    from .crush import Crush
+    from .message import Session
+
+
+@command("sessions", "%crush sessions", "list sessions (* marks the current one)", builtin=True)
+def sessions_command(crush: Crush, rest: list[str]) -> None:
+    if rest:
+        raise UsageError("%crush sessions takes no arguments")
+    sessions = crush.store.list_sessions()
+    if not sessions:
+        print("No sessions yet: a %%crush cell starts one.")
+        return
+    agent = crush._agent
+    measure = session_meter(crush)
+    for session in sorted(sessions, key=lambda s: s.created_at):
+        mark = "*" if session.id == crush.current_session_id else " "
+        state = ""
+        if agent is not None and agent.is_session_busy(session.id):
+            queued = agent.queued_prompts(session.id)
+            state = "running" + (f", {queued} queued" if queued else "")
+        meter = measure(crush.store.list_messages(session.id)).described() if measure else ""
+        print(
+            f"{mark} {session.id[:8]}  {session.title or '(untitled)'}  "
+            f"{session.message_count} messages"
+            + (f"  {meter}" if meter else "")
+            + (f"  [{state}]" if state else "")
+        )
+
+
+@command(
+    "history",
+    "%crush history [SESSION]",
+    "show a session's transcript (default: the current session)",
+    builtin=True,
+)
+def history_command(crush: Crush, rest: list[str]) -> None:
+    if len(rest) > 1:
+        raise UsageError("Usage: %crush history [SESSION]")
+    with store_problems_in_one_line():
+        if rest:
+            session = crush.find_session(rest[0])
+        elif crush.current_session_id is not None:
+            session = crush.store.get_session(crush.current_session_id)
+        else:
+            print("No current session: a %%crush cell starts one.")
+            return
+        messages = crush.store.list_messages(session.id)
+    print(format_history(session, messages))
+
+
+@command(
+    "cancel",
+    "%crush cancel [SESSION|--all]",
+    "stop the running and queued prompts of a session",
+    builtin=True,
+)
+def cancel_command(crush: Crush, rest: list[str]) -> None:
+    if rest == ["--all"]:
+        crush.cancel_all()
+        return
+    if len(rest) > 1:
+        raise UsageError("Usage: %crush cancel [SESSION | --all]")
+    if rest:
+        session_id = crush.find_session(rest[0]).id
+    elif crush.current_session_id is not None:
+        session_id = crush.current_session_id
+    else:
+        raise UsageError("No current session to cancel; name one or use --all")
+    crush.cancel(session_id)
+
+
+@command("use", "%crush use SESSION", "make SESSION the current session", builtin=True)
+def use_command(crush: Crush, rest: list[str]) -> None:
+    if len(rest) != 1:
+        raise UsageError("Usage: %crush use SESSION")
+    session = crush.find_session(rest[0])
+    crush.current_session_id = session.id
+    print(f"Current session: {session.title or '(untitled)'} ({session.id[:8]})")
+
+
+@command("new", "%crush new [TITLE]", "start a new current session", builtin=True)
+def new_command(crush: Crush, rest: list[str]) -> None:
+    session = crush.store.create_session(title=" ".join(rest))
+    crush.current_session_id = session.id
+    print(f"New current session {session.id[:8]}")
+
+
+@command(
+    "model",
+    "%crush model [NAME]",
+    "show or set the default model ('provider:model')",
+    builtin=True,
+)
+def model_command(crush: Crush, rest: list[str]) -> None:
+    if not rest:
+        if crush.model_override is not None:
+            model = crush.model_override
+            print(f"{model.provider}:{model.name} (set from code)")
+        else:
+            print(crush.config.model)
+        return
+    if len(rest) != 1:
+        raise UsageError("Usage: %crush model [provider:model]")
+    crush.use_model(rest[0])
+    print(f"Default model: {rest[0]}")
+
+
+def format_history(session: Session, messages: list[Any]) -> str:
+    """A readable transcript: one block per message."""
+    lines = [f"Session {session.title or '(untitled)'} ({session.id[:8]})"]
+    for message in messages:
+        when = time.strftime("%H:%M:%S", time.localtime(message.created_at))
+        head = f"[{when}] {message.role}"
+        reason = message.finish_reason
+        if reason is not None and str(reason) != "end_turn":
+            finish = message.finish
+            head += f" ({reason}{': ' + finish.message if finish and finish.message else ''})"
+        lines.append(head)
+        if message.reasoning:
+            lines.append("  (reasoning) " + _indent(message.reasoning))
+        if message.text:
+            lines.append("  " + _indent(message.text))
+        for call in message.tool_calls:
+            lines.append(f"  tool call {call.name} {call.input}")
+        for result in message.tool_results:
+            kind = "error" if result.is_error else "result"
+            lines.append(f"  tool {kind} {result.name}: " + _indent(result.content[:500]))
+    return "\n".join(lines)
+
+
+def _indent(text: str) -> str:
+    return text.strip().replace("\n", "\n  ")
