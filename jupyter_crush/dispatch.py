@@ -196,7 +196,9 @@ class Dispatcher:
         self._reap(state)
         with state.lock:
             active = state.active
-            if active is None and not state.open_accepts and not state.queue:
+            # The queue is never non-empty without an active turn (enter queues only behind
+            # one; the handoff activates the next), so `active is None` covers it.
+            if active is None and not state.open_accepts:
                 return  # IDLE-NO-OP: nothing to stop, and nothing may linger for a later prompt
             # COVERS-EARLIER: covers the active turn, the queue and accepts not yet decided,
             # nothing accepted later. The queue itself is dropped (and recorded) by the
