@@ -278,6 +278,129 @@ const CHOICES = [
   ["Deny", "deny", "mod-danger"],
 ];
 
+// The status line's HTML: the context meter amber when the kernel says it is near the
+// reserve (`warn` holds the meter's text then: the next request summarizes first).
+export function statusHtml(line, running) {
+  const parts = [line.head];
+  if (line.elapsed !== undefined && line.elapsed !== null) {
+    parts.push(`${(line.elapsed + running).toFixed(1)} s`);
+  }
+  if (line.tail) parts.push(line.tail);
+  let shown = escapeHtml(parts.filter(Boolean).join(" \u00b7 "));
+  if (line.warn) {
+    const warn = escapeHtml(line.warn);
+    const at = shown.indexOf(warn);
+    if (at !== -1) {
+      shown = `${shown.slice(0, at)}<span class="crush-warn">${warn}</span>${shown.slice(at + warn.length)}`;
+    }
+  }
+  return `<b>crush</b> \u00b7 ${shown}`;
+}
+
+// What one run has shown so far, kept by its model from the start: the kernel's snapshot
+// in the model's own state (as of comm open, or as of a reload's state request), then
+// every numbered ops message. A view renders from it at once and then follows the ops; a
+// gap in the numbers asks the kernel for a snapshot.
+export class RunState {
+  constructor(model) {
+    this.model = model;
+    this.views = new Set();
+    const start = model.get("start") || { seq: 0, snapshot: null };
+    this.state = start.snapshot;
+    this.seq = start.seq;
+    this.nonce = "";
+    this.early = null; // while a sync is asked: the ops messages that came meanwhile
+    this.onMessage = this.onMessage.bind(this);
+    model.on("msg:custom", this.onMessage);
+    if (!this.state) this.sync();
+  }
+
+  sync() {
+    this.nonce = Math.random().toString(36).slice(2);
+    this.early = this.early || [];
+    this.model.send({ event: "sync", nonce: this.nonce });
+  }
+
+  onMessage(msg) {
+    if (msg.snapshot) {
+      if (msg.for !== this.nonce) return; // another page's
+      this.state = msg.snapshot;
+      this.seq = msg.seq;
+      const pending = this.early;
+      this.early = null;
+      for (const view of this.views) view.restore(this.state);
+      pending.forEach(this.onMessage);
+      return;
+    }
+    if (!msg.ops) return;
+    if (this.early) {
+      this.early.push(msg);
+      return;
+    }
+    if (msg.seq <= this.seq) return; // already in the snapshot
+    if (msg.seq !== this.seq + 1) {
+      this.early = [msg];
+      this.sync(); // a gap: start again from the whole state
+      return;
+    }
+    this.seq = msg.seq;
+    for (const op of msg.ops) {
+      applyOp(this.state, op);
+      for (const view of this.views) view.apply(op);
+    }
+  }
+
+  close() {
+    this.model.off("msg:custom", this.onMessage);
+    this.views.clear();
+  }
+}
+
+// The kernel's snapshot shape, moved on by one op (the kernel's `_sent` does the same).
+export function applyOp(state, [op, value]) {
+  switch (op) {
+    case "status":
+      state.status = value;
+      break;
+    case "stop":
+      state.stop = value;
+      break;
+    case "answer+":
+    case "reasoning+":
+      state[op.slice(0, -1)] += value;
+      break;
+    case "answer=":
+    case "reasoning=":
+      state[op.slice(0, -1)] = value;
+      break;
+    case "tool": {
+      const at = state.tools.findIndex((t) => t.call_id === value.call_id);
+      if (at === -1) state.tools.push(value);
+      else state.tools[at] = value;
+      break;
+    }
+    case "ask":
+      state.asks.push(value);
+      break;
+    case "asked":
+      state.asks = state.asks.filter((a) => a.id !== value);
+      break;
+  }
+}
+
+// Each model's RunState, by the run's id (a view gets its model through a new proxy).
+const RUNS = new Map();
+
+function initialize({ model }) {
+  const id = model.get("run_id");
+  const run = new RunState(model);
+  RUNS.set(id, run);
+  return () => {
+    run.close();
+    if (RUNS.get(id) === run) RUNS.delete(id);
+  };
+}
+
 function render({ model, el }) {
   el.classList.add("crush-run");
   const header = el.appendChild(document.createElement("div"));
@@ -305,19 +428,10 @@ function render({ model, el }) {
   const askViews = new Map();
   let line = { head: "", tail: "", elapsed: 0, ticking: false };
   let lineAt = performance.now();
-  let seq = 0;
-  let synced = false;
-  let nonce = "";
-  let early = []; // ops messages that came before the snapshot
 
   function drawStatus() {
-    const parts = [line.head];
-    if (line.elapsed !== undefined && line.elapsed !== null) {
-      const running = line.ticking ? (performance.now() - lineAt) / 1000 : 0;
-      parts.push(`${(line.elapsed + running).toFixed(1)} s`);
-    }
-    if (line.tail) parts.push(line.tail);
-    status.innerHTML = `<b>crush</b> · ${escapeHtml(parts.filter(Boolean).join(" · "))}`;
+    const running = line.ticking ? (performance.now() - lineAt) / 1000 : 0;
+    status.innerHTML = statusHtml(line, running);
   }
   const ticker = setInterval(() => line.ticking && drawStatus(), 1000);
 
@@ -418,44 +532,14 @@ function render({ model, el }) {
     apply(["status", state.status]);
   }
 
-  function sync() {
-    synced = false;
-    nonce = Math.random().toString(36).slice(2);
-    model.send({ event: "sync", nonce });
-  }
-
-  function onMessage(msg) {
-    if (msg.snapshot) {
-      if (msg.for !== nonce) return; // another view's
-      restore(msg.snapshot);
-      seq = msg.seq;
-      synced = true;
-      const pending = early;
-      early = [];
-      pending.forEach(onMessage);
-      return;
-    }
-    if (!msg.ops) return;
-    if (!synced) {
-      early.push(msg);
-      return;
-    }
-    if (msg.seq <= seq) return; // already in the snapshot
-    if (msg.seq !== seq + 1) {
-      early = [msg];
-      sync(); // a gap: start again from the whole state
-      return;
-    }
-    seq = msg.seq;
-    msg.ops.forEach(apply);
-  }
-
-  model.on("msg:custom", onMessage);
-  sync();
+  const view = { apply, restore };
+  const run = RUNS.get(model.get("run_id"));
+  run.views.add(view);
+  if (run.state) restore(run.state);
   return () => {
     clearInterval(ticker);
-    model.off("msg:custom", onMessage);
+    run.views.delete(view);
   };
 }
 
-export default { render };
+export default { initialize, render };

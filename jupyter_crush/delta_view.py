@@ -10,10 +10,14 @@ One anywidget model per run. Its synced state is only the front-end module
   (replaced: only if a text ever stops being a prefix of its successor), ``["tool", row]``
   (one call, added or changed) and ``["ask", prompt]`` / ``["asked", id]`` (a permission
   prompt shown / gone).
-- page -> kernel ``{"event": "sync", "nonce": …}`` when a view renders (a new view, a
-  reloaded page) or finds a gap in ``seq``; the kernel answers
-  ``{"snapshot": state, "seq": n, "for": nonce}``, the state as of op ``n``, and the view
-  applies the ops after it.
+- the model's state carries ``start = {"snapshot": state, "seq": n}``, the state as of op
+  ``n``, read afresh whenever the page asks for the model's state: at comm open (``n`` is
+  0) and when a reloaded page restores its models. The page's model keeps the state from
+  there on, applying each ops message, so a view renders at once from it, with no round
+  trip before the first token.
+- page -> kernel ``{"event": "sync", "nonce": …}`` when the model finds a gap in ``seq``;
+  the kernel answers ``{"snapshot": state, "seq": n, "for": nonce}`` and the model applies
+  the ops after ``n``.
 - page -> kernel ``{"event": "click", "target": "stop"}`` and
   ``{"event": "click", "target": "decide", "ask": id, "decision": …}``. Clicks are taken on
   the subshell the page sent them on (:func:`~jupyter_crush.widget.take_clicks_where_sent`);
@@ -26,13 +30,14 @@ own state; JupyterLab 4 and Notebook 7 get anywidget's prebuilt extension from i
 The kernel batches: the first token goes out at once, then at most ``redraw_rate``
 messages a second, and while fewer than :data:`BATCH_CHARS` characters wait, at most one
 every :data:`TRICKLE_INTERVAL` seconds. A message's envelope (header, parent header,
-signature) is ~600 bytes, so bytes per answer character stay near 1 + 600 / batch.
+signature) is ~500 bytes, so bytes per answer character stay near 1 + 600 / batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,7 +62,21 @@ class RunWidget(anywidget.AnyWidget):
     _esm = _HERE / "delta_view.js"
     _css = _HERE / "delta_view.css"
     #: Version of the message protocol above, for the page to check.
-    protocol = traitlets.Int(1).tag(sync=True)
+    protocol = traitlets.Int(2).tag(sync=True)
+    #: Names this run's state in the page (each view gets the model through a new proxy).
+    run_id = traitlets.Unicode().tag(sync=True)
+
+    def __init__(self, start: Callable[[], dict[str, Any]], **kwargs: Any) -> None:
+        self._start = start
+        super().__init__(run_id=uuid.uuid4().hex, **kwargs)
+
+    def get_state(self, key: Any = None, drop_defaults: bool = False) -> dict[str, Any]:
+        """The synced traits, and whole (comm open, a page restoring it) the run's
+        ``start``: the page state as of now, read when asked rather than kept in sync."""
+        state = super().get_state(key, drop_defaults)
+        if key is None:
+            state["start"] = self._start()
+        return state
 
 
 class DeltaRunView(RunView):
@@ -65,9 +84,6 @@ class DeltaRunView(RunView):
 
     def __init__(self, labels: RunLabels, **kwargs: Any) -> None:
         super().__init__(labels, **kwargs)
-        self.widget = RunWidget()
-        self.widget.on_msg(self._on_message)
-        take_clicks_where_sent(self.widget)
         # Loop thread only: the permission prompts to show, by ask id.
         self._asks: dict[str, dict[str, str]] = {}
         # Ask id -> its decide callback. Written on the loop thread; the click's thread
@@ -91,6 +107,9 @@ class DeltaRunView(RunView):
         }
         #: Ops messages sent so far.
         self.messages_sent = 0
+        self.widget = RunWidget(self.snapshot)
+        self.widget.on_msg(self._on_message)
+        take_clicks_where_sent(self.widget)
         self._draw()
 
     def _widget(self) -> widgets.Widget:
@@ -123,7 +142,13 @@ class DeltaRunView(RunView):
         sent = self._sent
         ops: list[list[Any]] = []
         head, elapsed, tail = self.status_parts()
-        status = {"head": " · ".join(head), "tail": " · ".join(tail), "ticking": self.ticking}
+        status = {
+            "head": " · ".join(head),
+            "tail": " · ".join(tail),
+            "ticking": self.ticking,
+            # The meter's text, shown amber, when the next request summarizes first.
+            "warn": str(self.context_meter) if self.context_near_limit else "",
+        }
         if {k: sent["status"].get(k) for k in status} != status:
             status["elapsed"] = round(elapsed or 0.0, 3)
             sent["status"] = status
@@ -170,7 +195,7 @@ class DeltaRunView(RunView):
                 self._send_ops([["stop", "stopping"]])
 
     def snapshot(self) -> dict[str, Any]:
-        """What the page has been sent, whole, and the seq it stands at."""
+        """What the page has been sent, whole, and the seq it stands at (any thread)."""
         with self._send_lock:
             sent = self._sent
             state = {

@@ -21,6 +21,8 @@ from jupyter_crush.agent import (
     ToolFinished,
     ToolStarted,
 )
+from jupyter_crush.compaction import ContextUsed
+from jupyter_crush.context_window import ContextWindow, Meter
 from jupyter_crush.delta_view import BATCH_CHARS, DeltaRunView
 from jupyter_crush.message import (
     FinishReason,
@@ -393,6 +395,48 @@ async def test_a_view_that_syncs_mid_stream_gets_the_whole_state_then_the_ops_af
             if op == "answer+":
                 reloaded["answer"] += value
     assert reloaded["answer"] == message.text
+
+
+async def test_the_models_state_carries_the_page_state_as_of_when_it_is_asked():
+    # At comm open the model's state starts the page's copy (a fresh view paints the first
+    # token with no round trip); a reloaded page restoring the model asks for its state
+    # again and gets the state as of then, and the ops after it continue it.
+    view, page, _ = make_view(redraw_rate=0)
+    opened = json.loads(json.dumps(view.widget.get_state()["start"]))
+    assert opened == {"seq": page.seq, "snapshot": page.state}
+    view.on_event(Started("u1"))
+    message = Message("s1", Role.ASSISTANT)
+    message.append_text("Intro.\n\n```python\nx = 1\n")
+    view.on_event(Delta(message))
+    view._draw()
+    restored = json.loads(json.dumps(view.widget.get_state()["start"]))
+    assert restored["seq"] == page.seq > 0
+    assert restored["snapshot"] == page.state
+    seq = restored["seq"]
+    message.append_text("y = 2\n```\n\nDone.")
+    view.on_event(Delta(message))
+    view.on_event(Finished(FinishReason.END_TURN))
+    restored_page = Page.__new__(Page)
+    restored_page.state = restored["snapshot"]
+    for m in page.ops_messages:
+        if m["seq"] > seq:
+            for op, value in m["ops"]:
+                restored_page.apply(op, value)
+    assert restored_page.state == page.state
+    assert restored_page.state["answer"] == message.text
+    # Only a whole state carries it: a state update of one trait does not.
+    assert "start" not in view.widget.get_state("protocol")
+
+
+async def test_the_context_meter_is_flagged_near_the_reserve():
+    limits = ContextWindow(window=200_000, output=8_000)  # budget 160k
+    view, page, _ = make_view()
+    view.on_event(Started("u1"))
+    view.on_event(ContextUsed(Meter(41_000, limits)))
+    assert "41k / 200k" in page.status and page.state["status"]["warn"] == ""
+    view.on_event(ContextUsed(Meter(170_000, limits)))
+    assert page.state["status"]["warn"] == "170k / 200k"
+    assert "170k / 200k" in page.state["status"]["head"]
 
 
 async def test_a_text_that_is_no_longer_a_prefix_is_sent_whole():
