@@ -28,9 +28,10 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
 from jupyter_crush.tools import ToolContext
-from jupyter_crush.tools.files import FileTools, Workspace
+from jupyter_crush.tools.files import FileTools
 from jupyter_crush.tools.python import PythonTool
 from jupyter_crush.tools.shell import BashTool
+from jupyter_crush.tools.workspace import Workspace
 
 CTX = ToolContext("bench", "call")
 

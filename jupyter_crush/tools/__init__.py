@@ -150,11 +150,12 @@ def default_tools(
     from pathlib import Path
 
     from .cells import InsertCellTool
-    from .files import FileTools, Workspace
+    from .files import FileTools
     from .notebook import NotebookTool
     from .python import PythonTool
     from .shell import BashTool
     from .variables import VariablesTool
+    from .workspace import Workspace
 
     if isinstance(include, str):
         raise TypeError(f"include must be a list of tool names, not the string {include!r}")

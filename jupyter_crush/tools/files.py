@@ -1,22 +1,10 @@
-"""File tools confined to a workspace root: view, write, edit, glob, grep, ls.
-
-Every path the model passes goes through :meth:`Workspace.resolve`, which
-resolves symlinks and ``..`` first and then refuses anything that does not land
-inside the root. Directory walks never follow symlinked directories and skip
-symlinked files that point outside, so a link cannot widen the workspace
-either. (A link created between the check and the use — by another process —
-is outside what this guards against: the tools confine the model, not the OS.)
-
-Walks skip hidden entries and bulky generated directories (``.git``,
-``node_modules``, ``__pycache__``, virtualenvs, checkpoints, the transcript
-store) so results stay about the user's own files.
-"""
+"""File tools confined to a workspace root (:mod:`.workspace`): view, write, edit, glob,
+grep, ls."""
 
 from __future__ import annotations
 
 import asyncio
 import difflib
-import json
 import os
 import re
 import tempfile
@@ -28,24 +16,10 @@ from typing import Any
 
 from ..model import ToolSpec
 from . import Tool, ToolContext, ToolResult
+from .notebook_file import notebook_lines
 from .output import MAX_OUTPUT_CHARS, clean, redact
+from .workspace import GlobMatcher, Workspace, WorkspaceError, skipped_name, walk
 
-SKIPPED_DIRS = frozenset(
-    {
-        ".git",
-        ".hg",
-        ".svn",
-        "node_modules",
-        "__pycache__",
-        ".ipynb_checkpoints",
-        ".venv",
-        "venv",
-        ".mypy_cache",
-        ".pytest_cache",
-        ".ruff_cache",
-        ".crush",
-    }
-)
 VIEW_DEFAULT_LINES = 2000
 VIEW_MAX_LINE_CHARS = 2000
 GREP_DEFAULT_MATCHES = 100
@@ -58,153 +32,6 @@ LS_DEFAULT_ENTRIES = 300
 LS_MAX_ENTRIES = 2000
 LS_DEFAULT_DEPTH = 3
 _BINARY_PROBE = 8192
-
-
-class WorkspaceError(ValueError):
-    """A path argument the tools refuse; the message says what to do instead."""
-
-
-@dataclass(frozen=True)
-class Workspace:
-    """The directory the file tools may touch (default: the notebook's directory)."""
-
-    root: Path
-
-    def __post_init__(self) -> None:
-        real = Path(os.path.realpath(self.root))
-        if not real.is_dir():
-            raise WorkspaceError(f"workspace root {self.root} is not a directory")
-        object.__setattr__(self, "root", real)
-
-    def resolve(self, path: Any, *, argument: str = "path") -> Path:
-        """The real path of ``path`` (relative to the root, or absolute inside it)."""
-        if not isinstance(path, str) or not path.strip():
-            raise WorkspaceError(f"'{argument}' must be a non-empty path string")
-        if "\x00" in path:
-            raise WorkspaceError(f"'{argument}' contains a NUL character")
-        candidate = Path(path).expanduser() if path.startswith("~") else Path(path)
-        if not candidate.is_absolute():
-            candidate = self.root / candidate
-        real = Path(os.path.realpath(candidate))
-        if real != self.root and not real.is_relative_to(self.root):
-            how = "resolves (through a symlink or '..') to" if real != candidate else "is"
-            raise WorkspaceError(
-                f"{path!r} {how} {real}, outside the workspace {self.root}; "
-                "use a path inside the workspace (relative paths are relative to it)"
-            )
-        return real
-
-    def display(self, path: Path) -> str:
-        """A path as the model should write it back: relative to the root."""
-        try:
-            rel = path.relative_to(self.root)
-        except ValueError:
-            return str(path)
-        return rel.as_posix() or "."
-
-    def inside(self, path: Path) -> bool:
-        real = Path(os.path.realpath(path))
-        return real == self.root or real.is_relative_to(self.root)
-
-
-def walk(start: Path, workspace: Workspace, stop: threading.Event | None = None) -> Iterator[Path]:
-    """Files under ``start`` in sorted order, without leaving the workspace."""
-    for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
-        if stop is not None and stop.is_set():
-            return
-        dirnames[:] = sorted(d for d in dirnames if not _skipped(d))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            path = Path(dirpath, name)
-            if path.is_symlink() and not workspace.inside(path):
-                continue
-            yield path
-
-
-def _skipped(name: str) -> bool:
-    return name.startswith(".") or name in SKIPPED_DIRS
-
-
-# -- glob patterns -------------------------------------------------------------------
-
-
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a glob with ``**``, ``*``, ``?``, ``[...]`` and ``{a,b}`` to a regex."""
-    return re.compile(_translate(pattern) + r"\Z")
-
-
-def _translate(pattern: str) -> str:
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
-            body = pattern[i + 1 : end]
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = end + 1
-        elif pattern[i] == "{" and (end := _closing_brace(pattern, i)) != -1:
-            options = _split_top_level(pattern[i + 1 : end])
-            out.append("(?:" + "|".join(_translate(o) for o in options) + ")")
-            i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return "".join(out)
-
-
-def _closing_brace(pattern: str, start: int) -> int:
-    depth = 0
-    for j in range(start, len(pattern)):
-        if pattern[j] == "{":
-            depth += 1
-        elif pattern[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return j
-    return -1
-
-
-def _split_top_level(body: str) -> list[str]:
-    parts, depth, current = [], 0, []
-    for ch in body:
-        if ch == "," and depth == 0:
-            parts.append("".join(current))
-            current = []
-            continue
-        depth += ch == "{"
-        depth -= ch == "}"
-        current.append(ch)
-    parts.append("".join(current))
-    return parts
-
-
-class GlobMatcher:
-    """A pattern without ``/`` matches file names at any depth; with ``/``, relative paths."""
-
-    def __init__(self, pattern: str) -> None:
-        self.by_name = "/" not in pattern
-        self.regex = glob_regex(pattern.removeprefix("./"))
-
-    def matches(self, relative: str) -> bool:
-        target = relative.rsplit("/", 1)[-1] if self.by_name else relative
-        return self.regex.match(target) is not None
-
-
-# -- helpers -------------------------------------------------------------------------
 
 
 def _error(message: str) -> ToolResult:
@@ -258,58 +85,6 @@ def _file_lines(path: Path) -> Iterator[str]:
                 while (rest := fh.readline(cap * 64)) and not rest.endswith(("\n", "\r")):
                     pass  # skip the rest of the overlong line
             yield line
-
-
-_NOTEBOOK_OUTPUT_LINES = 20
-_NOTEBOOK_MAX_BYTES = 20 * 1024 * 1024
-
-
-def _render_notebook(path: Path) -> list[str] | None:
-    """A notebook's cells as readable text (sources, text outputs); None if it is not one."""
-    if path.stat().st_size > _NOTEBOOK_MAX_BYTES:
-        return None  # shown raw (line by line) rather than parsed whole
-    try:
-        notebook = json.loads(path.read_text(encoding="utf-8"))
-        cells = notebook["cells"]
-        assert isinstance(cells, list)
-    except (ValueError, KeyError, TypeError, AssertionError, OSError):
-        return None
-    out: list[str] = []
-    for index, cell in enumerate(cells, start=1):
-        if not isinstance(cell, dict):
-            return None
-        kind = cell.get("cell_type", "?")
-        count = cell.get("execution_count")
-        out.append(f"# ── cell {index} · {kind}" + (f" · [{count}]" if count else "") + " ──")
-        out.extend(_joined(cell.get("source", "")).splitlines())
-        for output in cell.get("outputs", []) or []:
-            out.extend(_render_output(output))
-    return out
-
-
-def _render_output(output: dict[str, Any]) -> list[str]:
-    kind = output.get("output_type")
-    if kind == "stream":
-        label, text = f"stream {output.get('name', '')}".strip(), _joined(output.get("text", ""))
-    elif kind == "error":
-        label = "error"
-        text = f"{output.get('ename', '')}: {output.get('evalue', '')}"
-    else:
-        data = output.get("data", {}) or {}
-        others = [mime for mime in data if mime != "text/plain"]
-        label = kind or "output"
-        if others:
-            label += f" ({', '.join(others)} omitted)"
-        text = _joined(data.get("text/plain", ""))
-    lines = text.splitlines()
-    if len(lines) > _NOTEBOOK_OUTPUT_LINES:
-        cut = len(lines) - _NOTEBOOK_OUTPUT_LINES
-        lines = [*lines[:_NOTEBOOK_OUTPUT_LINES], f"... [{cut} more output lines]"]
-    return [f"# ── output: {label} ──", *lines]
-
-
-def _joined(value: Any) -> str:
-    return "".join(value) if isinstance(value, list) else str(value)
 
 
 def unified_diff(display: str, old: str | None, new: str) -> str:
@@ -407,7 +182,7 @@ class FileTools:
             return _error(f"view: {shown} is a binary file ({_size(path.stat().st_size)})")
         header = ""
         lines: Iterator[str]
-        rendered = _render_notebook(path) if path.suffix == ".ipynb" else None
+        rendered = notebook_lines(path) if path.suffix == ".ipynb" else None
         if rendered is not None:
             header = (
                 f"[{shown} shown as cells, not raw JSON: line numbers refer to this view; "
@@ -801,7 +576,7 @@ class FileTools:
             for entry in entries:
                 if stop.is_set():
                     return False
-                if _skipped(entry.name) or any(m.matches(entry.name) for m in matchers):
+                if skipped_name(entry.name) or any(m.matches(entry.name) for m in matchers):
                     continue
                 if len(lines) >= limit:
                     return False
