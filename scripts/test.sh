@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
-.venv/bin/ruff check jupyter_crush tests benchmarks scripts
-.venv/bin/ruff format --check jupyter_crush tests benchmarks scripts
+.venv/bin/ruff check jupyter_crush tests benchmarks scripts notebooks
+.venv/bin/ruff format --check jupyter_crush tests benchmarks scripts notebooks
 if [ "${1:-}" = "--all" ]; then
   shift
   exec .venv/bin/python -m pytest "$@"
