@@ -51,15 +51,55 @@ KEEP_SHARE = 0.25
 #: Longest useful summary, as a share of the window: a longer one is refused (cut instead).
 SUMMARY_SHARE = 0.1
 
+#: The question that ends a summary request. It follows the conversation in the same
+#: request (so a prompt cache serves everything before it) and must keep the model from
+#: answering or calling the tools that request offers. Sections after Crush's summarizer,
+#: for notebook work; the word limit keeps the answer under the longest summary taken.
 SUMMARY_REQUEST = """\
-Stop here: do not answer or continue the task, and do not call tools. Write a summary of \
-this whole conversation so far that lets you continue it without the messages themselves. \
-Cover, in plain text and as briefly as is complete:
-- what the user asked for, their constraints and preferences;
-- what was done: code run, variables, files and data touched, results and numbers found;
-- decisions made and why, errors met and how they were solved;
-- the current state and what remains to do next.
-Quote names, paths and values exactly. Answer with the summary only."""
+Stop here: do not answer or continue the task, and do not call tools. Summarize this \
+conversation so far, including any earlier summary in it. Your summary will replace every \
+message except the user's first one and the newest few, so what it leaves out is lost: \
+write it as a briefing for a colleague who takes over mid-task and must go on without \
+asking questions. Use these sections, as Markdown headings:
+
+## Task
+What the user asked for after their first message, in their words where it matters; \
+their constraints and preferences; what counts as done.
+
+## Progress
+What is done, with the results and numbers found; what was under way when you stopped.
+
+## Notebook and files
+Variables and DataFrames in the kernel (names, shapes, key columns), files read or written \
+(paths), and the code that made what matters.
+
+## What worked, what failed
+Code and commands that worked, exactly; errors met and how they were solved; approaches \
+tried and dropped, and why.
+
+## Decisions
+Choices made and why, assumptions, surprises in the data or the tools.
+
+## Next steps
+A numbered list of specific steps: not "clean the data" but "drop the 12 rows of df_sales \
+whose region is 'unknown', then redo the March/February comparison".
+
+Quote names, paths, values and error messages exactly. Leave out a section with nothing \
+in it. Be complete, in at most {words} words. Answer with the summary only."""
+
+#: How the summary is sent in place of the messages it covers.
+SUMMARY_INTRO = (
+    "The messages between the user's first one and the newest ones were summarized to fit "
+    "the context window. The summary:\n\n"
+)
+
+
+def summary_request(most_tokens: int) -> str:
+    """The summary question for a summary of at most ``most_tokens`` tokens, as estimated:
+    English words of ~5.7 characters with their space make ~1.4 estimated tokens each, so
+    0.6 words a token, rounded down to a round number a model keeps to."""
+    words = max(most_tokens * 3 // 5 // 50 * 50, 50)
+    return SUMMARY_REQUEST.format(words=f"{words:,}")
 
 
 # -- events an observer (the run widget) receives ---------------------------------------------
@@ -203,7 +243,7 @@ class RequestShaper:
         if used + most > limits.window:  # the whole request leaves no room to answer: older part
             request = request_view(history[:keep_from])
         session_id = history[-1].session_id
-        question = Message(session_id, Role.USER, [TextPart(SUMMARY_REQUEST)])
+        question = Message(session_id, Role.USER, [TextPart(summary_request(most))])
         self.emit(Summarizing())
         text, usage, cost = await self._stream_text([*request, question])
         if not text.strip():
@@ -265,7 +305,7 @@ def request_view(history: Sequence[Message]) -> list[Message]:
     sent = Message(
         summary.session_id,
         Role.USER,
-        [TextPart(f"Summary of the earlier conversation:\n\n{summary.text}")],
+        [TextPart(SUMMARY_INTRO + summary.text)],
         id=summary.id,
         created_at=summary.created_at,
     )

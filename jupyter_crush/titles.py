@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -37,6 +38,9 @@ PROMPT_EXCERPT_CHARS = 2000
 
 #: Quotes a model may put around its title: ASCII, and typographic single and double ones.
 _QUOTES = "\"' \u201c\u201d\u2018\u2019"
+#: Reasoning some local models (through OpenAI-compatible servers) write into the answer
+#: itself: a <think> block, or only its end when the server dropped the opening tag.
+_THINKING = re.compile(r"<think>.*?</think>|^.*?</think>", re.DOTALL)
 
 TITLE_REQUEST = """\
 Write a short title, at most {limit} characters, for a conversation that starts with the \
@@ -56,7 +60,9 @@ def prompt_title(prompt: str) -> str:
 
 
 def clean_title(text: str) -> str:
-    """The model's answer as a title: one line, no quotes or Markdown, at most 50 chars."""
+    """The model's answer as a title: one line, no reasoning, quotes or Markdown, at most
+    50 chars."""
+    text = _THINKING.sub("", text)
     line = next((line for line in text.splitlines() if line.strip()), "")
     line = line.strip().strip("#*`_ ").strip(_QUOTES).rstrip(".").strip()
     if len(line) > MAX_TITLE_CHARS:

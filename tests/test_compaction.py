@@ -10,11 +10,13 @@ from test_agent import Recorder, echo_tool
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall
 from jupyter_crush.compaction import (
+    SUMMARY_INTRO,
     SUMMARY_REQUEST,
     Compacted,
     ContextPolicy,
     ContextUsed,
     Summarizing,
+    summary_request,
 )
 from jupyter_crush.context_window import ContextWindow, Meter, model_window, request_tokens
 from jupyter_crush.message import Message, SummaryOfPart, TextPart, Usage
@@ -35,7 +37,7 @@ def agent_for(store, replies, **policy) -> tuple[SessionAgent, ScriptedModel]:
 
 
 def is_summary_request(request) -> bool:
-    return request.messages[-1].text == SUMMARY_REQUEST
+    return request.messages[-1].text == summary_request(WINDOW // 10)  # the longest taken
 
 
 async def run_prompts(agent, session_id, prompts, observer=None):
@@ -64,7 +66,7 @@ async def test_a_session_past_its_window_summarizes_once_and_keeps_first_and_new
     # The answer's request: the first instruction verbatim, the summary, the newest turn.
     sent = [m.text for m in last.messages]
     assert sent[0] == FIRST
-    assert SUMMARY in sent[1] and len(sent) == 3 and sent[2] == "fifth"
+    assert sent[1] == SUMMARY_INTRO + SUMMARY and len(sent) == 3 and sent[2] == "fifth"
     assert last.system == "SYSTEM"
     # The next turn goes on from there, without another summary.
     sixth = [m.text for m in model.requests[6].messages]
@@ -84,6 +86,51 @@ async def test_a_session_past_its_window_summarizes_once_and_keeps_first_and_new
     meters = [e.meter for e in recorder.events if isinstance(e, ContextUsed)]
     assert meters[0].limits == ContextWindow(WINDOW, WINDOW // 2)
     assert any(m.near_limit for m in meters) and not meters[-1].near_limit
+
+
+async def test_the_summary_question_asks_for_a_briefing_within_the_longest_summary_taken(store):
+    session = store.create_session()
+    agent, model = agent_for(store, [ANSWER] * 4 + [SUMMARY, ANSWER])
+    await run_prompts(agent, session.id, [FIRST, "second", "third", "fourth", "fifth"])
+    (ask,) = [r for r in model.requests if is_summary_request(r)]
+    question = ask.messages[-1]
+    assert question.role is Role.USER
+    assert question.text.startswith("Stop here: do not answer or continue the task")
+    assert "do not call tools" in question.text  # the request offers them: same prefix
+    headings = [line for line in question.text.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## Task",
+        "## Progress",
+        "## Notebook and files",
+        "## What worked, what failed",
+        "## Decisions",
+        "## Next steps",
+    ]
+    # The longest summary taken is a tenth of the window (200 tokens here): asked in words.
+    assert question.text.endswith(
+        "Be complete, in at most 100 words. Answer with the summary only."
+    )
+    assert "in at most 12,000 words" in summary_request(200_000 // 10)
+
+
+async def test_a_second_summary_is_asked_with_the_first_in_its_request(store):
+    session = store.create_session()
+    again = "The sales drop comes from the north region; the French report is half done."
+    agent, model = agent_for(store, [ANSWER] * 4 + [SUMMARY] + [ANSWER] * 4 + [again, ANSWER])
+    prompts = [FIRST, "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth"]
+    await run_prompts(agent, session.id, prompts)
+    _, second_ask = [r for r in model.requests if is_summary_request(r)]
+    # The second summary request is the request as sent since the first: the first
+    # instruction, the first summary (which the question says to fold in), the newer turns.
+    sent = [m.text for m in second_ask.messages]
+    assert sent[:2] == [FIRST, SUMMARY_INTRO + SUMMARY]
+    assert "including any earlier summary" in sent[-1]
+    last = [m.text for m in model.requests[-1].messages]
+    assert last[:2] == [FIRST, SUMMARY_INTRO + again] and SUMMARY_INTRO + SUMMARY not in last
+    assert last[-1] == "ninth"
+    stored = store.list_messages(session.id)
+    assert [m.text for m in stored if m.role is Role.SUMMARY] == [SUMMARY, again]
+    assert [m.text for m in stored if m.role is Role.USER] == prompts
 
 
 async def test_the_count_is_the_providers_plus_an_estimate_of_what_came_after(store):

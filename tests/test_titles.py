@@ -115,8 +115,19 @@ async def test_titles_off_or_a_scripted_session_model_asks_for_none(store):
     assert store.get_session(session.id).title == prompt_title(PROMPT)
 
 
+async def test_a_reasoning_models_thinking_never_becomes_the_title(store):
+    session = store.create_session(title=prompt_title(PROMPT))
+    thought = "<think>\nThe user asks why March sales fell.\n</think>\n\nSales drop in March"
+    agent, _ = agent_with_titles(store, [thought])
+    await agent.run(SessionAgentCall(session.id, PROMPT))
+    while agent.titler.running(session.id):
+        await asyncio.sleep(0.01)
+    assert store.get_session(session.id).title == "Sales drop in March"
+
+
 def test_a_models_answer_becomes_a_short_clean_title():
     assert clean_title('**"Sales drop in March."**\nExtra line') == "Sales drop in March"
+    assert clean_title("The user wants a title.\n</think>\nSales drop") == "Sales drop"
     long = clean_title("An extremely long title that goes on and on about many details")
     assert len(long) <= MAX_TITLE_CHARS and long.endswith("…")
     assert clean_title("\n\n") == ""
