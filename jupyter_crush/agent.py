@@ -15,7 +15,6 @@ dispatch (``begin_accepted``, ``cancel``, ``cancel_all``, ``is_session_busy``,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections import Counter
@@ -41,7 +40,7 @@ from .message import (
     ToolResultPart,
     Usage,
 )
-from .model import Model, StreamFinish, apply_event
+from .model import Model, StreamFinish, apply_event, closing_stream
 from .records import StoreFailed, TurnRecords, describe, prompt_message
 from .store import TranscriptStore
 from .titles import Titler, title_model_for
@@ -387,7 +386,7 @@ class SessionAgent:
         finish: StreamFinish | None = None
         records = turn.records
         stream = model.stream(request, system=self.system_prompt, tools=specs)
-        async with contextlib.aclosing(stream):  # closes the provider's HTTP stream on any exit
+        async with closing_stream(stream):  # closes the provider's HTTP stream on any exit
             async for event in stream:
                 if covered(turn):
                     # cancel() has marked this turn; its task.cancel() may still be on its way

@@ -20,7 +20,6 @@ where no tool call is separated from its result.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,7 +37,7 @@ from .context_window import (
     request_tokens,
 )
 from .message import FinishReason, Message, Role, SummaryOfPart, TextPart, Usage
-from .model import Model, StreamFinish, TextDelta
+from .model import Model, StreamFinish, TextDelta, closing_stream
 
 if TYPE_CHECKING:
     from .crush import Crush
@@ -267,7 +266,7 @@ class RequestShaper:
         finish: StreamFinish | None = None
         stream = self.model.stream(messages, system=self.system, tools=self.tools)
         try:
-            async with contextlib.aclosing(stream):
+            async with closing_stream(stream):
                 async for event in stream:
                     if self.stopped():
                         raise asyncio.CancelledError

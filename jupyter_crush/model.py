@@ -157,3 +157,27 @@ class Model(Protocol):
         system: str | None = None,
         tools: Sequence[ToolSpec] = (),
     ) -> AsyncIterator[StreamEvent]: ...
+
+
+class closing_stream:
+    """``async with closing_stream(model.stream(...))``: closes the stream (and the provider's
+    HTTP response with it) on every exit, like :func:`contextlib.aclosing`, except when the
+    coroutine itself is being closed.
+
+    That (``GeneratorExit``) happens to a turn stranded on an event loop that was closed: the
+    garbage collector closes its coroutine mid-stream. The stream is then suspended inside
+    its own step, so ``aclose()`` fails ("already running"), and nothing may be awaited while
+    closing: an error there would end the turn a second time, as an error, and Python would
+    report the coroutine as having ignored ``GeneratorExit``. The stream is finalized by the
+    garbage collector on its own.
+    """
+
+    def __init__(self, stream: AsyncIterator[StreamEvent]) -> None:
+        self.stream = stream
+
+    async def __aenter__(self) -> AsyncIterator[StreamEvent]:
+        return self.stream
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not GeneratorExit:
+            await self.stream.aclose()  # type: ignore[attr-defined]

@@ -12,7 +12,6 @@ cancels it; a failure leaves the prompt's title. A title the user set (``-s NAME
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import threading
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING
 from .commands import command
 from .dispatch import call_on_loop
 from .message import Message, Role, TextPart
-from .model import Model, StreamFinish, TextDelta
+from .model import Model, StreamFinish, TextDelta, closing_stream
 from .store import TranscriptStore
 
 if TYPE_CHECKING:
@@ -159,7 +158,7 @@ async def _ask(session_id: str, prompt: str, model: Model) -> str:
     chunks: list[str] = []
     finished = False
     stream = model.stream([Message(session_id, Role.USER, [TextPart(question)])])
-    async with contextlib.aclosing(stream):
+    async with closing_stream(stream):
         async for event in stream:
             if isinstance(event, TextDelta):
                 chunks.append(event.text)

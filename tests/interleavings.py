@@ -462,13 +462,20 @@ class World:
             with contextlib.suppress(BaseException):
                 self.loop_thread.throw(greenlet.GreenletExit)
         asyncio.events._set_running_loop(None)
-        for task in asyncio.all_tasks(self.loop):
-            task._log_destroy_pending = False  # type: ignore[attr-defined]
-            with contextlib.suppress(BaseException):
-                task.get_coro().close()
+        abandon_tasks(self.loop)
         self.loop.close()
         _WORLDS.pop(self.loop, None)
         logging.disable(logging.NOTSET)
+
+
+def abandon_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Close the coroutines of the tasks ``loop`` will never run again (it is closed, or is
+    being abandoned): their ``finally`` blocks run now, not whenever the garbage collector
+    finds them, in whatever test is running then."""
+    for task in asyncio.all_tasks(loop):
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
+        with contextlib.suppress(BaseException):  # what abandoned code raises on its way out
+            task.get_coro().close()
 
 
 # -- exploring -----------------------------------------------------------------------------------

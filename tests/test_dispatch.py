@@ -14,6 +14,7 @@ import threading
 import types
 
 import pytest
+from interleavings import abandon_tasks
 from test_agent import Recorder, make_agent
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall
@@ -402,9 +403,13 @@ def test_a_loop_closing_with_a_prompt_queued_leaves_the_session_usable(store):
         await gate.reached()
         await agent.run(SessionAgentCall(session.id, "second", observer=queued))
         # returning tears the loop down: the running turn is canceled, the queue handed off
-        return first
+        return first, asyncio.get_running_loop()
 
-    asyncio.run(leave_with_a_prompt_queued())
+    first, closed = asyncio.run(leave_with_a_prompt_queued())
+    assert first.done()  # canceled with the loop
+    # What the garbage collector may do at any time: close the stranded turn mid-stream (the
+    # second prompt's, started on the closing loop). It must end quietly, recording nothing.
+    abandon_tasks(closed)
     result = asyncio.run(agent.run(SessionAgentCall(session.id, "third")))
     assert result is not None and result.reason is FinishReason.END_TURN
     assert [(e.reason, e.message) for e in queued.finished] == [
@@ -430,6 +435,7 @@ def test_cancel_reaches_a_prompt_left_on_a_closed_loop(store):
     agent.cancel(session.id)
     assert [e.reason for e in queued.finished] == [FinishReason.CANCELED]
     assert_idle(agent, session.id)
+    abandon_tasks(loop)
 
 
 # -- eager task factories: the turn's first step runs inside create_task -----------------------
