@@ -307,7 +307,9 @@ class SessionAgent:
         history = records.history()
         if not turn.call.compact and self.titles:
             titles = title_model_for(self.title_model, model)
-            self.titler.after_prompt(session_id, turn.call.prompt, history, titles)
+            title = self.titler.after_prompt(session_id, turn.call.prompt, history, titles)
+            if title is not None:
+                turn.observers.append(title)
         repeats: Counter[str] = Counter()
         for source in self.tool_sources:
             await source.refresh(self.tools)

@@ -1,12 +1,14 @@
 """Session titles: a short one from a small model, made beside the first answer.
 
-A new session is named after its first prompt's first line. After that prompt is recorded
-a background request asks a model (``CrushConfig.title_model``, else crush.json's
-``models.small``, else the session's own model) for a title of at most
-:data:`MAX_TITLE_CHARS` characters. It never holds up the answer: it runs as a task of its
-own beside the turn, and the answer's stream does not wait for it. A cancel of the session
-cancels it; a failure leaves the prompt's title. A title the user set (``-s NAME``,
-``%crush rename``) is never replaced.
+A new session is named after its first prompt's first line. Once the first token of that
+prompt's answer arrives, a background request asks a model (``CrushConfig.title_model``,
+else crush.json's ``models.small``, else the session's own model) for a title of at most
+:data:`MAX_TITLE_CHARS` characters. It never holds up the answer: it starts only after the
+answer's first token (so its own work, building the request and reading its stream, never
+lands on the loop before that token), runs as a task of its own beside the turn, and the
+answer's stream does not wait for it. A cancel of the session cancels it; a failure, or an
+answer that ends before its first token, leaves the prompt's title. A title the user set
+(``-s NAME``, ``%crush rename``) is never replaced.
 """
 
 from __future__ import annotations
@@ -84,19 +86,21 @@ class Titler:
 
     def after_prompt(
         self, session_id: str, prompt: str, history: list[Message], model: Model | None
-    ) -> None:
-        """Start a title request if ``prompt`` is the session's first and the session still
-        has the title made from it (loop thread), with ``model``. None: titles are off."""
+    ) -> TitleOnFirstToken | None:
+        """If ``prompt`` is the session's first and the session still has the title made from
+        it, the turn observer that starts its title request with ``model`` on the answer's
+        first token (loop thread). None: no title to make (``model`` None: titles are off)."""
         if model is None:
-            return
+            return None
         if sum(1 for m in history if m.role is Role.USER) != 1:
-            return
+            return None
         try:
             title = self.store.get_session(session_id).title
         except Exception:  # the turn's own records report a failing store
-            return
-        if title == prompt_title(prompt):
-            self.start(session_id, prompt, model)
+            return None
+        if title != prompt_title(prompt):
+            return None
+        return TitleOnFirstToken(lambda: self.start(session_id, prompt, model))
 
     def start(self, session_id: str, prompt: str, model: Model) -> None:
         """Ask ``model`` for a title of ``session_id`` in the background (loop thread)."""
@@ -151,6 +155,21 @@ class Titler:
                 listener(session_id, title)
             except Exception:
                 log.exception("title listener failed")
+
+
+class TitleOnFirstToken:
+    """A turn observer that starts a title request when the answer's first token arrives."""
+
+    def __init__(self, start: Callable[[], None]) -> None:
+        from .agent import Delta  # the agent imports this module
+
+        self._token = Delta
+        self._start: Callable[[], None] | None = start
+
+    def on_event(self, event: object) -> None:
+        if self._start is not None and isinstance(event, self._token):
+            start, self._start = self._start, None
+            start()
 
 
 async def _ask(session_id: str, prompt: str, model: Model) -> str:

@@ -55,6 +55,22 @@ async def test_the_title_arrives_while_the_answer_streams(store):
     assert request.tools == []
 
 
+async def test_the_title_request_starts_after_the_answers_first_token(store):
+    session = store.create_session(title=prompt_title(PROMPT))
+    agent, model = agent_with_titles(store, ["Sales drop"])
+    gate = model.gate(step=0, after_tokens=0)  # the answer's request is out, no token yet
+    running = asyncio.create_task(agent.run(SessionAgentCall(session.id, PROMPT)))
+    await gate.reached()
+    await asyncio.sleep(0.05)
+    assert agent.title_model.requests == []  # nothing of the title's before the first token
+    gate.release()
+    assert (await running).reason is FinishReason.END_TURN
+    while agent.titler.running(session.id):
+        await asyncio.sleep(0.01)
+    assert len(agent.title_model.requests) == 1
+    assert store.get_session(session.id).title == "Sales drop"
+
+
 async def test_a_held_title_request_never_holds_the_answer(store):
     session = store.create_session(title=prompt_title(PROMPT))
     agent, _ = agent_with_titles(store, ["Sales drop"])
