@@ -1,7 +1,9 @@
 """The delta run view: the kernel sends only what is new, the page appends it.
 
-One anywidget model per run. Its synced state is only the front-end module
-(``delta_view.js``); everything the run shows travels as custom comm messages:
+One anywidget model per run. Its module is a small loader (``delta_view_loader.js``); the
+view's own module (``delta_view.js`` and its CSS) goes to the page once per kernel, in a
+:class:`ViewModule` model that every run's model names, and the page imports it once.
+Everything the run shows travels as custom comm messages:
 
 - kernel -> page ``{"seq": n, "ops": [...]}``, numbered from 1 without gaps. Ops:
   ``["status", {"head", "elapsed", "ticking", "tail"}]`` (the page ticks the elapsed time
@@ -24,18 +26,21 @@ One anywidget model per run. Its synced state is only the front-end module
   the page shows "Stopping…" before it sends the click.
 
 Why anywidget and not a model in the prebuilt JupyterLab extension: VS Code loads no
-JupyterLab extension, but it renders anywidget models, whose module travels in the model's
-own state; JupyterLab 4 and Notebook 7 get anywidget's prebuilt extension from its wheel.
+JupyterLab extension, but it renders anywidget models, whose module travels in the
+models' state; JupyterLab 4 and Notebook 7 get anywidget's prebuilt extension from its
+wheel.
 
 The kernel batches: the first token goes out at once, then at most ``redraw_rate``
 messages a second, and while fewer than :data:`BATCH_CHARS` characters wait, at most one
 every :data:`TRICKLE_INTERVAL` seconds. A message's envelope (header, parent header,
-signature) is ~500 bytes, so bytes per answer character stay near 1 + 600 / batch.
+signature) is ~600 bytes, so at 500 tokens/s (~3,000 characters a second, ~750 a message)
+the envelopes add ~0.8 bytes per answer character to the 1 of the text itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 import uuid
 from collections.abc import Callable
@@ -50,25 +55,58 @@ from .tools import Decision, PermissionRequest
 from .widget import RunLabels, RunView, permission_summary, take_clicks_where_sent
 
 #: Fewer characters than this waiting: send at most every TRICKLE_INTERVAL seconds.
-BATCH_CHARS = 512
+BATCH_CHARS = 4096
 TRICKLE_INTERVAL = 0.25
 
 _HERE = Path(__file__).resolve().parent
+_MODULE_ESM = (_HERE / "delta_view.js").read_text(encoding="utf-8")
+_MODULE_CSS = (_HERE / "delta_view.css").read_text(encoding="utf-8")
+#: Names this version of the module in the page, which imports each version once.
+MODULE_HASH = hashlib.sha256(f"{_MODULE_ESM}\0{_MODULE_CSS}".encode()).hexdigest()[:16]
+
+
+class ViewModule(widgets.Widget):
+    """The delta view's page module and CSS, on one comm per kernel (a model with no view).
+
+    Sent with each run's model, the module (~18 KB) would cost more than a short answer
+    itself; every :class:`RunWidget` names this model instead.
+    """
+
+    esm = traitlets.Unicode().tag(sync=True)
+    css = traitlets.Unicode().tag(sync=True)
+
+
+# The kernel's ViewModule, while its comm is open (Widget.close_all() closes it; the next
+# run makes another). Loop thread only, as every view is made there.
+_view_module: ViewModule | None = None
+
+
+def view_module() -> ViewModule:
+    """The kernel's :class:`ViewModule`, opened on first use."""
+    global _view_module
+    if _view_module is None or _view_module.comm is None:
+        _view_module = ViewModule(esm=_MODULE_ESM, css=_MODULE_CSS)
+    return _view_module
 
 
 class RunWidget(anywidget.AnyWidget):
-    """The comm of a delta view; its front end is ``delta_view.js``."""
+    """The comm of a delta view; its front end is ``delta_view.js``, loaded through
+    ``delta_view_loader.js`` from the kernel's :class:`ViewModule`."""
 
-    _esm = _HERE / "delta_view.js"
-    _css = _HERE / "delta_view.css"
+    _esm = _HERE / "delta_view_loader.js"
     #: Version of the message protocol above, for the page to check.
     protocol = traitlets.Int(2).tag(sync=True)
     #: Names this run's state in the page (each view gets the model through a new proxy).
     run_id = traitlets.Unicode().tag(sync=True)
+    #: The model id of the kernel's ViewModule, and the version of the module it holds.
+    module_id = traitlets.Unicode().tag(sync=True)
+    module_hash = traitlets.Unicode(MODULE_HASH).tag(sync=True)
+    #: No Layout model (a comm of its own per run): the view sizes itself in its CSS.
+    layout = traitlets.Any(None)
 
     def __init__(self, start: Callable[[], dict[str, Any]], **kwargs: Any) -> None:
         self._start = start
-        super().__init__(run_id=uuid.uuid4().hex, **kwargs)
+        super().__init__(run_id=uuid.uuid4().hex, module_id=view_module().model_id, **kwargs)
 
     def get_state(self, key: Any = None, drop_defaults: bool = False) -> dict[str, Any]:
         """The synced traits, and whole (comm open, a page restoring it) the run's
@@ -107,10 +145,11 @@ class DeltaRunView(RunView):
         }
         #: Ops messages sent so far.
         self.messages_sent = 0
+        with self._send_lock:
+            self._ops()  # the opening state goes in the model's own (comm open), not an op
         self.widget = RunWidget(self.snapshot)
         self.widget.on_msg(self._on_message)
         take_clicks_where_sent(self.widget)
-        self._draw()
 
     def _widget(self) -> widgets.Widget:
         return self.widget

@@ -179,8 +179,14 @@ class RunView:
         return bundle if metadata is None else (bundle, metadata)
 
     def static_bundle(self) -> dict[str, Any]:
-        """The display data of a finished run without the live widget."""
-        return {"text/plain": self.to_text(), "text/markdown": self.to_markdown()}
+        """The display data of a finished run without the live widget.
+
+        A front end someone watches renders the text/markdown, so its text/plain is only the
+        status line, not a second copy of the answer; a headless run's (nbconvert,
+        papermill) keeps the whole answer for readers of plain text.
+        """
+        plain = self.to_text() if not self.interactive else f"[crush] {self.status_text()}"
+        return {"text/plain": plain, "text/markdown": self.to_markdown()}
 
     @property
     def answer_markdown(self) -> str:

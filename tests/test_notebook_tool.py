@@ -188,6 +188,9 @@ def test_output_text_of_rich_outputs():
         output_text({"output_type": "display_data", "data": {"text/markdown": ["**bold**"]}})
         == "**bold**"
     )
+    # Markdown over plain text: a finished %%crush answer's plain text is its status line.
+    answer = {"text/plain": "[crush] session a · done", "text/markdown": "**crush**\n\nIt is 4."}
+    assert output_text({"output_type": "display_data", "data": answer}) == answer["text/markdown"]
     # The page sends an image's base64 length instead of its data.
     assert output_text({"output_type": "display_data", "data": {"image/jpeg": 400}}) == (
         "[image image/jpeg, 300 bytes]"

@@ -418,6 +418,15 @@ async def test_view_renders_notebooks_as_cells(files, workspace):
                         "data": {"text/plain": "   price\n0  1.0", "text/html": "<table/>"},
                     },
                     {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBO"}},
+                    {
+                        # A finished %%crush answer: its plain text is only the status line.
+                        "output_type": "display_data",
+                        "metadata": {},
+                        "data": {
+                            "text/plain": "[crush] done",
+                            "text/markdown": "**crush**\n\nIt is",
+                        },
+                    },
                 ],
             },
         ],
@@ -439,6 +448,10 @@ async def test_view_renders_notebooks_as_cells(files, workspace):
         "   price",
         "0  1.0",
         "# ── output: display_data (image/png omitted) ──",
+        "# ── output: display_data (text/plain omitted) ──",
+        "**crush**",
+        "",
+        "It is",
     ]
     (workspace.root / "broken.ipynb").write_text("{not json")
     raw = await files.view({"path": "broken.ipynb"}, CTX)

@@ -23,7 +23,7 @@ from jupyter_crush.agent import (
 )
 from jupyter_crush.compaction import ContextUsed
 from jupyter_crush.context_window import ContextWindow, Meter
-from jupyter_crush.delta_view import BATCH_CHARS, DeltaRunView
+from jupyter_crush.delta_view import BATCH_CHARS, MODULE_HASH, DeltaRunView, view_module
 from jupyter_crush.message import (
     FinishReason,
     ImagePart,
@@ -254,7 +254,11 @@ async def test_bundles_carry_a_static_fallback():
     assert "The **answer**." in md
     assert "thinking &lt;hard&gt;" in md  # reasoning is escaped, inside <details>
     assert "tool python · ok" in md and "1+1" in md
-    assert final["text/plain"].startswith("[crush]")
+    # Watched, the page renders the Markdown: the plain text is the status line alone.
+    assert final["text/plain"] == f"[crush] {view.status_text()}"
+    # Headless (nbconvert, papermill), readers of plain text get the whole answer there.
+    view.interactive = False
+    assert view.static_bundle()["text/plain"].endswith("\n\nThe **answer**.")
 
 
 async def test_tool_calls_are_sent_when_they_change():
@@ -522,11 +526,27 @@ async def test_session_title_is_literal_in_the_static_markdown():
     assert view.snapshot()["snapshot"]["status"]["head"].startswith("session <b>x</b>")
 
 
-async def test_close_releases_the_views_comms():
+async def test_close_releases_the_views_comm():
     view, _, _ = make_view()
     view.on_event(Started("u1"))
-    mine = [view.widget, view.widget.layout]
-    assert all(w.comm is not None for w in mine)
+    assert view.widget.layout is None  # one comm per run, no Layout model
     view.close()
-    assert all(w.comm is None for w in mine)  # closed: no comm left behind
+    assert view.widget.comm is None  # closed: no comm left behind
     view.on_event(Finished(FinishReason.END_TURN))  # nothing is sent on a closed comm
+    assert view_module().comm is not None  # the kernel's module stays for the next runs
+
+
+async def test_the_page_module_goes_once_per_kernel_not_with_each_run():
+    first, _, _ = make_view()
+    second, _, _ = make_view()
+    module = view_module()
+    # Each run's model carries the loader and names the one module model.
+    for view in (first, second):
+        state = view.widget.get_state()
+        assert state["module_id"] == module.model_id and state["module_hash"] == MODULE_HASH
+        assert len(state["_esm"]) < 2_000 < len(module.esm)
+    # Closed (Widget.close_all()), the next run opens it again.
+    closed_id = module.model_id
+    module.close()
+    third, _, _ = make_view()
+    assert third.widget.get_state()["module_id"] == view_module().model_id != closed_id

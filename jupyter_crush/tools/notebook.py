@@ -102,7 +102,8 @@ def cells_from_json(cells: Iterable[dict[str, Any]]) -> list[Cell]:
 
 
 def output_text(output: dict[str, Any]) -> str:
-    """One nbformat output as text: streams, plain-text results, errors, image notes."""
+    """One nbformat output as text: streams, Markdown or plain-text results, errors, image
+    notes."""
     kind = output.get("output_type")
     if kind == "stream":
         text = output.get("text", "")
@@ -116,12 +117,11 @@ def output_text(output: dict[str, Any]) -> str:
     for mime, value in data.items():
         if mime.startswith("image/"):
             parts.append(f"[image {mime}, {_image_bytes(value):,} bytes]")
-    text = data.get("text/plain")
+    # Markdown first: where an output has both, its plain text is the lesser copy (a
+    # finished %%crush answer's is only its status line; IPython's Markdown's, its repr).
+    text = data.get("text/markdown", data.get("text/plain"))
     if text is not None:
         parts.append("".join(text) if isinstance(text, list) else str(text))
-    elif "text/markdown" in data:
-        markdown = data["text/markdown"]
-        parts.append("".join(markdown) if isinstance(markdown, list) else str(markdown))
     elif not parts and data:
         parts.append(f"[{', '.join(sorted(data))} output]")
     return "\n".join(parts)

@@ -43,11 +43,13 @@ def _render_output(output: dict[str, Any]) -> list[str]:
         text = f"{output.get('ename', '')}: {output.get('evalue', '')}"
     else:
         data = output.get("data", {}) or {}
-        others = [mime for mime in data if mime != "text/plain"]
+        # Markdown first, as the notebook tool reads outputs (tools/notebook.py).
+        shown = "text/markdown" if "text/markdown" in data else "text/plain"
+        others = [mime for mime in data if mime != shown]
         label = kind or "output"
         if others:
             label += f" ({', '.join(others)} omitted)"
-        text = _joined(data.get("text/plain", ""))
+        text = _joined(data.get(shown, ""))
     lines = text.splitlines()
     if len(lines) > _NOTEBOOK_OUTPUT_LINES:
         cut = len(lines) - _NOTEBOOK_OUTPUT_LINES
