@@ -11,7 +11,13 @@ JupyterLab server and one run:
 2. Stop clicked while an answer streams -> "Stopping…" painted (the click event's time to
    the frame after the button's text changed; goal <= 50 ms).
 3. First token: the kernel received it (the model yielded it; wall clock) -> painted in
-   the page (goal <= 50 ms).
+   the page (goal <= 50 ms), for runs whose model takes 0.5 s to its first token, as a
+   real one does (the view is on the page by then), and for runs whose first token comes
+   at once, racing the view's creation in the page. For the delta view, broken down
+   (medians, wall clock, from the kernel receiving the token): when the run's model (comm
+   open) and its display arrived on the page's websocket and its view was on the page
+   (negative: before the token), the kernel sending the token (the first ``answer+`` op),
+   the op arriving, and painted.
 
 "Painted" is taken as a requestAnimationFrame callback then a task after the change: the
 frame that shows it has been produced. The machine is shared: the numbers are printed,
@@ -44,6 +50,47 @@ PROBES = (
     """
 window.__bench = {
   longtasks: [], paints: [], stops: [], firstCell: null, cleared: false, stopAt: null,
+  runs: [],
+};
+// Each delta run as the page's websocket delivers it: its model's comm open, its display,
+// its first answer op (wall clock, before JupyterLab handles the message), and its view.
+const utf8 = new TextDecoder();
+function jupyterMessage(data) {
+  if (typeof data === 'string') return JSON.parse(data);
+  const view = new DataView(data);
+  const offsets = [];
+  for (let i = 0, n = Number(view.getBigUint64(0, true)); i < n; i++) {
+    offsets.push(Number(view.getBigUint64(8 * (i + 1), true)));
+  }
+  const part = (i) => utf8.decode(data.slice(offsets[i], offsets[i + 1]));
+  const header = JSON.parse(part(1));
+  const wanted = ['comm_open', 'comm_msg', 'display_data'].includes(header.msg_type);
+  return { header, content: wanted ? JSON.parse(part(4)) : {} };
+}
+function onKernelMessage(data) {
+  const at = Date.now();
+  const { header, content } = jupyterMessage(data);
+  const runs = window.__bench.runs;
+  if (header.msg_type === 'comm_open' && (content.data?.state || {}).module_hash) {
+    runs.push({ id: content.comm_id, open: at });
+  }
+  const run = runs.find((r) => r.id === content.comm_id);
+  if (header.msg_type === 'display_data') {
+    const shown = runs.find(
+      (r) => r.id === content.data?.['application/vnd.jupyter.widget-view+json']?.model_id,
+    );
+    if (shown) shown.display = at;
+  } else if (run && run.first === undefined && header.msg_type === 'comm_msg'
+      && (content.data?.content?.ops || []).some((op) => op[0] === 'answer+')) {
+    run.first = at;
+  }
+}
+const NativeWebSocket = window.WebSocket;
+window.WebSocket = class extends NativeWebSocket {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener('message', (event) => onKernelMessage(event.data));
+  }
 };
 new PerformanceObserver((list) => {
   for (const e of list.getEntries()) window.__bench.longtasks.push(e.duration);
@@ -65,6 +112,14 @@ document.addEventListener('click', (event) => {
 }, true);
 new MutationObserver(() => {
   const b = window.__bench;
+  const run = b.runs[b.runs.length - 1];
+  if (run && run.rendered === undefined && document.querySelectorAll('.crush-run').length) {
+    const views = [...document.querySelectorAll('.crush-run')];
+    if (views.some((v) => !v.dataset.benchSeen)) {
+      views.forEach((v) => { v.dataset.benchSeen = '1'; });
+      run.rendered = Date.now();
+    }
+  }
   if (b.stopAt !== null) {
     for (const button of document.querySelectorAll('.jp-OutputArea-output button')) {
       if (button.textContent.trim() === 'Stopping\\u2026') {
@@ -99,15 +154,33 @@ def setup_cell(view: str) -> str:
     return f"""\
 %load_ext jupyter_crush
 %config CrushConfig.run_view = "{view}"
+import asyncio
 import time
 from jupyter_crush.magics import current
 from jupyter_crush.model import TextDelta
 from jupyter_crush.testing import ScriptedModel, tokenize
 crush = current()
 received = []
+sent = []  # the delta view's first answer op of each run, as the kernel sends it
+
+from jupyter_crush import delta_view
+_send_ops = delta_view.DeltaRunView._send_ops
+
+def stamped_send_ops(view, ops):
+    if not getattr(view, "bench_sent", False) and any(op[0] == "answer+" for op in ops):
+        view.bench_sent = True
+        sent.append(time.time() * 1000)
+    _send_ops(view, ops)
+
+delta_view.DeltaRunView._send_ops = stamped_send_ops
 
 class Stamped(ScriptedModel):
+    def __init__(self, *args, to_first_token=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.to_first_token = to_first_token
+
     async def stream(self, *args, **kwargs):
+        await asyncio.sleep(self.to_first_token)
         first = True
         async for event in super().stream(*args, **kwargs):
             if first and isinstance(event, TextDelta):
@@ -127,7 +200,14 @@ def big_cell() -> str:
     )
 
 
-SLOW = "crush.use_model(Stamped([BIG] * 20, tokens_per_second=100))\n%crush cancel --all"
+# A real model's time to first token: the view is on the page before the token comes.
+TO_FIRST_TOKEN = 0.5
+SLOW = (
+    f"crush.use_model(Stamped([BIG] * 20, tokens_per_second=100, "
+    f"to_first_token={TO_FIRST_TOKEN}))\n%crush cancel --all"
+)
+# The first token at once: it races the view's creation in the page.
+QUICK = f"crush.use_model(Stamped([{FIRST_WORD + ' is an island.'!r}] * 20, tokens_per_second=500))"
 
 
 def bench_view(page, server, view: str, stops: int) -> dict:
@@ -139,11 +219,13 @@ def bench_view(page, server, view: str, stops: int) -> dict:
             "gate.release()",
             SLOW,
             "%%crush --new --fresh\nstop me",
-            "import json; print('R', json.dumps(received))",
+            QUICK,
+            "%%crush --new --fresh\nwhere is it?",
+            "import json; print('R', json.dumps([received, sent]))",
         ]
     )
     notebook = Notebook(page)
-    notebook.open(server.lab_url(name), cells=7)
+    notebook.open(server.lab_url(name), cells=9)
     notebook.run(0)
     notebook.wait_output(0, "setup done")
     notebook.run(1)
@@ -165,13 +247,45 @@ def bench_view(page, server, view: str, stops: int) -> dict:
         notebook.output(5).get_by_role("button", name="Stop").click()
         notebook.wait_output(5, r"· canceled")
     notebook.run(6)
-    received = json.loads(notebook.wait_output(6, r"R \[").split("R ", 1)[1].splitlines()[0])
+    for _ in range(stops - 1):
+        painted = page.evaluate(
+            "() => { window.__armFirstToken(7); return window.__bench.paints.length; }"
+        )
+        notebook.run(7)
+        page.wait_for_function(f"() => window.__bench.paints.length > {painted}")
+        notebook.wait_output(7, r"· done")
+    notebook.run(8)
+    stamps = notebook.wait_output(8, r"R \[").split("R ", 1)[1].splitlines()[0]
+    received, sent = json.loads(stamps)
     probes = page.evaluate("() => window.__bench")
-    return {
-        "longtasks": longtasks,
-        "stops": probes["stops"],
-        "first": [p - r for p, r in zip(probes["paints"], received, strict=False)],
-    }
+    # Runs in order: the big one and the quick ones race the view; the stopped ones wait
+    # TO_FIRST_TOKEN first.
+    kinds = ["racing"] + ["ready"] * stops + ["racing"] * (stops - 1)
+    first: dict[str, dict[str, list[float]]] = {"racing": {}, "ready": {}}
+    for i, (kind, token) in enumerate(zip(kinds, received, strict=False)):
+        run = probes["runs"][i] if i < len(probes["runs"]) else {}
+        stamps = {step: at for step, at in run.items() if step != "id"}
+        stamps["painted"] = probes["paints"][i] if i < len(probes["paints"]) else None
+        stamps["sent"] = sent[i] if i < len(sent) else None
+        for step, at in stamps.items():
+            if at is not None:
+                first[kind].setdefault(step, []).append(at - token)
+    return {"longtasks": longtasks, "stops": probes["stops"], "first": first}
+
+
+FIRST_TOKEN_KINDS = [
+    ("ready", f"{TO_FIRST_TOKEN} s after the run started (the view is up)"),
+    ("racing", "at once (racing the view's creation)"),
+]
+#: The first token's way, in the order printed: (step, label).
+STEPS = [
+    ("open", "model opened"),
+    ("display", "displayed"),
+    ("rendered", "view on the page"),
+    ("sent", "op sent"),
+    ("first", "op arrived"),
+    ("painted", "painted"),
+]
 
 
 def ms(values: list[float]) -> str:
@@ -209,7 +323,16 @@ def main() -> None:
             f"{sum(t > 50 for t in tasks)} over 50 ms, longest {max(tasks, default=0):.0f} ms"
         )
         print(f"  2. Stop click -> Stopping… painted: {ms(result['stops'])}")
-        print(f"  3. first token kernel -> painted:   {ms(result['first'])}")
+        for kind, label in FIRST_TOKEN_KINDS:
+            steps = result["first"][kind]
+            print(f"  3. first token kernel -> painted, {label}: {ms(steps.get('painted', []))}")
+            if steps.get("sent"):
+                way = ", ".join(
+                    f"{name} {statistics.median(steps[step]):+.0f}"
+                    for step, name in STEPS
+                    if steps.get(step)
+                )
+                print(f"     from the kernel receiving it (medians, ms): {way}")
 
 
 if __name__ == "__main__":

@@ -192,6 +192,10 @@ export class BlockSplitter {
   }
 }
 
+// A growing code block is held in elements of whole lines, each of about this many
+// characters: appending lays out the last one, not the whole block.
+const CODE_CHUNK = 4096;
+
 // The answer area: finished blocks frozen, the growing one re-rendered or appended to.
 class Answer {
   constructor(el, format) {
@@ -205,8 +209,9 @@ class Answer {
     this.text = "";
     this.splitter = new BlockSplitter();
     this.live = null; // the element of the block being written
-    this.code = null; // its text node, while that block is an open code fence
-    this.codeEnd = 0; // how much of `text` that node holds
+    this.code = null; // its <code>, while that block is an open code fence
+    this.lines = null; // the text node of that <code>'s last chunk of lines
+    this.codeEnd = 0; // how much of `text` the <code> holds
     this.plain = null;
     this.append(text);
   }
@@ -234,7 +239,23 @@ class Answer {
 
   dropLive() {
     this.live?.remove();
-    this.live = this.code = null;
+    this.live = this.code = this.lines = null;
+  }
+
+  appendCode(text) {
+    let rest = text;
+    if (this.lines && this.lines.length >= CODE_CHUNK && !this.lines.data.endsWith("\n")) {
+      const lineEnd = rest.indexOf("\n") + 1; // a chunk ends at the end of a line
+      this.lines.appendData(lineEnd ? rest.slice(0, lineEnd) : rest);
+      rest = lineEnd ? rest.slice(lineEnd) : "";
+    }
+    if (!rest) return;
+    if (!this.lines || this.lines.length >= CODE_CHUNK) {
+      const chunk = this.code.appendChild(document.createElement("span"));
+      chunk.className = "crush-lines";
+      this.lines = chunk.appendChild(document.createTextNode(""));
+    }
+    this.lines.appendData(rest);
   }
 
   drawLive() {
@@ -245,10 +266,10 @@ class Answer {
         this.live = this.el.appendChild(document.createElement("div"));
         this.live.className = "crush-block crush-live";
         const pre = this.live.appendChild(document.createElement("pre"));
-        this.code = pre.appendChild(document.createElement("code")).appendChild(document.createTextNode(""));
+        this.code = pre.appendChild(document.createElement("code"));
         this.codeEnd = this.text.indexOf("\n", start) + 1;
       }
-      this.code.appendData(this.text.slice(this.codeEnd));
+      this.appendCode(this.text.slice(this.codeEnd));
       this.codeEnd = this.text.length;
       return;
     }

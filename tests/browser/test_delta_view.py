@@ -181,6 +181,17 @@ def test_a_page_reloaded_mid_stream_resyncs_the_view(page, lab_server):
     notebook, name = open_notebook(page, lab_server, lab_server.lab_url, cells)
     notebook.run(1)
     page.wait_for_function("() => document.querySelectorAll('.crush-live pre').length === 1")
+    # The growing code block is held in chunks of whole lines (each laid out on its own).
+    page.wait_for_function(
+        f"() => document.querySelector('.crush-live pre').textContent.length > {len(CODE) // 3}"
+    )
+    notebook.page.wait_for_timeout(500)  # the gate: half of it streamed
+    pre, chunks = page.evaluate(
+        """() => [document.querySelector('.crush-live pre').textContent,
+            [...document.querySelectorAll('.crush-live .crush-lines')].map((e) => e.textContent)]"""
+    )
+    assert len(chunks) >= 2 and "".join(chunks) == pre and CODE.startswith(pre)
+    assert all(c.endswith("\n") and len(c) >= 4096 for c in chunks[:-1])
     # The page keeps the live view's output when saved; reloaded, it restores the widget
     # model from the kernel, and the view asks the kernel for everything shown so far.
     save(notebook, lab_server, name, 1)
