@@ -33,8 +33,8 @@ wheel.
 The kernel batches: the first token goes out at once, then at most ``redraw_rate``
 messages a second, and while fewer than :data:`BATCH_CHARS` characters wait, at most one
 every :data:`TRICKLE_INTERVAL` seconds. A message's envelope (header, parent header,
-signature) is ~600 bytes, so at 500 tokens/s (~3,000 characters a second, ~750 a message)
-the envelopes add ~0.8 bytes per answer character to the 1 of the text itself.
+signature) is ~500 bytes, so at 500 tokens/s (~2,700 characters a second, ~700 a message)
+the envelopes add ~0.7 bytes per answer character to the 1 of the text itself.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ MODULE_HASH = hashlib.sha256(f"{_MODULE_ESM}\0{_MODULE_CSS}".encode()).hexdigest
 class ViewModule(widgets.Widget):
     """The delta view's page module and CSS, on one comm per kernel (a model with no view).
 
-    Sent with each run's model, the module (~18 KB) would cost more than a short answer
+    Sent with each run's model, the module (~21 KB) would cost more than a short answer
     itself; every :class:`RunWidget` names this model instead.
     """
 
