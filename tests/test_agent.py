@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import pytest
+from bounded import until, within
 
 from jupyter_crush import (
     AcceptedRun,
@@ -111,8 +112,8 @@ async def test_cancel_on_entry_persists_canceled_turn_without_model_call(store):
     accepted = agent.begin_accepted(session.id)
     agent.cancel(session.id)  # lands in the accepted-but-not-active window
     recorder = Recorder()
-    result = await agent.run(
-        SessionAgentCall(session.id, "hello", accepted=accepted, observer=recorder)
+    result = await within(
+        agent.run(SessionAgentCall(session.id, "hello", accepted=accepted, observer=recorder))
     )
 
     assert result is not None and result.reason is FinishReason.CANCELED
@@ -133,7 +134,7 @@ async def test_cancel_on_entry_from_another_thread(store):
     thread = threading.Thread(target=agent.cancel, args=(session.id,))
     thread.start()
     thread.join()
-    result = await agent.run(SessionAgentCall(session.id, "hi", accepted=accepted))
+    result = await within(agent.run(SessionAgentCall(session.id, "hi", accepted=accepted)))
     assert result.reason is FinishReason.CANCELED
     assert model.requests == []
 
@@ -144,16 +145,16 @@ async def test_busy_session_with_covered_follow_up_takes_cancel_on_entry(store):
     agent, model = make_agent(store, "first answer that is long enough")
     gate = model.gate(step=0, after_tokens=2)
     first = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first")))
-    await gate.reached()
+    await within(gate.reached())
     follow_up = agent.begin_accepted(session.id)
     agent.cancel(session.id)
-    result = await agent.run(SessionAgentCall(session.id, "follow-up", accepted=follow_up))
+    result = await within(agent.run(SessionAgentCall(session.id, "follow-up", accepted=follow_up)))
 
     assert result.reason is FinishReason.CANCELED  # canceled on entry, not queued
     assert agent.queued_prompts(session.id) == 0
     assert open_accepts(agent, session.id) == 0
     gate.release()
-    first_result = await first
+    first_result = await within(first)
     assert first_result.reason is FinishReason.CANCELED
     assert len(model.requests) == 1
     reasons = roles_and_reasons(store, session.id)
@@ -172,9 +173,9 @@ async def test_cancel_while_streaming_keeps_partial_answer(store):
     agent, model = make_agent(store, "one two three four five six")
     gate = model.gate(step=0, after_tokens=3)
     run = asyncio.create_task(agent.run(SessionAgentCall(session.id, "count")))
-    await gate.reached()
+    await within(gate.reached())
     agent.cancel(session.id)
-    result = await run
+    result = await within(run)
     assert result.reason is FinishReason.CANCELED
     assistant = store.list_messages(session.id)[-1]
     assert assistant.text == "one two three"
@@ -187,7 +188,7 @@ async def test_cancel_from_another_thread_reaches_the_loop(store):
     agent, model = make_agent(store, "a b c d e f g h")
     gate = model.gate(step=0, after_tokens=1)
     run = asyncio.create_task(agent.run(SessionAgentCall(session.id, "go")))
-    await gate.reached()
+    await within(gate.reached())
     threading.Thread(target=agent.cancel, args=(session.id,)).start()
     result = await asyncio.wait_for(run, 5)
     assert result.reason is FinishReason.CANCELED
@@ -205,7 +206,7 @@ async def test_cancel_after_activation_before_the_task_starts(store):
             agent.cancel(session.id)
 
     agent.add_status_listener(cancel_on_first_run)
-    result = await agent.run(SessionAgentCall(session.id, "hi"))
+    result = await within(agent.run(SessionAgentCall(session.id, "hi")))
     assert fired
     assert result.reason is FinishReason.CANCELED
     assert model.requests == []
@@ -218,7 +219,7 @@ async def test_caller_torn_down_still_persists_the_canceled_turn(store):
     agent, model = make_agent(store, "slow answer here")
     gate = model.gate(step=0, after_tokens=1)
     caller = asyncio.create_task(agent.run(SessionAgentCall(session.id, "hi")))
-    await gate.reached()
+    await within(gate.reached())
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
@@ -231,14 +232,14 @@ async def test_shutdown_records_active_and_queued_turns(store):
     agent, model = make_agent(store, "first is slow", "second")
     gate = model.gate(step=0, after_tokens=1)
     first = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first")))
-    await gate.reached()
+    await within(gate.reached())
     queued = Recorder()
-    assert await agent.run(SessionAgentCall(session.id, "second", observer=queued)) is None
+    assert await within(agent.run(SessionAgentCall(session.id, "second", observer=queued))) is None
     agent.shutdown()
     assert [(e.reason, e.message) for e in queued.finished] == [
         (FinishReason.CANCELED, "Kernel shut down")
     ]
-    await first
+    await within(first)
     reopened = TranscriptStore(store.path)
     assert reopened.list_messages(session.id)[1].finish.message == "Kernel shut down"
     assert roles_and_reasons(reopened, session.id) == [
@@ -258,15 +259,14 @@ async def test_queued_prompt_runs_after_the_active_one(store):
     agent, model = make_agent(store, "first answer", "second answer")
     gate = model.gate(step=0, after_tokens=1)
     first = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first")))
-    await gate.reached()
+    await within(gate.reached())
     second = Recorder()
-    assert await agent.run(SessionAgentCall(session.id, "second", observer=second)) is None
+    assert await within(agent.run(SessionAgentCall(session.id, "second", observer=second))) is None
     assert second.events == [Queued(1)]
     assert agent.queued_prompts(session.id) == 1
     gate.release()
-    assert (await first).reason is FinishReason.END_TURN
-    while not second.finished:
-        await asyncio.sleep(0.01)
+    assert (await within(first)).reason is FinishReason.END_TURN
+    await until(lambda: second.finished)
     assert isinstance(second.events[1], Started)
     assert second.finished[0].reason is FinishReason.END_TURN
     texts = [m.text for m in store.list_messages(session.id)]
@@ -280,11 +280,11 @@ async def test_cancel_while_queued_records_the_dropped_prompt(store):
     agent, model = make_agent(store, "first answer", "never")
     gate = model.gate(step=0, after_tokens=1)
     first = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first")))
-    await gate.reached()
+    await within(gate.reached())
     second = Recorder()
-    await agent.run(SessionAgentCall(session.id, "second", observer=second))
+    await within(agent.run(SessionAgentCall(session.id, "second", observer=second)))
     agent.cancel(session.id)
-    await first
+    await within(first)
     assert [e.reason for e in second.finished] == [FinishReason.CANCELED]
     assert len(model.requests) == 1
     assert roles_and_reasons(store, session.id) == [
@@ -312,12 +312,12 @@ async def test_cancel_during_handoff_drops_the_queued_prompt(store):
     first = asyncio.create_task(
         agent.run(SessionAgentCall(session.id, "first", observer=CancelOnFinish()))
     )
-    await gate.reached()
+    await within(gate.reached())
     second = Recorder()
-    await agent.run(SessionAgentCall(session.id, "second", observer=second))
+    await within(agent.run(SessionAgentCall(session.id, "second", observer=second)))
     gate.release()
-    assert (await first).reason is FinishReason.END_TURN  # it had already ended
-    await asyncio.sleep(0.05)
+    assert (await within(first)).reason is FinishReason.END_TURN  # it had already ended
+    await until(lambda: second.finished)
     assert [e.reason for e in second.finished] == [FinishReason.CANCELED]
     assert len(model.requests) == 1
 
@@ -330,9 +330,9 @@ async def test_cancel_right_after_handoff_stops_the_next_prompt(store):
     first = asyncio.create_task(
         agent.run(SessionAgentCall(session.id, "first", observer=first_events))
     )
-    await gate.reached()
+    await within(gate.reached())
     second = Recorder()
-    await agent.run(SessionAgentCall(session.id, "second", observer=second))
+    await within(agent.run(SessionAgentCall(session.id, "second", observer=second)))
     fired = []
 
     def cancel_when_second_runs(status):
@@ -343,9 +343,8 @@ async def test_cancel_right_after_handoff_stops_the_next_prompt(store):
 
     agent.add_status_listener(cancel_when_second_runs)
     gate.release()
-    await first
-    while not second.finished:
-        await asyncio.sleep(0.01)
+    await within(first)
+    await until(lambda: second.finished)
     assert fired
     assert second.finished[0].reason is FinishReason.CANCELED
     assert len(model.requests) == 1
@@ -368,12 +367,12 @@ async def test_cancel_while_the_canceled_turn_is_being_recorded(store):
 
     recorder = CancelAgainWhileRecording()
     run = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first", observer=recorder)))
-    await gate.reached()
+    await within(gate.reached())
     agent.cancel(session.id)
-    assert (await run).reason is FinishReason.CANCELED
+    assert (await within(run)).reason is FinishReason.CANCELED
     assert [e.reason for e in recorder.finished] == [FinishReason.CANCELED]
     assert roles_and_reasons(store, session.id) == [("user", None), ("assistant", "canceled")]
-    result = await agent.run(SessionAgentCall(session.id, "second"))  # nothing lingers
+    result = await within(agent.run(SessionAgentCall(session.id, "second")))  # nothing lingers
     assert result.reason is FinishReason.END_TURN and result.text == "next answer"
 
 
@@ -382,14 +381,13 @@ async def test_prompt_accepted_after_a_cancel_is_not_covered(store):
     agent, model = make_agent(store, "first answer", "second answer")
     gate = model.gate(step=0, after_tokens=1)
     first = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first")))
-    await gate.reached()
+    await within(gate.reached())
     agent.cancel(session.id)
     later = agent.begin_accepted(session.id)  # accepted after the cancel
     second = Recorder()
-    await agent.run(SessionAgentCall(session.id, "second", accepted=later, observer=second))
-    assert (await first).reason is FinishReason.CANCELED
-    while not second.finished:
-        await asyncio.sleep(0.01)
+    await within(agent.run(SessionAgentCall(session.id, "second", accepted=later, observer=second)))
+    assert (await within(first)).reason is FinishReason.CANCELED
+    await until(lambda: second.finished)
     assert second.finished[0].reason is FinishReason.END_TURN
 
 
@@ -397,7 +395,7 @@ async def test_idle_cancel_then_normal_prompt(store):
     session = store.create_session()
     agent, _ = make_agent(store, "fine")
     agent.cancel(session.id)
-    result = await agent.run(SessionAgentCall(session.id, "hi"))
+    result = await within(agent.run(SessionAgentCall(session.id, "hi")))
     assert result.reason is FinishReason.END_TURN and result.text == "fine"
 
 
@@ -406,10 +404,9 @@ async def test_cancel_then_new_prompt_runs_normally(store):
     agent, _ = make_agent(store, "fine")
     covered = agent.begin_accepted(session.id)
     agent.cancel(session.id)
-    assert (await agent.run(SessionAgentCall(session.id, "a", accepted=covered))).reason is (
-        FinishReason.CANCELED
-    )
-    result = await agent.run(SessionAgentCall(session.id, "b"))
+    result = await within(agent.run(SessionAgentCall(session.id, "a", accepted=covered)))
+    assert result.reason is FinishReason.CANCELED
+    result = await within(agent.run(SessionAgentCall(session.id, "b")))
     assert result.reason is FinishReason.END_TURN
     assert agent._dispatch.state(session.id).open_accepts == 0
 
@@ -438,7 +435,7 @@ async def test_tool_step_then_answer(store):
         "It said ping.",
         tools=[echo_tool(calls)],
     )
-    result = await agent.run(SessionAgentCall(session.id, "echo ping"))
+    result = await within(agent.run(SessionAgentCall(session.id, "echo ping")))
     assert result.reason is FinishReason.END_TURN
     assert calls == [({"text": "ping"}, "call_0_0")]
     messages = store.list_messages(session.id)
@@ -468,9 +465,9 @@ async def test_cancel_during_tool_call_settles_the_call(store):
         tools=[tool],
     )
     run = asyncio.create_task(agent.run(SessionAgentCall(session.id, "go")))
-    await started.wait()
+    await within(started.wait())
     agent.cancel(session.id)
-    result = await run
+    result = await within(run)
     assert result.reason is FinishReason.CANCELED
     messages = store.list_messages(session.id)
     assert [m.role for m in messages] == [Role.USER, Role.ASSISTANT, Role.TOOL, Role.ASSISTANT]
@@ -489,9 +486,9 @@ async def test_cancel_mid_tool_call_stream_gives_the_call_a_result(store):
     )
     gate = model.gate(step=0, after_tokens=2)  # after "calling" and the tool-call start
     run = asyncio.create_task(agent.run(SessionAgentCall(session.id, "go")))
-    await gate.reached()
+    await within(gate.reached())
     agent.cancel(session.id)
-    assert (await run).reason is FinishReason.CANCELED
+    assert (await within(run)).reason is FinishReason.CANCELED
     messages = store.list_messages(session.id)
     assert messages[1].finish_reason is FinishReason.CANCELED
     assert [c.id for c in messages[1].tool_calls] == [
@@ -512,7 +509,7 @@ async def test_tool_errors_become_error_results(store):
         "Sorry.",
         tools=[tool],
     )
-    result = await agent.run(SessionAgentCall(session.id, "go"))
+    result = await within(agent.run(SessionAgentCall(session.id, "go")))
     assert result.reason is FinishReason.END_TURN
     results = store.list_messages(session.id)[2].tool_results
     assert results[0].is_error and "disk on fire" in results[0].content
@@ -523,7 +520,7 @@ async def test_repeated_tool_call_loop_is_stopped(store):
     session = store.create_session()
     same = Reply(tool_calls=[ToolCall("echo", {"text": "again"})])
     agent, model = make_agent(store, *[same] * 6, tools=[echo_tool()])
-    result = await agent.run(SessionAgentCall(session.id, "loop"))
+    result = await within(agent.run(SessionAgentCall(session.id, "loop")))
     assert result.reason is FinishReason.ERROR
     assert "repeated the same echo call" in result.message
     assert len(model.requests) == 4
@@ -536,7 +533,7 @@ async def test_step_limit_ends_the_turn(store):
     session = store.create_session()
     replies = [Reply(tool_calls=[ToolCall("echo", {"text": str(i)})]) for i in range(5)]
     agent, model = make_agent(store, *replies, tools=[echo_tool()], max_steps=3)
-    result = await agent.run(SessionAgentCall(session.id, "go"))
+    result = await within(agent.run(SessionAgentCall(session.id, "go")))
     assert result.reason is FinishReason.ERROR and "3 steps" in result.message
     assert len(model.requests) == 3
     assert store.list_messages(session.id)[-1].finish_reason is FinishReason.ERROR
@@ -564,7 +561,7 @@ async def test_permission_denied_ends_the_turn_canceled(store):
         permissions=Deny(),
     )
     recorder = Recorder()
-    result = await agent.run(SessionAgentCall(session.id, "write x", observer=recorder))
+    result = await within(agent.run(SessionAgentCall(session.id, "write x", observer=recorder)))
     assert result.reason is FinishReason.CANCELED
     assert result.message == "Permission denied for write"
     assert ran == []
@@ -587,7 +584,7 @@ async def test_long_sessions_send_only_the_newest_turns_that_fit(store):
         history_chars=1400,  # turn 2 (~1,240 characters) and 3 fit; turn 1 (~305) does not
     )
     for prompt in ("first", "second", "third"):
-        await agent.run(SessionAgentCall(session.id, prompt))
+        await within(agent.run(SessionAgentCall(session.id, prompt)))
     sent = model.requests[-1].messages
     # The first instruction stays; the answer to it is left out, with a note.
     assert sent[0].text == "first"
@@ -602,8 +599,8 @@ async def test_long_sessions_send_only_the_newest_turns_that_fit(store):
 async def test_an_oversized_prompt_is_still_sent(store):
     session = store.create_session()
     agent, model = make_agent(store, "ok", "ok", history_chars=10)
-    await agent.run(SessionAgentCall(session.id, "earlier"))
-    await agent.run(SessionAgentCall(session.id, "x" * 100))
+    await within(agent.run(SessionAgentCall(session.id, "earlier")))
+    await within(agent.run(SessionAgentCall(session.id, "x" * 100)))
     assert [m.text for m in model.requests[-1].messages][-1] == "x" * 100
 
 
@@ -617,11 +614,11 @@ async def test_queued_prompt_is_folded_between_steps(store):
     )
     gate = model.gate(step=0, after_tokens=0)
     first = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first")))
-    await gate.reached()
+    await within(gate.reached())
     second = Recorder()
-    await agent.run(SessionAgentCall(session.id, "second", observer=second))
+    await within(agent.run(SessionAgentCall(session.id, "second", observer=second)))
     gate.release()
-    result = await first
+    result = await within(first)
     assert result.reason is FinishReason.END_TURN
     assert isinstance(second.events[1], Folded)
     assert second.finished[0].reason is FinishReason.END_TURN
@@ -650,11 +647,11 @@ async def test_fold_skips_queued_prompts_a_cancel_covers(store):
     agent, model = make_agent(store, Reply(tool_calls=[ToolCall("mark")]), "done", tools=[tool])
     gate = model.gate(step=0, after_tokens=0)
     first = asyncio.create_task(agent.run(SessionAgentCall(session.id, "main")))
-    await gate.reached()
+    await within(gate.reached())
     second = Recorder()
-    await agent.run(SessionAgentCall(session.id, "queued-followup", observer=second))
+    await within(agent.run(SessionAgentCall(session.id, "queued-followup", observer=second)))
     gate.release()
-    assert (await first).reason is FinishReason.CANCELED
+    assert (await within(first)).reason is FinishReason.CANCELED
     assert len(model.requests) == 1  # a covered turn asks for no further step
     assert second.finished[0].reason is FinishReason.CANCELED
     assert not [e for e in second.events if isinstance(e, Folded)]
@@ -670,7 +667,7 @@ async def test_model_error_ends_turn_with_readable_error(store):
     session = store.create_session()
     error = ModelError("Rate limit reached", status_code=429, retry_after=2, provider="openai")
     agent, _ = make_agent(store, Reply(text="partial", error=error))
-    result = await agent.run(SessionAgentCall(session.id, "hi"))
+    result = await within(agent.run(SessionAgentCall(session.id, "hi")))
     assert result.reason is FinishReason.ERROR
     assert result.message == "openai HTTP 429: Rate limit reached"
     messages = store.list_messages(session.id)
@@ -682,7 +679,7 @@ async def test_unknown_session_is_a_clear_error_and_releases_the_accept(store):
     agent, _ = make_agent(store, "x")
     accepted = agent.begin_accepted("nope")
     with pytest.raises(UnknownSessionError, match="nope"):
-        await agent.run(SessionAgentCall("nope", "hi", accepted=accepted))
+        await within(agent.run(SessionAgentCall("nope", "hi", accepted=accepted)))
     assert open_accepts(agent, "nope") == 0
 
 
@@ -690,7 +687,7 @@ async def test_empty_prompt_is_a_clear_error(store):
     session = store.create_session()
     agent, _model = make_agent(store, "x")
     with pytest.raises(ValueError, match="prompt is empty"):
-        await agent.run(SessionAgentCall(session.id, "  \n"))
+        await within(agent.run(SessionAgentCall(session.id, "  \n")))
     assert open_accepts(agent, session.id) == 0
     assert store.list_messages(session.id) == []
 
@@ -703,7 +700,7 @@ async def test_a_broken_observer_does_not_break_the_run(store):
         def on_event(self, event):
             raise RuntimeError("widget exploded")
 
-    result = await agent.run(SessionAgentCall(session.id, "hi", observer=Broken()))
+    result = await within(agent.run(SessionAgentCall(session.id, "hi", observer=Broken())))
     assert result.reason is FinishReason.END_TURN
 
 

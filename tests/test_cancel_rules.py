@@ -16,6 +16,7 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
+from bounded import within
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall, Usage
 from jupyter_crush.agent import AgentStatus, Delta, Finished
@@ -34,11 +35,6 @@ def observer(on_event) -> SimpleNamespace:
 
 def tool(name: str, run) -> Tool:
     return Tool(ToolSpec(name, f"{name}.", {"type": "object"}), run)
-
-
-async def within(awaitable, seconds: float = 10):
-    """Await ``awaitable``, failing (instead of hanging) when a broken rule keeps it waiting."""
-    return await asyncio.wait_for(awaitable, seconds)
 
 
 # -- rule 1: a turn a cancel covers is recorded canceled, however it ended since -------------
@@ -229,7 +225,7 @@ async def test_status_is_announced_on_activate_queue_fold_and_end(store):
     agent.add_status_listener(heard.append)
 
     first = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first")))
-    await gate.reached()
+    await within(gate.reached())
     assert heard == [AgentStatus([session.id], {})]  # activated
     assert await within(agent.run(SessionAgentCall(session.id, "second"))) is None
     assert heard[1:] == [AgentStatus([session.id], {session.id: 1})]  # queued

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+from bounded import until, within
 from test_agent import Recorder, echo_tool
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall
@@ -43,7 +44,8 @@ def is_summary_request(request) -> bool:
 async def run_prompts(agent, session_id, prompts, observer=None):
     results = []
     for prompt in prompts:
-        results.append(await agent.run(SessionAgentCall(session_id, prompt, observer=observer)))
+        call = SessionAgentCall(session_id, prompt, observer=observer)
+        results.append(await within(agent.run(call)))
     return results
 
 
@@ -146,7 +148,7 @@ async def test_a_summary_never_separates_a_tool_call_from_its_result(store):
     calls = [Reply(text=ANSWER, tool_calls=[ToolCall("echo", {"text": str(n)})]) for n in range(4)]
     agent, model = agent_for(store, [*calls, SUMMARY, "done"])
     agent.tools["echo"] = echo_tool()
-    result = await agent.run(SessionAgentCall(session.id, FIRST))
+    result = await within(agent.run(SessionAgentCall(session.id, FIRST)))
     assert result.reason is FinishReason.END_TURN
     assert sum(is_summary_request(r) for r in model.requests) == 1
     sent = model.requests[-1].messages
@@ -163,10 +165,10 @@ async def test_stop_during_the_summary_cancels_the_turn_and_changes_nothing(stor
     before = store.list_messages(session.id)
     gate = model.gate(step=4, after_tokens=2)
     run = asyncio.create_task(agent.run(SessionAgentCall(session.id, "fifth")))
-    await gate.reached()
+    await within(gate.reached())
     agent.cancel(session.id)
     gate.release()
-    result = await run
+    result = await within(run)
     assert result.reason is FinishReason.CANCELED
     after = store.list_messages(session.id)
     assert not [m for m in after if m.role is Role.SUMMARY]
@@ -177,7 +179,8 @@ async def test_stop_during_the_summary_cancels_the_turn_and_changes_nothing(stor
     ]
     assert after[-1].finish_reason is FinishReason.CANCELED
     # Still usable: the next prompt summarizes and answers.
-    assert (await agent.run(SessionAgentCall(session.id, "again"))).reason is FinishReason.END_TURN
+    again = await within(agent.run(SessionAgentCall(session.id, "again")))
+    assert again.reason is FinishReason.END_TURN
     assert model.requests[-1].messages[-1].text == "again"
 
 
@@ -222,7 +225,7 @@ async def test_compact_on_an_idle_session_summarizes_it_now(store):
     agent, model = agent_for(store, ["short answer", "another", SUMMARY])
     await run_prompts(agent, session.id, [FIRST, "second"])
     compact = SessionAgentCall(session.id, "(compact)", compact=True)
-    assert (await agent.run(compact)).reason is FinishReason.END_TURN
+    assert (await within(agent.run(compact))).reason is FinishReason.END_TURN
     assert is_summary_request(model.requests[2])
     stored = store.list_messages(session.id)
     assert [m.text for m in stored if m.role is Role.USER] == [FIRST, "second"]
@@ -236,23 +239,18 @@ async def test_compact_on_a_busy_session_waits_like_a_prompt(store):
     await run_prompts(agent, session.id, [FIRST])
     gate = model.gate(step=1, after_tokens=1)
     running = asyncio.create_task(agent.run(SessionAgentCall(session.id, "second")))
-    await gate.reached()
+    await within(gate.reached())
     recorder = Recorder()
-    queued = await agent.run(
-        SessionAgentCall(session.id, "(compact)", compact=True, observer=recorder)
+    queued = await within(
+        agent.run(SessionAgentCall(session.id, "(compact)", compact=True, observer=recorder))
     )
     assert queued is None  # queued behind the running prompt
     gate.release()
-    await running
-    await asyncio.wait_for(_finished(recorder), 10)
+    await within(running)
+    await until(lambda: recorder.finished)
     assert recorder.finished[0].reason is FinishReason.END_TURN
     assert is_summary_request(model.requests[2])
     assert [m.role for m in store.list_messages(session.id)][-1] is not Role.USER
-
-
-async def _finished(recorder: Recorder) -> None:
-    while not recorder.finished:
-        await asyncio.sleep(0.01)
 
 
 def test_windows_come_from_the_override_the_price_table_or_nowhere():
@@ -344,7 +342,7 @@ async def test_real_sdks_summarize_a_session_past_a_small_window(store, protocol
         agent = SessionAgent(model, store, context=policy)
         session = store.create_session()
         for prompt in (first, second):
-            result = await agent.run(SessionAgentCall(session.id, prompt))
+            result = await within(agent.run(SessionAgentCall(session.id, prompt)))
             assert result.reason is FinishReason.END_TURN
         bodies = [json.dumps(seen.json(), ensure_ascii=False) for seen in server.requests]
     assert len(bodies) == 3

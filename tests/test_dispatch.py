@@ -14,6 +14,7 @@ import threading
 import types
 
 import pytest
+from bounded import until, within
 from interleavings import abandon_tasks
 from test_agent import Recorder, make_agent
 
@@ -28,12 +29,8 @@ def tool(name: str, run) -> Tool:
     return Tool(ToolSpec(name, name, {"type": "object"}), run)
 
 
-async def settle(*recorders: Recorder, timeout: float = 5.0) -> None:
-    async def finished() -> None:
-        while not all(r.finished for r in recorders):
-            await asyncio.sleep(0.001)
-
-    await asyncio.wait_for(finished(), timeout)
+async def settle(*recorders: Recorder) -> None:
+    await until(lambda: all(r.finished for r in recorders))
 
 
 def assert_idle(agent: SessionAgent, session_id: str) -> None:
@@ -63,14 +60,14 @@ async def test_prompt_accepted_after_a_cross_thread_cancel_is_not_folded_into_th
         store, Reply(tool_calls=[ToolCall("wait")]), "the next answer", tools=[tool("wait", wait)]
     )
     first = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first")))
-    await started.wait()
+    await within(started.wait())
     release.set()  # the turn's wake-up is now on the loop's queue
     stop = threading.Thread(target=agent.cancel, args=(session.id,))
     stop.start()
     stop.join()  # the mark is raised; its task.cancel() waits behind the wake-up
     later = Recorder()
-    assert await agent.run(SessionAgentCall(session.id, "later", observer=later)) is None
-    assert (await first).reason is FinishReason.CANCELED
+    assert await within(agent.run(SessionAgentCall(session.id, "later", observer=later))) is None
+    assert (await within(first)).reason is FinishReason.CANCELED
     await settle(later)
     assert not [e for e in later.events if isinstance(e, Folded)]
     assert [e.reason for e in later.finished] == [FinishReason.END_TURN]
@@ -103,11 +100,11 @@ async def test_prompt_accepted_after_a_cancel_a_tool_absorbed_is_not_folded(stor
         tools=[tool("absorb", absorbing)],
     )
     first = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first")))
-    await started.wait()
+    await within(started.wait())
     agent.cancel(session.id)  # on the loop's thread: task.cancel() lands in the tool
     later = Recorder()
-    assert await agent.run(SessionAgentCall(session.id, "later", observer=later)) is None
-    assert (await first).reason is FinishReason.CANCELED
+    assert await within(agent.run(SessionAgentCall(session.id, "later", observer=later))) is None
+    assert (await within(first)).reason is FinishReason.CANCELED
     await settle(later)
     assert [e.reason for e in later.finished] == [FinishReason.END_TURN]
     assert len(model.requests) == 2  # the covered turn asked for no further step
@@ -182,9 +179,10 @@ async def test_a_failing_store_hands_the_session_to_the_queued_prompt(
         task = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first", observer=first)))
         await asyncio.sleep(0)  # the first prompt is the active one
         if method != "list_messages":
-            await gate.reached()
+            await within(gate.reached())
         second = Recorder()
-        assert await agent.run(SessionAgentCall(session.id, "second", observer=second)) is None
+        call = SessionAgentCall(session.id, "second", observer=second)
+        assert await within(agent.run(call)) is None
         fault.armed = True
         gate.release()
         with caplog.at_level(logging.ERROR, logger="jupyter_crush"):
@@ -208,11 +206,11 @@ async def test_a_failed_terminal_record_says_what_was_and_was_not_written(store,
     gate = model.gate(step=0, after_tokens=1)
     fault = StoreFault(monkeypatch, store, "update_message")
     task = asyncio.create_task(agent.run(SessionAgentCall(session.id, "hi")))
-    await gate.reached()
+    await within(gate.reached())
     fault.armed = True  # the prompt is written; the answer's canceled finish is not
     agent.cancel(session.id)
     gate.release()
-    result = await task
+    result = await within(task)
     assert result.reason is FinishReason.ERROR
     assert result.message == (
         "Canceled (User canceled request); the transcript store failed "
@@ -227,8 +225,8 @@ async def test_a_store_failure_on_cancel_on_entry_is_reported_not_raised(store, 
     agent.cancel(session.id)
     StoreFault(monkeypatch, store, "add_message").armed = True
     observer = Recorder()
-    result = await agent.run(
-        SessionAgentCall(session.id, "hi", accepted=accepted, observer=observer)
+    result = await within(
+        agent.run(SessionAgentCall(session.id, "hi", accepted=accepted, observer=observer))
     )
     assert result.reason is FinishReason.ERROR
     assert "not saved: the prompt, the finish record" in result.message
@@ -250,12 +248,12 @@ async def test_a_store_failure_while_folding_reaches_every_folded_prompt(store, 
     )
     gate = model.gate(step=0, after_tokens=0)
     first = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first")))
-    await gate.reached()
+    await within(gate.reached())
     folded = [Recorder(), Recorder()]
     for text, recorder in zip(["b", "c"], folded, strict=True):
-        await agent.run(SessionAgentCall(session.id, text, observer=recorder))
+        await within(agent.run(SessionAgentCall(session.id, text, observer=recorder)))
     gate.release()
-    assert (await first).reason is FinishReason.ERROR
+    assert (await within(first)).reason is FinishReason.ERROR
     assert [[e.reason for e in r.finished] for r in folded] == [[FinishReason.ERROR]] * 2
     assert_idle(agent, session.id)
 
@@ -268,7 +266,7 @@ async def test_shutdown_with_a_failing_store_records_what_it_can_and_stops_every
     gates = [model.gate(step=0, after_tokens=1), model.gate(step=1, after_tokens=1)]
     tasks = [asyncio.create_task(agent.run(SessionAgentCall(s.id, "go"))) for s in (a, b)]
     for gate in gates:
-        await gate.reached()
+        await within(gate.reached())
     StoreFault(monkeypatch, store, "add_message").armed = True
     StoreFault(monkeypatch, store, "flush").armed = True
     agent.shutdown()
@@ -293,12 +291,12 @@ async def test_an_observer_raising_cancelled_error_does_not_abort_the_handoff(st
             raise asyncio.CancelledError  # e.g. a widget's future was cancelled
 
     first = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first")))
-    await gate.reached()
+    await within(gate.reached())
     queued = [CancelledWidget(), Recorder()]
     for text, recorder in zip(["b", "c"], queued, strict=True):
-        await agent.run(SessionAgentCall(session.id, text, observer=recorder))
+        await within(agent.run(SessionAgentCall(session.id, text, observer=recorder)))
     agent.cancel(session.id)
-    await first
+    await within(first)
     await settle(*queued)
     assert [[e.reason for e in r.finished] for r in queued] == [[FinishReason.CANCELED]] * 2
     users = [m.text for m in store.list_messages(session.id) if m.role is Role.USER]
@@ -314,7 +312,7 @@ async def test_a_status_listener_raising_cancelled_error_does_not_break_the_run(
         raise asyncio.CancelledError
 
     agent.add_status_listener(listener)
-    result = await agent.run(SessionAgentCall(session.id, "hi"))
+    result = await within(agent.run(SessionAgentCall(session.id, "hi")))
     assert result.reason is FinishReason.END_TURN
     assert_idle(agent, session.id)
 
@@ -336,7 +334,7 @@ async def test_a_tool_raising_cancelled_error_on_its_own_is_a_tool_error(store):
         "answered anyway",
         tools=[tool("fetch", inner_future_cancelled)],
     )
-    result = await agent.run(SessionAgentCall(session.id, "hi"))
+    result = await within(agent.run(SessionAgentCall(session.id, "hi")))
     assert result.reason is FinishReason.END_TURN
     assert result.message != "User canceled request"
     [tool_result] = [r for m in store.list_messages(session.id) for r in m.tool_results]
@@ -351,7 +349,7 @@ async def test_an_accept_of_another_session_is_refused_and_counts_stay_right(sto
     agent, _ = make_agent(store, "x")
     accepted = agent.begin_accepted(a.id)
     with pytest.raises(ValueError, match="another session"):
-        await agent.run(SessionAgentCall(b.id, "hi", accepted=accepted))
+        await within(agent.run(SessionAgentCall(b.id, "hi", accepted=accepted)))
     assert agent._dispatch.state(a.id).open_accepts == 0
     assert agent._dispatch.state(b.id).open_accepts == 0
 
@@ -360,10 +358,10 @@ async def test_an_accept_used_twice_is_refused(store):
     session = store.create_session()
     agent, _ = make_agent(store, "x", "y")
     accepted = agent.begin_accepted(session.id)
-    await agent.run(SessionAgentCall(session.id, "hi", accepted=accepted))
+    await within(agent.run(SessionAgentCall(session.id, "hi", accepted=accepted)))
     agent.begin_accepted(session.id).close()
     with pytest.raises(ValueError, match="already"):
-        await agent.run(SessionAgentCall(session.id, "again", accepted=accepted))
+        await within(agent.run(SessionAgentCall(session.id, "again", accepted=accepted)))
     assert agent._dispatch.state(session.id).open_accepts == 0
 
 
@@ -373,7 +371,7 @@ async def test_an_accept_of_another_agent_is_refused(store):
     other, _ = make_agent(store, "y")
     accepted = other.begin_accepted(session.id)
     with pytest.raises(ValueError, match="another agent"):
-        await agent.run(SessionAgentCall(session.id, "hi", accepted=accepted))
+        await within(agent.run(SessionAgentCall(session.id, "hi", accepted=accepted)))
     assert other._dispatch.state(session.id).open_accepts == 0
 
 
@@ -400,8 +398,8 @@ def test_a_loop_closing_with_a_prompt_queued_leaves_the_session_usable(store):
 
     async def leave_with_a_prompt_queued():
         first = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first")))
-        await gate.reached()
-        await agent.run(SessionAgentCall(session.id, "second", observer=queued))
+        await within(gate.reached())
+        await within(agent.run(SessionAgentCall(session.id, "second", observer=queued)))
         # returning tears the loop down: the running turn is canceled, the queue handed off
         return first, asyncio.get_running_loop()
 
@@ -519,9 +517,9 @@ def test_an_eager_task_factory_does_not_deadlock(store, trigger):
     async def main():
         asyncio.get_running_loop().set_task_factory(eager_task_factory)
         observer = CancelOnStarted()
-        result = await agent.run(SessionAgentCall(session.id, "hi", observer=observer))
+        result = await within(agent.run(SessionAgentCall(session.id, "hi", observer=observer)))
         queued = Recorder()
-        second = await agent.run(SessionAgentCall(session.id, "again", observer=queued))
+        second = await within(agent.run(SessionAgentCall(session.id, "again", observer=queued)))
         return result, second, observer
 
     result, second, observer = run_on_a_thread(main)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cancel_rules import within
+from bounded import within
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall, TranscriptStore
 from jupyter_crush.message import CANCELED_MESSAGE
@@ -49,7 +49,7 @@ async def test_a_canceled_turn_is_on_disk_when_run_returns(writer, after_tokens,
     gate = model.gate(step=0, after_tokens=after_tokens)
     agent = SessionAgent(model, writer)
     run = asyncio.create_task(agent.run(SessionAgentCall(session.id, "count")))
-    await gate.reached()
+    await within(gate.reached())
     agent.cancel(session.id)
     assert (await within(run)).reason is FinishReason.CANCELED
     assert on_disk(writer, session.id) == [
@@ -78,7 +78,7 @@ async def test_a_canceled_tool_step_is_on_disk_when_run_returns(writer):
     gate = model.gate(step=0, after_tokens=2)  # the call has started, not ended
     agent = SessionAgent(model, writer)
     run = asyncio.create_task(agent.run(SessionAgentCall(session.id, "go")))
-    await gate.reached()
+    await within(gate.reached())
     agent.cancel(session.id)
     await within(run)
     with TranscriptStore(writer.path) as reader:
@@ -94,7 +94,7 @@ async def test_shutdown_leaves_every_turn_it_records_on_disk(writer):
     gate = model.gate(step=0, after_tokens=3)
     agent = SessionAgent(model, writer)
     first = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first")))
-    await gate.reached()
+    await within(gate.reached())
     await within(agent.run(SessionAgentCall(session.id, "queued")))
     agent.shutdown()
     assert on_disk(writer, session.id) == [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from bounded import within
 from IPython.core.error import UsageError
 
 from jupyter_crush.config import (
@@ -396,8 +397,8 @@ async def test_a_prompt_folded_into_a_replayed_turn_names_the_recording_that_ans
     )
     # Queued behind a turn that calls tools: it joins that turn after the tool results.
     second = crush.submit("Say hi in Portuguese", session_ref="fold", wait=False)
-    await first.wait()
-    await second.wait()
+    await within(first.wait())
+    await within(second.wait())
     assert second.phase == "done"
     # Its answer is the running recording's, and its status line says so.
     assert (

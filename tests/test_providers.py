@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bounded import until
 from replay_server import ReplayServer, Step, error_step, recording_steps
 
 from jupyter_crush.message import (
@@ -512,8 +513,7 @@ async def test_cancel_during_retry_backoff_sends_no_retry():
     async with ReplayServer(steps) as server:
         model = protocol_model("openai", server.url, max_retries=3)
         task = asyncio.create_task(run_step(model, [user("hi")]))
-        while not server.requests:
-            await asyncio.sleep(0.01)
+        await until(lambda: server.requests)
         await asyncio.sleep(0.1)  # the SDK is now sleeping out the retry-after
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

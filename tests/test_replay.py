@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from bounded import within
 
 from jupyter_crush import SessionAgent, SessionAgentCall
 from jupyter_crush.message import FinishReason, Role
@@ -49,7 +50,7 @@ def replay(name: str) -> Any:
 async def ask(model: Any, store, prompt: str, tools: list[Tool] = ()) -> list[Any]:
     agent = SessionAgent(model, store, tools=tools)
     session = store.create_session(title="t")
-    await agent.run(SessionAgentCall(session.id, prompt))
+    await within(agent.run(SessionAgentCall(session.id, prompt)))
     return store.list_messages(session.id)
 
 

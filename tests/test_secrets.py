@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from bounded import within
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
@@ -95,7 +96,7 @@ async def test_no_secret_reaches_the_store_the_requests_or_the_cell(
     )
     view = RunView(RunLabels("s", "scripted"), on_stop=lambda: None)
     session = store.create_session()
-    result = await agent.run(SessionAgentCall(session.id, "show me", observer=view))
+    result = await within(agent.run(SessionAgentCall(session.id, "show me", observer=view)))
     assert result.reason is FinishReason.END_TURN
     results = [r.content for m in store.list_messages(session.id) for r in m.tool_results]
     assert len(results) == 4 and all(REDACTED in r for r in results), results

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from bounded import within
+
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
 from jupyter_crush.agent import Delta
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
@@ -22,7 +24,7 @@ async def test_a_failed_flush_after_an_answer_names_the_streamed_updates(store, 
     session = store.create_session()
     fail(monkeypatch, store, "flush")
     agent = SessionAgent(ScriptedModel(["the answer"]), store)
-    result = await agent.run(SessionAgentCall(session.id, "hi"))
+    result = await within(agent.run(SessionAgentCall(session.id, "hi")))
     assert result.reason is FinishReason.ERROR
     assert result.message == (
         f"Answered; {FAILED}; saved: the prompt, the answer; not saved: the latest streamed updates"
@@ -39,7 +41,7 @@ async def test_failed_tool_results_are_named(store, monkeypatch):
 
     observer = SimpleNamespace(on_event=fail_after_the_step)
     call = SessionAgentCall(session.id, "go", observer=observer)
-    result = await agent.run(call)
+    result = await within(agent.run(call))
     assert result.reason is FinishReason.ERROR
     assert (
         result.message
@@ -54,5 +56,5 @@ async def test_a_finish_without_words_is_named_by_its_reason(store, monkeypatch)
     session = store.create_session()
     fail(monkeypatch, store, "flush")
     model = ScriptedModel([Reply(text="filtered", finish=FinishReason.CONTENT_FILTER)])
-    result = await SessionAgent(model, store).run(SessionAgentCall(session.id, "hi"))
+    result = await within(SessionAgent(model, store).run(SessionAgentCall(session.id, "hi")))
     assert result.message.startswith(f"content_filter; {FAILED}; ")

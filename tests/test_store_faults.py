@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from bounded import within
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall, TranscriptStore
 from jupyter_crush.agent import Finished
@@ -307,7 +308,7 @@ def test_undecodable_tool_output_is_stored_and_sent_marked(tmp_path):
                 model, store, tools=tools, permissions=PermissionPolicy(None, yolo=True)
             )
             sid = store.create_session().id
-            result = await agent.run(SessionAgentCall(sid, "print it"))
+            result = await within(agent.run(SessionAgentCall(sid, "print it")))
             assert result is not None and result.reason is FinishReason.END_TURN
 
     asyncio.run(scenario())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from bounded import until, within
 from IPython.utils.capture import capture_output
 from test_magics import run
 
@@ -45,7 +46,7 @@ async def test_the_title_arrives_while_the_answer_streams(store):
         store, ['"Sales drop in March."'], title_rate=50, tokens_per_second=200
     )
     watcher = TitleWatcher(store, session.id)
-    result = await agent.run(SessionAgentCall(session.id, PROMPT, observer=watcher))
+    result = await within(agent.run(SessionAgentCall(session.id, PROMPT, observer=watcher)))
     assert result.reason is FinishReason.END_TURN
     assert watcher.titles[0] == prompt_title(PROMPT)  # the first token did not wait for it
     assert "Sales drop in March" in watcher.titles  # arrived mid-answer
@@ -60,13 +61,12 @@ async def test_the_title_request_starts_after_the_answers_first_token(store):
     agent, model = agent_with_titles(store, ["Sales drop"])
     gate = model.gate(step=0, after_tokens=0)  # the answer's request is out, no token yet
     running = asyncio.create_task(agent.run(SessionAgentCall(session.id, PROMPT)))
-    await gate.reached()
+    await within(gate.reached())
     await asyncio.sleep(0.05)
     assert agent.title_model.requests == []  # nothing of the title's before the first token
     gate.release()
-    assert (await running).reason is FinishReason.END_TURN
-    while agent.titler.running(session.id):
-        await asyncio.sleep(0.01)
+    assert (await within(running)).reason is FinishReason.END_TURN
+    await until(lambda: not agent.titler.running(session.id))
     assert len(agent.title_model.requests) == 1
     assert store.get_session(session.id).title == "Sales drop"
 
@@ -75,21 +75,19 @@ async def test_a_held_title_request_never_holds_the_answer(store):
     session = store.create_session(title=prompt_title(PROMPT))
     agent, _ = agent_with_titles(store, ["Sales drop"])
     gate = agent.title_model.gate(step=0, after_tokens=0)
-    result = await agent.run(SessionAgentCall(session.id, PROMPT))
+    result = await within(agent.run(SessionAgentCall(session.id, PROMPT)))
     assert result.reason is FinishReason.END_TURN and gate.is_reached
     assert store.get_session(session.id).title == prompt_title(PROMPT)
     gate.release()
-    while agent.titler.running(session.id):
-        await asyncio.sleep(0.01)
+    await until(lambda: not agent.titler.running(session.id))
     assert store.get_session(session.id).title == "Sales drop"
 
 
 async def test_a_failing_title_request_keeps_the_prompts_title(store):
     session = store.create_session(title=prompt_title(PROMPT))
     agent, _ = agent_with_titles(store, [Reply(error=ModelError("overloaded", status_code=529))])
-    await agent.run(SessionAgentCall(session.id, PROMPT))
-    while agent.titler.running(session.id):
-        await asyncio.sleep(0.01)
+    await within(agent.run(SessionAgentCall(session.id, PROMPT)))
+    await until(lambda: not agent.titler.running(session.id))
     assert store.get_session(session.id).title == prompt_title(PROMPT)
 
 
@@ -99,13 +97,12 @@ async def test_a_cancel_of_the_session_cancels_its_title_request(store):
     title_gate = agent.title_model.gate(step=0, after_tokens=1)
     answer_gate = model.gate(step=0, after_tokens=1)
     running = asyncio.create_task(agent.run(SessionAgentCall(session.id, PROMPT)))
-    await title_gate.reached()
-    await answer_gate.reached()
+    await within(title_gate.reached())
+    await within(answer_gate.reached())
     agent.cancel(session.id)
     answer_gate.release()
-    assert (await running).reason is FinishReason.CANCELED
-    await asyncio.sleep(0.05)
-    assert not agent.titler.running(session.id)
+    assert (await within(running)).reason is FinishReason.CANCELED
+    await until(lambda: not agent.titler.running(session.id))
     title_gate.release()
     assert store.get_session(session.id).title == prompt_title(PROMPT)
 
@@ -113,10 +110,10 @@ async def test_a_cancel_of_the_session_cancels_its_title_request(store):
 async def test_only_a_first_prompt_with_the_prompts_own_title_is_titled(store):
     named = store.create_session(title="analysis")
     agent, _ = agent_with_titles(store, ["A title"])
-    await agent.run(SessionAgentCall(named.id, PROMPT))
+    await within(agent.run(SessionAgentCall(named.id, PROMPT)))
     fresh = store.create_session(title=prompt_title("first"))
-    await agent.run(SessionAgentCall(fresh.id, "first"))
-    await asyncio.sleep(0.05)
+    await within(agent.run(SessionAgentCall(fresh.id, "first")))
+    await until(lambda: not agent.titler.running(fresh.id))
     assert store.get_session(named.id).title == "analysis"  # the user's name stays
     (asked,) = agent.title_model.requests  # the named session asked for none
     assert asked.messages[0].session_id == fresh.id
@@ -126,7 +123,7 @@ async def test_only_a_first_prompt_with_the_prompts_own_title_is_titled(store):
 async def test_titles_off_or_a_scripted_session_model_asks_for_none(store):
     session = store.create_session(title=prompt_title(PROMPT))
     agent = SessionAgent(ScriptedModel([ANSWER]), store)  # no title model: its own is scripted
-    await agent.run(SessionAgentCall(session.id, PROMPT))
+    await within(agent.run(SessionAgentCall(session.id, PROMPT)))
     assert len(agent.model.requests) == 1
     assert store.get_session(session.id).title == prompt_title(PROMPT)
 
@@ -135,9 +132,8 @@ async def test_a_reasoning_models_thinking_never_becomes_the_title(store):
     session = store.create_session(title=prompt_title(PROMPT))
     thought = "<think>\nThe user asks why March sales fell.\n</think>\n\nSales drop in March"
     agent, _ = agent_with_titles(store, [thought])
-    await agent.run(SessionAgentCall(session.id, PROMPT))
-    while agent.titler.running(session.id):
-        await asyncio.sleep(0.01)
+    await within(agent.run(SessionAgentCall(session.id, PROMPT)))
+    await until(lambda: not agent.titler.running(session.id))
     assert store.get_session(session.id).title == "Sales drop in March"
 
 

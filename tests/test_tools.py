@@ -7,9 +7,9 @@ import fnmatch
 import os
 import sys
 import threading
-import time
 
 import pytest
+from bounded import until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from IPython.core.interactiveshell import InteractiveShell
@@ -50,13 +50,6 @@ def python(shell, **kwargs):
 
 def crush_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "crush-python"]
-
-
-async def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 # -- python -----------------------------------------------------------------------------
@@ -165,7 +158,7 @@ async def test_python_timeout_interrupts_a_busy_loop(shell, ns):
     assert result.metadata["timed_out"] is True
     assert "time limit of 0.3s" in result.content
     assert ns["n"] > 0  # `except Exception` did not swallow the interrupt
-    await wait_until(lambda: not crush_threads())
+    await until(lambda: not crush_threads())
 
 
 async def test_python_timeout_abandons_code_blocked_in_c(shell, ns):
@@ -174,7 +167,7 @@ async def test_python_timeout_abandons_code_blocked_in_c(shell, ns):
     result = await tool.run({"code": code, "timeout": 0.1}, CTX)
     assert result.is_error and result.metadata["abandoned"] is True
     assert "abandoned" in result.content
-    await wait_until(lambda: not crush_threads())
+    await until(lambda: not crush_threads())
 
 
 async def test_python_cancel_mid_run_stops_the_thread(shell, ns, capsys):
@@ -184,7 +177,7 @@ async def test_python_cancel_mid_run_stops_the_thread(shell, ns, capsys):
         "k = 0\nwhile True:\n    k += 1\n    if k % 100000 == 0: print(k)"
     )
     task = asyncio.create_task(python(shell).run({"code": code}, CTX))
-    await wait_until(ns["started"].is_set)
+    await until(ns["started"].is_set)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -688,7 +681,7 @@ async def test_bash_cancel_kills_the_process_group(workspace):
     command = "sleep 60 & echo $! > child.pid; echo $$ > shell.pid; wait"
     task = asyncio.create_task(tool.run({"command": command}, CTX))
     pidfile = workspace.root / "shell.pid"
-    await wait_until(lambda: pidfile.exists() and pidfile.read_text().strip())
+    await until(lambda: pidfile.exists() and pidfile.read_text().strip())
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -763,7 +756,7 @@ async def test_python_cancel_before_the_code_starts_never_runs_it(shell, ns, mon
     # Hold the thread back so the cancel lands before it reaches the user's code.
     monkeypatch.setattr(python_module._Worker, "start", lambda worker: held.append(worker))
     task = asyncio.create_task(python(shell).run({"code": "ran = 1"}, CTX))
-    await wait_until(lambda: held)
+    await until(lambda: held)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import pytest
+from bounded import until, within
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
@@ -59,7 +60,7 @@ async def test_view_result_reaches_the_next_step_and_the_store(store, shell, tmp
         permissions=PermissionPolicy(None),  # view is read-only: never asks
     )
     session = store.create_session()
-    result = await agent.run(SessionAgentCall(session.id, "what is in data.csv?"))
+    result = await within(agent.run(SessionAgentCall(session.id, "what is in data.csv?")))
     assert result.reason is FinishReason.END_TURN
     expected = "     1|a,b\n     2|1,2"
     sent = model.requests[1].messages[-1].tool_results[0]
@@ -83,7 +84,7 @@ async def test_headless_deny_ends_the_turn_canceled_with_a_clear_record(store, s
         permissions=policy,
     )
     session = store.create_session()
-    result = await agent.run(SessionAgentCall(session.id, "touch a file"))
+    result = await within(agent.run(SessionAgentCall(session.id, "touch a file")))
     assert result.reason is FinishReason.CANCELED
     assert result.message == f"Permission denied for bash: {HEADLESS_REASON}"
     assert not (tmp_path / "ran.txt").exists()
@@ -110,10 +111,10 @@ async def test_python_tool_through_the_agent_with_allow_for_session(store, shell
     )
     session = store.create_session()
     run = asyncio.create_task(agent.run(SessionAgentCall(session.id, "compute")))
-    await broker.shown.wait()
+    await within(broker.shown.wait())
     assert broker.asked[0].summary == "total = 6 * 7\nprint(total)"
     broker.answer.set_result(Decision.ALLOW_SESSION)
-    result = await run
+    result = await within(run)
     assert result.reason is FinishReason.END_TURN
     assert len(broker.asked) == 1  # the second python call was allowed for the session
     results = [r.content for m in store.list_messages(session.id) for r in m.tool_results]
@@ -134,9 +135,9 @@ async def test_cancel_while_the_prompt_is_open(store, shell, tmp_path):
     )
     session = store.create_session()
     run = asyncio.create_task(agent.run(SessionAgentCall(session.id, "write x")))
-    await broker.shown.wait()
+    await within(broker.shown.wait())
     agent.cancel(session.id)
-    result = await run
+    result = await within(run)
     assert result.reason is FinishReason.CANCELED
     assert broker.open == 0 and broker.answer.cancelled()
     assert policy.records[-1].source == "canceled"
@@ -158,10 +159,9 @@ async def test_stop_during_python_stops_the_worker(store, shell, tmp_path):
     )
     session = store.create_session()
     run = asyncio.create_task(agent.run(SessionAgentCall(session.id, "spin")))
-    while not shell.user_ns["started"].is_set():
-        await asyncio.sleep(0.01)
+    await until(shell.user_ns["started"].is_set)
     agent.cancel(session.id)
-    result = await run
+    result = await within(run)
     assert result.reason is FinishReason.CANCELED
     shell.user_ns["worker"].join(timeout=10)
     assert not shell.user_ns["worker"].is_alive()
