@@ -8,6 +8,7 @@ explained there.
 
 import fnmatch
 import json
+import os
 import re
 import subprocess
 import sys
@@ -47,7 +48,9 @@ def main(seconds: int, patterns: list[str]) -> None:
         f"non-equivalent: {killed}/{total - equivalent} killed "
         f"({100 * killed / max(total - equivalent, 1):.1f}%), {equivalent} survivors explained"
     )
-    print(f"time: {seconds // 60} min {seconds % 60} s")
+    # The machine may be shared: the load says how much of the time was others' work.
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"time: {seconds // 60} min {seconds % 60} s (load average 1/5/15 min: {load})")
     stale = sorted(explained - set(survivors))
     if stale:
         print("listed as survivors but now killed or gone: " + ", ".join(stale))

@@ -105,8 +105,14 @@ def ip(tmp_path, monkeypatch):
     monkeypatch.setenv("CRUSH_DATA_DIR", str(tmp_path / "store"))
     start_ipython()  # once per process; later calls return None
     shell = get_ipython()
+    # Tests read a cell's error from its result. The default traceback reads the whole
+    # source of every frame's file, seconds per frame for mutation testing's mutated copies
+    # of the package (tens of thousands of lines): print the plain one.
+    traceback_mode = shell.InteractiveTB.mode
+    shell.InteractiveTB.set_mode("Plain")
     shell.run_line_magic("load_ext", "jupyter_crush")
     yield shell
+    shell.InteractiveTB.set_mode(traceback_mode)
     shell.run_line_magic("unload_ext", "jupyter_crush")
     shell.rl_next_input = None
     shell.config.pop("CrushConfig", None)  # %config writes there; keep tests independent

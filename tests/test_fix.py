@@ -14,6 +14,7 @@ FIXED = "You misspelled `total`.\n\n```python\nresult = total * 2\n```"
 
 
 def fail(ip, source: str) -> None:
+    ip.InteractiveTB.set_mode("Context")  # the traceback a notebook shows by default
     result = ip.run_cell(source, store_history=True)
     assert result.error_in_exec is not None
 
