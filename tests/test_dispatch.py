@@ -341,6 +341,18 @@ async def test_a_tool_raising_cancelled_error_on_its_own_is_a_tool_error(store):
     assert tool_result.is_error and "fetch" in tool_result.content
 
 
+async def test_a_model_stream_raising_cancelled_error_on_its_own_ends_the_turn_as_an_error(store):
+    """Nobody canceled the turn: the record says the stream was cancelled, not the user."""
+    session = store.create_session()
+    agent, _ = make_agent(store, Reply(text="partial", error=asyncio.CancelledError()))
+    result = await within(agent.run(SessionAgentCall(session.id, "hi")))
+    assert (result.reason, result.message) == (
+        FinishReason.ERROR,
+        "The model's stream was cancelled",
+    )
+    assert store.list_messages(session.id)[-1].finish.message == "The model's stream was cancelled"
+
+
 # -- AcceptedRun misuse ------------------------------------------------------------------------
 
 
@@ -384,6 +396,20 @@ def test_idle_queries_on_unknown_sessions_keep_no_state(store):
     agent.cancel_all()
     assert agent._dispatch.session_ids() == []
     assert agent.status().running == []
+
+
+async def test_a_session_is_busy_while_its_turn_runs_and_idle_once_it_ends(store):
+    """What %crush sessions marks as running."""
+    session = store.create_session()
+    agent, model = make_agent(store, "an answer long enough to hold")
+    gate = model.gate(step=0, after_tokens=1)
+    assert not agent.is_session_busy(session.id)
+    run = asyncio.create_task(agent.run(SessionAgentCall(session.id, "hi")))
+    await within(gate.reached())
+    assert agent.is_session_busy(session.id)
+    gate.release()
+    await within(run)
+    assert not agent.is_session_busy(session.id)
 
 
 # -- the event loop closes with a prompt queued ------------------------------------------------
