@@ -22,10 +22,14 @@ land in every window between the loop's lock sections, not only between handles.
 absorb cancellation (catch ``CancelledError`` and return).
 
 Every action sequence of a bounded :class:`Scenario` is enumerated depth first, replaying
-prefixes on a fresh world; worlds that reach an abstract state already explored (dispatch
-state, every prompt's events, the store's records, each task's await point, the ready queue,
-held deliveries, tool and model progress, the budgets left) are not explored again. The
-invariants are checked after every action; at every leaf (nothing left to do) the final ones:
+prefixes on a fresh world. A replay must follow its recording: each action enabled and
+taken at the point it was recorded at, ending in the recorded state; the loop's thread takes
+only a :class:`Resume` made for the point it is parked at. Anything else is a
+:class:`HarnessError` with the trace, never a misstep or a pass. Worlds that reach an
+abstract state already explored (dispatch state, every prompt's events, the store's records,
+each task's await point, the ready queue, held deliveries, tool and model progress, the
+budgets left) are not explored again. The invariants are checked after every action; at
+every leaf (nothing left to do) the final ones:
 
 - every accepted prompt ends in exactly one terminal event (and, when no write failed, in
   the store: one user record per prompt, one terminal record per turn);
@@ -82,7 +86,25 @@ class Scenario:
 
 
 class Violation(AssertionError):
-    pass
+    """The code under test broke an invariant."""
+
+
+class HarnessError(RuntimeError):
+    """The checker itself went wrong (a replay that left its recorded path, a loop's thread
+    resumed with something other than what its park expects): never a verdict on the code."""
+
+
+Point = tuple[str, ...]  # where the loop's thread is parked: (kind, its stack in the package)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What the scheduler hands the loop's thread parked at ``point``: at the idle park a
+    callable to run there, inside a handle "go", or at a store write "ok" / "fail"."""
+
+    world: World
+    point: Point
+    command: Callable[[], None] | str
 
 
 @dataclass(eq=False)
@@ -206,8 +228,10 @@ class World:
         self.scheduler = greenlet.getcurrent()
         self.loop_thread = greenlet.greenlet(self._loop_main)
         _WORLDS[self.loop] = self
+        # the first harness error seen on the loop's thread, raised again on the scheduler's
+        self.harness_error: HarnessError | None = None
         # where the loop's thread is parked: ("idle" | "lock" | "covered" | "write:…", stack)
-        self.point: tuple[str, ...] = self.loop_thread.switch()
+        self.point: Point = self.loop_thread.switch()
 
     # -- the loop's thread ---------------------------------------------------------------------
 
@@ -221,14 +245,29 @@ class World:
         asyncio.events._set_running_loop(None)
 
     def park(self, kind: str) -> Any:
-        """Called on the loop's thread: hand control to the scheduler until it resumes us."""
+        """Called on the loop's thread: hand control to the scheduler until it resumes us with
+        a :class:`Resume` for this very point; return its command."""
         if self.closing or (kind != "idle" and not self.scenario.preempt):
             return "go"
+        point = (kind, *_where())
         asyncio.events._set_running_loop(None)
         try:
-            return self.scheduler.switch((kind, *_where()))
+            resume = self.scheduler.switch(point)
         finally:
             asyncio.events._set_running_loop(None if self.closing else self.loop)
+        if self.closing:
+            return "go"
+        if (
+            not isinstance(resume, Resume)
+            or resume.world is not self
+            or resume.point != point
+            or not _fits(kind, resume.command)
+        ):
+            self.harness_error = self.harness_error or HarnessError(
+                f"the loop's thread, parked at {_show(point)}, was resumed with {resume!r}"
+            )
+            raise self.harness_error
+        return resume.command
 
     def write(self, what: str) -> None:
         if greenlet.getcurrent() is not self.loop_thread:
@@ -286,6 +325,10 @@ class World:
         return actions
 
     def do(self, action: str) -> None:
+        if action not in self.enabled():
+            raise HarnessError(
+                f"{action!r} is not enabled at {_show(self.point)} (enabled: {self.enabled()})"
+            )
         name, _, argument = action.partition(":")
         if name in ("go", "ok", "fail"):
             self._resume(name)
@@ -305,8 +348,10 @@ class World:
         else:
             raise ValueError(action)
 
-    def _resume(self, value: Any) -> None:
-        self.point = self.loop_thread.switch(value)
+    def _resume(self, command: Callable[[], None] | str) -> None:
+        self.point = self.loop_thread.switch(Resume(self, self.point, command))
+        if self.harness_error is not None:
+            raise self.harness_error
 
     def _step(self) -> None:
         handle = self.loop._ready.popleft()
@@ -501,28 +546,28 @@ class Report:
 
 def explore(scenario: Scenario) -> Report:
     """Enumerate every action sequence of ``scenario``; raise Violation with the trace of the
-    first one that breaks an invariant."""
+    first one that breaks an invariant, HarnessError if a replay leaves its recorded path."""
     started = time.perf_counter()
     report = Report(scenario)
     edges: dict[bytes, list[bytes]] = {}
     root: bytes | None = None
-    frontier: list[tuple[tuple[str, ...], bytes | None]] = [((), None)]
+    # (the path to a branch not yet taken, the state it branches from)
+    frontier: list[tuple[tuple[Step, ...], bytes | None]] = [((), None)]
     _patch_covered()
     try:
         while frontier:
-            prefix, parent = frontier.pop()
+            path, parent = frontier.pop()
             world = World(scenario)
             report.replays += 1
             try:
-                for action in prefix[:-1]:  # checked when first taken
-                    world.do(action)
-                if prefix:
-                    _act(world, prefix[-1], prefix)
+                if path:
+                    _replay(world, path[:-1], parent)
+                    _act(world, path[-1][1], path)
                 while True:
                     actions = world.enabled()
                     if len(actions) == 1:  # no choice here: only branch points are states
-                        prefix += (actions[0],)
-                        _act(world, actions[0], prefix)
+                        path += ((world.point, actions[0]),)
+                        _act(world, actions[0], path)
                         continue
                     signature = world.signature()
                     if parent is not None:
@@ -533,13 +578,15 @@ def explore(scenario: Scenario) -> Report:
                         break
                     edges[signature] = []
                     if not actions:
-                        _checked(world.check_final, prefix)
+                        _checked(world.check_final, path)
                         report.leaves += 1
                         break
-                    frontier.extend(((*prefix, a), signature) for a in reversed(actions[1:]))
-                    prefix += (actions[0],)
+                    frontier.extend(
+                        ((*path, (world.point, a)), signature) for a in reversed(actions[1:])
+                    )
+                    path += ((world.point, actions[0]),)
                     parent = signature
-                    _act(world, actions[0], prefix)
+                    _act(world, actions[0], path)
             finally:
                 world.close()
     finally:
@@ -551,16 +598,40 @@ def explore(scenario: Scenario) -> Report:
     return report
 
 
-def _act(world: World, action: str, trace: tuple[str, ...]) -> None:
-    _checked(lambda: world.do(action), trace)
-    _checked(world.check_running, trace)
+Step = tuple[Point, str]  # an action and the point the loop's thread was parked at before it
 
 
-def _checked(check: Callable[[], None], trace: tuple[str, ...]) -> None:
+def _replay(world: World, path: tuple[Step, ...], state: bytes | None) -> None:
+    """Take ``path`` again on a fresh ``world``, checked when first taken; it must follow the
+    recording, point by point, to the same ``state``."""
+    for index, (point, action) in enumerate(path):
+        if world.point != point or action not in world.enabled():
+            raise HarnessError(
+                f"the replay left its recorded path at action {index + 1} of {len(path)}, "
+                f"{action!r}: recorded at {_show(point)}, now at {_show(world.point)} "
+                f"(enabled: {world.enabled()})\n  after: {_trace(path[:index])}"
+            )
+        world.do(action)
+    if state is not None and world.signature() != state:
+        raise HarnessError(
+            f"the replay followed its recorded path to another state\n  after: {_trace(path)}"
+        )
+
+
+def _act(world: World, action: str, path: tuple[Step, ...]) -> None:
+    _checked(lambda: world.do(action), path)
+    _checked(world.check_running, path)
+
+
+def _checked(check: Callable[[], None], path: tuple[Step, ...]) -> None:
     try:
         check()
-    except Violation as violation:
-        raise Violation(f"{violation}\n  after: {' '.join(trace)}") from None
+    except (Violation, HarnessError) as error:
+        raise type(error)(f"{error}\n  after: {_trace(path)}") from None
+
+
+def _trace(path: tuple[Step, ...]) -> str:
+    return " ".join(action for _, action in path)
 
 
 def _count_paths(edges: dict[bytes, list[bytes]], root: bytes | None) -> int:
@@ -638,6 +709,19 @@ def _event_label(event: Any) -> str:
 
 def _frames(frames: list[Any]) -> list[tuple[str, int]]:
     return [(f.f_code.co_name, f.f_lineno) for f in frames]
+
+
+def _fits(kind: str, command: object) -> bool:
+    """Is ``command`` one the loop's thread parked at a ``kind`` point can carry out?"""
+    if kind == "idle":
+        return callable(command)
+    if kind.startswith("write"):
+        return command in ("ok", "fail")
+    return command == "go"
+
+
+def _show(point: Point) -> str:
+    return f"{point[0]} ({' < '.join(point[1:]) or 'outside the package'})"
 
 
 def _where() -> tuple[str, ...]:

@@ -10,7 +10,7 @@ the full bounds are marked slow.
 from __future__ import annotations
 
 import pytest
-from interleavings import Scenario, Violation, explore
+from interleavings import HarnessError, Scenario, Violation, World, explore
 
 import jupyter_crush.dispatch as dispatch
 
@@ -73,3 +73,35 @@ def test_the_checker_finds_a_lost_cancel(monkeypatch):
     monkeypatch.setattr(dispatch.Dispatcher, "_start", start_forgetting_the_mark)
     with pytest.raises(Violation):
         explore(Scenario(prompts=(1,), cancels=1, replies=("tool",)))
+
+
+def test_a_replay_that_leaves_its_recorded_path_is_a_harness_error(monkeypatch):
+    """The checker is honest about itself: code that takes one more lock section when first
+    run than in its replays (as a finalizer or a warming cache could make it) stops the
+    exploration with the trace, rather than resuming the loop's thread with a command meant
+    for another point, or passing."""
+    real_enter = dispatch.Dispatcher.enter
+    first = True
+
+    def enter_locking_once_more_the_first_time(self, turn, accepted):
+        nonlocal first
+        if first:
+            first = False
+            with turn.state.lock:
+                pass
+        return real_enter(self, turn, accepted)
+
+    monkeypatch.setattr(dispatch.Dispatcher, "enter", enter_locking_once_more_the_first_time)
+    with pytest.raises(HarnessError, match="the replay left its recorded path at action"):
+        explore(Scenario(prompts=(2,), cancels=0))
+
+
+def test_the_loop_thread_takes_only_a_resume_for_its_own_point():
+    world = World(Scenario())
+    try:
+        with pytest.raises(HarnessError, match="'go' is not enabled at idle"):
+            world.do("go")
+        with pytest.raises(HarnessError, match=r"parked at idle .* was resumed with 'go'"):
+            world.loop_thread.switch("go")
+    finally:
+        world.close()
