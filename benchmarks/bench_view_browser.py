@@ -50,7 +50,7 @@ PROBES = (
     """
 window.__bench = {
   longtasks: [], paints: [], stops: [], firstCell: null, cleared: false, stopAt: null,
-  runs: [],
+  stopHandled: null, stopSteps: [], runs: [],
 };
 // Each delta run as the page's websocket delivers it: its model's comm open, its display,
 // its first answer op (wall clock, before JupyterLab handles the message), and its view.
@@ -98,7 +98,9 @@ new PerformanceObserver((list) => {
 // Both clocks are read after the frame: performance's for the click (the event's own
 // time is on it), the wall clock for the kernel's (time.time() in the same machine).
 function afterPaint(record) {
-  requestAnimationFrame(() => setTimeout(() => record(performance.now(), Date.now()), 0));
+  requestAnimationFrame((frame) => {
+    setTimeout(() => record(performance.now(), Date.now(), frame), 0);
+  });
 }
 window.__armFirstToken = (cell) => {
   window.__bench.firstCell = cell;
@@ -108,6 +110,7 @@ document.addEventListener('click', (event) => {
   const button = event.target.closest && event.target.closest('button');
   if (button && button.textContent.trim() === 'Stop') {
     window.__bench.stopAt = event.timeStamp;
+    window.__bench.stopHandled = performance.now();
   }
 }, true);
 new MutationObserver(() => {
@@ -125,7 +128,11 @@ new MutationObserver(() => {
       if (button.textContent.trim() === 'Stopping\\u2026') {
         const clicked = b.stopAt;
         b.stopAt = null;
-        afterPaint((t) => b.stops.push(t - clicked));
+        const handled = b.stopHandled;
+        afterPaint((t, _, frame) => {
+          b.stops.push(t - clicked);
+          b.stopSteps.push({ handled: handled - clicked, frame: frame - clicked });
+        });
         break;
       }
     }
@@ -270,7 +277,12 @@ def bench_view(page, server, view: str, stops: int) -> dict:
         for step, at in stamps.items():
             if at is not None:
                 first[kind].setdefault(step, []).append(at - token)
-    return {"longtasks": longtasks, "stops": probes["stops"], "first": first}
+    return {
+        "longtasks": longtasks,
+        "stops": probes["stops"],
+        "stop_steps": probes["stopSteps"],
+        "first": first,
+    }
 
 
 FIRST_TOKEN_KINDS = [
@@ -323,6 +335,15 @@ def main() -> None:
             f"{sum(t > 50 for t in tasks)} over 50 ms, longest {max(tasks, default=0):.0f} ms"
         )
         print(f"  2. Stop click -> Stopping… painted: {ms(result['stops'])}")
+        if result["stop_steps"]:
+            handled, frame = (
+                statistics.median(step[key] for step in result["stop_steps"])
+                for key in ("handled", "frame")
+            )
+            print(
+                f"     from the click (medians, ms): handled +{handled:.0f}, "
+                f"its frame began +{frame:.0f}"
+            )
         for kind, label in FIRST_TOKEN_KINDS:
             steps = result["first"][kind]
             print(f"  3. first token kernel -> painted, {label}: {ms(steps.get('painted', []))}")

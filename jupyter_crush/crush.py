@@ -119,7 +119,7 @@ class Crush:
             from .provenance import cell_proposer
             from .tools import default_tools
             from .tools.permissions import PermissionPolicy
-            from .widget import WidgetPermissionBroker
+            from .view_permissions import WidgetPermissionBroker
 
             tools = self.tools or default_tools(
                 self.shell, include=self.config.tools, propose_cell=cell_proposer(self)

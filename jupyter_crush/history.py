@@ -23,6 +23,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .markdown_text import fenced, markdown_literal, pretty_json
 from .message import (
     FinishReason,
     ImagePart,
@@ -410,7 +411,7 @@ def session_json(session: Session, messages: list[Message]) -> str:
 def session_markdown(session: Session, messages: list[Message]) -> str:
     """A session as a readable Markdown document."""
     out = [
-        f"# {_md_literal(session.title or '(untitled)')}",
+        f"# {markdown_literal(session.title or '(untitled)')}",
         "",
         f"- Session: `{session.id}`",
         f"- Created: {format_time(session.created_at)}; updated: {format_time(session.updated_at)}",
@@ -420,7 +421,7 @@ def session_markdown(session: Session, messages: list[Message]) -> str:
     for message in messages:
         head = f"## {str(message.role).capitalize()} · {format_time(message.created_at)}"
         if message.model:
-            head += f" · {_md_literal(message.model)}"
+            head += f" · {markdown_literal(message.model)}"
         out += ["", head]
         if message.reasoning:
             out += [
@@ -434,17 +435,17 @@ def session_markdown(session: Session, messages: list[Message]) -> str:
         if message.text:
             out += ["", message.text.strip()]
         for call in message.tool_calls:
-            out += ["", f"**Tool call** `{call.name}`:", _fenced(_pretty_json(call.input), "json")]
+            out += ["", f"**Tool call** `{call.name}`:", fenced(pretty_json(call.input), "json")]
         for result in message.tool_results:
             label = "Tool error" if result.is_error else "Tool result"
-            out += ["", f"**{label}** `{result.name}`:", _fenced(result.content, "")]
+            out += ["", f"**{label}** `{result.name}`:", fenced(result.content, "")]
         for image in message.images:
-            out += ["", f"![{_md_literal(image.describe())}](<{image_path(image)}>)"]
+            out += ["", f"![{markdown_literal(image.describe())}](<{image_path(image)}>)"]
         finish = message.finish
         if finish is not None and finish.reason not in ORDINARY_FINISHES:
             note = f"*Finished: {finish.reason}*"
             if finish.message:
-                note = f"*Finished: {finish.reason} ({_md_literal(finish.message)})*"
+                note = f"*Finished: {finish.reason} ({markdown_literal(finish.message)})*"
             out += ["", note]
     return "\n".join(out) + "\n"
 
@@ -452,7 +453,6 @@ def session_markdown(session: Session, messages: list[Message]) -> str:
 # -- internals -----------------------------------------------------------------------------------
 
 _TERMS = re.compile(r'"([^"]*)"|(\S+)')
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
 
 
 def _row(session: Session, message: Message) -> dict[str, Any]:
@@ -571,24 +571,6 @@ def compact_arguments(text: str) -> str:
         return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
     except ValueError:
         return text  # arguments cut off mid-stream (a canceled call): shown as streamed
-
-
-def _pretty_json(text: str) -> str:
-    try:
-        return json.dumps(json.loads(text), ensure_ascii=False, indent=2)
-    except ValueError:
-        return text
-
-
-def _fenced(text: str, language: str) -> str:
-    # A fence longer than any backtick run inside, so the content cannot close it.
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}{language}\n{text.rstrip(chr(10))}\n{fence}"
-
-
-def _md_literal(text: str) -> str:
-    return _MD_SPECIAL.sub(r"\\\1", text.replace("\n", " "))
 
 
 def format_time(timestamp: float) -> str:

@@ -19,8 +19,8 @@ Stop while another cell blocks: JupyterLab 4 and Notebook 7 send a widget's
 comm messages on a kernel subshell of their comm target, but ipykernel 7.4
 reroutes each comm message to the subshell of the last message the *kernel*
 published on that comm — for a widget made by a cell, the main shell, where a
-click would wait for whatever cell runs there. A view's Stop comm takes
-clicks on the subshell the page sent them on (:func:`take_clicks_where_sent`),
+click would wait for whatever cell runs there. A view's Stop comm takes clicks on
+the subshell the page sent them on (:func:`~jupyter_crush.view_comm.take_clicks_where_sent`),
 so the cancel is recorded and the view says "Stopping…" at once, from that
 thread. A cell that blocks the main thread also holds the asyncio loop, so the
 stream itself stops at the loop's first tick after that cell: no model token is
@@ -32,8 +32,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import html
-import json
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,8 +53,10 @@ from .agent import (
 )
 from .compaction import Compacted, CompactionEvent, ContextUsed, Summarizing
 from .context_window import Meter
+from .markdown_text import markdown_literal, pretty_json
 from .message import FinishReason, Message, Role, ToolCallPart, ToolResultPart, Usage
 from .tools import Decision, PermissionRequest
+from .view_comm import close_widgets
 
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -248,9 +248,9 @@ class RunView:
         """For a cell that blocks until the answer: point at the interrupt as well.
 
         A Stop click the page sends on a kernel subshell (JupyterLab 4 and Notebook 7 do)
-        lands at once (see :func:`take_clicks_where_sent`), but one sent on the main shell,
-        as front ends without comms over subshells do, waits behind this very cell until
-        the answer is complete; the interrupt works everywhere.
+        lands at once (see :func:`~jupyter_crush.view_comm.take_clicks_where_sent`), but one
+        sent on the main shell, as front ends without comms over subshells do, waits behind
+        this very cell until the answer is complete; the interrupt works everywhere.
         """
         self._stop_hint = "or interrupt the kernel (■)"
         self._draw()
@@ -306,7 +306,7 @@ class RunView:
                 call_id,
                 call.name,
                 state,
-                _clip(_pretty_json(call.input)),
+                _clip(pretty_json(call.input)),
                 None if result is None else _clip(result.content),
                 self._tool_images.get(call_id, ""),
             )
@@ -316,7 +316,7 @@ class RunView:
         return f"[crush] {self.status_text()}" + (f"\n\n{answer}" if answer else "")
 
     def to_markdown(self) -> str:
-        lines = [f"**crush** · {_md_escape(self.status_text())}"]
+        lines = [f"**crush** · {markdown_literal(self.status_text())}"]
         reasoning = self.reasoning_text
         if reasoning:
             lines.append(
@@ -548,102 +548,6 @@ class RunView:
         raise NotImplementedError
 
 
-PERMISSION_CHOICES = (
-    ("Allow", Decision.ALLOW),
-    ("Allow for session", Decision.ALLOW_SESSION),
-    ("Deny", Decision.DENY),
-)
-
-
-def permission_summary(request: PermissionRequest) -> str:
-    """What a permission prompt shows the tool will do."""
-    return request.summary or _pretty_json(json.dumps(request.arguments))
-
-
-class WidgetPermissionBroker:
-    """The UI end of permission prompts: asks in the run widget of the session's prompt.
-
-    It sits behind :class:`~jupyter_crush.tools.permissions.PermissionPolicy`, which has
-    already answered whatever needs no human (yolo, allowed tools, "Allow for session",
-    headless runs). ``views`` maps a session id to the view of its active run; the magics
-    keep it current.
-    """
-
-    def __init__(self, views: dict[str, RunView]) -> None:
-        self._views = views
-
-    async def ask(self, request: PermissionRequest) -> Decision:
-        view = self._views.get(request.session_id)
-        if view is None:
-            # No view to click in (a run started from code): nobody can answer.
-            return Decision.DENY
-        loop = asyncio.get_running_loop()
-        decided: asyncio.Future[Decision] = loop.create_future()
-
-        def settle(decision: Decision) -> None:
-            if not decided.done():
-                decided.set_result(decision)
-
-        def decide(decision: Decision) -> None:
-            # Clicks can arrive on a subshell thread; the future belongs to the loop.
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(settle, decision)
-
-        remove = view.ask_permission(request, decide)
-        try:
-            return await decided
-        finally:
-            # Also on cancel (Stop while the prompt is open): the buttons go away.
-            remove()
-
-
-def take_clicks_where_sent(widget: widgets.Widget) -> None:
-    """Handle ``widget``'s clicks on the kernel subshell the page sent them on.
-
-    A click is a custom comm message whose content has ``"event": "click"`` (what an
-    ipywidgets Button sends, and what the delta view's buttons send).
-
-    ipykernel 7.4 routes a comm message to the subshell of the last message the kernel
-    published on that comm (``BaseComm._reply_subshell_for``, asked on the shell-channel
-    thread for every ``comm_msg``), so a widget a cell made answers on the main shell
-    whatever subshell the page chose. For a widget whose click handler is thread-safe,
-    clicks keep the page's choice; everything else on the comm (state updates, close)
-    keeps ipykernel's routing. A page that sends no subshell (comms over subshells off,
-    or a front end without them) still reaches the main shell, as before. Kernels
-    without this routing already deliver where the page sends, and are left alone.
-    """
-    comm = getattr(widget, "comm", None)
-    route = getattr(comm, "_reply_subshell_for", None)
-    if route is None:
-        return
-
-    def route_clicks(data: Any, sent_to: str | None) -> str | None:
-        if isinstance(data, dict) and data.get("method") == "custom":
-            content = data.get("content")
-            if isinstance(content, dict) and content.get("event") == "click":
-                return sent_to
-        return route(data, sent_to)
-
-    comm._reply_subshell_for = route_clicks
-
-
-def close_widgets(widget: widgets.Widget) -> None:
-    """Close ``widget``, its descendants, and their layout and style widgets."""
-    for child in getattr(widget, "children", ()):
-        close_widgets(child)
-    for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
-        if isinstance(part, widgets.Widget):
-            part.close()
-    widget.close()
-
-
-def _pretty_json(text: str) -> str:
-    try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    except (ValueError, TypeError):
-        return text
-
-
 def _images_html(result: ToolResultPart) -> str:
     """The result's images as thumbnails: what the model was shown."""
     tags = []
@@ -664,11 +568,3 @@ def _clip(text: str) -> str:
     if len(text) <= _TOOL_TEXT_LIMIT:
         return text
     return text[:_TOOL_TEXT_LIMIT] + f"\n… ({len(text) - _TOOL_TEXT_LIMIT} more characters)"
-
-
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]#|~])")
-
-
-def _md_escape(text: str) -> str:
-    """``text`` shown literally inside Markdown (a session title may hold anything)."""
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))

@@ -18,14 +18,9 @@ from typing import Any
 import ipywidgets as widgets
 
 from .tools import Decision, PermissionRequest
-from .widget import (
-    PERMISSION_CHOICES,
-    RunLabels,
-    RunView,
-    close_widgets,
-    permission_summary,
-    take_clicks_where_sent,
-)
+from .view_comm import close_widgets, take_clicks_where_sent
+from .view_permissions import PERMISSION_CHOICES, permission_summary
+from .widget import RunLabels, RunView
 
 _BUTTON_STYLES = {"Allow": "success", "Allow for session": "info", "Deny": "danger"}
 

@@ -22,7 +22,7 @@ done
 rm -rf mutants && mkdir mutants
 start=$(date +%s)
 # mutmut draws a progress line many times a second: keep it in a log, print the outcome.
-if ! .venv/bin/mutmut run --max-children 2 "${targets[@]}" >mutants/run.log 2>&1; then
+if ! .venv/bin/mutmut run --max-children "${MUTATION_CHILDREN:-4}" "${targets[@]}" >mutants/run.log 2>&1; then
   tail -n 40 mutants/run.log
   echo "mutmut failed; its output is in mutants/run.log" >&2
   exit 1

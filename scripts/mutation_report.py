@@ -3,7 +3,8 @@
 Usage (from scripts/mutation.sh): ``python scripts/mutation_report.py SECONDS PATTERN...``,
 in the repository, after ``mutmut run PATTERN...``. Reads mutmut's results in mutants/; a
 survivor listed in tests/mutation-survivors.md (by its name in backquotes) is marked as
-explained there.
+explained there. Exits 1 when any survivor is not explained or a mutant was not run, so a
+rule that loses its test fails the run.
 """
 
 import fnmatch
@@ -22,7 +23,8 @@ KILLED = {"killed", "timeout"}  # a mutant that hangs the tests is caught too
 UNRUN = {"not checked", "check was interrupted by user"}  # an interrupted run
 
 
-def main(seconds: int, patterns: list[str]) -> None:
+def main(seconds: int, patterns: list[str]) -> int:
+    """Print the report; 1 if a survivor is not explained or a mutant was not run, else 0."""
     status: dict[str, str] = {}
     for meta in Path("mutants").rglob("*.meta"):
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
@@ -54,7 +56,18 @@ def main(seconds: int, patterns: list[str]) -> None:
     stale = sorted(explained - set(survivors))
     if stale:
         print("listed as survivors but now killed or gone: " + ", ".join(stale))
+    unexplained = [n for n in survivors if n not in explained]
+    unrun = sum(counts[s] for s in UNRUN)
+    if unexplained or unrun or not total:
+        print(
+            f"FAILED: {len(unexplained)} survivors not explained, {unrun} mutants not run, "
+            f"{total} mutants in all: pin each survivor's rule with a test, or explain it in "
+            f"{SURVIVORS_FILE} if it cannot change behaviour",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2:])
+    sys.exit(main(int(sys.argv[1]), sys.argv[2:]))

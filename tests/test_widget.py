@@ -35,12 +35,9 @@ from jupyter_crush.message import (
     Usage,
 )
 from jupyter_crush.tools import Decision, PermissionRequest
-from jupyter_crush.widget import (
-    WIDGET_VIEW_MIME,
-    RunLabels,
-    WidgetPermissionBroker,
-    take_clicks_where_sent,
-)
+from jupyter_crush.view_comm import take_clicks_where_sent
+from jupyter_crush.view_permissions import WidgetPermissionBroker
+from jupyter_crush.widget import WIDGET_VIEW_MIME, RunLabels
 
 
 class Page:
@@ -522,7 +519,7 @@ async def test_session_title_is_literal_in_the_static_markdown():
         loop=asyncio.get_running_loop(),
     )
     md = view.to_markdown()
-    assert "&lt;b&gt;x&lt;/b&gt; \\*y\\* \\[z\\](http://e)" in md
+    assert "\\<b\\>x\\</b\\> \\*y\\* \\[z\\](http://e)" in md
     # The live status line goes to the page as text (the page escapes it).
     assert view.snapshot()["snapshot"]["status"]["head"].startswith("session <b>x</b>")
 

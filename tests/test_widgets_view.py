@@ -15,7 +15,8 @@ from jupyter_crush.compaction import ContextUsed
 from jupyter_crush.context_window import ContextWindow, Meter
 from jupyter_crush.message import FinishReason, Message, Role, ToolCallPart
 from jupyter_crush.tools import Decision, PermissionRequest
-from jupyter_crush.widget import RunLabels, WidgetPermissionBroker
+from jupyter_crush.view_permissions import WidgetPermissionBroker
+from jupyter_crush.widget import RunLabels
 from jupyter_crush.widgets_view import WidgetsRunView, split_paragraphs
 
 
