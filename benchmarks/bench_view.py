@@ -16,14 +16,17 @@ divided by the characters of the answer:
 the length. The columns split it (bytes per character): the live view's comm messages, and
 the displays (the live bundle with its fallback, then the static answer that replaces it:
 its text/markdown, ~1 byte per character, and a one-line text/plain, the same for both
-views). The delta view's page module goes once per kernel, with the kernel's first delta
-run, in a model of its own: its bytes are printed apart, not in any answer's. The machine
-is shared; the numbers are printed, nothing passes or fails.
+views), and the floor: what the run would cost if its view sent the whole answer in one
+message at the end (the same cell messages, displays and comm open and close), which no
+streaming view can go below. The delta view's page module goes once per kernel, with the
+kernel's first delta run, in a model of its own: its bytes are printed apart, not in any
+answer's. The machine is shared; the numbers are printed, nothing passes or fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
@@ -69,8 +72,12 @@ KINDS = {
 }
 
 
-def stream_bytes(kernel: Kernel, view: str, answer: str) -> tuple[dict[str, int], int, float]:
-    """(bytes by kind, messages, seconds) the prompt's cell put on iopub for ``answer``."""
+def stream_bytes(kernel: Kernel, view: str, answer: str) -> tuple[dict[str, int], int, float, int]:
+    """(bytes by kind, messages, seconds, floor) the prompt's cell put on iopub for ``answer``.
+
+    The floor is what the same run would have cost had its view sent the whole answer in
+    one message at the end: its comm messages replaced by one carrying all of the text.
+    """
     kernel.run(f'%config CrushConfig.run_view = "{view}"')
     kernel.run(f"crush.use_model(ScriptedModel([{answer!r}], tokens_per_second={RATE}))")
     kernel.drain()
@@ -84,12 +91,21 @@ def stream_bytes(kernel: Kernel, view: str, answer: str) -> tuple[dict[str, int]
     mine = [m for m in kernel.iopub if m["parent_header"].get("msg_id") == cell]
     session = kernel.kc.session
     sizes: dict[str, int] = {}
+    updates = []
     for m in mine:
         kind = KINDS.get(m["msg_type"], "other")
         if m["msg_type"] == "comm_open" and "esm" in m["content"]["data"].get("state", {}):
             kind = "module"  # the delta view's ViewModule: once per kernel
-        sizes[kind] = sizes.get(kind, 0) + sum(len(frame) for frame in session.serialize(m))
-    return sizes, len(mine), seconds
+        size = sum(len(frame) for frame in session.serialize(m))
+        sizes[kind] = sizes.get(kind, 0) + size
+        if m["msg_type"] == "comm_msg" and kind != "module":
+            updates.append((m, size))
+    floor = sum(sizes.values()) - sizes.get("module", 0) - sum(size for _, size in updates)
+    if updates:
+        whole = copy.deepcopy(updates[-1][0])
+        whole["content"]["data"]["content"] = {"seq": 1, "ops": [["answer+", answer]]}
+        floor += sum(len(frame) for frame in session.serialize(whole))
+    return sizes, len(mine), seconds, floor
 
 
 def main() -> None:
@@ -100,7 +116,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, load average {load}; answers at {RATE} tokens/s")
     print(
         f"{'answer':22} {'chars':>7}  {'view':8} {'iopub bytes':>11} {'B/char':>6} "
-        f"{'live view':>9} {'displays':>8} {'messages':>8} {'seconds':>7}"
+        f"{'live view':>9} {'displays':>8} {'floor':>5} {'messages':>8} {'seconds':>7}"
     )
     with tempfile.TemporaryDirectory() as data:
         kernel = Kernel(data)
@@ -110,7 +126,7 @@ def main() -> None:
                 if args.quick and len(answer) > 50_000:
                     continue
                 for view in ("widgets", "delta"):
-                    sizes, count, seconds = stream_bytes(kernel, view, answer)
+                    sizes, count, seconds, floor = stream_bytes(kernel, view, answer)
                     if "module" in sizes:
                         module = sizes.pop("module")
                         print(f"(once per kernel: the delta view's page module, {module:,} bytes)")
@@ -118,7 +134,8 @@ def main() -> None:
                     print(
                         f"{name:22} {chars:>7}  {view:8} {size:>11,} {size / chars:>6.1f} "
                         f"{sizes.get('comm', 0) / chars:>9.1f} "
-                        f"{sizes.get('display', 0) / chars:>8.1f} {count:>8} {seconds:>7.1f}"
+                        f"{sizes.get('display', 0) / chars:>8.1f} {floor / chars:>5.1f} "
+                        f"{count:>8} {seconds:>7.1f}"
                     )
         finally:
             kernel.shutdown()

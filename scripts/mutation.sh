@@ -3,7 +3,7 @@
 # dispatch state machine, a turn's records and how they are closed, the agent's glue around
 # them and the magic's accept path, runs the quick tests that reach each mutant, and this
 # prints the score and every survivor with its diff. From scratch: a fresh mutants/ copy.
-#   bash scripts/mutation.sh
+#   bash scripts/mutation.sh             (MUTATION_CHILDREN=N: mutants tested at once, 4)
 # Survivors that cannot change behaviour are listed, with the reason, in
 # tests/mutation-survivors.md; any other survivor is a rule no test pins.
 set -euo pipefail
@@ -22,6 +22,7 @@ done
 rm -rf mutants && mkdir mutants
 start=$(date +%s)
 # mutmut draws a progress line many times a second: keep it in a log, print the outcome.
+# Four children: each mostly waits on its tests' timers, so two cores keep four busy.
 if ! .venv/bin/mutmut run --max-children "${MUTATION_CHILDREN:-4}" "${targets[@]}" >mutants/run.log 2>&1; then
   tail -n 40 mutants/run.log
   echo "mutmut failed; its output is in mutants/run.log" >&2
