@@ -1,11 +1,12 @@
 """What a streaming answer costs on the kernel's iopub channel, per view, in a real kernel.
 
-    .venv/bin/python benchmarks/bench_view.py [--quick]
+    .venv/bin/python benchmarks/bench_view.py [--quick] [--rate TOKENS_PER_SECOND]
 
-For the same answers streamed at 500 tokens/s (the scripted model's word tokens), the
-bytes the kernel published on iopub for the prompt's cell (each message as it goes on the
-wire: signature, header, parent header, metadata, content; the topic frame left out),
-divided by the characters of the answer:
+For the same answers streamed at 500 tokens/s (the scripted model's word tokens; a real
+model's pace is nearer 50-100, where each update carries less text), the bytes the kernel
+published on iopub for the prompt's cell (each message as it goes on the wire: signature,
+header, parent header, metadata, content; the topic frame left out), divided by the
+characters of the answer:
 
 - prose: ~10 KB of Markdown paragraphs;
 - a 100-line code block, and a 1,600-line code block (94 KB), each with a line of prose
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from kernel_harness import SETUP, Kernel
 
+#: Tokens a second, unless --rate says otherwise.
 RATE = 500
 
 
@@ -72,14 +74,16 @@ KINDS = {
 }
 
 
-def stream_bytes(kernel: Kernel, view: str, answer: str) -> tuple[dict[str, int], int, float, int]:
+def stream_bytes(
+    kernel: Kernel, view: str, answer: str, rate: int = RATE
+) -> tuple[dict[str, int], int, float, int]:
     """(bytes by kind, messages, seconds, floor) the prompt's cell put on iopub for ``answer``.
 
     The floor is what the same run would have cost had its view sent the whole answer in
     one message at the end: its comm messages replaced by one carrying all of the text.
     """
     kernel.run(f'%config CrushConfig.run_view = "{view}"')
-    kernel.run(f"crush.use_model(ScriptedModel([{answer!r}], tokens_per_second={RATE}))")
+    kernel.run(f"crush.use_model(ScriptedModel([{answer!r}], tokens_per_second={rate}))")
     kernel.drain()
     kernel.iopub.clear()
     started = time.perf_counter()
@@ -111,9 +115,10 @@ def stream_bytes(kernel: Kernel, view: str, answer: str) -> tuple[dict[str, int]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="leave out the 1,600-line block")
+    parser.add_argument("--rate", type=int, default=RATE, help="tokens a second")
     args = parser.parse_args()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"machine: {os.cpu_count()} CPUs, load average {load}; answers at {RATE} tokens/s")
+    print(f"machine: {os.cpu_count()} CPUs, load average {load}; answers at {args.rate} tokens/s")
     print(
         f"{'answer':22} {'chars':>7}  {'view':8} {'iopub bytes':>11} {'B/char':>6} "
         f"{'live view':>9} {'displays':>8} {'floor':>5} {'messages':>8} {'seconds':>7}"
@@ -126,7 +131,7 @@ def main() -> None:
                 if args.quick and len(answer) > 50_000:
                     continue
                 for view in ("widgets", "delta"):
-                    sizes, count, seconds, floor = stream_bytes(kernel, view, answer)
+                    sizes, count, seconds, floor = stream_bytes(kernel, view, answer, args.rate)
                     if "module" in sizes:
                         module = sizes.pop("module")
                         print(f"(once per kernel: the delta view's page module, {module:,} bytes)")

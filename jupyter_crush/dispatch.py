@@ -366,11 +366,15 @@ def _release_locked(state: SessionState, accepted: AcceptedRun) -> None:
 
 def call_on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], Any]) -> None:
     """Run ``callback`` on ``loop``: now when already on its thread, else via the loop."""
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
+    if _running_loop() is loop:
         callback()
     elif not loop.is_closed():
         loop.call_soon_threadsafe(callback)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop running on this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
