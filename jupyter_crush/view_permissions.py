@@ -7,7 +7,6 @@ import asyncio
 import json
 from typing import TYPE_CHECKING
 
-from .markdown_text import pretty_json
 from .tools import Decision, PermissionRequest
 
 if TYPE_CHECKING:
@@ -23,7 +22,7 @@ PERMISSION_CHOICES = (
 
 def permission_summary(request: PermissionRequest) -> str:
     """What a permission prompt shows the tool will do."""
-    return request.summary or pretty_json(json.dumps(request.arguments))
+    return request.summary or json.dumps(request.arguments, indent=2, ensure_ascii=False)
 
 
 class WidgetPermissionBroker:

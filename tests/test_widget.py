@@ -36,7 +36,7 @@ from jupyter_crush.message import (
 )
 from jupyter_crush.tools import Decision, PermissionRequest
 from jupyter_crush.view_comm import take_clicks_where_sent
-from jupyter_crush.view_permissions import WidgetPermissionBroker
+from jupyter_crush.view_permissions import WidgetPermissionBroker, permission_summary
 from jupyter_crush.widget import WIDGET_VIEW_MIME, RunLabels
 
 
@@ -510,6 +510,12 @@ async def test_permission_granted_without_a_prompt_clears_the_waiting_state():
     assert "waiting for permission" in page.status
     view.on_event(ToolStarted(ToolCallPart("c1", "bash", "{}", finished=True)))
     assert "running" in view.status_text()
+
+
+def test_a_prompt_without_a_summary_shows_the_arguments_as_indented_json():
+    bare = PermissionRequest("s1", "c1", "mystery", {"path": "données/a.csv", "n": 2}, "")
+    assert permission_summary(bare) == '{\n  "path": "données/a.csv",\n  "n": 2\n}'
+    assert permission_summary(request()) == "rm -rf build"
 
 
 async def test_session_title_is_literal_in_the_static_markdown():
