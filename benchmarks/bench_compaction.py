@@ -42,15 +42,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from replay_server import ReplayServer, Step, recording_steps  # noqa: E402
 
 from jupyter_crush import SessionAgent, SessionAgentCall, TranscriptStore  # noqa: E402
-from jupyter_crush.agent import Delta  # noqa: E402
-from jupyter_crush.compaction import SUMMARY_SHARE, request_view, summary_request  # noqa: E402
-from jupyter_crush.context_window import (  # noqa: E402
-    estimate_fixed,
-    estimate_message,
-    model_window,
-    request_tokens,
-)
-from jupyter_crush.message import (  # noqa: E402
+from jupyter_crush.agent.compaction import SUMMARY_SHARE, request_view, summary_request  # noqa: E402
+from jupyter_crush.agent.session import Delta  # noqa: E402
+from jupyter_crush.agent.titles import prompt_title  # noqa: E402
+from jupyter_crush.core.message import (  # noqa: E402
     Message,
     ReasoningPart,
     Role,
@@ -59,8 +54,14 @@ from jupyter_crush.message import (  # noqa: E402
     ToolResultPart,
     Usage,
 )
-from jupyter_crush.model import StreamFinish, ToolSpec  # noqa: E402
-from jupyter_crush.prompt import notebook_prompt  # noqa: E402
+from jupyter_crush.core.model import StreamFinish, ToolSpec  # noqa: E402
+from jupyter_crush.core.tokens import (  # noqa: E402
+    estimate_fixed,
+    estimate_message,
+    model_window,
+    request_tokens,
+)
+from jupyter_crush.kernel.prompt import notebook_prompt  # noqa: E402
 from jupyter_crush.providers import ProviderConfig, ProviderSettings, resolve_model  # noqa: E402
 from jupyter_crush.providers.prices import step_cost  # noqa: E402
 from jupyter_crush.providers.replay import (  # noqa: E402
@@ -68,7 +69,6 @@ from jupyter_crush.providers.replay import (  # noqa: E402
     SHORT_NAMES,
     load_recording,
 )
-from jupyter_crush.titles import prompt_title  # noqa: E402
 from jupyter_crush.tools import default_tools  # noqa: E402
 
 RUNS = 60

@@ -32,11 +32,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from replay_server import ReplayServer, Step, recording_steps  # noqa: E402
 
 from jupyter_crush import Role, TranscriptStore  # noqa: E402
-from jupyter_crush.message import Message, TextPart  # noqa: E402
-from jupyter_crush.model import ModelError  # noqa: E402
+from jupyter_crush.core.message import Message, TextPart  # noqa: E402
+from jupyter_crush.core.model import ModelError  # noqa: E402
 from jupyter_crush.providers import ProviderSettings, resolve_model  # noqa: E402
 from jupyter_crush.providers.replay import RECORDINGS_DIR, SHORT_NAMES  # noqa: E402
-from jupyter_crush.storage import StoreError  # noqa: E402
+from jupyter_crush.store.storage import StoreError  # noqa: E402
 
 
 def openai_model(url: str, **settings: object):

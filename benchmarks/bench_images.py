@@ -4,14 +4,14 @@
 
 - a figure named in a prompt, drawn at a dpi that fits rather than shrunk after;
 - bytes and pixels of matplotlib figures (the inline default, a large high-dpi one) and of a
-  photo-like image, before and after :func:`jupyter_crush.images.image_part`, and the time
+  photo-like image, before and after :func:`jupyter_crush.core.images.image_part`, and the time
   it takes;
 - journal size of a session whose tool message, carrying one figure, is rewritten once per
   tool result (as the agent does): with the image file referenced from the record, next to
   the same records carrying the image inline as base64 (what storing the bytes in the
   message would cost);
 - characters of a request built from a prompt naming a 5 MB value, with the cap of
-  :mod:`jupyter_crush.limits`, next to the uncapped size.
+  :mod:`jupyter_crush.core.limits`, next to the uncapped size.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from PIL import Image
 
-from jupyter_crush.images import image_from_value, image_part
-from jupyter_crush.message import Message, Role, TextPart, ToolResultPart
+from jupyter_crush.core.images import image_from_value, image_part
+from jupyter_crush.core.message import Message, Role, TextPart, ToolResultPart
 from jupyter_crush.providers.openai import build_messages
-from jupyter_crush.store import TranscriptStore
+from jupyter_crush.store.transcript import TranscriptStore
 
 REWRITES = 10
 

@@ -26,8 +26,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jupyter_crush.mcp_config import MCPServerConfig  # noqa: E402
-from jupyter_crush.mcp_tools import MCPServers  # noqa: E402
+from jupyter_crush.mcp.config import MCPServerConfig  # noqa: E402
+from jupyter_crush.mcp.tools import MCPServers  # noqa: E402
 from jupyter_crush.tools import ToolContext  # noqa: E402
 
 SERVER = str(ROOT / "tests" / "mcp_server.py")

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from replay_server import ReplayServer, recording_steps  # noqa: E402
 
-from jupyter_crush.message import Message, Role, TextPart  # noqa: E402
+from jupyter_crush.core.message import Message, Role, TextPart  # noqa: E402
 from jupyter_crush.providers import ProviderConfig, ProviderSettings, resolve_model  # noqa: E402
 from jupyter_crush.providers.replay import RECORDINGS_DIR, SHORT_NAMES, load_recording  # noqa: E402
 

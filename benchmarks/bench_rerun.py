@@ -26,7 +26,7 @@ from nbclient import NotebookClient
 from openai_chunks import openai_step
 from replay_server import serving
 
-from jupyter_crush.store import TranscriptStore
+from jupyter_crush.store.transcript import TranscriptStore
 
 ANSWER = "The weekly totals rise in every city; Brest grows fastest. " * 6
 

@@ -33,15 +33,8 @@ from tinydb.storages import JSONStorage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jupyter_crush.message import (
-    FinishReason,
-    Message,
-    Role,
-    TextPart,
-    ToolCallPart,
-    Usage,
-)
-from jupyter_crush.store import TranscriptStore
+from jupyter_crush.core.message import FinishReason, Message, Role, TextPart, ToolCallPart, Usage
+from jupyter_crush.store.transcript import TranscriptStore
 
 SESSION_SIZE = 50
 WORDS = ("pandas", "NaN", "price", "column", "groupby", "merge", "index", "dtype", "plot")
@@ -177,8 +170,8 @@ def bench_stock(path: Path, size: int, samples: int) -> dict[str, object]:
 CONCURRENT_WRITER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from jupyter_crush.message import Message, Role, TextPart
-from jupyter_crush.store import TranscriptStore
+from jupyter_crush.core.message import Message, Role, TextPart
+from jupyter_crush.store.transcript import TranscriptStore
 store = TranscriptStore(sys.argv[2])
 name, count = sys.argv[3], int(sys.argv[4])
 own = store.create_session(session_id=name).id

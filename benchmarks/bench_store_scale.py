@@ -39,9 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import jupyter_crush as crush  # noqa: E402
-from jupyter_crush.message import Message, Role  # noqa: E402
-from jupyter_crush.storage import StoreError  # noqa: E402
-from jupyter_crush.store import TranscriptStore  # noqa: E402
+from jupyter_crush.core.message import Message, Role  # noqa: E402
+from jupyter_crush.store.storage import StoreError  # noqa: E402
+from jupyter_crush.store.transcript import TranscriptStore  # noqa: E402
 
 
 def ms(ns: float) -> float:

@@ -167,7 +167,7 @@ def setup_cell(view: str) -> str:
 import asyncio
 import time
 from jupyter_crush.magics import current
-from jupyter_crush.model import TextDelta
+from jupyter_crush.core.model import TextDelta
 from jupyter_crush.testing import ScriptedModel, tokenize
 crush = current()
 received = []

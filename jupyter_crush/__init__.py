@@ -1,9 +1,9 @@
 """jupyter-crush: a Crush-style agent in Jupyter notebooks."""
 
-from .agent import AcceptedRun, SessionAgent, SessionAgentCall
+from .agent.session import AcceptedRun, SessionAgent, SessionAgentCall
+from .core.message import FinishReason, Message, Role, Session, Usage
 from .history import export_session, history, sessions
-from .message import FinishReason, Message, Role, Session, Usage
-from .store import TranscriptStore
+from .store.transcript import TranscriptStore
 
 __all__ = [
     "AcceptedRun",
@@ -24,8 +24,8 @@ __all__ = [
 def load_ipython_extension(ipython) -> None:
     """``%load_ext jupyter_crush``: register ``%%crush`` / ``%crush`` on this shell."""
     # Imported here so a broken magics module can never break `import jupyter_crush`.
-    from . import labcomm
     from .magics import load
+    from .notebook import labcomm
 
     load(ipython)
     # The JupyterLab / Notebook 7 extension's comm: its stop command and status bar.

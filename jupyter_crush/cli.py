@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
+from .core.message import Message, Role, Session
 from .history import (
     ORDINARY_FINISHES,
     Matcher,
@@ -35,8 +36,7 @@ from .history import (
     session_json,
     session_rows,
 )
-from .message import Message, Role, Session
-from .storage import StoreError
+from .store.storage import StoreError
 
 PROG = "python -m jupyter_crush"
 #: Default -n for lists of sessions and of search hits (a transcript shows every message).

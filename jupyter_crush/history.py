@@ -7,7 +7,7 @@ lists the sessions; ``crush.export_session()`` writes one as Markdown or JSON.
 
 The store is the kernel's own when ``%load_ext jupyter_crush`` ran, else the configured data
 directory (``CrushConfig.data_dir``, ``$CRUSH_DATA_DIR``, else ``.crush/``); ``store=`` takes
-a :class:`~jupyter_crush.store.TranscriptStore` or a path. pandas is imported only when a
+a :class:`~jupyter_crush.store.transcript.TranscriptStore` or a path. pandas is imported only when a
 frame is built: it takes longer to import than ``%load_ext`` may.
 """
 
@@ -23,8 +23,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .markdown_text import fenced, markdown_literal, pretty_json
-from .message import (
+from .core.markdown import fenced, markdown_literal, pretty_json
+from .core.message import (
     FinishReason,
     ImagePart,
     Message,
@@ -34,11 +34,11 @@ from .message import (
     TextPart,
     now,
 )
-from .storage import StoreError
+from .store.storage import StoreError
 
 if TYPE_CHECKING:
-    from .context_window import Meter
-    from .store import TranscriptStore
+    from .core.tokens import Meter
+    from .store.transcript import TranscriptStore
 
 __all__ = [
     "MESSAGE_COLUMNS",
@@ -182,7 +182,7 @@ def open_store(
 ) -> Iterator[TranscriptStore | None]:
     """The store to query: the given one (left open), one opened at a path (closed after),
     the kernel's, or the default data directory's (``None`` when none was made there yet)."""
-    from .store import TranscriptStore
+    from .store.transcript import TranscriptStore
 
     if isinstance(store, TranscriptStore):
         yield store
@@ -248,7 +248,7 @@ def session_rows(
     meter: Callable[[Sequence[Message]], Meter] | None = None,
 ) -> list[dict]:
     """One dict per session, most recently updated first; ``meter`` measures the context of
-    each session's next request (see :func:`~jupyter_crush.compaction.session_meter`)."""
+    each session's next request (see :func:`~jupyter_crush.agent.compaction.session_meter`)."""
     _check_limit(limit)
     if store is None:
         return []
@@ -359,7 +359,7 @@ class Matcher:
         self._escaped = tuple(json.dumps(t, ensure_ascii=False)[1:-1] for t in self.terms)
 
     def may_occur_in(self, journal: Path) -> bool:
-        """Whether a session's journal (see :mod:`jupyter_crush.store`) may hold a match.
+        """Whether a session's journal (see :mod:`jupyter_crush.store.transcript`) may hold a match.
 
         A cheap necessary condition that spares decoding sessions without one: every term,
         JSON-escaped as the store writes text, occurs somewhere in the case-folded file.
@@ -486,7 +486,7 @@ def _table(rows: list[dict], columns: tuple[str, ...]) -> Any:
 
 
 def _kernel_crush() -> Any:
-    """The kernel's :class:`~jupyter_crush.crush.Crush` if the extension is loaded (never
+    """The kernel's :class:`~jupyter_crush.kernel.crush.Crush` if the extension is loaded (never
     loads it: that would register magics as a side effect of a query)."""
     shell = _ipython()
     return getattr(shell, "_jupyter_crush", None) if shell is not None else None
@@ -496,13 +496,13 @@ def _kernel_meter() -> Callable[[Sequence[Message]], Meter] | None:
     crush = _kernel_crush()
     if crush is None:
         return None
-    from .compaction import session_meter
+    from .agent.compaction import session_meter
 
     return session_meter(crush)
 
 
 def _default_data_dir() -> str:
-    from .config import CrushConfig
+    from .kernel.config import CrushConfig
 
     shell = _ipython()
     # With a shell, settings from ipython_config.py apply as they would to %%crush.

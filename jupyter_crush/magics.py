@@ -1,9 +1,9 @@
 """``%%crush`` and ``%crush``: the IPython magics over the kernel's
-:class:`~jupyter_crush.crush.Crush`.
+:class:`~jupyter_crush.kernel.crush.Crush`.
 
-``%%crush`` turns its cell into a prompt (:mod:`jupyter_crush.prepare`) and submits it;
-``%crush`` runs a line command registered through :mod:`jupyter_crush.commands`: the
-built-in ones (:mod:`jupyter_crush.session_commands`, ``help``) or another module's.
+``%%crush`` turns its cell into a prompt (:mod:`jupyter_crush.kernel.prepare`) and submits it;
+``%crush`` runs a line command registered through :mod:`jupyter_crush.commands.registry`: the
+built-in ones (:mod:`jupyter_crush.commands.session`, ``help``) or another module's.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from . import session_commands  # noqa: F401  (registers the built-in commands LINE_USAGE lists)
-from .commands import COMMANDS, command, load_commands, usage_lines
-from .crush import Crush
-from .prepare import cell_prompt
+from .commands import session as session_commands  # noqa: F401  (registers the built-in commands LINE_USAGE lists)
+from .commands.registry import COMMANDS, command, load_commands, usage_lines
+from .kernel.crush import Crush
+from .kernel.prepare import cell_prompt
 
 NOTES = """\
 SESSION is a session id, a unique id prefix, or a title.
@@ -74,7 +74,7 @@ class CrushMagics(Magics):
         if args.wait and args.no_wait:
             raise UsageError("--wait and --no-wait contradict each other; pick one")
         prompt = cell_prompt(cell, self.shell.user_ns, fresh=args.fresh)
-        from .fix import submit_fix
+        from .kernel.fix import submit_fix
 
         submit = partial(submit_fix, self.crush) if args.fix else self.crush.submit
         submit(

@@ -25,8 +25,8 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .message import FinishReason, Message, Role, Usage
-from .model import (
+from .core.message import FinishReason, Message, Role, Usage
+from .core.model import (
     ModelError,
     ReasoningDelta,
     ReasoningEnd,
@@ -120,7 +120,7 @@ class Gate:
 
 
 class ScriptedModel:
-    """A :class:`~jupyter_crush.model.Model` that streams scripted replies.
+    """A :class:`~jupyter_crush.core.model.Model` that streams scripted replies.
 
     Each call to :meth:`stream` plays the next reply; a plain string is a text
     reply. ``tokens_per_second`` paces the stream like a real model (None:

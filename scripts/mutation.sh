@@ -10,14 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test,mutation
 targets=(
-  'jupyter_crush.dispatch.*'
-  'jupyter_crush.records.*'
-  'jupyter_crush.crush.xǁCrushǁsubmit__mutmut_*'
-  'jupyter_crush.prepare.x_prepare__mutmut_*'
+  'jupyter_crush.agent.dispatch.*'
+  'jupyter_crush.agent.records.*'
+  'jupyter_crush.kernel.crush.xǁCrushǁsubmit__mutmut_*'
+  'jupyter_crush.kernel.prepare.x_prepare__mutmut_*'
 )
 for method in begin_accepted cancel cancel_all is_session_busy queued_prompts status \
   add_status_listener run _drive _fold_queued _finish shutdown _emit _status_changed; do
-  targets+=("jupyter_crush.agent.xǁSessionAgentǁ${method}__mutmut_*")
+  targets+=("jupyter_crush.agent.session.xǁSessionAgentǁ${method}__mutmut_*")
 done
 rm -rf mutants && mkdir mutants
 start=$(date +%s)

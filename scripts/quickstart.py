@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
 
 def print_model() -> None:
     sys.path.insert(0, str(ROOT))
-    from jupyter_crush.config import default_model_choice
+    from jupyter_crush.kernel.config import default_model_choice
 
     name, chosen_by = default_model_choice()
     if chosen_by:
@@ -128,7 +128,7 @@ def print_summary(nb) -> None:
 
 def recorded(store: str) -> str:
     from jupyter_crush import TranscriptStore
-    from jupyter_crush.message import FinishReason
+    from jupyter_crush.core.message import FinishReason
 
     with TranscriptStore(store) as opened:
         sessions = opened.list_sessions()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import jupyter_crush.store as store_module
-from jupyter_crush.message import Message, Role, TextPart, Usage
+import jupyter_crush.store.transcript as store_module
+from jupyter_crush.core.message import Message, Role, TextPart, Usage
 
 store_module.COMPACT_MIN_BYTES = 2048  # compact often, so kills land inside compactions too
 store = store_module.TranscriptStore(sys.argv[1], flush_interval=0.002)

@@ -59,11 +59,11 @@ from typing import Any
 
 import greenlet
 
-import jupyter_crush.agent as agent_module
+import jupyter_crush.agent.session as agent_module
 from jupyter_crush import FinishReason, Message, SessionAgent, SessionAgentCall
-from jupyter_crush.agent import Finished, Folded
-from jupyter_crush.message import TERMINAL_REASONS, Role, Session
-from jupyter_crush.model import ToolSpec
+from jupyter_crush.agent.session import Finished, Folded
+from jupyter_crush.core.message import TERMINAL_REASONS, Role, Session
+from jupyter_crush.core.model import ToolSpec
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 from jupyter_crush.tools import Tool, ToolResult
 

@@ -16,9 +16,9 @@ from jupyter_crush import (
     SessionAgentCall,
     TranscriptStore,
 )
-from jupyter_crush.agent import Finished, Folded, Queued, Started, ToolFinished
-from jupyter_crush.model import ModelError, ToolSpec
-from jupyter_crush.store import UnknownSessionError
+from jupyter_crush.agent.session import Finished, Folded, Queued, Started, ToolFinished
+from jupyter_crush.core.model import ModelError, ToolSpec
+from jupyter_crush.store.transcript import UnknownSessionError
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 from jupyter_crush.tools import Decision, Tool, ToolResult
 

@@ -22,7 +22,7 @@ from transcripts import (
 
 from jupyter_crush import Message, Role, TranscriptStore
 from jupyter_crush.cli import ABBREVIATE, main
-from jupyter_crush.message import TextPart, ToolResultPart
+from jupyter_crush.core.message import TextPart, ToolResultPart
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from bounded import until, within
 from test_agent import Recorder, echo_tool
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall
-from jupyter_crush.compaction import (
+from jupyter_crush.agent.compaction import (
     SUMMARY_INTRO,
     SUMMARY_REQUEST,
     Compacted,
@@ -19,9 +19,9 @@ from jupyter_crush.compaction import (
     Summarizing,
     summary_request,
 )
-from jupyter_crush.context_window import ContextWindow, Meter, model_window, request_tokens
-from jupyter_crush.message import Message, SummaryOfPart, TextPart, Usage
-from jupyter_crush.model import ModelError
+from jupyter_crush.core.message import Message, SummaryOfPart, TextPart, Usage
+from jupyter_crush.core.model import ModelError
+from jupyter_crush.core.tokens import ContextWindow, Meter, model_window, request_tokens
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 
 #: A window of 2,000 tokens: output 1,000 (half the window), reserve 1,000, budget 1,000.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from test_magics import run
 
-from jupyter_crush.context import build_system_prompt, context_files
+from jupyter_crush.kernel.context import build_system_prompt, context_files
 from jupyter_crush.testing import ScriptedModel
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-MODULE = Path(__file__).resolve().parent.parent / "jupyter_crush" / "delta_view.js"
+MODULE = Path(__file__).resolve().parent.parent / "jupyter_crush" / "view" / "delta_view.js"
 
 CHECKS = r"""
 import { BlockSplitter, RunState, renderMarkdown, statusHtml } from './delta_view.mjs';

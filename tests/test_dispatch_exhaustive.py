@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from interleavings import HarnessError, Scenario, Violation, World, explore
 
-import jupyter_crush.dispatch as dispatch
+import jupyter_crush.agent.dispatch as dispatch
 
 QUICK = {
     "1 session x 2 prompts x 1 cancel (either thread)": Scenario(prompts=(2,), cancels=1),

@@ -18,8 +18,8 @@ import pytest
 from bounded import within
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall, TranscriptStore
-from jupyter_crush.message import CANCELED_MESSAGE
-from jupyter_crush.store import TOOL_INTERRUPTED_MESSAGE
+from jupyter_crush.core.message import CANCELED_MESSAGE
+from jupyter_crush.store.transcript import TOOL_INTERRUPTED_MESSAGE
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 
 HOLD_BACK = 3600.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from jupyter_crush.fingerprint import Fingerprint, digest_value
+from jupyter_crush.kernel.fingerprint import Fingerprint, digest_value
 
 
 def test_dataframes_are_digested_by_content_not_identity():

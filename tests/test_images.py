@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from jupyter_crush.images import (
+from jupyter_crush.core.images import (
     MAX_BYTES,
     MAX_EDGE,
     MAX_PIXELS,
@@ -21,8 +21,8 @@ from jupyter_crush.images import (
     image_part,
     images_from_bundle,
 )
-from jupyter_crush.message import ImagePart, Message, Role, TextPart, ToolResultPart
-from jupyter_crush.store import TranscriptStore
+from jupyter_crush.core.message import ImagePart, Message, Role, TextPart, ToolResultPart
+from jupyter_crush.store.transcript import TranscriptStore
 
 
 def png(width: int, height: int, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from kernel_harness import SETUP, Kernel
 
-from jupyter_crush.store import TranscriptStore
+from jupyter_crush.store.transcript import TranscriptStore
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import string
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jupyter_crush.interpolate import interpolate
+from jupyter_crush.kernel.interpolate import interpolate
 
 
 class Frame:

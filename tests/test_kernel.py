@@ -11,7 +11,7 @@ import pytest
 from kernel_harness import ROOT, SETUP, Kernel, scripted, view_ops
 from replay_server import recording_steps, serving
 
-from jupyter_crush.store import TranscriptStore
+from jupyter_crush.store.transcript import TranscriptStore
 
 pytestmark = pytest.mark.slow
 

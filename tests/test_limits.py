@@ -6,9 +6,9 @@ import io
 
 from PIL import Image
 
-from jupyter_crush.images import image_part
-from jupyter_crush.limits import MAX_IMAGES, MAX_PART_CHARS, capped
-from jupyter_crush.message import Message, Role, TextPart, ToolCallPart, ToolResultPart
+from jupyter_crush.core.images import image_part
+from jupyter_crush.core.limits import MAX_IMAGES, MAX_PART_CHARS, capped
+from jupyter_crush.core.message import Message, Role, TextPart, ToolCallPart, ToolResultPart
 from jupyter_crush.providers.anthropic import build_messages as anthropic_messages
 from jupyter_crush.providers.openai import build_messages as openai_messages
 

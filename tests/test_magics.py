@@ -12,16 +12,16 @@ import pytest
 from bounded import within
 from IPython.core.error import UsageError
 
-from jupyter_crush.config import (
+from jupyter_crush.core.model import ToolSpec
+from jupyter_crush.kernel.config import (
     ANTHROPIC_DEFAULT,
     OPENAI_DEFAULT,
     REPLAY_DEFAULT,
     CrushConfig,
     default_model_name,
 )
+from jupyter_crush.kernel.display import extract_code
 from jupyter_crush.magics import CrushMagics, current
-from jupyter_crush.model import ToolSpec
-from jupyter_crush.run_display import extract_code
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 from jupyter_crush.tools import Tool, ToolResult
 
@@ -279,7 +279,7 @@ def test_help_texts(ip, capsys):
     for command in ("sessions", "history", "cancel", "use", "new", "model", "help"):
         assert f"%crush {command}" in out
     assert "%%crush [-s SESSION]" in out  # and the cell form
-    from jupyter_crush.commands import COMMANDS
+    from jupyter_crush.commands.registry import COMMANDS
 
     for registered in COMMANDS.values():  # a usage as long as the column still has a gap
         assert re.search(f"{re.escape(registered.usage)}  +{re.escape(registered.summary)}", out)
@@ -290,7 +290,7 @@ def test_help_texts(ip, capsys):
 
 
 def test_registered_command_runs_and_is_listed_in_help(ip, crush, capsys, monkeypatch):
-    from jupyter_crush import commands
+    from jupyter_crush.commands import registry as commands
 
     monkeypatch.setattr(commands, "COMMANDS", dict(commands.COMMANDS))
     seen = []

@@ -11,7 +11,7 @@ import pytest
 from IPython import get_ipython
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_crush import notebook_state
+from jupyter_crush.notebook import state as notebook_state
 from jupyter_crush.tools import ToolContext
 from jupyter_crush.tools.notebook import CELL_OUTPUT_CHARS, NotebookTool, output_text
 

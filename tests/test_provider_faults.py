@@ -11,7 +11,7 @@ import pytest
 from replay_server import ReplayServer, Step, error_step
 from test_providers import _isolated_env, protocol_model, run_step, simple_body, user
 
-from jupyter_crush.model import ModelError
+from jupyter_crush.core.model import ModelError
 
 __all__ = ["_isolated_env"]  # the autouse fixture: no developer keys leak into these tests
 

@@ -21,7 +21,7 @@ import pytest
 from bounded import until
 from replay_server import ReplayServer, Step, error_step, recording_steps
 
-from jupyter_crush.message import (
+from jupyter_crush.core.message import (
     FinishPart,
     FinishReason,
     Message,
@@ -32,7 +32,7 @@ from jupyter_crush.message import (
     ToolResultPart,
     Usage,
 )
-from jupyter_crush.model import (
+from jupyter_crush.core.model import (
     ModelError,
     ReasoningEnd,
     StreamFinish,
@@ -55,11 +55,7 @@ from jupyter_crush.providers import (
 from jupyter_crush.providers import anthropic as anthropic_provider
 from jupyter_crush.providers import openai as openai_provider
 from jupyter_crush.providers.prices import step_cost
-from jupyter_crush.providers.replay import (
-    RECORDINGS_DIR,
-    SHORT_NAMES,
-    load_recording,
-)
+from jupyter_crush.providers.replay import RECORDINGS_DIR, SHORT_NAMES, load_recording
 
 RECORDINGS = sorted(RECORDINGS_DIR.glob("*.yaml"))
 SECRET = "sk-test-0123456789-secret"

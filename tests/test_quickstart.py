@@ -24,8 +24,8 @@ import pytest
 from kernel_harness import ROOT, kernel_env
 
 from jupyter_crush import SessionAgent, SessionAgentCall, TranscriptStore
-from jupyter_crush.interpolate import interpolate
-from jupyter_crush.message import Role
+from jupyter_crush.core.message import Role
+from jupyter_crush.kernel.interpolate import interpolate
 from jupyter_crush.providers import ProviderSettings, resolve_model
 from jupyter_crush.providers.replay import for_prompt, same_prompt
 

@@ -10,8 +10,8 @@ import pytest
 from bounded import within
 
 from jupyter_crush import SessionAgent, SessionAgentCall
-from jupyter_crush.message import FinishReason, Role
-from jupyter_crush.model import ToolSpec
+from jupyter_crush.core.message import FinishReason, Role
+from jupyter_crush.core.model import ToolSpec
 from jupyter_crush.providers import ProviderSettings, resolve_model
 from jupyter_crush.providers.replay import (
     SHORT_NAMES,

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from IPython.core.error import UsageError
 
-from jupyter_crush.message import Role
-from jupyter_crush.rerun import Rerun
+from jupyter_crush.core.message import Role
+from jupyter_crush.kernel.rerun import Rerun
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 
 

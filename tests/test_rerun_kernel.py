@@ -143,7 +143,7 @@ def test_two_kernels_replay_from_one_store(tmp_path):
             kernels[0].run(ask)
             shown = []
             for k in kernels:  # the first kernel again in a new chain, and the other kernel
-                k.run("from jupyter_crush.rerun import Rerun; current().rerun = Rerun()")
+                k.run("from jupyter_crush.kernel.rerun import Rerun; current().rerun = Rerun()")
                 k.run(ask)
                 view = "current().last_view"
                 shown.append(k.value(f"[{view}.answer_markdown, {view}.status_text()]"))

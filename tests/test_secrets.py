@@ -13,14 +13,14 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
-from jupyter_crush.config import CrushConfig
-from jupyter_crush.known_secrets import remember_headers, remember_url
+from jupyter_crush.core.output import REDACTED, redact
+from jupyter_crush.core.secrets import remember_headers, remember_url
+from jupyter_crush.kernel.config import CrushConfig
 from jupyter_crush.providers.config import load_crush_config
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 from jupyter_crush.tools import default_tools
-from jupyter_crush.tools.output import REDACTED, redact
 from jupyter_crush.tools.permissions import PermissionPolicy
-from jupyter_crush.widget import RunLabels, RunView
+from jupyter_crush.view.base import RunLabels, RunView
 
 ENV_SECRET = "env-token-5f1c9a7e3d"
 CONFIG_KEY = "sk-config-8b2e4f6a1c"

@@ -21,8 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tinydb import Query
 
-import jupyter_crush.store as store_module
-from jupyter_crush.message import (
+import jupyter_crush.store.transcript as store_module
+from jupyter_crush.core.message import (
     FinishPart,
     FinishReason,
     Message,
@@ -33,8 +33,8 @@ from jupyter_crush.message import (
     ToolResultPart,
     Usage,
 )
-from jupyter_crush.storage import Journal, StoreError
-from jupyter_crush.store import (
+from jupyter_crush.store.storage import Journal, StoreError
+from jupyter_crush.store.transcript import (
     KERNEL_STOPPED_MESSAGE,
     TOOL_INTERRUPTED_MESSAGE,
     TranscriptStore,
@@ -253,8 +253,8 @@ def test_pending_updates_are_written_at_interpreter_exit(tmp_path):
     path = tmp_path / "store"
     child = run_child(
         """
-        from jupyter_crush.message import Message, Role
-        from jupyter_crush.store import TranscriptStore
+        from jupyter_crush.core.message import Message, Role
+        from jupyter_crush.store.transcript import TranscriptStore
         store = TranscriptStore(sys.argv[1], flush_interval=3600)
         session = store.create_session(session_id="exit")
         reply = store.add_message(Message("exit", Role.ASSISTANT))
@@ -573,8 +573,8 @@ def test_a_killed_writer_s_message_is_settled(tmp_path):
     child = run_child(
         """
         import os, signal
-        from jupyter_crush.message import Message, Role, TextPart
-        from jupyter_crush.store import TranscriptStore
+        from jupyter_crush.core.message import Message, Role, TextPart
+        from jupyter_crush.store.transcript import TranscriptStore
         store = TranscriptStore(sys.argv[1])
         store.create_session(session_id="k")
         store.add_message(Message("k", Role.ASSISTANT, [TextPart("cut off")]))
@@ -713,8 +713,8 @@ def test_two_stores_on_one_directory_see_each_other(tmp_path, monkeypatch):
 
 MP_WRITER = """
     import pathlib, time
-    from jupyter_crush.message import Message, Role, TextPart, Usage
-    from jupyter_crush.store import TranscriptStore
+    from jupyter_crush.core.message import Message, Role, TextPart, Usage
+    from jupyter_crush.store.transcript import TranscriptStore
     path, name, count, processes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     store = TranscriptStore(path, flush_interval=0)
     own = store.create_session(session_id=name)

@@ -22,9 +22,9 @@ import pytest
 from bounded import within
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall, TranscriptStore
-from jupyter_crush.agent import Finished
-from jupyter_crush.message import Message, TextPart
-from jupyter_crush.store import TruncatedTranscriptWarning
+from jupyter_crush.agent.session import Finished
+from jupyter_crush.core.message import Message, TextPart
+from jupyter_crush.store.transcript import TruncatedTranscriptWarning
 from jupyter_crush.testing import ScriptedModel
 
 
@@ -292,10 +292,10 @@ def test_text_decoded_with_surrogateescape_is_stored_losslessly(tmp_path):
 def test_undecodable_tool_output_is_stored_and_sent_marked(tmp_path):
     from IPython.core.interactiveshell import InteractiveShell
 
+    from jupyter_crush.core.undecodable import encodable
     from jupyter_crush.testing import Reply, ToolCall
     from jupyter_crush.tools import default_tools
     from jupyter_crush.tools.permissions import PermissionPolicy
-    from jupyter_crush.undecodable import encodable
 
     shell = InteractiveShell.instance()
     shell.user_ns["raw"] = b"r\xe9sum\xe9".decode("utf-8", "surrogateescape")

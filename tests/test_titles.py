@@ -9,10 +9,10 @@ from IPython.utils.capture import capture_output
 from test_magics import run
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
-from jupyter_crush.agent import Delta
-from jupyter_crush.model import ModelError
+from jupyter_crush.agent.session import Delta
+from jupyter_crush.agent.titles import MAX_TITLE_CHARS, clean_title, prompt_title
+from jupyter_crush.core.model import ModelError
 from jupyter_crush.testing import Reply, ScriptedModel
-from jupyter_crush.titles import MAX_TITLE_CHARS, clean_title, prompt_title
 
 PROMPT = "Why did the sales in March drop so much compared to February?\nUse df_sales."
 ANSWER = " ".join(f"w{n}" for n in range(40))

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
+from jupyter_crush.core.output import CappedBuffer, redact, scrubbed_environ, truncate
 from jupyter_crush.tools import DEFAULT_TOOL_NAMES, ToolContext, default_tools
 from jupyter_crush.tools.cells import InsertCellTool
 from jupyter_crush.tools.files import FileTools
-from jupyter_crush.tools.output import CappedBuffer, redact, scrubbed_environ, truncate
 from jupyter_crush.tools.python import PythonTool
 from jupyter_crush.tools.shell import BashTool, process_group_state
 from jupyter_crush.tools.variables import VariablesTool

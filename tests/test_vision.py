@@ -15,8 +15,8 @@ from PIL import Image
 from replay_server import ReplayServer, recording_steps
 from test_providers import model_for_recording, run_step, tool_results, user
 
-from jupyter_crush.images import image_part
-from jupyter_crush.message import Message, Role, TextPart
+from jupyter_crush.core.images import image_part
+from jupyter_crush.core.message import Message, Role, TextPart
 from jupyter_crush.providers import resolve_model
 from jupyter_crush.providers.replay import RECORDINGS_DIR, SHORT_NAMES
 from jupyter_crush.providers.vision import accepts_images
@@ -164,7 +164,7 @@ def test_the_setting_overrides_the_name_rule():
     assert resolve_model("ollama:my-finetune", settings=settings).accepts_images
     settings.image_input = False
     assert not resolve_model("ollama:llava", settings=settings).accepts_images
-    from jupyter_crush.config import CrushConfig
+    from jupyter_crush.kernel.config import CrushConfig
 
     assert CrushConfig(image_input=False).provider_settings().image_input is False
     assert CrushConfig().provider_settings().image_input is None

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from bounded import within
 
-from jupyter_crush.agent import (
+from jupyter_crush.agent.compaction import ContextUsed
+from jupyter_crush.agent.session import (
     Delta,
     Finished,
     PermissionAsked,
@@ -22,10 +23,7 @@ from jupyter_crush.agent import (
     ToolFinished,
     ToolStarted,
 )
-from jupyter_crush.compaction import ContextUsed
-from jupyter_crush.context_window import ContextWindow, Meter
-from jupyter_crush.delta_view import BATCH_CHARS, MODULE_HASH, DeltaRunView, view_module
-from jupyter_crush.message import (
+from jupyter_crush.core.message import (
     FinishReason,
     ImagePart,
     Message,
@@ -34,10 +32,12 @@ from jupyter_crush.message import (
     ToolResultPart,
     Usage,
 )
+from jupyter_crush.core.tokens import ContextWindow, Meter
 from jupyter_crush.tools import Decision, PermissionRequest
-from jupyter_crush.view_comm import take_clicks_where_sent
-from jupyter_crush.view_permissions import WidgetPermissionBroker, permission_summary
-from jupyter_crush.widget import WIDGET_VIEW_MIME, RunLabels
+from jupyter_crush.view.base import WIDGET_VIEW_MIME, RunLabels
+from jupyter_crush.view.comm import take_clicks_where_sent
+from jupyter_crush.view.delta import BATCH_CHARS, MODULE_HASH, DeltaRunView, view_module
+from jupyter_crush.view.permissions import WidgetPermissionBroker, permission_summary
 
 
 class Page:

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jupyter_crush.agent import Delta, Finished, Started
-from jupyter_crush.compaction import ContextUsed
-from jupyter_crush.context_window import ContextWindow, Meter
-from jupyter_crush.message import FinishReason, Message, Role, ToolCallPart
+from jupyter_crush.agent.compaction import ContextUsed
+from jupyter_crush.agent.session import Delta, Finished, Started
+from jupyter_crush.core.message import FinishReason, Message, Role, ToolCallPart
+from jupyter_crush.core.tokens import ContextWindow, Meter
 from jupyter_crush.tools import Decision, PermissionRequest
-from jupyter_crush.view_permissions import WidgetPermissionBroker
-from jupyter_crush.widget import RunLabels
-from jupyter_crush.widgets_view import WidgetsRunView, split_paragraphs
+from jupyter_crush.view.base import RunLabels
+from jupyter_crush.view.permissions import WidgetPermissionBroker
+from jupyter_crush.view.widgets import WidgetsRunView, split_paragraphs
 
 
 def make_view(**kwargs) -> tuple[WidgetsRunView, list[str]]:

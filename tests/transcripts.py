@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jupyter_crush import SessionAgent, SessionAgentCall, TranscriptStore
-from jupyter_crush.message import Usage
-from jupyter_crush.model import ModelError, ToolSpec
+from jupyter_crush.core.message import Usage
+from jupyter_crush.core.model import ModelError, ToolSpec
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 from jupyter_crush.tools import Tool, ToolResult
 

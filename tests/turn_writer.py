@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jupyter_crush import SessionAgent, SessionAgentCall, TranscriptStore
-from jupyter_crush.model import ToolSpec
+from jupyter_crush.core.model import ToolSpec
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 from jupyter_crush.tools import Tool, ToolResult
 

@@ -2,7 +2,7 @@
 
 Before each model request the agent asks :func:`fit_request` for the messages to send. When
 the request would leave less than the model's reserve free (see
-:mod:`jupyter_crush.context_window`), the model is first asked for a summary of the
+:mod:`jupyter_crush.core.tokens`), the model is first asked for a summary of the
 conversation; the summary is stored in the session as a message of its own role
 (``summary``), and from then on each request sends::
 
@@ -24,8 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .commands import command
-from .context_window import (
+from ..commands.registry import command
+from ..core.message import FinishReason, Message, Role, SummaryOfPart, TextPart, Usage
+from ..core.model import Model, StreamFinish, TextDelta, closing_stream
+from ..core.tokens import (
     CHARS_PER_TOKEN,
     DEFAULT_OUTPUT_TOKENS,
     ContextWindow,
@@ -36,11 +38,9 @@ from .context_window import (
     model_window,
     request_tokens,
 )
-from .message import FinishReason, Message, Role, SummaryOfPart, TextPart, Usage
-from .model import Model, StreamFinish, TextDelta, closing_stream
 
 if TYPE_CHECKING:
-    from .crush import Crush
+    from ..kernel.crush import Crush
 
 #: Characters of conversation sent with each request when the model's window is unknown
 #: (about 4 per token, so ~100k tokens).
@@ -137,7 +137,7 @@ class ContextPolicy:
 
 
 def policy_from(config: Any) -> ContextPolicy:
-    """The policy a :class:`~jupyter_crush.config.CrushConfig` sets."""
+    """The policy a :class:`~jupyter_crush.kernel.config.CrushConfig` sets."""
     return ContextPolicy(
         auto_compact=config.auto_compact,
         context_window=config.context_window or None,

@@ -51,11 +51,11 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .message import CANCELED_MESSAGE, FinishReason
+from ..core.message import CANCELED_MESSAGE, FinishReason
 
 if TYPE_CHECKING:
-    from .agent import RunObserver, RunResult, SessionAgentCall
     from .records import TurnRecords
+    from .session import RunObserver, RunResult, SessionAgentCall
 
 
 class AcceptedRun:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .message import (
+from ..core.message import (
     TERMINAL_REASONS,
     FinishReason,
     Message,
@@ -33,12 +33,12 @@ from .message import (
     ToolResultPart,
     Usage,
 )
-from .store import TranscriptStore
-from .tools.output import redact
+from ..core.output import redact
+from ..store.transcript import TranscriptStore
 
 if TYPE_CHECKING:
-    from .agent import Attachment
-    from .model import Model
+    from ..core.model import Model
+    from .session import Attachment
 
 TOOL_CANCELED = "Tool call canceled: the run was stopped before it finished"
 TOOL_FAILED = "Tool call not completed: the run failed before it finished"

@@ -1,7 +1,7 @@
 """The session agent: runs each session's turns — model steps, tool calls, records.
 
-Which prompt runs, waits or stops, and when, is decided in :mod:`jupyter_crush.dispatch`;
-what a turn writes and how it is closed, in :mod:`jupyter_crush.records`. This module drives
+Which prompt runs, waits or stops, and when, is decided in :mod:`jupyter_crush.agent.dispatch`;
+what a turn writes and how it is closed, in :mod:`jupyter_crush.agent.records`. This module drives
 one active turn::
 
     active ──► stream steps (model → tool calls → results → …) ──► finish: the terminal
@@ -22,15 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .compaction import (
-    DEFAULT_HISTORY_CHARS,
-    CompactionEvent,
-    ContextPolicy,
-    RequestShaper,
-    SummaryFailed,
-)
-from .dispatch import AcceptedRun, AgentStatus, Dispatcher, Entry, Turn, covered
-from .message import (
+from ..core.message import (
     CANCELED_MESSAGE,
     FinishReason,
     ImagePart,
@@ -40,11 +32,9 @@ from .message import (
     ToolResultPart,
     Usage,
 )
-from .model import Model, StreamFinish, apply_event, closing_stream
-from .records import StoreFailed, TurnRecords, describe, prompt_message
-from .store import TranscriptStore
-from .titles import Titler, title_model_for
-from .tools import (
+from ..core.model import Model, StreamFinish, apply_event, closing_stream
+from ..store.transcript import TranscriptStore
+from ..tools import (
     Decision,
     PermissionBroker,
     PermissionRequest,
@@ -53,6 +43,16 @@ from .tools import (
     ToolResult,
     ToolSource,
 )
+from .compaction import (
+    DEFAULT_HISTORY_CHARS,
+    CompactionEvent,
+    ContextPolicy,
+    RequestShaper,
+    SummaryFailed,
+)
+from .dispatch import AcceptedRun, AgentStatus, Dispatcher, Entry, Turn, covered
+from .records import StoreFailed, TurnRecords, describe, prompt_message
+from .titles import Titler, title_model_for
 
 __all__ = [
     "AcceptedRun",
@@ -554,7 +554,7 @@ class _PermissionDenied(_TurnEnded):
 
 def _resolve(model: Model | str) -> Model:
     if isinstance(model, str):
-        from .providers import resolve_model  # the SDKs are slow to import: only when named
+        from ..providers import resolve_model  # the SDKs are slow to import: only when named
 
         return resolve_model(model)
     return model

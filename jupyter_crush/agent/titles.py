@@ -20,14 +20,14 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .commands import command
+from ..commands.registry import command
+from ..core.message import Message, Role, TextPart
+from ..core.model import Model, StreamFinish, TextDelta, closing_stream
+from ..store.transcript import TranscriptStore
 from .dispatch import call_on_loop
-from .message import Message, Role, TextPart
-from .model import Model, StreamFinish, TextDelta, closing_stream
-from .store import TranscriptStore
 
 if TYPE_CHECKING:
-    from .crush import Crush
+    from ..kernel.crush import Crush
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class TitleOnFirstToken:
     """A turn observer that starts a title request when the answer's first token arrives."""
 
     def __init__(self, start: Callable[[], None]) -> None:
-        from .agent import Delta  # the agent imports this module
+        from .session import Delta  # the agent imports this module
 
         self._token = Delta
         self._start: Callable[[], None] | None = start
@@ -200,7 +200,7 @@ def title_model_for(configured: Model | None, session_model: Model) -> Model | N
 
 def configured_title_model(crush: Crush) -> Model | None:
     """``title_model``, else crush.json's ``models.small``; None: the session's own model."""
-    from .providers.config import ProviderConfigError, load_crush_config
+    from ..providers.config import ProviderConfigError, load_crush_config
 
     name = crush.config.title_model.strip()
     if not name:

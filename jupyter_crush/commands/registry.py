@@ -8,7 +8,7 @@ its own module instead of growing ``magics.py``::
 
 ``magics.py`` imports the modules listed in ``COMMAND_MODULES`` when the extension loads,
 so their commands exist before the first ``%crush`` line runs. The built-in commands
-(:mod:`jupyter_crush.session_commands`, ``help``) are registered with ``builtin=True``:
+(:mod:`jupyter_crush.commands.session`, ``help``) are registered with ``builtin=True``:
 ``%crush?`` lists them, so ``magics.py`` imports them itself.
 """
 
@@ -20,16 +20,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .crush import Crush
+    from ..kernel.crush import Crush
 
 #: Modules whose import registers commands; each one adds itself here.
 COMMAND_MODULES: tuple[str, ...] = (
-    ".fix",
-    ".context",
-    ".mcp_tools",
-    ".rerun",
-    ".compaction",
-    ".titles",
+    "..kernel.fix",
+    "..kernel.context",
+    "..mcp.tools",
+    "..kernel.rerun",
+    "..agent.compaction",
+    "..agent.titles",
 )
 
 

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from .commands import command
-from .compaction import session_meter
-from .usage import store_problems_in_one_line
+from ..agent.compaction import session_meter
+from ..kernel.errors import store_problems_in_one_line
+from .registry import command
 
 if TYPE_CHECKING:
-    from .crush import Crush
-    from .message import Session
+    from ..core.message import Session
+    from ..kernel.crush import Crush
 
 
 @command("sessions", "%crush sessions", "list sessions (* marks the current one)", builtin=True)

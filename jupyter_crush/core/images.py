@@ -203,7 +203,7 @@ def decode_display_data(value: Any, media_type: str, label: str = "") -> bytes:
 class PromptImages:
     """Turns the images a prompt names (``{fig}``, ``{Out[5]}``) into attached images.
 
-    Pass as ``render`` to :func:`jupyter_crush.interpolate.interpolate`: each placeholder
+    Pass as ``render`` to :func:`jupyter_crush.kernel.interpolate.interpolate`: each placeholder
     whose value shows an image becomes a one-line description in the text, the image is
     kept in :attr:`images`, and an image that cannot be sent leaves the value's ``str``
     and a line in :attr:`problems` saying why.

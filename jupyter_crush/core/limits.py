@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from .message import ImagePart, Message, Part, TextPart, ToolResultPart
-from .tools.output import truncate
+from .output import truncate
 
 #: One text, attachment or tool result in a request, in characters (about 12k tokens).
 MAX_PART_CHARS = 50_000

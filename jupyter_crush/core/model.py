@@ -1,6 +1,6 @@
 """The interface every model provider implements.
 
-A model turns a conversation (our own :class:`~jupyter_crush.message.Message`
+A model turns a conversation (our own :class:`~jupyter_crush.core.message.Message`
 objects) plus tool specs into an async stream of events. Providers translate
 to and from their wire format; the agent only ever sees these events.
 """

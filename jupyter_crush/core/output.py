@@ -14,7 +14,7 @@ import re
 import threading
 from collections import deque
 
-from ..known_secrets import MIN_SECRET_LEN, known
+from .secrets import MIN_SECRET_LEN, known
 
 #: Default cap on one tool result, in characters (about 10k tokens).
 MAX_OUTPUT_CHARS = 40_000
@@ -89,7 +89,7 @@ class CappedBuffer:
 def secret_values(environ: dict[str, str] | os._Environ[str] | None = None) -> list[str]:
     """Every secret to redact, longest first: values of environment variables whose names
     look like credentials, and the keys, headers and URL credentials the extension was
-    configured with (:mod:`jupyter_crush.known_secrets`)."""
+    configured with (:mod:`jupyter_crush.core.secrets`)."""
     env = os.environ if environ is None else environ
     values = {
         value

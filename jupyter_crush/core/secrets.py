@@ -1,7 +1,7 @@
 """Every secret the extension has been given, so captured output can be redacted of them.
 
 Environment variables with credential-like names are found by name
-(:func:`jupyter_crush.tools.output.secret_values`). Secrets that arrive otherwise — keys set
+(:func:`jupyter_crush.core.output.secret_values`). Secrets that arrive otherwise — keys set
 with ``%config CrushConfig.api_keys``, keys and headers of ``crush.json`` providers, the
 credentials inside a base URL — are remembered here the moment the extension reads them,
 before any tool can print them.

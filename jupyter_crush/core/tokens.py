@@ -51,7 +51,7 @@ class ContextWindow:
 
 
 def model_window(model: Any, override: int | None = None) -> ContextWindow | None:
-    """The limits of ``model`` (a :class:`~jupyter_crush.model.Model`), or None if unknown."""
+    """The limits of ``model`` (a :class:`~jupyter_crush.core.model.Model`), or None if unknown."""
     output = _configured_output(model)
     listed = _crush_json_entry(model)
     window = override or listed.get("context_window") or _price_table_window(model)
@@ -72,7 +72,7 @@ def _crush_json_entry(model: Any) -> dict[str, int]:
     source = getattr(settings, "crush_config", None)
     if source is False or settings is None:
         return {}
-    from .providers.config import CrushConfigError, crush_config_paths, read_crush_json
+    from ..providers.config import CrushConfigError, crush_config_paths, read_crush_json
 
     paths = [Path(source)] if source else [p for p in crush_config_paths() if p.is_file()]
     found: dict[str, int] = {}
@@ -92,7 +92,7 @@ def _crush_json_entry(model: Any) -> dict[str, int]:
 def _price_table_window(model: Any) -> int | None:
     if getattr(model, "settings", None) is None:
         return None  # not a provider's model (a scripted one): the table cannot know it
-    from .providers.prices import model_info
+    from ..providers.prices import model_info
 
     info = model_info(getattr(model, "provider", ""), getattr(model, "name", ""))
     return getattr(info, "context_window", None)

@@ -27,10 +27,10 @@ from traitlets import (
 )
 from traitlets.config import Configurable
 
-from .known_secrets import remember, remember_url
+from ..core.secrets import remember, remember_url
 
 if TYPE_CHECKING:
-    from .providers import ProviderSettings
+    from ..providers import ProviderSettings
 
 OPENAI_DEFAULT = "openai:gpt-4o"
 ANTHROPIC_DEFAULT = "anthropic:claude-sonnet-4-20250514"
@@ -175,16 +175,16 @@ class CrushConfig(Configurable):
     replay = CaselessStrEnum(
         ["auto", "off", "strict"],
         default_value="auto",
-        help="What a %%crush cell does when the store holds its answer (jupyter_crush.rerun): "
-        "'auto' replays an unchanged cell's recorded turn and asks afresh when anything "
-        "changed; 'strict' replays or fails the cell saying what changed (for CI); 'off' "
-        "always asks. %%crush --fresh always asks.",
+        help="What a %%crush cell does when the store holds its answer "
+        "(jupyter_crush.kernel.rerun): 'auto' replays an unchanged cell's recorded turn "
+        "and asks afresh when anything changed; 'strict' replays or fails the cell saying "
+        "what changed (for CI); 'off' always asks. %%crush --fresh always asks.",
     ).tag(config=True)
 
     system_prompt = Unicode(
         "",
-        help="System prompt; empty uses the built-in one (jupyter_crush.prompt), which tells "
-        "the model it runs in this notebook kernel and which tools it has.",
+        help="System prompt; empty uses the built-in one (jupyter_crush.kernel.prompt), "
+        "which tells the model it runs in this notebook kernel and which tools it has.",
     ).tag(config=True)
 
     api_keys = SecretKeys(
@@ -238,7 +238,7 @@ class CrushConfig(Configurable):
 
     def provider_settings(self) -> ProviderSettings:
         """These settings in the form the providers take."""
-        from .providers import ProviderSettings
+        from ..providers import ProviderSettings
 
         return ProviderSettings(
             api_keys=dict(self.api_keys),

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .commands import command
-from .context_window import estimate_chars, message_chars, model_window
-from .tools.output import truncate
+from ..commands.registry import command
+from ..core.output import truncate
+from ..core.tokens import estimate_chars, message_chars, model_window
 
 if TYPE_CHECKING:
     from .crush import Crush
@@ -42,7 +42,7 @@ class SystemPrompt:
 
 def notebook_folder(shell: Any) -> Path:
     """The notebook's folder: its file's parent when the kernel knows it, else the cwd."""
-    from .tools.notebook import kernel_notebook_path
+    from ..tools.notebook import kernel_notebook_path
 
     path = kernel_notebook_path(shell)
     return path.parent if path is not None else Path.cwd()
@@ -112,7 +112,7 @@ def describe_next_request(crush: Crush) -> str:
     """What the next prompt of the current session would send, with sizes."""
     import json
 
-    from .compaction import fallback_request
+    from ..agent.compaction import fallback_request
     from .fix import last_error
 
     model = crush.resolve_model(None)

@@ -2,9 +2,9 @@
 
 One :class:`Crush` per shell owns the kernel's ``SessionAgent``, its ``TranscriptStore``,
 the current session and the live run views. :meth:`Crush.submit` prepares a prompt
-(:mod:`jupyter_crush.prepare`), accepts it (``agent.begin_accepted``) before anything else
-can happen, displays its :class:`~jupyter_crush.widget.RunView`
-(:mod:`jupyter_crush.run_display`), schedules ``agent.run`` on the kernel's running loop
+(:mod:`jupyter_crush.kernel.prepare`), accepts it (``agent.begin_accepted``) before anything else
+can happen, displays its :class:`~jupyter_crush.view.base.RunView`
+(:mod:`jupyter_crush.kernel.display`), schedules ``agent.run`` on the kernel's running loop
 and returns, so the kernel is idle while the answer streams.
 
 The widgets (ipywidgets), the tools and the providers are imported on first use,
@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from . import notebook_state
-from .agent import Attachment, SessionAgent, SessionAgentCall
+from ..agent.session import Attachment, SessionAgent, SessionAgentCall
+from ..agent.titles import Titler
+from ..core.message import FinishReason, Session
+from ..mcp.tools import MCPServers
+from ..notebook import state as notebook_state
+from ..notebook.interrupt import InterruptCanceler
+from ..store.transcript import TranscriptStore
 from .cell_permissions import ASKING_HEADLESS, CellPermissions
 from .config import CrushConfig
-from .interrupt import InterruptCanceler
-from .mcp_tools import MCPServers
-from .message import FinishReason, Session
-from .prepare import prepare
-from .rerun import Cell, Rerun
-from .run_display import (
+from .display import (
     CellOutputs,
     RunTracker,
     code_to_next_cell,
@@ -44,14 +44,14 @@ from .run_display import (
     should_wait,
     wait_for,
 )
-from .store import TranscriptStore
-from .titles import Titler
-from .usage import one_line
+from .errors import one_line
+from .prepare import prepare
+from .rerun import Cell, Rerun
 
 if TYPE_CHECKING:
+    from ..core.model import Model
+    from ..view.base import RunView
     from .context import SystemPrompt
-    from .model import Model
-    from .widget import RunView
 
 
 class Crush:
@@ -116,10 +116,10 @@ class Crush:
     def ensure_agent(self, model: Model | None) -> SessionAgent:
         """The kernel's agent, made on first use (with ``model`` as its default, if given)."""
         if self._agent is None:
-            from .provenance import cell_proposer
-            from .tools import default_tools
-            from .tools.permissions import PermissionPolicy
-            from .view_permissions import WidgetPermissionBroker
+            from ..notebook.provenance import cell_proposer
+            from ..tools import default_tools
+            from ..tools.permissions import PermissionPolicy
+            from ..view.permissions import WidgetPermissionBroker
 
             tools = self.tools or default_tools(
                 self.shell, include=self.config.tools, propose_cell=cell_proposer(self)
@@ -188,7 +188,7 @@ class Crush:
                 "set one with %crush model NAME"
             )
         try:
-            from .providers import resolve_model
+            from ..providers import resolve_model
         except ImportError as error:
             raise UsageError(f"Model providers are not available: {error}") from None
         try:
@@ -202,7 +202,7 @@ class Crush:
 
     def find_session(self, ref: str) -> Session:
         """A session by id, title (the newest of that title), or unique id prefix."""
-        from .history import SessionNotFoundError, find_session
+        from ..history import SessionNotFoundError, find_session
 
         try:
             return find_session(self.store, ref)
@@ -235,7 +235,7 @@ class Crush:
         """Accept ``prompt`` (with ``attachments``), show its view, and run it on the loop.
 
         ``cell`` (its text, the values filled in, ``--fresh``) lets an unchanged cell replay
-        its recorded turn (:mod:`jupyter_crush.rerun`). ``compact`` summarizes the session
+        its recorded turn (:mod:`jupyter_crush.kernel.rerun`). ``compact`` summarizes the session
         instead (``prompt`` is not recorded).
         """
         prepared = prepare(
@@ -250,7 +250,7 @@ class Crush:
         agent, session, plan = prepared.agent, prepared.session, prepared.plan
         model = prepared.model
 
-        from .widget import RunLabels
+        from ..view.base import RunLabels
 
         # Accept first: from here on a cancel from any cell, button or interrupt covers it.
         accepted = agent.begin_accepted(session.id)

@@ -1,6 +1,6 @@
 """How a ``%%crush`` run is shown in its cell and, when the cell blocks, awaited.
 
-A run's :class:`~jupyter_crush.widget.RunView` is displayed with a display id; when the run
+A run's :class:`~jupyter_crush.view.base.RunView` is displayed with a display id; when the run
 ends the live view is replaced by its static answer, through the cell it belongs to or,
 for a run that outlived its cell, the cell running then (:class:`CellOutputs`). A cell
 waits for its answer when asked to, or when no front end can watch (:func:`should_wait`),
@@ -17,13 +17,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .agent import Finished, Folded, Started
+from ..agent.session import Finished, Folded, Started
 
 if TYPE_CHECKING:
+    from ..core.model import Model
+    from ..view.base import RunView
     from .config import CrushConfig
     from .crush import Crush
-    from .model import Model
-    from .widget import RunView
 
 _CODE_BLOCK = re.compile(r"^```[ \t]*([\w+.-]*)[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 _PYTHON_FENCES = {"", "python", "py", "python3", "ipython", "ipython3"}
@@ -32,10 +32,10 @@ _PYTHON_FENCES = {"", "python", "py", "python3", "ipython", "ipython3"}
 def run_view_class(name: str) -> type[RunView]:
     """The view class of ``CrushConfig.run_view``."""
     if name == "widgets":
-        from .widgets_view import WidgetsRunView
+        from ..view.widgets import WidgetsRunView
 
         return WidgetsRunView
-    from .delta_view import DeltaRunView
+    from ..view.delta import DeltaRunView
 
     return DeltaRunView
 
@@ -135,7 +135,7 @@ class RunTracker:
         elif isinstance(event, Folded) and session_id in crush.turn_models:
             # The running turn's model answers a folded prompt: the status line names it (and
             # for a replay, the recorded prompt it answers).
-            from .providers.replay import for_prompt
+            from ..providers.replay import for_prompt
 
             model, note = for_prompt(crush.turn_models[session_id], self._prompt)
             self._view.labels = replace(
@@ -218,6 +218,6 @@ def code_to_next_cell(crush: Crush, view: RunView) -> None:
     """``-f code``: the answer's Python code as a new cell below (not run)."""
     code = extract_code(view.answer_markdown)
     if code:
-        from .provenance import insert_answer_code
+        from ..notebook.provenance import insert_answer_code
 
         insert_answer_code(crush, view.session_id, code)

@@ -5,7 +5,7 @@ message, the traceback as IPython printed it, the failing cell's source) as an
 attachment, plus the user's optional instruction. It is an ordinary prompt of the current
 session: it queues behind a running one, Stop cancels it, the transcript keeps it. With
 ``-f code`` the answer's corrected cell goes into a new cell below, not run, carrying the
-provenance metadata (:mod:`jupyter_crush.provenance`). Without a recent error nothing is
+provenance metadata (:mod:`jupyter_crush.notebook.provenance`). Without a recent error nothing is
 sent and the cell says so in one line.
 """
 
@@ -14,15 +14,15 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from . import notebook_state
-from .agent import Attachment
-from .commands import command
-from .notebook_state import CellError
-from .tools.output import clean
+from ..agent.session import Attachment
+from ..commands.registry import command
+from ..core.output import clean
+from ..notebook import state as notebook_state
+from ..notebook.state import CellError
 
 if TYPE_CHECKING:
+    from ..view.base import RunView
     from .crush import Crush
-    from .widget import RunView
 
 NO_ERROR = "No recent error to fix: run the failing cell, then %crush fix."
 # Errors are seen from the moment the extension is loaded; one raised before needs its

@@ -45,7 +45,7 @@ def interpolate(
     attribute, a property that raises, an out-of-range ``In[n]``) leaves the
     placeholder as written. ``render(placeholder, value)`` may claim a value first by
     returning its text (a figure becomes an attached image, see
-    :class:`jupyter_crush.images.PromptImages`); ``None`` leaves it to ``str``.
+    :class:`jupyter_crush.core.images.PromptImages`); ``None`` leaves it to ``str``.
     ``used``, when given, receives each placeholder filled in (``"df"``, ``"obj.attr"``,
     ``"Out[2]"``) with its value, for replay fingerprints.
     """

@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from .agent import Attachment
-from .compaction import policy_from
-from .images import PromptImages
+from ..agent.compaction import policy_from
+from ..agent.session import Attachment
+from ..agent.titles import configured_title_model, prompt_title
+from ..core.images import PromptImages
+from .errors import store_problems_in_one_line
 from .interpolate import interpolate
 from .rerun import Cell, Plan
-from .titles import configured_title_model, prompt_title
-from .usage import store_problems_in_one_line
 
 if TYPE_CHECKING:
-    from .agent import SessionAgent
+    from ..agent.session import SessionAgent
+    from ..core.message import Session
+    from ..core.model import Model
     from .crush import Crush
-    from .message import Session
-    from .model import Model
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def prepare(
     """
     if not prompt.strip():
         raise UsageError("The prompt is empty: write what you want after the %%crush line")
-    from .providers.replay import for_prompt
+    from ..providers.replay import for_prompt
 
     # Before anything is recorded; a replay says which recorded prompt it answers.
     model, replay_note = for_prompt(crush.resolve_model(model_name), prompt)

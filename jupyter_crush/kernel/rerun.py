@@ -1,9 +1,10 @@
 """Reproducible Run All: an unchanged ``%%crush`` cell replays its recorded turn.
 
-Every prompt a ``%%crush`` cell sends carries its :class:`~jupyter_crush.fingerprint.Fingerprint`
-on the user message's metadata (``{"fingerprint": {...}}``). When a cell runs again and the
-transcript store holds a *completed* turn (finish ``end_turn``; never a canceled or failed
-one) with the same fingerprint key, the cell replays it instead of asking the provider:
+Every prompt a ``%%crush`` cell sends carries its
+:class:`~jupyter_crush.kernel.fingerprint.Fingerprint` on the user message's metadata
+(``{"fingerprint": {...}}``). When a cell runs again and the transcript store holds a
+*completed* turn (finish ``end_turn``; never a canceled or failed one) with the same
+fingerprint key, the cell replays it instead of asking the provider:
 
 - the recorded steps stream into the widget at once from :class:`RecordedModel` (provider
   ``recorded``, 0 tokens, no cost), through the agent like any turn, so queueing, Stop and
@@ -32,10 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from .commands import command
-from .fingerprint import Fingerprint
-from .message import FinishReason, Message, Role
-from .model import (
+from ..commands.registry import command
+from ..core.message import FinishReason, Message, Role
+from ..core.model import (
     ModelError,
     ReasoningDelta,
     ReasoningEnd,
@@ -47,15 +47,16 @@ from .model import (
     ToolCallStart,
     ToolSpec,
 )
-from .store import StoreError
-from .tools import Tool, ToolContext, ToolResult
+from ..store.transcript import StoreError
+from ..tools import Tool, ToolContext, ToolResult
+from .fingerprint import Fingerprint
 
 if TYPE_CHECKING:
-    from .agent import Attachment
+    from ..agent.session import Attachment
+    from ..core.model import Model
+    from ..store.transcript import TranscriptStore
+    from ..view.base import RunView
     from .crush import Crush
-    from .model import Model
-    from .store import TranscriptStore
-    from .widget import RunView
 
 #: Run again on replay, in the kernel, outputs compared with the recorded ones.
 RERUN_TOOLS = frozenset({"python"})

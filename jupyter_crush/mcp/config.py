@@ -77,7 +77,7 @@ def load_mcp_servers(
     """The configured servers by name: crush.json's ``mcp`` (an explicit path, or Crush's
     usual places merged, later files winning by name), then ``overrides`` (the trait's
     value) on top. A crush.json that cannot be read at all raises ``CrushConfigError``."""
-    from .providers.config import CrushConfigError, crush_config_paths, read_crush_json
+    from ..providers.config import CrushConfigError, crush_config_paths, read_crush_json
 
     if crush_config:
         path = Path(crush_config).expanduser()
@@ -97,7 +97,7 @@ def load_mcp_servers(
 
 
 def _parse_section(section: Mapping[str, Any], source: str) -> dict[str, MCPServerConfig]:
-    from .providers.config import CrushConfigError
+    from ..providers.config import CrushConfigError
 
     parsed = {}
     for name, raw in section.items():
@@ -109,7 +109,7 @@ def _parse_section(section: Mapping[str, Any], source: str) -> dict[str, MCPServ
 
 
 def _parse_entry(name: str, raw: Any, source: str) -> MCPServerConfig:
-    from .providers.config import CrushConfigError, expand_value
+    from ..providers.config import CrushConfigError, expand_value
 
     where = f'MCP server "{name}"'
 

@@ -23,7 +23,7 @@ import time
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from .mcp_config import MCPServerConfig
+from .config import MCPServerConfig
 
 if TYPE_CHECKING:
     from mcp import ClientSession

@@ -18,17 +18,17 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .commands import command
-from .mcp_config import MCPServerConfig, describe_sources, load_mcp_servers
-from .mcp_server import MCPServer, MCPServerError, ServerState, describe_error
-from .model import ToolSpec
-from .tools import Tool, ToolContext, ToolResult
+from ..commands.registry import command
+from ..core.model import ToolSpec
+from ..tools import Tool, ToolContext, ToolResult
+from .config import MCPServerConfig, describe_sources, load_mcp_servers
+from .server import MCPServer, MCPServerError, ServerState, describe_error
 
 if TYPE_CHECKING:
     from mcp import types as mcp_types
 
-    from .config import CrushConfig
-    from .crush import Crush
+    from ..kernel.config import CrushConfig
+    from ..kernel.crush import Crush
 
 #: Tool names reach every provider; OpenAI allows at most 64 of these characters.
 _NAME_LIMIT = 64
@@ -196,7 +196,7 @@ def tool_result(server: str, result: mcp_types.CallToolResult) -> ToolResult:
     structured content, the error flag; a line of text for what cannot be shown."""
     from mcp import types as mcp_types
 
-    from .images import ImageError, image_part
+    from ..core.images import ImageError, image_part
 
     texts = []
     images = []
@@ -249,7 +249,7 @@ def mcp_command(crush: Crush, args: list[str]) -> None:
         raise UsageError(f"No MCP server {args[1]!r}; configured: {names}")
     if not server.usable:
         raise UsageError(server.unavailable())
-    from .run_display import kernel_loop
+    from ..kernel.display import kernel_loop
 
     servers.restart(server, kernel_loop())
     print(f"Restarting MCP server {server.name}; %crush mcp shows its state")

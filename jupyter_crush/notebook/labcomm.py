@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .agent import AgentStatus, SessionAgent
+    from ..agent.session import AgentStatus, SessionAgent
 
 __all__ = ["TARGET", "register", "request", "status_message"]
 

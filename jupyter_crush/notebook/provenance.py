@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from . import labcomm, notebook_state
+from . import labcomm
+from . import state as notebook_state
 
 if TYPE_CHECKING:
-    from .crush import Crush
-    from .store import TranscriptStore
-    from .tools import ToolContext
+    from ..kernel.crush import Crush
+    from ..store.transcript import TranscriptStore
+    from ..tools import ToolContext
 
 METADATA_KEY = "jupyter_crush"
 #: How long the page has to confirm an insert before the payload route is used instead.
@@ -74,7 +75,7 @@ def insert_cell_now(shell: Any, code: str, metadata: dict[str, Any]) -> str:
     """:func:`insert_cell` from a cell that is still executing (``-f code``).
 
     The cell waits on the kernel's loop through nest-asyncio2 (see
-    :func:`~jupyter_crush.run_display.wait_for`), so the page's answer can be awaited here
+    :func:`~jupyter_crush.kernel.display.wait_for`), so the page's answer can be awaited here
     too; without the loop (terminal IPython) the payload route is the only one.
     """
     try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..model import Model
+from ..core.model import Model
 from .config import (
     CrushConfigError,
     MissingAPIKeyError,

@@ -9,7 +9,7 @@ from typing import Any
 import anthropic
 import httpx2
 
-from ..message import (
+from ..core.message import (
     FinishReason,
     ImagePart,
     Message,
@@ -20,7 +20,7 @@ from ..message import (
     ToolResultPart,
     Usage,
 )
-from ..model import (
+from ..core.model import (
     ReasoningDelta,
     ReasoningEnd,
     StreamEvent,
@@ -31,7 +31,7 @@ from ..model import (
     ToolCallStart,
     ToolSpec,
 )
-from ..undecodable import encodable
+from ..core.undecodable import encodable
 from .base import SDKModel
 from .history import conversation, tool_arguments
 from .vision import wire_image

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 import httpx2
 
-from ..message import Usage
-from ..model import ModelError
+from ..core.message import Usage
+from ..core.model import ModelError
 from .config import ProviderConfig, ProviderSettings
 from .errors import translate_error
 from .prices import step_cost

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ..known_secrets import remember, remember_headers, remember_url
+from ..core.secrets import remember, remember_headers, remember_url
 
 ProviderType = Literal["openai", "openai-compat", "anthropic"]
 PROVIDER_TYPES: tuple[str, ...] = ("openai", "openai-compat", "anthropic")

@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx2
 
-from ..model import ModelError
-from ..tools.output import redact
+from ..core.model import ModelError
+from ..core.output import redact
 
 _HINTS = {
     400: "the provider rejected the request",

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..limits import capped
-from ..message import Message, ReasoningPart, Role, TextPart, ToolCallPart, ToolResultPart
+from ..core.limits import capped
+from ..core.message import Message, ReasoningPart, Role, TextPart, ToolCallPart, ToolResultPart
 
 
 def tool_arguments(part: ToolCallPart) -> dict[str, Any]:
@@ -52,7 +52,7 @@ INTERRUPTED = "The tool call was interrupted before it returned a result."
 
 def conversation(messages: Sequence[Message]) -> list[Message]:
     """The messages worth sending, in order, with every tool call answered exactly once,
-    each within the request's limits (:mod:`jupyter_crush.limits`).
+    each within the request's limits (:mod:`jupyter_crush.core.limits`).
 
     Empty assistant turns and system rows are skipped. Both APIs reject a tool call
     without a result right after it, and a result whose call is not in the message

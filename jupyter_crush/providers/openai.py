@@ -10,8 +10,17 @@ from typing import Any
 import httpx2
 import openai
 
-from ..message import FinishReason, ImagePart, Message, Part, Role, TextPart, ToolResultPart, Usage
-from ..model import (
+from ..core.message import (
+    FinishReason,
+    ImagePart,
+    Message,
+    Part,
+    Role,
+    TextPart,
+    ToolResultPart,
+    Usage,
+)
+from ..core.model import (
     ReasoningDelta,
     ReasoningEnd,
     StreamEvent,
@@ -22,7 +31,7 @@ from ..model import (
     ToolCallStart,
     ToolSpec,
 )
-from ..undecodable import encodable
+from ..core.undecodable import encodable
 from .base import SDKModel
 from .history import conversation, tool_arguments
 from .vision import wire_image

@@ -15,7 +15,7 @@ from genai_prices import calc_price
 from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import ModelInfo
 
-from ..message import Usage
+from ..core.message import Usage
 
 #: Our provider ids whose names genai-prices knows under another id.
 _PRICE_PROVIDER = {

@@ -37,8 +37,8 @@ from urllib.parse import urlsplit
 import httpx2
 import yaml
 
-from ..message import Message, Role
-from ..model import Model, StreamEvent, ToolSpec
+from ..core.message import Message, Role
+from ..core.model import Model, StreamEvent, ToolSpec
 from ..tools import Tool, ToolContext, ToolResult
 from .config import ProviderConfig, ProviderConfigError, ProviderSettings
 

@@ -13,7 +13,7 @@ import base64
 import re
 from dataclasses import dataclass
 
-from ..message import ImagePart
+from ..core.message import ImagePart
 
 _VISION_MODELS = re.compile(
     r"""

@@ -4,7 +4,7 @@
 refused with a line saying to upgrade. At open, under the process lock, the leases and
 compaction copies of writers no longer alive are removed.
 
-The methods here belong to :class:`~jupyter_crush.store.TranscriptStore` (through
+The methods here belong to :class:`~jupyter_crush.store.transcript.TranscriptStore` (through
 :class:`_Opening`) and run when it opens.
 """
 
@@ -15,8 +15,8 @@ import json
 import os
 from pathlib import Path
 
+from .state import _WRITER_TOKEN, FORMAT_FILE, _dumps
 from .storage import StoreError, WriterLease, write_atomic
-from .store_state import _WRITER_TOKEN, FORMAT_FILE, _dumps
 
 FORMAT_NAME = "jupyter-crush-transcripts"
 FORMAT_VERSION = 1

@@ -9,7 +9,7 @@ where and why. One session's refused journal never fails another session's write
 The same pending map carries coalesced streaming updates: a timer on the running event loop
 writes them once their ``flush_interval`` has passed.
 
-The methods here belong to :class:`~jupyter_crush.store.TranscriptStore` (through
+The methods here belong to :class:`~jupyter_crush.store.transcript.TranscriptStore` (through
 :class:`_PendingWrites`) and run under its ``_lock``; they use its fields, whose comments in
 ``TranscriptStore.__init__`` name what each protects.
 """
@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 
-from .store_state import INDEX_FILE, _dumps, _SessionState, log
+from .state import INDEX_FILE, _dumps, _SessionState, log
 
 #: Seconds between retries of writes the file system refused (disk full, read-only).
 RETRY_INTERVAL = 1.0

@@ -23,9 +23,9 @@ from tinydb.queries import QueryLike
 from tinydb.storages import Storage
 from tinydb.table import Table
 
-from .message import Message
+from ..core.message import Message
+from .state import _WRITER_KEY
 from .storage import StoreError
-from .store_state import _WRITER_KEY
 
 
 class _LiveTable(Table):

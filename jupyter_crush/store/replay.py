@@ -17,7 +17,7 @@ while it lives, which the kernel drops when the process dies, even on ``kill -9`
 reply still streaming in another live kernel (or in this store) is never cut short; it is
 settled by whoever loads the session after its kernel died.
 
-The methods here belong to :class:`~jupyter_crush.store.TranscriptStore` (through
+The methods here belong to :class:`~jupyter_crush.store.transcript.TranscriptStore` (through
 :class:`_JournalReplay`) and run under its ``_lock``; they use its fields, whose comments in
 ``TranscriptStore.__init__`` name what each protects.
 """
@@ -28,9 +28,8 @@ import json
 import warnings
 from typing import Any
 
-from .message import FinishReason, Message, Role, Session, ToolCallPart, ToolResultPart, now
-from .storage import Journal, WriterLease
-from .store_state import (
+from ..core.message import FinishReason, Message, Role, Session, ToolCallPart, ToolResultPart, now
+from .state import (
     _SESSION_ID,
     _WRITER_KEY,
     _WRITER_TOKEN,
@@ -43,6 +42,7 @@ from .store_state import (
     _set_entry,
     _usage_tuple,
 )
+from .storage import Journal, WriterLease
 
 KERNEL_STOPPED_MESSAGE = "The kernel stopped before this reply finished"
 TOOL_INTERRUPTED_MESSAGE = "Tool call interrupted: the kernel stopped before it finished"

@@ -4,7 +4,7 @@ A :class:`_SessionState` holds a session's record and journal and, once the jour
 in this process, one :class:`_Entry` per message (its latest JSON, usage and cost, writer and
 on-disk size) in message order. :func:`_set_entry` keeps the session's usage/cost totals and
 message count in step with the entries in O(1). Also the ids, record keys and errors shared
-by the store's modules (:mod:`jupyter_crush.store` and its ``store_*`` parts).
+by the store's modules (:mod:`jupyter_crush.store.transcript` and its ``store_*`` parts).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .message import Session, Usage
+from ..core.message import Session, Usage
 from .storage import Journal
 
 # The store's modules log as one.
-log = logging.getLogger("jupyter_crush.store")
+log = logging.getLogger("jupyter_crush.store.transcript")
 
 # Session ids name files, so they are restricted to a portable, path-safe alphabet.
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

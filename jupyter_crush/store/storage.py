@@ -1,6 +1,6 @@
 """File primitives under the transcript store: append-only journals, locks, atomic files.
 
-Nothing here knows about sessions or messages; :mod:`jupyter_crush.store` builds on it.
+Nothing here knows about sessions or messages; :mod:`jupyter_crush.store.transcript` builds on it.
 
 A journal is a JSON-lines file. A record counts only once its terminating newline is on
 disk: a writer killed mid-``write`` leaves a tail without one (a *torn tail*), which readers

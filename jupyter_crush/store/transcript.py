@@ -19,12 +19,12 @@ cannot run on that. Here a write appends one line (one ``write`` syscall) to the
 the message's own session plus one line to the session index: its cost does not depend on
 other sessions or on the length of its own. Appends are safe against ``kill -9`` at any
 instant: a record counts only when its newline is on disk, a torn tail is ignored by readers
-and cut off by the next writer (see :mod:`jupyter_crush.storage`). Whole-file rewrites
+and cut off by the next writer (see :mod:`jupyter_crush.store.storage`). Whole-file rewrites
 (compaction, ``format.json``) go through a temporary file and ``os.replace``. With
 ``fsync=True`` every write is also fsynced, which additionally survives power loss.
 
 Refused writes are kept pending in memory and retried, per session; see
-:mod:`jupyter_crush.store_pending`.
+:mod:`jupyter_crush.store.pending`.
 
 Streaming: the agent calls :meth:`TranscriptStore.update_message` for every token. Updates
 are coalesced to at most one disk write per message per ``flush_interval`` (30/s by
@@ -55,15 +55,15 @@ a closed one is re-read whole when next needed. A store object inherited through
 refuses to work in the child (the flocks would be shared with the parent).
 
 Settling: what a dead writer left open (a reply without its finish, tool calls without
-results) is closed when the session is first loaded; see :mod:`jupyter_crush.store_replay`.
+results) is closed when the session is first loaded; see :mod:`jupyter_crush.store.replay`.
 
 TinyDB: :attr:`TranscriptStore.db` is a read-only :class:`tinydb.TinyDB` over every session
-and message; see :mod:`jupyter_crush.store_query`.
+and message; see :mod:`jupyter_crush.store.queries`.
 
-The store's parts: :mod:`jupyter_crush.store_state` (the in-memory sessions and messages),
-:mod:`jupyter_crush.store_replay` (reading journals), :mod:`jupyter_crush.store_pending`
-(writing, and refused writes), :mod:`jupyter_crush.store_query` (TinyDB and searches), all
-built on the file primitives of :mod:`jupyter_crush.storage`.
+The store's parts: :mod:`jupyter_crush.store.state` (the in-memory sessions and messages),
+:mod:`jupyter_crush.store.replay` (reading journals), :mod:`jupyter_crush.store.pending`
+(writing, and refused writes), :mod:`jupyter_crush.store.queries` (TinyDB and searches), all
+built on the file primitives of :mod:`jupyter_crush.store.storage`.
 """
 
 from __future__ import annotations
@@ -81,26 +81,18 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from .message import ImagePart, Message, Session, new_id, now
-from .storage import (
-    Journal,
-    ProcessLock,
-    StoreError,
-    WriterLease,
-    remove_stale_temporaries,
-    write_atomic,
-)
-from .store_open import _Opening, _prepare_directory
-from .store_pending import PendingWrites, Refusal, _PendingWrites
-from .store_query import TranscriptDB, _Queries
-from .store_replay import (
+from ..core.message import ImagePart, Message, Session, new_id, now
+from .opening import _Opening, _prepare_directory
+from .pending import PendingWrites, Refusal, _PendingWrites
+from .queries import TranscriptDB, _Queries
+from .replay import (
     KERNEL_STOPPED_MESSAGE,
     TOOL_INTERRUPTED_MESSAGE,
     TruncatedTranscriptWarning,
     _JournalReplay,
     _warn_if_cut_short,
 )
-from .store_state import (
+from .state import (
     _SESSION_ID,
     _WRITER_KEY,
     FORMAT_FILE,
@@ -115,6 +107,14 @@ from .store_state import (
     _set_entry,
     _usage_tuple,
     log,
+)
+from .storage import (
+    Journal,
+    ProcessLock,
+    StoreError,
+    WriterLease,
+    remove_stale_temporaries,
+    write_atomic,
 )
 
 __all__ = [
@@ -491,7 +491,7 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
                 if image.data is None:
                     raise StoreError(
                         f"image {image.file} has no bytes to store; make it with "
-                        "jupyter_crush.images (image_part)"
+                        "jupyter_crush.core.images (image_part)"
                     )
                 try:
                     write_atomic(path, image.data, fsync=self.fsync)

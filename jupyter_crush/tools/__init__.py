@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from ..message import ImagePart
-from ..model import ToolSpec
+from ..core.message import ImagePart
+from ..core.model import ToolSpec
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Tool:
         Values of credential-like environment variables are masked: the prompt is
         output like any other.
         """
-        from .output import redact
+        from ..core.output import redact
 
         if self.summarize is not None:
             try:

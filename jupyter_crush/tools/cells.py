@@ -7,7 +7,7 @@ blocking ``%%crush --wait`` cell (or any cell that was executing meanwhile),
 and for a background run below the next cell the user executes. A front end
 with a better channel (a comm to the JupyterLab extension, a button in the run
 widget) passes its own ``propose`` callable; the notebook's kernel passes
-:func:`jupyter_crush.provenance.cell_proposer`, which inserts the cell through the
+:func:`jupyter_crush.notebook.provenance.cell_proposer`, which inserts the cell through the
 JupyterLab extension with metadata naming where it came from.
 The result's metadata always carries the code as ``proposed_cell`` so a run
 view can offer it directly.
@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import ToolSpec
+from ..core.model import ToolSpec
 from . import Tool, ToolContext, ToolResult
 
 #: Delivers proposed code to the user; returns (or resolves to) a sentence saying where

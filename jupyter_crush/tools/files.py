@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..model import ToolSpec
+from ..core.model import ToolSpec
+from ..core.output import MAX_OUTPUT_CHARS, clean, redact
 from . import Tool, ToolContext, ToolResult
 from .notebook_file import notebook_lines
-from .output import MAX_OUTPUT_CHARS, clean, redact
 from .workspace import GlobMatcher, Workspace, WorkspaceError, skipped_name, walk
 
 VIEW_DEFAULT_LINES = 2000

@@ -3,7 +3,7 @@
 Where the cells come from, best first:
 
 1. **The live document** in JupyterLab 4 / Notebook 7, asked over the extension's comm
-   (:func:`jupyter_crush.labcomm.request`): what the user sees, unsaved edits included.
+   (:func:`jupyter_crush.notebook.labcomm.request`): what the user sees, unsaved edits included.
 2. **The ``.ipynb`` on disk**: the kernel's notebook (``__session__``, which ipykernel
    sets from ``JPY_SESSION_NAME``), or the ``path`` the model names; cells run in this
    kernel since it was saved follow, from IPython's ``In``/``Out`` history.
@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import labcomm, notebook_state
-from ..model import ToolSpec
+from ..core.model import ToolSpec
+from ..core.output import MAX_OUTPUT_CHARS, clean, truncate
+from ..notebook import labcomm
+from ..notebook import state as notebook_state
 from . import Tool, ToolContext, ToolResult
-from .output import MAX_OUTPUT_CHARS, clean, truncate
 
 #: Per-cell bounds: a source or the outputs of one cell longer than this keep head + tail.
 CELL_SOURCE_CHARS = 3_000

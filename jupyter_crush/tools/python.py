@@ -49,7 +49,7 @@ Images
 The model sees what the code plotted: each figure the run leaves open, each PNG/JPEG
 the code displays, and a last expression that renders as an image (a ``Figure``, a PIL
 image, ``IPython.display.Image``) go with the result as images (checked and downscaled
-by :mod:`jupyter_crush.images`; one that cannot be sent is a line in the text saying why).
+by :mod:`jupyter_crush.core.images`; one that cannot be sent is a line in the text saying why).
 """
 
 from __future__ import annotations
@@ -66,11 +66,11 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..images import ImageError, image_from_value, images_from_bundle
-from ..message import ImagePart
-from ..model import ToolSpec
+from ..core.images import ImageError, image_from_value, images_from_bundle
+from ..core.message import ImagePart
+from ..core.model import ToolSpec
+from ..core.output import MAX_OUTPUT_CHARS, CappedBuffer, clean, truncate
 from . import Tool, ToolContext, ToolResult
-from .output import MAX_OUTPUT_CHARS, CappedBuffer, clean, truncate
 
 DEFAULT_TIMEOUT = 60.0
 MAX_TIMEOUT = 600.0

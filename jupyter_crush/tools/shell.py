@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..model import ToolSpec
+from ..core.model import ToolSpec
+from ..core.output import MAX_OUTPUT_CHARS, CappedBuffer, redact, scrubbed_environ
 from . import Tool, ToolContext, ToolResult
-from .output import MAX_OUTPUT_CHARS, CappedBuffer, redact, scrubbed_environ
 
 DEFAULT_TIMEOUT = 120.0
 MAX_TIMEOUT = 600.0

@@ -20,9 +20,9 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import ToolSpec
+from ..core.model import ToolSpec
+from ..core.output import MAX_OUTPUT_CHARS, clean, truncate
 from . import Tool, ToolContext, ToolResult
-from .output import MAX_OUTPUT_CHARS, clean, truncate
 
 LIST_DEFAULT = 100
 LIST_MAX = 1000

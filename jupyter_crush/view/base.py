@@ -1,9 +1,9 @@
 """The run view: one prompt's live view, and the permission prompt inside it.
 
 :class:`RunView` holds what a view shows and follows the agent's events; how it reaches
-the page is its subclass's: :class:`~jupyter_crush.delta_view.DeltaRunView` (the default)
+the page is its subclass's: :class:`~jupyter_crush.view.delta.DeltaRunView` (the default)
 sends only what changed to a front-end module that appends it, and
-:class:`~jupyter_crush.widgets_view.WidgetsRunView` re-sends ipywidgets values
+:class:`~jupyter_crush.view.widgets.WidgetsRunView` re-sends ipywidgets values
 (``CrushConfig.run_view``).
 
 Threading rules: agent events reach :meth:`RunView.on_event` on the
@@ -20,7 +20,7 @@ comm messages on a kernel subshell of their comm target, but ipykernel 7.4
 reroutes each comm message to the subshell of the last message the *kernel*
 published on that comm — for a widget made by a cell, the main shell, where a
 click would wait for whatever cell runs there. A view's Stop comm takes clicks on
-the subshell the page sent them on (:func:`~jupyter_crush.view_comm.take_clicks_where_sent`),
+the subshell the page sent them on (:func:`~jupyter_crush.view.comm.take_clicks_where_sent`),
 so the cancel is recorded and the view says "Stopping…" at once, from that
 thread. A cell that blocks the main thread also holds the asyncio loop, so the
 stream itself stops at the loop's first tick after that cell: no model token is
@@ -40,7 +40,8 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from .agent import (
+from ..agent.compaction import Compacted, CompactionEvent, ContextUsed, Summarizing
+from ..agent.session import (
     Delta,
     Finished,
     Folded,
@@ -51,12 +52,11 @@ from .agent import (
     ToolFinished,
     ToolStarted,
 )
-from .compaction import Compacted, CompactionEvent, ContextUsed, Summarizing
-from .context_window import Meter
-from .markdown_text import markdown_literal, pretty_json
-from .message import FinishReason, Message, Role, ToolCallPart, ToolResultPart, Usage
-from .tools import Decision, PermissionRequest
-from .view_comm import close_widgets
+from ..core.markdown import markdown_literal, pretty_json
+from ..core.message import FinishReason, Message, Role, ToolCallPart, ToolResultPart, Usage
+from ..core.tokens import Meter
+from ..tools import Decision, PermissionRequest
+from .comm import close_widgets
 
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -248,7 +248,7 @@ class RunView:
         """For a cell that blocks until the answer: point at the interrupt as well.
 
         A Stop click the page sends on a kernel subshell (JupyterLab 4 and Notebook 7 do)
-        lands at once (see :func:`~jupyter_crush.view_comm.take_clicks_where_sent`), but one
+        lands at once (see :func:`~jupyter_crush.view.comm.take_clicks_where_sent`), but one
         sent on the main shell, as front ends without comms over subshells do, waits behind
         this very cell until the answer is complete; the interrupt works everywhere.
         """

@@ -22,7 +22,7 @@ Everything the run shows travels as custom comm messages:
   the ops after ``n``.
 - page -> kernel ``{"event": "click", "target": "stop"}`` and
   ``{"event": "click", "target": "decide", "ask": id, "decision": …}``. Clicks are taken on
-  the subshell the page sent them on (:func:`~jupyter_crush.view_comm.take_clicks_where_sent`);
+  the subshell the page sent them on (:func:`~jupyter_crush.view.comm.take_clicks_where_sent`);
   the page shows "Stopping…" before it sends the click.
 
 Why anywidget and not a model in the prebuilt JupyterLab extension: VS Code loads no
@@ -51,10 +51,10 @@ import anywidget
 import ipywidgets as widgets
 import traitlets
 
-from .tools import Decision, PermissionRequest
-from .view_comm import take_clicks_where_sent
-from .view_permissions import permission_summary
-from .widget import RunLabels, RunView
+from ..tools import Decision, PermissionRequest
+from .base import RunLabels, RunView
+from .comm import take_clicks_where_sent
+from .permissions import permission_summary
 
 #: Fewer characters than this waiting: send at most every TRICKLE_INTERVAL seconds.
 BATCH_CHARS = 4096

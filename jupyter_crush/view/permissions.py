@@ -7,10 +7,10 @@ import asyncio
 import json
 from typing import TYPE_CHECKING
 
-from .tools import Decision, PermissionRequest
+from ..tools import Decision, PermissionRequest
 
 if TYPE_CHECKING:
-    from .widget import RunView
+    from .base import RunView
 
 
 PERMISSION_CHOICES = (

@@ -3,7 +3,7 @@ whole widget values.
 
 Finished paragraphs move into frozen Output widgets, so a redraw costs O(paragraph), but
 a long code block is one paragraph: it is re-sent, and re-rendered, whole at every redraw.
-:class:`~jupyter_crush.delta_view.DeltaRunView` sends only what is new; this view stays
+:class:`~jupyter_crush.view.delta.DeltaRunView` sends only what is new; this view stays
 for front ends without anywidget and for side-by-side benchmarks.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from .tools import Decision, PermissionRequest
-from .view_comm import close_widgets, take_clicks_where_sent
-from .view_permissions import PERMISSION_CHOICES, permission_summary
-from .widget import RunLabels, RunView
+from ..tools import Decision, PermissionRequest
+from .base import RunLabels, RunView
+from .comm import close_widgets, take_clicks_where_sent
+from .permissions import PERMISSION_CHOICES, permission_summary
 
 _BUTTON_STYLES = {"Allow": "success", "Allow for session": "info", "Deny": "danger"}
 

@@ -1,0 +1,1 @@
+"""Every ``%crush`` line command. Importing the package registers them all."""

@@ -1,0 +1,1 @@
+"""MCP servers: their configuration, each server's lifecycle, and their tools for the agent."""

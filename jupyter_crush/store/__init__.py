@@ -1,0 +1,1 @@
+"""The transcript store: the journal on disk, pending writes, replay on open, queries."""
