@@ -226,6 +226,7 @@ class RequestShaper:
         self, summary: Message, history: list[Message], limits: ContextWindow
     ) -> tuple[list[Message], int]:
         """Store ``summary`` in the session; the request from now on, and its tokens."""
+        self.stop_if_covered()  # a Stop may have landed as the summary's stream ended
         self.record(summary)
         history.append(summary)
         request = request_view(history)
