@@ -11,6 +11,7 @@ from test_agent import Recorder, echo_tool
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall
 from jupyter_crush.agent.compaction import (
+    NOTHING_TO_SUMMARIZE,
     SUMMARY_INTRO,
     SUMMARY_REQUEST,
     Compacted,
@@ -22,6 +23,7 @@ from jupyter_crush.agent.compaction import (
 from jupyter_crush.core.message import Message, SummaryOfPart, TextPart, Usage
 from jupyter_crush.core.model import ModelError
 from jupyter_crush.core.tokens import ContextWindow, Meter, model_window, request_tokens
+from jupyter_crush.providers.history import conversation
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 
 #: A window of 2,000 tokens: output 1,000 (half the window), reserve 1,000, budget 1,000.
@@ -233,6 +235,72 @@ async def test_compact_on_an_idle_session_summarizes_it_now(store):
     assert [p.trigger for p in summary.parts if isinstance(p, SummaryOfPart)] == ["manual"]
 
 
+async def test_compact_summarizes_every_turn_but_the_newest_and_the_next_request_sends_that(
+    store,
+):
+    session = store.create_session()
+    answers = ["answer one", "answer two", "answer three", SUMMARY, "answer four"]
+    agent, model = agent_for(store, answers)
+    await run_prompts(agent, session.id, [FIRST, "second", "third"])
+    compact = SessionAgentCall(session.id, "(compact)", compact=True)
+    assert (await within(agent.run(compact))).reason is FinishReason.END_TURN
+    # Asked with every turn in it (the previous request plus the question)...
+    asked = [m.text for m in model.requests[3].messages]
+    assert asked[:-1] == [FIRST, "answer one", "second", "answer two", "third", "answer three"]
+    (summary,) = [m for m in store.list_messages(session.id) if m.role is Role.SUMMARY]
+    (of,) = [p for p in summary.parts if isinstance(p, SummaryOfPart)]
+    assert (of.covered, store.get_message(session.id, of.first_kept).text) == (4, "third")
+    # ...and from then on the summary stands for all but the newest turn.
+    await run_prompts(agent, session.id, ["fourth"])
+    sent = [m.text for m in conversation(model.requests[4].messages)]  # as a provider sends
+    assert sent == [FIRST, SUMMARY_INTRO + SUMMARY, "third", "answer three", "fourth"]
+
+
+async def test_compact_of_a_single_turn_says_there_is_nothing_to_summarize_and_asks_nothing(
+    store,
+):
+    session = store.create_session()
+    agent, model = agent_for(store, ["short answer"])
+    await run_prompts(agent, session.id, [FIRST])
+    for _ in range(2):  # and again with nothing new since
+        recorder = Recorder()
+        compact = SessionAgentCall(session.id, "(compact)", compact=True, observer=recorder)
+        assert (await within(agent.run(compact))).reason is FinishReason.END_TURN
+        notes = [e for e in recorder.events if isinstance(e, Compacted | Summarizing)]
+        assert notes == [Compacted(None, NOTHING_TO_SUMMARIZE)]
+    assert len(model.requests) == 1  # the first prompt's answer only
+    assert not [m for m in store.list_messages(session.id) if m.role is Role.SUMMARY]
+
+
+async def test_compact_of_an_empty_session_asks_nothing(store):
+    session = store.create_session()
+    agent, model = agent_for(store, [])
+    recorder = Recorder()
+    compact = SessionAgentCall(session.id, "(compact)", compact=True, observer=recorder)
+    assert (await within(agent.run(compact))).reason is FinishReason.END_TURN
+    assert model.requests == []
+    assert Compacted(None, NOTHING_TO_SUMMARIZE) in recorder.events
+
+
+async def test_compact_after_a_summary_summarizes_only_when_a_turn_was_added_since(store):
+    session = store.create_session()
+    again = "Sales fell in the north; the report is half written."
+    agent, model = agent_for(store, ["a1", "a2", SUMMARY, "a3", again])
+    await run_prompts(agent, session.id, [FIRST, "second"])
+    compact = SessionAgentCall(session.id, "(compact)", compact=True)
+    await within(agent.run(compact))
+    await within(agent.run(compact))  # nothing since the summary: no request
+    assert len(model.requests) == 3
+    await run_prompts(agent, session.id, ["third"])
+    await within(agent.run(compact))
+    asked = [m.text for m in conversation(model.requests[4].messages)]
+    assert asked[:-1] == [FIRST, SUMMARY_INTRO + SUMMARY, "second", "a2", "third", "a3"]
+    summaries = [m for m in store.list_messages(session.id) if m.role is Role.SUMMARY]
+    assert [m.text for m in summaries] == [SUMMARY, again]
+    (of,) = [p for p in summaries[-1].parts if isinstance(p, SummaryOfPart)]
+    assert store.get_message(session.id, of.first_kept).text == "third"
+
+
 async def test_compact_on_a_busy_session_waits_like_a_prompt(store):
     session = store.create_session()
     agent, model = agent_for(store, ["first answer", "second answer", SUMMARY])
@@ -298,6 +366,23 @@ def test_compact_command_and_the_meter_in_sessions(ip):
         run(ip, "%crush sessions")
     assert f"summary\n  {SUMMARY}" in captured.stdout
     assert " / 2k" in captured.stdout
+
+
+def test_compact_command_on_a_single_turn_prints_one_line_and_asks_nothing(ip):
+    from IPython.utils.capture import capture_output
+    from test_magics import run
+
+    from jupyter_crush.magics import current
+
+    crush = current()
+    model = ScriptedModel(["first answer"])
+    crush.use_model(model)
+    run(ip, "%%crush\n" + FIRST)
+    with capture_output() as captured:
+        run(ip, "%crush compact")
+    assert len(model.requests) == 1
+    last = captured.outputs[-1].data["text/plain"]
+    assert NOTHING_TO_SUMMARIZE in last and "\n" not in last.strip()
 
 
 def test_the_sessions_frame_carries_the_meter_of_percent_crush_sessions(ip):

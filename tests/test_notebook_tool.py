@@ -14,6 +14,7 @@ from IPython.testing.globalipapp import start_ipython
 from jupyter_crush.notebook import state as notebook_state
 from jupyter_crush.tools import ToolContext
 from jupyter_crush.tools.notebook import CELL_OUTPUT_CHARS, NotebookTool, output_text
+from jupyter_crush.tools.workspace import Workspace
 
 CTX = ToolContext("session", "call-1")
 PNG = "iVBORw0KGgo" * 100
@@ -92,8 +93,9 @@ def on_disk(tmp_path, shell, monkeypatch):
     return path
 
 
-async def run(shell, **args) -> tuple[str, bool]:
-    result = await NotebookTool(shell).run(args, CTX)
+async def run(shell, workspace: Path | None = None, **args) -> tuple[str, bool]:
+    tool = NotebookTool(shell, Workspace(workspace)) if workspace else NotebookTool(shell)
+    result = await tool.run(args, CTX)
     return result.content, result.is_error
 
 
@@ -135,13 +137,24 @@ async def test_bad_input_is_a_clear_error(shell, on_disk, tmp_path):
     assert text == (
         "notebook: cell range 10-12 is out of bounds: the notebook has 4 cells (indexes 0-3)"
     )
-    text, error = await run(shell, path="missing.ipynb")
+    text, error = await run(shell, tmp_path, path="missing.ipynb")
     assert error and "not found; give a path to an existing .ipynb" in text
     (tmp_path / "broken.ipynb").write_bytes(b"\xff\xfe not json")
-    text, error = await run(shell, path=str(tmp_path / "broken.ipynb"))
+    text, error = await run(shell, tmp_path, path=str(tmp_path / "broken.ipynb"))
     assert error and "is not a notebook (not valid JSON" in text
     text, error = await run(shell, start="1")
     assert error and text == "notebook: 'start' must be a cell index (an integer), not '1'"
+
+
+async def test_path_reads_another_notebook_of_the_workspace(shell, on_disk, tmp_path):
+    """Relative to the workspace's root, whatever the working directory; not outside it."""
+    (tmp_path / "ws" / "drafts").mkdir(parents=True)
+    other = write_notebook(tmp_path / "ws" / "drafts" / "other.ipynb", [code("draft = 1", 1)])
+    text, error = await run(shell, tmp_path / "ws", path="drafts/other.ipynb")
+    assert not error and text.startswith(f"Notebook (file on disk: {other}), 1 cells")
+    text, error = await run(shell, tmp_path / "ws", path=str(on_disk))
+    assert error and f"outside the workspace {tmp_path / 'ws'}, " in text
+    assert "df = load()" not in text
 
 
 async def test_long_sources_and_outputs_keep_head_and_tail(shell, tmp_path, monkeypatch):

@@ -15,6 +15,9 @@ messages), so the provider's prompt cache serves all but the question. A summary
 (an error, an empty or overlong answer) or is turned off (``auto_compact``) leaves the
 oldest turns out instead, with a note to the model and to the user. Requests are cut only
 where no tool call is separated from its result.
+
+``%crush compact`` summarizes everything but the newest turn, as Crush's compact does; on a
+session with nothing older than that turn it says so and asks the model nothing.
 """
 
 from __future__ import annotations
@@ -85,6 +88,9 @@ whose region is 'unknown', then redo the March/February comparison".
 
 Quote names, paths, values and error messages exactly. Leave out a section with nothing \
 in it. Be complete, in at most {words} words. Answer with the summary only."""
+
+#: What a manual compaction says when the session has no turn older than its newest.
+NOTHING_TO_SUMMARIZE = "nothing to summarize: the session has no turn before its newest"
 
 #: How the summary is sent in place of the messages it covers.
 SUMMARY_INTRO = (
@@ -159,7 +165,8 @@ class RequestShaper:
     policy: ContextPolicy
     record: Callable[[Message], None]  # stores a new summary in the session
     emit: Callable[[CompactionEvent], None]
-    stopped: Callable[[], bool]  # a cancel covers the turn
+    #: Raises CancelledError once a cancel covers the turn (NOTHING-STARTS-WHEN-COVERED).
+    stop_if_covered: Callable[[], None]
 
     @property
     def limits(self) -> ContextWindow | None:
@@ -190,13 +197,20 @@ class RequestShaper:
                 note = "the newest turns alone are longer than the window"
         fitted = cut_to_chars(request, limits.budget * CHARS_PER_TOKEN, _head(history, request))
         left_out = len(request) - len(fitted) + 1 if fitted is not request else 0
-        if left_out or force:
+        if left_out:
             self.emit(Compacted(None, f"{_cut_note(left_out)}: {note}"))
+        elif force:  # a compaction asked for: say why none was made
+            self.emit(Compacted(None, note))
         return fitted
 
-    async def compact(self, history: list[Message]) -> Message:
-        """Summarize ``history`` now, whatever its size (``%crush compact``); the summary is
-        stored and appended to ``history``. Raises :class:`SummaryFailed`."""
+    async def compact(self, history: list[Message]) -> Message | None:
+        """Summarize all of ``history`` but its newest turn now, whatever its size
+        (``%crush compact``); the summary is stored and appended to ``history``. None, said
+        in a :class:`Compacted` note without asking the model, when no older turn is left to
+        summarize. Raises :class:`SummaryFailed`."""
+        if _newest_turn_start(history) <= _first_kept_index(history):
+            self.emit(Compacted(None, NOTHING_TO_SUMMARIZE))
+            return None
         limits = self.limits or self._chars_window()
         request = request_view(history)
         used = self._tokens(history, request)
@@ -212,6 +226,7 @@ class RequestShaper:
         self, summary: Message, history: list[Message], limits: ContextWindow
     ) -> tuple[list[Message], int]:
         """Store ``summary`` in the session; the request from now on, and its tokens."""
+        self.stop_if_covered()  # a Stop may have landed as the summary's stream ended
         self.record(summary)
         history.append(summary)
         request = request_view(history)
@@ -233,11 +248,21 @@ class RequestShaper:
         *,
         force: bool = False,
     ) -> Message:
-        """Ask the model for a summary of ``history``; the summary message, not yet stored."""
-        keep_from = _keep_from(history, int(limits.budget * KEEP_SHARE))
+        """Ask the model for a summary of ``history``; the summary message, not yet stored.
+
+        A ``force``d (manual) summary covers everything before the newest turn; an automatic
+        one keeps as many of the newest turns verbatim as fit in a share of the budget."""
+        if force:
+            keep_from: int | None = _newest_turn_start(history)
+        else:
+            keep_from = _keep_from(history, int(limits.budget * KEEP_SHARE))
         previous = _first_kept_index(history)
         if keep_from is None or keep_from <= previous:
-            raise SummaryFailed("nothing older than the newest turns to summarize")
+            raise SummaryFailed(
+                NOTHING_TO_SUMMARIZE
+                if force
+                else "nothing older than the newest turns to summarize"
+            )
         most = max(int(limits.window * SUMMARY_SHARE), 1)
         if used + most > limits.window:  # the whole request leaves no room to answer: older part
             request = request_view(history[:keep_from])
@@ -264,12 +289,12 @@ class RequestShaper:
     async def _stream_text(self, messages: list[Message]) -> tuple[str, Usage, float | None]:
         chunks: list[str] = []
         finish: StreamFinish | None = None
+        self.stop_if_covered()
         stream = self.model.stream(messages, system=self.system, tools=self.tools)
         try:
             async with closing_stream(stream):
                 async for event in stream:
-                    if self.stopped():
-                        raise asyncio.CancelledError
+                    self.stop_if_covered()
                     if isinstance(event, TextDelta):
                         chunks.append(event.text)
                     elif isinstance(event, StreamFinish):
@@ -381,6 +406,19 @@ def _first_kept_index(history: Sequence[Message]) -> int:
 def _summary_time(history: Sequence[Message]) -> float:
     last = _last_summary(history)
     return history[last].created_at if last is not None else 0.0
+
+
+def _newest_turn_start(history: Sequence[Message]) -> int:
+    """Index of the prompt that opened the newest turn (0 for an empty history). A prompt
+    folded into a running turn follows that turn's tool results, so it opens no turn."""
+    start = 0
+    previous: Role | None = None  # the role of the message before, summaries skipped
+    for index, message in enumerate(history):
+        if message.role is Role.USER and previous is not Role.TOOL:
+            start = index
+        if message.role is not Role.SUMMARY:
+            previous = message.role
+    return start
 
 
 def _keep_from(history: Sequence[Message], budget: int) -> int | None:

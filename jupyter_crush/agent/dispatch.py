@@ -33,6 +33,14 @@ The invariants, each kept in one place below (search for its name):
 - NO-REENTRY: nothing that can call back into the agent (task creation, the agent's
   finish, observers, listeners) runs while a session lock is held, so an eager task
   factory or an observer that cancels cannot deadlock the loop's thread.
+- NOTHING-STARTS-WHEN-COVERED: once a cancel covers a turn, nothing new starts for it: no
+  tool run, no permission prompt, no model request (the next step, the request after a
+  summary), no summary stored, no cell inserted, no MCP call. A cancel from another thread
+  raises the mark at once but its ``task.cancel()`` lands a loop iteration later, after
+  whatever the turn was awaiting may have completed (a permission answered Allow, a summary
+  streamed to its end); so each side effect is preceded by :func:`stop_if_covered`, after
+  the last ``await`` before it. A tool call stopped so gets its error result like any
+  other canceled call (records.py).
 
 Threads: the loop runs on one thread, but ``accept``, ``release`` and ``cancel`` may come
 from another (ipykernel 7 delivers widget clicks on a subshell thread). The state of each
@@ -356,6 +364,14 @@ def covered(turn: Turn) -> bool:
     """Has a cancel covered ``turn``? Read without the lock: ``cancel_mark`` only grows, so a
     stale read merely leaves the stop to the ``task.cancel()`` already on its way."""
     return turn.seq <= turn.state.cancel_mark
+
+
+def stop_if_covered(turn: Turn) -> None:
+    """NOTHING-STARTS-WHEN-COVERED, the rule's one place: raise ``CancelledError`` when a
+    cancel covers ``turn``. Call it immediately before a side effect, with no ``await``
+    between the two: then a cancel either stops the effect here or lands after it started."""
+    if covered(turn):
+        raise asyncio.CancelledError
 
 
 def _release_locked(state: SessionState, accepted: AcceptedRun) -> None:

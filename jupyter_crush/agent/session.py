@@ -50,7 +50,7 @@ from .compaction import (
     RequestShaper,
     SummaryFailed,
 )
-from .dispatch import AcceptedRun, AgentStatus, Dispatcher, Entry, Turn, covered
+from .dispatch import AcceptedRun, AgentStatus, Dispatcher, Entry, Turn, covered, stop_if_covered
 from .records import StoreFailed, TurnRecords, describe, prompt_message
 from .titles import Titler, title_model_for
 
@@ -324,7 +324,7 @@ class SessionAgent:
             self.context,
             records.add,
             lambda event: self._emit(turn, event),
-            lambda: covered(turn),
+            lambda: stop_if_covered(turn),
         )
         if turn.call.compact:
             try:
@@ -337,6 +337,7 @@ class SessionAgent:
             if step:
                 compact = self._fold_queued(turn, history)
             request = await shaper.fit_request(history, force=compact)
+            stop_if_covered(turn)  # the request: its last await was a summary, a tool, MCP's start
             assistant = Message(
                 session_id, Role.ASSISTANT, model=model.name, provider=model.provider
             )
@@ -352,8 +353,7 @@ class SessionAgent:
             records.add(results)
             history.append(results)
             for tool_call in calls:
-                if covered(turn):
-                    raise asyncio.CancelledError
+                stop_if_covered(turn)  # neither its permission prompt nor its run
                 signature = f"{tool_call.name}:{_canonical_json(tool_call.input)}"
                 repeats[signature] += 1
                 if repeats[signature] > REPEATED_CALL_LIMIT:
@@ -390,10 +390,9 @@ class SessionAgent:
         stream = model.stream(request, system=self.system_prompt, tools=specs)
         async with closing_stream(stream):  # closes the provider's HTTP stream on any exit
             async for event in stream:
-                if covered(turn):
-                    # cancel() has marked this turn; its task.cancel() may still be on its way
-                    # from another thread. Stop at this token rather than after it arrives.
-                    raise asyncio.CancelledError
+                # cancel() has marked this turn; its task.cancel() may still be on its way
+                # from another thread. Stop at this token rather than after it arrives.
+                stop_if_covered(turn)
                 if isinstance(event, StreamFinish):
                     # tool_use ends a step, not the turn; any other reason is the terminal record
                     finish = event
@@ -436,9 +435,12 @@ class SessionAgent:
                 if reason and reason != "denied by the user":
                     message = f"{message}: {reason}"
                 raise _PermissionDenied(error(message), message)
+            # Allow and a Stop from another thread may both have landed while we waited.
+            stop_if_covered(turn)
         self._emit(turn, ToolStarted(call))
+        context = ToolContext(turn.session_id, call.id, lambda: stop_if_covered(turn))
         try:
-            outcome: ToolResult = await tool.run(arguments, ToolContext(turn.session_id, call.id))
+            outcome: ToolResult = await tool.run(arguments, context)
         except asyncio.CancelledError:
             if covered(turn) or _cancel_requested():
                 raise

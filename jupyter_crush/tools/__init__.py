@@ -20,10 +20,18 @@ class ToolResult:
     images: list[ImagePart] = field(default_factory=list)  # shown to the model with the text
 
 
+def _not_stopped() -> None:
+    """A call outside any turn (a test, a replay) has nothing to stop it."""
+
+
 @dataclass(frozen=True)
 class ToolContext:
     session_id: str
     tool_call_id: str
+    #: Raises ``CancelledError`` once a cancel covers the call's turn: a tool calls it right
+    #: before a side effect that follows an ``await`` of its own (dispatch's
+    #: NOTHING-STARTS-WHEN-COVERED).
+    stop_if_covered: Callable[[], None] = field(default=_not_stopped, compare=False)
 
 
 @dataclass
@@ -144,7 +152,8 @@ def default_tools(
     use and whose notebook ``notebook`` reads (default: the running one; without one
     those tools and ``insert_cell`` are left out). ``workspace`` is the directory the
     file tools and ``bash`` are confined to (default: the kernel's working directory,
-    which Jupyter sets to the notebook's folder). ``include`` picks a subset by name.
+    which Jupyter sets to the notebook's folder); so is a notebook the ``notebook`` tool
+    reads by path. ``include`` picks a subset by name.
     ``propose_cell`` replaces how ``insert_cell`` delivers code (see :mod:`.cells`).
     """
     from pathlib import Path
@@ -197,6 +206,6 @@ def default_tools(
     if shell is not None:
         makers["python"] = python.tool
         makers["variables"] = VariablesTool(shell).tool
-        makers["notebook"] = NotebookTool(shell).tool
+        makers["notebook"] = NotebookTool(shell, space).tool
         makers["insert_cell"] = InsertCellTool(shell, propose_cell).tool
     return [makers[name]() for name in DEFAULT_TOOL_NAMES if name in wanted and name in makers]

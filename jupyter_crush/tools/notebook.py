@@ -32,6 +32,7 @@ from ..core.output import MAX_OUTPUT_CHARS, clean, truncate
 from ..notebook import labcomm
 from ..notebook import state as notebook_state
 from . import Tool, ToolContext, ToolResult
+from .workspace import Workspace, WorkspaceError
 
 #: Per-cell bounds: a source or the outputs of one cell longer than this keep head + tail.
 CELL_SOURCE_CHARS = 3_000
@@ -49,7 +50,7 @@ source and outputs (errors with their traceback; images are noted, not shown). T
 running your prompt is marked. Use it to see what the user did and what failed before \
 answering. Optional: `start`/`end` (cell indexes, inclusive) to read a range, `search` to \
 keep only cells whose source or output contains that text, `outputs: false` for sources \
-only, `path` to read another .ipynb file in the notebook's folder."""
+only, `path` to read another .ipynb file in the workspace (relative to its root)."""
 
 
 @dataclass
@@ -289,11 +290,20 @@ def format_cells(
 # -- the tool ------------------------------------------------------------------------------
 
 
+def _working_directory() -> Workspace:
+    return Workspace(Path.cwd())
+
+
 @dataclass
 class NotebookTool:
-    """Reads the notebook of ``shell`` (see the module docstring for the sources)."""
+    """Reads the notebook of ``shell`` (see the module docstring for the sources).
+
+    A ``path`` the model names is confined to ``workspace`` as the file tools' are (the
+    tool is read-only, so no permission prompt stands in front of it).
+    """
 
     shell: Any
+    workspace: Workspace = field(default_factory=_working_directory)
     limit: int = MAX_OUTPUT_CHARS
 
     def tool(self) -> Tool:
@@ -310,7 +320,7 @@ class NotebookTool:
                         "description": "Only cells whose source or output contains this.",
                     },
                     "outputs": {"type": "boolean", "description": "Show outputs (default)."},
-                    "path": {"type": "string", "description": "Another .ipynb to read."},
+                    "path": {"type": "string", "description": "Another .ipynb in the workspace."},
                 },
                 "additionalProperties": False,
             },
@@ -324,7 +334,7 @@ class NotebookTool:
         try:
             snapshot = await self.snapshot(args.get("path"))
             cells = select(snapshot.cells, args.get("start"), args.get("end"), args.get("search"))
-        except NotebookError as error:
+        except (NotebookError, WorkspaceError) as error:
             return ToolResult(f"notebook: {error}", True)
         state = notebook_state.get(self.shell)
         text = format_cells(
@@ -339,11 +349,10 @@ class NotebookTool:
         return ToolResult(clean(text, self.limit, what="notebook"))
 
     async def snapshot(self, path: str | None = None) -> NotebookSnapshot:
-        """The notebook's cells from the best source available (see the module docstring)."""
+        """The notebook's cells from the best source available (see the module docstring);
+        ``path`` outside the workspace raises :class:`WorkspaceError`."""
         if path:
-            target = Path(path).expanduser()
-            if not target.is_absolute():
-                target = Path.cwd() / target
+            target = self.workspace.resolve(path)
             return NotebookSnapshot("file on disk", str(target), read_ipynb(target))
         reply = await labcomm.request(self.shell, {"op": "cells"}, timeout=LIVE_TIMEOUT)
         if reply is not None and isinstance(reply.get("cells"), list):

@@ -57,22 +57,37 @@ class Workspace:
         object.__setattr__(self, "root", real)
 
     def resolve(self, path: Any, *, argument: str = "path") -> Path:
-        """The real path of ``path`` (relative to the root, or absolute inside it)."""
+        """The real path of ``path`` (relative to the root, or absolute inside it).
+
+        The one confinement check of every tool that takes a path: anything else a path
+        argument could name is refused with a :class:`WorkspaceError` naming the workspace.
+        """
         if not isinstance(path, str) or not path.strip():
-            raise WorkspaceError(f"'{argument}' must be a non-empty path string")
+            raise WorkspaceError(f"'{argument}' must be a non-empty path {self._inside}")
         if "\x00" in path:
-            raise WorkspaceError(f"'{argument}' contains a NUL character")
-        candidate = Path(path).expanduser() if path.startswith("~") else Path(path)
-        if not candidate.is_absolute():
-            candidate = self.root / candidate
-        real = Path(os.path.realpath(candidate))
+            raise WorkspaceError(
+                f"'{argument}' contains a NUL character; give a path {self._inside}"
+            )
+        try:
+            candidate = Path(path).expanduser() if path.startswith("~") else Path(path)
+            if not candidate.is_absolute():
+                candidate = self.root / candidate
+            real = Path(os.path.realpath(candidate))
+        except (RuntimeError, UnicodeError) as error:  # no home directory; a lone surrogate
+            raise WorkspaceError(
+                f"{path!r} is not a usable path ({error}); give a path {self._inside}"
+            ) from None
         if real != self.root and not real.is_relative_to(self.root):
             how = "resolves (through a symlink or '..') to" if real != candidate else "is"
             raise WorkspaceError(
-                f"{path!r} {how} {real}, outside the workspace {self.root}; "
-                "use a path inside the workspace (relative paths are relative to it)"
+                f"{path!r} {how} {real}, outside the workspace {self.root}, the one folder "
+                "these tools may use; give a path inside it (relative paths start there)"
             )
         return real
+
+    @property
+    def _inside(self) -> str:
+        return f"inside the workspace {self.root} (relative paths start there)"
 
     def display(self, path: Path) -> str:
         """A path as the model should write it back: relative to the root."""
