@@ -43,8 +43,8 @@ from replay_server import ReplayServer, Step, recording_steps  # noqa: E402
 
 from jupyter_crush import SessionAgent, SessionAgentCall, TranscriptStore  # noqa: E402
 from jupyter_crush.agent.compaction import SUMMARY_SHARE, request_view, summary_request  # noqa: E402
-from jupyter_crush.agent.session import Delta  # noqa: E402
 from jupyter_crush.agent.titles import prompt_title  # noqa: E402
+from jupyter_crush.core.events import Delta  # noqa: E402
 from jupyter_crush.core.message import (  # noqa: E402
     Message,
     ReasoningPart,
@@ -55,12 +55,7 @@ from jupyter_crush.core.message import (  # noqa: E402
     Usage,
 )
 from jupyter_crush.core.model import StreamFinish, ToolSpec  # noqa: E402
-from jupyter_crush.core.tokens import (  # noqa: E402
-    estimate_fixed,
-    estimate_message,
-    model_window,
-    request_tokens,
-)
+from jupyter_crush.core.tokens import estimate_fixed, estimate_message, request_tokens  # noqa: E402
 from jupyter_crush.kernel.prompt import notebook_prompt  # noqa: E402
 from jupyter_crush.providers import ProviderConfig, ProviderSettings, resolve_model  # noqa: E402
 from jupyter_crush.providers.prices import step_cost  # noqa: E402
@@ -69,6 +64,7 @@ from jupyter_crush.providers.replay import (  # noqa: E402
     SHORT_NAMES,
     load_recording,
 )
+from jupyter_crush.providers.windows import model_window  # noqa: E402
 from jupyter_crush.tools import default_tools  # noqa: E402
 
 RUNS = 60

@@ -26,9 +26,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from jupyter_crush.core.tools import ToolContext  # noqa: E402
 from jupyter_crush.mcp.config import MCPServerConfig  # noqa: E402
 from jupyter_crush.mcp.tools import MCPServers  # noqa: E402
-from jupyter_crush.tools import ToolContext  # noqa: E402
 
 SERVER = str(ROOT / "tests" / "mcp_server.py")
 CONFIG = MCPServerConfig("bench", command=sys.executable, args=(SERVER,), timeout=60)

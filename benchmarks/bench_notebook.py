@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import nbformat
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_crush.tools import ToolContext
+from jupyter_crush.core.tools import ToolContext
 from jupyter_crush.tools.notebook import (
     NotebookSnapshot,
     NotebookTool,

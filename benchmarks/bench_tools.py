@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
-from jupyter_crush.tools import ToolContext
+from jupyter_crush.core.tools import ToolContext
 from jupyter_crush.tools.files import FileTools
 from jupyter_crush.tools.python import PythonTool
 from jupyter_crush.tools.shell import BashTool

@@ -1,6 +1,7 @@
 """jupyter-crush: a Crush-style agent in Jupyter notebooks."""
 
-from .agent.session import AcceptedRun, SessionAgent, SessionAgentCall
+from .agent.calls import AcceptedRun, SessionAgentCall
+from .agent.session import SessionAgent
 from .core.message import FinishReason, Message, Role, Session, Usage
 from .history import export_session, history, sessions
 from .store.transcript import TranscriptStore

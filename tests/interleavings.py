@@ -61,11 +61,11 @@ import greenlet
 
 import jupyter_crush.agent.session as agent_module
 from jupyter_crush import FinishReason, Message, SessionAgent, SessionAgentCall
-from jupyter_crush.agent.session import Finished, Folded
+from jupyter_crush.core.events import Finished, Folded
 from jupyter_crush.core.message import TERMINAL_REASONS, Role, Session
 from jupyter_crush.core.model import ToolSpec
+from jupyter_crush.core.tools import Tool, ToolResult
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
-from jupyter_crush.tools import Tool, ToolResult
 
 REPLIES = {
     "text": Reply(text="ok"),

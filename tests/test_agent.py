@@ -16,11 +16,11 @@ from jupyter_crush import (
     SessionAgentCall,
     TranscriptStore,
 )
-from jupyter_crush.agent.session import Finished, Folded, Queued, Started, ToolFinished
+from jupyter_crush.core.events import Finished, Folded, Queued, Started, ToolFinished
 from jupyter_crush.core.model import ModelError, ToolSpec
+from jupyter_crush.core.tools import Decision, Tool, ToolResult
 from jupyter_crush.store.transcript import UnknownSessionError
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
-from jupyter_crush.tools import Decision, Tool, ToolResult
 
 
 class Recorder:

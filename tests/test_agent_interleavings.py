@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall, TranscriptStore
-from jupyter_crush.agent.session import Finished
+from jupyter_crush.core.events import Finished
 from jupyter_crush.core.message import TERMINAL_REASONS, Role
 from jupyter_crush.core.model import ModelError, ToolSpec
+from jupyter_crush.core.tools import Tool, ToolResult
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
-from jupyter_crush.tools import Tool, ToolResult
 
 SESSIONS = 3
 

@@ -20,11 +20,12 @@ from bounded import within
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall, Usage
 from jupyter_crush.agent.records import TOOL_CANCELED, TOOL_FAILED
-from jupyter_crush.agent.session import AgentStatus, Delta, Finished
+from jupyter_crush.agent.session import AgentStatus
+from jupyter_crush.core.events import Delta, Finished
 from jupyter_crush.core.message import CANCELED_MESSAGE
 from jupyter_crush.core.model import ModelError, TextDelta, ToolCallDelta, ToolCallStart, ToolSpec
+from jupyter_crush.core.tools import Tool, ToolResult
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
-from jupyter_crush.tools import Tool, ToolResult
 
 ERROR = ModelError("Rate limit reached", status_code=429, provider="openai")
 

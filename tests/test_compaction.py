@@ -14,16 +14,15 @@ from jupyter_crush.agent.compaction import (
     NOTHING_TO_SUMMARIZE,
     SUMMARY_INTRO,
     SUMMARY_REQUEST,
-    Compacted,
     ContextPolicy,
-    ContextUsed,
-    Summarizing,
     summary_request,
 )
+from jupyter_crush.core.events import Compacted, ContextUsed, Summarizing
 from jupyter_crush.core.message import Message, SummaryOfPart, TextPart, Usage
 from jupyter_crush.core.model import ModelError
-from jupyter_crush.core.tokens import ContextWindow, Meter, model_window, request_tokens
+from jupyter_crush.core.tokens import ContextWindow, Meter, request_tokens
 from jupyter_crush.providers.history import conversation
+from jupyter_crush.providers.windows import model_window
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 
 #: A window of 2,000 tokens: output 1,000 (half the window), reserve 1,000, budget 1,000.

@@ -19,10 +19,10 @@ from interleavings import abandon_tasks
 from test_agent import Recorder, make_agent
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall
-from jupyter_crush.agent.session import Finished, Folded
+from jupyter_crush.core.events import Finished, Folded
 from jupyter_crush.core.model import ToolSpec
+from jupyter_crush.core.tools import Tool, ToolResult
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
-from jupyter_crush.tools import Tool, ToolResult
 
 
 def tool(name: str, run) -> Tool:

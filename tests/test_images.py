@@ -209,7 +209,7 @@ def test_a_stored_image_whose_file_is_gone_or_renamed_fails_clearly(tmp_path):
 
 
 async def test_python_tool_returns_figures_and_displayed_images_and_says_what_it_refused(ip):
-    from jupyter_crush.tools import ToolContext
+    from jupyter_crush.core.tools import ToolContext
     from jupyter_crush.tools.python import PythonTool
 
     ip.user_ns["small_png"] = png(30, 20)

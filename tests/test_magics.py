@@ -13,6 +13,7 @@ from bounded import within
 from IPython.core.error import UsageError
 
 from jupyter_crush.core.model import ToolSpec
+from jupyter_crush.core.tools import Tool, ToolResult
 from jupyter_crush.kernel.config import (
     ANTHROPIC_DEFAULT,
     OPENAI_DEFAULT,
@@ -23,7 +24,6 @@ from jupyter_crush.kernel.config import (
 from jupyter_crush.kernel.display import extract_code
 from jupyter_crush.magics import CrushMagics, current
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
-from jupyter_crush.tools import Tool, ToolResult
 
 
 def run(ip, cell: str):

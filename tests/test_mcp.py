@@ -20,12 +20,12 @@ from mcp import types
 from mcp_server import PIXEL
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
+from jupyter_crush.core.tools import ToolContext
 from jupyter_crush.mcp.config import MCPServerConfig, load_mcp_servers
 from jupyter_crush.mcp.server import MCPServer, ServerState
 from jupyter_crush.mcp.tools import MCPServers, tool_name, tool_result
 from jupyter_crush.providers.config import CrushConfigError
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
-from jupyter_crush.tools import ToolContext
 
 SERVER = str(ROOT / "tests" / "mcp_server.py")
 

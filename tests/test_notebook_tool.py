@@ -11,8 +11,8 @@ import pytest
 from IPython import get_ipython
 from IPython.testing.globalipapp import start_ipython
 
+from jupyter_crush.core.tools import ToolContext
 from jupyter_crush.notebook import state as notebook_state
-from jupyter_crush.tools import ToolContext
 from jupyter_crush.tools.notebook import CELL_OUTPUT_CHARS, NotebookTool, output_text
 from jupyter_crush.tools.workspace import Workspace
 

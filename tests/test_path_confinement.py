@@ -17,7 +17,8 @@ import pytest
 from IPython import get_ipython
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_crush.tools import DEFAULT_TOOL_NAMES, Tool, ToolContext, default_tools
+from jupyter_crush.core.tools import Tool, ToolContext
+from jupyter_crush.tools import DEFAULT_TOOL_NAMES, default_tools
 
 CTX = ToolContext("session", "call-1")
 SECRET = "sk-outside-0f3a9c7e5b1d"

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from jupyter_crush.tools import Decision, PermissionRequest, default_tools
+from jupyter_crush.core.tools import Decision, PermissionRequest
+from jupyter_crush.tools import default_tools
 from jupyter_crush.tools.permissions import HEADLESS_REASON, NO_BROKER_REASON, PermissionPolicy
 
 

@@ -1005,7 +1005,7 @@ def test_cost_from_usage():
 @pytest.mark.parametrize("short", ["anthropic-tool", "openai-tool"])
 async def test_agent_runs_a_replayed_tool_turn(short, store):
     from jupyter_crush import SessionAgent, SessionAgentCall
-    from jupyter_crush.tools import Tool, ToolContext, ToolResult
+    from jupyter_crush.core.tools import Tool, ToolContext, ToolResult
 
     path = RECORDINGS_DIR / f"{SHORT_NAMES[short]}.yaml"
     asked: list[tuple[dict[str, Any], str]] = []

@@ -12,6 +12,7 @@ from bounded import within
 from jupyter_crush import SessionAgent, SessionAgentCall
 from jupyter_crush.core.message import FinishReason, Role
 from jupyter_crush.core.model import ToolSpec
+from jupyter_crush.core.tools import Tool, ToolContext, ToolResult
 from jupyter_crush.providers import ProviderSettings, resolve_model
 from jupyter_crush.providers.replay import (
     SHORT_NAMES,
@@ -21,7 +22,6 @@ from jupyter_crush.providers.replay import (
     same_prompt,
 )
 from jupyter_crush.testing import ScriptedModel
-from jupyter_crush.tools import Tool, ToolContext, ToolResult
 
 HI = "Say hi in Portuguese"
 ADD = "Add and multiply the number 2 and 3"

@@ -8,7 +8,7 @@ from bounded import within
 from test_compaction import FIRST, SUMMARY, agent_for, run_prompts
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
-from jupyter_crush.agent.session import Delta
+from jupyter_crush.core.events import Delta
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 
 FAILED = "the transcript store failed ([Errno 28] No space left on device)"

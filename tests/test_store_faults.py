@@ -22,7 +22,7 @@ import pytest
 from bounded import within
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall, TranscriptStore
-from jupyter_crush.agent.session import Finished
+from jupyter_crush.core.events import Finished
 from jupyter_crush.core.message import Message, TextPart
 from jupyter_crush.store.transcript import TruncatedTranscriptWarning
 from jupyter_crush.testing import ScriptedModel

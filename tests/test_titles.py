@@ -9,8 +9,8 @@ from IPython.utils.capture import capture_output
 from test_magics import run
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
-from jupyter_crush.agent.session import Delta
 from jupyter_crush.agent.titles import MAX_TITLE_CHARS, clean_title, prompt_title
+from jupyter_crush.core.events import Delta
 from jupyter_crush.core.model import ModelError
 from jupyter_crush.testing import Reply, ScriptedModel
 

@@ -16,7 +16,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
 from jupyter_crush.core.output import CappedBuffer, redact, scrubbed_environ, truncate
-from jupyter_crush.tools import DEFAULT_TOOL_NAMES, ToolContext, default_tools
+from jupyter_crush.core.tools import ToolContext
+from jupyter_crush.tools import DEFAULT_TOOL_NAMES, default_tools
 from jupyter_crush.tools.cells import InsertCellTool
 from jupyter_crush.tools.files import FileTools
 from jupyter_crush.tools.python import PythonTool

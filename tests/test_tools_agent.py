@@ -11,8 +11,9 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall
+from jupyter_crush.core.tools import Decision
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
-from jupyter_crush.tools import Decision, default_tools
+from jupyter_crush.tools import default_tools
 from jupyter_crush.tools.permissions import HEADLESS_REASON, PermissionPolicy
 
 

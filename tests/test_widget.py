@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from bounded import within
 
-from jupyter_crush.agent.compaction import ContextUsed
-from jupyter_crush.agent.session import (
+from jupyter_crush.core.events import (
+    ContextUsed,
     Delta,
     Finished,
     PermissionAsked,
@@ -33,7 +33,7 @@ from jupyter_crush.core.message import (
     Usage,
 )
 from jupyter_crush.core.tokens import ContextWindow, Meter
-from jupyter_crush.tools import Decision, PermissionRequest
+from jupyter_crush.core.tools import Decision, PermissionRequest
 from jupyter_crush.view.base import WIDGET_VIEW_MIME, RunLabels
 from jupyter_crush.view.comm import take_clicks_where_sent
 from jupyter_crush.view.delta import BATCH_CHARS, MODULE_HASH, DeltaRunView, view_module

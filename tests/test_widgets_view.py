@@ -10,11 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jupyter_crush.agent.compaction import ContextUsed
-from jupyter_crush.agent.session import Delta, Finished, Started
+from jupyter_crush.core.events import ContextUsed, Delta, Finished, Started
 from jupyter_crush.core.message import FinishReason, Message, Role, ToolCallPart
 from jupyter_crush.core.tokens import ContextWindow, Meter
-from jupyter_crush.tools import Decision, PermissionRequest
+from jupyter_crush.core.tools import Decision, PermissionRequest
 from jupyter_crush.view.base import RunLabels
 from jupyter_crush.view.permissions import WidgetPermissionBroker
 from jupyter_crush.view.widgets import WidgetsRunView, split_paragraphs

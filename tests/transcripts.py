@@ -14,8 +14,8 @@ from pathlib import Path
 from jupyter_crush import SessionAgent, SessionAgentCall, TranscriptStore
 from jupyter_crush.core.message import Usage
 from jupyter_crush.core.model import ModelError, ToolSpec
+from jupyter_crush.core.tools import Tool, ToolResult
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
-from jupyter_crush.tools import Tool, ToolResult
 
 QUESTION = 'Why does df have NaNs in column "price"?'
 REASONING = "Inspect the Price column before answering."

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jupyter_crush import SessionAgent, SessionAgentCall, TranscriptStore
 from jupyter_crush.core.model import ToolSpec
+from jupyter_crush.core.tools import Tool, ToolResult
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
-from jupyter_crush.tools import Tool, ToolResult
 
 HOLD_BACK = 3600.0  # seconds a streamed update may wait in memory
 ANSWER = "one two three four five"

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..commands.registry import command
+from ..core.events import Compacted, CompactionEvent, ContextUsed, Summarizing
 from ..core.message import FinishReason, Message, Role, SummaryOfPart, TextPart, Usage
 from ..core.model import Model, StreamFinish, TextDelta, closing_stream
 from ..core.tokens import (
@@ -38,9 +39,9 @@ from ..core.tokens import (
     estimate_message,
     estimate_text,
     message_chars,
-    model_window,
     request_tokens,
 )
+from ..providers.windows import model_window
 
 if TYPE_CHECKING:
     from ..kernel.crush import Crush
@@ -105,32 +106,6 @@ def summary_request(most_tokens: int) -> str:
     0.6 words a token, rounded down to a round number a model keeps to."""
     words = max(most_tokens * 3 // 5 // 50 * 50, 50)
     return SUMMARY_REQUEST.format(words=f"{words:,}")
-
-
-# -- events an observer (the run widget) receives ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class ContextUsed:
-    """The tokens the next request holds, of the model's window."""
-
-    meter: Meter
-
-
-@dataclass(frozen=True)
-class Summarizing:
-    """The model is summarizing the session before the request."""
-
-
-@dataclass(frozen=True)
-class Compacted:
-    """The request was made to fit: by ``summary`` (stored), or by leaving turns out (``note``)."""
-
-    summary: Message | None
-    note: str
-
-
-CompactionEvent = ContextUsed | Summarizing | Compacted
 
 
 @dataclass

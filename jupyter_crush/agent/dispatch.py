@@ -60,35 +60,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..core.message import CANCELED_MESSAGE, FinishReason
+from .calls import AcceptedRun
 
 if TYPE_CHECKING:
+    from ..core.events import RunObserver
+    from .calls import RunResult, SessionAgentCall
     from .records import TurnRecords
-    from .session import RunObserver, RunResult, SessionAgentCall
-
-
-class AcceptedRun:
-    """One accept reservation taken by :meth:`SessionAgent.begin_accepted`.
-
-    ``close`` releases it; it is idempotent, and ``AcceptedRun.close(None)`` is a no-op so
-    callers holding an optional reservation need no check.
-    """
-
-    __slots__ = ("_closed", "_dispatcher", "seq", "session_id")
-
-    def __init__(self, dispatcher: Dispatcher, session_id: str, seq: int) -> None:
-        self._dispatcher = dispatcher
-        self.session_id = session_id
-        self.seq = seq
-        self._closed = False  # guarded by the session's lock
-
-    def close(self) -> None:
-        if self is None:
-            return
-        self._dispatcher.release(self)
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<AcceptedRun session={self.session_id!r} seq={self.seq} {state}>"
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from ..store.transcript import TranscriptStore
 
 if TYPE_CHECKING:
     from ..core.model import Model
-    from .session import Attachment
+    from .calls import Attachment
 
 TOOL_CANCELED = "Tool call canceled: the run was stopped before it finished"
 TOOL_FAILED = "Tool call not completed: the run failed before it finished"

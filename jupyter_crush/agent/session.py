@@ -18,23 +18,30 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any
 
+from ..core.events import (
+    Delta,
+    Finished,
+    Folded,
+    PermissionAsked,
+    Queued,
+    RunEvent,
+    Started,
+    ToolFinished,
+    ToolStarted,
+)
 from ..core.message import (
     CANCELED_MESSAGE,
     FinishReason,
-    ImagePart,
     Message,
     Role,
     ToolCallPart,
     ToolResultPart,
-    Usage,
 )
 from ..core.model import Model, StreamFinish, apply_event, closing_stream
-from ..store.transcript import TranscriptStore
-from ..tools import (
+from ..core.tools import (
     Decision,
     PermissionBroker,
     PermissionRequest,
@@ -43,14 +50,10 @@ from ..tools import (
     ToolResult,
     ToolSource,
 )
-from .compaction import (
-    DEFAULT_HISTORY_CHARS,
-    CompactionEvent,
-    ContextPolicy,
-    RequestShaper,
-    SummaryFailed,
-)
-from .dispatch import AcceptedRun, AgentStatus, Dispatcher, Entry, Turn, covered, stop_if_covered
+from ..store.transcript import TranscriptStore
+from .calls import AcceptedRun, Attachment, RunResult, SessionAgentCall
+from .compaction import DEFAULT_HISTORY_CHARS, ContextPolicy, RequestShaper, SummaryFailed
+from .dispatch import AgentStatus, Dispatcher, Entry, Turn, covered, stop_if_covered
 from .records import StoreFailed, TurnRecords, describe, prompt_message
 from .titles import Titler, title_model_for
 
@@ -68,106 +71,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_STEPS = 25
 #: The same tool call (name and arguments) this many times in one turn ends the turn.
 REPEATED_CALL_LIMIT = 3
-
-
-# -- events an observer (the run widget) receives ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class Queued:
-    position: int
-
-
-@dataclass(frozen=True)
-class Folded:
-    """A queued prompt joined the session's running turn; that turn's events follow."""
-
-
-@dataclass(frozen=True)
-class Started:
-    user_message_id: str
-
-
-@dataclass(frozen=True)
-class Delta:
-    message: Message
-
-
-@dataclass(frozen=True)
-class ToolStarted:
-    call: ToolCallPart
-
-
-@dataclass(frozen=True)
-class ToolFinished:
-    call: ToolCallPart
-    result: ToolResultPart
-
-
-@dataclass(frozen=True)
-class PermissionAsked:
-    request: PermissionRequest
-
-
-@dataclass(frozen=True)
-class Finished:
-    reason: FinishReason
-    message: str = ""
-    usage: Usage = field(default_factory=Usage)
-    cost: float | None = None
-
-
-RunEvent = (
-    Queued
-    | Folded
-    | Started
-    | Delta
-    | ToolStarted
-    | ToolFinished
-    | PermissionAsked
-    | Finished
-    | CompactionEvent
-)
-
-
-class RunObserver(Protocol):
-    def on_event(self, event: RunEvent) -> None: ...
-
-
-# -- public call types -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Attachment:
-    """Text attached to a prompt (a file, a DataFrame summary, a cell's source), or an
-    image (a figure named in the prompt)."""
-
-    name: str
-    content: str = ""
-    image: ImagePart | None = None
-
-
-@dataclass
-class SessionAgentCall:
-    session_id: str
-    prompt: str
-    attachments: Sequence[Attachment] = ()
-    accepted: AcceptedRun | None = None
-    observer: RunObserver | None = None
-    model: Model | None = None  # overrides the agent's model for this prompt
-    tools: Sequence[Tool] = ()  # override the agent's tools of the same names, for this prompt
-    metadata: dict[str, Any] = field(default_factory=dict)  # kept on the prompt's message
-    compact: bool = False  # summarize the session (``prompt`` is not recorded) and stop
-
-
-@dataclass
-class RunResult:
-    session_id: str
-    reason: FinishReason
-    message: str = ""
-    text: str = ""  # the turn's answer: the text of its assistant messages
-    usage: Usage = field(default_factory=Usage)
-    cost: float | None = None
 
 
 class SessionAgent:

@@ -161,7 +161,7 @@ class TitleOnFirstToken:
     """A turn observer that starts a title request when the answer's first token arrives."""
 
     def __init__(self, start: Callable[[], None]) -> None:
-        from .session import Delta  # the agent imports this module
+        from ..core.events import Delta  # the agent imports this module
 
         self._token = Delta
         self._start: Callable[[], None] | None = start

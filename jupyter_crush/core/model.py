@@ -143,7 +143,7 @@ class Model(Protocol):
     arrives as ``asyncio.CancelledError`` at an ``await``; implementations
     close their HTTP stream when that happens (``async with`` does).
 
-    A model may also have ``tools``, a sequence of :class:`~jupyter_crush.tools.Tool`
+    A model may also have ``tools``, a sequence of :class:`~jupyter_crush.core.tools.Tool`
     offered beside the agent's own (a replay's recorded tools answer its recorded calls).
     """
 

@@ -1,10 +1,9 @@
-"""How much a model can read, and how much the next request to it will hold.
+"""Token arithmetic: a model's window and what a request may carry of it, estimates of the
+tokens of text, messages and images, and the meter a run view shows.
 
-A model's limits come from, most specific first: an override (``CrushConfig.context_window``),
-the model's entry in crush.json (Crush's ``context_window`` and ``default_max_tokens``), and
-the model metadata of genai-prices (the price table already used for costs). A model none of
-them knows has no window: its requests fall back to the character budget
-(``history_chars``).
+Where a model's window comes from (an override, crush.json, the price table) is
+:mod:`jupyter_crush.providers.windows`; a model none of them knows has no window, and its
+requests fall back to the character budget (``history_chars``).
 
 The tokens of the next request are the provider's own count of the last request answered
 (its ``input_tokens``, cached ones included, plus what it wrote back) and an estimate, about
@@ -17,7 +16,6 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .message import ImagePart, Message, Role
@@ -48,54 +46,6 @@ class ContextWindow:
     def budget(self) -> int:
         """Tokens a request may carry before it should be summarized or cut."""
         return max(self.window - self.reserve, 0)
-
-
-def model_window(model: Any, override: int | None = None) -> ContextWindow | None:
-    """The limits of ``model`` (a :class:`~jupyter_crush.core.model.Model`), or None if unknown."""
-    output = _configured_output(model)
-    listed = _crush_json_entry(model)
-    window = override or listed.get("context_window") or _price_table_window(model)
-    if not window:
-        return None
-    output = output or listed.get("default_max_tokens") or DEFAULT_OUTPUT_TOKENS
-    return ContextWindow(int(window), min(int(output), int(window) // 2))
-
-
-def _configured_output(model: Any) -> int | None:
-    settings = getattr(model, "settings", None)
-    return getattr(settings, "max_tokens", None)
-
-
-def _crush_json_entry(model: Any) -> dict[str, int]:
-    """The model's entry under its provider's ``models`` in crush.json, if one is listed."""
-    settings = getattr(model, "settings", None)
-    source = getattr(settings, "crush_config", None)
-    if source is False or settings is None:
-        return {}
-    from ..providers.config import CrushConfigError, crush_config_paths, read_crush_json
-
-    paths = [Path(source)] if source else [p for p in crush_config_paths() if p.is_file()]
-    found: dict[str, int] = {}
-    for path in paths:
-        try:
-            data = read_crush_json(path)
-        except CrushConfigError:
-            continue  # the provider layer already reports a broken crush.json
-        provider = (data.get("providers") or {}).get(getattr(model, "provider", ""))
-        entries = provider.get("models") if isinstance(provider, dict) else None
-        for entry in entries if isinstance(entries, list) else ():
-            if isinstance(entry, dict) and entry.get("id") == model.name:
-                found.update({k: v for k, v in entry.items() if isinstance(v, int) and v > 0})
-    return found
-
-
-def _price_table_window(model: Any) -> int | None:
-    if getattr(model, "settings", None) is None:
-        return None  # not a provider's model (a scripted one): the table cannot know it
-    from ..providers.prices import model_info
-
-    info = model_info(getattr(model, "provider", ""), getattr(model, "name", ""))
-    return getattr(info, "context_window", None)
 
 
 # -- counting ----------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 from typing import TYPE_CHECKING, Any
 
-from ..tools import Decision
+from ..core.tools import Decision
 
 if TYPE_CHECKING:
     from .crush import Crush

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..commands.registry import command
 from ..core.output import truncate
-from ..core.tokens import estimate_chars, message_chars, model_window
+from ..core.tokens import estimate_chars, message_chars
+from ..providers.windows import model_window
 
 if TYPE_CHECKING:
     from .crush import Crush

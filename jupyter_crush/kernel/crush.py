@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from ..agent.session import Attachment, SessionAgent, SessionAgentCall
+from ..agent.calls import Attachment, SessionAgentCall
+from ..agent.session import SessionAgent
 from ..agent.titles import Titler
 from ..core.message import FinishReason, Session
 from ..mcp.tools import MCPServers

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ..agent.session import Finished, Folded, Started
+from ..core.events import Finished, Folded, Started
 
 if TYPE_CHECKING:
     from ..core.model import Model

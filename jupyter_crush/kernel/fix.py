@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from ..agent.session import Attachment
+from ..agent.calls import Attachment
 from ..commands.registry import command
 from ..core.output import clean
 from ..notebook import state as notebook_state

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
+from ..agent.calls import Attachment
 from ..agent.compaction import policy_from
-from ..agent.session import Attachment
 from ..agent.titles import configured_title_model, prompt_title
 from ..core.images import PromptImages
 from .errors import store_problems_in_one_line

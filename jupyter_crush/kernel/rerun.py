@@ -47,12 +47,12 @@ from ..core.model import (
     ToolCallStart,
     ToolSpec,
 )
+from ..core.tools import Tool, ToolContext, ToolResult
 from ..store.transcript import StoreError
-from ..tools import Tool, ToolContext, ToolResult
 from .fingerprint import Fingerprint
 
 if TYPE_CHECKING:
-    from ..agent.session import Attachment
+    from ..agent.calls import Attachment
     from ..core.model import Model
     from ..store.transcript import TranscriptStore
     from ..view.base import RunView

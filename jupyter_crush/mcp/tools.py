@@ -1,6 +1,6 @@
 """Tools from MCP servers, offered to the agent and run on the kernel's event loop.
 
-:class:`MCPServers` is the agent's :class:`~jupyter_crush.tools.ToolSource`: at the start
+:class:`MCPServers` is the agent's :class:`~jupyter_crush.core.tools.ToolSource`: at the start
 of each turn it reads the configuration (:mod:`.mcp_config`), starts the servers that are
 not running yet (all at once, each bounded by its timeout: the first prompt after the
 kernel starts waits for them, no cell ever does), and offers each server's tools as
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..commands.registry import command
 from ..core.model import ToolSpec
-from ..tools import Tool, ToolContext, ToolResult
+from ..core.tools import Tool, ToolContext, ToolResult
 from .config import MCPServerConfig, describe_sources, load_mcp_servers
 from .server import MCPServer, MCPServerError, ServerState, describe_error
 

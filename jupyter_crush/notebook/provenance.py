@@ -21,9 +21,9 @@ from . import labcomm
 from . import state as notebook_state
 
 if TYPE_CHECKING:
+    from ..core.tools import ToolContext
     from ..kernel.crush import Crush
     from ..store.transcript import TranscriptStore
-    from ..tools import ToolContext
 
 METADATA_KEY = "jupyter_crush"
 #: How long the page has to confirm an insert before the payload route is used instead.

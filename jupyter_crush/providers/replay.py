@@ -39,7 +39,7 @@ import yaml
 
 from ..core.message import Message, Role
 from ..core.model import Model, StreamEvent, ToolSpec
-from ..tools import Tool, ToolContext, ToolResult
+from ..core.tools import Tool, ToolContext, ToolResult
 from .config import ProviderConfig, ProviderConfigError, ProviderSettings
 
 RECORDINGS_DIR = Path(__file__).resolve().parent.parent / "recordings"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.model import ToolSpec
-from . import Tool, ToolContext, ToolResult
+from ..core.tools import Tool, ToolContext, ToolResult
 
 #: Delivers proposed code to the user; returns (or resolves to) a sentence saying where
 #: it went.

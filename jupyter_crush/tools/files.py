@@ -16,7 +16,7 @@ from typing import Any
 
 from ..core.model import ToolSpec
 from ..core.output import MAX_OUTPUT_CHARS, clean, redact
-from . import Tool, ToolContext, ToolResult
+from ..core.tools import Tool, ToolContext, ToolResult
 from .notebook_file import notebook_lines
 from .workspace import GlobMatcher, Workspace, WorkspaceError, skipped_name, walk
 

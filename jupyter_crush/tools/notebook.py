@@ -29,9 +29,9 @@ from typing import Any
 
 from ..core.model import ToolSpec
 from ..core.output import MAX_OUTPUT_CHARS, clean, truncate
+from ..core.tools import Tool, ToolContext, ToolResult
 from ..notebook import labcomm
 from ..notebook import state as notebook_state
-from . import Tool, ToolContext, ToolResult
 from .workspace import Workspace, WorkspaceError
 
 #: Per-cell bounds: a source or the outputs of one cell longer than this keep head + tail.

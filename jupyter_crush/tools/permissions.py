@@ -1,6 +1,6 @@
 """The permission policy in front of state-changing tools.
 
-:class:`PermissionPolicy` is the :class:`~jupyter_crush.tools.PermissionBroker`
+:class:`PermissionPolicy` is the :class:`~jupyter_crush.core.tools.PermissionBroker`
 the agent calls for every tool with ``changes_state=True``. It answers what it
 can without asking, in this order:
 
@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from . import Decision, PermissionBroker, PermissionRequest, Tool
+from ..core.tools import Decision, PermissionBroker, PermissionRequest, Tool
 
 HEADLESS_REASON = "state-changing tools are denied in headless runs; use --yolo or allowed_tools"
 NO_BROKER_REASON = (

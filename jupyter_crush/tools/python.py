@@ -70,7 +70,7 @@ from ..core.images import ImageError, image_from_value, images_from_bundle
 from ..core.message import ImagePart
 from ..core.model import ToolSpec
 from ..core.output import MAX_OUTPUT_CHARS, CappedBuffer, clean, truncate
-from . import Tool, ToolContext, ToolResult
+from ..core.tools import Tool, ToolContext, ToolResult
 
 DEFAULT_TIMEOUT = 60.0
 MAX_TIMEOUT = 600.0

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..core.model import ToolSpec
 from ..core.output import MAX_OUTPUT_CHARS, CappedBuffer, redact, scrubbed_environ
-from . import Tool, ToolContext, ToolResult
+from ..core.tools import Tool, ToolContext, ToolResult
 
 DEFAULT_TIMEOUT = 120.0
 MAX_TIMEOUT = 600.0

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..core.model import ToolSpec
 from ..core.output import MAX_OUTPUT_CHARS, clean, truncate
-from . import Tool, ToolContext, ToolResult
+from ..core.tools import Tool, ToolContext, ToolResult
 
 LIST_DEFAULT = 100
 LIST_MAX = 1000

@@ -40,8 +40,10 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..agent.compaction import Compacted, CompactionEvent, ContextUsed, Summarizing
-from ..agent.session import (
+from ..core.events import (
+    Compacted,
+    CompactionEvent,
+    ContextUsed,
     Delta,
     Finished,
     Folded,
@@ -49,13 +51,14 @@ from ..agent.session import (
     Queued,
     RunEvent,
     Started,
+    Summarizing,
     ToolFinished,
     ToolStarted,
 )
 from ..core.markdown import markdown_literal, pretty_json
 from ..core.message import FinishReason, Message, Role, ToolCallPart, ToolResultPart, Usage
 from ..core.tokens import Meter
-from ..tools import Decision, PermissionRequest
+from ..core.tools import Decision, PermissionRequest
 from .comm import close_widgets
 
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"

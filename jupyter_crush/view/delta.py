@@ -51,7 +51,7 @@ import anywidget
 import ipywidgets as widgets
 import traitlets
 
-from ..tools import Decision, PermissionRequest
+from ..core.tools import Decision, PermissionRequest
 from .base import RunLabels, RunView
 from .comm import take_clicks_where_sent
 from .permissions import permission_summary

@@ -7,7 +7,7 @@ import asyncio
 import json
 from typing import TYPE_CHECKING
 
-from ..tools import Decision, PermissionRequest
+from ..core.tools import Decision, PermissionRequest
 
 if TYPE_CHECKING:
     from .base import RunView

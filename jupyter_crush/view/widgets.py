@@ -17,7 +17,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..tools import Decision, PermissionRequest
+from ..core.tools import Decision, PermissionRequest
 from .base import RunLabels, RunView
 from .comm import close_widgets, take_clicks_where_sent
 from .permissions import PERMISSION_CHOICES, permission_summary

@@ -1,0 +1,95 @@
+"""What a run tells its observers (the run views, the kernel's tracker): the run events, the
+compaction events, and the observer protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .message import FinishReason, Message, ToolCallPart, ToolResultPart, Usage
+from .tokens import Meter
+from .tools import PermissionRequest
+
+
+@dataclass(frozen=True)
+class Queued:
+    position: int
+
+
+@dataclass(frozen=True)
+class Folded:
+    """A queued prompt joined the session's running turn; that turn's events follow."""
+
+
+@dataclass(frozen=True)
+class Started:
+    user_message_id: str
+
+
+@dataclass(frozen=True)
+class Delta:
+    message: Message
+
+
+@dataclass(frozen=True)
+class ToolStarted:
+    call: ToolCallPart
+
+
+@dataclass(frozen=True)
+class ToolFinished:
+    call: ToolCallPart
+    result: ToolResultPart
+
+
+@dataclass(frozen=True)
+class PermissionAsked:
+    request: PermissionRequest
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    message: str = ""
+    usage: Usage = field(default_factory=Usage)
+    cost: float | None = None
+
+
+@dataclass(frozen=True)
+class ContextUsed:
+    """The tokens the next request holds, of the model's window."""
+
+    meter: Meter
+
+
+@dataclass(frozen=True)
+class Summarizing:
+    """The model is summarizing the session before the request."""
+
+
+@dataclass(frozen=True)
+class Compacted:
+    """The request was made to fit: by ``summary`` (stored), or by leaving turns out (``note``)."""
+
+    summary: Message | None
+    note: str
+
+
+CompactionEvent = ContextUsed | Summarizing | Compacted
+
+
+RunEvent = (
+    Queued
+    | Folded
+    | Started
+    | Delta
+    | ToolStarted
+    | ToolFinished
+    | PermissionAsked
+    | Finished
+    | CompactionEvent
+)
+
+
+class RunObserver(Protocol):
+    def on_event(self, event: RunEvent) -> None: ...
