@@ -26,9 +26,7 @@ from .core.message import Message, Role, Session
 from .history import (
     ORDINARY_FINISHES,
     Matcher,
-    SessionNotFoundError,
     compact_arguments,
-    find_session,
     format_cost,
     format_time,
     message_rows,
@@ -36,6 +34,7 @@ from .history import (
     session_json,
     session_rows,
 )
+from .store.lookup import SessionNotFoundError, find_session
 from .store.storage import StoreError
 
 PROG = "python -m jupyter_crush"

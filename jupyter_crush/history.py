@@ -34,6 +34,7 @@ from .core.message import (
     TextPart,
     now,
 )
+from .store.lookup import SessionNotFoundError, find_session
 from .store.storage import StoreError
 
 if TYPE_CHECKING:
@@ -88,19 +89,6 @@ SESSION_COLUMNS = (
 ORDINARY_FINISHES = frozenset({FinishReason.END_TURN, FinishReason.TOOL_USE})
 EXPORT_FORMAT = "jupyter-crush-session"
 EXPORT_VERSION = 1
-#: Shortest id prefix accepted as a session reference (shorter ones match too much).
-MIN_PREFIX = 4
-
-
-class SessionNotFoundError(LookupError):
-    """A session reference matched no session, or several (``ambiguous``)."""
-
-    def __init__(self, message: str, *, ambiguous: bool = False) -> None:
-        super().__init__(message)
-        self.ambiguous = ambiguous
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 # -- public API ------------------------------------------------------------------------------
@@ -215,32 +203,6 @@ def open_store(
         opened.close()
 
 
-def find_session(store: TranscriptStore, ref: str) -> Session:
-    """A session by id, title (the newest of that title) or unique id prefix."""
-    if not isinstance(ref, str) or not ref.strip():
-        raise SessionNotFoundError(f"a session reference must be a non-empty str, got {ref!r}")
-    ref = ref.strip()
-    listed = store.list_sessions()
-    for session in listed:
-        if session.id == ref:
-            return session
-    titled = [s for s in listed if s.title == ref]
-    if titled:
-        return max(titled, key=lambda s: s.created_at)
-    prefixed = [s for s in listed if len(ref) >= MIN_PREFIX and s.id.startswith(ref)]
-    if len(prefixed) == 1:
-        return prefixed[0]
-    if prefixed:
-        raise SessionNotFoundError(
-            f"session prefix {ref!r} matches {len(prefixed)} sessions; give more of the id",
-            ambiguous=True,
-        )
-    raise SessionNotFoundError(
-        f"no session {ref!r} (by id, title or id prefix) in the transcript store "
-        f"{store.path}; list them with crush.sessions() or `python -m jupyter_crush log`"
-    )
-
-
 def session_rows(
     store: TranscriptStore | None,
     *,
@@ -248,7 +210,7 @@ def session_rows(
     meter: Callable[[Sequence[Message]], Meter] | None = None,
 ) -> list[dict]:
     """One dict per session, most recently updated first; ``meter`` measures the context of
-    each session's next request (see :func:`~jupyter_crush.agent.compaction.session_meter`)."""
+    each session's next request (see :func:`~jupyter_crush.kernel.models.session_meter`)."""
     _check_limit(limit)
     if store is None:
         return []
@@ -496,7 +458,7 @@ def _kernel_meter() -> Callable[[Sequence[Message]], Meter] | None:
     crush = _kernel_crush()
     if crush is None:
         return None
-    from .agent.compaction import session_meter
+    from .kernel.models import session_meter
 
     return session_meter(crush)
 

@@ -2,8 +2,9 @@
 :class:`~jupyter_crush.kernel.crush.Crush`.
 
 ``%%crush`` turns its cell into a prompt (:mod:`jupyter_crush.kernel.prepare`) and submits it;
-``%crush`` runs a line command registered through :mod:`jupyter_crush.commands.registry`: the
-built-in ones (:mod:`jupyter_crush.commands.session`, ``help``) or another module's.
+``%crush`` runs a line command from :mod:`jupyter_crush.commands`, whose import registers
+every command (the built-in ones of :mod:`jupyter_crush.commands.session`, ``help`` here,
+and the others).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from .commands import session as session_commands  # noqa: F401  (registers the built-in commands LINE_USAGE lists)
-from .commands.registry import COMMANDS, command, load_commands, usage_lines
+from .commands.registry import COMMANDS, command, usage_lines  # the package registers all
 from .kernel.crush import Crush
+from .kernel.fix import submit_fix
 from .kernel.prepare import cell_prompt
+from .kernel.submit import submit
 
 NOTES = """\
 SESSION is a session id, a unique id prefix, or a title.
@@ -74,10 +76,8 @@ class CrushMagics(Magics):
         if args.wait and args.no_wait:
             raise UsageError("--wait and --no-wait contradict each other; pick one")
         prompt = cell_prompt(cell, self.shell.user_ns, fresh=args.fresh)
-        from .kernel.fix import submit_fix
-
-        submit = partial(submit_fix, self.crush) if args.fix else self.crush.submit
-        submit(
+        run = partial(submit_fix if args.fix else submit, self.crush)
+        run(
             prompt.text,
             session_ref=args.session,
             new=args.new,
@@ -119,7 +119,6 @@ def load(shell: Any) -> Crush:
     """Register the magics on ``shell`` (once) and return its Crush."""
     crush = getattr(shell, "_jupyter_crush", None)
     if crush is None:
-        load_commands()
         crush = Crush(shell)
         crush.install()
         shell._jupyter_crush = crush

@@ -11,8 +11,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh test,mutation
 targets=(
   'jupyter_crush.agent.dispatch.*'
+  'jupyter_crush.agent.calls.xǁAcceptedRunǁ*'
   'jupyter_crush.agent.records.*'
-  'jupyter_crush.kernel.crush.xǁCrushǁsubmit__mutmut_*'
+  'jupyter_crush.kernel.submit.x_submit__mutmut_*'
+  'jupyter_crush.kernel.crush.xǁCrushǁkeep_run__mutmut_*'
   'jupyter_crush.kernel.prepare.x_prepare__mutmut_*'
 )
 for method in begin_accepted cancel cancel_all is_session_busy queued_prompts status \

@@ -30,7 +30,8 @@ from transcripts import (
 import jupyter_crush as crush
 from jupyter_crush import Message, Role, TranscriptStore
 from jupyter_crush.core.message import TextPart
-from jupyter_crush.history import MESSAGE_COLUMNS, SESSION_COLUMNS, SessionNotFoundError
+from jupyter_crush.history import MESSAGE_COLUMNS, SESSION_COLUMNS
+from jupyter_crush.store.lookup import SessionNotFoundError
 from jupyter_crush.store.storage import StoreError
 from jupyter_crush.testing import ScriptedModel
 

@@ -22,6 +22,7 @@ from jupyter_crush.kernel.config import (
     default_model_name,
 )
 from jupyter_crush.kernel.display import extract_code
+from jupyter_crush.kernel.submit import submit
 from jupyter_crush.magics import CrushMagics, current
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 
@@ -388,7 +389,8 @@ def test_allowed_tools_changed_after_the_first_prompt_apply_to_the_next(ip, tmp_
 
 async def test_a_prompt_folded_into_a_replayed_turn_names_the_recording_that_answers(ip):
     crush = current()
-    first = crush.submit(
+    first = submit(
+        crush,
         "Add and multiply the number 2 and 3",
         session_ref="fold",
         new=True,
@@ -396,7 +398,7 @@ async def test_a_prompt_folded_into_a_replayed_turn_names_the_recording_that_ans
         wait=False,
     )
     # Queued behind a turn that calls tools: it joins that turn after the tool results.
-    second = crush.submit("Say hi in Portuguese", session_ref="fold", wait=False)
+    second = submit(crush, "Say hi in Portuguese", session_ref="fold", wait=False)
     await within(first.wait())
     await within(second.wait())
     assert second.phase == "done"

@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..commands.registry import command
 from ..core.events import Compacted, CompactionEvent, ContextUsed, Summarizing
 from ..core.message import FinishReason, Message, Role, SummaryOfPart, TextPart, Usage
 from ..core.model import Model, StreamFinish, TextDelta, closing_stream
@@ -44,7 +43,7 @@ from ..core.tokens import (
 from ..providers.windows import model_window
 
 if TYPE_CHECKING:
-    from ..kernel.crush import Crush
+    pass
 
 #: Characters of conversation sent with each request when the model's window is unknown
 #: (about 4 per token, so ~100k tokens).
@@ -412,41 +411,3 @@ def _keep_from(history: Sequence[Message], budget: int) -> int | None:
                 break
             chosen = index
     return chosen
-
-
-@command("compact", "%crush compact [SESSION]", "summarize a session's older turns now")
-def compact_command(crush: Crush, args: list[str]) -> None:
-    """Queued like a prompt when the session is busy; its run view shows the summary made."""
-    from IPython.core.error import UsageError
-
-    ref = " ".join(args).strip() or None
-    if ref is None and crush.current_session_id is None:
-        raise UsageError("No session to compact yet: name one, %crush compact SESSION")
-    session = crush.find_session(ref) if ref else None
-    crush.submit("(compact the session)", session_ref=session.id if session else None, compact=True)
-
-
-def session_meter(crush: Crush) -> Callable[[Sequence[Message]], Meter] | None:
-    """How full a session's next request would be with the kernel's default model, as a
-    function of the session's messages; None when no model is set up or its window is unknown.
-
-    ``%crush sessions`` and ``crush.sessions()`` both measure with it. A listing never makes
-    the kernel's agent: before the first prompt of this kernel, a session without any
-    provider count is estimated without the system prompt and tool specs.
-    """
-    try:
-        model = crush.resolve_model(None)
-    except Exception:  # no model configured yet: nothing to measure against
-        return None
-    limits = model_window(model, policy_from(crush.config).context_window)
-    if limits is None:
-        return None
-    agent = crush._agent
-    system = agent.system_prompt if agent is not None else None
-    specs = [tool.spec for tool in agent.tools.values()] if agent is not None else []
-
-    def measure(history: Sequence[Message]) -> Meter:
-        request = request_view(history)
-        return Meter(request_tokens(request, system, specs, since=_summary_time(history)), limits)
-
-    return measure

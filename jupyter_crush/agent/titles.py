@@ -20,14 +20,13 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..commands.registry import command
 from ..core.message import Message, Role, TextPart
 from ..core.model import Model, StreamFinish, TextDelta, closing_stream
 from ..store.transcript import TranscriptStore
 from .dispatch import call_on_loop
 
 if TYPE_CHECKING:
-    from ..kernel.crush import Crush
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -196,32 +195,3 @@ def title_model_for(configured: Model | None, session_model: Model) -> Model | N
     if session_model.provider == "replay" or getattr(session_model, "settings", None) is None:
         return None
     return session_model
-
-
-def configured_title_model(crush: Crush) -> Model | None:
-    """``title_model``, else crush.json's ``models.small``; None: the session's own model."""
-    from ..providers.config import ProviderConfigError, load_crush_config
-
-    name = crush.config.title_model.strip()
-    if not name:
-        try:
-            small = "small" in load_crush_config(crush.config.crush_config or None).models
-        except ProviderConfigError:
-            small = False  # the prompt's own model reports a broken crush.json
-        if not small:
-            return None
-        name = "crush:small"
-    return crush.resolve_model(name)
-
-
-@command("rename", "%crush rename SESSION TITLE", "set a session's title")
-def rename_command(crush: Crush, args: list[str]) -> None:
-    from IPython.core.error import UsageError
-
-    if len(args) < 2:
-        raise UsageError("Usage: %crush rename SESSION TITLE")
-    session = crush.find_session(args[0])
-    title = " ".join(args[1:]).strip()
-    crush.titler.cancel(session.id)  # a title arriving later must not replace this one
-    crush.store.rename_session(session.id, title)
-    print(f"Session {session.id[:8]} is now titled {title!r}")

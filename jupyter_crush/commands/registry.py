@@ -1,36 +1,22 @@
-"""Line commands of ``%crush`` contributed by other modules.
-
-A capability that adds a command (``%crush fix``, ``%crush mcp``, …) registers it here from
-its own module instead of growing ``magics.py``::
+"""The registry of ``%crush`` line commands: each command module registers its own::
 
     @command("fix", "%crush fix [INSTRUCTION]", "ask the agent to fix the last error")
-    def fix(crush: Crush, args: list[str]) -> None: ...
+    def fix_command(crush: Crush, args: list[str]) -> None: ...
 
-``magics.py`` imports the modules listed in ``COMMAND_MODULES`` when the extension loads,
-so their commands exist before the first ``%crush`` line runs. The built-in commands
-(:mod:`jupyter_crush.commands.session`, ``help``) are registered with ``builtin=True``:
-``%crush?`` lists them, so ``magics.py`` imports them itself.
+The package :mod:`jupyter_crush.commands` imports every command module, so importing it
+registers them all. The built-in commands (:mod:`jupyter_crush.commands.session`, and
+``help`` in :mod:`jupyter_crush.magics`) are registered with ``builtin=True``: ``%crush?``
+lists them, in the order registered.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..kernel.crush import Crush
-
-#: Modules whose import registers commands; each one adds itself here.
-COMMAND_MODULES: tuple[str, ...] = (
-    "..kernel.fix",
-    "..kernel.context",
-    "..mcp.tools",
-    "..kernel.rerun",
-    "..agent.compaction",
-    "..agent.titles",
-)
 
 
 @dataclass(frozen=True)
@@ -59,11 +45,6 @@ def command(
         return run
 
     return register
-
-
-def load_commands() -> None:
-    for module in COMMAND_MODULES:
-        importlib.import_module(module, __package__)
 
 
 def usage_lines(*, builtin: bool, width: int = 29) -> str:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from ..agent.compaction import session_meter
 from ..kernel.errors import store_problems_in_one_line
+from ..kernel.models import session_meter
 from .registry import command
 
 if TYPE_CHECKING:

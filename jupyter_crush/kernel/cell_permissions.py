@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Container, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..core.tools import Decision
 
 if TYPE_CHECKING:
-    from .crush import Crush
+    from ..tools.permissions import PermissionPolicy
+    from ..view.base import RunView
+    from .config import CrushConfig
 
 # Whether the permission prompt being decided has nobody to answer it. Set by
 # CellPermissions around each policy.ask; a ContextVar so concurrent runs in other
@@ -26,20 +29,30 @@ class CellPermissions:
     nbclient cannot answer a prompt, so it is denied rather than left hanging).
     """
 
-    def __init__(self, crush: Crush) -> None:
-        self._crush = crush
+    def __init__(
+        self,
+        config: CrushConfig,
+        views: Mapping[str, RunView],
+        yolo_sessions: Container[str],
+        policy: PermissionPolicy,
+    ) -> None:
+        # The kernel's own objects, read at each ask: views and yolo_sessions change as
+        # prompts start and end, config.yolo and the policy's allowed tools with %config.
+        self._config = config
+        self._views = views
+        self._yolo_sessions = yolo_sessions
+        self._policy = policy
 
     async def ask(self, request: Any) -> Any:
-        crush = self._crush
-        if crush.config.yolo or request.session_id in crush.yolo_sessions:
+        if self._config.yolo or request.session_id in self._yolo_sessions:
             return Decision.ALLOW
-        view = crush.views.get(request.session_id)
+        view = self._views.get(request.session_id)
         token = ASKING_HEADLESS.set(view is None or not view.interactive)
         try:
-            return await crush.permissions.ask(request)
+            return await self._policy.ask(request)
         finally:
             ASKING_HEADLESS.reset(token)
 
     def denial_reason(self, tool_call_id: str) -> str | None:
         """Why the policy denied a call, for the tool result and the transcript."""
-        return self._crush.permissions.denial_reason(tool_call_id)
+        return self._policy.denial_reason(tool_call_id)

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from ..agent.calls import Attachment, SessionAgentCall
 from ..agent.session import SessionAgent
 from ..agent.titles import Titler
 from ..core.message import FinishReason, Session
@@ -35,19 +34,9 @@ from ..notebook.interrupt import InterruptCanceler
 from ..store.transcript import TranscriptStore
 from .cell_permissions import ASKING_HEADLESS, CellPermissions
 from .config import CrushConfig
-from .display import (
-    CellOutputs,
-    RunTracker,
-    code_to_next_cell,
-    interactive,
-    kernel_loop,
-    run_view_class,
-    should_wait,
-    wait_for,
-)
 from .errors import one_line
-from .prepare import prepare
-from .rerun import Cell, Rerun
+from .outputs import CellOutputs
+from .rerun import Rerun
 
 if TYPE_CHECKING:
     from ..core.model import Model
@@ -123,7 +112,9 @@ class Crush:
             from ..view.permissions import WidgetPermissionBroker
 
             tools = self.tools or default_tools(
-                self.shell, include=self.config.tools, propose_cell=cell_proposer(self)
+                self.shell,
+                include=self.config.tools,
+                propose_cell=cell_proposer(self.store, self.shell),
             )
             self.permissions = PermissionPolicy(
                 WidgetPermissionBroker(self.views),
@@ -137,7 +128,9 @@ class Crush:
                 tools=tools,
                 system_prompt=self.system_prompt(tools).text,
                 max_steps=self.config.max_steps,
-                permissions=CellPermissions(self),
+                permissions=CellPermissions(
+                    self.config, self.views, self.yolo_sessions, self.permissions
+                ),
             )
             self._agent.tool_sources.append(self.mcp)
             self._agent.add_status_listener(self._status_changed)
@@ -203,7 +196,7 @@ class Crush:
 
     def find_session(self, ref: str) -> Session:
         """A session by id, title (the newest of that title), or unique id prefix."""
-        from ..history import SessionNotFoundError, find_session
+        from ..store.lookup import SessionNotFoundError, find_session
 
         try:
             return find_session(self.store, ref)
@@ -217,89 +210,15 @@ class Crush:
                 f"%%crush --new -s {shlex.quote(ref.strip())}"
             ) from None
 
-    # -- running -------------------------------------------------------------------------
+    # -- runs --------------------------------------------------------------------------
 
-    def submit(
-        self,
-        prompt: str,
-        *,
-        session_ref: str | None = None,
-        new: bool = False,
-        model_name: str | None = None,
-        wait: bool | None = None,
-        yolo: bool = False,
-        fmt: str = "markdown",
-        attachments: Iterable[Attachment] = (),
-        cell: Cell | None = None,
-        compact: bool = False,
-    ) -> RunView:
-        """Accept ``prompt`` (with ``attachments``), show its view, and run it on the loop.
-
-        ``cell`` (its text, the values filled in, ``--fresh``) lets an unchanged cell replay
-        its recorded turn (:mod:`jupyter_crush.kernel.rerun`). ``compact`` summarizes the session
-        instead (``prompt`` is not recorded).
-        """
-        prepared = prepare(
-            self,
-            prompt,
-            session_ref=session_ref,
-            new=new,
-            model_name=model_name,
-            cell=cell,
-            attachments=attachments,
-        )
-        agent, session, plan = prepared.agent, prepared.session, prepared.plan
-        model = prepared.model
-
-        from ..view.base import RunLabels
-
-        # Accept first: from here on a cancel from any cell, button or interrupt covers it.
-        accepted = agent.begin_accepted(session.id)
-        try:
-            loop = kernel_loop()
-            view = run_view_class(self.config.run_view)(
-                RunLabels(
-                    session=session.title or session.id[:8],
-                    model=f"{model.provider}:{model.name}",
-                    replay=prepared.note,
-                ),
-                on_stop=lambda: agent.cancel(session.id),
-                session_id=session.id,
-                redraw_rate=self.config.redraw_rate,
-                loop=loop,
-                answer_format="text" if fmt == "text" else "markdown",
-            )
-            view.interactive = interactive(self.shell)
-            plan.show(view)
-            call = SessionAgentCall(
-                session.id,
-                prompt,
-                attachments=tuple(attachments),
-                accepted=accepted,
-                observer=RunTracker(self, view, yolo, model, prompt),
-                model=plan.model or model,
-                tools=plan.replay.tools(agent.tools) if plan.replay else (),
-                metadata=plan.metadata,
-                compact=compact,
-            )
-            self.outputs.show(view, lambda v: self.yolo_sessions.discard(v.session_id))
-            task = loop.create_task(agent.run(call), name=f"crush-cell:{session.id}")
-        except BaseException:
-            accepted.close()  # nothing will run: the session's accept count must drop back
-            raise
+    def keep_run(self, task: asyncio.Task[Any], view: RunView) -> None:
+        """Hold ``task`` (a run of ``view``) until it ends: the loop keeps only weak references,
+        and a collected task would silently stop its run."""
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._task_done(t, view))
         self.last_view = view
-        self._ensure_interrupt_handler()
-
-        blocking = fmt == "code" or (should_wait(self.config, self.shell) if wait is None else wait)
-        if blocking:
-            if view.interactive:
-                view.stop_with_interrupt()
-            wait_for(loop, view, lambda: self.agent.cancel(session.id))
-            if fmt == "code" and plan.replay is None:  # a replay's cell is already there
-                code_to_next_cell(self, view)
-        return view
+        self.ensure_interrupt_handler()
 
     def _task_done(self, task: asyncio.Task[Any], view: RunView) -> None:
         self._tasks.discard(task)
@@ -318,7 +237,7 @@ class Crush:
         if self._agent is not None:
             self._agent.cancel_all()
 
-    def _ensure_interrupt_handler(self) -> None:
+    def ensure_interrupt_handler(self) -> None:
         if self._sigint is None:
             self._sigint = InterruptCanceler(self.cancel_all)
             self._sigint.install(getattr(self.shell, "kernel", None))

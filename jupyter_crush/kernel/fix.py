@@ -11,14 +11,13 @@ sent and the cell says so in one line.
 
 from __future__ import annotations
 
-import argparse
 from typing import TYPE_CHECKING, Any
 
 from ..agent.calls import Attachment
-from ..commands.registry import command
 from ..core.output import clean
 from ..notebook import state as notebook_state
 from ..notebook.state import CellError
+from .submit import submit
 
 if TYPE_CHECKING:
     from ..view.base import RunView
@@ -74,7 +73,8 @@ def fix_prompt(instruction: str, code: bool) -> str:
 
 
 def submit_fix(crush: Crush, instruction: str = "", **options: Any) -> RunView | None:
-    """Send the fix request through ``crush.submit`` (same options); None without an error."""
+    """Send the fix request through :func:`~.submit.submit` (same options); None without an
+    error."""
     error = last_error(crush.shell)
     if error is None:
         print(NO_ERROR)
@@ -84,38 +84,4 @@ def submit_fix(crush: Crush, instruction: str = "", **options: Any) -> RunView |
         # A first prompt titles its session by its first line; this one says what it fixes.
         options.update(new=True, session_ref=f"fix {error.type_name}")
     attachments = [error_attachment(crush.shell, error), *options.pop("attachments", ())]
-    return crush.submit(prompt, attachments=attachments, **options)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        from IPython.core.error import UsageError
-
-        raise UsageError(f"%crush fix: {message}; see %crush help")
-
-
-_parser = _Parser(prog="%crush fix", add_help=False)
-_parser.add_argument("-s", "--session")
-_parser.add_argument("-m", "--model")
-_parser.add_argument("-f", "--format", choices=("markdown", "code", "text"), default="markdown")
-_parser.add_argument("--wait", action="store_true")
-_parser.add_argument("--yolo", action="store_true")
-_parser.add_argument("instruction", nargs="*")
-
-
-@command(
-    "fix",
-    "%crush fix [-f code] [TEXT]",
-    "ask the agent to fix the last error (-f code: the fix goes in a new cell)",
-)
-def fix_command(crush: Crush, args: list[str]) -> None:
-    parsed = _parser.parse_args(args)
-    submit_fix(
-        crush,
-        " ".join(parsed.instruction),
-        session_ref=parsed.session,
-        model_name=parsed.model,
-        wait=True if parsed.wait else None,
-        yolo=parsed.yolo,
-        fmt=parsed.format,
-    )
+    return submit(crush, prompt, attachments=attachments, **options)

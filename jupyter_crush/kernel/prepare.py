@@ -19,10 +19,11 @@ from IPython.core.error import UsageError
 
 from ..agent.calls import Attachment
 from ..agent.compaction import policy_from
-from ..agent.titles import configured_title_model, prompt_title
+from ..agent.titles import prompt_title
 from ..core.images import PromptImages
 from .errors import store_problems_in_one_line
 from .interpolate import interpolate
+from .models import configured_title_model
 from .rerun import Cell, Plan
 
 if TYPE_CHECKING:
@@ -106,7 +107,9 @@ def prepare(
         crush.store.list_messages(session.id)
     crush.current_session_id = session.id
     plan = crush.rerun.plan(
-        crush,
+        crush.store,
+        crush.shell,
+        config.replay,
         session.id,
         prompt,
         cell,

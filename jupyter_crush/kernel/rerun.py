@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from ..commands.registry import command
 from ..core.message import FinishReason, Message, Role
 from ..core.model import (
     ModelError,
@@ -56,7 +55,6 @@ if TYPE_CHECKING:
     from ..core.model import Model
     from ..store.transcript import TranscriptStore
     from ..view.base import RunView
-    from .crush import Crush
 
 #: Run again on replay, in the kernel, outputs compared with the recorded ones.
 RERUN_TOOLS = frozenset({"python"})
@@ -310,7 +308,9 @@ class Rerun:
 
     def plan(
         self,
-        crush: Crush,
+        store: TranscriptStore,
+        shell: Any,
+        mode: str,
         session_id: str,
         prompt: str,
         cell: Cell | None,
@@ -320,7 +320,8 @@ class Rerun:
         system: str | None,
         attachments: Iterable[Attachment] = (),
     ) -> Plan:
-        """Replay or ask; raises UsageError in strict mode when there is nothing to replay."""
+        """Replay or ask, in replay ``mode`` (``CrushConfig.replay``) over the turns of
+        ``store``; raises UsageError in strict mode when there is nothing to replay."""
         cell = cell or Cell(prompt)
         attachments = list(attachments)
         sent = (a.image.file if a.image else a.content for a in attachments)
@@ -338,10 +339,9 @@ class Rerun:
         )
         self._latest[session_id] = fingerprint.key
         metadata: dict[str, Any] = {"fingerprint": fingerprint.to_dict()}
-        mode = crush.config.replay
         if cell.fresh or mode == "off":
             return Plan(metadata)
-        turn, changes = find(crush.store, fingerprint)
+        turn, changes = find(store, fingerprint)
         if turn is not None:
             metadata["replay_of"] = turn.user.id
             metadata["replayed_from"] = turn.user.created_at
@@ -349,7 +349,7 @@ class Rerun:
             return Plan(metadata, replay, replay.note)
         if mode == "strict":
             raise UsageError(
-                f"Replay is strict and cell {_cell_name(crush, cell.template)} has no recorded "
+                f"Replay is strict and cell {_cell_name(shell, cell.template)} has no recorded "
                 f"answer to replay: {'; '.join(changes)}. Ask afresh with %%crush --fresh or "
                 "%crush replay on"
             )
@@ -358,18 +358,9 @@ class Rerun:
         return Plan(metadata, note=f"{', '.join(changes)} since the recorded answer")
 
 
-def _cell_name(crush: Crush, text: str) -> str:
+def _cell_name(shell: Any, text: str) -> str:
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     first = first if len(first) <= 50 else first[:49] + "…"
     # IPython counts the running cell before running it: it is In[execution_count - 1].
-    count = getattr(crush.shell, "execution_count", 1) - 1
+    count = getattr(shell, "execution_count", 1) - 1
     return f"[{count}] “{first}”" if count > 0 else f"“{first}”"
-
-
-@command("replay", "%crush replay [on|off|strict]", "replay unchanged cells' recorded turns")
-def replay_command(crush: Crush, args: list[str]) -> None:
-    if len(args) > 1 or (args and args[0] not in MODES):
-        raise UsageError("Usage: %crush replay [on|off|strict]")
-    if args:
-        crush.config.replay = MODES[args[0]]
-    print(f"Replay: {crush.config.replay} (recorded turns in {crush.config.data_dir})")

@@ -16,9 +16,8 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..commands.registry import command
 from ..core.model import ToolSpec
 from ..core.tools import Tool, ToolContext, ToolResult
 from .config import MCPServerConfig, describe_sources, load_mcp_servers
@@ -27,8 +26,6 @@ from .server import MCPServer, MCPServerError, ServerState, describe_error
 if TYPE_CHECKING:
     from mcp import types as mcp_types
 
-    from ..kernel.config import CrushConfig
-    from ..kernel.crush import Crush
 
 #: Tool names reach every provider; OpenAI allows at most 64 of these characters.
 _NAME_LIMIT = 64
@@ -49,6 +46,14 @@ def _prefix(server: str) -> str:
     return _UNSAFE.sub("_", f"mcp_{server}_")
 
 
+class MCPSettings(Protocol):
+    """Where the servers are configured: a crush.json (``""``: the usual places) and
+    ``mcp_servers`` entries beside it."""
+
+    crush_config: str
+    mcp_servers: dict[str, Any]
+
+
 class MCPServers:
     """The kernel's MCP servers: the agent's source of ``mcp_*`` tools (loop thread only)."""
 
@@ -64,7 +69,9 @@ class MCPServers:
         self._restarts: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def for_config(cls, config: CrushConfig) -> MCPServers:
+    def for_config(cls, config: MCPSettings) -> MCPServers:
+        """The servers of the kernel's configuration (a
+        :class:`~jupyter_crush.kernel.config.CrushConfig`), read again at each reload."""
         return cls(lambda: load_mcp_servers(config.crush_config or None, config.mcp_servers))
 
     def reload(self) -> None:
@@ -230,26 +237,3 @@ def tool_result(server: str, result: mcp_types.CallToolResult) -> ToolResult:
 
 def _read_only(listed: mcp_types.Tool) -> bool:
     return bool(listed.annotations and listed.annotations.read_only_hint)
-
-
-@command("mcp", "%crush mcp [restart NAME]", "MCP servers, their state and tools; restart one")
-def mcp_command(crush: Crush, args: list[str]) -> None:
-    from IPython.core.error import UsageError
-
-    servers = crush.mcp
-    if not args:
-        print(servers.status())
-        return
-    if args[0] != "restart" or len(args) != 2:
-        raise UsageError("Usage: %crush mcp [restart NAME]")
-    servers.reload()
-    server = servers.servers.get(args[1])
-    if server is None:
-        names = ", ".join(sorted(servers.servers)) or "none are configured"
-        raise UsageError(f"No MCP server {args[1]!r}; configured: {names}")
-    if not server.usable:
-        raise UsageError(server.unavailable())
-    from ..kernel.display import kernel_loop
-
-    servers.restart(server, kernel_loop())
-    print(f"Restarting MCP server {server.name}; %crush mcp shows its state")

@@ -22,7 +22,6 @@ from . import state as notebook_state
 
 if TYPE_CHECKING:
     from ..core.tools import ToolContext
-    from ..kernel.crush import Crush
     from ..store.transcript import TranscriptStore
 
 METADATA_KEY = "jupyter_crush"
@@ -89,18 +88,18 @@ def insert_cell_now(shell: Any, code: str, metadata: dict[str, Any]) -> str:
     return loop.run_until_complete(insert_cell(shell, code, metadata))
 
 
-def insert_answer_code(crush: Crush, session_id: str, code: str) -> str:
+def insert_answer_code(store: TranscriptStore, shell: Any, session_id: str, code: str) -> str:
     """``-f code``: the answer's code as a new cell below, marked with the answer's origin."""
-    message_id, model = origin_of(crush.store, session_id)
-    return insert_cell_now(crush.shell, code, cell_metadata(session_id, message_id, model))
+    message_id, model = origin_of(store, session_id)
+    return insert_cell_now(shell, code, cell_metadata(session_id, message_id, model))
 
 
-def cell_proposer(crush: Crush) -> Any:
+def cell_proposer(store: TranscriptStore, shell: Any) -> Any:
     """The ``insert_cell`` tool's proposer: inserts with this kernel's provenance."""
 
     async def propose(code: str, ctx: ToolContext) -> str:
-        message_id, model = origin_of(crush.store, ctx.session_id, ctx.tool_call_id)
+        message_id, model = origin_of(store, ctx.session_id, ctx.tool_call_id)
         metadata = cell_metadata(ctx.session_id, message_id, model, ctx.tool_call_id)
-        return await insert_cell(crush.shell, code, metadata)
+        return await insert_cell(shell, code, metadata)
 
     return propose
