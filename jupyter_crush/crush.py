@@ -273,7 +273,7 @@ class Crush:
             call = SessionAgentCall(
                 session.id,
                 prompt,
-                attachments=tuple(attachments),
+                attachments=prepared.attachments,
                 accepted=accepted,
                 observer=RunTracker(self, view, yolo, model, prompt),
                 model=plan.model or model,
