@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     ".rerun",
     ".compaction",
     ".titles",
+    ".trust_command",
 )
 
 

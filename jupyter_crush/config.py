@@ -205,6 +205,14 @@ class CrushConfig(Configurable):
         "./crush.json, ./.crush.json and ~/.config/crush/crush.json.",
     ).tag(config=True)
 
+    trust_project_config = Bool(
+        False,
+        help="Apply every crush.json outside your config directory whole, as if trusted with "
+        "%crush trust (for CI and headless runs; $CRUSH_TRUST_PROJECT_CONFIG=1 does the same). "
+        "Otherwise a folder's crush.json sets MCP servers, endpoints, keys and $VAR values "
+        "only once you trusted it as it is now.",
+    ).tag(config=True)
+
     mcp_servers = Dict(
         key_trait=Unicode(),
         value_trait=Dict(),
@@ -248,6 +256,7 @@ class CrushConfig(Configurable):
             read_timeout=self.request_timeout,
             answer_timeout=self.answer_timeout,
             image_input=self.image_input,
+            trust_project_config=self.trust_project_config,
         )
 
     #: The data_dir the kernel's transcript store was opened with; fixed from then on.

@@ -208,7 +208,11 @@ class MCPServer:
             params = StdioServerParameters(
                 command=config.command,
                 args=list(config.args),
-                env={**os.environ, **config.env, _MARK: mark},
+                env={
+                    **{k: v for k, v in os.environ.items() if k not in config.withheld_env},
+                    **config.env,
+                    _MARK: mark,
+                },
             )
             return stdio_client(params, errlog=stderr)
         if config.type == "sse":

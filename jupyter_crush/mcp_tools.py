@@ -65,7 +65,13 @@ class MCPServers:
 
     @classmethod
     def for_config(cls, config: CrushConfig) -> MCPServers:
-        return cls(lambda: load_mcp_servers(config.crush_config or None, config.mcp_servers))
+        return cls(
+            lambda: load_mcp_servers(
+                config.crush_config or None,
+                config.mcp_servers,
+                trust_all=config.trust_project_config,
+            )
+        )
 
     def reload(self) -> None:
         """Bring the servers in line with the configuration: new entries added, removed or

@@ -27,6 +27,7 @@ from .images import PromptImages
 from .interpolate import interpolate
 from .rerun import Cell, Plan
 from .titles import configured_title_model, prompt_title
+from .trust_report import check_at_prompt
 from .tools.output import redact
 from .usage import store_problems_in_one_line
 
@@ -96,6 +97,7 @@ def prepare(
     )
     from .providers.replay import for_prompt
 
+    check_at_prompt(crush)  # a folder's crush.json: what it may not do yet, said once
     # Before anything is recorded; a replay says which recorded prompt it answers.
     model, replay_note = for_prompt(crush.resolve_model(model_name), prompt)
     with store_problems_in_one_line():  # the store opens here (a full disk, a bad path)
