@@ -299,6 +299,7 @@ class SessionAgent:
             self._finish(turn, FinishReason.ERROR, describe(error))
 
     async def _steps(self, turn: Turn) -> FinishReason:
+        stop_if_covered(turn)  # a Stop that landed after the turn became active, before this
         session_id = turn.session_id
         model = turn.call.model or self.model
         records = turn.records

@@ -180,7 +180,7 @@ def mcp_tool(server: MCPServer, listed: mcp_types.Tool, name: str) -> Tool:
 
     async def run(arguments: dict[str, Any], context: ToolContext) -> ToolResult:
         try:
-            result = await server.call(listed.name, arguments)
+            result = await server.call(listed.name, arguments, context.stop_if_covered)
         except MCPServerError as error:
             return ToolResult(str(error), is_error=True, metadata={"mcp_server": server.name})
         return tool_result(server.name, result)

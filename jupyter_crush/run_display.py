@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .agent import Finished, Folded, Started
+from .message import FinishReason
 
 if TYPE_CHECKING:
     from .config import CrushConfig
@@ -215,7 +216,10 @@ def extract_code(markdown: str) -> str:
 
 
 def code_to_next_cell(crush: Crush, view: RunView) -> None:
-    """``-f code``: the answer's Python code as a new cell below (not run)."""
+    """``-f code``: the answer's Python code as a new cell below (not run); none from a
+    stopped turn, whose code is cut short where the Stop found it."""
+    if view.finish_reason is FinishReason.CANCELED:
+        return
     code = extract_code(view.answer_markdown)
     if code:
         from .provenance import insert_answer_code

@@ -356,6 +356,7 @@ class FileTools:
     async def edit(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:
         try:
             path, old, new, shown = await asyncio.to_thread(self._edit_plan, args)
+            ctx.stop_if_covered()  # a Stop while the file was read: it is not written
             await asyncio.to_thread(_write_text, path, new)
         except (WorkspaceError, OSError) as exc:
             return _error(f"edit: {exc}")
