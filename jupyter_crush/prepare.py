@@ -27,8 +27,8 @@ from .images import PromptImages
 from .interpolate import interpolate
 from .rerun import Cell, Plan
 from .titles import configured_title_model, prompt_title
-from .trust_report import check_at_prompt
 from .tools.output import redact
+from .trust_report import check_at_prompt
 from .usage import store_problems_in_one_line
 
 if TYPE_CHECKING:
