@@ -91,7 +91,7 @@ from .storage import (
     write_atomic,
 )
 from .store_open import _Opening, _prepare_directory
-from .store_pending import PendingWrites, Refusal, _PendingWrites
+from .store_pending import RETRY_INTERVAL, PendingWrites, Refusal, _PendingWrites
 from .store_query import TranscriptDB, _Queries
 from .store_replay import (
     KERNEL_STOPPED_MESSAGE,
@@ -191,8 +191,15 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
         # session ids whose journal holds a descriptor, least recently used first
         self._open_journals: OrderedDict[str, None] = OrderedDict()
         self._last_write: dict[tuple[str, str], float] = {}  # (session, message) -> clock()
+        # The store's one timer on the event loop: it writes coalesced updates once due and
+        # retries refused writes. At most one is pending per store, whatever the updates and
+        # refusals: it is only scheduled through _arm_timer, which keeps the pending one when
+        # it fires soon enough and cancels it otherwise, and _flush_due clears it on running.
+        # (Each refusal scheduling a timer of its own once multiplied them until a disk that
+        # stayed full took the whole loop.)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._retry_at = 0.0  # clock() after which the timer retries refused writes
         self._index_live = 0  # sum of the session records' sizes: a compacted index's size
         # What the file system refused, by session id (its journal) or INDEX_FILE: the file
         # and the reason. The refused records stay in _pending / _stale_index until a retry
@@ -456,12 +463,17 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
         with self._lock:
             self._check_open()
             last = self._last_write.get((sid, mid))
-            if not force and last is not None and self._clock() - last < self.flush_interval:
+            refused = sid in self._refusals  # the retry timer writes it, not every token
+            if (
+                not force
+                and last is not None
+                and (refused or self._clock() - last < self.flush_interval)
+            ):
                 # Coalesced (the streaming hot path): keep a reference to the live message;
                 # it is serialized when written or read.
                 self._live.setdefault(sid, {})[mid] = message
                 self._pending.setdefault(sid, {})[mid] = None
-                self._schedule_deadline()
+                self._arm_timer(RETRY_INTERVAL if refused else self.flush_interval)
                 return
         entry = self._entry_for(message)  # the caller keeps mutating its object; snapshot it
         with self._lock:

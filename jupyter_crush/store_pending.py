@@ -2,12 +2,15 @@
 
 Refused writes. When the file system refuses an append (disk full, read-only, permission
 removed), nothing raises and nothing is dropped: the records stay pending in memory, in
-order, and are retried on every later write of their session, on ``flush()`` and by a
-timer every ``RETRY_INTERVAL``; :meth:`TranscriptStore.pending_writes` says what waits,
-where and why. One session's refused journal never fails another session's writes.
+order, and are retried by the store's timer every ``RETRY_INTERVAL``, on every forced write
+of their session (a new message, a finished one) and on ``flush()``; streamed updates of the
+session meanwhile only join what is pending. :meth:`TranscriptStore.pending_writes` says
+what waits, where and why. One session's refused journal never fails another session's
+writes. A disk that stays full thus costs one attempt a second and one pending timer,
+however long it lasts.
 
-The same pending map carries coalesced streaming updates: a timer on the running event loop
-writes them once their ``flush_interval`` has passed.
+The same pending map carries coalesced streaming updates: the same timer writes them once
+their ``flush_interval`` has passed.
 
 The methods here belong to :class:`~jupyter_crush.store.TranscriptStore` (through
 :class:`_PendingWrites`) and run under its ``_lock``; they use its fields, whose comments in
@@ -25,6 +28,10 @@ from .store_state import INDEX_FILE, _dumps, _SessionState, log
 
 #: Seconds between retries of writes the file system refused (disk full, read-only).
 RETRY_INTERVAL = 1.0
+#: A timer may run this early and its work still count as due: the loop runs timers up to
+#: its clock's resolution early, and sums of float times differ in their last bits; without
+#: it, such a run would arm another timer for the remaining sliver.
+_TIMER_SLACK = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +92,8 @@ class _PendingWrites:
         """Append the latest state of ``mids`` to the session journal, then the session record.
 
         A write the file system refuses (disk full, read-only, permission) raises nothing:
-        the messages stay pending in memory, in order, and every later write of the
-        session, :meth:`flush` and a retry timer try again (see :meth:`pending_writes`).
+        the messages stay pending in memory, in order, and the retry timer, forced writes
+        of the session and :meth:`flush` try again (see :meth:`pending_writes`).
         """
         sid = st.session.id
         pending = self._pending.setdefault(sid, {})
@@ -116,13 +123,14 @@ class _PendingWrites:
             self._write_session_record(st)
 
     def _refused(self, key: str, path: Path, exc: OSError) -> None:
-        """Note a write the file system refused; a timer retries it (see _flush_due)."""
+        """Note a write the file system refused; the store's timer retries it."""
         if key not in self._refusals:
             # Said on the run's status line (pending_writes); a log line at warning level
             # would land in whichever cell runs next.
             log.info("could not write %s (%s); kept in memory, retrying", path, exc.strerror)
         self._refusals[key] = Refusal(path, exc.strerror or str(exc))
-        self._schedule_deadline()
+        self._retry_at = self._clock() + RETRY_INTERVAL
+        self._arm_timer(RETRY_INTERVAL)
 
     def _write_session_record(self, st: _SessionState) -> None:
         self._catch_up_index()
@@ -144,8 +152,8 @@ class _PendingWrites:
             self._index_live += len(line) + 1
         self._maybe_compact_index()
 
-    def _schedule_deadline(self) -> None:
-        """Make sure coalesced updates reach the disk even if no further update comes.
+    def _arm_timer(self, delay: float) -> None:
+        """Make sure the store's timer fires within ``delay`` seconds (see ``_timer``).
 
         Only possible from a thread running an event loop (the agent's); elsewhere pending
         updates wait for the next write, flush(), close() or interpreter exit.
@@ -154,10 +162,13 @@ class _PendingWrites:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        if self._timer is not None and self._timer_loop is loop and not self._timer.cancelled():
-            return
+        timer = self._timer
+        if timer is not None and not timer.cancelled():
+            if self._timer_loop is loop and timer.when() <= loop.time() + delay:
+                return  # fires soon enough: its run arms whatever is due after it
+            timer.cancel()  # replaced, never left behind (the store's one-timer rule)
         self._timer_loop = loop
-        self._timer = loop.call_later(self.flush_interval, self._flush_due)
+        self._timer = loop.call_later(delay, self._flush_due)
 
     def _flush_due(self) -> None:
         # A loop callback: an exception here would be printed into whichever cell runs.
@@ -167,27 +178,29 @@ class _PendingWrites:
             log.warning("writing pending transcript updates to %s failed: %s", self.path, exc)
 
     def _flush_due_locked(self) -> None:
+        """Write what is due: coalesced updates past their ``flush_interval``, and once per
+        ``RETRY_INTERVAL`` whatever the file system refused; then arm the timer for what
+        remains. A session whose journal refuses waits for the retry, so a disk that stays
+        full costs one attempt per ``RETRY_INTERVAL`` whatever is streamed meanwhile."""
         with self._lock:
-            self._timer = None
+            self._timer = None  # this run; from here on, _arm_timer may schedule the next one
             if self._closed or self._forked():
                 return
-            if self._refusals:
-                # Something was refused: retry everything, at a pace that does not spin.
-                self.flush()
-                if self._refusals and self._timer_loop is not None:
-                    self._timer = self._timer_loop.call_later(RETRY_INTERVAL, self._flush_due)
-                return
+            if self._refusals and self._clock() + _TIMER_SLACK >= self._retry_at:
+                self.flush()  # refused again: _refused arms the next retry
             clock = self._clock()
-            wait: float | None = None
+            wait = self._retry_at - clock if self._refusals else None
             for sid in list(self._pending):
+                if sid in self._refusals:
+                    continue  # waits for the retry
                 due = False
                 for mid in self._pending.get(sid, ()):
                     left = self._last_write.get((sid, mid), clock) + self.flush_interval - clock
-                    if left <= 0:
+                    if left <= _TIMER_SLACK:
                         due = True
                     else:
                         wait = left if wait is None else min(wait, left)
                 if due:
                     self._write(self._sessions[sid], ())
-            if wait is not None and self._timer_loop is not None:
-                self._timer = self._timer_loop.call_later(wait, self._flush_due)
+            if wait is not None:
+                self._arm_timer(max(wait, 0.0))
