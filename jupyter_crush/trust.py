@@ -48,11 +48,13 @@ _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))"
 
 
 class Trust(Enum):
-    OWN = "your own config"
-    TRUSTED = "trusted"
-    TRUSTED_BY_SETTING = "trusted: CRUSH_TRUST_PROJECT_CONFIG or CrushConfig.trust_project_config"
-    UNTRUSTED = "not trusted"
-    CHANGED = "changed since you trusted it"
+    """A file's trust, as said after its path."""
+
+    OWN = "is your own"
+    TRUSTED = "is trusted"
+    TRUSTED_BY_SETTING = "is trusted by CRUSH_TRUST_PROJECT_CONFIG or trust_project_config"
+    UNTRUSTED = "is not trusted"
+    CHANGED = "has changed since you trusted it"
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def notice(files: list[ConfigFile], known_providers: set[str]) -> str | None:
         _, ignored = applied(file, known_providers)
         if ignored:
             listed = ", ".join(ignored[:-1]) + " and " + ignored[-1] if ignored[1:] else ignored[0]
-            parts.append(f"{file.path} is {file.trust.value}, so its {listed} were ignored")
+            parts.append(f"{file.path} {file.trust.value}, so its {listed} were ignored")
     if not parts:
         return None
     return (
@@ -91,8 +91,8 @@ def show(crush: Crush) -> str:
         return f"No crush.json or .crush.json in {Path.cwd()}: only your own configuration applies"
     lines = []
     for file in files:
-        would = "does" if file.applies_whole else "would do, once trusted as it is now"
-        lines.append(f"{file.path} ({file.trust.value}; sha256 {file.digest[:12]}) {would}:")
+        would = "it does" if file.applies_whole else "trusted as it is now, it would"
+        lines.append(f"{file.path} {file.trust.value} (sha256 {file.digest[:12]}); {would}:")
         effects = _provider_effects(crush, file) + _mcp_effects(file) + _model_effects(file)
         lines += [f"  {effect}" for effect in effects] or ["  nothing that needs trust"]
     return "\n".join(lines)
