@@ -177,8 +177,9 @@ class CrushConfig(Configurable):
         default_value="auto",
         help="What a %%crush cell does when the store holds its answer (jupyter_crush.rerun): "
         "'auto' replays an unchanged cell's recorded turn and asks afresh when anything "
-        "changed; 'strict' replays or fails the cell saying what changed (for CI); 'off' "
-        "always asks. %%crush --fresh always asks.",
+        "changed; 'strict' replays or fails the cell saying what changed, and stops a "
+        "replay before a recorded call with effects outside the kernel rather than use its "
+        "recorded result (for CI); 'off' always asks. %%crush --fresh always asks.",
     ).tag(config=True)
 
     system_prompt = Unicode(
