@@ -28,9 +28,10 @@ from jupyter_crush.mcp_config import MCPServerConfig
 from jupyter_crush.mcp_server import ServerState
 from jupyter_crush.mcp_tools import MCPServers
 from jupyter_crush.message import CANCELED_MESSAGE
-from jupyter_crush.model import TextDelta, ToolSpec
+from jupyter_crush.model import ToolSpec
 from jupyter_crush.provenance import cell_proposer
 from jupyter_crush.records import TOOL_CANCELED
+from jupyter_crush.run_display import code_to_next_cell
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 from jupyter_crush.tools import Decision, Tool, ToolResult
 from jupyter_crush.tools import files as file_tools
@@ -105,6 +106,40 @@ async def test_stop_after_allow_never_starts_the_tool(store):
     assert [(r.decision, r.source) for r in policy.records] == [(Decision.ALLOW, "user")]
     assert len(model.requests) == 1
     assert_canceled_with_the_call_answered(store, session.id, result)
+
+
+@pytest.mark.parametrize("asks", [False, True], ids=["read-only", "state-changing"])
+async def test_stop_as_a_tool_ends_neither_asks_for_nor_starts_the_next_call(store, asks):
+    session = store.create_session()
+    ran: list[str] = []
+    asked: list[str] = []
+    agent: SessionAgent
+
+    async def read(arguments, context):
+        await a_stop_lands_with_the_answer(lambda: agent.cancel(session.id))
+        return ToolResult("read")
+
+    async def change(arguments, context):
+        ran.append("change")
+        return ToolResult("changed")
+
+    class Broker:
+        async def ask(self, request):
+            asked.append(request.tool_name)
+            return Decision.ALLOW
+
+    tools = [
+        Tool(ToolSpec("read", "Read.", {"type": "object"}), read),
+        Tool(ToolSpec("change", "Change.", {"type": "object"}), change, changes_state=asks),
+    ]
+    model = ScriptedModel([Reply(tool_calls=[ToolCall("read"), ToolCall("change")]), "more"])
+    agent = SessionAgent(model, store, tools=tools, permissions=PermissionPolicy(Broker()))
+    result = await within(agent.run(SessionAgentCall(session.id, "go")))
+
+    assert (ran, asked) == ([], [])
+    assert result.reason is FinishReason.CANCELED
+    results = store.list_messages(session.id)[2].tool_results
+    assert [(r.is_error, r.content) for r in results] == [(False, "read"), (True, TOOL_CANCELED)]
 
 
 async def test_stop_as_the_turn_becomes_active_starts_neither_its_tools_nor_its_request(store):
@@ -293,24 +328,16 @@ async def test_stop_while_edit_reads_the_file_leaves_it_unwritten(store, tmp_pat
     assert_canceled_with_the_call_answered(store, session.id, result)
 
 
-class CodeThenStop:
-    """Answers with a code block, then the user stops the turn (``%crush cancel``)."""
-
-    name, provider = "code-then-stop", "test"
-
-    def __init__(self, stop: Callable[[], None]) -> None:
-        self.stop = stop
-
-    async def stream(self, messages, *, system=None, tools=()):
-        yield TextDelta("Here:\n```python\nx = 1\n```\n")
-        self.stop()
-        await asyncio.sleep(0)
-
-
-def test_format_code_inserts_no_cell_for_a_stopped_turn(ip, crush):
+@pytest.mark.parametrize("reason", [FinishReason.END_TURN, FinishReason.CANCELED])
+def test_format_code_inserts_no_cell_for_a_stopped_turn(store, reason):
     """``-f code`` puts an answer's code below the cell: not the code of a stopped turn."""
-    crush.use_model(CodeThenStop(crush.cancel_all))
-    ip.run_cell("%%crush -f code\nwrite code")
-    assert crush.last_view.finish_reason is FinishReason.CANCELED
-    assert "x = 1" in crush.last_view.answer_markdown
-    assert ip.rl_next_input is None
+    session = store.create_session()
+    inserted: list[str] = []
+    shell = SimpleNamespace(set_next_input=lambda code, replace: inserted.append(code))
+    view = SimpleNamespace(
+        finish_reason=reason,
+        answer_markdown="Here:\n```python\nx = 1\n```\n",
+        session_id=session.id,
+    )
+    code_to_next_cell(SimpleNamespace(store=store, shell=shell), view)
+    assert inserted == ([] if reason is FinishReason.CANCELED else ["x = 1"])
