@@ -24,7 +24,9 @@ and cut off by the next writer (see :mod:`jupyter_crush.storage`). Whole-file re
 ``fsync=True`` every write is also fsynced, which additionally survives power loss.
 
 Refused writes are kept pending in memory and retried, per session; see
-:mod:`jupyter_crush.store_pending`.
+:mod:`jupyter_crush.store_pending`. What is still refused when the store closes is saved in a
+fallback journal outside it and folded in when the store next opens; see
+:mod:`jupyter_crush.store_fallback`.
 
 Streaming: the agent calls :meth:`TranscriptStore.update_message` for every token. Updates
 are coalesced to at most one disk write per message per ``flush_interval`` (30/s by
@@ -90,6 +92,7 @@ from .storage import (
     remove_stale_temporaries,
     write_atomic,
 )
+from .store_fallback import UnwrittenRecordsWarning
 from .store_open import _Opening, _prepare_directory
 from .store_pending import RETRY_INTERVAL, PendingWrites, Refusal, _PendingWrites
 from .store_query import TranscriptDB, _Queries
@@ -127,6 +130,7 @@ __all__ = [
     "TruncatedTranscriptWarning",
     "UnknownMessageError",
     "UnknownSessionError",
+    "UnwrittenRecordsWarning",
 ]
 
 #: A journal is compacted only beyond this size (and when over half of it is superseded).
@@ -206,6 +210,9 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
         # succeeds; nothing of one session waits for another's.
         self._refusals: dict[str, Refusal] = {}
         self._stale_index: dict[str, None] = {}  # sessions whose latest record is not indexed
+        # Fallback journals folded in at open whose records still wait in _pending: removed
+        # once those are written, or once a close saves them again (store_fallback).
+        self._folded: list[Path] = []
         self._db: TranscriptDB | None = None
         try:
             for sub in (self._messages_dir, self._writers_dir, self.images_dir):
@@ -230,6 +237,7 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
                 self._sweep_dead_writers()
                 self._catch_up_index()
                 _warn_if_cut_short(self._index)
+                self._fold_unwritten()
         except OSError as exc:
             self._closed = True
             self._release_files()
@@ -391,9 +399,8 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
                 return
             try:
                 self.flush()
-                for lost in self.pending_writes():
-                    log.error("closing the transcript store lost what it could not write: %s", lost)
             finally:
+                self._save_unwritten()  # what the file system still refuses goes elsewhere
                 self._closed = True
                 _LIVE_STORES.discard(self)
                 # A forked child's copy must not remove the parent's lease.
