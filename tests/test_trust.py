@@ -240,7 +240,7 @@ def test_a_users_key_goes_only_to_a_host_chosen_for_it(home, monkeypatch, entry,
     message = str(info.value)
     host = "127.0.0.1:9" if "base_url" in entry[pid] else "api.openai.com"
     assert "\n" not in message and str(home / "crush.json") in message
-    assert f"sends its requests to {host}, but $" in message and "is yours for" in message
+    assert f", not to {host}; a trusted crush.json" in message and "is yours for" in message
 
 
 def test_a_key_set_in_the_notebook_is_not_sent_to_a_trusted_files_host(home):

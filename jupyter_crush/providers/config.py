@@ -488,7 +488,7 @@ def _check_destination(
         if problem:
             where = f" ({project.path})" if project is not None else ""
             raise ProviderConfigError(
-                f"provider {provider_id!r}{where} sends its requests to {host}, but {problem}; "
+                f"provider {provider_id!r}{where}: {problem}; "
                 "a trusted crush.json sends a key of yours to its own base_url only when the "
                 'same entry names the key ("api_key": "$VAR")'
             )
