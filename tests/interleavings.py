@@ -9,6 +9,8 @@ at every point where another thread could act, what happens next:
 - ``prompt:S``       a cell on the loop's thread accepts a prompt for session S and starts
                      ``agent.run`` as a task (the run decides on a later step)
 - ``tool:I``         tool call I, waiting on outside work, completes
+- ``allow:I``        the user answers permission prompt I with Allow (scenarios whose tool
+                     asks; the real PermissionPolicy stands in front of it)
 - ``cancel-loop:S``  a cancel from the loop's thread (a cell): ``task.cancel()`` lands at once
 - ``cancel:S``       a cancel from another thread (a widget click on a subshell): its lock
                      section runs now, its ``call_soon_threadsafe`` delivery is *held*
@@ -17,9 +19,11 @@ at every point where another thread could act, what happens next:
                      store write, the write succeeds or fails (OSError) within a budget
 
 The loop's thread is parked (preempted) before every acquisition of a session lock, every
-lock-free read of a cancel mark (``covered``) and every store write, so other-thread actions
-land in every window between the loop's lock sections, not only between handles. Tools may
-absorb cancellation (catch ``CancelledError`` and return).
+lock-free read of a cancel mark (``covered``, and so every ``stop_if_covered`` check), every
+store write, where a turn's task takes a permission answer and where a tool starts, so
+other-thread actions land in every window between the loop's lock sections, not only between
+handles: among them a Stop between the user's Allow and the tool's start. Tools may absorb
+cancellation (catch ``CancelledError`` and return).
 
 Every action sequence of a bounded :class:`Scenario` is enumerated depth first, replaying
 prefixes on a fresh world. A replay must follow its recording: each action enabled and
@@ -39,6 +43,8 @@ every leaf (nothing left to do) the final ones:
 - the accept count, the queue and the active turn return to empty; no task is left pending,
   and no ``run()`` raised;
 - every tool call in the store has exactly one result;
+- NOTHING-STARTS-WHEN-COVERED: no tool starts and no model request starts for a turn a
+  cancel covers (checked as each starts);
 - no deadlock (a session lock re-entered by its holder, or held across a preemption point),
   and no exception escapes to the loop's handler.
 """
@@ -59,13 +65,15 @@ from typing import Any
 
 import greenlet
 
+import jupyter_crush.agent.dispatch as dispatch_module
 import jupyter_crush.agent.session as agent_module
 from jupyter_crush import FinishReason, Message, SessionAgent, SessionAgentCall
 from jupyter_crush.core.events import Finished, Folded
 from jupyter_crush.core.message import TERMINAL_REASONS, Role, Session
 from jupyter_crush.core.model import ToolSpec
-from jupyter_crush.core.tools import Tool, ToolResult
+from jupyter_crush.core.tools import Decision, PermissionRequest, Tool, ToolResult
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
+from jupyter_crush.tools.permissions import PermissionPolicy
 
 REPLIES = {
     "text": Reply(text="ok"),
@@ -81,6 +89,7 @@ class Scenario:
     loop_cancels: bool = True  # cancels from the loop's thread
     store_failures: int = 0  # store writes that may fail
     absorbing_tool: bool = False  # the tool catches CancelledError and returns
+    permission: bool = False  # the tool changes state: each call asks, "allow:I" answers
     replies: tuple[str, ...] = ("tool", "text")  # the model's replies, cycled per request
     preempt: bool = True  # park the loop inside handles (lock sections, mark reads, writes)
 
@@ -169,6 +178,19 @@ class MemoryStore:
         self._world.write("flush")
 
 
+class CheckedModel(ScriptedModel):
+    """The scripted model, checking that no request starts for a turn a cancel covers."""
+
+    def __init__(self, world: World, replies: list[Reply]) -> None:
+        super().__init__(replies)
+        self._world = world
+
+    async def stream(self, messages: Any, *, system: Any = None, tools: Any = ()) -> Any:
+        self._world.starting("a model request", messages[-1].session_id)
+        async for event in super().stream(messages, system=system, tools=tools):
+            yield event
+
+
 class CheckedLock:
     """A session lock that preempts the loop's thread before each acquisition."""
 
@@ -214,15 +236,25 @@ class World:
         self.loop_errors: list[dict[str, Any]] = []
         self.prompts: list[Prompt] = []
         self.tool_waits: list[tuple[int, asyncio.Future[None]]] = []
+        self.permission_waits: list[tuple[int, asyncio.Future[None]]] = []
         self.held: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self.loop = asyncio.new_event_loop()
         self.loop.call_soon_threadsafe = self._hold  # type: ignore[method-assign]
         self.loop.set_exception_handler(lambda _loop, context: self.loop_errors.append(context))
         self.store = MemoryStore(self, self.session_ids)
         replies = itertools.islice(itertools.cycle(scenario.replies), 200)
-        self.model = ScriptedModel([REPLIES[kind] for kind in replies])
-        work = Tool(ToolSpec("work", "Work.", {"type": "object"}), self._tool)
-        self.agent = SessionAgent(self.model, self.store, tools=[work])  # type: ignore[arg-type]
+        self.model = CheckedModel(self, [REPLIES[kind] for kind in replies])
+        work = Tool(
+            ToolSpec("work", "Work.", {"type": "object"}),
+            self._tool,
+            changes_state=scenario.permission,
+        )
+        self.agent = SessionAgent(
+            self.model,
+            self.store,  # type: ignore[arg-type]
+            tools=[work],
+            permissions=PermissionPolicy(self) if scenario.permission else None,
+        )
         self._install_locks()
         self.closing = False
         self.scheduler = greenlet.getcurrent()
@@ -292,7 +324,24 @@ class World:
 
         dispatcher.state = state  # type: ignore[method-assign]
 
+    async def ask(self, request: PermissionRequest) -> Decision:
+        """The user's side of a permission prompt: answered Allow by "allow:I"."""
+        future = self.loop.create_future()
+        self.permission_waits.append((len(self.permission_waits), future))
+        await future
+        self.park("answer")  # the turn's task has the answer; the tool has not started
+        return Decision.ALLOW
+
+    def starting(self, what: str, session_id: str) -> None:
+        """NOTHING-STARTS-WHEN-COVERED, checked where a tool or a model request starts."""
+        state = self.agent._dispatch._sessions[session_id]
+        prompt = state.active.call.observer if state.active is not None else None
+        if prompt is not None and prompt.covered:
+            self.violation(f"{what} started for prompt {prompt.index}, which a cancel covers")
+
     async def _tool(self, arguments: dict[str, Any], context: Any) -> ToolResult:
+        self.starting("a tool", context.session_id)
+        self.park("tool-start")
         future = self.loop.create_future()
         self.tool_waits.append((len(self.tool_waits), future))
         try:
@@ -313,6 +362,7 @@ class World:
                 actions.append("step")
             actions += [f"prompt:{i}" for i, left in enumerate(self.prompts_left) if left]
             actions += [f"tool:{i}" for i, future in self.tool_waits if not future.done()]
+            actions += [f"allow:{i}" for i, future in self.permission_waits if not future.done()]
             if self.cancels_left and scenario.loop_cancels:
                 actions += [f"cancel-loop:{i}" for i in range(len(self.session_ids))]
         elif self.point[0].startswith("write") and self.failures_left:
@@ -338,6 +388,8 @@ class World:
             self._resume(lambda: self._prompt(int(argument)))
         elif name == "tool":
             self._resume(lambda: self.tool_waits[int(argument)][1].set_result(None))
+        elif name == "allow":
+            self._resume(lambda: self.permission_waits[int(argument)][1].set_result(None))
         elif name == "cancel-loop":
             self._resume(lambda: self._cancel(int(argument)))
         elif name == "cancel":
@@ -495,6 +547,7 @@ class World:
             tuple(_handle_label(h._callback, h._args) for h in self.loop._ready),
             tuple(_handle_label(callback, args) for callback, args in self.held),
             tuple((i, f.done(), f.cancelled()) for i, f in self.tool_waits),
+            tuple((i, f.done(), f.cancelled()) for i, f in self.permission_waits),
             len(self.model.requests),
         )
         return hashlib.blake2b(repr(state).encode(), digest_size=16).digest()
@@ -659,7 +712,7 @@ def _count_paths(edges: dict[bytes, list[bytes]], root: bytes | None) -> int:
 
 # -- preempting the lock-free mark reads ---------------------------------------------------------
 
-_real_covered = agent_module.covered
+_real_covered = dispatch_module.covered
 
 
 def _parking_covered(turn: Any) -> bool:
@@ -673,11 +726,12 @@ _WORLDS: dict[asyncio.AbstractEventLoop, World] = {}
 
 
 def _patch_covered() -> None:
-    agent_module.covered = _parking_covered
+    # agent.py reads the mark itself and through dispatch.stop_if_covered
+    agent_module.covered = dispatch_module.covered = _parking_covered
 
 
 def _unpatch_covered() -> None:
-    agent_module.covered = _real_covered
+    agent_module.covered = dispatch_module.covered = _real_covered
 
 
 # -- labels that are the same in every replay ----------------------------------------------------

@@ -2,8 +2,11 @@
 
 Cancels from another thread may have their delivery held (the click's
 ``call_soon_threadsafe`` not yet on the loop) and released later as its own action; a tool
-may absorb cancellation; store calls may fail. After every action the dispatch invariants
-are checked; at the end every prompt must have reached exactly one terminal record, within
+may absorb cancellation; a state-changing tool asks for permission (the real
+PermissionPolicy) and waits until an action answers Allow, so a Stop may land between the
+answer and the tool's start; store calls may fail. After every action the dispatch
+invariants are checked, among them that no tool and no model request started for a turn a
+cancel covers; at the end every prompt must have reached exactly one terminal record, within
 a bounded time (no deadlock), and the sessions must be idle.
 """
 
@@ -23,8 +26,9 @@ from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall, Transcri
 from jupyter_crush.core.events import Finished
 from jupyter_crush.core.message import TERMINAL_REASONS, Role
 from jupyter_crush.core.model import ModelError, ToolSpec
-from jupyter_crush.core.tools import Tool, ToolResult
+from jupyter_crush.core.tools import Decision, Tool, ToolResult
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
+from jupyter_crush.tools.permissions import PermissionPolicy
 
 SESSIONS = 3
 
@@ -37,6 +41,7 @@ REPLY_KINDS = {
     ),
     "error": Reply(text="oops", error=ModelError("server exploded", status_code=500)),
     "absorb": Reply(tool_calls=[ToolCall("absorb")]),
+    "ask": Reply(tool_calls=[ToolCall("change", {"text": "x"})]),
 }
 STORE_CALLS = ("add_message", "update_message", "flush", "list_messages")
 
@@ -49,6 +54,7 @@ action = st.one_of(
     cancel,
     cancel,  # twice: cancels should land in every window, often
     st.tuples(st.just("deliver"), st.integers(0, 50)),
+    st.tuples(st.just("allow"), st.integers(0, 50)),
     st.tuples(st.just("step"), st.integers(1, 6)),
     st.tuples(st.just("fail"), st.sampled_from(STORE_CALLS), st.integers(1, 3)),
 )
@@ -84,6 +90,61 @@ async def absorb(arguments, context):
 
 ECHO = Tool(ToolSpec("echo", "Echo.", {"type": "object"}), echo)
 ABSORB = Tool(ToolSpec("absorb", "Absorb.", {"type": "object"}), absorb)
+CHANGE = Tool(ToolSpec("change", "Change.", {"type": "object"}), echo, changes_state=True)
+
+
+class Broker:
+    """The user's side of permission prompts: each waits for an "allow" action."""
+
+    def __init__(self) -> None:
+        self.open: list[asyncio.Future[Decision]] = []
+        self.at_once = False  # while draining: every prompt is answered as it opens
+
+    async def ask(self, request) -> Decision:
+        answer = asyncio.get_running_loop().create_future()
+        if self.at_once:
+            answer.set_result(Decision.ALLOW)
+        self.open.append(answer)
+        return await answer
+
+    def allow(self, index: int) -> None:
+        waiting = [answer for answer in self.open if not answer.done()]
+        if waiting:
+            waiting[index % len(waiting)].set_result(Decision.ALLOW)
+
+
+class Starts:
+    """NOTHING-STARTS-WHEN-COVERED, checked as each tool and model request starts."""
+
+    def __init__(self) -> None:
+        self.agent: SessionAgent | None = None
+        self.violations: list[str] = []
+
+    def starting(self, what: str, session_id: str) -> None:
+        assert self.agent is not None
+        active = self.agent._dispatch.state(session_id).active
+        if active is not None and active.call.observer.covered:
+            self.violations.append(f"{what} started for a turn a cancel covers")
+
+    def tool(self, tool: Tool) -> Tool:
+        async def run(arguments, context):
+            self.starting(f"tool {tool.name}", context.session_id)
+            return await tool.run(arguments, context)
+
+        return Tool(tool.spec, run, changes_state=tool.changes_state)
+
+    def model(self, model: ScriptedModel):
+        starts = self
+
+        class Checked:
+            name, provider = model.name, model.provider
+
+            async def stream(self, messages, *, system=None, tools=()):
+                starts.starting("a model request", messages[-1].session_id)
+                async for event in model.stream(messages, system=system, tools=tools):
+                    yield event
+
+        return Checked()
 
 
 class StoreFaults:
@@ -155,7 +216,14 @@ def check_interleaving(actions, reply_kinds) -> None:
         session_ids = [store.create_session(f"s{i}").id for i in range(SESSIONS)]
         faults = StoreFaults(store)
         replies = [REPLY_KINDS[reply_kinds[i % len(reply_kinds)]] for i in range(400)]
-        agent = SessionAgent(ScriptedModel(replies), store, tools=[ECHO, ABSORB])
+        broker, starts = Broker(), Starts()
+        agent = SessionAgent(
+            starts.model(ScriptedModel(replies)),
+            store,
+            tools=[starts.tool(t) for t in (ECHO, ABSORB, CHANGE)],
+            permissions=PermissionPolicy(broker),
+        )
+        starts.agent = agent
         pending = []  # (AcceptedRun, Prompt) accepted, run() not yet called
         prompts: list[Prompt] = []
         tasks = []
@@ -205,20 +273,28 @@ def check_interleaving(actions, reply_kinds) -> None:
             elif kind == "deliver" and held:
                 callback, args = held.pop(act[1] % len(held))
                 real_threadsafe(callback, *args)
+            elif kind == "allow":
+                broker.allow(act[1])
             elif kind == "fail":
                 faults.left[act[1]] += act[2]
             elif kind == "step":
                 for _ in range(act[1]):
                     loop.run_until_complete(asyncio.sleep(0))
             check_running_invariants(agent, session_ids, prompts)
+            assert not starts.violations, starts.violations[0]
 
         for accepted, prompt in pending:  # every accept ends up run
             start(prompt, accepted)
         for callback, args in held:  # every click reaches the loop in the end
             real_threadsafe(callback, *args)
+        broker.at_once = True  # every prompt is answered in the end
+        for answer in broker.open:
+            if not answer.done():
+                answer.set_result(Decision.ALLOW)
         loop.run_until_complete(drain(agent, session_ids, tasks))
         faults.left = dict.fromkeys(STORE_CALLS, 0)
         check_final_invariants(agent, store, session_ids, prompts, faults.failed)
+        assert not starts.violations, starts.violations[0]
         store.close()
     finally:
         loop.close()
@@ -270,6 +346,7 @@ def check_final_invariants(agent, store, session_ids, prompts, store_failures) -
         assert state.active is None and not state.queue
     if store_failures:
         return  # what the store holds is the store's business (each turn says what it lost)
+    for session_id in session_ids:
         messages = store.list_messages(session_id)
         calls = {c.id for m in messages for c in m.tool_calls}
         results = {r.tool_call_id for m in messages for r in m.tool_results}

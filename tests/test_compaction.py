@@ -342,7 +342,8 @@ def test_a_crush_json_model_entry_gives_window_and_output(tmp_path):
     entry = {"id": "local-7b", "context_window": 32_768, "default_max_tokens": 2048}
     provider = {"type": "openai-compat", "base_url": "http://127.0.0.1:1/v1", "models": [entry]}
     path.write_text(json.dumps({"providers": {"mine": {**provider, "api_key": "x"}}}))
-    model = resolve_model("mine:local-7b", settings=ProviderSettings(crush_config=str(path)))
+    settings = ProviderSettings(crush_config=str(path), trust_project_config=True)
+    model = resolve_model("mine:local-7b", settings=settings)
     assert model_window(model) == ContextWindow(32_768, 2048)
 
 

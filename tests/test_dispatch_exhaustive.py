@@ -17,6 +17,7 @@ import pytest
 from interleavings import HarnessError, Scenario, Violation, World, explore
 
 import jupyter_crush.agent.dispatch as dispatch
+import jupyter_crush.agent.session as agent
 
 QUICK = {
     "1 session x 2 prompts x 1 cancel (either thread)": Scenario(prompts=(2,), cancels=1),
@@ -24,6 +25,9 @@ QUICK = {
         prompts=(2,), cancels=1, absorbing_tool=True, loop_cancels=False
     ),
     "2 prompts, 2 failing writes": Scenario(prompts=(2,), cancels=0, store_failures=2),
+    "permission prompts answered Allow, 2 prompts x 1 cancel": Scenario(
+        prompts=(2,), cancels=1, permission=True
+    ),
 }
 
 FULL = {
@@ -99,6 +103,33 @@ def test_the_checker_finds_a_lost_cancel(monkeypatch):
     monkeypatch.setattr(dispatch.Dispatcher, "_start", start_forgetting_the_mark)
     with pytest.raises(Violation):
         explore(Scenario(prompts=(1,), cancels=1, replies=("tool",)))
+
+
+def skip_stop_check_in(function: str, before: str = ""):
+    """agent.py's stop_if_covered, but for the check in ``function`` (the one before its
+    local ``before`` is set): that check taken out."""
+
+    def stop_if_covered(turn):
+        caller = sys._getframe(1)
+        if caller.f_code.co_name != function or before in caller.f_locals:
+            dispatch.stop_if_covered(turn)
+
+    return stop_if_covered
+
+
+def test_the_checker_finds_a_tool_started_after_stop_after_allow(monkeypatch):
+    """... and a tool started for a Stop that landed between the user's Allow and the tool."""
+    monkeypatch.setattr(agent, "stop_if_covered", skip_stop_check_in("_call_tool"))
+    with pytest.raises(Violation, match="a tool started for prompt 0, which a cancel covers"):
+        explore(Scenario(prompts=(1,), cancels=1, permission=True, loop_cancels=False))
+
+
+def test_the_checker_finds_a_request_started_for_a_covered_turn(monkeypatch):
+    """... and a model request sent after a Stop that landed while the turn wrote a record."""
+    monkeypatch.setattr(agent, "stop_if_covered", skip_stop_check_in("_stream_step", "stream"))
+    scenario = Scenario(prompts=(1,), cancels=1, store_failures=1, loop_cancels=False)
+    with pytest.raises(Violation, match="a model request started for prompt 0, which a cancel"):
+        explore(scenario)
 
 
 def test_a_replay_that_leaves_its_recorded_path_is_a_harness_error(monkeypatch):

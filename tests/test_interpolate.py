@@ -71,6 +71,27 @@ def test_broken_str_falls_back_to_repr():
     assert interpolate("{o}", {"o": Odd()}) == "<odd>"
 
 
+def test_values_are_redacted_of_known_secrets(monkeypatch):
+    """Whichever way a value becomes text: a string, str(), repr() after a broken str, or
+    the text a renderer (an attached figure's) claims it with."""
+    monkeypatch.setenv("EXAMPLE_TOKEN", "tok-5e8a1c3f9b")
+
+    class Broken:
+        def __str__(self) -> str:
+            raise ValueError("no")
+
+        def __repr__(self) -> str:
+            return "<client tok-5e8a1c3f9b>"
+
+    ns = {"s": "tok-5e8a1c3f9b", "d": {"token": "tok-5e8a1c3f9b"}, "b": Broken()}
+    assert interpolate("{s} {d} {b}", ns) == (
+        "[redacted] {'token': '[redacted]'} <client [redacted]>"
+    )
+    assert interpolate("{d}", ns, lambda _, value: f"figure of {value}") == (
+        "figure of {'token': '[redacted]'}"
+    )
+
+
 braces_text = st.text(alphabet=string.printable + "{}{}{}{}é", max_size=200)
 
 

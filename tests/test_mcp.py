@@ -26,6 +26,7 @@ from jupyter_crush.mcp.server import MCPServer, ServerState
 from jupyter_crush.mcp.tools import MCPServers, tool_name, tool_result
 from jupyter_crush.providers.config import CrushConfigError
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
+from jupyter_crush.trust import TRUST_ENV
 
 SERVER = str(ROOT / "tests" / "mcp_server.py")
 
@@ -44,6 +45,7 @@ def write(path: Path, data: dict) -> None:
 
 
 def test_crush_json_mcp_section_in_crushs_shape(crush_home, monkeypatch):
+    monkeypatch.setenv(TRUST_ENV, "1")  # a folder's file untrusted: test_trust.py
     monkeypatch.setenv("GH_PAT", "secret-token")
     monkeypatch.setenv("DB_URL", "postgres://db")
     monkeypatch.delenv("UNSET_VAR", raising=False)

@@ -44,6 +44,7 @@ def start_kernel(folder: Path) -> Kernel:
             "MCP_PYTHON": sys.executable,
             "MCP_TEST_MARKS": str(marks),
             "XDG_CONFIG_HOME": str(folder / "xdg"),  # no user-wide crush.json
+            "CRUSH_TRUST_PROJECT_CONFIG": "1",  # the folder's file is the test's own
         },
     )
     kernel.run(SETUP)

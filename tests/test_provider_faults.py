@@ -11,6 +11,7 @@ import pytest
 from replay_server import ReplayServer, Step, error_step
 from test_providers import _isolated_env, protocol_model, run_step, simple_body, user
 
+from jupyter_crush.core.message import FinishReason
 from jupyter_crush.core.model import ModelError
 
 __all__ = ["_isolated_env"]  # the autouse fixture: no developer keys leak into these tests
@@ -34,6 +35,34 @@ async def test_a_server_that_never_answers_fails_within_the_total_deadline(proto
     assert took < 10, f"took {took:.1f} s: the deadline did not bound the attempts"
     assert f"no answer from {model._url()} within 0.6 s over up to 3 attempts" in message
     assert "answer_timeout" in message
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_headers_then_nothing_fail_within_the_deadline_naming_the_first_event(protocol):
+    # The server answers 200 with an event stream's headers and then stalls: the read
+    # timeout (30 s) would wait for a byte; the first event shares the 0.5 s deadline.
+    steps = [Step(simple_body(protocol), fault="stall", fault_after=0)]
+    async with ReplayServer(steps) as server:
+        model = protocol_model(protocol, server.url, read_timeout=30, answer_timeout=0.5)
+        with pytest.raises(ModelError) as info:
+            await run_step(model, [user("hi")])
+        await server.requests[0].hung_up.wait()  # the response was closed, not left open
+    message = str(info.value)
+    assert f"no first event from {model._url()} within 0.5 s" in message
+    assert "answered (HTTP 200) and then sent nothing" in message
+    assert "answer_timeout" in message and "read timeout" not in message
+    assert len(server.requests) == 1  # an answer under way is not asked again
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_events_after_the_first_are_not_held_to_the_answer_deadline(protocol):
+    # Events 0.1 s apart, the whole answer past the 0.4 s deadline: only the time to
+    # the first event is bounded by it; between events the read timeout applies.
+    steps = [Step(simple_body(protocol), event_delay=0.1)]
+    async with ReplayServer(steps) as server:
+        model = protocol_model(protocol, server.url, read_timeout=30, answer_timeout=0.4)
+        step = await run_step(model, [user("hi")])
+    assert step.finish.reason is FinishReason.END_TURN and step.message.text
 
 
 async def test_retries_within_the_deadline_are_still_made():

@@ -55,7 +55,12 @@ from jupyter_crush.providers import (
 from jupyter_crush.providers import anthropic as anthropic_provider
 from jupyter_crush.providers import openai as openai_provider
 from jupyter_crush.providers.prices import step_cost
-from jupyter_crush.providers.replay import RECORDINGS_DIR, SHORT_NAMES, load_recording
+from jupyter_crush.providers.replay import (
+    RECORDINGS_DIR,
+    SHORT_NAMES,
+    load_recording,
+)
+from jupyter_crush.trust import TRUST_ENV
 
 RECORDINGS = sorted(RECORDINGS_DIR.glob("*.yaml"))
 SECRET = "sk-test-0123456789-secret"
@@ -822,6 +827,7 @@ def write_crush(path: Path, data: Any) -> Path:
 
 
 def test_crush_json_providers_and_models(tmp_path, monkeypatch):
+    monkeypatch.setenv(TRUST_ENV, "1")  # what a folder's file may do untrusted: test_trust.py
     monkeypatch.setenv("MY_LLM_KEY", SECRET)
     write_crush(
         tmp_path / "crush.json",
@@ -853,6 +859,7 @@ def test_crush_json_providers_and_models(tmp_path, monkeypatch):
 
 
 def test_crush_json_global_file_and_project_override(tmp_path, monkeypatch):
+    monkeypatch.setenv(TRUST_ENV, "1")
     global_dir = tmp_path / "xdg" / "crush"
     global_dir.mkdir(parents=True)
     entry = {"type": "openai-compat", "base_url": "http://global/v1", "api_key": "g"}
@@ -865,7 +872,8 @@ def test_crush_json_global_file_and_project_override(tmp_path, monkeypatch):
     assert local_model.config.api_key == "not-needed"  # no api_key in crush.json: none needed
 
 
-def test_crush_json_key_from_unset_variable_names_the_variable(tmp_path):
+def test_crush_json_key_from_unset_variable_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv(TRUST_ENV, "1")
     write_crush(
         tmp_path / "crush.json",
         {
@@ -891,7 +899,8 @@ def test_crush_json_key_from_unset_variable_names_the_variable(tmp_path):
         ),
     ],
 )
-def test_malformed_crush_json_is_one_clear_line(tmp_path, content, fix):
+def test_malformed_crush_json_is_one_clear_line(tmp_path, monkeypatch, content, fix):
+    monkeypatch.setenv(TRUST_ENV, "1")  # an untrusted file's providers are not read at all
     path = write_crush(tmp_path / "crush.json", content)
     with pytest.raises(CrushConfigError) as info:
         resolve_model("openai:gpt-4o", settings=ProviderSettings(api_keys={"openai": "k"}))

@@ -2,7 +2,7 @@
 nbclient against the official OpenAI SDK and a local server that counts requests. Run again
 unchanged it asks nothing and shows the same; a changed interpolated DataFrame re-asks that
 cell and the later ones of its session; strict mode fails naming the cell; two kernels
-replay from one store."""
+replay from one store; the offline demo's weather turn replays its recorded tool call."""
 
 from __future__ import annotations
 
@@ -154,3 +154,31 @@ def test_two_kernels_replay_from_one_store(tmp_path):
     for answer, status in shown:
         assert answer == "Brest is the cheapest, at 2.5."
         assert "replayed from" in status
+
+
+def test_the_offline_demos_weather_turn_replays_in_a_fresh_kernel(tmp_path):
+    # No key: replay:auto answers with the recording of this prompt, whose weather tool is
+    # itself a recording. A fresh kernel on the same store replays the turn, the weather
+    # call answered from its record.
+    ask = "%%crush --wait -s weather\nWhat's the weather in Florence, Italy?"
+    view = "current().last_view"
+    shown = []
+    for _ in range(2):
+        kernel = Kernel(tmp_path)
+        try:
+            kernel.run("%load_ext jupyter_crush\nfrom jupyter_crush.magics import current")
+            kernel.run(ask, timeout=60)
+            shown.append(
+                kernel.value(f"[{view}.phase, {view}.answer_markdown, {view}.status_text()]")
+            )
+            kernel.run("messages = current().store.list_messages(current().current_session_id)")
+            results = "[m.tool_results[0].metadata for m in messages if m.tool_results]"
+            replays = [r.get("replay") for r in kernel.value(results)]
+        finally:
+            kernel.shutdown()
+    (asked_phase, asked, asked_status), (phase, answer, status) = shown
+    assert asked_phase == "done" and "replaying a recorded answer to" in asked_status
+    assert phase == "done" and answer == asked and "Florence" in answer
+    assert "replayed from" in status and "0 tokens · $0" in status
+    assert "recorded result used, not run again: weather" in status
+    assert replays == [None, {"from_record": True, "not_run": True}]

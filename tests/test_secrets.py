@@ -53,7 +53,9 @@ def configured(tmp_path, monkeypatch):
         api_keys={"openai": CONFIG_KEY},
         base_urls={"compat": f"http://me:{CONFIG_URL_PASSWORD}@127.0.0.1:9/v1"},
     )
-    crush_json = tmp_path / "crush.json"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # the user's own crush.json
+    crush_json = tmp_path / "crush" / "crush.json"
+    crush_json.parent.mkdir()
     crush_json.write_text(
         json.dumps(
             {

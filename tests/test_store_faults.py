@@ -20,10 +20,13 @@ from pathlib import Path
 
 import pytest
 from bounded import within
+from virtual_clock import VirtualTimeLoop, run_virtual
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall, TranscriptStore
 from jupyter_crush.core.events import Finished
 from jupyter_crush.core.message import Message, TextPart
+from jupyter_crush.store.pending import RETRY_INTERVAL
+from jupyter_crush.store.storage import Journal
 from jupyter_crush.store.transcript import TruncatedTranscriptWarning
 from jupyter_crush.testing import ScriptedModel
 
@@ -234,6 +237,94 @@ def test_a_refused_write_is_retried_by_the_store_s_own_timer(tmp_path):
         store.close()
 
     asyncio.run(scenario())
+
+
+class _Attempts:
+    """Counts the appends the store attempts (the real ones: it only watches)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.count = 0
+        append = Journal.append
+
+        def counted(journal: Journal, payload: bytes, *, fsync: bool) -> None:
+            self.count += 1
+            append(journal, payload, fsync=fsync)
+
+        monkeypatch.setattr(Journal, "append", counted)
+
+
+def test_a_disk_full_for_ten_minutes_keeps_one_timer_and_one_attempt_a_second(
+    small_disk, monkeypatch
+):
+    """Ten minutes of a full disk on a virtual clock, a reply streaming through the first
+    one: never more than one pending timer, about one write attempt per RETRY_INTERVAL
+    (not one per streamed token), and the whole reply on disk once space is back."""
+    attempts = _Attempts(monkeypatch)
+    minutes = 10
+    retries = minutes * 60 / RETRY_INTERVAL
+
+    async def scenario(loop: VirtualTimeLoop) -> tuple[TranscriptStore, str, str]:
+        store = TranscriptStore(small_disk / "store", clock=loop.time)
+        sid = store.create_session().id
+        store.add_message(user(sid, "one"))
+        reply = Message(sid, Role.ASSISTANT, [TextPart("")])
+        store.add_message(reply)
+        filler = fill(small_disk)
+        refused: tuple[int, int] | None = None  # timers and attempts at the first refusal
+        for second in range(minutes * 60):
+            if second < 60:
+                for _ in range(30):  # a reply streaming at 30 tokens a second
+                    reply.parts = [TextPart(reply.text + f"token {second} ")]
+                    store.update_message(reply)
+                    if refused is None and store.pending_writes(sid):
+                        refused = loop.timers_scheduled(store), attempts.count
+                    await asyncio.sleep(1 / 30)
+            else:
+                await asyncio.sleep(1)
+            pending = loop.timers_pending(store)
+            assert pending <= 1, f"{pending} timers pending after {second} s"
+        assert refused is not None and store.pending_writes(sid), "the disk stayed full"
+        assert loop.timers_scheduled(store) - refused[0] <= retries + 1
+        assert attempts.count - refused[1] <= 2 * (retries + 1)  # the journal, maybe the index
+        filler.unlink()
+        await asyncio.sleep(RETRY_INTERVAL)  # no further write: the retry alone writes it
+        assert store.pending_writes() == []
+        assert loop.timers_pending(store) == 0
+        return store, sid, reply.text
+
+    store, sid, text = run_virtual(scenario)
+    store.close()
+    assert on_disk(store.path, sid) == ["one", text]
+
+
+def test_a_session_streaming_beside_a_refused_one_is_written_at_its_own_pace(tmp_path):
+    """A refused session waits for the retry; another session's coalesced updates still
+    reach the disk within ``flush_interval``, not at the retry's pace."""
+
+    async def scenario(loop: VirtualTimeLoop) -> None:
+        store = TranscriptStore(tmp_path / "store", clock=loop.time)
+        stuck, fine = store.create_session().id, store.create_session().id
+        store.add_message(user(stuck, "one"))
+        journal = store.journal_path(stuck)
+        immutable(journal)
+        try:
+            store.add_message(user(stuck, "two"))  # refused: retried once a second
+            reply = Message(fine, Role.ASSISTANT, [TextPart("")])
+            store.add_message(reply)
+            for word in ("prices ", "rose ", "again"):
+                reply.parts = [TextPart(reply.text + word)]
+                store.update_message(reply)  # coalesced
+                await asyncio.sleep(store.flush_interval * 2)
+                assert on_disk(store.path, fine) == [reply.text]
+            assert store.pending_writes(stuck) and loop.time() < RETRY_INTERVAL
+        finally:
+            immutable(journal, on=False)
+        await asyncio.sleep(RETRY_INTERVAL)
+        assert store.pending_writes() == []
+        assert on_disk(store.path, stuck) == ["one", "two"]
+        store.close()
+
+    run_virtual(scenario)
 
 
 # -- a journal cut short ----------------------------------------------------------------

@@ -35,12 +35,13 @@ The invariants, each kept in one place below (search for its name):
   factory or an observer that cancels cannot deadlock the loop's thread.
 - NOTHING-STARTS-WHEN-COVERED: once a cancel covers a turn, nothing new starts for it: no
   tool run, no permission prompt, no model request (the next step, the request after a
-  summary), no summary stored, no cell inserted, no MCP call. A cancel from another thread
-  raises the mark at once but its ``task.cancel()`` lands a loop iteration later, after
-  whatever the turn was awaiting may have completed (a permission answered Allow, a summary
-  streamed to its end); so each side effect is preceded by :func:`stop_if_covered`, after
-  the last ``await`` before it. A tool call stopped so gets its error result like any
-  other canceled call (records.py).
+  summary), no summary stored, no cell inserted, no MCP call, no file written. A cancel
+  from another thread raises the mark at once but its ``task.cancel()`` lands a loop
+  iteration later, after whatever the turn was awaiting may have completed (a permission
+  answered Allow, a summary streamed to its end, an MCP server restarted); so each side
+  effect is preceded by :func:`stop_if_covered`, after the last ``await`` before it (tools
+  reach it as ``ToolContext.stop_if_covered``). A tool call stopped so gets its error
+  result like any other canceled call (records.py).
 
 Threads: the loop runs on one thread, but ``accept``, ``release`` and ``cancel`` may come
 from another (ipykernel 7 delivers widget clicks on a subshell thread). The state of each

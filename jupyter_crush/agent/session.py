@@ -202,6 +202,7 @@ class SessionAgent:
             self._finish(turn, FinishReason.ERROR, describe(error))
 
     async def _steps(self, turn: Turn) -> FinishReason:
+        stop_if_covered(turn)  # a Stop that landed after the turn became active, before this
         session_id = turn.session_id
         model = turn.call.model or self.model
         records = turn.records
@@ -240,7 +241,6 @@ class SessionAgent:
             if step:
                 compact = self._fold_queued(turn, history)
             request = await shaper.fit_request(history, force=compact)
-            stop_if_covered(turn)  # the request: its last await was a summary, a tool, MCP's start
             assistant = Message(
                 session_id, Role.ASSISTANT, model=model.name, provider=model.provider
             )
@@ -290,6 +290,7 @@ class SessionAgent:
     ) -> StreamFinish:
         finish: StreamFinish | None = None
         records = turn.records
+        stop_if_covered(turn)  # the step's request: after a summary, a tool, the MCP servers' start
         stream = model.stream(request, system=self.system_prompt, tools=specs)
         async with closing_stream(stream):  # closes the provider's HTTP stream on any exit
             async for event in stream:

@@ -178,7 +178,9 @@ class CrushConfig(Configurable):
         help="What a %%crush cell does when the store holds its answer "
         "(jupyter_crush.kernel.rerun): 'auto' replays an unchanged cell's recorded turn "
         "and asks afresh when anything changed; 'strict' replays or fails the cell saying "
-        "what changed (for CI); 'off' always asks. %%crush --fresh always asks.",
+        "what changed, and stops a replay before a recorded call with effects outside the "
+        "kernel rather than use its recorded result (for CI); 'off' always asks. "
+        "%%crush --fresh always asks.",
     ).tag(config=True)
 
     system_prompt = Unicode(
@@ -203,6 +205,14 @@ class CrushConfig(Configurable):
         "",
         help="Path of a Crush crush.json to read providers and models from; empty searches "
         "./crush.json, ./.crush.json and ~/.config/crush/crush.json.",
+    ).tag(config=True)
+
+    trust_project_config = Bool(
+        False,
+        help="Apply every crush.json outside your config directory whole, as if trusted with "
+        "%crush trust (for CI and headless runs; $CRUSH_TRUST_PROJECT_CONFIG=1 does the same). "
+        "Otherwise a folder's crush.json sets MCP servers, endpoints, keys and $VAR values "
+        "only once you trusted it as it is now.",
     ).tag(config=True)
 
     mcp_servers = Dict(
@@ -248,6 +258,7 @@ class CrushConfig(Configurable):
             read_timeout=self.request_timeout,
             answer_timeout=self.answer_timeout,
             image_input=self.image_input,
+            trust_project_config=self.trust_project_config,
         )
 
     #: The data_dir the kernel's transcript store was opened with; fixed from then on.

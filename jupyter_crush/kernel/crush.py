@@ -64,7 +64,7 @@ class Crush:
         # by cells (the loop thread).
         self._models: dict[str, Model] = {}  # by name; cleared when provider settings change
         self.config.observe(
-            lambda _change: self._models.clear(),
+            lambda _change: self.forget_models(),
             names=["api_keys", "base_urls", "crush_config", "max_retries", "request_timeout"],
         )
         # Session id -> the view of its active prompt, for the permission broker; written
@@ -167,6 +167,10 @@ class Crush:
             self.model_override = None
         else:
             self.model_override = model
+
+    def forget_models(self) -> None:
+        """Resolve models afresh from now on: their settings or crush.json changed."""
+        self._models.clear()
 
     def resolve_model(self, name: str | None) -> Model:
         """The Model for ``name`` (None: the default). Raises UsageError saying what to do."""

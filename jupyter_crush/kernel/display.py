@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..core.events import Finished, Folded, Started
+from ..core.message import FinishReason
 
 if TYPE_CHECKING:
     from ..core.model import Model
@@ -152,7 +153,10 @@ def extract_code(markdown: str) -> str:
 
 
 def code_to_next_cell(crush: Crush, view: RunView) -> None:
-    """``-f code``: the answer's Python code as a new cell below (not run)."""
+    """``-f code``: the answer's Python code as a new cell below (not run); none from a
+    stopped turn, whose code is cut short where the Stop found it."""
+    if view.finish_reason is FinishReason.CANCELED:
+        return
     code = extract_code(view.answer_markdown)
     if code:
         from ..notebook.provenance import insert_answer_code

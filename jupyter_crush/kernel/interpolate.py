@@ -6,6 +6,11 @@ with a deliberately narrow rule: a ``{...}`` is replaced only when its content i
 dotted Python identifier chain or ``In[n]`` / ``Out[n]`` *and* it resolves. Anything
 else, including a name that is not defined, stays verbatim. ``{{`` is the escape
 for a literal ``{`` (and ``{{x}}`` becomes ``{x}``, as in ``str.format``).
+
+A value's text is redacted of every secret the extension knows before it joins the prompt
+(``{os.environ}``, a settings dict, a client whose repr holds its key): the prompt goes to
+the provider and into the transcript store, and its ``[redacted]`` shows the user what
+was left out.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from ..core.output import redact
 
 # One alternation, scanned left to right so an escape is consumed before the
 # single-brace rule can see its inner brace.
@@ -39,7 +46,7 @@ def interpolate(
     render: Callable[[str, Any], str | None] | None = None,
     used: dict[str, Any] | None = None,
 ) -> str:
-    """Return ``text`` with resolvable placeholders replaced by ``str(value)``.
+    """Return ``text`` with resolvable placeholders replaced by ``str(value)``, redacted.
 
     Never raises for any input: a lookup that fails (unknown name, missing
     attribute, a property that raises, an out-of-range ``In[n]``) leaves the
@@ -61,9 +68,9 @@ def interpolate(
         if used is not None:
             used[match.group("field")] = value
         if isinstance(value, str):
-            return value
+            return redact(value)
         rendered = render(match.group(0), value) if render is not None else None
-        return _to_text(value) if rendered is None else rendered
+        return redact(_to_text(value) if rendered is None else rendered)
 
     return _TOKEN.sub(replace, text)
 

@@ -49,7 +49,11 @@ def configured_title_model(crush: Crush) -> Model | None:
     name = crush.config.title_model.strip()
     if not name:
         try:
-            small = "small" in load_crush_config(crush.config.crush_config or None).models
+            config = crush.config
+            found = load_crush_config(
+                config.crush_config or None, trust_all=config.trust_project_config
+            )
+            small = "small" in found.models
         except ProviderConfigError:
             small = False  # the prompt's own model reports a broken crush.json
         if not small:

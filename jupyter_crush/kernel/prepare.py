@@ -6,13 +6,17 @@ placeholders filled from the notebook, figures it names attached as images). The
 agent in line with the current settings and the notebook's context files, finds or starts
 the session, and decides whether an unchanged cell replays its recorded turn. Everything
 here may still refuse the prompt with a one-line UsageError: nothing is recorded yet.
+
+Known secrets never leave here: interpolated values are redacted as they fill the prompt
+(:mod:`jupyter_crush.kernel.interpolate`) and text attachments by :func:`prepare`, whose
+:attr:`Prepared.attachments` are what is sent and stored.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
@@ -21,6 +25,8 @@ from ..agent.calls import Attachment
 from ..agent.compaction import policy_from
 from ..agent.titles import prompt_title
 from ..core.images import PromptImages
+from ..core.output import redact
+from ..trust_report import check_at_prompt
 from .errors import store_problems_in_one_line
 from .interpolate import interpolate
 from .models import configured_title_model
@@ -49,8 +55,8 @@ def cell_prompt(body: str, namespace: Mapping[str, Any], *, fresh: bool = False)
     shown = PromptImages()  # figures the prompt names go as images
     values: dict[str, Any] = {}  # what the placeholders were, for replay fingerprints
     text = interpolate(template, namespace, shown, values)
-    for problem in shown.problems:
-        print(problem)
+    for problem in shown.problems:  # a broken _repr_png_'s message may quote the value
+        print(redact(problem))
     attachments = tuple(Attachment(image.label, image=image) for image in shown.images)
     return CellPrompt(text, attachments, Cell(template, values, fresh))
 
@@ -67,6 +73,8 @@ class Prepared:
     plan: Plan
     #: For the status line: which recorded turn answers, or why the cell asks again.
     note: str
+    #: The prompt's attachments as sent and stored: their text redacted of known secrets.
+    attachments: tuple[Attachment, ...] = ()
 
 
 def prepare(
@@ -85,8 +93,12 @@ def prepare(
     """
     if not prompt.strip():
         raise UsageError("The prompt is empty: write what you want after the %%crush line")
+    attachments = tuple(
+        replace(a, content=redact(a.content)) if a.content else a for a in attachments
+    )
     from ..providers.replay import for_prompt
 
+    check_at_prompt(crush)  # a folder's crush.json: what it may not do yet, said once
     # Before anything is recorded; a replay says which recorded prompt it answers.
     model, replay_note = for_prompt(crush.resolve_model(model_name), prompt)
     with store_problems_in_one_line():  # the store opens here (a full disk, a bad path)
@@ -118,7 +130,7 @@ def prepare(
         system=system.text,
         attachments=attachments,
     )
-    return Prepared(agent, session, model, plan, plan.note or replay_note)
+    return Prepared(agent, session, model, plan, plan.note or replay_note, attachments)
 
 
 def session_for_cell(crush: Crush, ref: str | None, new: bool, prompt: str) -> Session:

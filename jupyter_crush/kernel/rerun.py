@@ -16,24 +16,27 @@ fingerprint key, the cell replays it instead of asking the provider:
 - read-only tools and ``insert_cell`` answer from the record (a replay never inserts a cell
   again, and ``-f code`` does not insert its cell again);
 - a recorded call to a tool with effects outside the kernel (``bash``, ``write``, ``edit``,
-  an MCP tool) is never re-run: the replay stops there, the turn ends with a note saying so.
+  an MCP tool) is never run again: its recorded result answers it and the status line says
+  so; the file a ``write`` or ``edit`` left must still hold that text, else the replay
+  stops there naming the file (:mod:`jupyter_crush.replay_effects`).
 
 ``CrushConfig.replay`` (or ``%crush replay on|off|strict``) picks what happens otherwise:
 ``auto`` asks afresh when anything changed, saying what ("df changed since the recorded
 answer"); ``strict`` refuses with an error naming the cell and what changed, so a CI run
-never reaches a provider; ``off`` always asks. ``%%crush --fresh`` always asks.
+never reaches a provider, and stops a replay before any call with effects outside the
+kernel; ``off`` always asks. ``%%crush --fresh`` always asks.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from ..core.message import FinishReason, Message, Role
+from ..core.message import FinishReason, Message, Role, ToolCallPart
 from ..core.model import (
     ModelError,
     ReasoningDelta,
@@ -47,6 +50,7 @@ from ..core.model import (
     ToolSpec,
 )
 from ..core.tools import Tool, ToolContext, ToolResult
+from ..replay_effects import RecordedEffects, not_run_note, workspace_of
 from ..store.transcript import StoreError
 from .fingerprint import Fingerprint
 
@@ -92,6 +96,11 @@ class RecordedTurn:
     def results(self) -> dict[str, Any]:
         """Recorded tool results by tool call id."""
         return {r.tool_call_id: r for m in self.records for r in m.tool_results}
+
+    @property
+    def calls(self) -> list[ToolCallPart]:
+        """The recorded tool calls, in the order they were made."""
+        return [c for m in self.steps for c in m.tool_calls]
 
     @property
     def model(self) -> str:
@@ -164,15 +173,17 @@ class RecordedModel:
     """Plays a recorded turn's steps back as a model would stream them: 0 tokens, no cost.
 
     Step *n* of the turn (counted from the prompt) streams the recorded step *n*. A step
-    that called a tool whose effects reach outside the kernel streams its text, then ends
-    the turn with an error saying the replay stopped there.
+    that called a tool whose effects reach outside the kernel, where the replay must stop
+    before it (:meth:`RecordedEffects.stop_before`), streams its text, then ends the turn
+    with an error saying why.
     """
 
     provider = "recorded"
 
-    def __init__(self, turn: RecordedTurn) -> None:
-        self.turn = turn
-        self.name = turn.model
+    def __init__(self, replay: Replay) -> None:
+        self.turn = replay.turn
+        self.effects = replay.effects
+        self.name = self.turn.model
 
     async def stream(
         self,
@@ -193,14 +204,9 @@ class RecordedModel:
                 yield ReasoningEnd()
             elif part.type == "text":
                 yield TextDelta(part.text)
-        replayable = RERUN_TOOLS | RECORDED_TOOLS
-        outside = [c.name for c in recorded.tool_calls if c.name not in replayable]
-        if outside:
-            raise ModelError(
-                f"Replay stopped before the recorded {outside[0]} call: tools with effects "
-                "outside the kernel are not run again on replay; ask afresh with "
-                "%%crush --fresh"
-            )
+        stop = self.effects.stop_before(c for c in recorded.tool_calls if outside_kernel(c.name))
+        if stop is not None:
+            raise ModelError(stop)
         for call in recorded.tool_calls:
             yield ToolCallStart(call.id, call.name)
             yield ToolCallDelta(call.id, call.input)
@@ -209,35 +215,55 @@ class RecordedModel:
         yield StreamFinish(reason)
 
 
+def outside_kernel(tool: str) -> bool:
+    """Whether a recorded call to ``tool`` may have had effects outside the kernel: it is
+    neither run again in the kernel nor one that only reads."""
+    return tool not in RERUN_TOOLS | RECORDED_TOOLS
+
+
 @dataclass
 class Replay:
-    """A replay in progress: its record, its view, and the calls that came out differently."""
+    """A replay in progress: its record, its view, the calls that came out differently and
+    those its record answered without running them."""
 
     turn: RecordedTurn
+    effects: RecordedEffects
     view: RunView | None = None
     diverged: list[str] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)  # labels of calls answered from record
 
     @property
     def note(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.turn.user.created_at))
         note = f"replayed from {when} · 0 tokens · $0"
+        if self.not_run:
+            note += f" · {not_run_note(self.not_run)}"
         if self.diverged:
             note += f" · diverged: {'; '.join(self.diverged)}"
         return note
 
     def tools(self, agent_tools: Mapping[str, Tool]) -> list[Tool]:
         """The tools answering the replayed calls: python re-run and compared, the rest
-        from the record."""
-        names = {c.name for m in self.turn.steps for c in m.tool_calls}
+        from the record (those with effects outside the kernel noted as not run again)."""
+        names = {c.name for c in self.turn.calls}
         results = self.turn.results
         made = []
-        for name in sorted(names & RECORDED_TOOLS):
+        for name in sorted(n for n in names if n in RECORDED_TOOLS or outside_kernel(n)):
             spec = agent_tools[name].spec if name in agent_tools else ToolSpec(name, "", {})
-            made.append(Tool(spec, _from_record(results)))
+            answered = self._answered_from_record if outside_kernel(name) else None
+            made.append(Tool(spec, _from_record(results, answered)))
         for name in sorted(names & RERUN_TOOLS & agent_tools.keys()):
             real = agent_tools[name]
             made.append(replace(real, run=self._compared(real, results)))
         return made
+
+    def _answered_from_record(self, call_id: str) -> None:
+        self.not_run.append(self.effects.label(call_id))
+        self._show_note()
+
+    def _show_note(self) -> None:
+        if self.view is not None:
+            self.view.labels = replace(self.view.labels, replay=self.note)
 
     def _compared(self, real: Tool, results: Mapping[str, Any]) -> Any:
         async def run(arguments: dict[str, Any], context: ToolContext) -> ToolResult:
@@ -253,19 +279,25 @@ class Replay:
                     **outcome.metadata,
                     "replay": {"diverged": True, "recorded": recorded.content},
                 }
-                if self.view is not None:
-                    self.view.labels = replace(self.view.labels, replay=self.note)
+                self._show_note()
             return outcome
 
         return run
 
 
-def _from_record(results: Mapping[str, Any]) -> Any:
+def _from_record(results: Mapping[str, Any], answered: Callable[[str], None] | None = None) -> Any:
+    """A tool run answering each call with its recorded result; ``answered`` (given for
+    tools with effects outside the kernel) hears of each call so answered, by id."""
+
     async def run(arguments: dict[str, Any], context: ToolContext) -> ToolResult:
         recorded = results.get(context.tool_call_id)
         if recorded is None:
             return ToolResult("The recorded turn has no result for this call", is_error=True)
-        metadata = {**recorded.metadata, "replay": {"from_record": True}}
+        replay: dict[str, Any] = {"from_record": True}
+        if answered is not None:
+            replay["not_run"] = True
+            answered(context.tool_call_id)
+        metadata = {**recorded.metadata, "replay": replay}
         return ToolResult(recorded.content, recorded.is_error, metadata, list(recorded.images))
 
     return run
@@ -291,7 +323,7 @@ class Plan:
 
     @property
     def model(self) -> Model | None:
-        return RecordedModel(self.replay.turn) if self.replay else None
+        return RecordedModel(self.replay) if self.replay else None
 
     def show(self, view: RunView) -> None:
         if self.replay is not None:
@@ -345,7 +377,10 @@ class Rerun:
         if turn is not None:
             metadata["replay_of"] = turn.user.id
             metadata["replayed_from"] = turn.user.created_at
-            replay = Replay(turn)
+            effects = RecordedEffects(
+                turn.calls, turn.results, workspace_of(tools), strict=mode == "strict"
+            )
+            replay = Replay(turn, effects)
             return Plan(metadata, replay, replay.note)
         if mode == "strict":
             raise UsageError(

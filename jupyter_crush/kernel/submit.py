@@ -80,7 +80,7 @@ def submit(
         call = SessionAgentCall(
             session.id,
             prompt,
-            attachments=tuple(attachments),
+            attachments=prepared.attachments,
             accepted=accepted,
             observer=RunTracker(crush, view, yolo, model, prompt),
             model=plan.model or model,

@@ -12,7 +12,10 @@ A ``crush.json`` (the same files, in the same order, as the providers read: see
     }
 
 ``CrushConfig.mcp_servers`` takes entries of the same shape and wins by name. Values expand
-``$VAR`` like the rest of the file. An entry that cannot be used does not stop the others:
+``$VAR`` like the rest of the file. A project file's (one outside the user's config directory)
+section applies only once the file is trusted (:mod:`jupyter_crush.trust`); its stdio servers
+then inherit the kernel's environment without the variables holding a provider's key, unless
+the entry's ``env`` names them. An entry that cannot be used does not stop the others:
 it becomes a server that has failed with the reason, shown by ``%crush mcp`` and returned
 to the model if it calls one of the server's tools.
 """
@@ -53,6 +56,9 @@ class MCPServerConfig:
     enabled_tools: tuple[str, ...] = ()  # Crush's allow list; empty allows every tool
     disabled_tools: tuple[str, ...] = ()
     source: str = ""  # the file (or trait) the entry came from
+    #: Variables of the kernel's environment a stdio server does not inherit: provider keys,
+    #: for a server a project file starts without naming them.
+    withheld_env: tuple[str, ...] = ()
     #: Why the entry cannot be used; such a server is shown failed with this reason.
     error: str = ""
 
@@ -72,12 +78,17 @@ class MCPServerConfig:
 
 
 def load_mcp_servers(
-    crush_config: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+    crush_config: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    trust_all: bool = False,
 ) -> dict[str, MCPServerConfig]:
     """The configured servers by name: crush.json's ``mcp`` (an explicit path, or Crush's
-    usual places merged, later files winning by name), then ``overrides`` (the trait's
-    value) on top. A crush.json that cannot be read at all raises ``CrushConfigError``."""
-    from ..providers.config import CrushConfigError, crush_config_paths, read_crush_json
+    usual places merged, later files winning by name; a project file's only when trusted, or
+    ``trust_all``), then ``overrides`` (the trait's value) on top. A crush.json that cannot be
+    read at all raises ``CrushConfigError``."""
+    from ..providers.config import CrushConfigError, crush_config_paths, key_owners
+    from ..trust import open_config
 
     if crush_config:
         path = Path(crush_config).expanduser()
@@ -88,28 +99,39 @@ def load_mcp_servers(
         paths = [p for p in crush_config_paths() if p.is_file()]
     servers: dict[str, MCPServerConfig] = {}
     for path in paths:
-        section = read_crush_json(path).get("mcp", {})
+        file = open_config(path, trust_all=trust_all)
+        if not file.applies_whole:
+            continue  # the notice at the prompt says so (jupyter_crush.trust_command)
+        section = file.data.get("mcp", {})
         if not isinstance(section, dict):
             raise CrushConfigError(f'{path}: "mcp" must be an object of server name -> settings')
-        servers.update(_parse_section(section, str(path)))
-    servers.update(_parse_section(overrides or {}, TRAIT_SOURCE))
+        keys = key_owners() if file.is_project else {}
+        servers.update(parse_section(section, str(path), keys))
+    servers.update(parse_section(overrides or {}, TRAIT_SOURCE))
     return servers
 
 
-def _parse_section(section: Mapping[str, Any], source: str) -> dict[str, MCPServerConfig]:
+def parse_section(
+    section: Mapping[str, Any], source: str, key_owners: Mapping[str, str] | None = None
+) -> dict[str, MCPServerConfig]:
+    """``key_owners`` (a project file's section): variables holding a provider's key, which its
+    servers get only where an entry names them."""
     from ..providers.config import CrushConfigError
 
     parsed = {}
     for name, raw in section.items():
         try:
-            parsed[name] = _parse_entry(str(name), raw, source)
+            parsed[name] = _parse_entry(str(name), raw, source, key_owners or {})
         except CrushConfigError as error:
             parsed[name] = MCPServerConfig(str(name), source=source, error=str(error))
     return parsed
 
 
-def _parse_entry(name: str, raw: Any, source: str) -> MCPServerConfig:
+def _parse_entry(
+    name: str, raw: Any, source: str, key_owners: Mapping[str, str]
+) -> MCPServerConfig:
     from ..providers.config import CrushConfigError, expand_value
+    from ..trust import Secret, host_of, key_destination_problem, variables
 
     where = f'MCP server "{name}"'
 
@@ -163,7 +185,18 @@ def _parse_entry(name: str, raw: Any, source: str) -> MCPServerConfig:
         enabled_tools=names("enabled_tools"),
         disabled_tools=names("disabled_tools"),
         source=source,
+        withheld_env=tuple(sorted(set(key_owners) - set(variables(raw.get("env"))))),
     )
+    if kind != "stdio" and key_owners:
+        # Headers go to the entry's url: a key may go there when the entry writes both.
+        named = not variables(raw.get("url"))
+        for var in variables(raw.get("headers")):
+            secret = Secret(f"${var}", key_owners.get(var), named_with_host=True)
+            problem = key_destination_problem(
+                secret, host_of(config.url), host_named_by_file=named, chosen_hosts=()
+            )
+            if problem:
+                raise fail(f"headers: {problem}; write the url itself, not a $VAR")
     if kind == "stdio" and not config.command:
         raise fail('has no "command"; say which program runs the server')
     if kind != "stdio" and not config.url:

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -208,7 +209,11 @@ class MCPServer:
             params = StdioServerParameters(
                 command=config.command,
                 args=list(config.args),
-                env={**os.environ, **config.env, _MARK: mark},
+                env={
+                    **{k: v for k, v in os.environ.items() if k not in config.withheld_env},
+                    **config.env,
+                    _MARK: mark,
+                },
             )
             return stdio_client(params, errlog=stderr)
         if config.type == "sse":
@@ -281,12 +286,20 @@ class MCPServer:
 
     # -- calls ----------------------------------------------------------------------------
 
-    async def call(self, tool: str, arguments: dict[str, Any]) -> mcp_types.CallToolResult:
-        """Call ``tool``; a dead, silent or garbled server raises :class:`MCPServerError`."""
+    async def call(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        stop_if_covered: Callable[[], None] = lambda: None,
+    ) -> mcp_types.CallToolResult:
+        """Call ``tool``; a dead, silent or garbled server raises :class:`MCPServerError`.
+        ``stop_if_covered`` (the turn's stop check) runs once the server is up, right before
+        the call is sent: a Stop during a start or restart sends nothing."""
         from mcp.shared.exceptions import MCPError
         from mcp.types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
         session = await self.ensure_started()
+        stop_if_covered()
         stop = self._stop
         assert stop is not None
         timeout = self.config.call_timeout

@@ -52,6 +52,7 @@ class MCPSettings(Protocol):
 
     crush_config: str
     mcp_servers: dict[str, Any]
+    trust_project_config: bool
 
 
 class MCPServers:
@@ -72,7 +73,13 @@ class MCPServers:
     def for_config(cls, config: MCPSettings) -> MCPServers:
         """The servers of the kernel's configuration (a
         :class:`~jupyter_crush.kernel.config.CrushConfig`), read again at each reload."""
-        return cls(lambda: load_mcp_servers(config.crush_config or None, config.mcp_servers))
+        return cls(
+            lambda: load_mcp_servers(
+                config.crush_config or None,
+                config.mcp_servers,
+                trust_all=config.trust_project_config,
+            )
+        )
 
     def reload(self) -> None:
         """Bring the servers in line with the configuration: new entries added, removed or
@@ -181,7 +188,7 @@ def mcp_tool(server: MCPServer, listed: mcp_types.Tool, name: str) -> Tool:
 
     async def run(arguments: dict[str, Any], context: ToolContext) -> ToolResult:
         try:
-            result = await server.call(listed.name, arguments)
+            result = await server.call(listed.name, arguments, context.stop_if_covered)
         except MCPServerError as error:
             return ToolResult(str(error), is_error=True, metadata={"mcp_server": server.name})
         return tool_result(server.name, result)

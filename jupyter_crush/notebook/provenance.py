@@ -15,6 +15,7 @@ unmarked.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import labcomm
@@ -52,8 +53,15 @@ def origin_of(store: TranscriptStore, session_id: str, tool_call_id: str = "") -
     return "", ""
 
 
-async def insert_cell(shell: Any, code: str, metadata: dict[str, Any]) -> str:
-    """Insert ``code`` below the prompt's cell; a sentence saying where it went."""
+async def insert_cell(
+    shell: Any,
+    code: str,
+    metadata: dict[str, Any],
+    stop_if_covered: Callable[[], None] = lambda: None,
+) -> str:
+    """Insert ``code`` below the prompt's cell; a sentence saying where it went.
+    ``stop_if_covered`` (the turn's stop check) runs before the payload route is taken,
+    after the wait for the page."""
     reply = await labcomm.request(
         shell,
         {
@@ -66,6 +74,7 @@ async def insert_cell(shell: Any, code: str, metadata: dict[str, Any]) -> str:
     )
     if reply is not None and isinstance(reply.get("index"), int):
         return f"It was inserted as cell {reply['index']}, below the prompt's cell."
+    stop_if_covered()
     shell.set_next_input(code, replace=False)
     return SET_NEXT_INPUT
 
@@ -100,6 +109,6 @@ def cell_proposer(store: TranscriptStore, shell: Any) -> Any:
     async def propose(code: str, ctx: ToolContext) -> str:
         message_id, model = origin_of(store, ctx.session_id, ctx.tool_call_id)
         metadata = cell_metadata(ctx.session_id, message_id, model, ctx.tool_call_id)
-        return await insert_cell(shell, code, metadata)
+        return await insert_cell(shell, code, metadata, ctx.stop_if_covered)
 
     return propose

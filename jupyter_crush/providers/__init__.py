@@ -83,7 +83,7 @@ def resolve_model(name: str, *, settings: ProviderSettings | None = None) -> Mod
     if provider_id == "replay":
         return replay_model(model, settings)
 
-    crush = load_crush_config(settings.crush_config)
+    crush = load_crush_config(settings.crush_config, trust_all=settings.trust_project_config)
     if provider_id == "crush":
         if model not in crush.models:
             where = ", ".join(str(p) for p in crush.sources) or "no crush.json found"

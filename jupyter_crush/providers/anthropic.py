@@ -275,8 +275,8 @@ class AnthropicModel(SDKModel):
         try:
             # SDK retries (408/409/429/5xx, overloaded, connection errors) happen inside
             # create(), before the caller has seen any event.
-            response = await self._open(self._client().messages.create(**params))
-            async with response:  # closes the HTTP stream on every exit, cancel included
+            # ``async with`` closes the HTTP stream on every exit, cancel included.
+            async with self._answer(self._client().messages.create(**params)) as response:
                 async for event in response:
                     for ours in state.feed(event):
                         yield ours

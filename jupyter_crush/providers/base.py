@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Generic, TypeVar
 
 import httpx2
 
@@ -95,13 +96,36 @@ class SDKModel:
     def _url(self) -> str:
         return str(self.config.base_url or self._client().base_url)
 
-    async def _open(self, request: Awaitable[_Stream]) -> _Stream:
+    @contextlib.asynccontextmanager
+    async def _answer(self, request: Awaitable[_Stream]) -> AsyncIterator[Answer[_Stream]]:
+        """The SDK's ``create(..., stream=True)`` opened and its first event read, both
+        within one ``answer_timeout`` from now (the SDK's retries included): a server that
+        answers with headers and then nothing fails there, not after the read timeout. The
+        HTTP response is closed on every exit."""
+        deadline = asyncio.get_running_loop().time() + self.settings.answer_timeout
+        stream = await self._open(request, deadline)
+        async with stream:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    first = await anext(stream, None)
+            except TimeoutError:
+                raise ModelError(
+                    f"no first event from {self._url()} within "
+                    f"{self.settings.answer_timeout:g} s: the server answered (HTTP "
+                    f"{stream.response.status_code}) and then sent nothing; check that it is "
+                    "not overloaded, or raise answer_timeout for a model that takes longer "
+                    "to start",
+                    provider=self.provider,
+                ) from None
+            yield Answer(stream, first)
+
+    async def _open(self, request: Awaitable[_Stream], deadline: float) -> _Stream:
         """Await the SDK's ``create(..., stream=True)``: its retries, bounded as a whole by
-        ``answer_timeout``, then a check that what came back is an event stream."""
+        ``deadline``, then a check that what came back is an event stream."""
         limit = self.settings.answer_timeout
         attempts = self.settings.max_retries + 1
         try:
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout_at(deadline):
                 stream = await request
         except TimeoutError:
             raise ModelError(
@@ -136,3 +160,23 @@ class SDKModel:
         return step_cost(
             self._price_provider, self._price_model, usage, base_url=self.config.base_url
         )
+
+
+class Answer(Generic[_Stream]):
+    """An SDK stream whose first event was read ahead (``None``: the stream was empty);
+    iterating it yields that event, then the rest. The SDKs' streams are their own
+    iterators: no generator is left suspended between the two reads."""
+
+    def __init__(self, stream: _Stream, first: Any) -> None:
+        self.response = stream.response
+        self._stream = stream
+        self._first = first
+
+    def __aiter__(self) -> Answer[_Stream]:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await anext(self._stream)

@@ -24,6 +24,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..core.secrets import remember, remember_headers, remember_url
+from ..trust import (
+    HARMLESS_PROVIDER_KEYS,
+    ConfigFile,
+    ProjectEntry,
+    Secret,
+    applied,
+    host_of,
+    key_destination_problem,
+    open_config,
+    user_config_dir,
+    variables,
+)
 
 ProviderType = Literal["openai", "openai-compat", "anthropic"]
 PROVIDER_TYPES: tuple[str, ...] = ("openai", "openai-compat", "anthropic")
@@ -62,6 +74,8 @@ class ProviderConfig:
     #: Local servers (Ollama, llama.cpp) take no key; the SDK still wants a non-empty one.
     requires_key: bool = True
     extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: Set when the entry comes from a project file: what it names, for the key rule.
+    project: ProjectEntry | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return (
@@ -90,8 +104,9 @@ class ProviderSettings:
     #: Seconds without a byte from the server, once it answers, before the request fails.
     read_timeout: float = 300.0
     connect_timeout: float = 10.0
-    #: Seconds for the server to start answering, all attempts (retries) included: a
-    #: server that accepts the connection and never answers fails within this.
+    #: Seconds for the server to start answering (its first event), all attempts (retries)
+    #: included: a server that accepts the connection, or sends headers, and then nothing
+    #: fails within this.
     answer_timeout: float = 60.0
     max_tokens: int | None = None  # None: the provider's default (Anthropic needs one: 4096)
     #: Anthropic extended thinking budget in tokens; None leaves thinking off.
@@ -105,6 +120,8 @@ class ProviderSettings:
     image_input: bool | None = None
     #: Seconds between server-sent events when replaying a recording (0: as fast as possible).
     replay_delay: float = 0.02
+    #: Apply every project crush.json whole, trusted or not (CI); see jupyter_crush.trust.
+    trust_project_config: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
@@ -159,19 +176,28 @@ NO_KEY = "not-needed"
 # -- crush.json ---------------------------------------------------------------
 
 
+#: Variables that hold a built-in provider's key, and that provider.
+_KEY_OWNERS = {name: pid for pid, config in _BUILTIN.items() for name in config.api_key_env}
+
+
 @dataclass(frozen=True)
 class CrushConfig:
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
     #: ``{"large": ("openai", "gpt-4o"), "small": (...)}`` from Crush's ``models``.
     models: dict[str, tuple[str, str]] = field(default_factory=dict)
     sources: tuple[Path, ...] = ()
+    #: Variable -> the provider whose key it holds: the built-in ones and the user's own files'.
+    key_owners: dict[str, str] = field(default_factory=lambda: dict(_KEY_OWNERS))
+    #: Base URLs the user's own crush.json names, by provider id.
+    user_base_urls: dict[str, str] = field(default_factory=dict)
+    #: Project files read without the parts that need trust (jupyter_crush.trust).
+    untrusted: tuple[Path, ...] = ()
 
 
 def crush_config_paths(cwd: Path | None = None) -> list[Path]:
     """Crush's config locations, lowest precedence first."""
-    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     here = cwd or Path.cwd()
-    return [base / "crush" / "crush.json", *(here / name for name in CRUSH_CONFIG_NAMES)]
+    return [user_config_dir() / "crush.json", *(here / name for name in CRUSH_CONFIG_NAMES)]
 
 
 _ENV_REF = re.compile(
@@ -221,30 +247,42 @@ def _env_names(value: Any) -> tuple[str, ...]:
 def read_crush_json(path: Path) -> dict[str, Any]:
     """The top-level object of one crush.json, or a one-line error saying what to fix."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CrushConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_crush_json(path, raw)
+
+
+def parse_crush_json(path: Path, raw: bytes) -> dict[str, Any]:
+    """The top-level object of ``raw``, the bytes of ``path``."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CrushConfigError(f"{path} is not UTF-8 text; fix the file or remove it") from None
     except json.JSONDecodeError as exc:
         raise CrushConfigError(
             f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
             "fix the file or remove it"
         ) from None
-    except OSError as exc:
-        raise CrushConfigError(f"cannot read {path}: {exc.strerror}") from None
     if not isinstance(data, dict):
         raise CrushConfigError(f"{path}: the top level must be a JSON object")
     return data
 
 
-def _parse_crush_file(path: Path) -> CrushConfig:
-    data = read_crush_json(path)
+def _parse_crush_file(file: ConfigFile, data: Mapping[str, Any]) -> CrushConfig:
+    """``data``: what of ``file`` applies (jupyter_crush.trust.applied)."""
+    path = file.path
     providers: dict[str, ProviderConfig] = {}
     raw_providers = data.get("providers", {})
     if not isinstance(raw_providers, dict):
         raise CrushConfigError(f'{path}: "providers" must be an object of provider id -> settings')
+    key_owners: dict[str, str] = {}
+    user_base_urls: dict[str, str] = {}
     for pid, raw in raw_providers.items():
         if not isinstance(raw, dict):
             raise CrushConfigError(f'{path}: provider "{pid}" must be an object')
-        if raw.get("disable"):
-            continue
+        if raw.get("disable") or not raw.keys() - HARMLESS_PROVIDER_KEYS:
+            continue  # disabled, or only its model list (read for windows): the endpoint stays
         ptype = raw.get("type") or (_BUILTIN[pid].type if pid in _BUILTIN else None)
         if ptype not in PROVIDER_TYPES:
             raise CrushConfigError(
@@ -255,11 +293,24 @@ def _parse_crush_file(path: Path) -> CrushConfig:
         if not isinstance(headers, dict):
             raise CrushConfigError(f'{path}: provider "{pid}" extra_headers must be an object')
         builtin = _BUILTIN.get(pid)
+        base_url = expand_value(raw.get("base_url"), path, f'provider "{pid}" base_url')
+        project = None
+        if file.is_project:
+            written = raw.get("base_url")
+            project = ProjectEntry(
+                path,
+                named_host=host_of(base_url) if base_url and not variables(written) else None,
+                key_vars=tuple(variables(raw.get("api_key"))),
+                header_vars=tuple(variables(headers)),
+            )
+        else:  # the user's own: the hosts and key variables it names are the user's choice
+            key_owners.update(dict.fromkeys(variables(raw.get("api_key")), pid))
+            if base_url:
+                user_base_urls[pid] = base_url
         providers[pid] = ProviderConfig(
             id=pid,
             type=ptype,
-            base_url=expand_value(raw.get("base_url"), path, f'provider "{pid}" base_url')
-            or (builtin.base_url if builtin else None),
+            base_url=base_url or (builtin.base_url if builtin else None),
             api_key=expand_value(raw.get("api_key"), path, f'provider "{pid}" api_key'),
             api_key_env=_env_names(raw.get("api_key")) + (builtin.api_key_env if builtin else ()),
             requires_key=builtin.requires_key if builtin else "api_key" in raw,
@@ -267,6 +318,7 @@ def _parse_crush_file(path: Path) -> CrushConfig:
                 str(k): expand_value(v, path, f'provider "{pid}" header {k}') or ""
                 for k, v in headers.items()
             },
+            project=project,
         )
 
     models: dict[str, tuple[str, str]] = {}
@@ -284,28 +336,66 @@ def _parse_crush_file(path: Path) -> CrushConfig:
         remember([provider.api_key])
         remember_headers(provider.extra_headers)
         remember_url(provider.base_url)
-    return CrushConfig(providers, models, (path,))
+    return CrushConfig(
+        providers,
+        models,
+        (path,),
+        key_owners=key_owners,
+        user_base_urls=user_base_urls,
+        untrusted=() if file.applies_whole else (path,),
+    )
 
 
-def load_crush_config(source: str | Path | Literal[False] | None = None) -> CrushConfig:
-    """Read crush.json: an explicit path, or (``None``) Crush's usual places merged."""
+def load_crush_config(
+    source: str | Path | Literal[False] | None = None, *, trust_all: bool = False
+) -> CrushConfig:
+    """Read crush.json: an explicit path, or (``None``) Crush's usual places merged. A project
+    file applies whole only when trusted (``trust_all``: every one is; jupyter_crush.trust)."""
     if source is False:
         return CrushConfig()
     if source is not None:
         path = Path(source).expanduser()
         if not path.is_file():
             raise CrushConfigError(f"crush config {path} does not exist; fix the path")
-        return _parse_crush_file(path)
+        paths = [path]
+    else:
+        paths = [path for path in crush_config_paths() if path.is_file()]
     merged = CrushConfig()
-    for path in crush_config_paths():
-        if path.is_file():
-            found = _parse_crush_file(path)
-            merged = CrushConfig(
-                {**merged.providers, **found.providers},
-                {**merged.models, **found.models},
-                (*merged.sources, path),
-            )
+    for path in paths:
+        file = open_config(path, trust_all=trust_all)
+        data, _ = applied(file, {*_BUILTIN, *merged.providers})
+        found = _parse_crush_file(file, data)
+        merged = CrushConfig(
+            {**merged.providers, **found.providers},
+            {**merged.models, **found.models},
+            (*merged.sources, path),
+            key_owners={**merged.key_owners, **found.key_owners},
+            user_base_urls={**merged.user_base_urls, **found.user_base_urls},
+            untrusted=(*merged.untrusted, *found.untrusted),
+        )
     return merged
+
+
+def _own_providers() -> dict[str, Any]:
+    """The provider entries of the user's own crush.json."""
+    own = user_config_dir() / "crush.json"
+    entries = read_crush_json(own).get("providers") if own.is_file() else None
+    return {pid: raw for pid, raw in (entries or {}).items() if isinstance(raw, dict)}
+
+
+def key_owners() -> dict[str, str]:
+    """Variables holding a provider's key (the built-in ones and those the user's own
+    crush.json names), and that provider."""
+    owners = dict(_KEY_OWNERS)
+    for pid, raw in _own_providers().items():
+        owners.update(dict.fromkeys(variables(raw.get("api_key")), pid))
+    return owners
+
+
+def known_provider_ids(*, own: bool = True) -> set[str]:
+    """Providers a project file may choose a model of without trust: the built-in ones and
+    (``own``) those the user's own crush.json defines."""
+    return {*_BUILTIN, *(_own_providers() if own else ())}
 
 
 # -- resolution ---------------------------------------------------------------
@@ -319,10 +409,12 @@ def provider_config(
     builtin = _BUILTIN.get(provider_id)
     if config is None and builtin is None:
         known = sorted({*_BUILTIN, *settings.providers, *crush.providers, "replay"})
+        untrusted = ", ".join(str(p) for p in crush.untrusted)
         raise ProviderConfigError(
             f"unknown provider {provider_id!r}: use one of {', '.join(known)}, or add it to "
             'crush.json ("providers": {"' + provider_id + '": {"type": "openai-compat", '
             '"base_url": "..."}})'
+            + (f"; {untrusted} is not trusted: %crush trust --show" if untrusted else "")
         )
     config = config or builtin
     assert config is not None
@@ -331,12 +423,21 @@ def provider_config(
     if base_url is None and provider_id in _BASE_URL_ENV:
         base_url = os.environ.get(_BASE_URL_ENV[provider_id]) or None
 
-    key = settings.api_keys.get(provider_id) or config.api_key
+    key = settings.api_keys.get(provider_id)
+    secrets = [Secret(f"CrushConfig.api_keys[{provider_id!r}]", provider_id)] if key else []
+    if not key and config.api_key:
+        key = config.api_key
+        secrets = _file_key(config, crush)
     if not key:
         for name in config.api_key_env:
             key = os.environ.get(name)
             if key:
+                secrets = [Secret(f"${name}", crush.key_owners.get(name, provider_id))]
                 break
+    if config.project is not None:
+        owners = crush.key_owners
+        secrets += [Secret(f"${v}", owners.get(v), True) for v in config.project.header_vars]
+    _check_destination(provider_id, config, base_url, secrets, settings, crush)
     if not key:
         if config.requires_key:
             envs = " or ".join(config.api_key_env)
@@ -353,3 +454,59 @@ def provider_config(
     remember_headers(config.extra_headers)
     remember_url(base_url)
     return replace(config, base_url=base_url, api_key=key)
+
+
+def _file_key(config: ProviderConfig, crush: CrushConfig) -> list[Secret]:
+    """Whose key a crush.json entry's api_key is: the user's (their own file, or a variable
+    holding a provider's key), or the file's own literal one."""
+    if config.project is None:
+        return [Secret(f"the api_key of {config.id!r} in your crush.json", config.id)]
+    if not config.project.key_vars:
+        return []  # written in the file itself: its author's key, not the user's
+    return [Secret(f"${v}", crush.key_owners.get(v), True) for v in config.project.key_vars]
+
+
+def _check_destination(
+    provider_id: str,
+    config: ProviderConfig,
+    base_url: str | None,
+    secrets: list[Secret],
+    settings: ProviderSettings,
+    crush: CrushConfig,
+) -> None:
+    """Refuse a request that would carry a user's key to a host not chosen for it."""
+    host = host_of(base_url, config.type)
+    project = config.project
+    named = project is not None and project.named_host == host
+    for secret in secrets:
+        problem = key_destination_problem(
+            secret,
+            host,
+            host_named_by_file=named and provider_id not in settings.base_urls,
+            chosen_hosts=_chosen_hosts(secret.owner, settings, crush),
+        )
+        if problem:
+            where = f" ({project.path})" if project is not None else ""
+            raise ProviderConfigError(
+                f"provider {provider_id!r}{where}: {problem}; "
+                "a trusted crush.json sends a key of yours to its own base_url only when the "
+                'same entry names the key ("api_key": "$VAR")'
+            )
+
+
+def _chosen_hosts(owner: str | None, settings: ProviderSettings, crush: CrushConfig) -> set[str]:
+    """The hosts the user chose for ``owner``'s key: its default, and what their config names."""
+    if owner is None:
+        return set()
+    builtin = _BUILTIN.get(owner)
+    urls = [
+        settings.base_urls.get(owner),
+        os.environ.get(_BASE_URL_ENV.get(owner, "")),
+        crush.user_base_urls.get(owner),
+    ]
+    if owner in settings.providers:
+        urls.append(settings.providers[owner].base_url)
+    hosts = {host_of(url) for url in urls if url}
+    if builtin is not None:
+        hosts.add(host_of(builtin.base_url, builtin.type))
+    return hosts

@@ -313,10 +313,9 @@ class OpenAIModel(SDKModel):
             # The SDK retries 408/409/429/5xx and connection failures here, before any
             # event reached the caller; a failure after that is not retried because the
             # caller already holds part of the answer.
-            response = await self._open(self._client().chat.completions.create(**params))
             # ``async with`` closes the HTTP response on every exit, including a
             # CancelledError raised at the await inside the loop.
-            async with response:
+            async with self._answer(self._client().chat.completions.create(**params)) as response:
                 async for chunk in response:
                     for event in state.feed(chunk):
                         yield event

@@ -2,12 +2,17 @@
 
 Refused writes. When the file system refuses an append (disk full, read-only, permission
 removed), nothing raises and nothing is dropped: the records stay pending in memory, in
-order, and are retried on every later write of their session, on ``flush()`` and by a
-timer every ``RETRY_INTERVAL``; :meth:`TranscriptStore.pending_writes` says what waits,
-where and why. One session's refused journal never fails another session's writes.
+order, and are retried by the store's timer every ``RETRY_INTERVAL``, on every forced write
+of their session (a new message, a finished one) and on ``flush()``; streamed updates of the
+session meanwhile only join what is pending. :meth:`TranscriptStore.pending_writes` says
+what waits, where and why. One session's refused journal never fails another session's
+writes. A disk that stays full thus costs one attempt a second and one pending timer,
+however long it lasts; what is still pending when the store closes goes to a fallback
+journal outside it and is folded back in at the next opening
+(:mod:`jupyter_crush.store_fallback`).
 
-The same pending map carries coalesced streaming updates: a timer on the running event loop
-writes them once their ``flush_interval`` has passed.
+The same pending map carries coalesced streaming updates: the same timer writes them once
+their ``flush_interval`` has passed.
 
 The methods here belong to :class:`~jupyter_crush.store.transcript.TranscriptStore` (through
 :class:`_PendingWrites`) and run under its ``_lock``; they use its fields, whose comments in
@@ -18,13 +23,33 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-from .state import INDEX_FILE, _dumps, _SessionState, log
+from .. import store_fallback
+from ..core.message import Session, Usage
+from ..store_fallback import Unwritten, UnwrittenRecordsWarning
+from .state import (
+    _WRITER_KEY,
+    INDEX_FILE,
+    _dumps,
+    _Entry,
+    _SessionState,
+    _set_entry,
+    _usage_tuple,
+    log,
+)
+from .storage import Journal, StoreError, WriterLease
 
 #: Seconds between retries of writes the file system refused (disk full, read-only).
 RETRY_INTERVAL = 1.0
+#: A timer may run this early and its work still count as due: the loop runs timers up to
+#: its clock's resolution early, and sums of float times differ in their last bits; without
+#: it, such a run would arm another timer for the remaining sliver.
+_TIMER_SLACK = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +110,8 @@ class _PendingWrites:
         """Append the latest state of ``mids`` to the session journal, then the session record.
 
         A write the file system refuses (disk full, read-only, permission) raises nothing:
-        the messages stay pending in memory, in order, and every later write of the
-        session, :meth:`flush` and a retry timer try again (see :meth:`pending_writes`).
+        the messages stay pending in memory, in order, and the retry timer, forced writes
+        of the session and :meth:`flush` try again (see :meth:`pending_writes`).
         """
         sid = st.session.id
         pending = self._pending.setdefault(sid, {})
@@ -116,13 +141,14 @@ class _PendingWrites:
             self._write_session_record(st)
 
     def _refused(self, key: str, path: Path, exc: OSError) -> None:
-        """Note a write the file system refused; a timer retries it (see _flush_due)."""
+        """Note a write the file system refused; the store's timer retries it."""
         if key not in self._refusals:
             # Said on the run's status line (pending_writes); a log line at warning level
             # would land in whichever cell runs next.
             log.info("could not write %s (%s); kept in memory, retrying", path, exc.strerror)
         self._refusals[key] = Refusal(path, exc.strerror or str(exc))
-        self._schedule_deadline()
+        self._retry_at = self._clock() + RETRY_INTERVAL
+        self._arm_timer(RETRY_INTERVAL)
 
     def _write_session_record(self, st: _SessionState) -> None:
         self._catch_up_index()
@@ -137,6 +163,9 @@ class _PendingWrites:
             return
         self._refusals.pop(INDEX_FILE, None)
         self._stale_index.clear()
+        if self._folded and not self._pending:
+            store_fallback.drop(self._folded)  # all they held is in the store now
+            self._folded = []
         for s, line in zip(states, lines, strict=True):
             if s.index_line:
                 self._index_live -= len(s.index_line) + 1
@@ -144,8 +173,8 @@ class _PendingWrites:
             self._index_live += len(line) + 1
         self._maybe_compact_index()
 
-    def _schedule_deadline(self) -> None:
-        """Make sure coalesced updates reach the disk even if no further update comes.
+    def _arm_timer(self, delay: float) -> None:
+        """Make sure the store's timer fires within ``delay`` seconds (see ``_timer``).
 
         Only possible from a thread running an event loop (the agent's); elsewhere pending
         updates wait for the next write, flush(), close() or interpreter exit.
@@ -154,10 +183,13 @@ class _PendingWrites:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        if self._timer is not None and self._timer_loop is loop and not self._timer.cancelled():
-            return
+        timer = self._timer
+        if timer is not None and not timer.cancelled():
+            if self._timer_loop is loop and timer.when() <= loop.time() + delay:
+                return  # fires soon enough: its run arms whatever is due after it
+            timer.cancel()  # replaced, never left behind (the store's one-timer rule)
         self._timer_loop = loop
-        self._timer = loop.call_later(self.flush_interval, self._flush_due)
+        self._timer = loop.call_later(delay, self._flush_due)
 
     def _flush_due(self) -> None:
         # A loop callback: an exception here would be printed into whichever cell runs.
@@ -167,27 +199,170 @@ class _PendingWrites:
             log.warning("writing pending transcript updates to %s failed: %s", self.path, exc)
 
     def _flush_due_locked(self) -> None:
+        """Write what is due: coalesced updates past their ``flush_interval``, and once per
+        ``RETRY_INTERVAL`` whatever the file system refused; then arm the timer for what
+        remains. A session whose journal refuses waits for the retry, so a disk that stays
+        full costs one attempt per ``RETRY_INTERVAL`` whatever is streamed meanwhile."""
         with self._lock:
-            self._timer = None
+            self._timer = None  # this run; from here on, _arm_timer may schedule the next one
             if self._closed or self._forked():
                 return
-            if self._refusals:
-                # Something was refused: retry everything, at a pace that does not spin.
-                self.flush()
-                if self._refusals and self._timer_loop is not None:
-                    self._timer = self._timer_loop.call_later(RETRY_INTERVAL, self._flush_due)
-                return
+            if self._refusals and self._clock() + _TIMER_SLACK >= self._retry_at:
+                self.flush()  # refused again: _refused arms the next retry
             clock = self._clock()
-            wait: float | None = None
+            wait = self._retry_at - clock if self._refusals else None
             for sid in list(self._pending):
+                if sid in self._refusals:
+                    continue  # waits for the retry
                 due = False
                 for mid in self._pending.get(sid, ()):
                     left = self._last_write.get((sid, mid), clock) + self.flush_interval - clock
-                    if left <= 0:
+                    if left <= _TIMER_SLACK:
                         due = True
                     else:
                         wait = left if wait is None else min(wait, left)
                 if due:
                     self._write(self._sessions[sid], ())
-            if wait is not None and self._timer_loop is not None:
-                self._timer = self._timer_loop.call_later(wait, self._flush_due)
+            if wait is not None:
+                self._arm_timer(max(wait, 0.0))
+
+    # -- records still refused when the store closes ---------------------------------------
+
+    def _save_unwritten(self) -> None:
+        """At close: write what is still pending to a fallback journal outside the store
+        (:mod:`jupyter_crush.store_fallback`), for the next store opened here to fold in.
+        Never raises: the store is closing whatever happens here."""
+        if self._forked():
+            return  # the parent's records, which the parent still holds
+        try:
+            unwritten = self._unwritten()
+            if unwritten is None:
+                store_fallback.drop(self._folded)
+                return
+            saved = store_fallback.save(self.path, self._token, unwritten)
+        except Exception as exc:
+            for lost in self.pending_writes():
+                log.error("closing the transcript store lost what it could not write: %s", lost)
+            log.error("no fallback journal could take them either: %s", exc)
+            return
+        store_fallback.drop(self._folded)  # superseded: the new journal holds what they held
+        log.warning(
+            "the transcript store %s could not write %d records before closing (%s); they "
+            "are kept in %s and folded back in when the store next opens",
+            self.path,
+            len(unwritten.messages) + len(unwritten.sessions),
+            unwritten.reason,
+            saved,
+        )
+
+    def _unwritten(self) -> Unwritten | None:
+        sids = list(self._stale_index)
+        messages = []
+        for sid, mids in self._pending.items():
+            if not mids:
+                continue
+            st = self._sessions[sid]
+            self._materialize(st)
+            assert st.entries is not None
+            messages += [json.loads(st.entries[mid].line) for mid in mids]
+            if sid not in self._stale_index:
+                sids.append(sid)
+        if not sids:
+            return None
+        reasons = dict.fromkeys(refusal.reason for refusal in self._refusals.values())
+        return Unwritten(
+            "; ".join(reasons) or "not written before the store closed",
+            [self._sessions[sid].session.to_dict() for sid in sids],
+            messages,
+        )
+
+    def _fold_unwritten(self) -> None:
+        """At open, under the process lock: fold in what stores on this path could not
+        write before they closed, and say so once, in one line.
+
+        Per session, in the order the closing store kept them: a message record that
+        already landed (the disk holds exactly it: the refused write had gone through after
+        all, or a fold was cut short) is skipped, any other is written as the message's
+        latest state. The fallback journals are removed once everything they held is in the
+        store; until then the records wait in memory like any refused write, and a close
+        saves them again (see _save_unwritten).
+        """
+        alive = lambda writer: WriterLease.is_alive(self._writers_dir, writer)  # noqa: E731
+        try:
+            saved = store_fallback.load(self.path, alive)
+        except store_fallback.FallbackError as exc:
+            warnings.warn(str(exc), UnwrittenRecordsWarning, stacklevel=3)
+            return
+        if saved is None:
+            return
+        folded = 0
+        for sid, record in saved.sessions.items():
+            session = Session.from_dict(record)
+            st = self._sessions.get(sid)
+            if st is None:  # the closing store's index refused it: only the fallback knows it
+                # Its totals are counted as its messages are folded in.
+                session.usage, session.cost, session.message_count = Usage(), 0.0, 0
+                st = _SessionState(session, Journal(self._messages_dir / f"{sid}.jsonl"))
+                self._sessions[sid] = st
+            elif session.updated_at > st.session.updated_at:
+                st.session.title, st.session.updated_at = session.title, session.updated_at
+            else:
+                continue
+            self._stale_index[sid] = None
+            folded += 1
+        unreadable = []
+        for sid, records in saved.messages.items():
+            try:
+                folded += self._fold_messages(sid, records)
+            except StoreError as exc:  # a damaged journal: the records stay in the fallback
+                unreadable.append(str(exc))
+        if self._stale_index:
+            self._write_session_record(self._sessions[next(iter(self._stale_index))])
+        if unreadable:
+            pass  # the fallback journals stay, for an opening that can read every session
+        elif self._pending or self._stale_index:
+            self._folded = saved.files  # removed once what they hold is written
+        else:
+            store_fallback.drop(saved.files)
+        where = ", ".join(str(path) for path in saved.files)
+        if folded:
+            if self._pending or self._stale_index:
+                outcome = f"they wait in memory until {self.path} takes writes again"
+            else:
+                outcome = "they are folded back into it"
+            noun = "record" if folded == 1 else "records"
+            warnings.warn(
+                f"{folded} {noun} the transcript store {self.path} could not write before it "
+                f"closed ({saved.reason}) were kept in {where}; {outcome}",
+                UnwrittenRecordsWarning,
+                stacklevel=3,
+            )
+        for problem in unreadable:
+            warnings.warn(
+                f"records kept in {where} stay there until this can be read: {problem}",
+                UnwrittenRecordsWarning,
+                stacklevel=3,
+            )
+
+    def _fold_messages(self, sid: str, records: dict[str, dict[str, Any]]) -> int:
+        """Fold one session's saved message records in; return how many were written."""
+        st = self._loaded(sid, settle=False)
+        assert st.entries is not None
+        mids = []
+        for mid, record in records.items():
+            old = st.entries.get(mid)
+            if old is not None and json.loads(old.line) == record:
+                continue  # it had landed
+            entry = _Entry(
+                _dumps(record),
+                _usage_tuple(record.get("usage") or {}),
+                float(record.get("cost") or 0.0),
+                str(record.get(_WRITER_KEY, "")),
+                old.disk_len if old is not None else 0,
+            )
+            _set_entry(st, mid, entry)
+            mids.append(mid)
+        if mids:
+            self._write(st, mids)
+        self._settle(st)  # what its dead writer left open, now that all of it is here
+        return len(mids)

@@ -24,7 +24,9 @@ and cut off by the next writer (see :mod:`jupyter_crush.store.storage`). Whole-f
 ``fsync=True`` every write is also fsynced, which additionally survives power loss.
 
 Refused writes are kept pending in memory and retried, per session; see
-:mod:`jupyter_crush.store.pending`.
+:mod:`jupyter_crush.store.pending`. What is still refused when the store closes is saved in a
+fallback journal outside it and folded in when the store next opens; see
+:mod:`jupyter_crush.store_fallback`.
 
 Streaming: the agent calls :meth:`TranscriptStore.update_message` for every token. Updates
 are coalesced to at most one disk write per message per ``flush_interval`` (30/s by
@@ -82,8 +84,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..core.message import ImagePart, Message, Session, new_id, now
+from ..store_fallback import UnwrittenRecordsWarning
 from .opening import _Opening, _prepare_directory
-from .pending import PendingWrites, Refusal, _PendingWrites
+from .pending import RETRY_INTERVAL, PendingWrites, Refusal, _PendingWrites
 from .queries import TranscriptDB, _Queries
 from .replay import (
     KERNEL_STOPPED_MESSAGE,
@@ -127,6 +130,7 @@ __all__ = [
     "TruncatedTranscriptWarning",
     "UnknownMessageError",
     "UnknownSessionError",
+    "UnwrittenRecordsWarning",
 ]
 
 #: A journal is compacted only beyond this size (and when over half of it is superseded).
@@ -191,14 +195,24 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
         # session ids whose journal holds a descriptor, least recently used first
         self._open_journals: OrderedDict[str, None] = OrderedDict()
         self._last_write: dict[tuple[str, str], float] = {}  # (session, message) -> clock()
+        # The store's one timer on the event loop: it writes coalesced updates once due and
+        # retries refused writes. At most one is pending per store, whatever the updates and
+        # refusals: it is only scheduled through _arm_timer, which keeps the pending one when
+        # it fires soon enough and cancels it otherwise, and _flush_due clears it on running.
+        # (Each refusal scheduling a timer of its own once multiplied them until a disk that
+        # stayed full took the whole loop.)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._retry_at = 0.0  # clock() after which the timer retries refused writes
         self._index_live = 0  # sum of the session records' sizes: a compacted index's size
         # What the file system refused, by session id (its journal) or INDEX_FILE: the file
         # and the reason. The refused records stay in _pending / _stale_index until a retry
         # succeeds; nothing of one session waits for another's.
         self._refusals: dict[str, Refusal] = {}
         self._stale_index: dict[str, None] = {}  # sessions whose latest record is not indexed
+        # Fallback journals folded in at open whose records still wait in _pending: removed
+        # once those are written, or once a close saves them again (store_fallback).
+        self._folded: list[Path] = []
         self._db: TranscriptDB | None = None
         try:
             for sub in (self._messages_dir, self._writers_dir, self.images_dir):
@@ -223,6 +237,7 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
                 self._sweep_dead_writers()
                 self._catch_up_index()
                 _warn_if_cut_short(self._index)
+                self._fold_unwritten()
         except OSError as exc:
             self._closed = True
             self._release_files()
@@ -384,9 +399,8 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
                 return
             try:
                 self.flush()
-                for lost in self.pending_writes():
-                    log.error("closing the transcript store lost what it could not write: %s", lost)
             finally:
+                self._save_unwritten()  # what the file system still refuses goes elsewhere
                 self._closed = True
                 _LIVE_STORES.discard(self)
                 # A forked child's copy must not remove the parent's lease.
@@ -456,12 +470,17 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
         with self._lock:
             self._check_open()
             last = self._last_write.get((sid, mid))
-            if not force and last is not None and self._clock() - last < self.flush_interval:
+            refused = sid in self._refusals  # the retry timer writes it, not every token
+            if (
+                not force
+                and last is not None
+                and (refused or self._clock() - last < self.flush_interval)
+            ):
                 # Coalesced (the streaming hot path): keep a reference to the live message;
                 # it is serialized when written or read.
                 self._live.setdefault(sid, {})[mid] = message
                 self._pending.setdefault(sid, {})[mid] = None
-                self._schedule_deadline()
+                self._arm_timer(RETRY_INTERVAL if refused else self.flush_interval)
                 return
         entry = self._entry_for(message)  # the caller keeps mutating its object; snapshot it
         with self._lock:

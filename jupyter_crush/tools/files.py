@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import hashlib
 import os
 import re
 import tempfile
@@ -32,6 +33,9 @@ LS_DEFAULT_ENTRIES = 300
 LS_MAX_ENTRIES = 2000
 LS_DEFAULT_DEPTH = 3
 _BINARY_PROBE = 8192
+#: Metadata key of a write's or an edit's result: the SHA-256 of the text the call left in
+#: the file, so a replay can check the file still holds it (jupyter_crush.replay_effects).
+WRITTEN_SHA256 = "sha256"
 
 
 def _error(message: str) -> ToolResult:
@@ -73,6 +77,11 @@ def _write_text(path: Path, content: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def text_sha256(text: str) -> str:
+    """The SHA-256 of ``text`` as :func:`_write_text` puts it on disk (UTF-8, newlines kept)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _file_lines(path: Path) -> Iterator[str]:
@@ -270,7 +279,11 @@ class FileTools:
         head = f"{verb} {shown} ({len(content.splitlines())} lines)."
         return ToolResult(
             head + ("\n" + clean(diff, self.limit, what="diff") if diff else " No change."),
-            metadata={"path": shown, "diff": clean(diff, self.limit, what="diff")},
+            metadata={
+                "path": shown,
+                "diff": clean(diff, self.limit, what="diff"),
+                WRITTEN_SHA256: text_sha256(content),
+            },
         )
 
     # -- edit --
@@ -356,6 +369,7 @@ class FileTools:
     async def edit(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:
         try:
             path, old, new, shown = await asyncio.to_thread(self._edit_plan, args)
+            ctx.stop_if_covered()  # a Stop while the file was read: it is not written
             await asyncio.to_thread(_write_text, path, new)
         except (WorkspaceError, OSError) as exc:
             return _error(f"edit: {exc}")
@@ -363,7 +377,11 @@ class FileTools:
         verb = "Created" if old is None else "Edited"
         return ToolResult(
             f"{verb} {shown}.\n{clean(diff, self.limit, what='diff')}",
-            metadata={"path": shown, "diff": clean(diff, self.limit, what="diff")},
+            metadata={
+                "path": shown,
+                "diff": clean(diff, self.limit, what="diff"),
+                WRITTEN_SHA256: text_sha256(new),
+            },
         )
 
     # -- glob --
