@@ -25,8 +25,8 @@ from jupyter_crush.mcp.config import MCPServerConfig, load_mcp_servers
 from jupyter_crush.mcp.server import MCPServer, ServerState
 from jupyter_crush.mcp.tools import MCPServers, tool_name, tool_result
 from jupyter_crush.providers.config import CrushConfigError
+from jupyter_crush.providers.trust import TRUST_ENV
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
-from jupyter_crush.trust import TRUST_ENV
 
 SERVER = str(ROOT / "tests" / "mcp_server.py")
 

@@ -60,7 +60,7 @@ from jupyter_crush.providers.replay import (
     SHORT_NAMES,
     load_recording,
 )
-from jupyter_crush.trust import TRUST_ENV
+from jupyter_crush.providers.trust import TRUST_ENV
 
 RECORDINGS = sorted(RECORDINGS_DIR.glob("*.yaml"))
 SECRET = "sk-test-0123456789-secret"

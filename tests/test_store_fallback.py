@@ -25,9 +25,9 @@ from test_store_faults import fill, small_disk  # noqa: F401 (a fixture)
 
 from jupyter_crush import FinishReason, Role, TranscriptStore
 from jupyter_crush.core.message import Message, TextPart
+from jupyter_crush.store.fallback import UnwrittenRecordsWarning, fallback_directories
 from jupyter_crush.store.storage import Journal
 from jupyter_crush.store.transcript import KERNEL_STOPPED_MESSAGE
-from jupyter_crush.store_fallback import UnwrittenRecordsWarning, fallback_directories
 
 REPO = Path(__file__).resolve().parents[1]
 

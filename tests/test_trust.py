@@ -1,6 +1,6 @@
-"""Folder trust (jupyter_crush.trust): what a crush.json outside the user's config directory
-may do before and after ``%crush trust``, trust kept per file and per content, and the key
-rule that holds even for a trusted file. A real kernel: test_trust_kernel.py."""
+"""Folder trust (jupyter_crush.providers.trust): what a crush.json outside the user's config
+directory may do before and after ``%crush trust``, trust kept per file and per content, and
+the key rule that holds even for a trusted file. A real kernel: test_trust_kernel.py."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 
+from jupyter_crush.commands.trust import trust_command
 from jupyter_crush.kernel.config import CrushConfig
+from jupyter_crush.kernel.trust_report import check_at_prompt, notice, project_files
 from jupyter_crush.mcp.config import load_mcp_servers
 from jupyter_crush.providers import ProviderConfigError, ProviderSettings, resolve_model
 from jupyter_crush.providers.config import load_crush_config
-from jupyter_crush.trust import (
+from jupyter_crush.providers.trust import (
     TRUST_ENV,
     TRUST_STORE_NAME,
     Trust,
@@ -24,8 +26,6 @@ from jupyter_crush.trust import (
     open_config,
     remember_trust,
 )
-from jupyter_crush.trust_command import trust_command
-from jupyter_crush.trust_report import check_at_prompt, notice, project_files
 
 USER_KEY = "sk-user-key-0123456789"
 ANTHROPIC_KEY = "sk-ant-user-9876543210"

@@ -1,16 +1,17 @@
 """``%crush trust``: trust this folder's crush.json as it is now, show what it does, revoke.
 
-The rule is :mod:`jupyter_crush.trust`; what it tells the user, :mod:`jupyter_crush.trust_report`.
+The rule is :mod:`jupyter_crush.providers.trust`; what it tells the user,
+:mod:`jupyter_crush.kernel.trust_report`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .commands.registry import command
+from .registry import command
 
 if TYPE_CHECKING:
-    from .kernel.crush import Crush
+    from ..kernel.crush import Crush
 
 USAGE = "%crush trust [--show | --revoke]"
 
@@ -19,9 +20,9 @@ USAGE = "%crush trust [--show | --revoke]"
 def trust_command(crush: Crush, args: list[str]) -> None:
     from IPython.core.error import UsageError
 
-    from .providers.config import ProviderConfigError
-    from .trust import forget_trust, remember_trust
-    from .trust_report import project_files, show
+    from ..kernel.trust_report import project_files, show
+    from ..providers.config import ProviderConfigError
+    from ..providers.trust import forget_trust, remember_trust
 
     if args not in ([], ["--show"], ["--revoke"]):
         raise UsageError(f"Usage: {USAGE}")

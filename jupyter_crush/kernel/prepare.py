@@ -26,11 +26,11 @@ from ..agent.compaction import policy_from
 from ..agent.titles import prompt_title
 from ..core.images import PromptImages
 from ..core.output import redact
-from ..trust_report import check_at_prompt
 from .errors import store_problems_in_one_line
 from .interpolate import interpolate
 from .models import configured_title_model
 from .rerun import Cell, Plan
+from .trust_report import check_at_prompt
 
 if TYPE_CHECKING:
     from ..agent.session import SessionAgent

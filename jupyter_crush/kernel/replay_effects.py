@@ -18,10 +18,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core.message import ToolCallPart, ToolResultPart
-from .core.tools import Tool
-from .tools.files import WRITTEN_SHA256
-from .tools.workspace import Workspace, WorkspaceError
+from ..core.message import ToolCallPart, ToolResultPart
+from ..core.tools import Tool
+from ..tools.files import WRITTEN_SHA256
+from ..tools.workspace import Workspace, WorkspaceError
 
 #: Tools whose recorded result is checked against the file it names before it is used.
 FILE_WRITERS = frozenset({"write", "edit"})

@@ -18,7 +18,7 @@ fingerprint key, the cell replays it instead of asking the provider:
 - a recorded call to a tool with effects outside the kernel (``bash``, ``write``, ``edit``,
   an MCP tool) is never run again: its recorded result answers it and the status line says
   so; the file a ``write`` or ``edit`` left must still hold that text, else the replay
-  stops there naming the file (:mod:`jupyter_crush.replay_effects`).
+  stops there naming the file (:mod:`jupyter_crush.kernel.replay_effects`).
 
 ``CrushConfig.replay`` (or ``%crush replay on|off|strict``) picks what happens otherwise:
 ``auto`` asks afresh when anything changed, saying what ("df changed since the recorded
@@ -50,9 +50,9 @@ from ..core.model import (
     ToolSpec,
 )
 from ..core.tools import Tool, ToolContext, ToolResult
-from ..replay_effects import RecordedEffects, not_run_note, workspace_of
 from ..store.transcript import StoreError
 from .fingerprint import Fingerprint
+from .replay_effects import RecordedEffects, not_run_note, workspace_of
 
 if TYPE_CHECKING:
     from ..agent.calls import Attachment

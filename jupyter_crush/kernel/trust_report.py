@@ -1,4 +1,4 @@
-"""What folder trust tells the user (:mod:`jupyter_crush.trust` decides).
+"""What folder trust tells the user (:mod:`jupyter_crush.providers.trust` decides).
 
 * :func:`check_at_prompt`: at each prompt, the crush.json files of the notebook's folder are
   looked at as they are now; a file whose risky parts were left out says so in one line, once
@@ -18,16 +18,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .trust import ConfigFile, Trust, applied, host_of, open_config, variables
+from ..providers.trust import ConfigFile, Trust, applied, host_of, open_config, variables
 
 if TYPE_CHECKING:
-    from .kernel.config import CrushConfig as CrushSettings
-    from .kernel.crush import Crush
+    from .config import CrushConfig as CrushSettings
+    from .crush import Crush
 
 
 def project_files(config: CrushSettings) -> list[ConfigFile]:
     """The crush.json files in effect that are not the user's own, as they are now."""
-    from .providers.config import crush_config_paths
+    from ..providers.config import crush_config_paths
 
     source = config.crush_config
     paths = [Path(source).expanduser()] if source else crush_config_paths()
@@ -64,7 +64,7 @@ _SEEN: weakref.WeakKeyDictionary[Crush, _Seen] = weakref.WeakKeyDictionary()
 def check_at_prompt(crush: Crush) -> None:
     """Before a prompt: say once what a folder's file may not do yet; resolve models afresh
     when what it may do changed."""
-    from .providers.config import ProviderConfigError, known_provider_ids
+    from ..providers.config import ProviderConfigError, known_provider_ids
 
     try:
         files = project_files(crush.config)
@@ -99,7 +99,7 @@ def show(crush: Crush) -> str:
 
 
 def _provider_effects(crush: Crush, file: ConfigFile) -> list[str]:
-    from .providers.config import (
+    from ..providers.config import (
         HARMLESS_PROVIDER_KEYS,
         NO_KEY,
         ProviderConfigError,
@@ -137,9 +137,9 @@ def _provider_effects(crush: Crush, file: ConfigFile) -> list[str]:
 
 
 def _mcp_effects(file: ConfigFile) -> list[str]:
-    from .core.output import redact
-    from .mcp.config import parse_section
-    from .providers.config import key_owners
+    from ..core.output import redact
+    from ..mcp.config import parse_section
+    from ..providers.config import key_owners
 
     section = file.data.get("mcp")
     if not isinstance(section, dict):
@@ -181,7 +181,7 @@ def _argument(text: str) -> str:
 
 def _model_effects(file: ConfigFile) -> list[str]:
     """The model choices that wait for trust (of a provider only the file defines)."""
-    from .providers.config import known_provider_ids
+    from ..providers.config import known_provider_ids
 
     _, needs_trust = applied(replace(file, trust=Trust.UNTRUSTED), known_provider_ids())
     models = file.data.get("models")

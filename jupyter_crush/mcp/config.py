@@ -12,10 +12,11 @@ A ``crush.json`` (the same files, in the same order, as the providers read: see
     }
 
 ``CrushConfig.mcp_servers`` takes entries of the same shape and wins by name. Values expand
-``$VAR`` like the rest of the file. A project file's (one outside the user's config directory)
-section applies only once the file is trusted (:mod:`jupyter_crush.trust`); its stdio servers
-then inherit the kernel's environment without the variables holding a provider's key, unless
-the entry's ``env`` names them. An entry that cannot be used does not stop the others:
+``$VAR`` like the rest of the file. A project file's (one outside the user's config
+directory) section applies only once the file is trusted
+(:mod:`jupyter_crush.providers.trust`); its stdio servers then inherit the kernel's
+environment without the variables holding a provider's key, unless the entry's ``env``
+names them. An entry that cannot be used does not stop the others:
 it becomes a server that has failed with the reason, shown by ``%crush mcp`` and returned
 to the model if it calls one of the server's tools.
 """
@@ -88,7 +89,7 @@ def load_mcp_servers(
     ``trust_all``), then ``overrides`` (the trait's value) on top. A crush.json that cannot be
     read at all raises ``CrushConfigError``."""
     from ..providers.config import CrushConfigError, crush_config_paths, key_owners
-    from ..trust import open_config
+    from ..providers.trust import open_config
 
     if crush_config:
         path = Path(crush_config).expanduser()
@@ -101,7 +102,7 @@ def load_mcp_servers(
     for path in paths:
         file = open_config(path, trust_all=trust_all)
         if not file.applies_whole:
-            continue  # the notice at the prompt says so (jupyter_crush.trust_command)
+            continue  # the notice at the prompt says so (jupyter_crush.commands.trust)
         section = file.data.get("mcp", {})
         if not isinstance(section, dict):
             raise CrushConfigError(f'{path}: "mcp" must be an object of server name -> settings')
@@ -131,7 +132,7 @@ def _parse_entry(
     name: str, raw: Any, source: str, key_owners: Mapping[str, str]
 ) -> MCPServerConfig:
     from ..providers.config import CrushConfigError, expand_value
-    from ..trust import Secret, host_of, key_destination_problem, variables
+    from ..providers.trust import Secret, host_of, key_destination_problem, variables
 
     where = f'MCP server "{name}"'
 

@@ -15,7 +15,6 @@ in this module writes them anywhere.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -24,7 +23,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..core.secrets import remember, remember_headers, remember_url
-from ..trust import (
+from .config_file import (
+    CrushConfigError,
+    MissingAPIKeyError,
+    ProviderConfigError,
+    read_crush_json,
+)
+from .trust import (
     HARMLESS_PROVIDER_KEYS,
     ConfigFile,
     ProjectEntry,
@@ -42,18 +47,6 @@ PROVIDER_TYPES: tuple[str, ...] = ("openai", "openai-compat", "anthropic")
 
 #: Where Crush looks for its config, lowest precedence first (later files override).
 CRUSH_CONFIG_NAMES = (".crush.json", "crush.json")
-
-
-class ProviderConfigError(ValueError):
-    """A model name or provider configuration cannot be used; the message says how to fix it."""
-
-
-class MissingAPIKeyError(ProviderConfigError):
-    pass
-
-
-class CrushConfigError(ProviderConfigError):
-    pass
 
 
 def mask_secret(value: str | None) -> str | None:
@@ -120,7 +113,7 @@ class ProviderSettings:
     image_input: bool | None = None
     #: Seconds between server-sent events when replaying a recording (0: as fast as possible).
     replay_delay: float = 0.02
-    #: Apply every project crush.json whole, trusted or not (CI); see jupyter_crush.trust.
+    #: Apply every project crush.json whole, trusted or not (CI); see jupyter_crush.providers.trust.
     trust_project_config: bool = False
 
     def __post_init__(self) -> None:
@@ -190,7 +183,7 @@ class CrushConfig:
     key_owners: dict[str, str] = field(default_factory=lambda: dict(_KEY_OWNERS))
     #: Base URLs the user's own crush.json names, by provider id.
     user_base_urls: dict[str, str] = field(default_factory=dict)
-    #: Project files read without the parts that need trust (jupyter_crush.trust).
+    #: Project files read without the parts that need trust (jupyter_crush.providers.trust).
     untrusted: tuple[Path, ...] = ()
 
 
@@ -244,33 +237,8 @@ def _env_names(value: Any) -> tuple[str, ...]:
     return ()
 
 
-def read_crush_json(path: Path) -> dict[str, Any]:
-    """The top-level object of one crush.json, or a one-line error saying what to fix."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CrushConfigError(f"cannot read {path}: {exc.strerror}") from None
-    return parse_crush_json(path, raw)
-
-
-def parse_crush_json(path: Path, raw: bytes) -> dict[str, Any]:
-    """The top-level object of ``raw``, the bytes of ``path``."""
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise CrushConfigError(f"{path} is not UTF-8 text; fix the file or remove it") from None
-    except json.JSONDecodeError as exc:
-        raise CrushConfigError(
-            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-            "fix the file or remove it"
-        ) from None
-    if not isinstance(data, dict):
-        raise CrushConfigError(f"{path}: the top level must be a JSON object")
-    return data
-
-
 def _parse_crush_file(file: ConfigFile, data: Mapping[str, Any]) -> CrushConfig:
-    """``data``: what of ``file`` applies (jupyter_crush.trust.applied)."""
+    """``data``: what of ``file`` applies (jupyter_crush.providers.trust.applied)."""
     path = file.path
     providers: dict[str, ProviderConfig] = {}
     raw_providers = data.get("providers", {})
@@ -350,7 +318,8 @@ def load_crush_config(
     source: str | Path | Literal[False] | None = None, *, trust_all: bool = False
 ) -> CrushConfig:
     """Read crush.json: an explicit path, or (``None``) Crush's usual places merged. A project
-    file applies whole only when trusted (``trust_all``: every one is; jupyter_crush.trust)."""
+    file applies whole only when trusted (``trust_all``: every one is;
+    jupyter_crush.providers.trust)."""
     if source is False:
         return CrushConfig()
     if source is not None:

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .config_file import CrushConfigError, parse_crush_json
+
 #: Trusts every project file (CI, headless runs), like ``CrushConfig.trust_project_config``.
 TRUST_ENV = "CRUSH_TRUST_PROJECT_CONFIG"
 #: In the user's config directory: trusted file path -> SHA-256 of its content.
@@ -153,8 +155,6 @@ def forget_trust(files: Iterable[ConfigFile]) -> list[Path]:
 
 def open_config(path: Path, *, trust_all: bool = False) -> ConfigFile:
     """Read one crush.json once: the bytes hashed are the bytes parsed."""
-    from .providers.config import CrushConfigError, parse_crush_json
-
     try:
         raw = path.read_bytes()
     except OSError as exc:

@@ -30,10 +30,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .core.message import Session
-from .store.replay import _record_problem
-from .store.state import _SESSION_ID, _WRITER_TOKEN, _dumps
-from .store.storage import write_atomic
+from ..core.message import Session
+from .replay import _record_problem
+from .state import _SESSION_ID, _WRITER_TOKEN, _dumps
+from .storage import write_atomic
 
 FALLBACK_FORMAT = "jupyter-crush-unwritten-records"
 FALLBACK_VERSION = 1

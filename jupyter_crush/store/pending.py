@@ -9,7 +9,7 @@ what waits, where and why. One session's refused journal never fails another ses
 writes. A disk that stays full thus costs one attempt a second and one pending timer,
 however long it lasts; what is still pending when the store closes goes to a fallback
 journal outside it and is folded back in at the next opening
-(:mod:`jupyter_crush.store_fallback`).
+(:mod:`jupyter_crush.store.fallback`).
 
 The same pending map carries coalesced streaming updates: the same timer writes them once
 their ``flush_interval`` has passed.
@@ -29,9 +29,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .. import store_fallback
 from ..core.message import Session, Usage
-from ..store_fallback import Unwritten, UnwrittenRecordsWarning
+from . import fallback as store_fallback
+from .fallback import Unwritten, UnwrittenRecordsWarning
 from .state import (
     _WRITER_KEY,
     INDEX_FILE,
@@ -230,7 +230,7 @@ class _PendingWrites:
 
     def _save_unwritten(self) -> None:
         """At close: write what is still pending to a fallback journal outside the store
-        (:mod:`jupyter_crush.store_fallback`), for the next store opened here to fold in.
+        (:mod:`jupyter_crush.store.fallback`), for the next store opened here to fold in.
         Never raises: the store is closing whatever happens here."""
         if self._forked():
             return  # the parent's records, which the parent still holds

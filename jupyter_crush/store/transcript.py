@@ -26,7 +26,7 @@ and cut off by the next writer (see :mod:`jupyter_crush.store.storage`). Whole-f
 Refused writes are kept pending in memory and retried, per session; see
 :mod:`jupyter_crush.store.pending`. What is still refused when the store closes is saved in a
 fallback journal outside it and folded in when the store next opens; see
-:mod:`jupyter_crush.store_fallback`.
+:mod:`jupyter_crush.store.fallback`.
 
 Streaming: the agent calls :meth:`TranscriptStore.update_message` for every token. Updates
 are coalesced to at most one disk write per message per ``flush_interval`` (30/s by
@@ -84,7 +84,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..core.message import ImagePart, Message, Session, new_id, now
-from ..store_fallback import UnwrittenRecordsWarning
+from .fallback import UnwrittenRecordsWarning
 from .opening import _Opening, _prepare_directory
 from .pending import RETRY_INTERVAL, PendingWrites, Refusal, _PendingWrites
 from .queries import TranscriptDB, _Queries

@@ -34,7 +34,7 @@ LS_MAX_ENTRIES = 2000
 LS_DEFAULT_DEPTH = 3
 _BINARY_PROBE = 8192
 #: Metadata key of a write's or an edit's result: the SHA-256 of the text the call left in
-#: the file, so a replay can check the file still holds it (jupyter_crush.replay_effects).
+#: the file, so a replay can check the file still holds it (jupyter_crush.kernel.replay_effects).
 WRITTEN_SHA256 = "sha256"
 
 
