@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 .venv/bin/ruff check jupyter_crush tests benchmarks scripts notebooks
 .venv/bin/ruff format --check jupyter_crush tests benchmarks scripts notebooks
+# The package's layers and no import circle (pyproject.toml, [tool.importlinter]).
+.venv/bin/lint-imports
 if [ "${1:-}" = "--all" ]; then
   shift
   exec .venv/bin/python -m pytest "$@"
