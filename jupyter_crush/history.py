@@ -7,8 +7,12 @@ lists the sessions; ``crush.export_session()`` writes one as Markdown or JSON.
 
 The store is the kernel's own when ``%load_ext jupyter_crush`` ran, else the configured data
 directory (``CrushConfig.data_dir``, ``$CRUSH_DATA_DIR``, else ``.crush/``); ``store=`` takes
-a :class:`~jupyter_crush.store.transcript.TranscriptStore` or a path. pandas is imported only when a
-frame is built: it takes longer to import than ``%load_ext`` may.
+a :class:`~jupyter_crush.store.transcript.TranscriptStore` or a path. pandas is imported only
+when a frame is built: it takes longer to import than ``%load_ext`` may.
+
+It also holds what these share with the CLI (``python -m jupyter_crush log``): opening a
+store read-only (:func:`open_store`), the rows of sessions and messages, matching search
+terms, and an export's JSON and Markdown.
 """
 
 from __future__ import annotations

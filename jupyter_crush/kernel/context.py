@@ -1,4 +1,5 @@
-"""What a request carries besides the prompt: context files, and ``%crush context``.
+"""What a request carries besides the prompt: the system prompt and the context files
+(``%crush context`` shows it all: :mod:`jupyter_crush.commands.context`).
 
 Context files are read as Crush reads them: ``AGENTS.md``, ``CRUSH.md`` and ``CLAUDE.md``
 (each followed by its ``.local`` variant) in the notebook's folder and every folder above

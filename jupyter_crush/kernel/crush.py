@@ -1,11 +1,9 @@
 """The kernel's agent, transcript store, sessions and live runs, shared by every cell.
 
 One :class:`Crush` per shell owns the kernel's ``SessionAgent``, its ``TranscriptStore``,
-the current session and the live run views. :meth:`Crush.submit` prepares a prompt
-(:mod:`jupyter_crush.kernel.prepare`), accepts it (``agent.begin_accepted``) before anything else
-can happen, displays its :class:`~jupyter_crush.view.base.RunView`
-(:mod:`jupyter_crush.kernel.display`), schedules ``agent.run`` on the kernel's running loop
-and returns, so the kernel is idle while the answer streams.
+the current session, the live run views and their tasks, the MCP servers and the replay
+chain: the kernel's state. Submitting a prompt is :mod:`jupyter_crush.kernel.submit`, which
+reads and updates this state; nothing here calls back into it.
 
 The widgets (ipywidgets), the tools and the providers are imported on first use,
 not at ``%load_ext``: the provider SDKs alone take longer to import than a user

@@ -1,4 +1,5 @@
-"""``%crush fix`` and ``%%crush --fix``: ask the agent to fix the last error.
+"""``%%crush --fix`` and ``%crush fix`` (:mod:`jupyter_crush.commands.fix`): ask the agent to
+fix the last error.
 
 The prompt carries the last error a cell raised in this kernel (exception type and
 message, the traceback as IPython printed it, the failing cell's source) as an

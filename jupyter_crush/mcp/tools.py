@@ -1,11 +1,11 @@
 """Tools from MCP servers, offered to the agent and run on the kernel's event loop.
 
 :class:`MCPServers` is the agent's :class:`~jupyter_crush.core.tools.ToolSource`: at the start
-of each turn it reads the configuration (:mod:`.mcp_config`), starts the servers that are
+of each turn it reads the configuration (:mod:`.config`), starts the servers that are
 not running yet (all at once, each bounded by its timeout: the first prompt after the
 kernel starts waits for them, no cell ever does), and offers each server's tools as
 ``mcp_<server>_<tool>``. How one server is started, called, failed and stopped is
-:mod:`.mcp_server`.
+:mod:`.server`; ``%crush mcp`` is :mod:`jupyter_crush.commands.mcp`.
 """
 
 from __future__ import annotations

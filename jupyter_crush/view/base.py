@@ -1,4 +1,4 @@
-"""The run view: one prompt's live view, and the permission prompt inside it.
+"""The base run view: what one prompt's live view holds, and how it follows the run's events.
 
 :class:`RunView` holds what a view shows and follows the agent's events; how it reaches
 the page is its subclass's: :class:`~jupyter_crush.view.delta.DeltaRunView` (the default)
