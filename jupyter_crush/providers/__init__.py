@@ -28,15 +28,21 @@ from .config import (
     load_crush_config,
     provider_config,
 )
-from .replay import ReplayModel, recording_names, replay_model
 
 if TYPE_CHECKING:
     from .anthropic import AnthropicModel
     from .openai import OpenAIModel
+    from .replay import ReplayModel, recording_names
 
 
 def __getattr__(name: str) -> Any:
-    # Each SDK takes a large part of a second to import: load one only when it is used.
+    # Each SDK takes a large part of a second to import: load one only when it is used. The
+    # replay models bring httpx2 and yaml: they load with the first replay too, so that the
+    # kernel's other layers can read crush.json, trust and windows from here at %load_ext.
+    if name in ("ReplayModel", "recording_names"):
+        from . import replay
+
+        return getattr(replay, name)
     if name == "AnthropicModel":
         from .anthropic import AnthropicModel
 
@@ -81,6 +87,8 @@ def resolve_model(name: str, *, settings: ProviderSettings | None = None) -> Mod
             f"'anthropic:{name}' or 'ollama:{name}'"
         )
     if provider_id == "replay":
+        from .replay import replay_model
+
         return replay_model(model, settings)
 
     crush = load_crush_config(settings.crush_config, trust_all=settings.trust_project_config)
