@@ -51,6 +51,23 @@ def notice(files: list[ConfigFile], known_providers: set[str]) -> str | None:
     )
 
 
+def untrusted_notice(config: CrushSettings) -> str | None:
+    """:func:`notice` for the files in effect now (None when they cannot be read)."""
+    from .providers.config import ProviderConfigError
+
+    try:
+        return notice(project_files(config), _known_providers(config))
+    except ProviderConfigError:
+        return None  # an unreadable crush.json: resolving the model says what to fix
+
+
+def _known_providers(config: CrushSettings) -> set[str]:
+    from .providers.config import known_provider_ids
+
+    # An explicit crush_config is read alone: the user's own file does not apply beside it.
+    return known_provider_ids(own=not config.crush_config)
+
+
 @dataclass
 class _Seen:
     state: tuple[Any, ...] = ()
@@ -64,11 +81,11 @@ _SEEN: weakref.WeakKeyDictionary[Crush, _Seen] = weakref.WeakKeyDictionary()
 def check_at_prompt(crush: Crush) -> None:
     """Before a prompt: say once what a folder's file may not do yet; resolve models afresh
     when what it may do changed."""
-    from .providers.config import ProviderConfigError, known_provider_ids
+    from .providers.config import ProviderConfigError
 
     try:
         files = project_files(crush.config)
-        line = notice(files, known_provider_ids(own=not crush.config.crush_config))
+        line = notice(files, _known_providers(crush.config))
     except ProviderConfigError:
         return  # an unreadable crush.json: resolving the model says what to fix
     seen = _SEEN.setdefault(crush, _Seen())

@@ -403,3 +403,15 @@ def test_show_counts_dot_crush_json_too(home, capsys):
     assert [f.path.name for f in files] == [".crush.json"]
     trust_command(FakeCrush(), ["--show"])
     assert "MCP server x: starts x" in capsys.readouterr().out
+
+
+def test_mcp_status_says_a_folders_servers_wait_for_trust(home, capsys):
+    from jupyter_crush.mcp_tools import MCPServers, mcp_command
+
+    path = write(home / "crush.json", EXAMPLE)
+    crush = FakeCrush()
+    crush.mcp = MCPServers.for_config(crush.config)
+    mcp_command(crush, [])
+    status, waiting = capsys.readouterr().out.splitlines()
+    assert status.startswith("No MCP servers")
+    assert waiting.startswith(f"{path} is not trusted, so its ") and "mcp.marker" in waiting
