@@ -26,6 +26,7 @@ import os
 import stat
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,12 @@ _LEFT = "it is left in place: move it aside, or fix it, and reopen the store"
 class UnwrittenRecordsWarning(UserWarning):
     """A store opened with records that an earlier store on its path could not write
     before it closed: said once, when they are folded in (or cannot be read)."""
+
+
+def tell(message: str) -> None:
+    """Say ``message`` to the user as an :class:`UnwrittenRecordsWarning` shown on one line:
+    it names no source line, which would quote the store's own code and tell them nothing."""
+    warnings.warn_explicit(message, UnwrittenRecordsWarning, "jupyter-crush", 0)
 
 
 class FallbackError(Exception):
