@@ -18,7 +18,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .trust import ConfigFile, Trust, applied, host_of, open_config, variables
+from .trust import (
+    ConfigFile,
+    Trust,
+    applied,
+    forget_trust,
+    host_of,
+    open_config,
+    remember_trust,
+    variables,
+)
 
 if TYPE_CHECKING:
     from .config import CrushConfig as CrushSettings
@@ -98,24 +107,46 @@ def check_at_prompt(crush: Crush) -> None:
         print(line)
 
 
-# -- %crush trust --show ---------------------------------------------------------------------
+# -- %crush trust ----------------------------------------------------------------------------
+
+NOTHING_HERE = "No crush.json here to trust: only your own configuration applies"
 
 
-def show(crush: Crush) -> str:
+def trust_here(config: CrushSettings) -> str:
+    """Trust the project files in effect as they are now; what was done."""
+    files = project_files(config)
+    if not files:
+        return NOTHING_HERE
+    remember_trust(files)
+    done = [f"Trusted {f.path} as it is now (sha256 {f.digest[:12]})" for f in files]
+    return "\n".join(
+        [*done, "It applies from the next prompt; a change to it needs %crush trust again"]
+    )
+
+
+def revoke_here(config: CrushSettings) -> str:
+    files = project_files(config)
+    if not files:
+        return NOTHING_HERE
+    gone = forget_trust(files)
+    return f"No longer trusted: {', '.join(map(str, gone))}" if gone else "Nothing here is trusted"
+
+
+def show(config: CrushSettings) -> str:
     """What each project file in effect does, or would do once trusted."""
-    files = project_files(crush.config)
+    files = project_files(config)
     if not files:
         return f"No crush.json or .crush.json in {Path.cwd()}: only your own configuration applies"
     lines = []
     for file in files:
         would = "it does" if file.applies_whole else "trusted as it is now, it would"
         lines.append(f"{file.path} {file.trust.value} (sha256 {file.digest[:12]}); {would}:")
-        effects = _provider_effects(crush, file) + _mcp_effects(file) + _model_effects(file)
+        effects = _provider_effects(config, file) + _mcp_effects(file) + _model_effects(file)
         lines += [f"  {effect}" for effect in effects] or ["  nothing that needs trust"]
     return "\n".join(lines)
 
 
-def _provider_effects(crush: Crush, file: ConfigFile) -> list[str]:
+def _provider_effects(config: CrushSettings, file: ConfigFile) -> list[str]:
     from .providers.config import (
         HARMLESS_PROVIDER_KEYS,
         NO_KEY,
@@ -124,7 +155,7 @@ def _provider_effects(crush: Crush, file: ConfigFile) -> list[str]:
         provider_config,
     )
 
-    settings = replace(crush.config.provider_settings(), trust_project_config=True)
+    settings = replace(config.provider_settings(), trust_project_config=True)
     trusted = load_crush_config(settings.crush_config, trust_all=True)
     owners = trusted.key_owners
     effects = []
@@ -133,22 +164,22 @@ def _provider_effects(crush: Crush, file: ConfigFile) -> list[str]:
         if not isinstance(raw, dict) or not raw.keys() - HARMLESS_PROVIDER_KEYS:
             continue
         try:
-            config = provider_config(pid, settings, trusted)
+            endpoint = provider_config(pid, settings, trusted)
         except ProviderConfigError as error:
             effects.append(f"provider {pid}: refused even when trusted: {error}")
             continue
         named = [*variables(raw.get("api_key")), *variables(raw.get("extra_headers"))]
         if named:
             keys = ", ".join(_variable(name, owners) for name in dict.fromkeys(named))
-        elif config.api_key == NO_KEY:
+        elif endpoint.api_key == NO_KEY:
             keys = "no key"
         elif raw.get("api_key"):
             keys = "the key written in the file"
         else:
             keys = f"your own {pid} key"
         effects.append(
-            f"provider {pid}: sends requests to {host_of(config.base_url, config.type)} "
-            f"({config.base_url or 'the SDK default'}) with {keys}"
+            f"provider {pid}: sends requests to {host_of(endpoint.base_url, endpoint.type)} "
+            f"({endpoint.base_url or 'the SDK default'}) with {keys}"
         )
     return effects
 

@@ -415,3 +415,16 @@ def test_mcp_status_says_a_folders_servers_wait_for_trust(home, capsys):
     status, waiting = capsys.readouterr().out.splitlines()
     assert status.startswith("No MCP servers")
     assert waiting.startswith(f"{path} is not trusted, so its ") and "mcp.marker" in waiting
+
+
+def test_a_store_that_cannot_be_written_is_one_line_saying_what_to_do(tmp_path, home):
+    from IPython.core.error import UsageError
+
+    write(home / "crush.json", EXAMPLE)
+    (tmp_path / "xdg" / "crush" / TRUST_STORE_NAME).mkdir(parents=True)  # in the way
+    with pytest.raises(UsageError) as info:
+        trust_command(FakeCrush(), [])
+    message = str(info.value)
+    assert message.startswith(f"cannot record trust in {tmp_path / 'xdg' / 'crush'}")
+    assert TRUST_ENV in message and "\n" not in message
+    assert open_config(home / "crush.json").trust is Trust.UNTRUSTED
