@@ -45,9 +45,10 @@ from .store_state import (
 
 #: Seconds between retries of writes the file system refused (disk full, read-only).
 RETRY_INTERVAL = 1.0
-#: A timer may run this early and its work still count as due: the loop runs timers up to
-#: its clock's resolution early, and sums of float times differ in their last bits; without
-#: it, such a run would arm another timer for the remaining sliver.
+#: Seconds within which two times count as the same for the store's timer: the loop runs a
+#: timer up to its clock's resolution early, the clock moves between two readings, and sums
+#: of float times differ in their last bits. Without it, a run a sliver early would arm
+#: another timer for the sliver, and an arming a sliver later would replace the timer.
 _TIMER_SLACK = 1e-3
 
 
@@ -184,7 +185,7 @@ class _PendingWrites:
             return
         timer = self._timer
         if timer is not None and not timer.cancelled():
-            if self._timer_loop is loop and timer.when() <= loop.time() + delay:
+            if self._timer_loop is loop and timer.when() <= loop.time() + delay + _TIMER_SLACK:
                 return  # fires soon enough: its run arms whatever is due after it
             timer.cancel()  # replaced, never left behind (the store's one-timer rule)
         self._timer_loop = loop
