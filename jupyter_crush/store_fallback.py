@@ -48,12 +48,15 @@ def fallback_directories() -> list[Path]:
     (often a tmpfs), so it still takes writes when the volume holding the store and the home
     directory is full — but it may be cleared at reboot, hence second.
     """
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return [
-        Path(data_home) / "jupyter-crush" / "unwritten",
-        # Directly in the shared directory, whose sticky bit keeps others from replacing it.
-        Path(tempfile.gettempdir()) / f"jupyter-crush-{os.getuid()}-unwritten",
-    ]
+    # Directly in the shared directory, whose sticky bit keeps others from replacing it.
+    places = [Path(tempfile.gettempdir()) / f"jupyter-crush-{os.getuid()}-unwritten"]
+    data_home = os.environ.get("XDG_DATA_HOME")
+    if not data_home:
+        try:
+            data_home = str(Path.home() / ".local" / "share")
+        except (RuntimeError, KeyError):  # a user without a home directory
+            return places
+    return [Path(data_home) / "jupyter-crush" / "unwritten", *places]
 
 
 def store_key(store_path: Path) -> str:

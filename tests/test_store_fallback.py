@@ -430,3 +430,16 @@ def test_records_for_a_damaged_journal_stay_in_the_fallback_until_it_is_repaired
     with said, TranscriptStore(tmp_path / "store") as repaired:
         assert [m.text for m in repaired.list_messages(sid)] == ["on disk", "saved elsewhere"]
     assert saved_files(places) == []
+
+
+def test_a_user_without_a_home_directory_saves_in_the_temporary_directory(
+    tmp_path, places, refusing, monkeypatch
+):
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    [temporary] = fallback_directories()
+    _refused_close(tmp_path / "store", refusing)
+    assert [path.parent for path in saved_files([temporary])] == [temporary]
