@@ -15,6 +15,7 @@ import signal
 
 import pytest
 from bounded import within
+from IPython.core.error import UsageError
 from test_dispatch import assert_idle
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
@@ -77,6 +78,12 @@ async def test_crush_cancel_all_stops_every_sessions_prompt(ip):
     for view in views:
         await within(view.wait())
     assert [v.phase for v in views] == ["canceled", "canceled"]
+
+
+def test_crush_cancel_without_a_current_session_says_what_to_do(ip):
+    assert current().current_session_id is None
+    with pytest.raises(UsageError, match="No current session to cancel; name one or use --all"):
+        ip.run_line_magic("crush", "cancel")
 
 
 # -- Crush.cancel_all: the kernel's interrupt and the lab command ------------------------------
