@@ -4,8 +4,8 @@ The checker (tests/interleavings.py) drives the real agent on a loop it controls
 the loop's thread wherever another thread could act, holds cross-thread cancel deliveries
 and releases them as separate actions, answers permission prompts with Allow (a Stop may
 land between the answer and the tool's start), lets tools absorb cancellation and store
-writes fail, and enumerates every action sequence with state memoisation. Quick bounds run by default;
-the full bounds are marked slow.
+writes fail, and enumerates every action sequence with state memoisation. Quick bounds run
+by default; the full bounds are marked slow.
 """
 
 from __future__ import annotations
