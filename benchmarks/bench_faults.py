@@ -8,6 +8,15 @@
 - a 200 answer with an HTML page: the time to the error naming it;
 - a full disk during a streamed reply: the time from the disk filling to ``pending_writes``
   saying so, and from the space coming back to the records being on disk (retry timer);
+- a disk that stays full for 10 minutes, a reply streaming at 30 tokens a second through
+  the first one: run on virtual time (tests/virtual_clock.py: the loop's clock jumps to its
+  next timer instead of sleeping, so the 10 minutes take about a second; every retry does
+  its real work against the real full disk), it prints the store's timers scheduled and
+  pending at most, the write attempts, the CPU the 10 minutes of store work took as a share
+  of 10 minutes, and the longest single retry (the most it can delay anything else on the
+  loop); then 20 s of the same in real time, with a 10 ms sleep as a probe beside it: the
+  process's CPU share and how late the probe woke (median and worst), against 20 s of the
+  probe alone;
 - a damaged journal: the time for a load to fail with the file, byte and recovery command;
 - a journal cut short: the time to open it and warn.
 
@@ -30,13 +39,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from replay_server import ReplayServer, Step, recording_steps  # noqa: E402
+from virtual_clock import CountingLoop, VirtualTimeLoop  # noqa: E402
 
 from jupyter_crush import Role, TranscriptStore  # noqa: E402
 from jupyter_crush.core.message import Message, TextPart  # noqa: E402
 from jupyter_crush.core.model import ModelError  # noqa: E402
 from jupyter_crush.providers import ProviderSettings, resolve_model  # noqa: E402
 from jupyter_crush.providers.replay import RECORDINGS_DIR, SHORT_NAMES  # noqa: E402
-from jupyter_crush.store.storage import StoreError  # noqa: E402
+from jupyter_crush.store.storage import Journal, StoreError  # noqa: E402
+
+#: Minutes of a disk that stays full, on virtual time.
+FULL_MINUTES = 10
+#: Seconds of the same in real time, with the lag probe.
+FULL_REAL_SECONDS = 20
 
 
 def openai_model(url: str, **settings: object):
@@ -104,6 +119,121 @@ async def full_disk(disk: Path) -> tuple[float, float, int]:
     return surfaced, written, kept
 
 
+class _Attempts:
+    """Counts journal appends (the real ones) and times the store's timer runs."""
+
+    def __init__(self) -> None:
+        self.appends = 0
+        self.longest_run = 0.0
+        self._append = Journal.append
+        self._flush_due = TranscriptStore._flush_due
+
+    def __enter__(self) -> _Attempts:
+        def append(journal: Journal, payload: bytes, *, fsync: bool) -> None:
+            self.appends += 1
+            self._append(journal, payload, fsync=fsync)
+
+        def flush_due(store: TranscriptStore) -> None:
+            start = time.perf_counter()
+            self._flush_due(store)
+            self.longest_run = max(self.longest_run, time.perf_counter() - start)
+
+        Journal.append = append  # type: ignore[method-assign]
+        TranscriptStore._flush_due = flush_due  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        Journal.append = self._append  # type: ignore[method-assign]
+        TranscriptStore._flush_due = self._flush_due  # type: ignore[method-assign]
+
+
+async def stays_full(disk: Path, loop: CountingLoop, seconds: float, probe: bool) -> dict:
+    """A disk full for ``seconds`` of the loop's clock, a reply streaming through the first
+    minute; what it cost, counted from the first refused write."""
+    store = TranscriptStore(disk / f"store-{id(loop)}", clock=loop.time)
+    sid = store.create_session().id
+    reply = Message(sid, Role.ASSISTANT, [TextPart("")])
+    store.add_message(reply)
+    filler = fill(disk)
+    lags: list[float] = []
+    with _Attempts() as attempts:
+        while not store.pending_writes(sid):  # the last free bytes of the disk go first
+            reply.parts = [TextPart(reply.text + "token " * 50)]
+            store.update_message(reply)
+            await asyncio.sleep(1 / 30)
+        timers, appends = loop.timers_scheduled(store), attempts.appends
+        most_pending = 0
+        cpu, start = time.process_time(), loop.time()
+        while loop.time() - start < seconds:
+            if loop.time() - start < 60:
+                reply.parts = [TextPart(reply.text + "token ")]
+                store.update_message(reply)
+            asked = loop.time()
+            await asyncio.sleep(0.01 if probe else 1 / 30)
+            lags.append(loop.time() - asked - (0.01 if probe else 1 / 30))
+            most_pending = max(most_pending, loop.timers_pending(store))
+        cpu = time.process_time() - cpu
+        result = {
+            "timers": loop.timers_scheduled(store) - timers,
+            "most_pending": most_pending,
+            "appends": attempts.appends - appends,
+            "cpu": cpu,
+            "longest_run": attempts.longest_run,
+            "lags": sorted(lags),
+        }
+    filler.unlink()
+    store.flush()
+    assert store.pending_writes() == []
+    store.close()
+    return result
+
+
+async def probe_alone(seconds: float) -> tuple[float, list[float]]:
+    loop = asyncio.get_running_loop()
+    lags = []
+    cpu, start = time.process_time(), loop.time()
+    while loop.time() - start < seconds:
+        asked = loop.time()
+        await asyncio.sleep(0.01)
+        lags.append(loop.time() - asked - 0.01)
+    return time.process_time() - cpu, sorted(lags)
+
+
+def full_for_minutes(disk: Path) -> None:
+    seconds = FULL_MINUTES * 60
+    loop = VirtualTimeLoop()
+    try:
+        cost = loop.run_until_complete(stays_full(disk, loop, seconds, probe=False))
+    finally:
+        loop.close()
+    print(
+        f"disk full for {FULL_MINUTES} minutes (virtual time), a reply streaming at 30 "
+        f"tokens/s through the first: {cost['timers']} store timers scheduled, at most "
+        f"{cost['most_pending']} pending; {cost['appends']} write attempts; the store's work "
+        f"took {cost['cpu']:.2f} s of CPU = {100 * cost['cpu'] / seconds:.3f}% of "
+        f"{FULL_MINUTES} minutes; longest retry {cost['longest_run'] * 1000:.2f} ms"
+    )
+    real = CountingLoop()
+    try:
+        cost = real.run_until_complete(stays_full(disk, real, FULL_REAL_SECONDS, probe=True))
+        alone_cpu, alone_lags = real.run_until_complete(probe_alone(FULL_REAL_SECONDS))
+    finally:
+        real.close()
+    lags = cost["lags"]
+    print(
+        f"disk full for {FULL_REAL_SECONDS} s (real time), a 10 ms sleep as a probe: process "
+        f"CPU {100 * cost['cpu'] / FULL_REAL_SECONDS:.2f}%, probe late by median "
+        f"{lags[len(lags) // 2] * 1000:.2f} ms, worst {lags[-1] * 1000:.2f} ms; "
+        f"{cost['timers']} store timers, at most {cost['most_pending']} pending, "
+        f"{cost['appends']} write attempts"
+    )
+    alone_share = 100 * alone_cpu / FULL_REAL_SECONDS
+    print(
+        f"  the probe alone for {FULL_REAL_SECONDS} s: CPU {alone_share:.2f}%, late by median "
+        f"{alone_lags[len(alone_lags) // 2] * 1000:.2f} ms, worst {alone_lags[-1] * 1000:.2f} ms"
+    )
+
+
 def damaged_and_cut(tmp: Path) -> tuple[float, float]:
     with TranscriptStore(tmp / "s") as store:
         sid = store.create_session().id
@@ -159,5 +289,18 @@ async def main() -> None:
         disk.rmdir()
 
 
+def stays_full_main() -> None:
+    disk = mount_tmpfs("512k")
+    if disk is None:
+        print("disk full for minutes: skipped (mounting a tmpfs needs root)")
+        return
+    try:
+        full_for_minutes(disk)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+        disk.rmdir()
+
+
 if __name__ == "__main__":
     asyncio.run(main())
+    stays_full_main()  # on loops of its own

@@ -1,33 +1,63 @@
 #!/usr/bin/env bash
-# Mutation testing of the cancel rules: mutmut (configured in pyproject.toml) mutates the
-# dispatch state machine, a turn's records and how they are closed, the agent's glue around
-# them and the magic's accept path, runs the quick tests that reach each mutant, and this
-# prints the score and every survivor with its diff. From scratch: a fresh mutants/ copy.
-#   bash scripts/mutation.sh             (MUTATION_CHILDREN=N: mutants tested at once, 4)
+# Mutation testing of the cancel rules, in two passes over the same functions, from scratch
+# (a fresh mutants/ copy; the repository's files are never changed):
+# - mutmut (configured in pyproject.toml) changes operators, names and literals, runs the
+#   quick tests that reach each mutant, and mutation_report.py prints the score and every
+#   survivor with its diff;
+# - scripts/statement_mutation.py deletes each statement and changes each boolean and number
+#   constant (mutmut has no statement deletion, and leaves decorated functions such as the
+#   %crush commands alone).
+#   bash scripts/mutation.sh   (MUTATION_CHILDREN=N: mutmut's mutants at once, 4;
+#                               MUTATION_WORKERS=N: the statement pass's, 3)
 # Survivors that cannot change behaviour are listed, with the reason, in
-# tests/mutation-survivors.md; any other survivor is a rule no test pins.
+# tests/mutation-survivors.md; any other survivor is a rule no test pins, and fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test,mutation
+# What is mutated: a module of jupyter_crush (every function in it), or one function in it
+# (MODULE:function, MODULE:Class.method). The dispatch state machine and a turn's records;
+# the agent's code around them, its tool start and the permission policy in front of it;
+# the magic's accept path, %crush cancel and the kernel's cancel_all; the summary's stop
+# checks; the store's pending writes and retry timer; the Stop click (click, cancel,
+# "Stopping…"); title cancellation.
 targets=(
-  'jupyter_crush.agent.dispatch.*'
-  'jupyter_crush.agent.calls.xǁAcceptedRunǁ*'
-  'jupyter_crush.agent.records.*'
-  'jupyter_crush.kernel.submit.x_submit__mutmut_*'
-  'jupyter_crush.kernel.crush.xǁCrushǁkeep_run__mutmut_*'
-  'jupyter_crush.kernel.prepare.x_prepare__mutmut_*'
+  agent.dispatch agent.calls:AcceptedRun.__init__ agent.calls:AcceptedRun.close
+  agent.records kernel.prepare:prepare tools.permissions store.pending
+  kernel.submit:submit kernel.crush:Crush.keep_run kernel.crush:Crush.cancel
+  kernel.crush:Crush.cancel_all kernel.crush:Crush.ensure_interrupt_handler
+  kernel.crush:Crush._task_done commands.session:cancel_command
+  agent.compaction:RequestShaper._keep agent.compaction:RequestShaper._stream_text
+  view.delta:DeltaRunView._on_message view.delta:DeltaRunView._show_stopping
+  view.comm:take_clicks_where_sent view.base:RunView.request_stop view.base:RunView._draw_stopping
 )
+for method in start cancel cancel_all _forget _title; do
+  targets+=("agent.titles:Titler.${method}")
+done
 for method in begin_accepted cancel cancel_all is_session_busy queued_prompts status \
-  add_status_listener run _drive _fold_queued _finish shutdown _emit _status_changed; do
-  targets+=("jupyter_crush.agent.session.xǁSessionAgentǁ${method}__mutmut_*")
+  add_status_listener run _drive _call_tool _fold_queued _finish shutdown _emit _status_changed; do
+  targets+=("agent.session:SessionAgent.${method}")
+done
+# The same targets as mutmut names its mutants.
+patterns=()
+for target in "${targets[@]}"; do
+  module="jupyter_crush.${target%%:*}" name="${target#*:}"
+  case $target in
+    *:*.*) patterns+=("${module}.xǁ${name%%.*}ǁ${name#*.}__mutmut_*") ;;
+    *:*) patterns+=("${module}.x_${name}__mutmut_*") ;;
+    *) patterns+=("${module}.*") ;;
+  esac
 done
 rm -rf mutants && mkdir mutants
 start=$(date +%s)
 # mutmut draws a progress line many times a second: keep it in a log, print the outcome.
 # Four children: each mostly waits on its tests' timers, so two cores keep four busy.
-if ! .venv/bin/mutmut run --max-children "${MUTATION_CHILDREN:-4}" "${targets[@]}" >mutants/run.log 2>&1; then
+if ! .venv/bin/mutmut run --max-children "${MUTATION_CHILDREN:-4}" "${patterns[@]}" >mutants/run.log 2>&1; then
   tail -n 40 mutants/run.log
   echo "mutmut failed; its output is in mutants/run.log" >&2
   exit 1
 fi
-.venv/bin/python scripts/mutation_report.py "$(($(date +%s) - start))" "${targets[@]}"
+failed=0
+.venv/bin/python scripts/mutation_report.py "$(($(date +%s) - start))" "${patterns[@]}" || failed=1
+.venv/bin/python scripts/statement_mutation.py --workers "${MUTATION_WORKERS:-3}" "${targets[@]}" ||
+  failed=1
+exit "$failed"

@@ -15,10 +15,19 @@ from jupyter_crush.agent.compaction import (
     SUMMARY_INTRO,
     SUMMARY_REQUEST,
     ContextPolicy,
+    RequestShaper,
+    request_view,
     summary_request,
 )
 from jupyter_crush.core.events import Compacted, ContextUsed, Summarizing
-from jupyter_crush.core.message import Message, SummaryOfPart, TextPart, Usage
+from jupyter_crush.core.message import (
+    Message,
+    SummaryOfPart,
+    TextPart,
+    ToolCallPart,
+    ToolResultPart,
+    Usage,
+)
 from jupyter_crush.core.model import ModelError
 from jupyter_crush.core.tokens import ContextWindow, Meter, request_tokens
 from jupyter_crush.providers.history import conversation
@@ -298,6 +307,39 @@ async def test_compact_after_a_summary_summarizes_only_when_a_turn_was_added_sin
     assert [m.text for m in summaries] == [SUMMARY, again]
     (of,) = [p for p in summaries[-1].parts if isinstance(p, SummaryOfPart)]
     assert store.get_message(session.id, of.first_kept).text == "third"
+
+
+async def test_compact_keeps_a_running_turn_whole_with_the_prompts_folded_into_it():
+    # A compaction folded into a running turn: the turn began at "second" and a queued
+    # prompt joined it after its tool results; the summary covers only the turn before.
+    def said(role, text):
+        return Message("s", role, [TextPart(text)])
+
+    calls = Message("s", Role.ASSISTANT, [ToolCallPart("c1", "echo", "{}", finished=True)])
+    results = Message("s", Role.TOOL, [ToolResultPart("c1", "echo", "ok")])
+    history = [
+        said(Role.USER, FIRST),
+        said(Role.ASSISTANT, "answer one"),
+        said(Role.USER, "second"),
+        calls,
+        results,
+        said(Role.USER, "and also this"),
+    ]
+    stored = []
+    shaper = RequestShaper(
+        ScriptedModel([SUMMARY]),
+        "SYSTEM",
+        [],
+        ContextPolicy(context_window=WINDOW),
+        stored.append,
+        lambda event: None,
+        lambda: None,
+    )
+    summary = await within(shaper.compact(history))
+    (of,) = [p for p in summary.parts if isinstance(p, SummaryOfPart)]
+    assert (of.first_kept, of.covered) == (history[2].id, 2)
+    sent = [m.text for m in request_view(history)]
+    assert sent == [FIRST, SUMMARY_INTRO + SUMMARY, "second", "", "", "and also this"]
 
 
 async def test_compact_on_a_busy_session_waits_like_a_prompt(store):

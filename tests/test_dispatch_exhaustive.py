@@ -2,9 +2,10 @@
 
 The checker (tests/interleavings.py) drives the real agent on a loop it controls, preempts
 the loop's thread wherever another thread could act, holds cross-thread cancel deliveries
-and releases them as separate actions, lets tools absorb cancellation and store writes fail,
-and enumerates every action sequence with state memoisation. Quick bounds run by default;
-the full bounds are marked slow.
+and releases them as separate actions, answers permission prompts with Allow (a Stop may
+land between the answer and the tool's start), lets tools absorb cancellation and store
+writes fail, and enumerates every action sequence with state memoisation. Quick bounds run
+by default; the full bounds are marked slow.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ FULL = {
     "1 session x 2 prompts x 2 cancels (either thread, held)": Scenario(prompts=(2,), cancels=2),
     "1 session x 3 prompts x 2 cancels (either thread, held)": Scenario(prompts=(3,), cancels=2),
     "2 sessions x 1 prompt, 1 cancel, one store": Scenario(prompts=(1, 1), cancels=1),
+    "permission prompts answered Allow, 2 prompts x 2 cancels (either thread, held)": Scenario(
+        prompts=(2,), cancels=2, permission=True
+    ),
 }
 
 

@@ -400,5 +400,46 @@ def test_a_refused_rename_alone_is_folded_in(tmp_path, places, refusing):
     said = pytest.warns(UnwrittenRecordsWarning, match="^1 record the transcript store")
     with said, TranscriptStore(tmp_path / "store") as reopened:
         assert reopened.get_session(sid).title == "new title"
+        assert saved_files(places) == []  # written as the store opened
     with quietly_open(tmp_path / "store") as again:
         assert again.get_session(sid).title == "new title"
+
+
+def test_records_for_a_damaged_journal_stay_in_the_fallback_until_it_is_repaired(
+    tmp_path, places, refusing
+):
+    store = TranscriptStore(tmp_path / "store")
+    sid = store.create_session().id
+    store.add_message(user(sid, "on disk"))
+    journal = store.journal_path(sid)
+    refusing.on = True
+    store.add_message(user(sid, "saved elsewhere"))
+    store.close()
+    refusing.on = False
+    [saved] = saved_files(places)
+    intact = journal.read_bytes()
+    journal.write_bytes(intact + b"#garbage#\n")
+    with pytest.warns(UnwrittenRecordsWarning) as said, TranscriptStore(tmp_path / "store"):
+        pass  # the store opens; the session says what is wrong when it is used
+    [line] = [str(w.message) for w in said]
+    assert line.startswith(f"records kept in {saved} stay there until this can be read")
+    assert f"corrupted transcript file {journal}" in line and "\n" not in line
+    assert saved.exists()
+    journal.write_bytes(intact)  # repaired as the message says
+    said = pytest.warns(UnwrittenRecordsWarning, match="folded back into it")
+    with said, TranscriptStore(tmp_path / "store") as repaired:
+        assert [m.text for m in repaired.list_messages(sid)] == ["on disk", "saved elsewhere"]
+    assert saved_files(places) == []
+
+
+def test_a_user_without_a_home_directory_saves_in_the_temporary_directory(
+    tmp_path, places, refusing, monkeypatch
+):
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    [temporary] = fallback_directories()
+    _refused_close(tmp_path / "store", refusing)
+    assert [path.parent for path in saved_files([temporary])] == [temporary]

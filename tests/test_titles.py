@@ -107,6 +107,22 @@ async def test_a_cancel_of_the_session_cancels_its_title_request(store):
     assert store.get_session(session.id).title == prompt_title(PROMPT)
 
 
+async def test_titler_cancel_all_cancels_every_title_request(store):
+    """What the kernel's shutdown calls: no title request outlives it."""
+    sessions = [store.create_session(title=prompt_title(PROMPT)) for _ in range(2)]
+    agent, _ = agent_with_titles(store, ["Never stored", "Never stored"])
+    gates = [agent.title_model.gate(step=n, after_tokens=1) for n in range(2)]
+    for session, gate in zip(sessions, gates, strict=True):
+        await within(agent.run(SessionAgentCall(session.id, PROMPT)))
+        await within(gate.reached())
+    agent.titler.cancel_all()
+    await until(lambda: not any(agent.titler.running(s.id) for s in sessions))
+    for gate in gates:
+        gate.release()
+    await asyncio.sleep(0)
+    assert [store.get_session(s.id).title for s in sessions] == [prompt_title(PROMPT)] * 2
+
+
 async def test_only_a_first_prompt_with_the_prompts_own_title_is_titled(store):
     named = store.create_session(title="analysis")
     agent, _ = agent_with_titles(store, ["A title"])

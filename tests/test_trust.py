@@ -403,3 +403,29 @@ def test_show_counts_dot_crush_json_too(home, capsys):
     assert [f.path.name for f in files] == [".crush.json"]
     trust_command(FakeCrush(), ["--show"])
     assert "MCP server x: starts x" in capsys.readouterr().out
+
+
+def test_mcp_status_says_a_folders_servers_wait_for_trust(home, capsys):
+    from jupyter_crush.commands.mcp import mcp_command
+    from jupyter_crush.mcp.tools import MCPServers
+
+    path = write(home / "crush.json", EXAMPLE)
+    crush = FakeCrush()
+    crush.mcp = MCPServers.for_config(crush.config)
+    mcp_command(crush, [])
+    status, waiting = capsys.readouterr().out.splitlines()
+    assert status.startswith("No MCP servers")
+    assert waiting.startswith(f"{path} is not trusted, so its ") and "mcp.marker" in waiting
+
+
+def test_a_store_that_cannot_be_written_is_one_line_saying_what_to_do(tmp_path, home):
+    from IPython.core.error import UsageError
+
+    write(home / "crush.json", EXAMPLE)
+    (tmp_path / "xdg" / "crush" / TRUST_STORE_NAME).mkdir(parents=True)  # in the way
+    with pytest.raises(UsageError) as info:
+        trust_command(FakeCrush(), [])
+    message = str(info.value)
+    assert message.startswith(f"cannot record trust in {tmp_path / 'xdg' / 'crush'}")
+    assert TRUST_ENV in message and "\n" not in message
+    assert open_config(home / "crush.json").trust is Trust.UNTRUSTED

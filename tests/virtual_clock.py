@@ -33,17 +33,12 @@ class _JumpingSelector(selectors.DefaultSelector):
         return ready
 
 
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
-        self._now = 0.0
+class CountingLoop(asyncio.SelectorEventLoop):
+    """A real event loop that counts the timers each owner asks for."""
+
+    def __init__(self, selector: selectors.BaseSelector | None = None) -> None:
         self._scheduled_by: Counter[int] = Counter()  # id(owner) -> timers asked for
-        super().__init__(_JumpingSelector(self._advance))
-
-    def _advance(self, seconds: float) -> None:
-        self._now += seconds
-
-    def time(self) -> float:
-        return self._now
+        super().__init__(selector)
 
     def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> Any:
         self._scheduled_by[id(getattr(callback, "__self__", None))] += 1
@@ -58,6 +53,18 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             for handle in self._scheduled
             if not handle.cancelled() and getattr(handle._callback, "__self__", None) is owner
         )
+
+
+class VirtualTimeLoop(CountingLoop):
+    def __init__(self) -> None:
+        self._now = 0.0
+        super().__init__(_JumpingSelector(self._advance))
+
+    def _advance(self, seconds: float) -> None:
+        self._now += seconds
+
+    def time(self) -> float:
+        return self._now
 
 
 def run_virtual(main: Callable[[VirtualTimeLoop], Coroutine[Any, Any, T]]) -> T:

@@ -386,12 +386,11 @@ def _newest_turn_start(history: Sequence[Message]) -> int:
     """Index of the prompt that opened the newest turn (0 for an empty history). A prompt
     folded into a running turn follows that turn's tool results, so it opens no turn."""
     start = 0
-    previous: Role | None = None  # the role of the message before, summaries skipped
+    previous: Role | None = None
     for index, message in enumerate(history):
         if message.role is Role.USER and previous is not Role.TOOL:
             start = index
-        if message.role is not Role.SUMMARY:
-            previous = message.role
+        previous = message.role
     return start
 
 

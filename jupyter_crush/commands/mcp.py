@@ -17,6 +17,11 @@ def mcp_command(crush: Crush, args: list[str]) -> None:
     servers = crush.mcp
     if not args:
         print(servers.status())
+        from ..kernel.trust_report import untrusted_notice
+
+        waiting = untrusted_notice(crush.config)  # a folder's servers that wait for trust
+        if waiting:
+            print(waiting)
         return
     if args[0] != "restart" or len(args) != 2:
         raise UsageError("Usage: %crush mcp [restart NAME]")

@@ -20,28 +20,14 @@ USAGE = "%crush trust [--show | --revoke]"
 def trust_command(crush: Crush, args: list[str]) -> None:
     from IPython.core.error import UsageError
 
-    from ..kernel.trust_report import project_files, show
+    from ..kernel.trust_report import revoke_here, show, trust_here
     from ..providers.config import ProviderConfigError
-    from ..providers.trust import forget_trust, remember_trust
 
-    if args not in ([], ["--show"], ["--revoke"]):
+    actions = {(): trust_here, ("--show",): show, ("--revoke",): revoke_here}
+    action = actions.get(tuple(args))
+    if action is None:
         raise UsageError(f"Usage: {USAGE}")
     try:
-        if args == ["--show"]:
-            print(show(crush))
-            return
-        files = project_files(crush.config)
-    except ProviderConfigError as error:
+        print(action(crush.config))
+    except ProviderConfigError as error:  # an unreadable crush.json, an unwritable store
         raise UsageError(str(error)) from None
-    if not files:
-        print("No crush.json here to trust: only your own configuration applies")
-    elif args == ["--revoke"]:
-        gone = forget_trust(files)
-        print(
-            f"No longer trusted: {', '.join(map(str, gone))}" if gone else "Nothing here is trusted"
-        )
-    else:
-        remember_trust(files)
-        for file in files:
-            print(f"Trusted {file.path} as it is now (sha256 {file.digest[:12]})")
-        print("It applies from the next prompt; a change to it needs %crush trust again")

@@ -248,7 +248,7 @@ class Replay:
         names = {c.name for c in self.turn.calls}
         results = self.turn.results
         made = []
-        for name in sorted(n for n in names if n in RECORDED_TOOLS or outside_kernel(n)):
+        for name in sorted(names - RERUN_TOOLS):
             spec = agent_tools[name].spec if name in agent_tools else ToolSpec(name, "", {})
             answered = self._answered_from_record if outside_kernel(name) else None
             made.append(Tool(spec, _from_record(results, answered)))
@@ -272,7 +272,7 @@ class Replay:
             if recorded is not None and (
                 outcome.content != recorded.content or outcome.is_error != recorded.is_error
             ):
-                calls = [c.id for m in self.turn.steps for c in m.tool_calls if c.name == real.name]
+                calls = [c.id for c in self.turn.calls if c.name == real.name]
                 number = calls.index(context.tool_call_id) + 1
                 self.diverged.append(f"{real.name} call {number} printed something else")
                 outcome.metadata = {

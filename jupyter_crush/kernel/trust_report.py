@@ -18,7 +18,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..providers.trust import ConfigFile, Trust, applied, host_of, open_config, variables
+from ..providers.trust import (
+    ConfigFile,
+    Trust,
+    applied,
+    forget_trust,
+    host_of,
+    open_config,
+    remember_trust,
+    variables,
+)
 
 if TYPE_CHECKING:
     from .config import CrushConfig as CrushSettings
@@ -51,6 +60,23 @@ def notice(files: list[ConfigFile], known_providers: set[str]) -> str | None:
     )
 
 
+def untrusted_notice(config: CrushSettings) -> str | None:
+    """:func:`notice` for the files in effect now (None when they cannot be read)."""
+    from ..providers.config import ProviderConfigError
+
+    try:
+        return notice(project_files(config), _known_providers(config))
+    except ProviderConfigError:
+        return None  # an unreadable crush.json: resolving the model says what to fix
+
+
+def _known_providers(config: CrushSettings) -> set[str]:
+    from ..providers.config import known_provider_ids
+
+    # An explicit crush_config is read alone: the user's own file does not apply beside it.
+    return known_provider_ids(own=not config.crush_config)
+
+
 @dataclass
 class _Seen:
     state: tuple[Any, ...] = ()
@@ -64,11 +90,11 @@ _SEEN: weakref.WeakKeyDictionary[Crush, _Seen] = weakref.WeakKeyDictionary()
 def check_at_prompt(crush: Crush) -> None:
     """Before a prompt: say once what a folder's file may not do yet; resolve models afresh
     when what it may do changed."""
-    from ..providers.config import ProviderConfigError, known_provider_ids
+    from ..providers.config import ProviderConfigError
 
     try:
         files = project_files(crush.config)
-        line = notice(files, known_provider_ids(own=not crush.config.crush_config))
+        line = notice(files, _known_providers(crush.config))
     except ProviderConfigError:
         return  # an unreadable crush.json: resolving the model says what to fix
     seen = _SEEN.setdefault(crush, _Seen())
@@ -81,24 +107,46 @@ def check_at_prompt(crush: Crush) -> None:
         print(line)
 
 
-# -- %crush trust --show ---------------------------------------------------------------------
+# -- %crush trust ----------------------------------------------------------------------------
+
+NOTHING_HERE = "No crush.json here to trust: only your own configuration applies"
 
 
-def show(crush: Crush) -> str:
+def trust_here(config: CrushSettings) -> str:
+    """Trust the project files in effect as they are now; what was done."""
+    files = project_files(config)
+    if not files:
+        return NOTHING_HERE
+    remember_trust(files)
+    done = [f"Trusted {f.path} as it is now (sha256 {f.digest[:12]})" for f in files]
+    return "\n".join(
+        [*done, "It applies from the next prompt; a change to it needs %crush trust again"]
+    )
+
+
+def revoke_here(config: CrushSettings) -> str:
+    files = project_files(config)
+    if not files:
+        return NOTHING_HERE
+    gone = forget_trust(files)
+    return f"No longer trusted: {', '.join(map(str, gone))}" if gone else "Nothing here is trusted"
+
+
+def show(config: CrushSettings) -> str:
     """What each project file in effect does, or would do once trusted."""
-    files = project_files(crush.config)
+    files = project_files(config)
     if not files:
         return f"No crush.json or .crush.json in {Path.cwd()}: only your own configuration applies"
     lines = []
     for file in files:
         would = "it does" if file.applies_whole else "trusted as it is now, it would"
         lines.append(f"{file.path} {file.trust.value} (sha256 {file.digest[:12]}); {would}:")
-        effects = _provider_effects(crush, file) + _mcp_effects(file) + _model_effects(file)
+        effects = _provider_effects(config, file) + _mcp_effects(file) + _model_effects(file)
         lines += [f"  {effect}" for effect in effects] or ["  nothing that needs trust"]
     return "\n".join(lines)
 
 
-def _provider_effects(crush: Crush, file: ConfigFile) -> list[str]:
+def _provider_effects(config: CrushSettings, file: ConfigFile) -> list[str]:
     from ..providers.config import (
         HARMLESS_PROVIDER_KEYS,
         NO_KEY,
@@ -107,7 +155,7 @@ def _provider_effects(crush: Crush, file: ConfigFile) -> list[str]:
         provider_config,
     )
 
-    settings = replace(crush.config.provider_settings(), trust_project_config=True)
+    settings = replace(config.provider_settings(), trust_project_config=True)
     trusted = load_crush_config(settings.crush_config, trust_all=True)
     owners = trusted.key_owners
     effects = []
@@ -116,22 +164,22 @@ def _provider_effects(crush: Crush, file: ConfigFile) -> list[str]:
         if not isinstance(raw, dict) or not raw.keys() - HARMLESS_PROVIDER_KEYS:
             continue
         try:
-            config = provider_config(pid, settings, trusted)
+            endpoint = provider_config(pid, settings, trusted)
         except ProviderConfigError as error:
             effects.append(f"provider {pid}: refused even when trusted: {error}")
             continue
         named = [*variables(raw.get("api_key")), *variables(raw.get("extra_headers"))]
         if named:
             keys = ", ".join(_variable(name, owners) for name in dict.fromkeys(named))
-        elif config.api_key == NO_KEY:
+        elif endpoint.api_key == NO_KEY:
             keys = "no key"
         elif raw.get("api_key"):
             keys = "the key written in the file"
         else:
             keys = f"your own {pid} key"
         effects.append(
-            f"provider {pid}: sends requests to {host_of(config.base_url, config.type)} "
-            f"({config.base_url or 'the SDK default'}) with {keys}"
+            f"provider {pid}: sends requests to {host_of(endpoint.base_url, endpoint.type)} "
+            f"({endpoint.base_url or 'the SDK default'}) with {keys}"
         )
     return effects
 

@@ -9,6 +9,10 @@ Three sources, most specific first:
    ``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``) and the usual ones of the
    built-in OpenAI-compatible services (``GROQ_API_KEY``, ``OPENROUTER_API_KEY``).
 
+A crush.json outside the user's config directory (the notebook folder's) applies only as far
+as :mod:`jupyter_crush.providers.trust` allows, and even a trusted one sends a user's key
+only to a host chosen for it (:func:`provider_config`).
+
 API keys are held only in memory: every ``repr`` here masks them, and nothing
 in this module writes them anywhere.
 """

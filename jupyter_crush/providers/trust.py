@@ -115,10 +115,25 @@ def _trusted() -> dict[str, str]:
     except (OSError, ValueError):
         return {}  # none yet, or unreadable: nothing is trusted
     trusted = data.get("trusted") if isinstance(data, dict) else None
-    return {k: v for k, v in (trusted or {}).items() if isinstance(v, str)}
+    if not isinstance(trusted, dict):
+        return {}
+    return {k: v for k, v in trusted.items() if isinstance(v, str)}
 
 
 def _save(trusted: Mapping[str, str]) -> None:
+    """Write the store; a one-line CrushConfigError when it cannot be written."""
+    try:
+        _write(trusted)
+    except OSError as exc:
+        from .config_file import CrushConfigError
+
+        raise CrushConfigError(
+            f"cannot record trust in {_store_path()}: {exc.strerror or exc}; make that "
+            f"directory writable, or set {TRUST_ENV}=1 to trust every folder's crush.json"
+        ) from None
+
+
+def _write(trusted: Mapping[str, str]) -> None:
     path = _store_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"version": 1, "trusted": dict(sorted(trusted.items()))}, indent=1)

@@ -26,6 +26,7 @@ import os
 import stat
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,15 @@ def fallback_directories() -> list[Path]:
     (often a tmpfs), so it still takes writes when the volume holding the store and the home
     directory is full — but it may be cleared at reboot, hence second.
     """
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return [
-        Path(data_home) / "jupyter-crush" / "unwritten",
-        # Directly in the shared directory, whose sticky bit keeps others from replacing it.
-        Path(tempfile.gettempdir()) / f"jupyter-crush-{os.getuid()}-unwritten",
-    ]
+    # Directly in the shared directory, whose sticky bit keeps others from replacing it.
+    places = [Path(tempfile.gettempdir()) / f"jupyter-crush-{os.getuid()}-unwritten"]
+    data_home = os.environ.get("XDG_DATA_HOME")
+    if not data_home:
+        try:
+            data_home = str(Path.home() / ".local" / "share")
+        except (RuntimeError, KeyError):  # a user without a home directory
+            return places
+    return [Path(data_home) / "jupyter-crush" / "unwritten", *places]
 
 
 def store_key(store_path: Path) -> str:
@@ -134,6 +138,12 @@ _LEFT = "it is left in place: move it aside, or fix it, and reopen the store"
 class UnwrittenRecordsWarning(UserWarning):
     """A store opened with records that an earlier store on its path could not write
     before it closed: said once, when they are folded in (or cannot be read)."""
+
+
+def tell(message: str) -> None:
+    """Say ``message`` to the user as an :class:`UnwrittenRecordsWarning` shown on one line:
+    it names no source line, which would quote the store's own code and tell them nothing."""
+    warnings.warn_explicit(message, UnwrittenRecordsWarning, "jupyter-crush", 0)
 
 
 class FallbackError(Exception):

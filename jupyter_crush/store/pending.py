@@ -24,14 +24,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..core.message import Session, Usage
 from . import fallback as store_fallback
-from .fallback import Unwritten, UnwrittenRecordsWarning
+from .fallback import Unwritten
 from .state import (
     _WRITER_KEY,
     INDEX_FILE,
@@ -46,9 +45,10 @@ from .storage import Journal, StoreError, WriterLease
 
 #: Seconds between retries of writes the file system refused (disk full, read-only).
 RETRY_INTERVAL = 1.0
-#: A timer may run this early and its work still count as due: the loop runs timers up to
-#: its clock's resolution early, and sums of float times differ in their last bits; without
-#: it, such a run would arm another timer for the remaining sliver.
+#: Seconds within which two times count as the same for the store's timer: the loop runs a
+#: timer up to its clock's resolution early, the clock moves between two readings, and sums
+#: of float times differ in their last bits. Without it, a run a sliver early would arm
+#: another timer for the sliver, and an arming a sliver later would replace the timer.
 _TIMER_SLACK = 1e-3
 
 
@@ -185,7 +185,7 @@ class _PendingWrites:
             return
         timer = self._timer
         if timer is not None and not timer.cancelled():
-            if self._timer_loop is loop and timer.when() <= loop.time() + delay:
+            if self._timer_loop is loop and timer.when() <= loop.time() + delay + _TIMER_SLACK:
                 return  # fires soon enough: its run arms whatever is due after it
             timer.cancel()  # replaced, never left behind (the store's one-timer rule)
         self._timer_loop = loop
@@ -291,33 +291,17 @@ class _PendingWrites:
         try:
             saved = store_fallback.load(self.path, alive)
         except store_fallback.FallbackError as exc:
-            warnings.warn(str(exc), UnwrittenRecordsWarning, stacklevel=3)
+            store_fallback.tell(str(exc))
             return
         if saved is None:
             return
         folded = 0
-        for sid, record in saved.sessions.items():
-            session = Session.from_dict(record)
-            st = self._sessions.get(sid)
-            if st is None:  # the closing store's index refused it: only the fallback knows it
-                # Its totals are counted as its messages are folded in.
-                session.usage, session.cost, session.message_count = Usage(), 0.0, 0
-                st = _SessionState(session, Journal(self._messages_dir / f"{sid}.jsonl"))
-                self._sessions[sid] = st
-            elif session.updated_at > st.session.updated_at:
-                st.session.title, st.session.updated_at = session.title, session.updated_at
-            else:
-                continue
-            self._stale_index[sid] = None
-            folded += 1
         unreadable = []
-        for sid, records in saved.messages.items():
+        for sid, record in saved.sessions.items():
             try:
-                folded += self._fold_messages(sid, records)
-            except StoreError as exc:  # a damaged journal: the records stay in the fallback
+                folded += self._fold_session(record, saved.messages.get(sid, {}))
+            except StoreError as exc:  # a damaged journal: its records stay in the fallback
                 unreadable.append(str(exc))
-        if self._stale_index:
-            self._write_session_record(self._sessions[next(iter(self._stale_index))])
         if unreadable:
             pass  # the fallback journals stay, for an opening that can read every session
         elif self._pending or self._stale_index:
@@ -331,38 +315,50 @@ class _PendingWrites:
             else:
                 outcome = "they are folded back into it"
             noun = "record" if folded == 1 else "records"
-            warnings.warn(
+            store_fallback.tell(
                 f"{folded} {noun} the transcript store {self.path} could not write before it "
-                f"closed ({saved.reason}) were kept in {where}; {outcome}",
-                UnwrittenRecordsWarning,
-                stacklevel=3,
+                f"closed ({saved.reason}) were kept in {where}; {outcome}"
             )
         for problem in unreadable:
-            warnings.warn(
-                f"records kept in {where} stay there until this can be read: {problem}",
-                UnwrittenRecordsWarning,
-                stacklevel=3,
+            store_fallback.tell(
+                f"records kept in {where} stay there until this can be read: {problem}"
             )
 
-    def _fold_messages(self, sid: str, records: dict[str, dict[str, Any]]) -> int:
-        """Fold one session's saved message records in; return how many were written."""
-        st = self._loaded(sid, settle=False)
-        assert st.entries is not None
+    def _fold_session(self, record: dict[str, Any], messages: dict[str, dict[str, Any]]) -> int:
+        """Fold one session's saved records in; return how many it took."""
+        saved = Session.from_dict(record)
+        sid = saved.id
+        st = self._sessions.get(sid)
+        newer = st is None or saved.updated_at > st.session.updated_at
+        if st is None:  # the closing store's index refused it: only the fallback knows it
+            # Its totals are counted as its messages are folded in.
+            saved.usage, saved.cost, saved.message_count = Usage(), 0.0, 0
+            st = _SessionState(saved, Journal(self._messages_dir / f"{sid}.jsonl"))
+            self._sessions[sid] = st
+        if messages:
+            self._loaded(sid, settle=False)
+        if newer:
+            st.session.title = saved.title
+            st.session.updated_at = max(st.session.updated_at, saved.updated_at)
         mids = []
-        for mid, record in records.items():
+        for mid, message in messages.items():
+            assert st.entries is not None
             old = st.entries.get(mid)
-            if old is not None and json.loads(old.line) == record:
+            if old is not None and json.loads(old.line) == message:
                 continue  # it had landed
             entry = _Entry(
-                _dumps(record),
-                _usage_tuple(record.get("usage") or {}),
-                float(record.get("cost") or 0.0),
-                str(record.get(_WRITER_KEY, "")),
+                _dumps(message),
+                _usage_tuple(message.get("usage") or {}),
+                float(message.get("cost") or 0.0),
+                str(message.get(_WRITER_KEY, "")),
                 old.disk_len if old is not None else 0,
             )
             _set_entry(st, mid, entry)
             mids.append(mid)
         if mids:
-            self._write(st, mids)
-        self._settle(st)  # what its dead writer left open, now that all of it is here
-        return len(mids)
+            self._write(st, mids)  # the session's record goes along
+        elif newer:
+            self._write_session_record(st)
+        if messages:
+            self._settle(st)  # what its dead writer left open, now that all of it is here
+        return len(mids) + newer
