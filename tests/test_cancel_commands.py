@@ -15,6 +15,7 @@ import signal
 
 import pytest
 from bounded import within
+from interleavings import abandon_tasks
 from IPython.core.error import UsageError
 from test_dispatch import assert_idle
 
@@ -195,3 +196,28 @@ async def test_shutdown_clears_the_queue_it_records_as_canceled(store):
     assert (await within(running)).reason is FinishReason.CANCELED
     assert_idle(agent, session.id)
     assert len(model.requests) == 1  # the queued prompt never reached the model
+
+
+# -- a turn stranded on a closed loop (asyncio.run returned with it active) --------------------
+
+
+@pytest.mark.parametrize("asked_first", ["is_session_busy", "queued_prompts"])
+def test_a_session_whose_turns_a_closed_loop_stranded_is_idle_when_next_asked(store, asked_first):
+    """What %crush sessions shows (running, queued) says idle at its first look."""
+    session = store.create_session()
+    model, gates = held_model()
+    agent = SessionAgent(model, store)
+    loop = asyncio.new_event_loop()
+    first = loop.create_task(agent.run(SessionAgentCall(session.id, "first")))
+    loop.run_until_complete(gates[0].reached())
+    loop.run_until_complete(agent.run(SessionAgentCall(session.id, "second")))  # queued
+    loop.close()
+    try:
+        if asked_first == "is_session_busy":
+            assert not agent.is_session_busy(session.id)
+        else:
+            assert agent.queued_prompts(session.id) == 0
+        assert_idle(agent, session.id)
+        assert not first.done()  # stranded, never run again
+    finally:
+        abandon_tasks(loop)

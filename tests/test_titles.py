@@ -123,6 +123,21 @@ async def test_titler_cancel_all_cancels_every_title_request(store):
     assert [store.get_session(s.id).title for s in sessions] == [prompt_title(PROMPT)] * 2
 
 
+async def test_a_stored_title_reaches_every_listener_even_past_a_failing_one(store, caplog):
+    session = store.create_session(title=prompt_title(PROMPT))
+    agent, _ = agent_with_titles(store, ["Sales drop in March"])
+    heard = []
+
+    def broken(session_id, title):
+        raise RuntimeError("view gone")
+
+    agent.titler.listeners += [broken, lambda *titled: heard.append(titled)]
+    await within(agent.run(SessionAgentCall(session.id, PROMPT)))
+    await until(lambda: not agent.titler.running(session.id))
+    assert heard == [(session.id, "Sales drop in March")]
+    assert "title listener failed" in caplog.text
+
+
 async def test_only_a_first_prompt_with_the_prompts_own_title_is_titled(store):
     named = store.create_session(title="analysis")
     agent, _ = agent_with_titles(store, ["A title"])
