@@ -126,7 +126,8 @@ def kernel(tmp_path_factory):
     driver.run(
         f"""
         import asyncio, pathlib
-        from jupyter_crush import SessionAgent, SessionAgentCall, TranscriptStore, labcomm
+        from jupyter_crush import SessionAgent, SessionAgentCall, TranscriptStore
+        from jupyter_crush.notebook import labcomm
         from jupyter_crush.testing import ScriptedModel
 
         store = TranscriptStore(pathlib.Path({str(cwd)!r}) / "store")
