@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from types import SimpleNamespace
 
 import pytest
-from bounded import within
+from bounded import BOUND, within
 from interleavings import abandon_tasks
 from IPython.core.error import UsageError
-from test_dispatch import assert_idle
+from test_dispatch import assert_idle, eager_task_factory, run_on_a_thread
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
 from jupyter_crush.magics import current
@@ -220,3 +221,45 @@ def test_a_session_whose_turns_a_closed_loop_stranded_is_idle_when_next_asked(st
         assert not first.done()  # stranded, never run again
     finally:
         abandon_tasks(loop)
+
+
+# -- the cancel handle: a cancel before the turn's task is registered -------------------------
+
+
+def test_a_cancel_before_the_turns_task_is_registered_interrupts_its_first_await(store):
+    """With an eager task factory the turn's first step runs inside create_task, before its
+    task is the session's cancel handle: a Stop then (here, on the Started event) only raises
+    the mark, and the task must be canceled once registered, or the turn waits out whatever
+    it awaits first (the MCP servers' tool refresh, which can take as long as a server)."""
+    session = store.create_session()
+    agent = SessionAgent(ScriptedModel(["never asked"]), store)
+
+    class HeldRefresh:
+        async def refresh(self, tools):
+            await asyncio.Event().wait()  # a server that does not answer
+
+        def unknown_tool(self, name):
+            return None
+
+    agent.tool_sources.append(HeldRefresh())
+
+    def cancel_on_started(event):
+        if type(event).__name__ == "Started":
+            agent.cancel(session.id)
+
+    async def main():
+        asyncio.get_running_loop().set_task_factory(eager_task_factory)
+        observer = SimpleNamespace(on_event=cancel_on_started)
+        running = asyncio.ensure_future(
+            agent.run(SessionAgentCall(session.id, "hi", observer=observer))
+        )
+        # Not within(): its own cancel at the bound would end the turn canceled too.
+        await asyncio.wait([running], timeout=BOUND)
+        if not running.done():
+            running.cancel()
+            await asyncio.wait([running])
+            raise AssertionError("the Stop did not interrupt the turn's first await")
+        return running.result()
+
+    assert run_on_a_thread(main, timeout=30).reason is FinishReason.CANCELED
+    assert agent.model.requests == []
