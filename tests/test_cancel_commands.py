@@ -15,7 +15,7 @@ import signal
 from types import SimpleNamespace
 
 import pytest
-from bounded import BOUND, within
+from bounded import BOUND, until, within
 from interleavings import abandon_tasks
 from IPython.core.error import UsageError
 from test_dispatch import assert_idle, eager_task_factory, run_on_a_thread
@@ -170,6 +170,26 @@ def test_submit_asks_before_a_state_changing_tool_unless_yolo_is_given(ip, crush
     )
 
 
+async def test_every_prompt_queued_behind_a_turn_runs_after_it_in_order(store):
+    session = store.create_session()
+    model, gates = held_model()
+    agent = SessionAgent(model, store)
+    running = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first")))
+    await within(gates[0].reached())
+    ends = []
+    for prompt in ("second", "third"):
+        observer = SimpleNamespace(on_event=lambda e, p=prompt: ends.append((p, type(e).__name__)))
+        assert await agent.run(SessionAgentCall(session.id, prompt, observer=observer)) is None
+    gates[0].release()
+    await within(running)
+    for gate in gates[1:3]:
+        await within(gate.reached())
+        gate.release()
+    await until(lambda: ("third", "Finished") in ends)
+    assert [p for p, event in ends if event == "Finished"] == ["second", "third"]
+    assert_idle(agent, session.id)
+
+
 # -- the agent's shutdown (kernel shutdown and restart) ----------------------------------------
 
 
@@ -207,6 +227,8 @@ def test_a_session_whose_turns_a_closed_loop_stranded_is_idle_when_next_asked(st
     session = store.create_session()
     model, gates = held_model()
     agent = SessionAgent(model, store)
+    statuses = []
+    agent.add_status_listener(statuses.append)  # how a running view hears of its queue
     loop = asyncio.new_event_loop()
     first = loop.create_task(agent.run(SessionAgentCall(session.id, "first")))
     loop.run_until_complete(gates[0].reached())
@@ -218,6 +240,7 @@ def test_a_session_whose_turns_a_closed_loop_stranded_is_idle_when_next_asked(st
         else:
             assert agent.queued_prompts(session.id) == 0
         assert_idle(agent, session.id)
+        assert statuses[-1].running == []  # the listeners hear the session went idle
         assert not first.done()  # stranded, never run again
     finally:
         abandon_tasks(loop)
