@@ -4,11 +4,13 @@ mutmut changes operators, names and literals inside expressions, but never delet
 statement, and it leaves decorated functions (``@command``) alone. This pass makes one
 mutant per statement of the target functions (the statement replaced by ``pass``, so the
 module still compiles) and one per boolean or number constant in them, their parameter
-defaults included (``True`` and ``False`` swapped, a number ``n`` made ``n + 1``). Each mutant
-runs the quick tests that reach its function, found by tracing those tests once on the
-unchanged package, in parallel workers, each on a copy of the package: the repository's own
-files are never changed. A mutant is killed when a test fails (or the tests hang past their
-limit); a survivor is a rule no test pins, unless tests/mutation-survivors.md explains it.
+defaults included (``True`` and ``False`` swapped, a number ``n`` made ``n + 1``); debug
+logging is left alone. Each mutant runs the quick tests that run its statement (a constant:
+the statement holding it), found by running those tests once on a copy of the unchanged
+package whose target statements note the test that reaches them; in parallel workers, each
+on a copy of the package: the repository's own files are never changed. A mutant is
+killed when a test fails (or the tests hang past their limit); a survivor is a rule no test
+pins, unless tests/mutation-survivors.md explains it.
 
 Usage (from scripts/mutation.sh, in the repository)::
 
@@ -55,6 +57,7 @@ class Mutant:
     path: str  # relative to the repository
     function: str  # the target function's qualified name
     line: int
+    reach: str  # the probe a test must pass to reach the change (see probes())
     source: str  # the whole mutated module
 
 
@@ -169,6 +172,7 @@ def make_mutants(wanted: dict[str, set[str] | None]) -> tuple[list[Mutant], int]
         if missing:
             raise SystemExit(f"{path} has no function {', '.join(sorted(missing))}")
         for qualname, function in chosen:
+            points = probes(source, path, qualname, function)
             seen: Counter[str] = Counter()
             changes: list[tuple[ast.AST, str, str]] = []
             for statement in _statements(function):
@@ -191,14 +195,15 @@ def make_mutants(wanted: dict[str, set[str] | None]) -> tuple[list[Mutant], int]
                 seen[name] += 1
                 if seen[name] > 1:
                     name += f" #{seen[name]}"
-                mutants.append(Mutant(name, path, qualname, node.lineno, mutated))
+                reach = _reach(node, points, f"{path}:{qualname}")
+                mutants.append(Mutant(name, path, qualname, node.lineno, reach, mutated))
     return mutants, invalid
 
 
 # -- which tests reach which function ---------------------------------------------------------
 
 
-PROBE = '''"""Notes which test reaches which function (scripts/statement_mutation.py)."""
+PROBE = '''"""Notes which test reaches which statement (scripts/statement_mutation.py)."""
 current = ""
 reached = {}
 
@@ -208,19 +213,50 @@ def hit(function):
 '''
 
 
-def probed(source: str, path: str) -> str:
-    """``source`` with a call at the start of each function noting that a test reached it.
+def probes(
+    source: str, path: str, qualname: str, function: ast.FunctionDef | ast.AsyncFunctionDef
+) -> dict[str, tuple[int, int, int]]:
+    """Where to note that a test reached a statement of ``function``: probe key -> (line,
+    column, last line). The function's entry, and each statement that begins its line
+    (a test that never runs a statement cannot tell its deletion apart)."""
+    lines = source.splitlines()
+    body = [node for node in function.body if not _is_docstring(node)]
+    points = {}
+    if body and body[0].lineno > function.lineno:
+        points[f"{path}:{qualname}"] = (body[0].lineno, body[0].col_offset, function.end_lineno)
+    for node in _statements(function):
+        text = lines[node.lineno - 1]
+        decorated = getattr(node, "decorator_list", None)
+        if text[: node.col_offset].strip() or text[node.col_offset :].startswith("elif"):
+            continue  # shares its line, or an elif: the probe cannot go before it
+        if not decorated:
+            points[f"{path}:{node.lineno}"] = (node.lineno, node.col_offset, node.end_lineno)
+    return points
 
-    A call per function costs the tests next to nothing, where tracing every call (settrace,
-    coverage) slowed some of them (the python tool importing matplotlib in its worker thread)
-    past any useful bound.
+
+def _reach(node: ast.AST, points: dict[str, tuple[int, int, int]], entry: str) -> str:
+    """The probe of the innermost probed statement holding ``node``; else the entry's."""
+    inside = [
+        (last - line, key)
+        for key, (line, _, last) in points.items()
+        if key != entry and line <= node.lineno and node.end_lineno <= last  # type: ignore[operator]
+    ]
+    return min(inside)[1] if inside else entry
+
+
+def probed(source: str, path: str, names: set[str] | None) -> str:
+    """``source`` with a call before each probe point of the target functions noting which
+    test reached it.
+
+    A call per statement costs the tests next to nothing, where tracing every call
+    (settrace, coverage) slowed some of them (the python tool importing matplotlib in its
+    worker thread) past any useful bound.
     """
     inserts = []
     for qualname, function in functions(ast.parse(source)):
-        body = [node for node in function.body if not _is_docstring(node)]
-        if body and body[0].lineno > function.lineno:
-            first = body[0]
-            inserts.append((first.lineno, first.col_offset, f"{path}:{qualname}"))
+        if names is None or qualname in names:
+            points = probes(source, path, qualname, function)
+            inserts += [(line, col, key) for key, (line, col, _) in points.items()]
     lines = source.splitlines(keepends=True)
     for line, col, key in sorted(inserts, reverse=True):
         indent = lines[line - 1][:col]
@@ -327,8 +363,8 @@ def main() -> int:
     probe = WORK / "probe"
     shutil.copytree(base, probe)
     (probe / "mutation_probe.py").write_text(PROBE)
-    for path in wanted:
-        (probe / path).write_text(probed(Path(path).read_text(encoding="utf-8"), path))
+    for path, names in wanted.items():
+        (probe / path).write_text(probed(Path(path).read_text(encoding="utf-8"), path, names))
         for cached in (probe / Path(path).parent / "__pycache__").glob(Path(path).stem + ".*"):
             cached.unlink()
     traced = WORK / "traced.json"
@@ -352,7 +388,7 @@ def main() -> int:
         copies.put(copy.resolve())
 
     def test(mutant: Mutant) -> str:
-        tests = sorted(reached.get(f"{mutant.path}:{mutant.function}", ()), key=seconds.get)
+        tests = sorted(reached.get(mutant.reach, ()), key=seconds.get)
         if not tests:
             return "no tests"
         limit = 2 * sum(seconds[t] for t in tests) + 30  # pytest's start and collection

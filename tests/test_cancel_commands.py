@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from types import SimpleNamespace
 
 import pytest
-from bounded import within
+from bounded import BOUND, until, within
 from interleavings import abandon_tasks
 from IPython.core.error import UsageError
-from test_dispatch import assert_idle
+from test_dispatch import assert_idle, eager_task_factory, run_on_a_thread
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
 from jupyter_crush.core.model import ToolSpec
@@ -170,6 +171,26 @@ def test_submit_asks_before_a_state_changing_tool_unless_yolo_is_given(ip, crush
     )
 
 
+async def test_every_prompt_queued_behind_a_turn_runs_after_it_in_order(store):
+    session = store.create_session()
+    model, gates = held_model()
+    agent = SessionAgent(model, store)
+    running = asyncio.create_task(agent.run(SessionAgentCall(session.id, "first")))
+    await within(gates[0].reached())
+    ends = []
+    for prompt in ("second", "third"):
+        observer = SimpleNamespace(on_event=lambda e, p=prompt: ends.append((p, type(e).__name__)))
+        assert await agent.run(SessionAgentCall(session.id, prompt, observer=observer)) is None
+    gates[0].release()
+    await within(running)
+    for gate in gates[1:3]:
+        await within(gate.reached())
+        gate.release()
+    await until(lambda: ("third", "Finished") in ends)
+    assert [p for p, event in ends if event == "Finished"] == ["second", "third"]
+    assert_idle(agent, session.id)
+
+
 # -- the agent's shutdown (kernel shutdown and restart) ----------------------------------------
 
 
@@ -207,6 +228,8 @@ def test_a_session_whose_turns_a_closed_loop_stranded_is_idle_when_next_asked(st
     session = store.create_session()
     model, gates = held_model()
     agent = SessionAgent(model, store)
+    statuses = []
+    agent.add_status_listener(statuses.append)  # how a running view hears of its queue
     loop = asyncio.new_event_loop()
     first = loop.create_task(agent.run(SessionAgentCall(session.id, "first")))
     loop.run_until_complete(gates[0].reached())
@@ -218,6 +241,49 @@ def test_a_session_whose_turns_a_closed_loop_stranded_is_idle_when_next_asked(st
         else:
             assert agent.queued_prompts(session.id) == 0
         assert_idle(agent, session.id)
+        assert statuses[-1].running == []  # the listeners hear the session went idle
         assert not first.done()  # stranded, never run again
     finally:
         abandon_tasks(loop)
+
+
+# -- the cancel handle: a cancel before the turn's task is registered -------------------------
+
+
+def test_a_cancel_before_the_turns_task_is_registered_interrupts_its_first_await(store):
+    """With an eager task factory the turn's first step runs inside create_task, before its
+    task is the session's cancel handle: a Stop then (here, on the Started event) only raises
+    the mark, and the task must be canceled once registered, or the turn waits out whatever
+    it awaits first (the MCP servers' tool refresh, which can take as long as a server)."""
+    session = store.create_session()
+    agent = SessionAgent(ScriptedModel(["never asked"]), store)
+
+    class HeldRefresh:
+        async def refresh(self, tools):
+            await asyncio.Event().wait()  # a server that does not answer
+
+        def unknown_tool(self, name):
+            return None
+
+    agent.tool_sources.append(HeldRefresh())
+
+    def cancel_on_started(event):
+        if type(event).__name__ == "Started":
+            agent.cancel(session.id)
+
+    async def main():
+        asyncio.get_running_loop().set_task_factory(eager_task_factory)
+        observer = SimpleNamespace(on_event=cancel_on_started)
+        running = asyncio.ensure_future(
+            agent.run(SessionAgentCall(session.id, "hi", observer=observer))
+        )
+        # Not within(): its own cancel at the bound would end the turn canceled too.
+        await asyncio.wait([running], timeout=BOUND)
+        if not running.done():
+            running.cancel()
+            await asyncio.wait([running])
+            raise AssertionError("the Stop did not interrupt the turn's first await")
+        return running.result()
+
+    assert run_on_a_thread(main, timeout=30).reason is FinishReason.CANCELED
+    assert agent.model.requests == []
