@@ -12,11 +12,11 @@ import json
 import pytest
 from IPython.core.error import UsageError
 
-from jupyter_crush.message import Message, Role, TextPart
-from jupyter_crush.prepare import prepare
-from jupyter_crush.store import TranscriptStore
+from jupyter_crush.core.message import Message, Role, TextPart
+from jupyter_crush.kernel.prepare import prepare
+from jupyter_crush.providers.trust import TRUST_ENV
+from jupyter_crush.store.transcript import TranscriptStore
 from jupyter_crush.testing import ScriptedModel
-from jupyter_crush.trust import TRUST_ENV
 
 
 def test_settings_changed_with_config_after_the_first_prompt_apply_to_the_next(ip, crush):

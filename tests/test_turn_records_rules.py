@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
-from jupyter_crush.message import FinishReason, Message, Role, TextPart, ToolCallPart
-from jupyter_crush.records import TOOL_CANCELED, StoreFailed, TurnRecords
-from jupyter_crush.store import TranscriptStore
+from jupyter_crush.agent.records import TOOL_CANCELED, StoreFailed, TurnRecords
+from jupyter_crush.core.message import FinishReason, Message, Role, TextPart, ToolCallPart
+from jupyter_crush.store.transcript import TranscriptStore
 from jupyter_crush.testing import ScriptedModel
 
 
