@@ -16,9 +16,10 @@ from test_compaction import (
 )
 
 from jupyter_crush import FinishReason, Role, SessionAgent
-from jupyter_crush.compaction import Compacted, ContextPolicy, ContextUsed, Summarizing
-from jupyter_crush.context_window import ContextWindow
-from jupyter_crush.model import ModelError, StreamFinish
+from jupyter_crush.agent.compaction import ContextPolicy
+from jupyter_crush.core.events import Compacted, ContextUsed, Summarizing
+from jupyter_crush.core.model import ModelError, StreamFinish
+from jupyter_crush.core.tokens import ContextWindow
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 
 PROMPTS = [FIRST, "second", "third", "fourth"]
