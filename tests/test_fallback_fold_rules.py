@@ -1,0 +1,75 @@
+"""What folding a fallback journal back into the store keeps, one rule per test: the folded
+records count in their session's totals (messages, tokens, cost, last change) as if they had
+been written in the first place."""
+
+from __future__ import annotations
+
+import pytest
+import test_store_fallback
+from test_store_fallback import saved_files, user
+
+from jupyter_crush import FinishReason, Role, TranscriptStore
+from jupyter_crush.message import Message, TextPart, Usage
+from jupyter_crush.store_fallback import UnwrittenRecordsWarning
+
+USAGE = Usage(input_tokens=1200, output_tokens=300)
+
+
+places = test_store_fallback.places
+refusing = test_store_fallback.refusing
+
+
+def answer(session_id: str) -> Message:
+    message = Message(session_id, Role.ASSISTANT, [TextPart("42")], usage=USAGE, cost=0.25)
+    message.add_finish(FinishReason.END_TURN)  # finished: the fold leaves it as it is
+    return message
+
+
+@pytest.mark.parametrize("index_took_the_session", [True, False])
+def test_folded_records_count_in_their_sessions_totals(
+    tmp_path, places, refusing, index_took_the_session
+):
+    store = TranscriptStore(tmp_path / "store")
+    if index_took_the_session:
+        sid = store.create_session("prices").id
+        store.add_message(user(sid, "one"))
+        refusing.on = True
+    else:  # only the fallback will know the session
+        refusing.on = True
+        sid = store.create_session("prices").id
+        store.add_message(user(sid, "one"))
+    store.add_message(answer(sid))
+    changed = store.get_session(sid).updated_at
+    store.close()
+    assert saved_files(places)
+    refusing.on = False
+    with pytest.warns(UnwrittenRecordsWarning), TranscriptStore(tmp_path / "store") as reopened:
+        session = reopened.get_session(sid)
+        assert (session.title, session.message_count) == ("prices", 2)
+        assert (session.usage, session.cost) == (USAGE, 0.25)
+        assert session.updated_at >= changed
+        assert [s.id for s in reopened.list_sessions()] == [sid]
+    with TranscriptStore(tmp_path / "store") as again:  # as written to its record
+        session = again.get_session(sid)
+        assert (session.message_count, session.usage, session.cost) == (2, USAGE, 0.25)
+        assert session.updated_at >= changed
+
+
+def test_a_session_only_the_fallback_knew_comes_back_empty_with_its_title(
+    tmp_path, places, refusing
+):
+    store = TranscriptStore(tmp_path / "store")
+    refusing.on = True
+    sid = store.create_session("started on a full disk").id
+    store.close()
+    refusing.on = False
+    with pytest.warns(UnwrittenRecordsWarning), TranscriptStore(tmp_path / "store") as reopened:
+        session = reopened.get_session(sid)
+        assert (session.title, session.message_count, session.cost) == (
+            "started on a full disk",
+            0,
+            0.0,
+        )
+        assert reopened.list_messages(sid) == []
+    with TranscriptStore(tmp_path / "store") as again:
+        assert again.get_session(sid).message_count == 0
