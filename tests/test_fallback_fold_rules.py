@@ -9,8 +9,8 @@ import test_store_fallback
 from test_store_fallback import saved_files, user
 
 from jupyter_crush import FinishReason, Role, TranscriptStore
-from jupyter_crush.message import Message, TextPart, Usage
-from jupyter_crush.store_fallback import UnwrittenRecordsWarning
+from jupyter_crush.core.message import Message, TextPart, Usage
+from jupyter_crush.store.fallback import UnwrittenRecordsWarning
 
 USAGE = Usage(input_tokens=1200, output_tokens=300)
 

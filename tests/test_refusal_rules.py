@@ -12,7 +12,7 @@ import pytest
 from test_store_fallback import user
 
 from jupyter_crush import TranscriptStore
-from jupyter_crush.storage import Journal
+from jupyter_crush.store.storage import Journal
 
 
 @pytest.fixture
