@@ -19,26 +19,37 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..core.model import Model
-from .config import (
-    CrushConfigError,
-    MissingAPIKeyError,
-    ProviderConfig,
-    ProviderConfigError,
-    ProviderSettings,
-    load_crush_config,
-    provider_config,
-)
 
 if TYPE_CHECKING:
     from .anthropic import AnthropicModel
+    from .config import (
+        CrushConfigError,
+        MissingAPIKeyError,
+        ProviderConfig,
+        ProviderConfigError,
+        ProviderSettings,
+    )
     from .openai import OpenAIModel
     from .replay import ReplayModel, recording_names
+
+_CONFIG_NAMES = (
+    "CrushConfigError",
+    "MissingAPIKeyError",
+    "ProviderConfig",
+    "ProviderConfigError",
+    "ProviderSettings",
+)
 
 
 def __getattr__(name: str) -> Any:
     # Each SDK takes a large part of a second to import: load one only when it is used. The
-    # replay models bring httpx2 and yaml: they load with the first replay too, so that the
-    # kernel's other layers can read crush.json, trust and windows from here at %load_ext.
+    # replay models bring httpx2 and yaml, and the configuration is a module of its own: both
+    # load on first use too, so that the kernel's other layers can read folder trust and
+    # model windows from this package at %load_ext without them.
+    if name in _CONFIG_NAMES:
+        from . import config
+
+        return getattr(config, name)
     if name in ("ReplayModel", "recording_names"):
         from . import replay
 
@@ -70,6 +81,8 @@ __all__ = [
 
 def resolve_model(name: str, *, settings: ProviderSettings | None = None) -> Model:
     """The model for ``"provider:model"``; raises :class:`ProviderConfigError` with the fix."""
+    from .config import ProviderConfigError, ProviderSettings, load_crush_config, provider_config
+
     settings = settings or ProviderSettings()
     if not isinstance(name, str) or not name.strip():
         raise ProviderConfigError(
