@@ -118,3 +118,24 @@ def test_a_turn_cut_by_the_full_disk_comes_back_as_it_was_not_as_stopped(
     assert [m.role for m in messages] == [Role.USER, Role.ASSISTANT, Role.TOOL]
     assert messages[1].finish_reason is FinishReason.TOOL_USE
     assert [r.content for r in messages[2].tool_results] == ["2"]
+
+
+def test_a_record_the_fold_supersedes_is_compacted_away(tmp_path, places, refusing, monkeypatch):
+    from jupyter_crush import store as store_module
+
+    monkeypatch.setattr(store_module, "COMPACT_MIN_BYTES", 4096)
+    store = TranscriptStore(tmp_path / "store")
+    sid = store.create_session().id
+    store.add_message(user(sid, "go"))
+    reply = Message(sid, Role.ASSISTANT, [TextPart("draft " * 4000)])
+    store.add_message(reply)  # 24 KB on disk
+    refusing.on = True
+    reply.parts = [TextPart("short")]
+    reply.add_finish(FinishReason.END_TURN)
+    store.update_message(reply, force=True)
+    store.close()
+    refusing.on = False
+    with pytest.warns(UnwrittenRecordsWarning), TranscriptStore(tmp_path / "store") as reopened:
+        reopened._join_compactions()  # compaction runs in the background; make it prompt
+        assert [m.text for m in reopened.list_messages(sid)] == ["go", "short"]
+        assert reopened.journal_path(sid).stat().st_size < 4096  # the draft is gone
