@@ -1,6 +1,8 @@
 """What folding a fallback journal back into the store keeps, one rule per test: the folded
 records count in their session's totals (messages, tokens, cost, last change) as if they had
-been written in the first place."""
+been written in the first place; a title set elsewhere since the close wins over the folded
+record's; a turn the full disk cut comes back as it was, not settled as stopped before all
+of it is in."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import test_store_fallback
 from test_store_fallback import saved_files, user
 
 from jupyter_crush import FinishReason, Role, TranscriptStore
-from jupyter_crush.core.message import Message, TextPart, Usage
+from jupyter_crush.core.message import Message, TextPart, ToolCallPart, ToolResultPart, Usage
 from jupyter_crush.store.fallback import UnwrittenRecordsWarning
 
 USAGE = Usage(input_tokens=1200, output_tokens=300)
@@ -73,3 +75,67 @@ def test_a_session_only_the_fallback_knew_comes_back_empty_with_its_title(
         assert reopened.list_messages(sid) == []
     with TranscriptStore(tmp_path / "store") as again:
         assert again.get_session(sid).message_count == 0
+
+
+def test_a_title_set_elsewhere_after_the_close_outlives_the_folded_record(
+    tmp_path, places, refusing
+):
+    closing = TranscriptStore(tmp_path / "store")
+    other = TranscriptStore(tmp_path / "store")  # a second kernel on the same store
+    sid = closing.create_session("draft").id
+    closing.add_message(user(sid, "one"))
+    refusing.on = True
+    closing.add_message(user(sid, "two"))
+    closing.close()
+    refusing.on = False
+    other.rename_session(sid, "March sales")  # after the fallback was written
+    other.close()
+    with (
+        pytest.warns(UnwrittenRecordsWarning, match="^1 record "),
+        TranscriptStore(tmp_path / "store") as reopened,
+    ):
+        assert reopened.get_session(sid).title == "March sales"
+        assert [m.text for m in reopened.list_messages(sid)] == ["one", "two"]
+
+
+def test_a_turn_cut_by_the_full_disk_comes_back_as_it_was_not_as_stopped(
+    tmp_path, places, refusing
+):
+    store = TranscriptStore(tmp_path / "store")
+    sid = store.create_session().id
+    store.add_message(user(sid, "run it"))
+    call = Message(sid, Role.ASSISTANT, [ToolCallPart("c1", "python", "{}")])
+    store.add_message(call)  # on disk, still open
+    refusing.on = True
+    call.parts[0].finished = True
+    call.add_finish(FinishReason.TOOL_USE)
+    store.update_message(call, force=True)
+    store.add_message(Message(sid, Role.TOOL, [ToolResultPart("c1", "python", "2")]))
+    store.close()
+    refusing.on = False
+    with pytest.warns(UnwrittenRecordsWarning), TranscriptStore(tmp_path / "store") as reopened:
+        messages = reopened.list_messages(sid)
+    assert [m.role for m in messages] == [Role.USER, Role.ASSISTANT, Role.TOOL]
+    assert messages[1].finish_reason is FinishReason.TOOL_USE
+    assert [r.content for r in messages[2].tool_results] == ["2"]
+
+
+def test_a_record_the_fold_supersedes_is_compacted_away(tmp_path, places, refusing, monkeypatch):
+    import jupyter_crush.store.transcript as store_module
+
+    monkeypatch.setattr(store_module, "COMPACT_MIN_BYTES", 4096)
+    store = TranscriptStore(tmp_path / "store")
+    sid = store.create_session().id
+    store.add_message(user(sid, "go"))
+    reply = Message(sid, Role.ASSISTANT, [TextPart("draft " * 4000)])
+    store.add_message(reply)  # 24 KB on disk
+    refusing.on = True
+    reply.parts = [TextPart("short")]
+    reply.add_finish(FinishReason.END_TURN)
+    store.update_message(reply, force=True)
+    store.close()
+    refusing.on = False
+    with pytest.warns(UnwrittenRecordsWarning), TranscriptStore(tmp_path / "store") as reopened:
+        reopened._join_compactions()  # compaction runs in the background; make it prompt
+        assert [m.text for m in reopened.list_messages(sid)] == ["go", "short"]
+        assert reopened.journal_path(sid).stat().st_size < 4096  # the draft is gone
