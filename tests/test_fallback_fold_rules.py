@@ -1,10 +1,14 @@
 """What folding a fallback journal back into the store keeps, one rule per test: the folded
 records count in their session's totals (messages, tokens, cost, last change) as if they had
 been written in the first place; a title set elsewhere since the close wins over the folded
-record's; a turn the full disk cut comes back as it was, not settled as stopped before all
-of it is in."""
+record's, and a session record that had landed after all is not folded (nor said) again; a
+turn the full disk cut comes back as it was, not settled as stopped before all of it is in;
+a record the fold supersedes is compacted away like any other."""
 
 from __future__ import annotations
+
+import errno
+import os
 
 import pytest
 import test_store_fallback
@@ -13,6 +17,7 @@ from test_store_fallback import saved_files, user
 from jupyter_crush import FinishReason, Role, TranscriptStore
 from jupyter_crush.core.message import Message, TextPart, ToolCallPart, ToolResultPart, Usage
 from jupyter_crush.store.fallback import UnwrittenRecordsWarning
+from jupyter_crush.store.storage import Journal
 
 USAGE = Usage(input_tokens=1200, output_tokens=300)
 
@@ -139,3 +144,25 @@ def test_a_record_the_fold_supersedes_is_compacted_away(tmp_path, places, refusi
         reopened._join_compactions()  # compaction runs in the background; make it prompt
         assert [m.text for m in reopened.list_messages(sid)] == ["go", "short"]
         assert reopened.journal_path(sid).stat().st_size < 4096  # the draft is gone
+
+
+def test_a_session_record_that_landed_after_all_is_not_folded_again(tmp_path, places, monkeypatch):
+    append = Journal.append
+    index_full = []  # the index's appends land, then fail like a full disk's
+
+    def landing(journal: Journal, payload: bytes, *, fsync: bool) -> None:
+        append(journal, payload, fsync=fsync)
+        if index_full and journal.path.parent.name != "messages":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(journal.path))
+
+    monkeypatch.setattr(Journal, "append", landing)
+    store = TranscriptStore(tmp_path / "store")
+    sid = store.create_session("draft").id
+    index_full.append(True)
+    store.rename_session(sid, "March sales")  # on disk, yet kept as refused
+    store.close()
+    index_full.clear()
+    assert saved_files(places)
+    with test_store_fallback.quietly_open(tmp_path / "store") as reopened:  # nothing to fold
+        assert reopened.get_session(sid).title == "March sales"
+    assert saved_files(places) == []
