@@ -93,18 +93,34 @@ def _no_crush_task_left_behind():
         pytest.fail("; ".join(problems), pytrace=False)
 
 
-@pytest.fixture
-def ip(tmp_path, monkeypatch):
-    """The test process's IPython with the extension loaded, fresh for each test."""
+def process_shell():
+    """The test process's one IPython shell, started on first use.
+
+    IPython allows one shell per process: a test that made an ``InteractiveShell`` of its own
+    would make every later test that starts this one fail with ``MultipleInstanceError``, so
+    the outcome would depend on which test files ran first. Every test takes this one.
+    """
     from IPython import get_ipython
     from IPython.testing.globalipapp import start_ipython
 
+    start_ipython()  # once per process; later calls return None
+    return get_ipython()
+
+
+@pytest.fixture(name="shell")
+def shell_fixture():
+    """The process's IPython shell, without the extension (see :func:`process_shell`)."""
+    return process_shell()
+
+
+@pytest.fixture
+def ip(tmp_path, monkeypatch):
+    """The test process's IPython with the extension loaded, fresh for each test."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("CRUSH_MODEL", raising=False)
     monkeypatch.setenv("CRUSH_DATA_DIR", str(tmp_path / "store"))
-    start_ipython()  # once per process; later calls return None
-    shell = get_ipython()
+    shell = process_shell()
     # Tests read a cell's error from its result. The default traceback reads the whole
     # source of every frame's file, seconds per frame for mutation testing's mutated copies
     # of the package (tens of thousands of lines): print the plain one.

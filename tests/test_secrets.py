@@ -9,8 +9,6 @@ import json
 
 import pytest
 from bounded import within
-from IPython.core.interactiveshell import InteractiveShell
-from traitlets.config import Config
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
 from jupyter_crush.core.output import REDACTED, redact
@@ -36,13 +34,6 @@ SECRETS = {
     "base-url password": URL_PASSWORD,
     "%config base_urls password": CONFIG_URL_PASSWORD,
 }
-
-
-@pytest.fixture(scope="module")
-def shell():
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    return InteractiveShell.instance(config=config)
 
 
 @pytest.fixture

@@ -380,15 +380,12 @@ def test_text_decoded_with_surrogateescape_is_stored_losslessly(tmp_path):
         assert store.get_session(session.id).title == f"about {text}"
 
 
-def test_undecodable_tool_output_is_stored_and_sent_marked(tmp_path):
-    from IPython.core.interactiveshell import InteractiveShell
-
+def test_undecodable_tool_output_is_stored_and_sent_marked(tmp_path, shell):
     from jupyter_crush.core.undecodable import encodable
     from jupyter_crush.testing import Reply, ToolCall
     from jupyter_crush.tools import default_tools
     from jupyter_crush.tools.permissions import PermissionPolicy
 
-    shell = InteractiveShell.instance()
     shell.user_ns["raw"] = b"r\xe9sum\xe9".decode("utf-8", "surrogateescape")
     model = ScriptedModel([Reply(tool_calls=[ToolCall("python", {"code": "print(raw)"})]), "Ok."])
     tools = default_tools(shell, tmp_path)

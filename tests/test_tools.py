@@ -12,8 +12,6 @@ import pytest
 from bounded import until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from IPython.core.interactiveshell import InteractiveShell
-from traitlets.config import Config
 
 from jupyter_crush.core.output import CappedBuffer, redact, scrubbed_environ, truncate
 from jupyter_crush.core.tools import ToolContext
@@ -26,14 +24,6 @@ from jupyter_crush.tools.variables import VariablesTool
 from jupyter_crush.tools.workspace import GlobMatcher, Workspace, WorkspaceError
 
 CTX = ToolContext("session", "call-1")
-
-
-@pytest.fixture(scope="module")
-def shell():
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    shell = InteractiveShell.instance(config=config)
-    yield shell
 
 
 @pytest.fixture

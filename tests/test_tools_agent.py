@@ -7,21 +7,12 @@ import threading
 
 import pytest
 from bounded import until, within
-from IPython.core.interactiveshell import InteractiveShell
-from traitlets.config import Config
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall
 from jupyter_crush.core.tools import Decision
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 from jupyter_crush.tools import default_tools
 from jupyter_crush.tools.permissions import HEADLESS_REASON, PermissionPolicy
-
-
-@pytest.fixture(scope="module")
-def shell():
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    return InteractiveShell.instance(config=config)
 
 
 class HeldBroker:
