@@ -166,3 +166,22 @@ def test_a_session_record_that_landed_after_all_is_not_folded_again(tmp_path, pl
     with test_store_fallback.quietly_open(tmp_path / "store") as reopened:  # nothing to fold
         assert reopened.get_session(sid).title == "March sales"
     assert saved_files(places) == []
+
+
+def test_folded_records_are_counted_at_their_size_on_disk(tmp_path, places, refusing):
+    """The store decides when to compact a journal from the bytes its live records take on
+    disk; a folded record new to the journal must count its own line, not one byte more or
+    less, or journals are compacted early (or late) ever after."""
+    store = TranscriptStore(tmp_path / "store")
+    sid = store.create_session().id
+    store.add_message(user(sid, "one"))
+    refusing.on = True
+    store.add_message(answer(sid))
+    store.add_message(user(sid, "two"))
+    store.close()
+    refusing.on = False
+    with pytest.warns(UnwrittenRecordsWarning), TranscriptStore(tmp_path / "store") as reopened:
+        reopened.flush()
+        journal = reopened.journal_path(sid)
+        # Nothing on disk is superseded: the journal is as long as its live records.
+        assert reopened._sessions[sid].live_bytes == journal.stat().st_size
