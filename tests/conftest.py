@@ -156,3 +156,14 @@ def pytest_collection_modifyitems(items):
     # Playwright's sync API keeps an event loop running on the main thread while its browser
     # is open, so every asyncio test collected after a browser test would fail: run them last.
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
+@pytest.fixture
+def openai_server():
+    """A local OpenAI-compatible server answering with a recorded real stream."""
+    from replay_server import recording_steps, serving
+
+    recording = Path(jupyter_crush.__file__).parent / "recordings"
+    steps = recording_steps(recording / "OpenAICommon--openai-gpt-4o--simple_streaming.yaml")
+    with serving(steps) as server:
+        yield server

@@ -8,8 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from kernel_harness import ROOT, SETUP, Kernel, scripted, view_ops
-from replay_server import recording_steps, serving
+from kernel_harness import SETUP, Kernel, scripted, view_ops
 
 from jupyter_crush.store.transcript import TranscriptStore
 
@@ -461,15 +460,6 @@ def test_restart_persists_running_and_queued_turns(tmp_path):
         ["user", None],
         ["assistant", "canceled"],
     ]
-
-
-@pytest.fixture
-def openai_server():
-    """A local OpenAI-compatible server answering with a recorded real stream."""
-    recording = ROOT / "jupyter_crush" / "recordings"
-    steps = recording_steps(recording / "OpenAICommon--openai-gpt-4o--simple_streaming.yaml")
-    with serving(steps) as server:
-        yield server
 
 
 def test_with_an_api_key_the_default_model_is_the_real_provider(tmp_path, openai_server):

@@ -7,20 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from kernel_harness import ROOT, SETUP, Kernel
-from replay_server import recording_steps, serving
+from kernel_harness import SETUP, Kernel
 
 pytestmark = pytest.mark.slow
 
 KEY = "sk-user-key-7b3e9d1f5a2c"
-
-
-@pytest.fixture
-def openai_server():
-    recording = ROOT / "jupyter_crush" / "recordings"
-    steps = recording_steps(recording / "OpenAICommon--openai-gpt-4o--simple_streaming.yaml")
-    with serving(steps) as server:
-        yield server
 
 
 def test_the_key_in_an_interpolated_environ_stays_in_the_kernel(tmp_path, openai_server):
