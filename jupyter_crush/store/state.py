@@ -3,8 +3,10 @@
 A :class:`_SessionState` holds a session's record and journal and, once the journal is read
 in this process, one :class:`_Entry` per message (its latest JSON, usage and cost, writer and
 on-disk size) in message order. :func:`_set_entry` keeps the session's usage/cost totals and
-message count in step with the entries in O(1). Also the ids, record keys and errors shared
-by the store's modules (:mod:`jupyter_crush.store.transcript` and its ``store_*`` parts).
+message count in step with the entries in O(1). Also what the store's parts share, each
+handed to them by :class:`~jupyter_crush.store.transcript.TranscriptStore`: its settings
+(:class:`StoreConfig`) and whether it is open (:class:`Lifecycle`); and the ids, record keys
+and errors of the store's modules.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..core.message import Session, Usage
-from .storage import Journal
+from ..core.message import Message, Session, Usage
+from .storage import Journal, StoreError
 
 # The store's modules log as one.
 log = logging.getLogger("jupyter_crush.store.transcript")
@@ -147,3 +151,63 @@ def _recompute_totals(st: _SessionState) -> None:
 
 def _copy_session(session: Session) -> Session:
     return dataclasses.replace(session, usage=dataclasses.replace(session.usage))
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreConfig:
+    """A store's directories and settings, fixed when it opens; read by each of its parts."""
+
+    path: Path
+    token: str  # names the store instance in the records it writes
+    fsync: bool
+    flush_interval: float
+    clock: Callable[[], float]  # injectable so tests can drive coalescing deterministically
+
+    @property
+    def messages_dir(self) -> Path:
+        return self.path / "messages"
+
+    @property
+    def writers_dir(self) -> Path:
+        return self.path / "writers"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.path / IMAGES_DIR
+
+    def journal(self, session_id: str) -> Journal:
+        """The journal of session ``session_id`` (not yet opened)."""
+        return Journal(self.messages_dir / f"{session_id}.jsonl")
+
+    def located(self, message: Message) -> Message:
+        """``message`` with its images pointing at this store's image files."""
+        for image in message.images:
+            image.directory = self.images_dir
+        return message
+
+
+class Lifecycle:
+    """Whether a store is open, closing or closed, and in which process it was opened.
+
+    Shared by the store and its parts; changed only under the store's ``_lock``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.closed = False
+        self.closing = False  # set by close(): compactions may no longer start
+        self.pid = os.getpid()  # the process that opened the store (see forked)
+
+    def forked(self) -> bool:
+        # A fork shares the parent's flocks (same open file descriptions), so a child
+        # writing through the inherited store would not be serialized against its parent.
+        return os.getpid() != self.pid
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise StoreError(f"the transcript store {self.path} is closed; open a new one")
+        if self.forked():
+            raise StoreError(
+                f"this TranscriptStore for {self.path} was opened in process {self.pid} and "
+                "inherited by a fork; open a new TranscriptStore in this process"
+            )
