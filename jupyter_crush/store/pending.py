@@ -44,7 +44,7 @@ from .state import (
     _usage_tuple,
     log,
 )
-from .storage import ProcessLock, StoreError, WriterLease, write_atomic
+from .storage import Journal, ProcessLock, StoreError, WriterLease, write_atomic
 
 #: Seconds between retries of writes the file system refused (disk full, read-only).
 RETRY_INTERVAL = 1.0
@@ -478,7 +478,7 @@ class Writer:
         if st is None:  # the closing store's index refused it: only the fallback knows it
             # Its totals are counted as its messages are folded in.
             saved.usage, saved.cost, saved.message_count = Usage(), 0.0, 0
-            st = _SessionState(saved, self._config.journal(sid))
+            st = _SessionState(saved, Journal(self._config.messages_dir / f"{sid}.jsonl"))
             self._replayer.sessions[sid] = st
         if messages:
             self._replayer.loaded(sid, settle=False)

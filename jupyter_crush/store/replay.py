@@ -235,7 +235,9 @@ class Replayer:
                 raise self.index.corrupt(line, f"a session with an invalid id {session.id!r}")
             st = self.sessions.get(session.id)
             if st is None:
-                st = _SessionState(session, self._config.journal(session.id))
+                st = _SessionState(
+                    session, Journal(self._config.messages_dir / f"{session.id}.jsonl")
+                )
                 self.sessions[session.id] = st
             elif st.entries is None:
                 st.session = session

@@ -175,10 +175,6 @@ class StoreConfig:
     def images_dir(self) -> Path:
         return self.path / IMAGES_DIR
 
-    def journal(self, session_id: str) -> Journal:
-        """The journal of session ``session_id`` (not yet opened)."""
-        return Journal(self.messages_dir / f"{session_id}.jsonl")
-
     def located(self, message: Message) -> Message:
         """``message`` with its images pointing at this store's image files."""
         for image in message.images:

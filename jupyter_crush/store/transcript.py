@@ -261,7 +261,10 @@ class TranscriptStore:
                         f"session id {sid!r} differs from the existing {clash!r} only in case; "
                         "pick another id"
                     )
-                st = _SessionState(Session(id=sid, title=title), self._config.journal(sid))
+                st = _SessionState(
+                    Session(id=sid, title=title),
+                    Journal(self._config.messages_dir / f"{sid}.jsonl"),
+                )
                 self._replayer.sessions[sid] = st
                 self._writer.write_session_record(st)
             return _copy_session(st.session)
