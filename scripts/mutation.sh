@@ -21,7 +21,7 @@ bash scripts/setup.sh test,mutation
 # "Stopping…"); title cancellation.
 targets=(
   agent.dispatch agent.calls:AcceptedRun.__init__ agent.calls:AcceptedRun.close
-  agent.records kernel.prepare:prepare tools.permissions store.pending
+  agent.records kernel.prepare:prepare tools.permissions
   kernel.submit:submit kernel.crush:Crush.keep_run kernel.crush:Crush.cancel
   kernel.crush:Crush.cancel_all kernel.crush:Crush.ensure_interrupt_handler
   kernel.crush:Crush._task_done commands.session:cancel_command
@@ -29,6 +29,12 @@ targets=(
   view.delta:DeltaRunView._on_message view.delta:DeltaRunView._show_stopping
   view.comm:take_clicks_where_sent view.base:RunView.request_stop view.base:RunView._draw_stopping
 )
+# The store's pending writes and their one retry timer; a fallback journal's fold as well.
+for method in pending_writes _write _refused _arm_timer _flush_due _flush_due_locked \
+  _fold_session; do
+  targets+=("store.pending:_PendingWrites.${method}")
+done
+targets+=("store.pending:PendingWrites.__str__")
 for method in start cancel cancel_all _forget _title; do
   targets+=("agent.titles:Titler.${method}")
 done
