@@ -46,8 +46,8 @@ WORK = Path("mutants/statements")
 SURVIVORS_FILE = Path("tests/mutation-survivors.md")
 #: How the explanations name a mutant of this pass: ``module.Qualname: line → change``.
 EXPLAINED = re.compile(r"`([^`\n]+ → [^`\n]+)`")
-#: The quick tests, bounded (tests/bounded.py); --timeout fails a %%crush cell a mutant keeps
-#: blocked. Unlike mutmut, no test needs leaving out: nothing here traces calls per mutant.
+#: The quick tests, bounded (tests/support/bounded.py); --timeout fails a %%crush cell a mutant
+#: keeps blocked. Unlike mutmut, no test needs leaving out: nothing here traces calls per mutant.
 PYTEST_ARGS = ["-m", "not slow", "-p", "no:cacheprovider", "--timeout=10", "-q", "-x"]
 
 

@@ -14,8 +14,8 @@ import threading
 import types
 
 import pytest
-from bounded import until, within
-from interleavings import abandon_tasks
+from support.bounded import until, within
+from support.interleavings import abandon_tasks
 from test_agent import Recorder, make_agent
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall

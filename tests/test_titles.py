@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from bounded import until, within
 from IPython.utils.capture import capture_output
+from support.bounded import until, within
 from test_magics import run
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
