@@ -1,7 +1,7 @@
 """Long sessions through the official SDKs: what titles and summaries cost.
 
 Every model request here goes through the official ``openai`` / ``anthropic`` SDK to
-tests/replay_server.py on 127.0.0.1, which answers with recorded provider streams
+tests/support/replay_server.py on 127.0.0.1, which answers with recorded provider streams
 (jupyter_crush/recordings); nothing is scripted below the SDK.
 
 1. First-token latency of a session's first prompt with and without a title request
@@ -39,7 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from replay_server import ReplayServer, Step, recording_steps  # noqa: E402
+from support.replay_server import ReplayServer, Step, recording_steps  # noqa: E402
 
 from jupyter_crush import SessionAgent, SessionAgentCall, TranscriptStore  # noqa: E402
 from jupyter_crush.agent.compaction import SUMMARY_SHARE, request_view, summary_request  # noqa: E402

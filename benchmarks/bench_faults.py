@@ -9,7 +9,7 @@
 - a full disk during a streamed reply: the time from the disk filling to ``pending_writes``
   saying so, and from the space coming back to the records being on disk (retry timer);
 - a disk that stays full for 10 minutes, a reply streaming at 30 tokens a second through
-  the first one: run on virtual time (tests/virtual_clock.py: the loop's clock jumps to its
+  the first one: run on virtual time (tests/support/virtual_clock.py: the loop's clock jumps to its
   next timer instead of sleeping, so the 10 minutes take about a second; every retry does
   its real work against the real full disk), it prints the store's timers scheduled and
   pending at most, the write attempts, the CPU the 10 minutes of store work took as a share
@@ -20,7 +20,7 @@
 - a damaged journal: the time for a load to fail with the file, byte and recovery command;
 - a journal cut short: the time to open it and warn.
 
-The server is a local one on 127.0.0.1 (tests/replay_server.py) spoken to by the real SDK;
+The server is a local one on 127.0.0.1 (tests/support/replay_server.py) spoken to by the real SDK;
 the disk is a small tmpfs (needs root; skipped with a note otherwise).
 """
 
@@ -38,8 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from replay_server import ReplayServer, Step, recording_steps  # noqa: E402
-from virtual_clock import CountingLoop, VirtualTimeLoop  # noqa: E402
+from support.replay_server import ReplayServer, Step, recording_steps  # noqa: E402
+from support.virtual_clock import CountingLoop, VirtualTimeLoop  # noqa: E402
 
 from jupyter_crush import Role, TranscriptStore  # noqa: E402
 from jupyter_crush.core.message import Message, TextPart  # noqa: E402

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from kernel_harness import SETUP, Kernel, scripted, view_ops
+from support.kernel_harness import SETUP, Kernel, scripted, view_ops
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -11,7 +11,7 @@
   result conversion) next to the raw ``session.call_tool`` on its own connection to the
   same server program.
 
-The server is tests/mcp_server.py, written with the SDK's MCPServer.
+The server is tests/support/mcp_server.py, written with the SDK's MCPServer.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from jupyter_crush.core.tools import ToolContext  # noqa: E402
 from jupyter_crush.mcp.config import MCPServerConfig  # noqa: E402
 from jupyter_crush.mcp.tools import MCPServers  # noqa: E402
 
-SERVER = str(ROOT / "tests" / "mcp_server.py")
+SERVER = str(ROOT / "tests" / "support" / "mcp_server.py")
 CONFIG = MCPServerConfig("bench", command=sys.executable, args=(SERVER,), timeout=60)
 CALLS = 300
 RESTARTS = 5

@@ -116,7 +116,7 @@ ASK = {
 def fix_in_a_kernel(rounds: int = 15) -> dict[str, list[float]]:
     """Seconds from the magic to the first model request, in a real kernel, after a real
     KeyError raised inside pandas."""
-    from kernel_harness import SETUP, Kernel
+    from support.kernel_harness import SETUP, Kernel
 
     kernel = Kernel(tempfile.mkdtemp(prefix="crush-bench-fix-"))
     try:

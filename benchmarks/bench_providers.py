@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from replay_server import ReplayServer, recording_steps  # noqa: E402
+from support.replay_server import ReplayServer, recording_steps  # noqa: E402
 
 from jupyter_crush.core.message import Message, Role, TextPart  # noqa: E402
 from jupyter_crush.providers import ProviderConfig, ProviderSettings, resolve_model  # noqa: E402

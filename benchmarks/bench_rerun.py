@@ -21,10 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import nbformat
-from kernel_harness import kernel_env, kernel_manager
 from nbclient import NotebookClient
-from openai_chunks import openai_step
-from replay_server import serving
+from support.kernel_harness import kernel_env, kernel_manager
+from support.openai_chunks import openai_step
+from support.replay_server import serving
 
 from jupyter_crush.store.transcript import TranscriptStore
 

@@ -201,7 +201,7 @@ def at_100k(store: Growing, quick: bool) -> None:
 
 
 # The writer the kill -9 tests use: it reports each write once it returned.
-KILLED_WRITER = REPO / "tests" / "crash_writer.py"
+KILLED_WRITER = REPO / "tests" / "support" / "crash_writer.py"
 
 
 def kill_loop(path: Path, iterations: int) -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from kernel_harness import SETUP, Kernel
+from support.kernel_harness import SETUP, Kernel
 
 #: Tokens a second, unless --rate says otherwise.
 RATE = 500

@@ -46,8 +46,8 @@ WORK = Path("mutants/statements")
 SURVIVORS_FILE = Path("tests/mutation-survivors.md")
 #: How the explanations name a mutant of this pass: ``module.Qualname: line → change``.
 EXPLAINED = re.compile(r"`([^`\n]+ → [^`\n]+)`")
-#: The quick tests, bounded (tests/bounded.py); --timeout fails a %%crush cell a mutant keeps
-#: blocked. Unlike mutmut, no test needs leaving out: nothing here traces calls per mutant.
+#: The quick tests, bounded (tests/support/bounded.py); --timeout fails a %%crush cell a mutant
+#: keeps blocked. Unlike mutmut, no test needs leaving out: nothing here traces calls per mutant.
 PYTEST_ARGS = ["-m", "not slow", "-p", "no:cacheprovider", "--timeout=10", "-q", "-x"]
 
 
@@ -94,11 +94,12 @@ def functions(tree: ast.Module) -> list[tuple[str, ast.FunctionDef | ast.AsyncFu
     return found
 
 
-def _is_docstring(node: ast.stmt) -> bool:
+def _is_inert(node: ast.stmt) -> bool:
+    """A docstring, or the ``...`` body of a protocol's method: nothing to delete."""
     return (
         isinstance(node, ast.Expr)
         and isinstance(node.value, ast.Constant)
-        and isinstance(node.value.value, str)
+        and (isinstance(node.value.value, str) or node.value.value is Ellipsis)
     )
 
 
@@ -115,13 +116,13 @@ def _is_debug_log(node: ast.stmt) -> bool:
 
 
 def _statements(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.stmt]:
-    """Every statement inside ``function``, nested ones too, but docstrings, ``pass`` and
+    """Every statement inside ``function``, nested ones too, but docstrings, ``...``, ``pass`` and
     debug logging."""
     found = []
     for node in ast.walk(function):
         if node is function or not isinstance(node, ast.stmt):
             continue
-        if isinstance(node, ast.Pass) or _is_docstring(node) or _is_debug_log(node):
+        if isinstance(node, ast.Pass) or _is_inert(node) or _is_debug_log(node):
             continue
         found.append(node)
     return found
@@ -129,10 +130,11 @@ def _statements(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.st
 
 def _constants(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.Constant]:
     """The boolean and number constants of ``function``: its defaults and its body, not its
-    decorators, annotations or f-strings (whose parts have no reliable positions on 3.11)."""
+    decorators, annotations, debug logging or f-strings (whose parts have no reliable
+    positions on 3.11)."""
     skip = {id(n) for decorator in function.decorator_list for n in ast.walk(decorator)}
     for node in ast.walk(function):
-        if isinstance(node, ast.JoinedStr):
+        if isinstance(node, ast.JoinedStr) or (isinstance(node, ast.stmt) and _is_debug_log(node)):
             skip.update(id(n) for n in ast.walk(node))
         for annotation in (getattr(node, "annotation", None), getattr(node, "returns", None)):
             if isinstance(annotation, ast.AST):
@@ -220,7 +222,7 @@ def probes(
     column, last line). The function's entry, and each statement that begins its line
     (a test that never runs a statement cannot tell its deletion apart)."""
     lines = source.splitlines()
-    body = [node for node in function.body if not _is_docstring(node)]
+    body = [node for node in function.body if not _is_inert(node)]
     points = {}
     if body and body[0].lineno > function.lineno:
         points[f"{path}:{qualname}"] = (body[0].lineno, body[0].col_offset, function.end_lineno)

@@ -161,7 +161,7 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture
 def openai_server():
     """A local OpenAI-compatible server answering with a recorded real stream."""
-    from replay_server import recording_steps, serving
+    from support.replay_server import recording_steps, serving
 
     recording = Path(jupyter_crush.__file__).parent / "recordings"
     steps = recording_steps(recording / "OpenAICommon--openai-gpt-4o--simple_streaming.yaml")

@@ -6,7 +6,7 @@ import asyncio
 import threading
 
 import pytest
-from bounded import until, within
+from support.bounded import until, within
 
 from jupyter_crush import (
     AcceptedRun,

@@ -15,9 +15,9 @@ import signal
 from types import SimpleNamespace
 
 import pytest
-from bounded import BOUND, until, within
-from interleavings import abandon_tasks
 from IPython.core.error import UsageError
+from support.bounded import BOUND, until, within
+from support.interleavings import abandon_tasks
 from test_dispatch import assert_idle, eager_task_factory, run_on_a_thread
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall

@@ -16,7 +16,7 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
-from bounded import within
+from support.bounded import within
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall, Usage
 from jupyter_crush.agent.records import TOOL_CANCELED, TOOL_FAILED

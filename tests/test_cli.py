@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from transcripts import (
+from support.transcripts import (
     ANSWER,
     CANCELED_PARTIAL,
     ERROR_MESSAGE,

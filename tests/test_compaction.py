@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import pytest
-from bounded import until, within
+from support.bounded import until, within
 from test_agent import Recorder, echo_tool
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall
@@ -459,7 +459,7 @@ def test_the_sessions_frame_carries_the_meter_of_percent_crush_sessions(ip):
 
 @pytest.mark.parametrize("protocol", ["openai", "anthropic"])
 async def test_real_sdks_summarize_a_session_past_a_small_window(store, protocol):
-    from replay_server import ReplayServer, Step
+    from support.replay_server import ReplayServer, Step
     from test_providers import protocol_model, simple_body
 
     first, second = "A" * 2400 + " first task", "B" * 2400 + " second"

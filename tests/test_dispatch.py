@@ -14,8 +14,8 @@ import threading
 import types
 
 import pytest
-from bounded import until, within
-from interleavings import abandon_tasks
+from support.bounded import until, within
+from support.interleavings import abandon_tasks
 from test_agent import Recorder, make_agent
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall
@@ -554,3 +554,20 @@ def test_an_eager_task_factory_does_not_deadlock(store, trigger):
     assert second is not None and second.reason in {FinishReason.END_TURN, FinishReason.ERROR}
     assert [e.reason for e in observer.finished] == [expected]
     assert_idle(agent, session.id)
+
+
+async def test_a_cancel_on_the_loops_own_thread_is_delivered_before_it_returns():
+    """A cancel from the kernel's own thread (``%crush cancel`` in a cell, the interrupt
+    handler) reaches the task at once; from another thread it goes through the loop."""
+    from jupyter_crush.agent.dispatch import call_on_loop
+
+    loop = asyncio.get_running_loop()
+    delivered: list[str] = []
+    call_on_loop(loop, lambda: delivered.append("on the loop's thread"))
+    assert delivered == ["on the loop's thread"]  # nothing awaited in between
+    other = threading.Thread(target=call_on_loop, args=(loop, lambda: delivered.append("other")))
+    other.start()
+    other.join()
+    assert delivered == ["on the loop's thread"]  # scheduled, not run on the other thread
+    await until(lambda: len(delivered) == 2)
+    assert delivered[1] == "other"

@@ -1,6 +1,6 @@
 """Every interleaving of bounded scenarios keeps the dispatch invariants.
 
-The checker (tests/interleavings.py) drives the real agent on a loop it controls, preempts
+The checker (tests/support/interleavings.py) drives the real agent on a loop it controls, preempts
 the loop's thread wherever another thread could act, holds cross-thread cancel deliveries
 and releases them as separate actions, answers permission prompts with Allow (a Stop may
 land between the answer and the tool's start), lets tools absorb cancellation and store
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from interleavings import HarnessError, Scenario, Violation, World, explore
+from support.interleavings import HarnessError, Scenario, Violation, World, explore
 
 import jupyter_crush.agent.dispatch as dispatch
 import jupyter_crush.agent.session as agent
@@ -54,7 +54,7 @@ def test_every_interleaving_keeps_the_invariants(scenario, capsys):
 
 
 EXPLORE_AND_PRINT = """
-from interleavings import Scenario, explore
+from support.interleavings import Scenario, explore
 report = explore({scenario!r})
 assert report.leaves and report.interleavings >= report.leaves, report
 print(report)

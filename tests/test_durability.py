@@ -2,7 +2,7 @@
 
 The writing store holds streamed updates back for an hour, so only what the agent forces or
 flushes reaches the disk; every check opens a new TranscriptStore on the same directory (or
-kills the writing process with SIGKILL first, see tests/turn_writer.py) and reads what is
+kills the writing process with SIGKILL first, see tests/support/turn_writer.py) and reads what is
 there.
 """
 
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from bounded import within
+from support.bounded import within
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall, TranscriptStore
 from jupyter_crush.core.message import CANCELED_MESSAGE
@@ -23,7 +23,7 @@ from jupyter_crush.store.transcript import TOOL_INTERRUPTED_MESSAGE
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 
 HOLD_BACK = 3600.0
-TURN_WRITER = Path(__file__).with_name("turn_writer.py")
+TURN_WRITER = Path(__file__).parent / "support" / "turn_writer.py"
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ async def test_shutdown_leaves_every_turn_it_records_on_disk(writer):
 
 
 def killed_at(point: str, path: Path) -> str:
-    """Run tests/turn_writer.py to ``point``, kill it with SIGKILL; return the session id."""
+    """Run support/turn_writer.py to ``point``, kill it with SIGKILL; return the session id."""
     child = subprocess.Popen(
         [sys.executable, str(TURN_WRITER), str(path), point], stdout=subprocess.PIPE, text=True
     )

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from kernel_harness import SETUP, Kernel, scripted
+from support.kernel_harness import SETUP, Kernel, scripted
 from test_store_faults import fill
 
 from jupyter_crush import TranscriptStore

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from IPython import get_ipython
 from IPython.testing.globalipapp import start_ipython
-from transcripts import (
+from support.transcripts import (
     ANSWER,
     CANCELED_PARTIAL,
     CANCELED_PROMPT,

@@ -6,7 +6,7 @@ image files."""
 from __future__ import annotations
 
 import pytest
-from kernel_harness import SETUP, Kernel
+from support.kernel_harness import SETUP, Kernel
 
 from jupyter_crush.store.transcript import TranscriptStore
 

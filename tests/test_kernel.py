@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from kernel_harness import SETUP, Kernel, scripted, view_ops
+from support.kernel_harness import SETUP, Kernel, scripted, view_ops
 
 from jupyter_crush.store.transcript import TranscriptStore
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from bounded import within
 from IPython.core.error import UsageError
+from support.bounded import within
 
 from jupyter_crush.core.model import ToolSpec
 from jupyter_crush.core.tools import Tool, ToolResult

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from kernel_harness import ROOT
 from mcp import types
-from mcp_server import PIXEL
+from support.kernel_harness import ROOT
+from support.mcp_server import PIXEL
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
 from jupyter_crush.core.tools import ToolContext
@@ -28,7 +28,7 @@ from jupyter_crush.providers.config import CrushConfigError
 from jupyter_crush.providers.trust import TRUST_ENV
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 
-SERVER = str(ROOT / "tests" / "mcp_server.py")
+SERVER = str(ROOT / "tests" / "support" / "mcp_server.py")
 
 
 @pytest.fixture

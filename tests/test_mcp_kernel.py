@@ -12,12 +12,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from kernel_harness import ROOT, SETUP, Kernel
+from support.kernel_harness import ROOT, SETUP, Kernel
 from test_kernel import wait_view
 
 pytestmark = pytest.mark.slow
 
-SERVER = str(ROOT / "tests" / "mcp_server.py")
+SERVER = str(ROOT / "tests" / "support" / "mcp_server.py")
 
 
 def write_crush_json(folder: Path) -> None:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from kernel_harness import SETUP, Kernel, scripted
+from support.kernel_harness import SETUP, Kernel, scripted
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import nbformat
 import pytest
-from kernel_harness import ROOT, kernel_env, kernel_manager
 from nbclient import NotebookClient
+from support.kernel_harness import ROOT, kernel_env, kernel_manager
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from bounded import within
 from mcp import types as mcp_types
+from support.bounded import within
 from test_compaction import ANSWER, FIRST, WINDOW, is_summary_request
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall

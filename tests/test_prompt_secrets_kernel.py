@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from kernel_harness import SETUP, Kernel
+from support.kernel_harness import SETUP, Kernel
 
 pytestmark = pytest.mark.slow
 

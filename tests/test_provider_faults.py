@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from replay_server import ReplayServer, Step, error_step
+from support.replay_server import ReplayServer, Step, error_step
 from test_providers import _isolated_env, protocol_model, run_step, simple_body, user
 
 from jupyter_crush.core.message import FinishReason

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bounded import until
-from replay_server import ReplayServer, Step, error_step, recording_steps
+from support.bounded import until
+from support.replay_server import ReplayServer, Step, error_step, recording_steps
 
 from jupyter_crush.core.message import (
     FinishPart,

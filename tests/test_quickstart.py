@@ -21,7 +21,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from kernel_harness import ROOT, kernel_env
+from support.kernel_harness import ROOT, kernel_env
 
 from jupyter_crush import SessionAgent, SessionAgentCall, TranscriptStore
 from jupyter_crush.core.message import Role

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from bounded import within
+from support.bounded import within
 
 from jupyter_crush import SessionAgent, SessionAgentCall
 from jupyter_crush.core.message import FinishReason, Role

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from kernel_harness import Kernel, kernel_env, kernel_manager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
-from openai_chunks import openai_step
-from replay_server import serving
+from support.kernel_harness import Kernel, kernel_env, kernel_manager
+from support.openai_chunks import openai_step
+from support.replay_server import serving
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from bounded import within
+from support.bounded import within
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
 from jupyter_crush.core.output import REDACTED, redact

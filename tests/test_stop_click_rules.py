@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from bounded import within
+from support.bounded import within
+from test_delta_view_ops import Page, make_view
 from test_titles import PROMPT, agent_with_titles
-from test_widget import Page, make_view
 
 from jupyter_crush import SessionAgentCall
 from jupyter_crush.agent.titles import prompt_title

@@ -353,7 +353,7 @@ def test_a_long_stream_keeps_its_journal_bounded(tmp_path, monkeypatch):
 
 # -- crashes and damaged files ---------------------------------------------------
 
-CRASH_WRITER = Path(__file__).with_name("crash_writer.py")
+CRASH_WRITER = Path(__file__).parent / "support" / "crash_writer.py"
 
 
 def crash_and_verify(path: Path, iterations: int, writers: int = 1) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from bounded import within
+from support.bounded import within
 from test_compaction import FIRST, SUMMARY, agent_for, run_prompts
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall

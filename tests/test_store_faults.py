@@ -19,8 +19,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-from bounded import within
-from virtual_clock import VirtualTimeLoop, run_virtual
+from support.bounded import within
+from support.virtual_clock import VirtualTimeLoop, run_virtual
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall, TranscriptStore
 from jupyter_crush.core.events import Finished

@@ -9,9 +9,9 @@ import sys
 import threading
 
 import pytest
-from bounded import until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.bounded import until
 
 from jupyter_crush.core.output import CappedBuffer, redact, scrubbed_environ, truncate
 from jupyter_crush.core.tools import ToolContext

@@ -6,7 +6,7 @@ import asyncio
 import threading
 
 import pytest
-from bounded import until, within
+from support.bounded import until, within
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall
 from jupyter_crush.core.tools import Decision
@@ -180,7 +180,7 @@ TWO_PROMPTS = (
 
 @pytest.mark.slow
 def test_allow_for_session_click_in_a_real_kernel(tmp_path):
-    from kernel_harness import SETUP, Kernel, view_ops
+    from support.kernel_harness import SETUP, Kernel, view_ops
 
     kernel = Kernel(tmp_path)
     try:
@@ -235,7 +235,7 @@ SPINNER = (
 def test_a_cell_running_beside_the_python_tool_keeps_its_output(tmp_path):
     import time
 
-    from kernel_harness import SETUP, Kernel
+    from support.kernel_harness import SETUP, Kernel
 
     kernel = Kernel(tmp_path)
     try:
@@ -269,7 +269,7 @@ def test_a_cell_running_beside_the_python_tool_keeps_its_output(tmp_path):
 
 @pytest.mark.slow
 def test_insert_cell_payload_rides_on_the_next_execute_reply(tmp_path):
-    from kernel_harness import SETUP, Kernel
+    from support.kernel_harness import SETUP, Kernel
 
     cell = "df = load()\ndf.plot()"
     kernel = Kernel(tmp_path)

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kernel_harness import ROOT, SETUP, Kernel
-from replay_server import ReplayServer, recording_steps, serving
+from support.kernel_harness import ROOT, SETUP, Kernel
+from support.replay_server import ReplayServer, recording_steps, serving
 from test_kernel import wait_view
 
 pytestmark = pytest.mark.slow

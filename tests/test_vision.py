@@ -12,7 +12,7 @@ import io
 
 import pytest
 from PIL import Image
-from replay_server import ReplayServer, recording_steps
+from support.replay_server import ReplayServer, recording_steps
 from test_providers import model_for_recording, run_step, tool_results, user
 
 from jupyter_crush.core.images import image_part

@@ -274,17 +274,18 @@ class FileTools:
             await asyncio.to_thread(_write_text, path, content)
         except (WorkspaceError, OSError) as exc:
             return _error(f"write: {exc}")
-        diff = unified_diff(shown, old, content)
         verb = "Created" if old is None else "Wrote"
         head = f"{verb} {shown} ({len(content.splitlines())} lines)."
+        shown_diff, metadata = self._written(shown, old, content)
         return ToolResult(
-            head + ("\n" + clean(diff, self.limit, what="diff") if diff else " No change."),
-            metadata={
-                "path": shown,
-                "diff": clean(diff, self.limit, what="diff"),
-                WRITTEN_SHA256: text_sha256(content),
-            },
+            head + ("\n" + shown_diff if shown_diff else " No change."), metadata=metadata
         )
+
+    def _written(self, shown: str, old: str | None, new: str) -> tuple[str, dict[str, Any]]:
+        """A write's or an edit's diff as shown, and its result's metadata (path, that diff,
+        the hash of what the file now holds)."""
+        diff = clean(unified_diff(shown, old, new), self.limit, what="diff")
+        return diff, {"path": shown, "diff": diff, WRITTEN_SHA256: text_sha256(new)}
 
     # -- edit --
 
@@ -373,16 +374,9 @@ class FileTools:
             await asyncio.to_thread(_write_text, path, new)
         except (WorkspaceError, OSError) as exc:
             return _error(f"edit: {exc}")
-        diff = unified_diff(shown, old, new)
         verb = "Created" if old is None else "Edited"
-        return ToolResult(
-            f"{verb} {shown}.\n{clean(diff, self.limit, what='diff')}",
-            metadata={
-                "path": shown,
-                "diff": clean(diff, self.limit, what="diff"),
-                WRITTEN_SHA256: text_sha256(new),
-            },
-        )
+        shown_diff, metadata = self._written(shown, old, new)
+        return ToolResult(f"{verb} {shown}.\n{shown_diff}", metadata=metadata)
 
     # -- glob --
 

@@ -1,7 +1,7 @@
 """A local MCP server written with the official SDK, for the MCP tests and benchmark.
 
-    python tests/mcp_server.py stdio
-    python tests/mcp_server.py http PORT      # streamable HTTP on 127.0.0.1:PORT/mcp
+    python tests/support/mcp_server.py stdio
+    python tests/support/mcp_server.py http PORT      # streamable HTTP on 127.0.0.1:PORT/mcp
 
 Its tools cover what a client must survive: ordinary results (text, structured, image,
 a tool error), a slow call that notes its own cancellation, and a server that exits,

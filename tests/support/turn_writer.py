@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from jupyter_crush import SessionAgent, SessionAgentCall, TranscriptStore
 from jupyter_crush.core.model import ToolSpec

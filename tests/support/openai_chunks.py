@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from replay_server import Step
+from support.replay_server import Step
 
 _MODEL = "gpt-4o-2024-08-06"
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from bounded import within
+from support.bounded import within
 
 from jupyter_crush.core.events import (
     ContextUsed,

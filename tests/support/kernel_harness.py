@@ -21,7 +21,7 @@ from typing import Any
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # An empty config home for kernels, so the developer's ~/.config/crush/crush.json (its
 # providers, its MCP servers) never reaches a test; removed when the test process exits.
 _EMPTY_CONFIG_HOME = tempfile.TemporaryDirectory(prefix="crush-test-config-")

@@ -9,7 +9,7 @@ import random
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import jupyter_crush.store.transcript as store_module
 from jupyter_crush.core.message import Message, Role, TextPart, Usage
