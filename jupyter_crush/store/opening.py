@@ -26,7 +26,7 @@ class Opener:
     """Checks and clean-up when a store opens.
 
     Holds no state of its own beyond the store's settings. The store calls it once, while
-    holding its ``_lock`` and its process lock, so no writer of this or another process
+    holding its lock and its process lock, so no writer of this or another process
     (they take the process lock too) changes the files it checks or removes meanwhile.
     """
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from .state import (
     INDEX_FILE,
     Lifecycle,
     StoreConfig,
+    _disk_len,
     _dumps,
     _Entry,
     _SessionState,
@@ -44,7 +44,7 @@ from .state import (
     _usage_tuple,
     log,
 )
-from .storage import Journal, ProcessLock, StoreError, WriterLease, write_atomic
+from .storage import ProcessLock, StoreError, WriterLease, write_atomic
 
 #: Seconds between retries of writes the file system refused (disk full, read-only).
 RETRY_INTERVAL = 1.0
@@ -80,9 +80,9 @@ class Writer:
     """Writing messages and session records, coalescing streamed updates, and keeping what
     the file system refuses pending until a retry succeeds.
 
-    ``lock`` is the store's ``_lock``, passed in and shared with the store and its other
-    parts: it guards every field here, and the entry points that may run on their own
-    (``flush``, ``pending_writes``, the timer) take it; every other method runs with the
+    The store's lock (``lifecycle.lock``, shared with the store and its other parts) guards
+    every field here: the entry points that may run on their own (``store_message``,
+    ``flush``, ``pending_writes``, the timer) take it; every other method runs with the
     caller holding it. Appends happen under ``plock``, the store's process lock, also shared.
     """
 
@@ -90,7 +90,6 @@ class Writer:
         self,
         config: StoreConfig,
         lifecycle: Lifecycle,
-        lock: threading.RLock,
         plock: ProcessLock,
         replayer: Replayer,
         maybe_compact: Callable[[_SessionState], None],
@@ -98,13 +97,15 @@ class Writer:
     ) -> None:
         self._config = config
         self._lifecycle = lifecycle
-        self.lock = lock  # replaced in a forked child (see transcript._reset_locks_in_child)
         self._plock = plock
         self._replayer = replayer
         # Compaction belongs to the store; a write starts it once superseded bytes dominate.
         self._maybe_compact = maybe_compact
         self._maybe_compact_index = maybe_compact_index
-        # session id -> ids of messages whose latest state is in memory only (coalesced)
+        # session id -> ids of messages whose latest state is in memory only (coalesced or
+        # refused), in the order they became pending, which is the order they are appended.
+        # Read, never changed, by the other parts: replay keeps these entries over what it
+        # re-reads and keeps their journals open; a journal with any is not compacted.
         self.pending: dict[str, dict[str, None]] = {}
         # session id -> message id -> the caller's live Message of a coalesced update, not yet
         # serialized. Folded into the session's entries (materialize) before anything reads
@@ -140,7 +141,7 @@ class Writer:
         # A message with images not yet on disk is written now, with them, never coalesced:
         # its record must not reach the journal before the files it names.
         force = force or bool(unsaved)
-        with self.lock:
+        with self._lifecycle.lock:
             self._lifecycle.check_open()
             last = self._last_write.get((sid, mid))
             refused = sid in self._refusals  # the retry timer writes it, not every token
@@ -156,7 +157,7 @@ class Writer:
                 self._arm_timer(RETRY_INTERVAL if refused else self._config.flush_interval)
                 return
         entry = self._entry_for(message)  # the caller keeps mutating its object; snapshot it
-        with self.lock:
+        with self._lifecycle.lock:
             self._lifecycle.check_open()
             self._live.get(sid, {}).pop(mid, None)  # superseded by this newer snapshot
             st = self._replayer.loaded(sid)
@@ -166,8 +167,7 @@ class Writer:
                 # place in memory as on disk: after them.
                 self._replayer.catch_up(st)
                 self._save_images(unsaved)
-                old = st.entries.get(mid)
-                entry.disk_len = old.disk_len if old is not None else 0
+                entry.disk_len = _disk_len(st.entries.get(mid))
                 _set_entry(st, mid, entry)
                 st.session.updated_at = now()
                 self.write(st, [mid])
@@ -209,14 +209,13 @@ class Writer:
         assert st.entries is not None
         for mid, message in live.items():
             entry = self._entry_for(message)
-            old = st.entries.get(mid)
-            entry.disk_len = old.disk_len if old is not None else 0
+            entry.disk_len = _disk_len(st.entries.get(mid))
             _set_entry(st, mid, entry)
         st.session.updated_at = now()
 
     def flush(self) -> None:
         """Write every pending update, and retry what the file system refused before."""
-        with self.lock:
+        with self._lifecycle.lock:
             if self._lifecycle.closed or self._lifecycle.forked():
                 return
             for sid in list(self.pending):
@@ -231,7 +230,7 @@ class Writer:
         Empty when everything is on disk. With ``session_id``, only what concerns that
         session (its journal, and the session index if its record waits there).
         """
-        with self.lock:
+        with self._lifecycle.lock:
             found = []
             for key, refusal in self._refusals.items():
                 if key == INDEX_FILE:
@@ -344,7 +343,7 @@ class Writer:
         ``RETRY_INTERVAL`` whatever the file system refused; then arm the timer for what
         remains. A session whose journal refuses waits for the retry, so a disk that stays
         full costs one attempt per ``RETRY_INTERVAL`` whatever is streamed meanwhile."""
-        with self.lock:
+        with self._lifecycle.lock:
             self._timer = None  # this run; from here on, _arm_timer may schedule the next one
             if self._lifecycle.closed or self._lifecycle.forked():
                 return
@@ -430,7 +429,7 @@ class Writer:
         all, or a fold was cut short) is skipped, any other is written as the message's
         latest state. The fallback journals are removed once everything they held is in the
         store; until then the records wait in memory like any refused write, and a close
-        saves them again (see _save_unwritten).
+        saves them again (see save_unwritten).
         """
         alive = lambda writer: WriterLease.is_alive(self._config.writers_dir, writer)  # noqa: E731
         try:
@@ -447,12 +446,13 @@ class Writer:
                 folded += self._fold_session(record, saved.messages.get(sid, {}))
             except StoreError as exc:  # a damaged journal: its records stay in the fallback
                 unreadable.append(str(exc))
-        if unreadable:
-            pass  # the fallback journals stay, for an opening that can read every session
-        elif self.pending or self._stale_index:
-            self._folded = saved.files  # removed once what they hold is written
-        else:
-            store_fallback.drop(saved.files)
+        # With a session unreadable, the fallback journals stay for an opening that can
+        # read every session.
+        if not unreadable:
+            if self.pending or self._stale_index:
+                self._folded = saved.files  # removed once what they hold is written
+            else:
+                store_fallback.drop(saved.files)
         where = ", ".join(str(path) for path in saved.files)
         if folded:
             if self.pending or self._stale_index:
@@ -478,8 +478,7 @@ class Writer:
         if st is None:  # the closing store's index refused it: only the fallback knows it
             # Its totals are counted as its messages are folded in.
             saved.usage, saved.cost, saved.message_count = Usage(), 0.0, 0
-            st = _SessionState(saved, Journal(self._config.messages_dir / f"{sid}.jsonl"))
-            self._replayer.sessions[sid] = st
+            st = self._replayer.add_session(saved)
         if messages:
             self._replayer.loaded(sid, settle=False)
         if newer:
@@ -496,7 +495,7 @@ class Writer:
                 _usage_tuple(message.get("usage") or {}),
                 float(message.get("cost") or 0.0),
                 str(message.get(_WRITER_KEY, "")),
-                old.disk_len if old is not None else 0,
+                _disk_len(old),
             )
             _set_entry(st, mid, entry)
             mids.append(mid)

@@ -15,7 +15,6 @@ derived fields for convenient queries: ``text``, ``reasoning``, ``finish_reason`
 from __future__ import annotations
 
 import json
-import threading
 import weakref
 from typing import Any
 
@@ -70,21 +69,19 @@ class _StoreStorage(Storage):
 class Queries:
     """The TinyDB view and searches of a store.
 
-    ``lock`` is the store's ``_lock``, passed in and shared with the store and its other
-    parts: reading the store's data takes it, as it guards the sessions it reads and the
-    cached TinyDB handle ``_db``.
+    Reading the store's data takes the store's lock (``lifecycle.lock``, shared with the
+    store and its other parts): it guards the sessions read and the cached TinyDB handle
+    ``_db``.
     """
 
     def __init__(
         self,
         config: StoreConfig,
         lifecycle: Lifecycle,
-        lock: threading.RLock,
         replayer: Replayer,
     ) -> None:
         self._config = config
         self._lifecycle = lifecycle
-        self.lock = lock  # replaced in a forked child (see transcript._reset_locks_in_child)
         self._replayer = replayer
         self._db: TranscriptDB | None = None
 
@@ -95,7 +92,7 @@ class Queries:
         ``store.db.search(Query().text.search("NaN"))`` searches messages;
         ``store.db.table("sessions")`` holds the sessions.
         """
-        with self.lock:
+        with self._lifecycle.lock:
             self._lifecycle.check_open()
             if self._db is None:
                 self._db = TranscriptDB(self, storage=_StoreStorage)
@@ -114,7 +111,7 @@ class Queries:
         return [self._config.located(Message.from_dict(doc)) for doc in table.search(cond)]
 
     def tinydb_tables(self, session_id: str | None) -> dict[str, dict[str, Any]]:
-        with self.lock:
+        with self._lifecycle.lock:
             self._lifecycle.check_open()
             if session_id is None:
                 self._replayer.catch_up_index()

@@ -36,6 +36,7 @@ from .state import (
     _WRITER_TOKEN,
     StoreConfig,
     UnknownSessionError,
+    _disk_len,
     _dumps,
     _Entry,
     _recompute_totals,
@@ -183,8 +184,7 @@ class Replayer:
         for record, line in records:
             self._apply_record(st, record, line)
         for mid, entry in kept.items():
-            on_disk = st.entries.get(mid)
-            entry.disk_len = on_disk.disk_len if on_disk is not None else 0
+            entry.disk_len = _disk_len(st.entries.get(mid))
             st.entries[mid] = entry
         _recompute_totals(st)
 
@@ -235,10 +235,7 @@ class Replayer:
                 raise self.index.corrupt(line, f"a session with an invalid id {session.id!r}")
             st = self.sessions.get(session.id)
             if st is None:
-                st = _SessionState(
-                    session, Journal(self._config.messages_dir / f"{session.id}.jsonl")
-                )
-                self.sessions[session.id] = st
+                st = self.add_session(session)
             elif st.entries is None:
                 st.session = session
             else:
@@ -247,6 +244,12 @@ class Replayer:
                 st.session.title = session.title
                 st.session.updated_at = max(st.session.updated_at, session.updated_at)
             self.note_index_line(st, line)
+
+    def add_session(self, session: Session) -> _SessionState:
+        """Start knowing ``session``, new to this process, with its journal (by its id)."""
+        st = _SessionState(session, Journal(self._config.messages_dir / f"{session.id}.jsonl"))
+        self.sessions[session.id] = st
+        return st
 
     def _note_journal(self, st: _SessionState) -> None:
         """Track journals holding a descriptor; close the least recently used beyond a cap.
@@ -323,7 +326,6 @@ class Replayer:
             for message in changed:
                 data = message.to_dict()
                 data[_WRITER_KEY] = self._config.token
-                old = st.entries.get(message.id)
                 _set_entry(
                     st,
                     message.id,
@@ -332,7 +334,7 @@ class Replayer:
                         _usage_tuple(message.usage),
                         float(message.cost or 0.0),
                         self._config.token,
-                        old.disk_len if old is not None else 0,
+                        _disk_len(st.entries.get(message.id)),
                     ),
                 )
             st.session.updated_at = now()

@@ -132,6 +132,12 @@ def _set_entry(st: _SessionState, mid: str, entry: _Entry) -> None:
     session.message_count = len(st.entries)
 
 
+def _disk_len(entry: _Entry | None) -> int:
+    """Bytes of the record on disk behind ``entry``, a message's entry so far (0 if none): a
+    new in-memory state replaces the entry, not what the journal holds."""
+    return entry.disk_len if entry is not None else 0
+
+
 def _session_totals(session: Session) -> tuple[_UsageTuple, float, int]:
     return _usage_tuple(session.usage), round(session.cost, 9), session.message_count
 
@@ -183,16 +189,28 @@ class StoreConfig:
 
 
 class Lifecycle:
-    """Whether a store is open, closing or closed, and in which process it was opened.
+    """Whether a store is open, closing or closed, in which process it was opened, and the
+    lock its state changes under.
 
-    Shared by the store and its parts; changed only under the store's ``_lock``.
+    Shared by the store and its parts. ``lock`` guards the in-memory state of the store and
+    of every part (sessions and their entries, pending and refused writes, the timer, running
+    compactions, the TinyDB handle) and this instance's file access: the agent writes from
+    the event loop's thread while a shutdown hook or another thread may flush. Take it as
+    ``with lifecycle.lock:`` each time, never keep it: :meth:`renew_lock` replaces it.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.closed = False
-        self.closing = False  # set by close(): compactions may no longer start
+        self.lock = threading.RLock()
+        self.closed = False  # changed under lock
+        self.closing = False  # set by close() under lock: compactions may no longer start
         self.pid = os.getpid()  # the process that opened the store (see forked)
+
+    def renew_lock(self) -> None:
+        """Give the store a fresh lock in a forked child: a fork copies a lock held by
+        another thread (a compaction, a flush) as held forever; a fresh one lets the
+        child's inherited store at least refuse work and close."""
+        self.lock = threading.RLock()
 
     def forked(self) -> bool:
         # A fork shares the parent's flocks (same open file descriptions), so a child

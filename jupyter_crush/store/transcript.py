@@ -175,12 +175,9 @@ class TranscriptStore:
         config = StoreConfig(self.path, self._token, fsync, self.flush_interval, clock)
         self._config = config
         self.images_dir = config.images_dir
-        # _lock guards the store and every part's state, and all file access by this
-        # instance; the parts that take it get it passed in (Writer, Queries, _Compactions).
-        # The agent writes from the event loop thread while a shutdown hook may flush from
-        # another.
-        self._lock = threading.RLock()
-        self._lifecycle = Lifecycle(self.path)  # open, closing, closed; changed under _lock
+        # Open, closing or closed, and the lock guarding the store's and its parts' state
+        # (see Lifecycle); the parts share it.
+        self._lifecycle = Lifecycle(self.path)
         try:
             for sub in (config.messages_dir, config.writers_dir, self.images_dir):
                 sub.mkdir(exist_ok=True)
@@ -194,13 +191,10 @@ class TranscriptStore:
         self._replayer = Replayer(
             config, self._plock, Journal(self.path / INDEX_FILE), MAX_OPEN_JOURNALS
         )
-        self._compactions = _Compactions(
-            config, self._lifecycle, self._lock, self._plock, self._replayer
-        )
+        self._compactions = _Compactions(config, self._lifecycle, self._plock, self._replayer)
         self._writer = Writer(
             config,
             self._lifecycle,
-            self._lock,
             self._plock,
             self._replayer,
             self._compactions.maybe_compact,
@@ -208,9 +202,9 @@ class TranscriptStore:
         )
         self._replayer.writer = self._writer
         self._compactions.writer = self._writer
-        self._queries = Queries(config, self._lifecycle, self._lock, self._replayer)
+        self._queries = Queries(config, self._lifecycle, self._replayer)
         try:
-            with self._lock, self._plock:
+            with self._lifecycle.lock, self._plock:
                 # Under the process lock, like every liveness check, so no other process
                 # sees this lease before it is held.
                 self._lease = WriterLease(config.writers_dir, self._token)
@@ -245,7 +239,7 @@ class TranscriptStore:
                 f"invalid session id {sid!r}: use 1-128 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
-        with self._lock:
+        with self._lifecycle.lock:
             self._lifecycle.check_open()
             with self._plock:
                 self._replayer.catch_up_index()
@@ -261,11 +255,7 @@ class TranscriptStore:
                         f"session id {sid!r} differs from the existing {clash!r} only in case; "
                         "pick another id"
                     )
-                st = _SessionState(
-                    Session(id=sid, title=title),
-                    Journal(self._config.messages_dir / f"{sid}.jsonl"),
-                )
-                self._replayer.sessions[sid] = st
+                st = self._replayer.add_session(Session(id=sid, title=title))
                 self._writer.write_session_record(st)
             return _copy_session(st.session)
 
@@ -273,7 +263,7 @@ class TranscriptStore:
         """Set a session's title (durable on return)."""
         if not isinstance(title, str):
             raise TypeError(f"session title must be a str, got {type(title).__name__}")
-        with self._lock:
+        with self._lifecycle.lock:
             self._lifecycle.check_open()
             st = self._replayer.state(session_id)
             with self._plock:
@@ -284,7 +274,7 @@ class TranscriptStore:
             return _copy_session(st.session)
 
     def get_session(self, session_id: str) -> Session:
-        with self._lock:
+        with self._lifecycle.lock:
             self._lifecycle.check_open()
             self._replayer.catch_up_index()
             st = self._replayer.state(session_id)
@@ -293,7 +283,7 @@ class TranscriptStore:
             return _copy_session(st.session)
 
     def has_session(self, session_id: str) -> bool:
-        with self._lock:
+        with self._lifecycle.lock:
             self._lifecycle.check_open()
             if session_id not in self._replayer.sessions:
                 self._replayer.catch_up_index()
@@ -301,7 +291,7 @@ class TranscriptStore:
 
     def list_sessions(self) -> list[Session]:
         """All sessions, most recently updated first."""
-        with self._lock:
+        with self._lifecycle.lock:
             self._lifecycle.check_open()
             self._replayer.catch_up_index()
             for st in self._replayer.sessions.values():
@@ -332,7 +322,7 @@ class TranscriptStore:
 
     def list_messages(self, session_id: str) -> list[Message]:
         """The session's messages in the order they were added, with pending updates."""
-        with self._lock:
+        with self._lifecycle.lock:
             self._lifecycle.check_open()
             st = self._replayer.loaded(session_id)
             assert st.entries is not None
@@ -340,7 +330,7 @@ class TranscriptStore:
         return [self._config.located(Message.from_dict(json.loads(line))) for line in lines]
 
     def get_message(self, session_id: str, message_id: str) -> Message:
-        with self._lock:
+        with self._lifecycle.lock:
             self._lifecycle.check_open()
             st = self._replayer.loaded(session_id)
             assert st.entries is not None
@@ -353,7 +343,7 @@ class TranscriptStore:
     def journal_path(self, session_id: str) -> Path:
         """The session's append-only JSON-lines file, for read-only scans such as a search
         prefilter; call :meth:`flush` first so it holds this process's latest states."""
-        with self._lock:
+        with self._lifecycle.lock:
             self._lifecycle.check_open()
             return self._replayer.state(session_id).journal.path
 
@@ -366,7 +356,7 @@ class TranscriptStore:
         running process) are left alone. Runs automatically the first time a session is
         loaded in a process.
         """
-        with self._lock:
+        with self._lifecycle.lock:
             self._lifecycle.check_open()
             return self._replayer.settle(self._replayer.loaded(session_id, settle=False))
 
@@ -405,13 +395,13 @@ class TranscriptStore:
 
     def close(self) -> None:
         """Flush and release the store's files. Idempotent."""
-        with self._lock:
+        with self._lifecycle.lock:
             if self._lifecycle.closed:
                 return
             self._lifecycle.closing = True  # no new compactions
         if not self._lifecycle.forked():
             self._compactions.join()
-        with self._lock:
+        with self._lifecycle.lock:
             if self._lifecycle.closed:
                 return
             try:
@@ -441,13 +431,6 @@ class TranscriptStore:
 
     # -- internals ------------------------------------------------------------
 
-    def _reset_lock(self) -> None:
-        """Give the store and the parts sharing its lock a fresh one (in a forked child)."""
-        self._lock = threading.RLock()
-        for part in ("_writer", "_queries", "_compactions"):
-            if hasattr(self, part):
-                getattr(self, part).lock = self._lock
-
     def _release_files(self, *, release_lease: bool = True) -> None:
         if hasattr(self, "_replayer"):
             for st in self._replayer.sessions.values():
@@ -465,23 +448,22 @@ class TranscriptStore:
 class _Compactions:
     """Rewriting a journal (or the session index) once superseded records dominate it.
 
-    ``lock`` is the store's ``_lock``, passed in and shared with the store and its other
-    parts: a compaction thread takes it, with the process lock ``plock`` (also shared), to
-    install its copy; the other methods run with the caller holding it. Each running
-    compaction is the ``compactor`` of its session's state, set and cleared under it.
+    A compaction thread takes the store's lock (``lifecycle.lock``, shared with the store
+    and its other parts), with the process lock ``plock`` (also shared), to install its
+    copy; the other methods run with the caller holding it. Each running compaction is the
+    ``compactor`` of its session's state, set and cleared under it, so at most one runs per
+    journal and close() can wait for them all.
     """
 
     def __init__(
         self,
         config: StoreConfig,
         lifecycle: Lifecycle,
-        lock: threading.RLock,
         plock: ProcessLock,
         replayer: Replayer,
     ) -> None:
         self._config = config
         self._lifecycle = lifecycle
-        self.lock = lock  # replaced in a forked child (see _reset_locks_in_child)
         self._plock = plock
         self._replayer = replayer
         # What waits to be written; set by the store right after the writer exists.
@@ -516,7 +498,7 @@ class _Compactions:
             tmp = st.journal.write_compacted(
                 b"".join(line + b"\n" for line in lines), self._config.token
             )
-            with self.lock:
+            with self._lifecycle.lock:
                 if self._lifecycle.closed:
                     return
                 with self._plock:
@@ -531,12 +513,12 @@ class _Compactions:
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
-            with self.lock:
+            with self._lifecycle.lock:
                 st.compactor = None
 
     def join(self) -> None:
-        """Wait for running compactions. Call without holding ``_lock``: they need it."""
-        with self.lock:
+        """Wait for running compactions. Call without holding the store's lock: they need it."""
+        with self._lifecycle.lock:
             running = [st.compactor for st in self._replayer.sessions.values() if st.compactor]
         for thread in running:
             thread.join()
@@ -557,10 +539,8 @@ _LIVE_STORES: weakref.WeakSet[TranscriptStore] = weakref.WeakSet()
 
 
 def _reset_locks_in_child() -> None:
-    # A fork copies a lock held by another thread (a compaction, a flush) as held forever;
-    # fresh locks let the child's inherited stores at least refuse work and close.
     for store in list(_LIVE_STORES):
-        store._reset_lock()
+        store._lifecycle.renew_lock()
 
 
 os.register_at_fork(after_in_child=_reset_locks_in_child)
