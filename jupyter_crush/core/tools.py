@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from .changes import NO_CHANGES, TurnChanges
 from .message import ImagePart
 from .model import ToolSpec
 
@@ -33,6 +34,9 @@ class ToolContext:
     #: before a side effect that follows an ``await`` of its own (dispatch's
     #: NOTHING-STARTS-WHEN-COVERED).
     stop_if_covered: Callable[[], None] = field(default=_not_stopped, compare=False)
+    #: The turn's change log: a tool reports each change before making it, so that
+    #: ``%crush undo`` can take the turn back (see :mod:`jupyter_crush.core.changes`).
+    changes: TurnChanges = field(default=NO_CHANGES, compare=False)
 
 
 @dataclass
