@@ -24,6 +24,7 @@ DEFAULT_TOOL_NAMES = (
     "write",
     "edit",
     "bash",
+    "fetch",
 )
 
 
@@ -49,6 +50,7 @@ def default_tools(
     from pathlib import Path
 
     from .cells import InsertCellTool
+    from .fetch import FetchTool
     from .files import FileTools
     from .notebook import NotebookTool
     from .python import PythonTool
@@ -92,6 +94,7 @@ def default_tools(
         "write": files.write_tool,
         "edit": files.edit_tool,
         "bash": bash.tool,
+        "fetch": FetchTool().tool,
     }
     if shell is not None:
         makers["python"] = python.tool
