@@ -124,3 +124,15 @@ class ToolSource(Protocol):
     async def refresh(self, tools: dict[str, Tool]) -> None: ...
 
     def unknown_tool(self, name: str) -> str | None: ...
+
+
+def list_argument(value: Any) -> Any:
+    """A list argument as sent, or decoded when a model sent it JSON-encoded in a string (some
+    do); anything else unchanged, for the tool's own check to reject."""
+    if isinstance(value, str):
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return value
+        return decoded if isinstance(decoded, list) else value
+    return value

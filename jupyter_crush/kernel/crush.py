@@ -109,11 +109,13 @@ class Crush:
             from ..tools import default_tools
             from ..tools.permissions import PermissionPolicy
             from ..view.permissions import WidgetPermissionBroker
+            from ..view.questions import ViewQuestionAsker
 
             tools = self.tools or default_tools(
                 self.shell,
                 include=self.config.tools,
                 propose_cell=cell_proposer(self.store, self.shell),
+                ask_questions=ViewQuestionAsker(self.views),
             )
             self.permissions = PermissionPolicy(
                 WidgetPermissionBroker(self.views),
