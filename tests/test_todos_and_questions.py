@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,6 +70,7 @@ def make_view(**kwargs: Any) -> tuple[DeltaRunView, PlanPage]:
 
 
 CONTEXT = ToolContext("s1", "call-1")
+MODULE = Path(__file__).resolve().parent.parent / "jupyter_crush" / "view" / "delta_view.js"
 
 
 def todo(content: str, status: str, active: str = "") -> dict[str, str]:
@@ -388,3 +392,50 @@ async def test_the_widgets_view_shows_the_plan_and_takes_a_form_answer():
     assert result.content == MODEL_GETS
     (summary,) = box.children
     assert "User selected: Dollar (id usd)" in summary.value
+
+
+# -- the page module's own state (delta_view.js under Node) ----------------------------------
+
+REPLAY = r"""
+import { applyOp } from './delta_view.mjs';
+import { readFileSync } from 'node:fs';
+const { start, messages } = JSON.parse(readFileSync(process.argv[2], 'utf8'));
+const { todos, questions, ...older } = start;  // a snapshot from before the plan and forms
+for (const message of messages) for (const op of message.ops) applyOp(older, op);
+console.log(JSON.stringify(older));
+"""
+
+
+async def test_the_page_module_follows_the_plan_and_form_ops_as_the_kernel_does(tmp_path):
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (the labextension build needs it too)")
+    view, page = make_view()
+    start = view.snapshot()["snapshot"]
+    view.on_event(Started("u1"))
+    await plan_written(view, PLAN, 1)
+    await plan_written(view, [todo("Load the sales data", "done"), PLAN[1]], 2)
+    asking = asyncio.ensure_future(
+        QuestionTool(ViewQuestionAsker({"s1": view})).run(QUESTIONS, CONTEXT)
+    )
+    await until(lambda: page.state["questions"])
+    click(
+        view, {"event": "click", "target": "answer", "question": "call-1", "answers": PAGE_ANSWERS}
+    )
+    await within(asking)
+    view._draw()
+    (tmp_path / "delta_view.mjs").write_text(MODULE.read_text())
+    (tmp_path / "replay.mjs").write_text(REPLAY)
+    (tmp_path / "ops.json").write_text(json.dumps({"start": start, "messages": page.ops_messages}))
+    out = subprocess.run(
+        [node, str(tmp_path / "replay.mjs"), str(tmp_path / "ops.json")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    replayed = json.loads(out.stdout)
+    kernel = json.loads(json.dumps(view.snapshot()["snapshot"]))
+    assert replayed["todos"] == kernel["todos"] == [todo("Load the sales data", "done"), PLAN[1]]
+    assert replayed["questions"] == kernel["questions"]
+    assert replayed["questions"][0]["state"] == "answered"
