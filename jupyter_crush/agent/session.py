@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..core.changes import NO_CHANGES, TurnChanges
 from ..core.events import (
     Delta,
     Finished,
@@ -103,6 +104,10 @@ class SessionAgent:
         self.titler = Titler(store)
         self.title_model: Model | None = None
         self.titles = True
+        #: The change log of a turn, by session id and the turn's prompt message id, which
+        #: its tools report to (``ToolContext.changes``) so the turn can be undone; None:
+        #: tools report to no one.
+        self.turn_changes: Callable[[str, str], TurnChanges] | None = None
         self._dispatch = Dispatcher(self._drive, self._finish, self._status_changed)
         self._status_listeners: list[Callable[[AgentStatus], None]] = []
 
@@ -342,7 +347,9 @@ class SessionAgent:
             # Allow and a Stop from another thread may both have landed while we waited.
             stop_if_covered(turn)
         self._emit(turn, ToolStarted(call))
-        context = ToolContext(turn.session_id, call.id, lambda: stop_if_covered(turn))
+        context = ToolContext(
+            turn.session_id, call.id, lambda: stop_if_covered(turn), self._changes(turn)
+        )
         try:
             outcome: ToolResult = await tool.run(arguments, context)
         except asyncio.CancelledError:
@@ -356,6 +363,12 @@ class SessionAgent:
         return ToolResultPart(
             call.id, call.name, outcome.content, outcome.is_error, outcome.metadata, outcome.images
         )
+
+    def _changes(self, turn: Turn) -> TurnChanges:
+        """The change log the turn's tools report to."""
+        if self.turn_changes is None or not turn.records.messages:
+            return NO_CHANGES
+        return self.turn_changes(turn.session_id, turn.records.messages[0].id)
 
     def _fold_queued(self, turn: Turn, history: list[Message]) -> bool:
         """Between steps: queued prompts join the running turn (``history``), unless a cancel

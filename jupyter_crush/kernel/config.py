@@ -9,7 +9,6 @@ environment for the two that are commonly machine-specific (``CRUSH_MODEL``,
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from traitlets import (
@@ -23,10 +22,12 @@ from traitlets import (
     TraitType,
     Unicode,
     default,
+    observe,
     validate,
 )
 from traitlets.config import Configurable
 
+from ..core.remote import looks_remote, store_place
 from ..core.secrets import remember, remember_url
 
 if TYPE_CHECKING:
@@ -94,8 +95,10 @@ class CrushConfig(Configurable):
     ).tag(config=True)
 
     data_dir = Unicode(
-        help="Directory of the transcript store. Default: $CRUSH_DATA_DIR, else .crush/ "
-        "under the kernel's working directory.",
+        help="Directory of the transcript store. Default: $CRUSH_DATA_DIR, else .crush/ in "
+        "the notebook's folder ($KERNEL_WORKING_DIR for a gateway kernel that can see it, "
+        "else the kernel's working directory); a gateway kernel that cannot see the "
+        "notebook's folder uses the user's data directory.",
     ).tag(config=True)
 
     yolo = Bool(
@@ -108,8 +111,8 @@ class CrushConfig(Configurable):
         default_value=None,
         allow_none=True,
         help="Names of the tools the agent may call (None: all of them: python, variables, "
-        "notebook, insert_cell, view, glob, grep, ls, write, edit, bash). Read when the "
-        "agent is made.",
+        "notebook, insert_cell, view, glob, grep, ls, write, edit, bash, fetch). Read when "
+        "the agent is made.",
     ).tag(config=True)
 
     allowed_tools = List(
@@ -284,9 +287,29 @@ class CrushConfig(Configurable):
 
     @default("model")
     def _default_model(self) -> str:
-        return default_model_name()
+        name, self._model_source = default_model_choice()
+        return name
+
+    @observe("model")
+    def _model_chosen(self, change: dict) -> None:
+        self._model_source = "CrushConfig.model"
+
+    def nothing_reached_a_remote_kernel(self) -> bool:
+        """Whether the model is the offline replay only because no key and no CRUSH_MODEL
+        reached this gateway kernel (rather than by anyone's choice)."""
+        if self.model != REPLAY_DEFAULT or self.api_keys:
+            return False
+        # Read after the model: its default is made on first read, noting where it came from.
+        return getattr(self, "_model_source", None) == "" and looks_remote()
 
     @default("data_dir")
     def _default_data_dir(self) -> str:
-        env = os.environ.get("CRUSH_DATA_DIR")
-        return env if env else str(Path.cwd() / ".crush")
+        self._default_place = store_place()
+        return self._default_place.path
+
+    def store_line(self) -> str:
+        """Where the transcript store is (or will be) and why there, in one line."""
+        path = os.path.abspath(os.path.expanduser(self.data_dir))
+        place = getattr(self, "_default_place", None)
+        chosen = place is not None and self.data_dir == place.path
+        return f"transcripts: {path} ({place.reason if chosen else 'from CrushConfig.data_dir'})"

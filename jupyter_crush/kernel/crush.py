@@ -26,6 +26,7 @@ from IPython.core.error import UsageError
 from ..agent.session import SessionAgent
 from ..agent.titles import Titler
 from ..core.message import FinishReason, Session
+from ..core.remote import ALLOW_LISTS, looks_remote
 from ..mcp.tools import MCPServers
 from ..notebook import state as notebook_state
 from ..notebook.interrupt import InterruptCanceler
@@ -108,11 +109,13 @@ class Crush:
             from ..tools import default_tools
             from ..tools.permissions import PermissionPolicy
             from ..view.permissions import WidgetPermissionBroker
+            from ..view.questions import ViewQuestionAsker
 
             tools = self.tools or default_tools(
                 self.shell,
                 include=self.config.tools,
                 propose_cell=cell_proposer(self.store, self.shell),
+                ask_questions=ViewQuestionAsker(self.views),
             )
             self.permissions = PermissionPolicy(
                 WidgetPermissionBroker(self.views),
@@ -174,6 +177,11 @@ class Crush:
         """The Model for ``name`` (None: the default). Raises UsageError saying what to do."""
         if name is None and self.model_override is not None:
             return self.model_override
+        if name is None and self.config.nothing_reached_a_remote_kernel():
+            raise UsageError(
+                "No API key and no CRUSH_MODEL reached this remote kernel: " + ALLOW_LISTS
+                + " (or pick a model here with %crush model NAME)"
+            )
         name = (name or self.config.model).strip()
         cached = self._models.get(name)
         if cached is not None:
@@ -184,13 +192,15 @@ class Crush:
                 "set one with %crush model NAME"
             )
         try:
-            from ..providers import resolve_model
+            from ..providers import MissingAPIKeyError, resolve_model
         except ImportError as error:
             raise UsageError(f"Model providers are not available: {error}") from None
         try:
             model = resolve_model(name, settings=self.config.provider_settings())
         except Exception as error:  # provider config errors carry a what-to-do message
-            raise UsageError(f"Cannot use model {name!r}: {one_line(error)}") from None
+            remote = isinstance(error, MissingAPIKeyError) and looks_remote()
+            hint = f"; for this remote kernel, {ALLOW_LISTS}" if remote else ""
+            raise UsageError(f"Cannot use model {name!r}: {one_line(error)}{hint}") from None
         self._models[name] = model
         return model
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..core.questions import QuestionAsker
 from ..core.tools import Tool, ToolContext
 
 #: Names :func:`default_tools` knows, in the order the model sees them.
@@ -24,6 +25,9 @@ DEFAULT_TOOL_NAMES = (
     "write",
     "edit",
     "bash",
+    "todos",
+    "question",
+    "fetch",
 )
 
 
@@ -35,6 +39,7 @@ def default_tools(
     python_timeout: float | None = None,
     bash_timeout: float | None = None,
     propose_cell: Callable[[str, ToolContext], Any] | None = None,
+    ask_questions: QuestionAsker | None = None,
 ) -> list[Tool]:
     """The notebook agent's tools.
 
@@ -45,14 +50,18 @@ def default_tools(
     which Jupyter sets to the notebook's folder); so is a notebook the ``notebook`` tool
     reads by path. ``include`` picks a subset by name.
     ``propose_cell`` replaces how ``insert_cell`` delivers code (see :mod:`.cells`).
+    ``ask_questions`` shows the ``question`` tool's forms (without it nobody can answer).
     """
     from pathlib import Path
 
     from .cells import InsertCellTool
+    from .fetch import FetchTool
     from .files import FileTools
     from .notebook import NotebookTool
     from .python import PythonTool
+    from .question import QuestionTool
     from .shell import BashTool
+    from .todos import todos_tool
     from .variables import VariablesTool
     from .workspace import Workspace
 
@@ -92,6 +101,9 @@ def default_tools(
         "write": files.write_tool,
         "edit": files.edit_tool,
         "bash": bash.tool,
+        "todos": todos_tool,
+        "question": QuestionTool(ask_questions).tool,
+        "fetch": FetchTool().tool,
     }
     if shell is not None:
         makers["python"] = python.tool

@@ -7,8 +7,9 @@ Where the cells come from, best first:
 2. **The ``.ipynb`` on disk**: the kernel's notebook (``__session__``, which ipykernel
    sets from ``JPY_SESSION_NAME``), or the ``path`` the model names; cells run in this
    kernel since it was saved follow, from IPython's ``In``/``Out`` history.
-3. **IPython's history** alone (a console, a notebook never saved): one cell per
-   execution, ``In[n]`` with ``Out[n]`` and the error it raised.
+3. **IPython's history** alone (a console, a notebook never saved, a gateway kernel that
+   cannot see the notebook's file): one cell per execution, ``In[n]`` with ``Out[n]`` and
+   the error it raised.
 
 Each cell shows its index, id, type, execution count, source and outputs as text (errors
 as type, message and traceback; images as a note of their type and size). The cell
@@ -29,6 +30,7 @@ from typing import Any
 
 from ..core.model import ToolSpec
 from ..core.output import MAX_OUTPUT_CHARS, clean, truncate
+from ..core.remote import looks_remote
 from ..core.tools import Tool, ToolContext, ToolResult
 from ..notebook import labcomm
 from ..notebook import state as notebook_state
@@ -372,7 +374,13 @@ class NotebookTool:
             )
         for index, cell in enumerate(history):
             cell.index, cell.note = index, ""
-        return NotebookSnapshot("kernel history", "", history)
+        origin = "kernel history"
+        if looks_remote():
+            origin += (
+                "; the notebook's file is not visible from this remote kernel, and no "
+                "JupyterLab page with the jupyter-crush extension answered"
+            )
+        return NotebookSnapshot(origin, "", history)
 
 
 def _check_args(args: dict[str, Any]) -> str:

@@ -57,9 +57,12 @@ from ..core.events import (
 )
 from ..core.markdown import markdown_literal, pretty_json
 from ..core.message import FinishReason, Message, Role, ToolCallPart, ToolResultPart, Usage
+from ..core.questions import QuestionRequest
+from ..core.todos import Todo, plan_from_metadata, plan_markdown
 from ..core.tokens import Meter
 from ..core.tools import Decision, PermissionRequest
 from .comm import close_widgets
+from .questions import Answering, Closing, QuestionForms
 
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -151,6 +154,10 @@ class RunView:
         self._tool_calls: dict[str, ToolCallPart] = {}
         self._tool_results: dict[str, ToolResultPart] = {}
         self._tool_images: dict[str, str] = {}  # call id -> its result's thumbnails (HTML)
+        #: The plan as the latest successful ``todos`` call wrote it.
+        self.plan: list[Todo] = []
+        #: The ``question`` tool's forms (loop thread; answers arrive on any thread).
+        self.forms = QuestionForms()
         self._finished_callbacks: list[Callable[[RunView], None]] = []
         self._done: asyncio.Future[None] | None = None
 
@@ -285,6 +292,8 @@ class RunView:
             return "queued: folded into the running turn"
         if self.waiting_permission and self._ended is None:
             return "waiting for permission"
+        if self.forms.waiting and self._ended is None:
+            return "waiting for your answer"
         if self.summarizing and self._ended is None:
             return "summarizing the session"
         if self.phase == "error":
@@ -325,6 +334,8 @@ class RunView:
             lines.append(
                 f"<details><summary>Reasoning</summary>\n\n{html.escape(reasoning)}\n\n</details>"
             )
+        if self.plan:
+            lines.append(plan_markdown(self.plan, stopped=self.phase == "canceled"))
         for row in self.tool_rows():
             state = {"ok": "ok", "error": "error"}.get(row.state, "running")
             body = f"<pre>{html.escape(row.arguments)}</pre>"
@@ -383,6 +394,7 @@ class RunView:
             self._tool_results[event.call.id] = event.result
             # Read and encoded once, not at every redraw.
             self._tool_images[event.call.id] = _images_html(event.result)
+            self._take_plan(event)
             self._schedule_redraw()
         elif isinstance(event, Queued):
             self.phase = "queued"
@@ -403,6 +415,13 @@ class RunView:
             self.finish(event.reason, event.message, event.usage, event.cost)
         elif isinstance(event, ContextUsed | Summarizing | Compacted):
             self._on_context(event)
+
+    def _take_plan(self, event: ToolFinished) -> None:
+        """A successful ``todos`` call's plan replaces the one shown."""
+        if event.call.name == "todos" and not event.result.is_error:
+            plan = plan_from_metadata(event.result.metadata)
+            if plan is not None:
+                self.plan = plan
 
     def _on_context(self, event: CompactionEvent) -> None:
         if isinstance(event, ContextUsed):
@@ -549,6 +568,21 @@ class RunView:
         Returns a function that removes the prompt (loop thread).
         """
         raise NotImplementedError
+
+    # -- question forms --------------------------------------------------------
+
+    def ask_questions(self, request: QuestionRequest, answering: Answering) -> Closing:
+        """Show a form of the request's questions; ``answering`` gets the answers (any
+        thread). Returns what ends the form (loop thread): answered, or withdrawn (``None``).
+        """
+        close = self.forms.open(request, answering)
+        self._draw()
+
+        def end(answers: Any) -> None:
+            close(answers)
+            self._draw()
+
+        return end
 
 
 def _images_html(result: ToolResultPart) -> str:

@@ -10,8 +10,10 @@ Everything the run shows travels as custom comm messages:
   itself), ``["stop", "ready" | "stopping" | "disabled"]``, ``["answer+", text]`` /
   ``["reasoning+", text]`` (appended), ``["answer=", text]`` / ``["reasoning=", text]``
   (replaced: only if a text ever stops being a prefix of its successor), ``["tool", row]``
-  (one call, added or changed) and ``["ask", prompt]`` / ``["asked", id]`` (a permission
-  prompt shown / gone).
+  (one call, added or changed), ``["ask", prompt]`` / ``["asked", id]`` (a permission
+  prompt shown / gone), ``["todo", {"at": i, "content", "status", "active_form"}]`` (one
+  item of the plan, added or changed) / ``["todos", n]`` (the plan cut to ``n`` items), and
+  ``["question", form]`` (a question form shown, answered or withdrawn; it is small).
 - the model's state carries ``start = {"snapshot": state, "seq": n}``, the state as of op
   ``n``, read afresh whenever the page asks for the model's state: at comm open (``n`` is
   0) and when a reloaded page restores its models. The page's model keeps the state from
@@ -20,8 +22,9 @@ Everything the run shows travels as custom comm messages:
 - page -> kernel ``{"event": "sync", "nonce": …}`` when the model finds a gap in ``seq``;
   the kernel answers ``{"snapshot": state, "seq": n, "for": nonce}`` and the model applies
   the ops after ``n``.
-- page -> kernel ``{"event": "click", "target": "stop"}`` and
-  ``{"event": "click", "target": "decide", "ask": id, "decision": …}``. Clicks are taken on
+- page -> kernel ``{"event": "click", "target": "stop"}``,
+  ``{"event": "click", "target": "decide", "ask": id, "decision": …}`` and
+  ``{"event": "click", "target": "answer", "question": id, "answers": [...]}``. Clicks are taken on
   the subshell the page sent them on (:func:`~jupyter_crush.view.comm.take_clicks_where_sent`);
   the page shows "Stopping…" before it sends the click.
 
@@ -144,6 +147,8 @@ class DeltaRunView(RunView):
             "reasoning": "",
             "tools": {},
             "asks": {},
+            "todos": [],
+            "questions": {},
         }
         #: Ops messages sent so far.
         self.messages_sent = 0
@@ -215,10 +220,36 @@ class DeltaRunView(RunView):
             if ask_id not in sent["asks"]:
                 sent["asks"][ask_id] = ask
                 ops.append(["ask", ask])
+        ops += self._plan_ops() + self._form_ops()
         stop = "disabled" if self._ended is not None else sent["stop"]
         if stop != sent["stop"]:
             sent["stop"] = stop
             ops.append(["stop", stop])
+        return ops
+
+    def _plan_ops(self) -> list[list[Any]]:
+        """The plan's items that changed, each alone, and a cut if it got shorter."""
+        shown: list[dict[str, str]] = self._sent["todos"]
+        ops: list[list[Any]] = []
+        for at, todo in enumerate(self.plan):
+            item = dataclasses.asdict(todo)
+            if at >= len(shown) or shown[at] != item:
+                shown[at : at + 1] = [item]
+                ops.append(["todo", {"at": at, **item}])
+        if len(shown) > len(self.plan):
+            del shown[len(self.plan) :]
+            ops.append(["todos", len(self.plan)])
+        return ops
+
+    def _form_ops(self) -> list[list[Any]]:
+        """The question forms shown, answered or withdrawn since the last message."""
+        shown = self._sent["questions"]
+        ops: list[list[Any]] = []
+        for form_id, form in self.forms.forms.items():
+            drawn = form.as_json()
+            if shown.get(form_id) != drawn:
+                shown[form_id] = drawn
+                ops.append(["question", drawn])
         return ops
 
     def _send_ops(self, ops: list[list[Any]]) -> None:
@@ -243,6 +274,8 @@ class DeltaRunView(RunView):
                 **sent,
                 "tools": list(sent["tools"].values()),
                 "asks": list(sent["asks"].values()),
+                "todos": list(sent["todos"]),  # items are replaced, never changed in place
+                "questions": list(sent["questions"].values()),
             }
             return {"snapshot": state, "seq": self._seq}
 
@@ -265,6 +298,8 @@ class DeltaRunView(RunView):
             decide = self._deciders.get(str(content.get("ask")))
             if decide is not None and content.get("decision") in set(Decision):
                 decide(Decision(content["decision"]))
+        elif event == "click" and target == "answer":
+            self.forms.answer(str(content.get("question")), content.get("answers"))
         elif event == "sync":
             loop = self._loop
             if loop is not None and not loop.is_closed():

@@ -406,7 +406,89 @@ export function applyOp(state, [op, value]) {
     case "asked":
       state.asks = state.asks.filter((a) => a.id !== value);
       break;
+    case "todo":
+    case "todos":
+    case "question":
+      applyFormOp(state, op, value);
+      break;
   }
+}
+
+// The plan's and the question forms' ops (older snapshots hold neither list).
+function applyFormOp(state, op, value) {
+  if (op === "todo") {
+    const { at, ...item } = value;
+    state.todos = state.todos || [];
+    state.todos[at] = item;
+  } else if (op === "todos") {
+    state.todos = (state.todos || []).slice(0, value);
+  } else {
+    state.questions = state.questions || [];
+    const at = state.questions.findIndex((q) => q.id === value.id);
+    if (at === -1) state.questions.push(value);
+    else state.questions[at] = value;
+  }
+}
+
+const TODO_MARKS = { pending: "\u25cb", in_progress: "\u25b8", done: "\u2713" };
+
+// One item of the plan: the active form while in progress, struck through once done.
+function drawTodo(list, at, item) {
+  while (list.children.length <= at) list.appendChild(document.createElement("li"));
+  const li = list.children[at];
+  li.className = `crush-todo crush-todo-${item.status}`;
+  const shown = item.status === "in_progress" && item.active_form ? item.active_form : item.content;
+  li.textContent = `${TODO_MARKS[item.status] || ""} ${shown}`;
+}
+
+// A question form: its inputs while open; the answers, or "withdrawn", once it is not.
+function drawQuestion(el, form, send) {
+  el.className = `crush-question crush-question-${form.state}`;
+  el.textContent = "";
+  const inputs = form.questions.map((q, n) => {
+    const box = el.appendChild(document.createElement("fieldset"));
+    box.appendChild(document.createElement("legend")).textContent = q.text;
+    if (q.description) box.appendChild(document.createElement("p")).textContent = q.description;
+    if (form.state !== "open") {
+      const said = form.answers ? form.answers[n].shown : "withdrawn: the run was stopped";
+      box.appendChild(document.createElement("div")).textContent = said;
+      return null;
+    }
+    const name = `crush-q-${form.id}-${n}`;
+    const options =
+      q.kind === "yes_no"
+        ? [{ id: "yes", label: "Yes" }, { id: "no", label: "No" }]
+        : q.choices;
+    const picks = options.map((choice) => {
+      const label = box.appendChild(document.createElement("label"));
+      label.className = "crush-choice";
+      const input = label.appendChild(document.createElement("input"));
+      input.type = q.kind === "multi_choice" ? "checkbox" : "radio";
+      input.name = name;
+      input.value = choice.id;
+      label.appendChild(document.createTextNode(` ${choice.label}`));
+      if (choice.description) label.title = choice.description;
+      return input;
+    });
+    let text = null;
+    if (q.kind !== "yes_no") {
+      text = box.appendChild(document.createElement(q.kind === "free_text" ? "textarea" : "input"));
+      text.className = "crush-answer-text";
+      text.placeholder = q.kind === "free_text" ? "Your answer" : "Another answer (optional)";
+    }
+    return { q, picks, text };
+  });
+  if (form.state !== "open") return;
+  const answer = el.appendChild(button("Answer", "mod-primary crush-answer-button"));
+  answer.addEventListener("click", () => {
+    const answers = inputs.map(({ q, picks, text }) => {
+      const chosen = picks.filter((p) => p.checked).map((p) => p.value);
+      if (q.kind === "yes_no") return { yes: chosen.length ? chosen[0] === "yes" : null };
+      return { selected: chosen, text: text ? text.value : "" };
+    });
+    for (const input of el.querySelectorAll("input, textarea, button")) input.disabled = true;
+    send({ event: "click", target: "answer", question: form.id, answers });
+  });
 }
 
 // Each model's RunState, by the run's id (a view gets its model through a new proxy).
@@ -430,6 +512,8 @@ function render({ model, el }) {
   status.className = "crush-status";
   const stop = header.appendChild(button("Stop", "crush-stop"));
   stop.title = "Cancel this prompt (and anything queued before it in this session)";
+  const todos = el.appendChild(document.createElement("ol"));
+  todos.className = "crush-todos";
   const reasoning = el.appendChild(document.createElement("details"));
   reasoning.className = "crush-reasoning";
   reasoning.hidden = true;
@@ -441,12 +525,25 @@ function render({ model, el }) {
   tools.className = "crush-tools";
   const answerEl = el.appendChild(document.createElement("div"));
   answerEl.className = "crush-answer jp-RenderedHTMLCommon jp-RenderedMarkdown";
+  const questions = el.appendChild(document.createElement("div"));
+  questions.className = "crush-questions";
   const asks = el.appendChild(document.createElement("div"));
   asks.className = "crush-asks";
 
   let answer = new Answer(answerEl, "markdown");
   const toolViews = new Map();
   const askViews = new Map();
+  const questionViews = new Map();
+  const send = (msg) => model.send(msg);
+
+  function drawForm(form) {
+    let view = questionViews.get(form.id);
+    if (!view) {
+      view = questions.appendChild(document.createElement("div"));
+      questionViews.set(form.id, view);
+    }
+    drawQuestion(view, form, send);
+  }
   let line = { head: "", tail: "", elapsed: 0, ticking: false };
   let lineAt = performance.now();
 
@@ -536,6 +633,15 @@ function render({ model, el }) {
         askViews.get(value)?.remove();
         askViews.delete(value);
         break;
+      case "todo":
+        drawTodo(todos, value.at, value);
+        break;
+      case "todos":
+        while (todos.children.length > value) todos.lastChild.remove();
+        break;
+      case "question":
+        drawForm(value);
+        break;
     }
   }
 
@@ -549,6 +655,11 @@ function render({ model, el }) {
     asks.textContent = "";
     askViews.clear();
     state.asks.forEach(drawAsk);
+    todos.textContent = "";
+    (state.todos || []).forEach((item, at) => drawTodo(todos, at, item));
+    questions.textContent = "";
+    questionViews.clear();
+    (state.questions || []).forEach(drawForm);
     setStop(state.stop);
     apply(["status", state.status]);
   }
