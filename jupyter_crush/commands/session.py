@@ -12,7 +12,6 @@ from IPython.core.error import UsageError
 
 from ..core.remote import ALLOW_LISTS
 from ..kernel.errors import store_problems_in_one_line
-from ..kernel.models import session_meter
 from .registry import command
 
 if TYPE_CHECKING:
@@ -29,6 +28,8 @@ def sessions_command(crush: Crush, rest: list[str]) -> None:
     if not sessions:
         print("No sessions yet: a %%crush cell starts one.")
         return
+    from ..kernel.models import session_meter
+
     agent = crush._agent
     measure = session_meter(crush)
     for session in sorted(sessions, key=lambda s: s.created_at):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import os
 import shlex
 from collections.abc import Callable, Iterable
@@ -23,24 +24,24 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from ..agent.session import SessionAgent
-from ..agent.titles import Titler
 from ..core.message import FinishReason, Session
 from ..core.remote import ALLOW_LISTS, looks_remote
 from ..mcp.tools import MCPServers
 from ..notebook import state as notebook_state
 from ..notebook.interrupt import InterruptCanceler
-from ..store.transcript import TranscriptStore
 from .cell_permissions import ASKING_HEADLESS, CellPermissions
 from .config import CrushConfig
 from .errors import one_line
 from .outputs import CellOutputs
-from .rerun import Rerun
 
 if TYPE_CHECKING:
+    from ..agent.session import SessionAgent
+    from ..agent.titles import Titler
     from ..core.model import Model
+    from ..store.transcript import TranscriptStore
     from ..view.base import RunView
     from .context import SystemPrompt
+    from .rerun import Rerun
 
 
 class Crush:
@@ -84,14 +85,22 @@ class Crush:
         self.last_view: RunView | None = None
         self._closed = False
         self._unpatch_shutdown: Callable[[], None] | None = None
-        #: Replays of recorded turns (jupyter_crush.rerun): each session's chain of prompts.
-        self.rerun = Rerun()
 
-    # -- lazily built parts --------------------------------------------------------------
+    # -- lazily built parts (and their modules imported then, which loading does not need) --
+
+    @functools.cached_property
+    def rerun(self) -> Rerun:
+        """Replays of recorded turns (jupyter_crush.kernel.rerun): each session's chain of
+        prompts."""
+        from .rerun import Rerun
+
+        return Rerun()
 
     @property
     def store(self) -> TranscriptStore:
         if self._store is None:
+            from ..store.transcript import TranscriptStore
+
             path = os.path.abspath(os.path.expanduser(self.config.data_dir))
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             self._store = TranscriptStore(path)
@@ -105,6 +114,7 @@ class Crush:
     def ensure_agent(self, model: Model | None) -> SessionAgent:
         """The kernel's agent, made on first use (with ``model`` as its default, if given)."""
         if self._agent is None:
+            from ..agent.session import SessionAgent
             from ..notebook.provenance import cell_proposer
             from ..tools import default_tools
             from ..tools.permissions import PermissionPolicy
@@ -179,7 +189,8 @@ class Crush:
             return self.model_override
         if name is None and self.config.nothing_reached_a_remote_kernel():
             raise UsageError(
-                "No API key and no CRUSH_MODEL reached this remote kernel: " + ALLOW_LISTS
+                "No API key and no CRUSH_MODEL reached this remote kernel: "
+                + ALLOW_LISTS
                 + " (or pick a model here with %crush model NAME)"
             )
         name = (name or self.config.model).strip()
