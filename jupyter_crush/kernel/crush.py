@@ -26,7 +26,6 @@ from IPython.core.error import UsageError
 
 from ..core.message import FinishReason, Session
 from ..core.remote import ALLOW_LISTS, looks_remote
-from ..mcp.tools import MCPServers
 from ..notebook import state as notebook_state
 from ..notebook.interrupt import InterruptCanceler
 from .cell_permissions import ASKING_HEADLESS, CellPermissions
@@ -38,6 +37,7 @@ if TYPE_CHECKING:
     from ..agent.session import SessionAgent
     from ..agent.titles import Titler
     from ..core.model import Model
+    from ..mcp.tools import MCPServers
     from ..store.transcript import TranscriptStore
     from ..view.base import RunView
     from .context import SystemPrompt
@@ -55,8 +55,6 @@ class Crush:
         #: Tools for the agent; empty means the default set (config.tools), made with it.
         self.tools: list[Any] = []
         self.permissions: Any = None
-        #: The MCP servers whose tools the agent gets (crush.json's "mcp", mcp_servers).
-        self.mcp = MCPServers.for_config(self.config)
         self.current_session_id: str | None = None
         self._store: TranscriptStore | None = None
         self._agent: SessionAgent | None = None
@@ -87,6 +85,13 @@ class Crush:
         self._unpatch_shutdown: Callable[[], None] | None = None
 
     # -- lazily built parts (and their modules imported then, which loading does not need) --
+
+    @functools.cached_property
+    def mcp(self) -> MCPServers:
+        """The MCP servers whose tools the agent gets (crush.json's "mcp", mcp_servers)."""
+        from ..mcp.tools import MCPServers
+
+        return MCPServers.for_config(self.config)
 
     @functools.cached_property
     def rerun(self) -> Rerun:
@@ -272,7 +277,8 @@ class Crush:
         self._closed = True
         if self._agent is not None:
             self._agent.shutdown()
-        self.mcp.shutdown()
+        if "mcp" in vars(self):  # servers run only once something used them
+            self.mcp.shutdown()
 
     def close(self) -> None:
         """Undo ``install``: record runs in flight as canceled, restore handlers, drop hooks."""
