@@ -159,6 +159,13 @@ class CrushConfig(Configurable):
         help="Most redraws per second of a streaming answer; tokens in between are coalesced.",
     ).tag(config=True)
 
+    undo_copy_limit = Int(
+        100_000_000,
+        min=0,
+        help="Largest object (bytes) a python call may change in place that %crush undo keeps "
+        "a copy of, to put back; a larger one is named as not restored. 0 keeps no copies.",
+    ).tag(config=True)
+
     run_view = CaselessStrEnum(
         ["delta", "widgets"],
         default_value="delta",

@@ -36,6 +36,7 @@ from .config import CrushConfig
 from .errors import one_line
 from .outputs import CellOutputs
 from .rerun import Rerun
+from .undo import Undo
 
 if TYPE_CHECKING:
     from ..core.model import Model
@@ -86,6 +87,10 @@ class Crush:
         self._unpatch_shutdown: Callable[[], None] | None = None
         #: Replays of recorded turns (jupyter_crush.rerun): each session's chain of prompts.
         self.rerun = Rerun()
+        #: What each turn changed, and %crush undo (jupyter_crush.kernel.undo).
+        self.undo = Undo(
+            shell, lambda: self.config.undo_copy_limit, lambda: self.store, lambda: self._agent
+        )
 
     # -- lazily built parts --------------------------------------------------------------
 
@@ -134,6 +139,7 @@ class Crush:
                 ),
             )
             self._agent.tool_sources.append(self.mcp)
+            self._agent.turn_changes = self.undo.log_for
             self._agent.add_status_listener(self._status_changed)
             self._agent.titler.listeners.append(self._titled)
         return self._agent
