@@ -98,6 +98,7 @@ from .replay import (
 from .state import (
     _SESSION_ID,
     _WRITER_KEY,
+    _WRITER_TOKEN,
     FORMAT_FILE,
     IMAGES_DIR,
     INDEX_FILE,
@@ -363,6 +364,21 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
                 raise UnknownMessageError(session_id, message_id)
             line = entry.line
         return self._located(Message.from_dict(json.loads(line)))
+
+    def written_elsewhere(self, session_id: str, message_id: str) -> bool:
+        """Whether the message's latest record was written by another store that is still
+        open (another kernel's), which alone knows what it did besides writing it."""
+        with self._lock:
+            self._check_open()
+            st = self._loaded(session_id)
+            assert st.entries is not None
+            entry = st.entries.get(message_id)
+        writer = entry.writer if entry is not None else ""
+        return (
+            writer != self._token
+            and bool(_WRITER_TOKEN.fullmatch(writer))
+            and WriterLease.is_alive(self._writers_dir, writer)
+        )
 
     def journal_path(self, session_id: str) -> Path:
         """The session's append-only JSON-lines file, for read-only scans such as a search

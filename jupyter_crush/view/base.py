@@ -175,6 +175,13 @@ class RunView:
         # _show_stopping writes, and the _ended check made before writing them.
         self._stop_lock = threading.Lock()
 
+        #: At the end of a turn that changed something: "changed: 2 cells, 3 variables, 1
+        #: file", and what its undo said ("" until then). Loop thread.
+        self.changes = ""
+        self.undo_note = ""
+        # The Undo button's action (taken by the first click, on the click's thread).
+        self._undo: Callable[[Callable[[str], None]], None] | None = None
+
     # -- display -----------------------------------------------------------
 
     def _widget(self) -> widgets.Widget:
@@ -276,6 +283,34 @@ class RunView:
         if count != self.queued_behind and self._ended is None:
             self.queued_behind = count
             self._draw()
+
+    # -- undo ------------------------------------------------------------------------------
+
+    def offer_undo(self, summary: str, undo: Callable[[Callable[[str], None]], None]) -> None:
+        """At the end of a turn that changed something (loop thread, before its Finished):
+        what it changed, and what its Undo button does; ``undo`` runs on the loop and gets
+        the view's way of saying what the undo did."""
+        self.changes = summary
+        self._undo = undo
+
+    @property
+    def offers_undo(self) -> bool:
+        """Whether the view shows an Undo button (keep it on the page at the run's end)."""
+        return bool(self.changes) and self.interactive
+
+    def request_undo(self) -> None:
+        """The Undo click, on whichever thread delivered it: one undo per view, run on the
+        loop (never beside a turn of the session: the undo waits for one that runs)."""
+        undo, self._undo = self._undo, None
+        loop = self._loop
+        if undo is None or loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(undo, self.set_undo_note)
+
+    def set_undo_note(self, note: str) -> None:
+        """What the undo did, or why it did nothing (loop thread)."""
+        self.undo_note = note
+        self._draw()
 
     def _phase_text(self) -> str:
         text = self._phase_only()
