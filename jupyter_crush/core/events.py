@@ -78,6 +78,17 @@ class Compacted:
 CompactionEvent = ContextUsed | Summarizing | Compacted
 
 
+@dataclass(frozen=True)
+class ChildEvent:
+    """An event of a sub-agent's turn, run by the tool call ``call_id`` of this turn in the
+    session ``session_id`` of its own, on the ``task`` the model handed it."""
+
+    call_id: str
+    session_id: str
+    task: str
+    event: RunEvent
+
+
 RunEvent = (
     Queued
     | Folded
@@ -88,6 +99,7 @@ RunEvent = (
     | PermissionAsked
     | Finished
     | CompactionEvent
+    | ChildEvent
 )
 
 

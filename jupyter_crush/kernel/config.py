@@ -154,6 +154,12 @@ class CrushConfig(Configurable):
         "empty uses crush.json's models.small when there is one, else the session's model.",
     ).tag(config=True)
 
+    agent_model = Unicode(
+        "",
+        help="Model of the agent tool's sub-agent, as 'provider:model'; empty uses the model "
+        "answering the prompt.",
+    ).tag(config=True)
+
     redraw_rate = Float(
         30.0,
         help="Most redraws per second of a streaming answer; tokens in between are coalesced.",

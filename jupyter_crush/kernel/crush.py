@@ -112,6 +112,7 @@ class Crush:
         if self._agent is None:
             from ..notebook.provenance import cell_proposer
             from ..tools import default_tools
+            from ..tools.agent import AgentTool
             from ..tools.permissions import PermissionPolicy
             from ..view.permissions import WidgetPermissionBroker
             from ..view.questions import ViewQuestionAsker
@@ -120,6 +121,13 @@ class Crush:
                 self.shell,
                 include=self.config.tools,
                 propose_cell=cell_proposer(self.store, self.shell),
+                sub_agent=AgentTool(
+                    lambda: self.agent,
+                    model=self.agent_model,
+                    allowed=lambda session_id, tool: self.agent.permissions.runs_without_asking(
+                        session_id, tool
+                    ),
+                ),
                 ask_questions=ViewQuestionAsker(self.views),
             )
             self.permissions = PermissionPolicy(
@@ -143,6 +151,11 @@ class Crush:
             self._agent.add_status_listener(self._status_changed)
             self._agent.titler.listeners.append(self._titled)
         return self._agent
+
+    def agent_model(self) -> Model | None:
+        """The ``agent`` tool's sub-agent model: ``agent_model``, else None (the turn's own)."""
+        name = self.config.agent_model.strip()
+        return self.resolve_model(name) if name else None
 
     def system_prompt(self, tools: Iterable[Any]) -> SystemPrompt:
         """The configured system prompt, else the built-in one, then the context files."""

@@ -251,8 +251,18 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
 
     # -- sessions ------------------------------------------------------------
 
-    def create_session(self, title: str = "", session_id: str | None = None) -> Session:
-        """Create and persist a new session. ``session_id`` defaults to a fresh random id."""
+    def create_session(
+        self,
+        title: str = "",
+        session_id: str | None = None,
+        *,
+        parent: tuple[str, str] | None = None,
+    ) -> Session:
+        """Create and persist a new session. ``session_id`` defaults to a fresh random id.
+
+        ``parent`` (session id, tool call id) makes it a sub-agent's session, run by that
+        call of that session, which must exist.
+        """
         if not isinstance(title, str):
             raise TypeError(f"session title must be a str, got {type(title).__name__}")
         sid = new_id() if session_id is None else session_id
@@ -277,9 +287,13 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
                         f"session id {sid!r} differs from the existing {clash!r} only in case; "
                         "pick another id"
                     )
-                st = _SessionState(
-                    Session(id=sid, title=title), Journal(self._messages_dir / f"{sid}.jsonl")
+                parent_id, call_id = parent or ("", "")
+                if parent_id and parent_id not in self._sessions:
+                    raise UnknownSessionError(parent_id, self.path)
+                session = Session(
+                    id=sid, title=title, parent_session_id=parent_id, parent_tool_call_id=call_id
                 )
+                st = _SessionState(session, Journal(self._messages_dir / f"{sid}.jsonl"))
                 self._sessions[sid] = st
                 self._write_session_record(st)
             return _copy_session(st.session)

@@ -7,10 +7,13 @@ Their protocol (``Tool``, ``ToolResult``, the permission requests) is in
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.questions import QuestionAsker
 from ..core.tools import Tool, ToolContext
+
+if TYPE_CHECKING:
+    from .agent import AgentTool
 
 #: Names :func:`default_tools` knows, in the order the model sees them.
 DEFAULT_TOOL_NAMES = (
@@ -28,6 +31,7 @@ DEFAULT_TOOL_NAMES = (
     "todos",
     "question",
     "fetch",
+    "agent",
 )
 
 
@@ -40,6 +44,7 @@ def default_tools(
     bash_timeout: float | None = None,
     propose_cell: Callable[[str, ToolContext], Any] | None = None,
     ask_questions: QuestionAsker | None = None,
+    sub_agent: AgentTool | None = None,
 ) -> list[Tool]:
     """The notebook agent's tools.
 
@@ -51,6 +56,7 @@ def default_tools(
     reads by path. ``include`` picks a subset by name.
     ``propose_cell`` replaces how ``insert_cell`` delivers code (see :mod:`.cells`).
     ``ask_questions`` shows the ``question`` tool's forms (without it nobody can answer).
+    ``sub_agent`` is the ``agent`` tool (see :mod:`.agent`); without it there is none.
     """
     from pathlib import Path
 
@@ -105,6 +111,8 @@ def default_tools(
         "question": QuestionTool(ask_questions).tool,
         "fetch": FetchTool().tool,
     }
+    if sub_agent is not None:  # the agent that runs it is made after its tools
+        makers["agent"] = sub_agent.tool
     if shell is not None:
         makers["python"] = python.tool
         makers["variables"] = VariablesTool(shell).tool
