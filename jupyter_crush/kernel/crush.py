@@ -29,7 +29,7 @@ from ..core.message import FinishReason, Session
 from ..core.remote import ALLOW_LISTS, looks_remote
 from ..mcp.tools import MCPServers
 from ..notebook import state as notebook_state
-from ..notebook.interrupt import InterruptCanceler
+from ..notebook.interrupt import InterruptCanceler, take_cell_interrupt
 from ..store.transcript import TranscriptStore
 from .cell_permissions import ASKING_HEADLESS, CellPermissions
 from .config import CrushConfig
@@ -110,7 +110,7 @@ class Crush:
     def ensure_agent(self, model: Model | None) -> SessionAgent:
         """The kernel's agent, made on first use (with ``model`` as its default, if given)."""
         if self._agent is None:
-            from ..notebook.provenance import cell_proposer
+            from ..notebook.provenance import call_origin, cell_proposer
             from ..tools import default_tools
             from ..tools.agent import AgentTool
             from ..tools.permissions import PermissionPolicy
@@ -121,6 +121,7 @@ class Crush:
                 self.shell,
                 include=self.config.tools,
                 propose_cell=cell_proposer(self.store, self.shell),
+                cell_origin=call_origin(self.store),
                 sub_agent=AgentTool(
                     lambda: self.agent,
                     model=self.agent_model,
@@ -331,5 +332,8 @@ class Crush:
         self.outputs.post_run_cell()
         # ■ during a cell raises KeyboardInterrupt in that cell; the agents are stopped too,
         # because the interrupt is the user's way to stop everything the kernel is doing.
-        if isinstance(getattr(result, "error_in_exec", None), KeyboardInterrupt):
+        # A run_cell's Stop interrupts its cell the same way, and stops only its own run.
+        if isinstance(
+            getattr(result, "error_in_exec", None), KeyboardInterrupt
+        ) and not take_cell_interrupt(self.shell):
             self.cancel_all()

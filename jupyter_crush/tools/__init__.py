@@ -21,6 +21,8 @@ DEFAULT_TOOL_NAMES = (
     "variables",
     "notebook",
     "insert_cell",
+    "edit_cell",
+    "run_cell",
     "view",
     "glob",
     "grep",
@@ -43,6 +45,7 @@ def default_tools(
     python_timeout: float | None = None,
     bash_timeout: float | None = None,
     propose_cell: Callable[[str, ToolContext], Any] | None = None,
+    cell_origin: Callable[[ToolContext], dict[str, Any]] | None = None,
     ask_questions: QuestionAsker | None = None,
     sub_agent: AgentTool | None = None,
 ) -> list[Tool]:
@@ -55,17 +58,20 @@ def default_tools(
     which Jupyter sets to the notebook's folder); so is a notebook the ``notebook`` tool
     reads by path. ``include`` picks a subset by name.
     ``propose_cell`` replaces how ``insert_cell`` delivers code (see :mod:`.cells`).
+    ``cell_origin`` makes the provenance metadata of an edit ``edit_cell`` makes.
     ``ask_questions`` shows the ``question`` tool's forms (without it nobody can answer).
     ``sub_agent`` is the ``agent`` tool (see :mod:`.agent`); without it there is none.
     """
     from pathlib import Path
 
     from .cells import InsertCellTool
+    from .edit_cell import EditCellTool
     from .fetch import FetchTool
     from .files import FileTools
     from .notebook import NotebookTool
     from .python import PythonTool
     from .question import QuestionTool
+    from .run_cell import RunCellTool
     from .shell import BashTool
     from .todos import todos_tool
     from .variables import VariablesTool
@@ -118,4 +124,6 @@ def default_tools(
         makers["variables"] = VariablesTool(shell).tool
         makers["notebook"] = NotebookTool(shell, space).tool
         makers["insert_cell"] = InsertCellTool(shell, propose_cell).tool
+        makers["edit_cell"] = EditCellTool(shell, cell_origin).tool
+        makers["run_cell"] = RunCellTool(shell).tool
     return [makers[name]() for name in DEFAULT_TOOL_NAMES if name in wanted and name in makers]
