@@ -189,14 +189,15 @@ class CrushConfig(Configurable):
     ).tag(config=True)
 
     replay = CaselessStrEnum(
-        ["auto", "off", "strict"],
+        ["auto", "off", "strict", "verify"],
         default_value="auto",
         help="What a %%crush cell does when the store holds its answer "
         "(jupyter_crush.kernel.rerun): 'auto' replays an unchanged cell's recorded turn "
         "and asks afresh when anything changed; 'strict' replays or fails the cell saying "
         "what changed, and stops a replay before a recorded call with effects outside the "
         "kernel rather than use its recorded result (for CI); 'off' always asks. "
-        "%%crush --fresh always asks.",
+        "%%crush --fresh always asks. 'verify' (%crush verify's fresh kernel) replays as "
+        "'auto' does and refuses a cell that would ask, --fresh included.",
     ).tag(config=True)
 
     system_prompt = Unicode(

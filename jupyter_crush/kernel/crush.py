@@ -40,6 +40,7 @@ from .undo import Undo
 
 if TYPE_CHECKING:
     from ..core.model import Model
+    from ..notebook.verify_report import VerifyReport
     from ..view.base import RunView
     from .context import SystemPrompt
 
@@ -87,6 +88,8 @@ class Crush:
         self._unpatch_shutdown: Callable[[], None] | None = None
         #: Replays of recorded turns (jupyter_crush.rerun): each session's chain of prompts.
         self.rerun = Rerun()
+        #: The report of the latest %crush verify that finished (kernel/verify.py).
+        self.last_verify: VerifyReport | None = None
         #: What each turn changed, and %crush undo (jupyter_crush.kernel.undo).
         self.undo = Undo(
             shell, lambda: self.config.undo_copy_limit, lambda: self.store, lambda: self._agent
@@ -130,6 +133,7 @@ class Crush:
                     ),
                 ),
                 ask_questions=ViewQuestionAsker(self.views),
+                store_dir=lambda: self.config.data_dir,
             )
             self.permissions = PermissionPolicy(
                 WidgetPermissionBroker(self.views),

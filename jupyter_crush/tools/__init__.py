@@ -20,6 +20,7 @@ DEFAULT_TOOL_NAMES = (
     "python",
     "variables",
     "notebook",
+    "verify",
     "insert_cell",
     "edit_cell",
     "run_cell",
@@ -47,6 +48,7 @@ def default_tools(
     propose_cell: Callable[[str, ToolContext], Any] | None = None,
     cell_origin: Callable[[ToolContext], dict[str, Any]] | None = None,
     ask_questions: QuestionAsker | None = None,
+    store_dir: Callable[[], str] | None = None,
     sub_agent: AgentTool | None = None,
 ) -> list[Tool]:
     """The notebook agent's tools.
@@ -60,6 +62,8 @@ def default_tools(
     ``propose_cell`` replaces how ``insert_cell`` delivers code (see :mod:`.cells`).
     ``cell_origin`` makes the provenance metadata of an edit ``edit_cell`` makes.
     ``ask_questions`` shows the ``question`` tool's forms (without it nobody can answer).
+    ``store_dir`` returns the transcript store's directory, which ``verify``'s fresh kernel
+    replays ``%%crush`` cells from (default: where that kernel finds one by itself).
     ``sub_agent`` is the ``agent`` tool (see :mod:`.agent`); without it there is none.
     """
     from pathlib import Path
@@ -75,6 +79,7 @@ def default_tools(
     from .shell import BashTool
     from .todos import todos_tool
     from .variables import VariablesTool
+    from .verify import VerifyTool
     from .workspace import Workspace
 
     if isinstance(include, str):
@@ -123,6 +128,7 @@ def default_tools(
         makers["python"] = python.tool
         makers["variables"] = VariablesTool(shell).tool
         makers["notebook"] = NotebookTool(shell, space).tool
+        makers["verify"] = VerifyTool(shell, space, store_dir).tool
         makers["insert_cell"] = InsertCellTool(shell, propose_cell).tool
         makers["edit_cell"] = EditCellTool(shell, cell_origin).tool
         makers["run_cell"] = RunCellTool(shell).tool
