@@ -20,6 +20,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from ..core.changes import NO_CHANGES, TurnChanges
@@ -53,6 +54,7 @@ from ..core.tools import (
     ToolSource,
 )
 from ..store.transcript import TranscriptStore
+from .budget import Budget
 from .calls import AcceptedRun, Attachment, RunResult, SessionAgentCall
 from .children import ChildObserver, ChildSessions
 from .compaction import DEFAULT_HISTORY_CHARS, ContextPolicy, RequestShaper, SummaryFailed
@@ -103,7 +105,9 @@ class SessionAgent:
         self.context = context or ContextPolicy(history_chars=history_chars)
         #: Titles new sessions after their first prompt, with ``title_model`` (None: the
         #: prompt's own model); ``titles`` False turns them off.
-        self.titler = Titler(store)
+        #: The spending caps every model request is checked against before it is sent.
+        self.budget = Budget(store)
+        self.titler = Titler(store, self.budget.check)
         self.title_model: Model | None = None
         self.titles = True
         #: The change log of a turn, by session id and the turn's prompt message id, which
@@ -235,6 +239,9 @@ class SessionAgent:
             records.add,
             lambda event: self._emit(turn, event),
             lambda: stop_if_covered(turn),
+            lambda messages: self.budget.check(
+                session_id, model, messages, self.system_prompt, specs, partial(self._emit, turn)
+            ),
         )
         if turn.call.compact:
             try:
@@ -297,6 +304,9 @@ class SessionAgent:
         finish: StreamFinish | None = None
         records = turn.records
         stop_if_covered(turn)  # the step's request: after a summary, a tool, the MCP servers' start
+        self.budget.check(  # nothing is sent that could take spend past a cap
+            turn.session_id, model, request, self.system_prompt, specs, partial(self._emit, turn)
+        )
         stream = model.stream(request, system=self._system_prompt(turn), tools=specs)
         async with closing_stream(stream):  # closes the provider's HTTP stream on any exit
             async for event in stream:

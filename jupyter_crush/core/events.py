@@ -56,6 +56,19 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class Spending:
+    """Before a model request: what the session and all sessions today have spent, in
+    dollars, against their caps (0: no cap); ``note`` says once that a model's price is
+    unknown, so no cap holds its requests."""
+
+    session_spent: float
+    session_cap: float
+    day_spent: float
+    day_cap: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class ContextUsed:
     """The tokens the next request holds, of the model's window."""
 
@@ -98,6 +111,7 @@ RunEvent = (
     | ToolFinished
     | PermissionAsked
     | Finished
+    | Spending
     | CompactionEvent
     | ChildEvent
 )

@@ -122,6 +122,21 @@ class CrushConfig(Configurable):
 
     max_steps = Int(25, help="Most model requests one prompt may make.").tag(config=True)
 
+    max_cost = Float(
+        0.0,
+        min=0.0,
+        help="Most dollars one session may spend (the costs the transcript store records); "
+        "a request that could take it past this is not sent and the turn stops saying so. "
+        "0: no cap.",
+    ).tag(config=True)
+
+    max_cost_per_day = Float(
+        0.0,
+        min=0.0,
+        help="Most dollars all sessions of the transcript store may spend since local "
+        "midnight; a request that could take them past this is not sent. 0: no cap.",
+    ).tag(config=True)
+
     history_chars = Int(
         400_000,
         help="For a model whose context window is unknown: characters of the session's "

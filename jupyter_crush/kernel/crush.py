@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
+from ..agent.budget import SpendingCaps
 from ..agent.session import SessionAgent
 from ..agent.titles import Titler
 from ..core.message import FinishReason, Session
@@ -155,12 +156,17 @@ class Crush:
             self._agent.turn_changes = self.undo.log_for
             self._agent.add_status_listener(self._status_changed)
             self._agent.titler.listeners.append(self._titled)
+            self._agent.budget.caps = self.spending_caps
         return self._agent
 
     def agent_model(self) -> Model | None:
         """The ``agent`` tool's sub-agent model: ``agent_model``, else None (the turn's own)."""
         name = self.config.agent_model.strip()
         return self.resolve_model(name) if name else None
+
+    def spending_caps(self) -> SpendingCaps:
+        """The caps in force now: ``%config`` changes them for the next request."""
+        return SpendingCaps(self.config.max_cost, self.config.max_cost_per_day)
 
     def system_prompt(self, tools: Iterable[Any]) -> SystemPrompt:
         """The configured system prompt, else the built-in one, then the context files."""

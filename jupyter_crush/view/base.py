@@ -50,6 +50,7 @@ from ..core.events import (
     PermissionAsked,
     Queued,
     RunEvent,
+    Spending,
     Started,
     Summarizing,
     ToolFinished,
@@ -63,6 +64,7 @@ from ..core.tokens import Meter
 from ..core.tools import Decision, PermissionRequest
 from .comm import close_widgets
 from .questions import Answering, Closing, QuestionForms
+from .spending import SpendLine
 
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -144,6 +146,7 @@ class RunView:
         self.context_meter: Meter | None = None  # tokens of the latest request, of the window
         self.context_note = ""  # a summary made, or turns left out of the request
         self.summarizing = False
+        self.spend = SpendLine()  # what was spent against the spending caps, when set
         #: Whether a front end that can click shows this view (permission prompts need one).
         self.interactive = True
         self._created = clock()
@@ -238,6 +241,9 @@ class RunView:
             tail.append(f"{self.usage.total_tokens} tokens")
         if self.cost is not None:
             tail.append(f"${self.cost:.4f}")
+        spend = self.spend.text(self.cost if self._ended is not None else None)
+        if spend:
+            tail.append(spend)
         if self._stop_hint and self._ended is None:
             tail.append(self._stop_hint)
         if self.store_note:
@@ -448,6 +454,9 @@ class RunView:
             self._draw()
         elif isinstance(event, Finished):
             self.finish(event.reason, event.message, event.usage, event.cost)
+        elif isinstance(event, Spending):
+            self.spend.update(event)
+            self._draw()
         elif isinstance(event, ContextUsed | Summarizing | Compacted):
             self._on_context(event)
 
