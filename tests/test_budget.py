@@ -67,6 +67,21 @@ async def test_the_session_cap_stops_the_turn_before_anything_is_sent(store):
         assert len(server.requests) == 1
 
 
+async def test_a_sub_agents_spend_counts_in_its_parent_sessions_cap(store):
+    parent = store.create_session()
+    spent(store, parent.id, 0.30)
+    child = store.create_session(parent=(parent.id, "call_agent"))
+    spent(store, child.id, 0.18)
+    async with ReplayServer([openai_step(1, "Found it.")]) as server:
+        agent = capped_agent(store, server.url, SpendingCaps(session=0.50))
+        for session_id in (parent.id, child.id):
+            result = await within(agent.run(SessionAgentCall(session_id, "Where is it?")))
+            assert result.message.startswith(
+                "stopped: this session has spent $0.48 of its $0.50 cap"
+            )
+        assert server.requests == []
+
+
 async def test_the_day_cap_counts_every_session_since_local_midnight(store, monkeypatch):
     before_midnight = SimpleNamespace(time=lambda: day_start() - 3600)
     with monkeypatch.context() as yesterday:

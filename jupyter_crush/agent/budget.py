@@ -2,12 +2,13 @@
 
 Two caps, in dollars (0: none): one per session (``CrushConfig.max_cost``), and one for all
 the sessions of the store since local midnight (``CrushConfig.max_cost_per_day``). What was
-spent is what the transcript store recorded: each model step's and summary's cost. Before
-every model request (a turn's steps, a summary, a title; a sub-agent's turn is a turn like
-any other) :meth:`Budget.check` prices the request's worst case — its input tokens, as
-estimated, at the model's input price, plus the model's output limit at its output price —
-and, if spent plus that would pass a cap, raises :class:`CapReached`, whose message is the
-line that ends the turn. Nothing is sent.
+spent is what the transcript store recorded: each model step's and summary's cost; a
+sub-agent's session counts as the session whose turn started it. Before every model request
+(a turn's steps, a summary, a title; a sub-agent's turn is a turn like any other)
+:meth:`Budget.check` prices the request's worst case — its input tokens, as estimated, at the
+model's input price, plus the model's output limit at its output price — and, if spent plus
+that would pass a cap, raises :class:`CapReached`, whose message is the line that ends the
+turn. Nothing is sent.
 
 A model whose price is unknown cannot be held to a cap: its requests go on, and the first of
 them in the kernel says so once in the run's status line.
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.events import RunEvent, Spending
-from ..core.message import Message, Role, Usage
+from ..core.message import Message, Role, Session, Usage
 from ..core.tokens import DEFAULT_OUTPUT_TOKENS, format_dollars, request_tokens
 from ..providers.prices import step_cost
 from ..providers.windows import model_window
@@ -86,6 +87,24 @@ def day_start(now: float | None = None) -> float:
     return datetime.datetime.combine(today.date(), datetime.time()).timestamp()
 
 
+def session_spent(store: TranscriptStore, session_id: str) -> float:
+    """Dollars a session spent, its sub-agents' sessions included: a sub-agent's request is
+    the spend of the session whose turn started it, so its cap is that session's."""
+    sessions = {session.id: session for session in store.list_sessions()}
+    root = sessions.get(session_id) or store.get_session(session_id)
+    while root.parent_session_id in sessions:
+        root = sessions[root.parent_session_id]
+    children: dict[str, list[Session]] = {}
+    for session in sessions.values():
+        children.setdefault(session.parent_session_id, []).append(session)
+    total, pending = 0.0, [root]
+    while pending:
+        session = pending.pop()
+        total += session.cost
+        pending.extend(children.get(session.id, ()))
+    return total
+
+
 def spent_since(store: TranscriptStore, start: float) -> float:
     """Dollars the store recorded for requests made since ``start``, over all sessions."""
     total = 0.0
@@ -141,7 +160,7 @@ class Budget:
         if not caps:
             return
         worst = worst_case_cost(model, messages, system, tools)
-        session = self.store.get_session(session_id).cost if caps.session else 0.0
+        session = session_spent(self.store, session_id) if caps.session else 0.0
         day = spent_since(self.store, day_start()) if caps.day else 0.0
         if emit is not None:  # a turn's request: the note, if any, reaches its view
             note = self._unpriced_note(model) if worst is None else ""
