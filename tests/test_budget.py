@@ -202,3 +202,26 @@ def test_day_start_is_the_last_local_midnight():
     start = datetime.datetime.fromtimestamp(day_start())
     assert start.date() == datetime.date.today() and start.time() == datetime.time()
     assert day_start(day_start() + 3600) == day_start()
+
+
+def test_a_cell_past_the_cap_shows_the_line_and_sends_nothing(ip):
+    from support.replay_server import serving
+
+    from jupyter_crush.magics import current
+
+    with serving([openai_step(1, "Hello.")]) as server:
+        for setting in (
+            "api_keys = {'openai': 'sk-budget-test-key'}",
+            f"base_urls = {{'openai': '{server.url}/v1'}}",
+            "model = 'openai:gpt-4o'",
+            "titles = False",
+            "max_cost = 0.01",
+        ):
+            ip.run_line_magic("config", f"CrushConfig.{setting}")
+        ip.run_cell("%%crush --new -s capped\nSay hello.")
+        assert server.requests == []
+    line = "stopped: this session has spent $0.00 of its $0.01 cap and the next request could"
+    view = current().last_view
+    assert f"error: {line}" in view.status_text()
+    last = current().store.list_messages(current().current_session_id)[-1]
+    assert last.finish.message.startswith(line)
