@@ -11,6 +11,8 @@ from support.kernel_harness import SETUP, Kernel, view_ops
 from support.openai_chunks import openai_step
 from support.replay_server import serving
 
+from jupyter_crush.agent.records import TOOL_CANCELED
+
 pytestmark = pytest.mark.slow
 
 PLAN = [
@@ -134,3 +136,43 @@ def test_a_cell_run_headless_tells_the_model_nobody_can_answer(tmp_path):
         "no user to ask: decide yourself and say what you assumed",
     )
     assert shown == []  # no form was shown to nobody
+
+
+def test_stop_while_the_form_is_open_withdraws_it(tmp_path):
+    steps = [openai_step(1, tool=("question", QUESTIONS)), openai_step(2, "never asked")]
+    with serving(steps) as server:
+        kernel = Kernel(
+            tmp_path,
+            env={"OPENAI_API_KEY": "sk-test-not-a-real-key", "OPENAI_BASE_URL": f"{server.url}/v1"},
+        )
+        try:
+            kernel.run(SETUP)
+            kernel.run("%config CrushConfig.titles = False")
+            kernel.iopub.clear()
+            kernel.run("%%crush --new\nClean the sales data")
+            asked = kernel.wait_iopub(
+                lambda m: any(op == "question" for op, _ in view_ops(m)), timeout=30
+            )
+            (form,) = [v for op, v in view_ops(asked) if op == "question"]
+            subshell = kernel.create_subshell()
+            kernel.stop(subshell)
+            kernel.run("import asyncio; await asyncio.wait_for(crush.last_view.wait(), 30)", 35)
+            # An answer sent after the Stop (a page that had not heard of it yet) changes nothing.
+            answers = [{"yes": True}, {"selected": ["usd"], "text": ""}]
+            kernel.click(
+                kernel.run_view(),
+                subshell,
+                {"event": "click", "target": "answer", "question": form["id"], "answers": answers},
+            )
+            assert kernel.value("crush.last_view.phase") == "canceled"
+            kernel.drain()
+            states = [v["state"] for m in kernel.iopub for op, v in view_ops(m) if op == "question"]
+            results = kernel.value(
+                "[(r.name, r.content, r.is_error) for m in "
+                "crush.store.list_messages(crush.current_session_id) for r in m.tool_results]"
+            )
+        finally:
+            kernel.shutdown()
+    assert states == ["open", "withdrawn"]
+    assert results == [["question", TOOL_CANCELED, True]]
+    assert len(server.requests) == 1  # the model was not asked again
