@@ -19,6 +19,7 @@ GATEWAY = {"PATH": "/usr/bin", "KERNEL_USERNAME": "ada", "KERNEL_LAUNCH_TIMEOUT"
 
 def test_a_kernel_is_remote_when_a_gateway_sent_kernel_variables():
     assert looks_remote(GATEWAY)
+    assert looks_remote({"PATH": "/usr/bin"})
     assert not looks_remote({"PATH": "/usr/bin", "HOME": "/home/ada"})
 
 
@@ -104,9 +105,7 @@ def test_a_missing_key_for_a_named_model_gets_the_hint_remotely(monkeypatch):
     assert ALLOW_LISTS in str(raised.value)
 
 
-async def test_the_notebook_tool_says_the_file_is_not_visible_remotely(
-    ip, monkeypatch, tmp_path
-):
+async def test_the_notebook_tool_says_the_file_is_not_visible_remotely(ip, monkeypatch, tmp_path):
     monkeypatch.setenv("KERNEL_USERNAME", "ada")
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
     monkeypatch.setitem(ip.user_ns, "__session__", "")

@@ -226,13 +226,14 @@ async def test_the_form_is_answered_through_the_views_comm():
         "free_text",
     ]
     assert "waiting for your answer" in page.status
-    # Answers that do not fit the questions (a stale page) leave the form open.
-    click(
-        view,
-        {"event": "click", "target": "answer", "question": "call-1", "answers": PAGE_ANSWERS[:2]},
+    # Answers that do not fit the questions (a stale page, another form's) are not taken.
+    assert not view.forms.answer("call-1", PAGE_ANSWERS[:2])
+    assert not view.forms.answer("call-1", [{"yes": "maybe"}, *PAGE_ANSWERS[1:]])
+    assert not view.forms.answer(
+        "call-1", [*PAGE_ANSWERS[:1], {"selected": ["gbp"]}, *PAGE_ANSWERS[2:]]
     )
-    await asyncio.sleep(0.05)
-    assert not asking.done()
+    assert not view.forms.answer("another call", PAGE_ANSWERS)
+    assert page.state["questions"][0]["state"] == "open"
     click(
         view, {"event": "click", "target": "answer", "question": "call-1", "answers": PAGE_ANSWERS}
     )
@@ -439,3 +440,28 @@ async def test_the_page_module_follows_the_plan_and_form_ops_as_the_kernel_does(
     assert replayed["todos"] == kernel["todos"] == [todo("Load the sales data", "done"), PLAN[1]]
     assert replayed["questions"] == kernel["questions"]
     assert replayed["questions"][0]["state"] == "answered"
+
+
+async def test_the_widgets_view_shows_a_withdrawn_form_without_its_inputs():
+    view = WidgetsRunView(
+        RunLabels("analysis", "scripted:model"),
+        on_stop=lambda: None,
+        session_id="s1",
+        loop=asyncio.get_running_loop(),
+        redraw_rate=0,
+    )
+    asking = asyncio.ensure_future(
+        ViewQuestionAsker({"s1": view}).ask(
+            QuestionRequest("s1", "call-1", parse_questions(QUESTIONS))
+        )
+    )
+    await until(lambda: view.questions.children)
+    (box,) = view.questions.children
+    submit = box.children[-1]
+    asking.cancel()  # the Stop
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    (summary,) = box.children
+    assert summary.value.count("withdrawn: the run was stopped") == 4
+    submit.click()  # a click that was on its way: nobody takes it
+    assert view.forms.forms["call-1"].state == "withdrawn"

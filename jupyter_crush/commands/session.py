@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
+from ..agent.budget import day_spend_line, spend_of_cap
 from ..core.remote import ALLOW_LISTS
 from ..kernel.errors import store_problems_in_one_line
 from .registry import command
@@ -39,12 +40,16 @@ def sessions_command(crush: Crush, rest: list[str]) -> None:
             queued = agent.queued_prompts(session.id)
             state = "running" + (f", {queued} queued" if queued else "")
         meter = measure(crush.store.list_messages(session.id)).described() if measure else ""
+        spend = spend_of_cap(session.cost, crush.config.max_cost)
         print(
             f"{mark} {session.id[:8]}  {session.title or '(untitled)'}  "
             f"{session.message_count} messages"
             + (f"  {meter}" if meter else "")
+            + (f"  {spend}" if spend else "")
             + (f"  [{state}]" if state else "")
         )
+    if crush.config.max_cost_per_day:
+        print(day_spend_line(crush.store, crush.config.max_cost_per_day))
 
 
 @command(

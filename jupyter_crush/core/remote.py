@@ -29,10 +29,10 @@ ALLOW_LISTS = (
 
 
 def looks_remote(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether a gateway started this kernel: it sends ``KERNEL_*`` variables, a local
-    Jupyter server sends none."""
+    """Whether a gateway started this kernel: it has ``KERNEL_*`` variables (a local
+    Jupyter server sends none) or no ``HOME`` (a gateway passes none)."""
     env = os.environ if environ is None else environ
-    return any(name.startswith("KERNEL_") for name in env)
+    return "HOME" not in env or any(name.startswith("KERNEL_") for name in env)
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,21 @@ class CrushConfig(Configurable):
 
     max_steps = Int(25, help="Most model requests one prompt may make.").tag(config=True)
 
+    max_cost = Float(
+        0.0,
+        min=0.0,
+        help="Most dollars one session may spend (the costs the transcript store records); "
+        "a request that could take it past this is not sent and the turn stops saying so. "
+        "0: no cap.",
+    ).tag(config=True)
+
+    max_cost_per_day = Float(
+        0.0,
+        min=0.0,
+        help="Most dollars all sessions of the transcript store may spend since local "
+        "midnight; a request that could take them past this is not sent. 0: no cap.",
+    ).tag(config=True)
+
     history_chars = Int(
         400_000,
         help="For a model whose context window is unknown: characters of the session's "
@@ -154,9 +169,22 @@ class CrushConfig(Configurable):
         "empty uses crush.json's models.small when there is one, else the session's model.",
     ).tag(config=True)
 
+    agent_model = Unicode(
+        "",
+        help="Model of the agent tool's sub-agent, as 'provider:model'; empty uses the model "
+        "answering the prompt.",
+    ).tag(config=True)
+
     redraw_rate = Float(
         30.0,
         help="Most redraws per second of a streaming answer; tokens in between are coalesced.",
+    ).tag(config=True)
+
+    undo_copy_limit = Int(
+        100_000_000,
+        min=0,
+        help="Largest object (bytes) a python call may change in place that %crush undo keeps "
+        "a copy of, to put back; a larger one is named as not restored. 0 keeps no copies.",
     ).tag(config=True)
 
     run_view = CaselessStrEnum(
@@ -176,14 +204,15 @@ class CrushConfig(Configurable):
     ).tag(config=True)
 
     replay = CaselessStrEnum(
-        ["auto", "off", "strict"],
+        ["auto", "off", "strict", "verify"],
         default_value="auto",
         help="What a %%crush cell does when the store holds its answer "
         "(jupyter_crush.kernel.rerun): 'auto' replays an unchanged cell's recorded turn "
         "and asks afresh when anything changed; 'strict' replays or fails the cell saying "
         "what changed, and stops a replay before a recorded call with effects outside the "
         "kernel rather than use its recorded result (for CI); 'off' always asks. "
-        "%%crush --fresh always asks.",
+        "%%crush --fresh always asks. 'verify' (%crush verify's fresh kernel) replays as "
+        "'auto' does and refuses a cell that would ask, --fresh included.",
     ).tag(config=True)
 
     system_prompt = Unicode(

@@ -27,21 +27,24 @@ from IPython.core.error import UsageError
 from ..core.message import FinishReason, Session
 from ..core.remote import ALLOW_LISTS, looks_remote
 from ..notebook import state as notebook_state
-from ..notebook.interrupt import InterruptCanceler
+from ..notebook.interrupt import InterruptCanceler, take_cell_interrupt
 from .cell_permissions import ASKING_HEADLESS, CellPermissions
 from .config import CrushConfig
 from .errors import one_line
 from .outputs import CellOutputs
 
 if TYPE_CHECKING:
+    from ..agent.budget import SpendingCaps
     from ..agent.session import SessionAgent
     from ..agent.titles import Titler
     from ..core.model import Model
     from ..mcp.tools import MCPServers
+    from ..notebook.verify_report import VerifyReport
     from ..store.transcript import TranscriptStore
     from ..view.base import RunView
     from .context import SystemPrompt
     from .rerun import Rerun
+    from .undo import Undo
 
 
 class Crush:
@@ -83,6 +86,8 @@ class Crush:
         self.last_view: RunView | None = None
         self._closed = False
         self._unpatch_shutdown: Callable[[], None] | None = None
+        #: The report of the latest %crush verify that finished (kernel/verify.py).
+        self.last_verify: VerifyReport | None = None
 
     # -- lazily built parts (and their modules imported then, which loading does not need) --
 
@@ -100,6 +105,18 @@ class Crush:
         from .rerun import Rerun
 
         return Rerun()
+
+    @functools.cached_property
+    def undo(self) -> Undo:
+        """What each turn changed, and %crush undo (jupyter_crush.kernel.undo)."""
+        from .undo import Undo
+
+        return Undo(
+            self.shell,
+            lambda: self.config.undo_copy_limit,
+            lambda: self.store,
+            lambda: self._agent,
+        )
 
     @property
     def store(self) -> TranscriptStore:
@@ -120,8 +137,9 @@ class Crush:
         """The kernel's agent, made on first use (with ``model`` as its default, if given)."""
         if self._agent is None:
             from ..agent.session import SessionAgent
-            from ..notebook.provenance import cell_proposer
+            from ..notebook.provenance import call_origin, cell_proposer
             from ..tools import default_tools
+            from ..tools.agent import AgentTool
             from ..tools.permissions import PermissionPolicy
             from ..view.permissions import WidgetPermissionBroker
             from ..view.questions import ViewQuestionAsker
@@ -130,7 +148,16 @@ class Crush:
                 self.shell,
                 include=self.config.tools,
                 propose_cell=cell_proposer(self.store, self.shell),
+                cell_origin=call_origin(self.store),
+                sub_agent=AgentTool(
+                    lambda: self.agent,
+                    model=self.agent_model,
+                    allowed=lambda session_id, tool: self.agent.permissions.runs_without_asking(
+                        session_id, tool
+                    ),
+                ),
                 ask_questions=ViewQuestionAsker(self.views),
+                store_dir=lambda: self.config.data_dir,
             )
             self.permissions = PermissionPolicy(
                 WidgetPermissionBroker(self.views),
@@ -149,9 +176,22 @@ class Crush:
                 ),
             )
             self._agent.tool_sources.append(self.mcp)
+            self._agent.turn_changes = self.undo.log_for
             self._agent.add_status_listener(self._status_changed)
             self._agent.titler.listeners.append(self._titled)
+            self._agent.budget.caps = self.spending_caps
         return self._agent
+
+    def agent_model(self) -> Model | None:
+        """The ``agent`` tool's sub-agent model: ``agent_model``, else None (the turn's own)."""
+        name = self.config.agent_model.strip()
+        return self.resolve_model(name) if name else None
+
+    def spending_caps(self) -> SpendingCaps:
+        """The caps in force now: ``%config`` changes them for the next request."""
+        from ..agent.budget import SpendingCaps
+
+        return SpendingCaps(self.config.max_cost, self.config.max_cost_per_day)
 
     def system_prompt(self, tools: Iterable[Any]) -> SystemPrompt:
         """The configured system prompt, else the built-in one, then the context files."""
@@ -329,5 +369,8 @@ class Crush:
         self.outputs.post_run_cell()
         # ■ during a cell raises KeyboardInterrupt in that cell; the agents are stopped too,
         # because the interrupt is the user's way to stop everything the kernel is doing.
-        if isinstance(getattr(result, "error_in_exec", None), KeyboardInterrupt):
+        # A run_cell's Stop interrupts its cell the same way, and stops only its own run.
+        if isinstance(
+            getattr(result, "error_in_exec", None), KeyboardInterrupt
+        ) and not take_cell_interrupt(self.shell):
             self.cancel_all()

@@ -27,6 +27,9 @@ change their variables. Do not overwrite their data unless asked; put results in
 - File tools and `bash` work inside the notebook's folder only.
 - `fetch` reads a web page or an API's JSON as text; never put keys or credentials in \
 its URL or headers.
+- For work of several steps, keep a short plan with `todos` and mark each step as it \
+ends; ask with `question` only when the request has several valid readings or the choice \
+is the user's, not for what you can find out yourself.
 - If a tool fails, read the error and fix the call; do not repeat the same failing call.
 
 Environment: Python {python} on {system}; working directory {cwd}.

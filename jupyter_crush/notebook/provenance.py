@@ -127,3 +127,13 @@ def cell_proposer(store: TranscriptStore, shell: Any) -> Any:
         return await insert_cell(shell, code, metadata, ctx.stop_if_covered, ctx.changes)
 
     return propose
+
+
+def call_origin(store: TranscriptStore) -> Callable[[ToolContext], dict[str, Any]]:
+    """The provenance metadata of what a tool call puts into a cell (an accepted edit)."""
+
+    def metadata(ctx: ToolContext) -> dict[str, Any]:
+        message_id, model = origin_of(store, ctx.session_id, ctx.tool_call_id)
+        return cell_metadata(ctx.session_id, message_id, model, ctx.tool_call_id)
+
+    return metadata

@@ -141,6 +141,12 @@ def _image_bytes(value: Any) -> int:
 
 def read_ipynb(path: Path) -> list[Cell]:
     """The cells of the notebook file at ``path``; :class:`NotebookError` says what is wrong."""
+    return cells_from_json(c for c in load_ipynb(path)["cells"] if isinstance(c, dict))
+
+
+def load_ipynb(path: Path) -> dict[str, Any]:
+    """The notebook file at ``path`` as its JSON document (a dict with a ``cells`` list);
+    :class:`NotebookError` says what is wrong."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -155,7 +161,7 @@ def read_ipynb(path: Path) -> list[Cell]:
         raise NotebookError(f"{path} is not a notebook (not valid JSON: {error})") from None
     if not isinstance(document, dict) or not isinstance(document.get("cells"), list):
         raise NotebookError(f"{path} is not a notebook (no 'cells' list)")
-    return cells_from_json(c for c in document["cells"] if isinstance(c, dict))
+    return document
 
 
 def kernel_notebook_path(shell: Any) -> Path | None:

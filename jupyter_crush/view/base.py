@@ -50,6 +50,7 @@ from ..core.events import (
     PermissionAsked,
     Queued,
     RunEvent,
+    Spending,
     Started,
     Summarizing,
     ToolFinished,
@@ -63,6 +64,7 @@ from ..core.tokens import Meter
 from ..core.tools import Decision, PermissionRequest
 from .comm import close_widgets
 from .questions import Answering, Closing, QuestionForms
+from .spending import SpendLine
 
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -144,6 +146,7 @@ class RunView:
         self.context_meter: Meter | None = None  # tokens of the latest request, of the window
         self.context_note = ""  # a summary made, or turns left out of the request
         self.summarizing = False
+        self.spend = SpendLine()  # what was spent against the spending caps, when set
         #: Whether a front end that can click shows this view (permission prompts need one).
         self.interactive = True
         self._created = clock()
@@ -174,6 +177,13 @@ class RunView:
         # shown on a run that has already ended. Guards stop_requested, what
         # _show_stopping writes, and the _ended check made before writing them.
         self._stop_lock = threading.Lock()
+
+        #: At the end of a turn that changed something: "changed: 2 cells, 3 variables, 1
+        #: file", and what its undo said ("" until then). Loop thread.
+        self.changes = ""
+        self.undo_note = ""
+        # The Undo button's action (taken by the first click, on the click's thread).
+        self._undo: Callable[[Callable[[str], None]], None] | None = None
 
     # -- display -----------------------------------------------------------
 
@@ -231,6 +241,9 @@ class RunView:
             tail.append(f"{self.usage.total_tokens} tokens")
         if self.cost is not None:
             tail.append(f"${self.cost:.4f}")
+        spend = self.spend.text(self.cost if self._ended is not None else None)
+        if spend:
+            tail.append(spend)
         if self._stop_hint and self._ended is None:
             tail.append(self._stop_hint)
         if self.store_note:
@@ -276,6 +289,34 @@ class RunView:
         if count != self.queued_behind and self._ended is None:
             self.queued_behind = count
             self._draw()
+
+    # -- undo ------------------------------------------------------------------------------
+
+    def offer_undo(self, summary: str, undo: Callable[[Callable[[str], None]], None]) -> None:
+        """At the end of a turn that changed something (loop thread, before its Finished):
+        what it changed, and what its Undo button does; ``undo`` runs on the loop and gets
+        the view's way of saying what the undo did."""
+        self.changes = summary
+        self._undo = undo
+
+    @property
+    def offers_undo(self) -> bool:
+        """Whether the view shows an Undo button (keep it on the page at the run's end)."""
+        return bool(self.changes) and self.interactive
+
+    def request_undo(self) -> None:
+        """The Undo click, on whichever thread delivered it: one undo per view, run on the
+        loop (never beside a turn of the session: the undo waits for one that runs)."""
+        undo, self._undo = self._undo, None
+        loop = self._loop
+        if undo is None or loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(undo, self.set_undo_note)
+
+    def set_undo_note(self, note: str) -> None:
+        """What the undo did, or why it did nothing (loop thread)."""
+        self.undo_note = note
+        self._draw()
 
     def _phase_text(self) -> str:
         text = self._phase_only()
@@ -413,6 +454,9 @@ class RunView:
             self._draw()
         elif isinstance(event, Finished):
             self.finish(event.reason, event.message, event.usage, event.cost)
+        elif isinstance(event, Spending):
+            self.spend.update(event)
+            self._draw()
         elif isinstance(event, ContextUsed | Summarizing | Compacted):
             self._on_context(event)
 
