@@ -13,7 +13,9 @@ Everything the run shows travels as custom comm messages:
   (one call, added or changed), ``["ask", prompt]`` / ``["asked", id]`` (a permission
   prompt shown / gone), ``["todo", {"at": i, "content", "status", "active_form"}]`` (one
   item of the plan, added or changed) / ``["todos", n]`` (the plan cut to ``n`` items), and
-  ``["question", form]`` (a question form shown, answered or withdrawn; it is small).
+  ``["question", form]`` (a question form shown, answered or withdrawn; it is small), and
+  ``["changes", {"summary", "note"}]`` (at the end of a turn that changed something: what
+  it changed, beside an Undo button, and what the undo did).
 - the model's state carries ``start = {"snapshot": state, "seq": n}``, the state as of op
   ``n``, read afresh whenever the page asks for the model's state: at comm open (``n`` is
   0) and when a reloaded page restores its models. The page's model keeps the state from
@@ -23,8 +25,9 @@ Everything the run shows travels as custom comm messages:
   the kernel answers ``{"snapshot": state, "seq": n, "for": nonce}`` and the model applies
   the ops after ``n``.
 - page -> kernel ``{"event": "click", "target": "stop"}``,
-  ``{"event": "click", "target": "decide", "ask": id, "decision": …}`` and
-  ``{"event": "click", "target": "answer", "question": id, "answers": [...]}``. Clicks are taken on
+  ``{"event": "click", "target": "decide", "ask": id, "decision": …}``,
+  ``{"event": "click", "target": "answer", "question": id, "answers": [...]}`` and
+  ``{"event": "click", "target": "undo"}``. Clicks are taken on
   the subshell the page sent them on (:func:`~jupyter_crush.view.comm.take_clicks_where_sent`);
   the page shows "Stopping…" before it sends the click.
 
@@ -149,6 +152,7 @@ class DeltaRunView(RunView):
             "asks": {},
             "todos": [],
             "questions": {},
+            "changes": {"summary": "", "note": ""},
         }
         #: Ops messages sent so far.
         self.messages_sent = 0
@@ -221,6 +225,10 @@ class DeltaRunView(RunView):
                 sent["asks"][ask_id] = ask
                 ops.append(["ask", ask])
         ops += self._plan_ops() + self._form_ops()
+        changes = {"summary": self.changes, "note": self.undo_note}
+        if changes != sent["changes"]:
+            sent["changes"] = changes
+            ops.append(["changes", changes])
         stop = "disabled" if self._ended is not None else sent["stop"]
         if stop != sent["stop"]:
             sent["stop"] = stop
@@ -298,6 +306,8 @@ class DeltaRunView(RunView):
             decide = self._deciders.get(str(content.get("ask")))
             if decide is not None and content.get("decision") in set(Decision):
                 decide(Decision(content["decision"]))
+        elif event == "click" and target == "undo":
+            self.request_undo()
         elif event == "click" and target == "answer":
             self.forms.answer(str(content.get("question")), content.get("answers"))
         elif event == "sync":

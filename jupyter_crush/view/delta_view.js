@@ -411,6 +411,9 @@ export function applyOp(state, [op, value]) {
     case "question":
       applyFormOp(state, op, value);
       break;
+    case "changes":
+      state.changes = value;
+      break;
   }
 }
 
@@ -529,6 +532,31 @@ function render({ model, el }) {
   questions.className = "crush-questions";
   const asks = el.appendChild(document.createElement("div"));
   asks.className = "crush-asks";
+  // At the end of a turn that changed something: "changed: 2 cells, 3 variables — Undo".
+  const changes = el.appendChild(document.createElement("div"));
+  changes.className = "crush-changes";
+  changes.hidden = true;
+  const changesText = changes.appendChild(document.createElement("span"));
+  const undo = changes.appendChild(button("Undo", "crush-undo"));
+  undo.title = "Undo this turn: the variables, objects, files and cells it changed";
+  const undoNote = changes.appendChild(document.createElement("pre"));
+  undoNote.className = "crush-undo-note";
+  undo.addEventListener("click", () => {
+    if (undo.disabled) return;
+    undo.disabled = true; // one undo per turn; the kernel's note says what it did
+    undo.textContent = "Undoing\u2026";
+    model.send({ event: "click", target: "undo" });
+  });
+  function drawChanges({ summary, note }) {
+    changes.hidden = !summary;
+    changesText.textContent = summary ? `${summary} \u2014 ` : "";
+    undoNote.textContent = note || "";
+    undoNote.hidden = !note;
+    if (note) {
+      undo.disabled = true;
+      undo.textContent = "Undo";
+    }
+  }
 
   let answer = new Answer(answerEl, "markdown");
   const toolViews = new Map();
@@ -642,6 +670,9 @@ function render({ model, el }) {
       case "question":
         drawForm(value);
         break;
+      case "changes":
+        drawChanges(value);
+        break;
     }
   }
 
@@ -660,6 +691,7 @@ function render({ model, el }) {
     questions.textContent = "";
     questionViews.clear();
     (state.questions || []).forEach(drawForm);
+    drawChanges(state.changes || { summary: "", note: "" });
     setStop(state.stop);
     apply(["status", state.status]);
   }
