@@ -31,6 +31,12 @@ Everything the run shows travels as custom comm messages:
   the subshell the page sent them on (:func:`~jupyter_crush.view.comm.take_clicks_where_sent`);
   the page shows "Stopping…" before it sends the click.
 
+A sub-agent's turn (the ``agent`` tool) shows inside its call's tool row, collapsed under the
+row's heading (the task and the child's state, ``label`` and ``state`` of the ``tool`` op):
+``["child", call_id]`` opens its section, ``["child+", [call_id, text]]`` /
+``["child=", [call_id, text]]`` append to / replace its text, and
+``["child tool", [call_id, row]]`` adds or changes one of its tool calls.
+
 Why anywidget and not a model in the prebuilt JupyterLab extension: VS Code loads no
 JupyterLab extension, but it renders anywidget models, whose module travels in the
 models' state; JupyterLab 4 and Notebook 7 get anywidget's prebuilt extension from its
@@ -149,6 +155,7 @@ class DeltaRunView(RunView):
             "answer": "",
             "reasoning": "",
             "tools": {},
+            "children": {},  # call id -> its sub-agent's section: call_id, answer, tools
             "asks": {},
             "todos": [],
             "questions": {},
@@ -217,6 +224,7 @@ class DeltaRunView(RunView):
             if sent["tools"].get(row.call_id) != fields:
                 sent["tools"][row.call_id] = fields
                 ops.append(["tool", fields])
+        ops += self._child_ops()
         for ask_id in [a for a in sent["asks"] if a not in self._asks]:
             del sent["asks"][ask_id]
             ops.append(["asked", ask_id])
@@ -260,6 +268,29 @@ class DeltaRunView(RunView):
                 ops.append(["question", drawn])
         return ops
 
+    def _child_ops(self) -> list[list[Any]]:
+        """The sub-agents' sections: new ones, their text appended, their changed tool rows."""
+        ops: list[list[Any]] = []
+        for call_id, child in self.child_runs():
+            shown = self._sent["children"].get(call_id)
+            if shown is None:
+                shown = {"call_id": call_id, "answer": "", "tools": {}}
+                self._sent["children"][call_id] = shown
+                ops.append(["child", call_id])
+            text = child.answer
+            if text != shown["answer"]:
+                if text.startswith(shown["answer"]):
+                    ops.append(["child+", [call_id, text[len(shown["answer"]) :]]])
+                else:
+                    ops.append(["child=", [call_id, text]])
+                shown["answer"] = text
+            for row in self.child_rows(child):
+                fields = dataclasses.asdict(row)
+                if shown["tools"].get(row.call_id) != fields:
+                    shown["tools"][row.call_id] = fields
+                    ops.append(["child tool", [call_id, fields]])
+        return ops
+
     def _send_ops(self, ops: list[list[Any]]) -> None:
         """One numbered message (under _send_lock)."""
         if self.widget.comm is None:
@@ -281,6 +312,10 @@ class DeltaRunView(RunView):
             state = {
                 **sent,
                 "tools": list(sent["tools"].values()),
+                "children": [
+                    {**shown, "tools": list(shown["tools"].values())}
+                    for shown in sent["children"].values()
+                ],
                 "asks": list(sent["asks"].values()),
                 "todos": list(sent["todos"]),  # items are replaced, never changed in place
                 "questions": list(sent["questions"].values()),

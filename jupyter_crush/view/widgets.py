@@ -209,6 +209,7 @@ class WidgetsRunView(RunView):
                     f'<pre style="white-space: pre-wrap">{html.escape(row.result)}</pre>'
                     + row.images
                 )
+            body += self.child_html(row.call_id)  # a sub-agent's turn, as it streams
             entry = self._tool_widgets.get(row.call_id)
             if entry is None:
                 content = widgets.HTML(body)
