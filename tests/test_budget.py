@@ -171,6 +171,10 @@ def test_the_status_line_shows_spend_against_the_caps():
     assert "session $0.12 of $0.50 cap · today $1.20 of $5.00 cap" in view.status_text()
     view.finish(FinishReason.END_TURN, cost=0.03)  # counted on top of the spend before it
     assert "session $0.15 of $0.50 cap · today $1.23 of $5.00 cap" in view.status_text()
+    note = "the price of compat:local is unknown, so the spending cap cannot hold its requests"
+    view = budget_view()
+    view.on_event(Spending(0.0, 0.0, 0.004, 5.0, note))
+    assert view.status_text().endswith(f"today $0.0040 of $5.00 cap · {note}")
 
 
 def budget_view():

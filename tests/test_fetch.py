@@ -8,10 +8,10 @@ import asyncio
 import json
 
 import pytest
-from support.bounded import within
+from support.bounded import until, within
 from support.web_server import Page, web_serving
 
-from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
+from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall
 from jupyter_crush.core.tools import Decision, ToolContext
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 from jupyter_crush.tools import default_tools
@@ -220,3 +220,20 @@ async def test_headless_fetch_is_denied_unless_allowed(store, tmp_path):
         result = await within(agent.run(SessionAgentCall(store.create_session().id, "read it")))
     assert result.reason is FinishReason.END_TURN
     assert [seen.path for seen in server.requests] == ["/a?n=0"]
+
+
+async def test_stop_during_a_fetch_cancels_it(store, tmp_path):
+    with web_serving({"/hang?n=0": Page(hold=True)}) as server:
+        model = ScriptedModel(fetch_turns(server.url + "/hang", 1))
+        tools = default_tools(None, tmp_path, include=["fetch"])
+        policy = PermissionPolicy(None, allowed_tools=["fetch"])
+        agent = SessionAgent(model, store, tools=tools, permissions=policy)
+        session = store.create_session()
+        run = asyncio.ensure_future(agent.run(SessionAgentCall(session.id, "read it")))
+        await until(lambda: server.requests)
+        agent.cancel(session.id)
+        result = await within(run)
+    assert result.reason is FinishReason.CANCELED
+    assert len(model.requests) == 1  # no request after the Stop
+    (results,) = [m for m in store.list_messages(session.id) if m.role is Role.TOOL]
+    assert results.tool_results[0].is_error

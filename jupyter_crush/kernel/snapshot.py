@@ -205,7 +205,7 @@ def _plain_size(value: Any, budget: int) -> int | None:
             stack.extend(item.values())
         elif isinstance(item, list | set | tuple | frozenset):
             stack.extend(item)
-        elif not isinstance(item, _IMMUTABLE | bytearray):
+        elif not isinstance(item, (*_IMMUTABLE, bytearray)):
             return None
     return total
 

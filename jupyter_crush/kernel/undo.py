@@ -66,8 +66,14 @@ class TurnLog:
     def before_code(self, namespace: dict[str, Any], code: str) -> None:
         budget = self._budget()
         for name in touched_names(code):
-            if name not in self.names:
+            if name in self.names:
+                continue
+            try:
                 self.names[name] = snapshot(namespace, name, budget)
+            except Exception as error:  # an object whose size or copy fails: run the code
+                shot = NameSnapshot(name, name in namespace, namespace.get(name))
+                shot.not_kept = f"copying it failed: {type(error).__name__}: {error}"
+                self.names[name] = shot
 
     def file_changed(self, path: str, previous: bytes | None) -> None:
         self.files.setdefault(path, previous)
@@ -295,6 +301,11 @@ class Undo:
             turn = logs[prompt_id] = TurnLog(session_id, prompt_id, self._budget)
         return turn
 
+    def latest(self, session_id: str) -> TurnLog | None:
+        """The log of the session's latest turn run in this kernel."""
+        logs = self._logs.get(session_id)
+        return next(reversed(logs.values())) if logs else None
+
     def summary(self, session_id: str, prompt_id: str) -> str:
         """What the turn changed, as its run view says at its end ("" if nothing)."""
         turn = self._logs.get(session_id, {}).get(prompt_id)
@@ -302,10 +313,16 @@ class Undo:
 
     # -- asking for an undo --------------------------------------------------------------
 
-    def request(self, session_id: str, say: Callable[[str], None], *, block: bool) -> bool:
+    def request(
+        self,
+        session_id: str,
+        say: Callable[[str], None],
+        run_now: Callable[[Coroutine[Any, Any, None]], None] | None = None,
+    ) -> bool:
         """Undo the session's latest turn now, or once the prompts accepted before this
-        have ended (True: it waits). ``say`` gets the report, or why nothing was undone;
-        ``block`` waits for the page to remove cells (a cell running the command)."""
+        have ended (True: it waits). ``say`` gets the report, or why nothing was undone.
+        The cells' part (the page's answers) runs as a task, or through ``run_now`` when
+        the undo runs at once (a cell running the command waits for it there)."""
         agent = self._agent()
         status = agent.status() if agent is not None else None
         ahead = 0
@@ -314,7 +331,7 @@ class Undo:
         if ahead:
             self._waiting.setdefault(session_id, []).append(_Waiting(ahead, say))
             return True
-        self._run(session_id, say, block=block)
+        self._run(session_id, say, run_now)
         return False
 
     def turn_ended(self, session_id: str) -> None:
@@ -325,11 +342,16 @@ class Undo:
             entry.ahead -= 1
             if entry.ahead <= 0:
                 waiting.remove(entry)
-                self._run(session_id, entry.say, block=False)
+                self._run(session_id, entry.say, None)
 
     # -- undoing -------------------------------------------------------------------------
 
-    def _run(self, session_id: str, say: Callable[[str], None], *, block: bool) -> None:
+    def _run(
+        self,
+        session_id: str,
+        say: Callable[[str], None],
+        run_now: Callable[[Coroutine[Any, Any, None]], None] | None,
+    ) -> None:
         try:
             turn, report = self._undo_kernel_state(session_id)
         except UndoRefused as refused:
@@ -345,8 +367,8 @@ class Undo:
             self._record(turn, report)
             say(report.text())
 
-        if block:
-            _run_blocking(cells())
+        if run_now is not None:
+            run_now(cells())
         else:
             task = asyncio.get_running_loop().create_task(cells())
             self._tasks.add(task)
@@ -419,16 +441,3 @@ def _prompt_of(store: TranscriptStore, session_id: str, prompt_id: str) -> str:
         return prompt_id[:8]
     first = text.strip().splitlines()[0] if text.strip() else ""
     return first if len(first) <= 60 else first[:57] + "..."
-
-
-def _run_blocking(work: Coroutine[Any, Any, None]) -> None:
-    """Run ``work`` to its end from a cell that is executing, still serving the kernel's
-    loop (as :func:`~jupyter_crush.notebook.provenance.insert_cell_now` waits for the page)."""
-    from .display import kernel_loop
-
-    loop = kernel_loop()
-    if loop.is_running():
-        import nest_asyncio2
-
-        nest_asyncio2.apply(loop)
-    loop.run_until_complete(work)

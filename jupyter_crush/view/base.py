@@ -35,12 +35,13 @@ import html
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ipywidgets as widgets
 
 from ..core.events import (
+    ChildEvent,
     Compacted,
     CompactionEvent,
     ContextUsed,
@@ -62,6 +63,7 @@ from ..core.questions import QuestionRequest
 from ..core.todos import Todo, plan_from_metadata, plan_markdown
 from ..core.tokens import Meter
 from ..core.tools import Decision, PermissionRequest
+from .child import ChildRun
 from .comm import close_widgets
 from .questions import Answering, Closing, QuestionForms
 from .spending import SpendLine
@@ -94,10 +96,13 @@ class ToolRow:
     #: The result's images as <img> thumbnails (HTML made here, texts escaped): what the
     #: model was shown.
     images: str = ""
+    #: The task, when the row heads a sub-agent's section (its state is then the child's).
+    label: str = ""
 
     @property
     def title(self) -> str:
-        return f"tool {self.name} · {self.state}"
+        label = f" · {self.label}" if self.label else ""
+        return f"tool {self.name}{label} · {self.state}"
 
 
 class RunView:
@@ -157,6 +162,7 @@ class RunView:
         self._tool_calls: dict[str, ToolCallPart] = {}
         self._tool_results: dict[str, ToolResultPart] = {}
         self._tool_images: dict[str, str] = {}  # call id -> its result's thumbnails (HTML)
+        self._children: dict[str, ChildRun] = {}  # call id -> the sub-agent's turn it runs
         #: The plan as the latest successful ``todos`` call wrote it.
         self.plan: list[Todo] = []
         #: The ``question`` tool's forms (loop thread; answers arrive on any thread).
@@ -348,21 +354,30 @@ class RunView:
     def tool_rows(self) -> Iterator[ToolRow]:
         """The tool calls of this turn as shown, in call order."""
         for call_id, call in self._tool_calls.items():
-            result = self._tool_results.get(call_id)
-            if result is None and not call.finished:
-                state = "streaming arguments"
-            elif result is None:
-                state = "waiting for permission" if self.waiting_permission else "running"
-            else:
-                state = "error" if result.is_error else "ok"
-            yield ToolRow(
-                call_id,
-                call.name,
-                state,
-                _clip(pretty_json(call.input)),
-                None if result is None else _clip(result.content),
-                self._tool_images.get(call_id, ""),
-            )
+            images = self._tool_images.get(call_id, "")
+            row = tool_row(call, self._tool_results.get(call_id), self.waiting_permission, images)
+            child = self._children.get(call_id)
+            if child is not None:  # the row heads the sub-agent's section
+                row = replace(row, state=child.status, label=child.heading)
+            yield row
+
+    def child_runs(self) -> list[tuple[str, ChildRun]]:
+        """The sub-agents' turns of this turn, by the call that runs each, in call order."""
+        return list(self._children.items())
+
+    def child_rows(self, child: ChildRun) -> list[ToolRow]:
+        """A sub-agent's tool calls as shown, in call order."""
+        return [tool_row(call, child.tool_results.get(i)) for i, call in child.tool_calls.items()]
+
+    def child_html(self, call_id: str, *, answer: bool = True) -> str:
+        """The sub-agent's section under its call's row: its session, its tool calls one line
+        each and, with ``answer``, its text so far; "" when the call runs none."""
+        child = self._children.get(call_id)
+        if child is None:
+            return ""
+        rows = "".join(f"<li>{html.escape(row.title)}</li>" for row in self.child_rows(child))
+        text = f"<pre>{html.escape(child.answer)}</pre>" if answer and child.answer else ""
+        return f"<b>sub-agent</b> (session {child.session_id[:8]})<ul>{rows}</ul>{text}"
 
     def to_text(self) -> str:
         answer = self.answer_markdown
@@ -379,9 +394,12 @@ class RunView:
             lines.append(plan_markdown(self.plan, stopped=self.phase == "canceled"))
         for row in self.tool_rows():
             state = {"ok": "ok", "error": "error"}.get(row.state, "running")
+            if row.label:  # a sub-agent's section: its task and how it ended
+                state = html.escape(f"{row.label} · {row.state}")
             body = f"<pre>{html.escape(row.arguments)}</pre>"
             if row.result is not None:
                 body += f"\n<pre>{html.escape(row.result)}</pre>{row.images}"
+            body += self.child_html(row.call_id, answer=row.result is None)
             lines.append(
                 f"<details><summary>tool {html.escape(row.name)} · {state}</summary>\n\n"
                 f"{body}\n\n</details>"
@@ -452,6 +470,12 @@ class RunView:
         elif isinstance(event, PermissionAsked):
             self.waiting_permission = True
             self._draw()
+        elif isinstance(event, ChildEvent):
+            child = self._children.get(event.call_id)
+            if child is None:
+                child = self._children[event.call_id] = ChildRun(event.task, event.session_id)
+            child.on_event(event.event)
+            self._schedule_redraw()
         elif isinstance(event, Finished):
             self.finish(event.reason, event.message, event.usage, event.cost)
         elif isinstance(event, Spending):
@@ -627,6 +651,26 @@ class RunView:
             self._draw()
 
         return end
+
+
+def tool_row(
+    call: ToolCallPart, result: ToolResultPart | None, waiting: bool = False, images: str = ""
+) -> ToolRow:
+    """One tool call as a view shows it; ``waiting``: a permission prompt is open."""
+    if result is None and not call.finished:
+        state = "streaming arguments"
+    elif result is None:
+        state = "waiting for permission" if waiting else "running"
+    else:
+        state = "error" if result.is_error else "ok"
+    return ToolRow(
+        call.id,
+        call.name,
+        state,
+        _clip(pretty_json(call.input)),
+        None if result is None else _clip(result.content),
+        images,
+    )
 
 
 def _images_html(result: ToolResultPart) -> str:

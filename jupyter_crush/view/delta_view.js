@@ -377,6 +377,27 @@ export class RunState {
   }
 }
 
+// A sub-agent's section, moved on by one op (older snapshots hold no sections).
+function applyChildOp(state, op, value) {
+  state.children = state.children || [];
+  if (op === "child") {
+    state.children.push({ call_id: value, answer: "", tools: [] });
+    return;
+  }
+  const [callId, change] = value;
+  const child = state.children.find((c) => c.call_id === callId);
+  if (!child) return;
+  if (op === "child+") {
+    child.answer += change;
+  } else if (op === "child=") {
+    child.answer = change;
+  } else {
+    const at = child.tools.findIndex((t) => t.call_id === change.call_id);
+    if (at === -1) child.tools.push(change);
+    else child.tools[at] = change;
+  }
+}
+
 // The kernel's snapshot shape, moved on by one op (the kernel's `_sent` does the same).
 export function applyOp(state, [op, value]) {
   switch (op) {
@@ -400,6 +421,12 @@ export function applyOp(state, [op, value]) {
       else state.tools[at] = value;
       break;
     }
+    case "child":
+    case "child+":
+    case "child=":
+    case "child tool":
+      applyChildOp(state, op, value);
+      break;
     case "ask":
       state.asks.push(value);
       break;
@@ -410,6 +437,9 @@ export function applyOp(state, [op, value]) {
     case "todos":
     case "question":
       applyFormOp(state, op, value);
+      break;
+    case "changes":
+      state.changes = value;
       break;
   }
 }
@@ -529,9 +559,35 @@ function render({ model, el }) {
   questions.className = "crush-questions";
   const asks = el.appendChild(document.createElement("div"));
   asks.className = "crush-asks";
+  // At the end of a turn that changed something: "changed: 2 cells, 3 variables — Undo".
+  const changes = el.appendChild(document.createElement("div"));
+  changes.className = "crush-changes";
+  changes.hidden = true;
+  const changesText = changes.appendChild(document.createElement("span"));
+  const undo = changes.appendChild(button("Undo", "crush-undo"));
+  undo.title = "Undo this turn: the variables, objects, files and cells it changed";
+  const undoNote = changes.appendChild(document.createElement("pre"));
+  undoNote.className = "crush-undo-note";
+  undo.addEventListener("click", () => {
+    if (undo.disabled) return;
+    undo.disabled = true; // one undo per turn; the kernel's note says what it did
+    undo.textContent = "Undoing\u2026";
+    model.send({ event: "click", target: "undo" });
+  });
+  function drawChanges({ summary, note }) {
+    changes.hidden = !summary;
+    changesText.textContent = summary ? `${summary} \u2014 ` : "";
+    undoNote.textContent = note || "";
+    undoNote.hidden = !note;
+    if (note) {
+      undo.disabled = true;
+      undo.textContent = "Undo";
+    }
+  }
 
   let answer = new Answer(answerEl, "markdown");
   const toolViews = new Map();
+  const childViews = new Map(); // call id -> its sub-agent's section
   const askViews = new Map();
   const questionViews = new Map();
   const send = (msg) => model.send(msg);
@@ -565,22 +621,48 @@ function render({ model, el }) {
     model.send({ event: "click", target: "stop" });
   });
 
-  function drawTool(row) {
-    let view = toolViews.get(row.call_id);
+  // One tool call's row in `container`: the turn's tools, or a sub-agent's section.
+  function drawToolRow(container, views, row) {
+    let view = views.get(row.call_id);
     if (!view) {
-      view = tools.appendChild(document.createElement("details"));
+      view = container.appendChild(document.createElement("details"));
       view.className = "crush-tool";
       view.appendChild(document.createElement("summary"));
       view.appendChild(document.createElement("div"));
-      toolViews.set(row.call_id, view);
+      views.set(row.call_id, view);
     }
-    view.firstChild.textContent = `tool ${row.name} \u00b7 ${row.state}`;
+    const label = row.label ? ` \u00b7 ${row.label}` : "";
+    view.firstChild.textContent = `tool ${row.name}${label} \u00b7 ${row.state}`;
     let body = `<b>arguments</b><pre>${escapeHtml(row.arguments)}</pre>`;
     if (row.result !== null && row.result !== undefined) {
       // row.images is HTML the kernel made: <img> thumbnails, their texts escaped.
       body += `<b>result</b><pre>${escapeHtml(row.result)}</pre>${row.images || ""}`;
     }
-    view.lastChild.innerHTML = body;
+    view.children[1].innerHTML = body;
+    return view;
+  }
+
+  function drawTool(row) {
+    drawToolRow(tools, toolViews, row);
+  }
+
+  // A sub-agent's section, inside its call's row (collapsed with it): its tool calls, then
+  // its text as it streams.
+  function childView(callId) {
+    let child = childViews.get(callId);
+    if (!child) {
+      const row =
+        toolViews.get(callId) ||
+        drawToolRow(tools, toolViews, { call_id: callId, name: "agent", state: "running", arguments: "" });
+      const section = row.appendChild(document.createElement("div"));
+      section.className = "crush-child";
+      const childTools = section.appendChild(document.createElement("div"));
+      const text = section.appendChild(document.createElement("div"));
+      text.className = "crush-answer jp-RenderedHTMLCommon jp-RenderedMarkdown";
+      child = { tools: childTools, toolViews: new Map(), answer: new Answer(text, "markdown") };
+      childViews.set(callId, child);
+    }
+    return child;
   }
 
   function drawAsk(ask) {
@@ -626,6 +708,20 @@ function render({ model, el }) {
       case "tool":
         drawTool(value);
         break;
+      case "child":
+        childView(value);
+        break;
+      case "child+":
+        childView(value[0]).answer.append(value[1]);
+        break;
+      case "child=":
+        childView(value[0]).answer.reset(value[1]);
+        break;
+      case "child tool": {
+        const child = childView(value[0]);
+        drawToolRow(child.tools, child.toolViews, value[1]);
+        break;
+      }
       case "ask":
         drawAsk(value);
         break;
@@ -642,6 +738,9 @@ function render({ model, el }) {
       case "question":
         drawForm(value);
         break;
+      case "changes":
+        drawChanges(value);
+        break;
     }
   }
 
@@ -652,6 +751,12 @@ function render({ model, el }) {
     tools.textContent = "";
     toolViews.clear();
     state.tools.forEach(drawTool);
+    childViews.clear();
+    for (const shown of state.children || []) {
+      const child = childView(shown.call_id);
+      child.answer.reset(shown.answer);
+      shown.tools.forEach((row) => drawToolRow(child.tools, child.toolViews, row));
+    }
     asks.textContent = "";
     askViews.clear();
     state.asks.forEach(drawAsk);
@@ -660,6 +765,7 @@ function render({ model, el }) {
     questions.textContent = "";
     questionViews.clear();
     (state.questions || []).forEach(drawForm);
+    drawChanges(state.changes || { summary: "", note: "" });
     setStop(state.stop);
     apply(["status", state.status]);
   }

@@ -63,6 +63,22 @@ class WidgetsRunView(RunView):
         self.questions = widgets.VBox()
         # Form id -> its box and the state it was drawn in; loop thread only.
         self._form_widgets: dict[str, tuple[widgets.VBox, str]] = {}
+        # At the end of a turn that changed something: what it changed, an Undo button, and
+        # what the undo did.
+        self.changes_label = widgets.HTML()
+        self.undo_button = widgets.Button(
+            description="Undo",
+            icon="undo",
+            tooltip="Undo this turn: the variables, objects, files and cells it changed",
+            layout=widgets.Layout(width="auto"),
+        )
+        self.undo_button.on_click(lambda _button: self._click_undo())
+        take_clicks_where_sent(self.undo_button)
+        self.undo_note_html = widgets.HTML()
+        self.changes_box = widgets.VBox(
+            [widgets.HBox([self.changes_label, self.undo_button]), self.undo_note_html]
+        )
+        self.changes_box.layout.display = "none"
         self.root = widgets.VBox(
             [
                 header,
@@ -72,6 +88,7 @@ class WidgetsRunView(RunView):
                 self.answer,
                 self.questions,
                 self.permission,
+                self.changes_box,
             ]
         )
         self._draw()
@@ -125,6 +142,24 @@ class WidgetsRunView(RunView):
         if self.plan_html.value != plan:
             self.plan_html.value = plan
         self._draw_forms()
+        self._draw_changes()
+
+    def _draw_changes(self) -> None:
+        if not self.changes:
+            return
+        self.changes_box.layout.display = None
+        self.changes_label.value = f"{html.escape(self.changes)} —"
+        if self.undo_note:
+            self.undo_button.disabled = True
+            self.undo_button.description = "Undo"
+            note = f'<pre style="white-space: pre-wrap">{html.escape(self.undo_note)}</pre>'
+            self.undo_note_html.value = note
+
+    def _click_undo(self) -> None:
+        """The Undo click (the click's thread): one undo; its note says what it did."""
+        self.undo_button.disabled = True
+        self.undo_button.description = "Undoing…"
+        self.request_undo()
 
     def _draw_answer(self) -> None:
         # Each redraw resends (and the front end re-renders) the whole of a widget's value,
@@ -174,6 +209,7 @@ class WidgetsRunView(RunView):
                     f'<pre style="white-space: pre-wrap">{html.escape(row.result)}</pre>'
                     + row.images
                 )
+            body += self.child_html(row.call_id)  # a sub-agent's turn, as it streams
             entry = self._tool_widgets.get(row.call_id)
             if entry is None:
                 content = widgets.HTML(body)
