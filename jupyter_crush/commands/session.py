@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from ..agent.budget import day_spend_line, spend_of_cap
 from ..core.remote import ALLOW_LISTS
 from ..kernel.errors import store_problems_in_one_line
 from .registry import command
@@ -29,6 +28,7 @@ def sessions_command(crush: Crush, rest: list[str]) -> None:
     if not sessions:
         print("No sessions yet: a %%crush cell starts one.")
         return
+    from ..agent.budget import day_spend_line, spend_of_cap
     from ..kernel.models import session_meter
 
     agent = crush._agent

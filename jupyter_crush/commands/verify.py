@@ -7,7 +7,6 @@ import argparse
 import math
 from typing import TYPE_CHECKING, Any
 
-from ..kernel.verify import verify
 from ..notebook.verify import Limits
 from .registry import command
 
@@ -51,6 +50,8 @@ def verify_command(crush: Crush, args: list[str]) -> VerifyReport | None:
     """Runs in the background with its own view (Stop stops it); --wait (and headless runs)
     wait and return the report. --timeout bounds each cell (120 s), --total the run (3600 s);
     --live lets %%crush cells that have no recorded answer ask the model."""
+    from ..kernel.verify import verify
+
     parsed = _parser.parse_args(args)
     return verify(
         crush,
