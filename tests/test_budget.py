@@ -16,7 +16,7 @@ from test_delta_view_ops import make_view
 from test_providers import settings_for
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall
-from jupyter_crush.agent.budget import SpendingCaps, day_start, worst_case_cost
+from jupyter_crush.agent.budget import SpendingCaps, day_start, output_limit, worst_case_cost
 from jupyter_crush.core.events import Spending
 from jupyter_crush.core.message import Message, TextPart
 from jupyter_crush.providers import resolve_model
@@ -163,6 +163,14 @@ def test_the_worst_case_is_the_input_estimate_plus_the_output_limit():
     model = resolve_model(GPT_4O, settings=settings_for("http://127.0.0.1:9"))
     request = [Message("s", Role.USER, [TextPart("x" * 3996)])]  # 999 + 4 tokens, 1 for "[]"
     assert worst_case_cost(model, request, None, ()) == (1004 * 2.5 + 4096 * 10) / 1e6
+
+
+def test_a_thinking_budget_counts_in_the_output_limit():
+    model = resolve_model(
+        "anthropic:claude-sonnet-4-20250514",
+        settings=settings_for("http://127.0.0.1:9", thinking_budget=10_000),
+    )
+    assert output_limit(model) == 14_096  # what the request asks for: the budget and 4,096
 
 
 def test_the_status_line_shows_spend_against_the_caps():

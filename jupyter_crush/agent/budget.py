@@ -74,11 +74,16 @@ def worst_case_cost(
 
 
 def output_limit(model: Any) -> int:
-    """The most tokens one answer of ``model`` writes, as the context window counts it."""
+    """The most tokens one answer of ``model`` writes, as the context window counts it; with
+    a thinking budget, what the request asks for beyond it (the API wants more than it)."""
+    settings = getattr(model, "settings", None)
     limits = model_window(model)
     if limits is not None:
-        return limits.output
-    return getattr(getattr(model, "settings", None), "max_tokens", None) or DEFAULT_OUTPUT_TOKENS
+        limit = limits.output
+    else:
+        limit = getattr(settings, "max_tokens", None) or DEFAULT_OUTPUT_TOKENS
+    thinking = getattr(settings, "thinking_budget", None) or 0
+    return thinking + DEFAULT_OUTPUT_TOKENS if thinking >= limit else limit
 
 
 def day_start(now: float | None = None) -> float:
