@@ -23,7 +23,8 @@ from jupyter_crush.providers import resolve_model
 from jupyter_crush.testing import ScriptedModel
 
 # gpt-4o: $2.50 per million input tokens, $10 per million output; its output limit as the
-# context meter counts it is 4,096 tokens, so a short request could cost up to ~$0.041.
+# context meter counts it is 4,096 tokens, so a short request could cost up to ~$0.041,
+# shown rounded up to $0.05.
 GPT_4O = "openai:gpt-4o"
 
 
@@ -52,7 +53,7 @@ async def test_the_session_cap_stops_the_turn_before_anything_is_sent(store):
         assert server.requests == []
         line = (
             "stopped: this session has spent $0.48 of its $0.50 cap and the next request could "
-            "cost up to $0.04; raise it with %config CrushConfig.max_cost = 0.53"
+            "cost up to $0.05; raise it with %config CrushConfig.max_cost = 0.53"
         )
         assert (result.reason, result.message) == (FinishReason.ERROR, line)
         last = store.list_messages(session.id)[-1]
@@ -97,7 +98,7 @@ async def test_the_day_cap_counts_every_session_since_local_midnight(store, monk
         assert server.requests == []
     assert result.message == (
         "stopped: today's sessions have spent $3.98 of the $4.00 daily cap and the next "
-        "request could cost up to $0.04; raise it with %config CrushConfig.max_cost_per_day "
+        "request could cost up to $0.05; raise it with %config CrushConfig.max_cost_per_day "
         "= 4.03"
     )
 

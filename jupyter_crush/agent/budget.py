@@ -135,9 +135,9 @@ def day_spend_line(store: TranscriptStore, cap: float) -> str:
     return f"today: {format_dollars(spent)} of the {format_dollars(cap)} daily cap"
 
 
-def _raised(amount: float) -> str:
-    """A cap that lets ``amount`` through: rounded up to the cent."""
-    return f"{math.ceil(amount * 100) / 100:.2f}"
+def _up_to_cent(amount: float) -> float:
+    """``amount`` rounded up to the cent: a bound shown rounded must still be a bound."""
+    return math.ceil(amount * 100) / 100
 
 
 class Budget:
@@ -176,15 +176,15 @@ class Budget:
             raise CapReached(
                 f"stopped: this session has spent {format_dollars(session)} of its "
                 f"{format_dollars(caps.session)} cap and the next request could cost up to "
-                f"{format_dollars(worst)}; raise it with %config CrushConfig.max_cost = "
-                f"{_raised(session + worst)}"
+                f"{format_dollars(_up_to_cent(worst))}; raise it with %config "
+                f"CrushConfig.max_cost = {_up_to_cent(session + worst):.2f}"
             )
         if caps.day and day + worst > caps.day:
             raise CapReached(
                 f"stopped: today's sessions have spent {format_dollars(day)} of the "
                 f"{format_dollars(caps.day)} daily cap and the next request could cost up to "
-                f"{format_dollars(worst)}; raise it with %config CrushConfig.max_cost_per_day = "
-                f"{_raised(day + worst)}"
+                f"{format_dollars(_up_to_cent(worst))}; raise it with %config "
+                f"CrushConfig.max_cost_per_day = {_up_to_cent(day + worst):.2f}"
             )
 
     def _unpriced_note(self, model: Any) -> str:
