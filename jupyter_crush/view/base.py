@@ -154,6 +154,9 @@ class RunView:
         self.spend = SpendLine()  # what was spent against the spending caps, when set
         #: Whether a front end that can click shows this view (permission prompts need one).
         self.interactive = True
+        #: Puts a code block of the answer into a new cell below the prompt's (the kernel
+        #: sets it; called from the click's thread). None: Insert below does nothing.
+        self.code_inserter: Callable[[str], None] | None = None
         self._created = clock()
         self._started: float | None = None
         self._ended: float | None = None
@@ -309,6 +312,11 @@ class RunView:
     def offers_undo(self) -> bool:
         """Whether the view shows an Undo button (keep it on the page at the run's end)."""
         return bool(self.changes) and self.interactive
+
+    def insert_code(self, code: Any) -> None:
+        """An Insert below click on one of the answer's code blocks (any thread)."""
+        if isinstance(code, str) and code.strip() and self.code_inserter is not None:
+            self.code_inserter(code)
 
     def request_undo(self) -> None:
         """The Undo click, on whichever thread delivered it: one undo per view, run on the

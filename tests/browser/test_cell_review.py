@@ -24,6 +24,8 @@ model = ScriptedModel([Reply(tool_calls=[ToolCall({tool!r}, {args!r})]), "Over t
 crush.use_model(model)
 print("setup done")"""
 
+SESSION = 'print("session:", crush.current_session_id)'
+
 TOLD = """\
 print("session:", crush.current_session_id)
 print("told:", model.requests[1].messages[-1].tool_results[0].content)"""
@@ -137,3 +139,52 @@ def test_run_cell_runs_a_cell_that_raises_as_shift_enter_would(page, lab_server)
     count = prompt.strip().strip("[]:")
     assert f"Cell {target} ran as [{count}], and raised an error:" in told
     assert "before" in told and "ZeroDivisionError" in told and "1 / 0" in told
+
+
+BLOCK_SETUP = """\
+%load_ext jupyter_crush
+from jupyter_crush.magics import current
+from jupyter_crush.testing import ScriptedModel
+crush = current()
+answer = "Try this:\\n\\n```python\\nprint('from the block')\\n```\\n\\n" + "word " * 400
+crush.use_model(ScriptedModel([answer], tokens_per_second=40))
+print("setup done")"""
+
+
+def test_insert_below_puts_a_code_block_of_the_answer_into_a_cell_with_provenance(page, lab_server):
+    name = lab_server.write_notebook([BLOCK_SETUP, "%%crush --fresh\nshow me", SESSION])
+    path = lab_server.root / name
+    notebook = Notebook(page)
+    notebook.open(lab_server.lab_url(name), cells=3)
+    notebook.run(0)
+    notebook.wait_output(0, r"setup done")
+    notebook.run(1)
+    actions = notebook.output(1).locator(".crush-code-actions")
+    actions.get_by_role("button", name="Insert below").click()  # while the answer streams
+    assert actions.get_by_role("button", name="Copy").count() == 1
+    notebook.cells.nth(3).wait_for()
+    assert (
+        notebook.cells.nth(2)
+        .locator(".jp-InputArea")
+        .inner_text()
+        .strip()
+        .endswith("print('from the block')")
+    )
+    page.locator(".crush-stop").first.click()
+    notebook.wait_output(1, r"canceled")
+    notebook.run(3)
+    session_id = notebook.wait_output(3, r"session:").split("session:", 1)[1].split()[0]
+
+    notebook.cells.nth(0).locator(".jp-InputPrompt").click()
+    page.keyboard.press("ControlOrMeta+s")
+    deadline = time.monotonic() + 30
+    while len(cells := json.loads(path.read_text())["cells"]) < 4 or not cells[3]["outputs"]:
+        assert time.monotonic() < deadline, f"{name} was not saved"
+        time.sleep(0.2)
+    inserted = cells[2]
+    assert "".join(inserted["source"]) == "print('from the block')"
+    origin = inserted["metadata"]["jupyter_crush"]
+    assert origin["session"] == session_id
+    assert origin["model"] == "scripted:scripted-model"
+    assert len(origin["message"]) == 32 and "tool_call" not in origin
+    assert inserted["outputs"] == [] and inserted["execution_count"] is None
