@@ -221,7 +221,8 @@ def assert_both_canceled(store, session_id, result, model, requests):
     assert child[-1].finish_reason is FinishReason.CANCELED
     answered = {r.tool_call_id for m in child for r in m.tool_results}
     assert all(c.id in answered for m in child for c in m.tool_calls)
-    assert len(model.requests) == requests
+    if model is not None:  # a scripted model: every request either turn sent
+        assert len(model.requests) == requests
 
 
 async def test_stop_while_the_child_streams_stops_both(store, tmp_path):
