@@ -288,6 +288,41 @@ class Answer {
   }
 }
 
+// The run's edit_cell calls waiting for the user's review. The JupyterLab extension shows
+// each as a diff in its cell and takes "Accept all" as a window event (its
+// ACCEPT_EDITS_EVENT, labextension/src/edits.ts); it tells the kernel what was decided.
+function pendingEdits(el) {
+  el.className = "crush-edits";
+  el.hidden = true;
+  const label = el.appendChild(document.createElement("span"));
+  const accept = el.appendChild(button("Accept all", "crush-accept-edits mod-success"));
+  const waiting = new Map(); // call id -> the id of the cell it edits
+  accept.addEventListener("click", () => {
+    const detail = { edits: [...waiting.keys()] };
+    window.dispatchEvent(new CustomEvent("jupyter-crush:accept-edits", { detail }));
+  });
+  function draw() {
+    el.hidden = waiting.size === 0;
+    const what = waiting.size === 1 ? "1 edit waits" : `${waiting.size} edits wait`;
+    label.textContent = `${what} for your review in cell ${[...waiting.values()].join(", ")}`;
+  }
+  return {
+    update(row) {
+      if (row.name === "edit_cell" && row.state === "running") {
+        const cell = /"cell_id":\s*"([^"]*)"/.exec(row.arguments);
+        waiting.set(row.call_id, cell ? cell[1] : "?");
+      } else {
+        waiting.delete(row.call_id);
+      }
+      draw();
+    },
+    clear() {
+      waiting.clear();
+      draw();
+    },
+  };
+}
+
 function button(label, className) {
   const b = document.createElement("button");
   b.className = `jupyter-widgets jupyter-button widget-button ${className}`;
@@ -606,6 +641,7 @@ function render({ model, el }) {
     .appendChild(document.createTextNode(""));
   const tools = el.appendChild(document.createElement("div"));
   tools.className = "crush-tools";
+  const edits = pendingEdits(el.appendChild(document.createElement("div")));
   const answerEl = el.appendChild(document.createElement("div"));
   answerEl.className = "crush-answer jp-RenderedHTMLCommon jp-RenderedMarkdown";
   const questions = el.appendChild(document.createElement("div"));
@@ -698,6 +734,7 @@ function render({ model, el }) {
 
   function drawTool(row) {
     drawToolRow(tools, toolViews, row);
+    edits.update(row);
   }
 
   // A sub-agent's section, inside its call's row (collapsed with it): its tool calls, then
@@ -804,6 +841,7 @@ function render({ model, el }) {
     apply(["reasoning=", state.reasoning]);
     tools.textContent = "";
     toolViews.clear();
+    edits.clear();
     state.tools.forEach(drawTool);
     childViews.clear();
     for (const shown of state.children || []) {

@@ -67,7 +67,8 @@ def open_edit(page, lab_server, args: dict) -> tuple[Notebook, Path, str]:
     return notebook, path, target
 
 
-def test_an_accepted_edit_lands_in_the_saved_notebook_with_its_provenance(page, lab_server):
+@pytest.mark.parametrize("where", ["cell", "run view"])
+def test_an_accepted_edit_lands_in_the_saved_notebook_with_its_provenance(page, lab_server, where):
     args = {"search": "6 * 7", "replace": "sum(range(10))"}
     notebook, path, target = open_edit(page, lab_server, args)
     diff = notebook.cells.nth(1).locator(".jp-crush-Edit")
@@ -75,8 +76,13 @@ def test_an_accepted_edit_lands_in_the_saved_notebook_with_its_provenance(page, 
     # and so the cell's own editor, still holds the old source.
     assert diff.locator(".cm-deletedChunk").inner_text().strip() == "total = 6 * 7"
     assert "sum(range(10))" in diff.locator(".cm-changedLine").first.inner_text()
-    notebook.screenshot("edit-cell-diff")
-    diff.get_by_role("button", name="Accept").click()
+    pending = notebook.output(2).locator(".crush-edits")
+    assert pending.inner_text().startswith(f"1 edit waits for your review in cell {target}")
+    notebook.screenshot(f"edit-cell-diff-{where.replace(' ', '-')}")
+    if where == "cell":
+        diff.get_by_role("button", name="Accept").click()
+    else:
+        pending.get_by_role("button", name="Accept all").click()
     notebook.wait_output(2, r"Over to you")
     notebook.wait_output(2, r"done")
     assert notebook.cells.nth(1).locator(".jp-crush-Edit").count() == 0
