@@ -69,3 +69,20 @@ def test_agent_model_answers_the_child(ip, crush, tmp_path, monkeypatch):
     assert {m.provider for m in answers} == {"replay"}
     parents = [m for m in crush.store.list_messages(parent) if m.role is Role.ASSISTANT]
     assert {m.provider for m in parents} == {"scripted"}
+
+
+def test_a_replayed_cell_takes_the_sub_agents_recorded_answer(ip, crush, tmp_path, monkeypatch):
+    from test_rerun import run_all_again
+
+    model, _, _ = sub_agent_cell(ip, crush, tmp_path, monkeypatch)
+    run_all_again(crush)
+    run(ip, "%crush replay strict")  # a sub-agent only reads: strict replays it too
+    run(ip, "%%crush --new\nwhat is in data.csv?")
+    view = crush.last_view
+    assert view.phase == "done" and len(model.requests) == 4  # nothing asked again
+    assert "not run again" not in view.status_text()
+    assert len([s for s in crush.store.list_sessions() if s.parent_session_id]) == 1
+    results = [
+        r for m in crush.store.list_messages(crush.current_session_id) for r in m.tool_results
+    ]
+    assert [r.content for r in results] == ["Columns a and b."]
