@@ -4,14 +4,17 @@ In-process on the test IPython shell with a ScriptedModel whose turns call the r
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pandas as pd
 import pytest
 from IPython.core.error import UsageError
-from support.bounded import within
+from support.bounded import until, within
 
-from jupyter_crush.core.message import Role
+from jupyter_crush.core.message import Message, Role, TextPart
 from jupyter_crush.kernel.submit import submit
+from jupyter_crush.store.transcript import TranscriptStore
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 
 
@@ -168,6 +171,24 @@ def test_bad_undo_requests_say_so_in_one_line_and_change_nothing(ip, crush, mode
     assert len(crush.store.list_messages(other.id)) == 0
 
 
+def test_undo_of_a_session_another_kernel_runs_is_refused(ip, crush, model, capsys, tmp_path):
+    ip.user_ns["mine"] = 1
+    turn(ip, model, "mine = 2", session="shared")
+    session_id = crush.current_session_id
+    elsewhere = TranscriptStore(tmp_path / "store")  # another kernel's, still open
+    try:
+        elsewhere.add_message(Message(session_id, Role.USER, [TextPart("their turn")]))
+        assert undo(ip, capsys, "shared").strip() == (
+            "Session 'shared' is used by another kernel, which ran its latest turn: undo it "
+            "from that kernel's notebook"
+        )
+        assert ip.user_ns["mine"] == 2
+    finally:
+        elsewhere.close()
+    assert "Undid the turn 'Do it'" in undo(ip, capsys, "shared")  # that kernel is gone
+    assert ip.user_ns["mine"] == 1
+
+
 async def test_undo_asked_while_a_turn_runs_waits_for_its_end(ip, crush, capsys):
     model = ScriptedModel([Reply(tool_calls=[ToolCall("python", {"code": "held = 2"})]), "Done."])
     gate = model.gate(step=1, after_tokens=1)
@@ -186,3 +207,31 @@ async def test_undo_asked_while_a_turn_runs_waits_for_its_end(ip, crush, capsys)
     await within(view.wait())
     assert ip.user_ns["held"] == 1
     assert said and said[0].startswith("Undid the turn 'Change held'")
+
+
+async def test_the_run_view_ends_with_what_changed_and_its_undo_button_undoes_it(ip, crush):
+    model = ScriptedModel([Reply(tool_calls=[ToolCall("python", {"code": "shown = 2"})]), "Done."])
+    crush.use_model(model)
+    crush.config.allowed_tools = ["python"]
+    ip.user_ns["shown"] = 1
+    view = submit(crush, "Change shown", session_ref="view", new=True, wait=False)
+    await within(view.wait())
+    assert view.snapshot()["snapshot"]["changes"] == {"summary": "changed: 1 variable", "note": ""}
+
+    click = {"event": "click", "target": "undo"}
+    view._on_message(view.widget, click, [])  # the page's Undo button
+    await until(lambda: view.snapshot()["snapshot"]["changes"]["note"])
+    assert ip.user_ns["shown"] == 1
+    note = view.snapshot()["snapshot"]["changes"]["note"]
+    assert note.startswith("Undid the turn 'Change shown' of session 'view':")
+    ip.user_ns["shown"] = 3
+    view._on_message(view.widget, click, [])  # one undo per turn's view
+    await asyncio.sleep(0)
+    assert ip.user_ns["shown"] == 3
+
+
+async def test_a_turn_that_changed_nothing_shows_no_undo(ip, crush):
+    crush.use_model(ScriptedModel(["Just words."]))
+    view = submit(crush, "Talk", session_ref="talk", new=True, wait=False)
+    await within(view.wait())
+    assert view.snapshot()["snapshot"]["changes"] == {"summary": "", "note": ""}
