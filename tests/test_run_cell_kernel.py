@@ -1,7 +1,8 @@
-"""run_cell in a real kernel, the page played over the extension's comm the way the lab
-extension plays it: the cell runs as an ordinary execute_request on the main shell while
-the agent's task waits on the kernel's loop for the page's answer (no deadlock), and a Stop
-interrupts the running cell as ■ does without stopping the kernel's other runs."""
+"""run_cell and edit_cell in a real kernel, the page played over the extension's comm the way
+the lab extension plays it: the cell runs as an ordinary execute_request on the main shell
+while the agent's task waits on the kernel's loop for the page's answer (no deadlock), a Stop
+interrupts the running cell as ■ does without stopping the kernel's other runs, and a Stop
+while an edit waits for review withdraws it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ model = ScriptedModel(by_prompt={
     "raise": [Reply(tool_calls=[ToolCall("run_cell", {"cell_id": "c-raise"})]), "Seen."],
     "sleep": [Reply(tool_calls=[ToolCall("run_cell", {"cell_id": "c-sleep"})]), "Never."],
     "other": ["word " * 400],
+    "edit": [Reply(tool_calls=[ToolCall("edit_cell", {"cell_id": "c-edit", "source": "x = 2"})]),
+             "Never."],
 }, tokens_per_second=20)
 crush.use_model(model)
 """
@@ -165,3 +168,20 @@ def test_a_stop_interrupts_the_running_cell_and_only_its_own_run(kernel):
     # interrupt was the sleeper's Stop, not the user's ■, which would stop every run.
     assert status[:2] == ["canceled", "['other']"]
     kernel.run("%crush cancel --all")
+
+
+def test_a_stop_while_an_edit_waits_for_review_withdraws_it(kernel):
+    page = Page(kernel)
+    kernel.run("%%crush --yolo --fresh -s editor\nedit please")
+    page.answer(page.request("cells"), cells("c-edit", "x = 1"))
+    proposed = page.request("propose_edit")
+    assert (proposed["cell"], proposed["before"], proposed["after"]) == ("c-edit", "x = 1", "x = 2")
+    page.answer(proposed, {"pending": True})  # the diff is shown; the user has not decided
+    asked = kernel.value("len(model.requests)")
+    kernel.stop(page.subshell)
+    withdrawn = page.request("withdraw_edit")
+    assert withdrawn["edit"] == proposed["edit"]
+    told = kernel.run(
+        "await crush.last_view.wait()\nprint(crush.last_view.phase)\nprint(len(model.requests))"
+    ).split()
+    assert told == ["canceled", str(asked)]  # the model was not asked again after the Stop
