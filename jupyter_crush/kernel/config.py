@@ -181,10 +181,11 @@ class CrushConfig(Configurable):
     ).tag(config=True)
 
     undo_copy_limit = Int(
-        100_000_000,
+        100 * 2**20,
         min=0,
-        help="Largest object (bytes) a python call may change in place that %crush undo keeps "
-        "a copy of, to put back; a larger one is named as not restored. 0 keeps no copies.",
+        help="Largest object (bytes; 100 MB) a python call may change in place that %crush "
+        "undo keeps a copy of, to put back; a larger one is named as not restored. 0 keeps "
+        "no copies.",
     ).tag(config=True)
 
     run_view = CaselessStrEnum(

@@ -6,8 +6,7 @@
  *                                                      edit reverted)
  *
  * Each answers {"ok": true}, or {"ok": false, "reason"} when the notebook has no cell with
- * that id (the user deleted it since). Both are steps of the notebook's own undo history, so
- * Ctrl+Z in the notebook brings the cell or the edit back.
+ * that id (the user deleted it since).
  */
 import { NotebookPanel } from '@jupyterlab/notebook';
 
