@@ -46,6 +46,17 @@ def unload_ipython_extension(ipython) -> None:
     unload(ipython)
 
 
+def __getattr__(name: str):
+    """``crush.last_verify``: the report of the running kernel's latest ``%crush verify``
+    (None before one finished, or outside a kernel with the extension)."""
+    if name == "last_verify":
+        from IPython import get_ipython
+
+        crush = getattr(get_ipython(), "_jupyter_crush", None)
+        return crush.last_verify if crush is not None else None
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
     """Where the prebuilt JupyterLab extension lives (``jupyter labextension list``)."""
     return [{"src": "labextension", "dest": "jupyter-crush"}]
