@@ -111,7 +111,7 @@ class CrushConfig(Configurable):
         default_value=None,
         allow_none=True,
         help="Names of the tools the agent may call (None: all of them: python, variables, "
-        "notebook, insert_cell, view, glob, grep, ls, write, edit, bash, fetch). Read when "
+        "notebook, insert_cell, view, glob, grep, ls, write, edit, bash, fetch, agent). Read when "
         "the agent is made.",
     ).tag(config=True)
 
@@ -167,6 +167,12 @@ class CrushConfig(Configurable):
         "",
         help="Model that titles a new session after its first prompt, as 'provider:model'; "
         "empty uses crush.json's models.small when there is one, else the session's model.",
+    ).tag(config=True)
+
+    agent_model = Unicode(
+        "",
+        help="Model of the agent tool's sub-agent, as 'provider:model'; empty uses the model "
+        "answering the prompt.",
     ).tag(config=True)
 
     agent_model = Unicode(

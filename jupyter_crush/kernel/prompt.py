@@ -30,6 +30,9 @@ its URL or headers.
 - For work of several steps, keep a short plan with `todos` and mark each step as it \
 ends; ask with `question` only when the request has several valid readings or the choice \
 is the user's, not for what you can find out yourself.
+- `agent` hands a self-contained search or reading task to a sub-agent that can only read \
+and returns its conclusion: use it when finding something may take many reads, and say \
+exactly what to find and report (it does not see this conversation).
 - If a tool fails, read the error and fix the call; do not repeat the same failing call.
 
 Environment: Python {python} on {system}; working directory {cwd}.
