@@ -175,12 +175,6 @@ class CrushConfig(Configurable):
         "answering the prompt.",
     ).tag(config=True)
 
-    agent_model = Unicode(
-        "",
-        help="Model of the agent tool's sub-agent, as 'provider:model'; empty uses the model "
-        "answering the prompt.",
-    ).tag(config=True)
-
     redraw_rate = Float(
         30.0,
         help="Most redraws per second of a streaming answer; tokens in between are coalesced.",
