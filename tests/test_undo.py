@@ -13,6 +13,7 @@ from IPython.core.error import UsageError
 from support.bounded import until, within
 
 from jupyter_crush.core.message import Message, Role, TextPart
+from jupyter_crush.kernel.snapshot import touched_names
 from jupyter_crush.kernel.submit import submit
 from jupyter_crush.store.transcript import TranscriptStore
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
@@ -235,3 +236,40 @@ async def test_a_turn_that_changed_nothing_shows_no_undo(ip, crush):
     view = submit(crush, "Talk", session_ref="talk", new=True, wait=False)
     await within(view.wait())
     assert view.snapshot()["snapshot"]["changes"] == {"summary": "", "note": ""}
+
+
+def test_the_names_code_can_touch_come_from_its_syntax_tree():
+    code = """\
+import numpy as np, os.path
+from math import tau as t
+x = 1
+del y
+z += 1
+df.drop(columns=["a"], inplace=True)
+rows[0] = 2
+items.append(3)
+a.b.c().d()
+print(only_read)
+def f():
+    global g
+    g = 1
+for i in range(3): pass
+!ls
+"""
+    assert touched_names(code) == {
+        *("np", "os", "t", "x", "y", "z", "df", "rows", "items", "a", "f", "g", "i"),
+        "get_ipython",  # !ls, as the shell runs it
+    }
+    assert touched_names("def broken(:") == set()
+
+
+def test_an_object_undo_cannot_copy_is_named_as_not_restored(ip, model, capsys, tmp_path):
+    handle = open(tmp_path / "log.txt", "w")  # noqa: SIM115
+    ip.user_ns["handle"] = handle
+    try:
+        turn(ip, model, "handle.write('line')")
+        assert "changed, not restored: handle (_io.TextIOWrapper: undo cannot copy it)" in undo(
+            ip, capsys
+        )
+    finally:
+        handle.close()
