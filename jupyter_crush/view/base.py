@@ -69,6 +69,8 @@ from .questions import Answering, Closing, QuestionForms
 from .spending import SpendLine
 
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
+#: A finished answer's code provenance (labextension/src/answers.ts renders the answer).
+ANSWER_MIME = "application/vnd.jupyter-crush.answer+json"
 
 #: Longest tool argument / result shown in the view; the store keeps all of it.
 _TOOL_TEXT_LIMIT = 4000
@@ -157,6 +159,9 @@ class RunView:
         #: Puts a code block of the answer into a new cell below the prompt's (the kernel
         #: sets it; called from the click's thread). None: Insert below does nothing.
         self.code_inserter: Callable[[str], None] | None = None
+        #: The provenance metadata of a cell made from the answer's code (the kernel sets
+        #: it): the static answer carries it for the page's own Insert below.
+        self.code_origin: Callable[[], dict[str, Any]] | None = None
         self._created = clock()
         self._started: float | None = None
         self._ended: float | None = None
@@ -215,7 +220,11 @@ class RunView:
         papermill) keeps the whole answer for readers of plain text.
         """
         plain = self.to_text() if not self.interactive else f"[crush] {self.status_text()}"
-        return {"text/plain": plain, "text/markdown": self.to_markdown()}
+        bundle = {"text/plain": plain, "text/markdown": self.to_markdown()}
+        if self.code_origin is not None and self._answer_mime == "text/markdown":
+            # The JupyterLab extension renders the Markdown with Copy and Insert below.
+            bundle[ANSWER_MIME] = {"cell_metadata": self.code_origin()}
+        return bundle
 
     @property
     def answer_markdown(self) -> str:

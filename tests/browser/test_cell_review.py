@@ -152,21 +152,30 @@ BLOCK_SETUP = """\
 from jupyter_crush.magics import current
 from jupyter_crush.testing import ScriptedModel
 crush = current()
-answer = "Try this:\\n\\n```python\\nprint('from the block')\\n```\\n\\n" + "word " * 400
-crush.use_model(ScriptedModel([answer], tokens_per_second=40))
+answer = "Try this:\\n\\n```python\\nprint('from the block')\\n```\\n\\n" + "word " * {words}
+crush.use_model(ScriptedModel([answer], tokens_per_second={rate}))
 print("setup done")"""
 
 
-def test_insert_below_puts_a_code_block_of_the_answer_into_a_cell_with_provenance(page, lab_server):
-    name = lab_server.write_notebook([BLOCK_SETUP, "%%crush --fresh\nshow me", SESSION])
+@pytest.mark.parametrize("answer", ["streaming", "finished"])
+def test_insert_below_puts_a_code_block_of_the_answer_into_a_cell_with_provenance(
+    page, lab_server, answer
+):
+    streaming = answer == "streaming"
+    setup = BLOCK_SETUP.format(words=400 if streaming else 3, rate=40 if streaming else None)
+    name = lab_server.write_notebook([setup, "%%crush --fresh\nshow me", SESSION])
     path = lab_server.root / name
     notebook = Notebook(page)
     notebook.open(lab_server.lab_url(name), cells=3)
     notebook.run(0)
     notebook.wait_output(0, r"setup done")
     notebook.run(1)
-    actions = notebook.output(1).locator(".crush-code-actions")
-    actions.get_by_role("button", name="Insert below").click()  # while the answer streams
+    if streaming:  # the run view's buttons, while the answer streams
+        actions = notebook.output(1).locator(".crush-code-actions")
+    else:  # the static answer's, rendered by the extension once the run is done
+        notebook.wait_output(1, r"done")
+        actions = notebook.output(1).locator(".jp-crush-CodeActions")
+    actions.get_by_role("button", name="Insert below").click()
     assert actions.get_by_role("button", name="Copy").count() == 1
     notebook.cells.nth(3).wait_for()
     assert (
@@ -176,8 +185,9 @@ def test_insert_below_puts_a_code_block_of_the_answer_into_a_cell_with_provenanc
         .strip()
         .endswith("print('from the block')")
     )
-    page.locator(".crush-stop").first.click()
-    notebook.wait_output(1, r"canceled")
+    if streaming:
+        page.locator(".crush-stop").first.click()
+        notebook.wait_output(1, r"canceled")
     notebook.run(3)
     session_id = notebook.wait_output(3, r"session:").split("session:", 1)[1].split()[0]
 
