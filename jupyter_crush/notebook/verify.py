@@ -61,7 +61,7 @@ class NotebookToVerify:
     cells: list[dict[str, Any]]
     folder: Path
     path: str  # as shown in the report ("" for a document never saved)
-    source: str  # "live document", "live document (unsaved changes included)", "file on disk"
+    source: str  # "live document", "live document, unsaved changes included", "file on disk"
     kernel: str
 
 
