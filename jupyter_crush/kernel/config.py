@@ -111,8 +111,8 @@ class CrushConfig(Configurable):
         default_value=None,
         allow_none=True,
         help="Names of the tools the agent may call (None: all of them: python, variables, "
-        "notebook, insert_cell, view, glob, grep, ls, write, edit, bash, fetch, agent). Read when "
-        "the agent is made.",
+        "notebook, insert_cell, edit_cell, run_cell, view, glob, grep, ls, write, edit, bash, "
+        "fetch, agent). Read when the agent is made.",
     ).tag(config=True)
 
     allowed_tools = List(
