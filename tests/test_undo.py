@@ -15,6 +15,8 @@ from support.bounded import until, within
 from jupyter_crush.core.message import Message, Role, TextPart
 from jupyter_crush.kernel.snapshot import touched_names
 from jupyter_crush.kernel.submit import submit
+from jupyter_crush.providers.anthropic import build_messages as anthropic_messages
+from jupyter_crush.providers.history import conversation
 from jupyter_crush.store.transcript import TranscriptStore
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 
@@ -273,3 +275,19 @@ def test_an_object_undo_cannot_copy_is_named_as_not_restored(ip, model, capsys, 
         )
     finally:
         handle.close()
+
+
+def test_the_next_request_tells_the_model_its_turn_was_undone(ip, crush, model, capsys):
+    ip.user_ns["value"] = 1
+    turn(ip, model, "value = 2")
+    report = undo(ip, capsys).strip()
+    model.add("Understood.")
+    run(ip, "%%crush -s demo\nWhat is value now?")
+    request = conversation(model.requests[-1].messages)
+    note, prompt = request[-2], request[-1]
+    assert note.role is Role.USER and prompt.text == "What is value now?"
+    assert note.text == f"[Not a request: the user ran %crush undo on the turn before.]\n{report}"
+    # Anthropic merges the note into the prompt's user turn; the roles still alternate.
+    sent = anthropic_messages(model.requests[-1].messages)
+    assert [m["role"] for m in sent[-2:]] == ["assistant", "user"]
+    assert [b["text"] for b in sent[-1]["content"]] == [note.text, "What is value now?"]
