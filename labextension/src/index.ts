@@ -10,6 +10,7 @@
  */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
+import { IEditorLanguageRegistry } from '@jupyterlab/codemirror';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { Kernel } from '@jupyterlab/services';
@@ -149,15 +150,16 @@ const plugin: JupyterFrontEndPlugin<void> = {
   description: 'Stop running crush agents and show their status.',
   autoStart: true,
   requires: [INotebookTracker],
-  optional: [ICommandPalette, IStatusBar, IRenderMimeRegistry],
+  optional: [ICommandPalette, IStatusBar, IRenderMimeRegistry, IEditorLanguageRegistry],
   activate: (
     app: JupyterFrontEnd,
     tracker: INotebookTracker,
     palette: ICommandPalette | null,
     statusBar: IStatusBar | null,
-    rendermime: IRenderMimeRegistry | null
+    rendermime: IRenderMimeRegistry | null,
+    languages: IEditorLanguageRegistry | null
   ) => {
-    const connections = new Connections(tracker, new CellEdits());
+    const connections = new Connections(tracker, new CellEdits(languages));
 
     // A finished answer's code blocks: Copy and Insert below (answers.ts).
     rendermime?.addFactory(answerRendererFactory);
