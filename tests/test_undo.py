@@ -291,3 +291,14 @@ def test_the_next_request_tells_the_model_its_turn_was_undone(ip, crush, model, 
     sent = anthropic_messages(model.requests[-1].messages)
     assert [m["role"] for m in sent[-2:]] == ["assistant", "user"]
     assert [b["text"] for b in sent[-1]["content"]] == [note.text, "What is value now?"]
+
+
+def test_only_the_newest_turns_are_kept_for_undo(ip, crush, monkeypatch, capsys, model):
+    monkeypatch.setattr("jupyter_crush.kernel.undo.KEPT_TURNS", 2)
+    ip.user_ns["step"] = 0
+    for n in (1, 2, 3):
+        turn(ip, model, f"step = {n}")
+    undo(ip, capsys)
+    undo(ip, capsys)
+    assert ip.user_ns["step"] == 1  # the first turn's log was let go, with its old value
+    assert undo(ip, capsys).startswith("Nothing to undo in session 'demo'")

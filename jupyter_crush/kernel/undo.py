@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Metadata of the prompt of a turn undone (the undo's own row is marked UNDO_EVENT).
 UNDONE_KEY = "undone_by"
+#: Turns per session whose changes this kernel keeps, newest first: how far undo reaches back.
+KEPT_TURNS = 10
 #: How long the page has to remove a cell or put its source back.
 CELL_TIMEOUT = 3.0
 
@@ -300,6 +302,10 @@ class Undo:
         turn = logs.get(prompt_id)
         if turn is None:
             turn = logs[prompt_id] = TurnLog(session_id, prompt_id, self._budget)
+            # A log holds what its turn replaced (a frame rebound, copies): keep only the
+            # newest turns' so that the objects of old ones can be freed.
+            while len(logs) > KEPT_TURNS:
+                del logs[next(iter(logs))]
         return turn
 
     def latest(self, session_id: str) -> TurnLog | None:
