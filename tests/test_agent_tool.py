@@ -370,3 +370,17 @@ async def test_the_sub_agent_uses_the_parent_turns_model_or_its_own(store, tmp_p
     await within(agent.run(SessionAgentCall(session.id, "again", model=turn_model)))
     assert len(own.requests) == 1
     await until(lambda: not agent.is_session_busy(session.id))
+
+
+async def test_a_prompt_with_its_sub_agent_counts_as_one_run(store, tmp_path):
+    agent, model = agent_with_sub_agent(store, tmp_path, ASK, "Columns a and b.", "Done.")
+    gate = model.gate(step=1, after_tokens=1)
+    session = store.create_session()
+    run = asyncio.create_task(agent.run(SessionAgentCall(session.id, "q")))
+    await gate.reached()
+    child = child_session(store, session.id)
+    assert agent.is_session_busy(child.id)  # %crush sessions shows it running
+    assert agent.status().running == [session.id]  # the status bar counts one run
+    gate.release()
+    await within(run)
+    assert agent.status().running == []

@@ -142,7 +142,7 @@ class SessionAgent:
         return self._dispatch.queued(session_id)
 
     def status(self) -> AgentStatus:
-        return self._dispatch.status()
+        return self.children.left_out_of(self._dispatch.status())  # a sub-agent is its turn's
 
     def add_status_listener(self, listener: Callable[[AgentStatus], None]) -> None:
         """Call ``listener`` (on the loop thread) whenever runs start, queue or end."""
