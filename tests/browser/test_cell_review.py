@@ -48,7 +48,7 @@ def save_and_read(notebook: Notebook, path: Path, timeout: float = 30) -> dict:
     return json.loads(path.read_text())
 
 
-def open_edit(page, lab_server, args: dict) -> tuple[Notebook, Path, str]:
+def open_edit(page, lab_server, args: dict, front_end: str = "lab") -> tuple[Notebook, Path, str]:
     """A notebook whose prompt's model edits its second cell; the diff is shown."""
     name = lab_server.write_notebook(["", ORIGINAL, "%%crush --yolo --fresh\nimprove it", TOLD])
     path = lab_server.root / name
@@ -58,7 +58,8 @@ def open_edit(page, lab_server, args: dict) -> tuple[Notebook, Path, str]:
     document["cells"][0]["source"] = setup
     path.write_text(json.dumps(document))
     notebook = Notebook(page)
-    notebook.open(lab_server.lab_url(name), cells=4)
+    url = lab_server.lab_url if front_end == "lab" else lab_server.notebook7_url
+    notebook.open(url(name), cells=4)
     notebook.run(0)
     notebook.wait_output(0, r"setup done")
     notebook.run(2)
@@ -102,8 +103,9 @@ def test_an_accepted_edit_lands_in_the_saved_notebook_with_its_provenance(page, 
     assert len(origin["message"]) == 32
 
 
-def test_a_rejected_edit_leaves_the_cell_and_tells_the_model_why(page, lab_server):
-    notebook, path, target = open_edit(page, lab_server, {"source": "total = 0\n"})
+@pytest.mark.parametrize("front_end", ["lab", "notebook7"])
+def test_a_rejected_edit_leaves_the_cell_and_tells_the_model_why(page, lab_server, front_end):
+    notebook, path, target = open_edit(page, lab_server, {"source": "total = 0\n"}, front_end)
     diff = notebook.cells.nth(1).locator(".jp-crush-Edit")
     diff.locator("input").fill("zero is wrong")
     diff.get_by_role("button", name="Reject").click()
@@ -119,7 +121,8 @@ def test_a_rejected_edit_leaves_the_cell_and_tells_the_model_why(page, lab_serve
     assert "jupyter_crush" not in saved["cells"][1]["metadata"]
 
 
-def test_run_cell_runs_a_cell_that_raises_as_shift_enter_would(page, lab_server):
+@pytest.mark.parametrize("front_end", ["lab", "notebook7"])
+def test_run_cell_runs_a_cell_that_raises_as_shift_enter_would(page, lab_server, front_end):
     name = lab_server.write_notebook(
         ["", "print('before')\n1 / 0", "%%crush --yolo --fresh\nrun it", TOLD]
     )
@@ -129,7 +132,8 @@ def test_run_cell_runs_a_cell_that_raises_as_shift_enter_would(page, lab_server)
     document["cells"][0]["source"] = SETUP.format(tool="run_cell", args={"cell_id": target})
     path.write_text(json.dumps(document))
     notebook = Notebook(page)
-    notebook.open(lab_server.lab_url(name), cells=4)
+    url = lab_server.lab_url if front_end == "lab" else lab_server.notebook7_url
+    notebook.open(url(name), cells=4)
     notebook.run(0)
     notebook.wait_output(0, r"setup done")
     notebook.run(2)
