@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
 from support.bounded import until, within
 from test_dispatch import eager_task_factory
 from test_nothing_starts_when_covered import Events, a_stop_lands_with_the_answer
@@ -384,3 +385,14 @@ async def test_a_prompt_with_its_sub_agent_counts_as_one_run(store, tmp_path):
     gate.release()
     await within(run)
     assert agent.status().running == []
+
+
+async def test_outside_a_running_turn_the_tool_fails_and_leaves_no_dispatch_state(store, tmp_path):
+    from jupyter_crush.core.tools import ToolContext
+
+    agent, model = agent_with_sub_agent(store, tmp_path)
+    session = store.create_session()
+    sub_agent = AgentTool(lambda: agent)
+    with pytest.raises(RuntimeError, match="has no running turn"):
+        await sub_agent.run({"prompt": TASK}, ToolContext(session.id, "call_x"))
+    assert agent._dispatch.session_ids() == [] and not model.requests
