@@ -90,7 +90,7 @@ class CrushMagics(Magics):
         )
 
     @line_magic("crush")
-    def crush_line(self, line: str) -> None:
+    def crush_line(self, line: str) -> Any:
         try:
             words = shlex.split(line)
         except ValueError as error:
@@ -100,7 +100,7 @@ class CrushMagics(Magics):
         command, rest = words[0], words[1:]
         if command not in COMMANDS:
             raise UsageError(f"Unknown command {command!r}; %crush help lists the commands")
-        COMMANDS[command].run(self.crush, rest)
+        return COMMANDS[command].run(self.crush, rest)  # a value some commands give
 
     # `%crush?` shows both forms: the line commands, then the cell's options.
     crush_line.__doc__ = (

@@ -679,7 +679,16 @@ def test_default_tools(shell, workspace):
     tools = default_tools(shell, workspace.root)
     assert [t.name for t in tools] == list(DEFAULT_TOOL_NAMES)
     changing = {t.name for t in tools if t.changes_state}
-    assert changing == {"python", "write", "edit", "bash", "insert_cell"}
+    assert changing == {
+        "python",
+        "write",
+        "edit",
+        "bash",
+        "insert_cell",
+        "edit_cell",
+        "run_cell",
+        "fetch",
+    }
     for tool in tools:
         assert tool.spec.parameters["type"] == "object"
         assert tool.spec.description

@@ -65,6 +65,10 @@ class SessionAgentCall:
     tools: Sequence[Tool] = ()  # override the agent's tools of the same names, for this prompt
     metadata: dict[str, Any] = field(default_factory=dict)  # kept on the prompt's message
     compact: bool = False  # summarize the session (``prompt`` is not recorded) and stop
+    #: A sub-agent's turn: its own system prompt, and ``tools`` only (neither the agent's
+    #: tools nor its tool sources).
+    system_prompt: str | None = None
+    only_tools: bool = False
 
 
 @dataclass

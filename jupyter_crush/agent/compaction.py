@@ -141,6 +141,9 @@ class RequestShaper:
     emit: Callable[[CompactionEvent], None]
     #: Raises CancelledError once a cancel covers the turn (NOTHING-STARTS-WHEN-COVERED).
     stop_if_covered: Callable[[], None]
+    #: Called with each request's messages before it is sent: raises to send nothing (a
+    #: spending cap's :class:`~jupyter_crush.agent.budget.CapReached`).
+    before_request: Callable[[list[Message]], None] = lambda _messages: None
 
     @property
     def limits(self) -> ContextWindow | None:
@@ -264,6 +267,7 @@ class RequestShaper:
         chunks: list[str] = []
         finish: StreamFinish | None = None
         self.stop_if_covered()
+        self.before_request(messages)
         stream = self.model.stream(messages, system=self.system, tools=self.tools)
         try:
             async with closing_stream(stream):

@@ -90,6 +90,8 @@ class TurnRecords:
     # ids of messages whose last write failed: still open, retried by close()
     unsaved: set[str] = field(default_factory=set)
     flush_failed: bool = False
+    #: What the sub-agents its tool calls ran spent (usage, cost): part of the turn's own.
+    child_spend: list[tuple[Usage, float | None]] = field(default_factory=list)
 
     def record_prompt(self) -> None:
         """Write the turn's user message, once: it is always the turn's first record."""
@@ -179,6 +181,9 @@ class TurnRecords:
         for message in assistants:
             usage += message.usage
         costs = [m.cost for m in assistants if m.parts and not _finish_only(m)]
+        for child_usage, child_cost in self.child_spend:
+            usage += child_usage
+            costs.append(child_cost)
         cost = sum(costs) if costs and None not in costs else None  # unknown when any step is
         text = "".join(m.text for m in assistants)
         if self.failure is not None:

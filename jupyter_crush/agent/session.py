@@ -15,12 +15,15 @@ dispatch (``begin_accepted``, ``cancel``, ``cancel_all``, ``is_session_busy``,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
+from ..core.changes import NO_CHANGES, TurnChanges
 from ..core.events import (
     Delta,
     Finished,
@@ -51,7 +54,9 @@ from ..core.tools import (
     ToolSource,
 )
 from ..store.transcript import TranscriptStore
+from .budget import Budget
 from .calls import AcceptedRun, Attachment, RunResult, SessionAgentCall
+from .children import ChildObserver, ChildSessions
 from .compaction import DEFAULT_HISTORY_CHARS, ContextPolicy, RequestShaper, SummaryFailed
 from .dispatch import AgentStatus, Dispatcher, Entry, Turn, covered, stop_if_covered
 from .records import StoreFailed, TurnRecords, describe, prompt_message
@@ -100,11 +105,19 @@ class SessionAgent:
         self.context = context or ContextPolicy(history_chars=history_chars)
         #: Titles new sessions after their first prompt, with ``title_model`` (None: the
         #: prompt's own model); ``titles`` False turns them off.
-        self.titler = Titler(store)
+        #: The spending caps every model request is checked against before it is sent.
+        self.budget = Budget(store)
+        self.titler = Titler(store, self.budget.check)
         self.title_model: Model | None = None
         self.titles = True
+        #: The change log of a turn, by session id and the turn's prompt message id, which
+        #: its tools report to (``ToolContext.changes``) so the turn can be undone; None:
+        #: tools report to no one.
+        self.turn_changes: Callable[[str, str], TurnChanges] | None = None
         self._dispatch = Dispatcher(self._drive, self._finish, self._status_changed)
         self._status_listeners: list[Callable[[AgentStatus], None]] = []
+        #: The sub-agents' sessions running for each session's turn (see run_child).
+        self.children = ChildSessions()
 
     # -- accept / cancel: callable from any thread ---------------------------------------------
 
@@ -116,6 +129,7 @@ class SessionAgent:
         """Stop every prompt of ``session_id`` accepted so far. Safe from any thread."""
         self._dispatch.cancel(session_id)
         self.titler.cancel(session_id)
+        self.children.cancel(session_id, self.cancel)  # its sub-agents' turns stop with it
 
     def cancel_all(self) -> None:
         for session_id in self._dispatch.session_ids():
@@ -215,20 +229,19 @@ class SessionAgent:
             if title is not None:
                 turn.observers.append(title)
         repeats: Counter[str] = Counter()
-        for source in self.tool_sources:
-            await source.refresh(self.tools)
-        # A model may bring tools of its own (a replay's recorded ones); the agent's win.
-        tools = {**{t.name: t for t in getattr(model, "tools", ())}, **self.tools}
-        tools.update((t.name, t) for t in turn.call.tools)
+        tools = await self._turn_tools(turn, model)
         specs = [tool.spec for tool in tools.values()]
         shaper = RequestShaper(
             model,
-            self.system_prompt,
+            self._system_prompt(turn),
             specs,
             self.context,
             records.add,
             lambda event: self._emit(turn, event),
             lambda: stop_if_covered(turn),
+            lambda messages: self.budget.check(
+                session_id, model, messages, self.system_prompt, specs, partial(self._emit, turn)
+            ),
         )
         if turn.call.compact:
             try:
@@ -291,7 +304,10 @@ class SessionAgent:
         finish: StreamFinish | None = None
         records = turn.records
         stop_if_covered(turn)  # the step's request: after a summary, a tool, the MCP servers' start
-        stream = model.stream(request, system=self.system_prompt, tools=specs)
+        self.budget.check(  # nothing is sent that could take spend past a cap
+            turn.session_id, model, request, self.system_prompt, specs, partial(self._emit, turn)
+        )
+        stream = model.stream(request, system=self._system_prompt(turn), tools=specs)
         async with closing_stream(stream):  # closes the provider's HTTP stream on any exit
             async for event in stream:
                 # cancel() has marked this turn; its task.cancel() may still be on its way
@@ -342,7 +358,9 @@ class SessionAgent:
             # Allow and a Stop from another thread may both have landed while we waited.
             stop_if_covered(turn)
         self._emit(turn, ToolStarted(call))
-        context = ToolContext(turn.session_id, call.id, lambda: stop_if_covered(turn))
+        context = ToolContext(
+            turn.session_id, call.id, lambda: stop_if_covered(turn), self._changes(turn)
+        )
         try:
             outcome: ToolResult = await tool.run(arguments, context)
         except asyncio.CancelledError:
@@ -356,6 +374,12 @@ class SessionAgent:
         return ToolResultPart(
             call.id, call.name, outcome.content, outcome.is_error, outcome.metadata, outcome.images
         )
+
+    def _changes(self, turn: Turn) -> TurnChanges:
+        """The change log the turn's tools report to."""
+        if self.turn_changes is None or not turn.records.messages:
+            return NO_CHANGES
+        return self.turn_changes(turn.session_id, turn.records.messages[0].id)
 
     def _fold_queued(self, turn: Turn, history: list[Message]) -> bool:
         """Between steps: queued prompts join the running turn (``history``), unless a cancel
@@ -379,6 +403,62 @@ class SessionAgent:
             turn.records.add(user)
             history.append(user)
         return any(queued.call.compact for queued in folded)
+
+    async def _turn_tools(self, turn: Turn, model: Model) -> dict[str, Tool]:
+        """The tools ``turn`` offers: a sub-agent's own only; else the agent's, refreshed from
+        its sources, over the model's own (a replay's recorded ones), with the call's."""
+        if turn.call.only_tools:
+            return {tool.name: tool for tool in turn.call.tools}
+        for source in self.tool_sources:
+            await source.refresh(self.tools)
+        tools = {**{t.name: t for t in getattr(model, "tools", ())}, **self.tools}
+        tools.update((t.name, t) for t in turn.call.tools)
+        return tools
+
+    def _system_prompt(self, turn: Turn) -> str | None:
+        own = turn.call.system_prompt
+        return self.system_prompt if own is None else own
+
+    # -- sub-agents ----------------------------------------------------------------------------
+
+    async def run_child(self, context: ToolContext, call: SessionAgentCall) -> RunResult:
+        """Run ``call``, a sub-agent's turn in a session of its own, for the tool call of
+        ``context`` in its session's running turn, and return the child turn's result.
+
+        The child is an ordinary turn of this agent: the same requests, records and cancel
+        rules, with the parent turn's model unless ``call`` names one. A cancel of the parent
+        reaches it at once (``cancel``), its events reach the parent's observers as
+        ``ChildEvent`` s, and what it spent counts in the parent turn's usage and cost.
+        """
+        parent = self._dispatch.state(context.session_id).active
+        if parent is None or parent.result is not None:
+            raise RuntimeError(
+                f"session {context.session_id!r} has no running turn to start a sub-agent for"
+            )
+        observer = ChildObserver(
+            lambda event: self._emit(parent, event),
+            context.tool_call_id,
+            call.session_id,
+            call.prompt,
+        )
+        accepted = self.begin_accepted(call.session_id)
+        try:
+            with self.children.linked(parent.session_id, call.session_id):
+                if covered(parent):
+                    # NOTHING-STARTS-WHEN-COVERED: a cancel of the parent that read the links
+                    # before this one misses the child; passed on, the child is canceled on
+                    # entry (recorded, no request).
+                    self._dispatch.cancel(call.session_id)
+                model = call.model or parent.call.model
+                child = dataclasses.replace(call, accepted=accepted, observer=observer, model=model)
+                result = await self.run(child)
+        finally:
+            spent = observer.spent()
+            if spent is not None:
+                parent.records.child_spend.append(spent)
+        if result is None:
+            raise RuntimeError(f"the sub-agent's session {call.session_id!r} was busy")
+        return result
 
     # -- the end of a turn ---------------------------------------------------------------------
 

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Checks a request (session id, model, messages) before it is sent: raises to send nothing.
+BudgetCheck = Callable[[str, Model, list[Message]], None]
+
 MAX_TITLE_CHARS = 50
 #: Longest prompt-derived title, before the model's arrives.
 MAX_PROMPT_TITLE_CHARS = 60
@@ -74,8 +77,11 @@ def clean_title(text: str) -> str:
 class Titler:
     """Title requests in flight, one per session at most."""
 
-    def __init__(self, store: TranscriptStore) -> None:
+    def __init__(self, store: TranscriptStore, check: BudgetCheck | None = None) -> None:
         self.store = store
+        #: Called with each title request before it is sent; raises to send nothing (a
+        #: spending cap): the prompt's title stays.
+        self.check: BudgetCheck = check or _no_check
         #: Called on the loop thread with (session id, title) once a title is stored.
         self.listeners: list[Callable[[str, str], None]] = []
         # Guards _tasks: start (loop thread) and cancel (any thread) must agree on which
@@ -134,7 +140,7 @@ class Titler:
     async def _title(self, session_id: str, prompt: str, model: Model) -> None:
         before = prompt_title(prompt)
         try:
-            title = clean_title(await _ask(session_id, prompt, model))
+            title = clean_title(await _ask(session_id, prompt, model, self.check))
         except asyncio.CancelledError:
             return  # canceled with the session: the prompt's title stays
         except Exception:  # any failure leaves the prompt's title; nothing to tell the user
@@ -171,11 +177,13 @@ class TitleOnFirstToken:
             start()
 
 
-async def _ask(session_id: str, prompt: str, model: Model) -> str:
+async def _ask(session_id: str, prompt: str, model: Model, check: BudgetCheck) -> str:
     question = TITLE_REQUEST.format(limit=MAX_TITLE_CHARS, prompt=prompt[:PROMPT_EXCERPT_CHARS])
     chunks: list[str] = []
     finished = False
-    stream = model.stream([Message(session_id, Role.USER, [TextPart(question)])])
+    request = [Message(session_id, Role.USER, [TextPart(question)])]
+    check(session_id, model, request)
+    stream = model.stream(request)
     async with closing_stream(stream):
         async for event in stream:
             if isinstance(event, TextDelta):
@@ -185,6 +193,10 @@ async def _ask(session_id: str, prompt: str, model: Model) -> str:
     if not finished:
         raise RuntimeError("the title stream ended without a finish")
     return "".join(chunks)
+
+
+def _no_check(session_id: str, model: Model, messages: list[Message]) -> None:
+    """No spending cap: every title request may be sent."""
 
 
 def title_model_for(configured: Model | None, session_model: Model) -> Model | None:

@@ -5,6 +5,17 @@ Importing the package registers them all in :mod:`.registry`; the built-in ones 
 """
 
 from . import session  # noqa: I001  (the built-in commands, registered first)
-from . import compact, context, fix, mcp, rename, replay, trust
+from . import compact, context, fix, mcp, rename, replay, trust, undo, verify
 
-__all__ = ["compact", "context", "fix", "mcp", "rename", "replay", "session", "trust"]
+__all__ = [
+    "compact",
+    "context",
+    "fix",
+    "mcp",
+    "rename",
+    "replay",
+    "session",
+    "trust",
+    "undo",
+    "verify",
+]

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
+from ..agent.budget import day_spend_line, spend_of_cap
+from ..core.remote import ALLOW_LISTS
 from ..kernel.errors import store_problems_in_one_line
 from ..kernel.models import session_meter
 from .registry import command
@@ -24,6 +26,7 @@ def sessions_command(crush: Crush, rest: list[str]) -> None:
     if rest:
         raise UsageError("%crush sessions takes no arguments")
     sessions = crush.store.list_sessions()
+    print(crush.config.store_line())
     if not sessions:
         print("No sessions yet: a %%crush cell starts one.")
         return
@@ -36,12 +39,16 @@ def sessions_command(crush: Crush, rest: list[str]) -> None:
             queued = agent.queued_prompts(session.id)
             state = "running" + (f", {queued} queued" if queued else "")
         meter = measure(crush.store.list_messages(session.id)).described() if measure else ""
+        spend = spend_of_cap(session.cost, crush.config.max_cost)
         print(
             f"{mark} {session.id[:8]}  {session.title or '(untitled)'}  "
             f"{session.message_count} messages"
             + (f"  {meter}" if meter else "")
+            + (f"  {spend}" if spend else "")
             + (f"  [{state}]" if state else "")
         )
+    if crush.config.max_cost_per_day:
+        print(day_spend_line(crush.store, crush.config.max_cost_per_day))
 
 
 @command(
@@ -110,11 +117,14 @@ def new_command(crush: Crush, rest: list[str]) -> None:
 )
 def model_command(crush: Crush, rest: list[str]) -> None:
     if not rest:
+        if crush.config.nothing_reached_a_remote_kernel():
+            print(f"No API key and no CRUSH_MODEL reached this remote kernel: {ALLOW_LISTS}")
         if crush.model_override is not None:
             model = crush.model_override
             print(f"{model.provider}:{model.name} (set from code)")
         else:
             print(crush.config.model)
+        print(crush.config.store_line())
         return
     if len(rest) != 1:
         raise UsageError("Usage: %crush model [provider:model]")

@@ -56,6 +56,19 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class Spending:
+    """Before a model request: what the session and all sessions today have spent, in
+    dollars, against their caps (0: no cap); ``note`` says once that a model's price is
+    unknown, so no cap holds its requests."""
+
+    session_spent: float
+    session_cap: float
+    day_spent: float
+    day_cap: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class ContextUsed:
     """The tokens the next request holds, of the model's window."""
 
@@ -78,6 +91,17 @@ class Compacted:
 CompactionEvent = ContextUsed | Summarizing | Compacted
 
 
+@dataclass(frozen=True)
+class ChildEvent:
+    """An event of a sub-agent's turn, run by the tool call ``call_id`` of this turn in the
+    session ``session_id`` of its own, on the ``task`` the model handed it."""
+
+    call_id: str
+    session_id: str
+    task: str
+    event: RunEvent
+
+
 RunEvent = (
     Queued
     | Folded
@@ -87,7 +111,9 @@ RunEvent = (
     | ToolFinished
     | PermissionAsked
     | Finished
+    | Spending
     | CompactionEvent
+    | ChildEvent
 )
 
 

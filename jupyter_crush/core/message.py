@@ -373,9 +373,14 @@ class Session:
     usage: Usage = field(default_factory=Usage)
     cost: float = 0.0
     message_count: int = 0
+    #: A sub-agent's session: the session and tool call that ran it ("" for any other).
+    parent_session_id: str = ""
+    parent_tool_call_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        if not self.parent_session_id:  # a session of its own is recorded as before the link
+            del data["parent_session_id"], data["parent_tool_call_id"]
         return data
 
     @classmethod

@@ -121,6 +121,11 @@ def format_tokens(tokens: int) -> str:
     return str(tokens)
 
 
+def format_dollars(amount: float) -> str:
+    """``$0.48``; amounts under a cent keep four decimals (``$0.0031``): for a status line."""
+    return f"${amount:.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.4f}"
+
+
 @dataclass(frozen=True)
 class Meter:
     """Tokens the next request of a session holds, of its model's window."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from .changes import NO_CHANGES, TurnChanges
 from .message import ImagePart
 from .model import ToolSpec
 
@@ -33,6 +34,9 @@ class ToolContext:
     #: before a side effect that follows an ``await`` of its own (dispatch's
     #: NOTHING-STARTS-WHEN-COVERED).
     stop_if_covered: Callable[[], None] = field(default=_not_stopped, compare=False)
+    #: The turn's change log: a tool reports each change before making it, so that
+    #: ``%crush undo`` can take the turn back (see :mod:`jupyter_crush.core.changes`).
+    changes: TurnChanges = field(default=NO_CHANGES, compare=False)
 
 
 @dataclass
@@ -120,3 +124,15 @@ class ToolSource(Protocol):
     async def refresh(self, tools: dict[str, Tool]) -> None: ...
 
     def unknown_tool(self, name: str) -> str | None: ...
+
+
+def list_argument(value: Any) -> Any:
+    """A list argument as sent, or decoded when a model sent it JSON-encoded in a string (some
+    do); anything else unchanged, for the tool's own check to reject."""
+    if isinstance(value, str):
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return value
+        return decoded if isinstance(decoded, list) else value
+    return value

@@ -53,6 +53,17 @@ class CellPermissions:
         finally:
             ASKING_HEADLESS.reset(token)
 
+    def runs_without_asking(self, session_id: str, tool_name: str) -> bool:
+        """Whether a call of ``tool_name`` in ``session_id`` would run with no prompt shown."""
+        policy = self._policy
+        return (
+            self._config.yolo
+            or session_id in self._yolo_sessions
+            or policy.yolo
+            or tool_name in policy.allowed_tools
+            or policy.allowed_for_session(session_id, tool_name)
+        )
+
     def denial_reason(self, tool_call_id: str) -> str | None:
         """Why the policy denied a call, for the tool result and the transcript."""
         return self._policy.denial_reason(tool_call_id)

@@ -9,7 +9,6 @@ environment for the two that are commonly machine-specific (``CRUSH_MODEL``,
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from traitlets import (
@@ -23,10 +22,12 @@ from traitlets import (
     TraitType,
     Unicode,
     default,
+    observe,
     validate,
 )
 from traitlets.config import Configurable
 
+from ..core.remote import looks_remote, store_place
 from ..core.secrets import remember, remember_url
 
 if TYPE_CHECKING:
@@ -94,8 +95,10 @@ class CrushConfig(Configurable):
     ).tag(config=True)
 
     data_dir = Unicode(
-        help="Directory of the transcript store. Default: $CRUSH_DATA_DIR, else .crush/ "
-        "under the kernel's working directory.",
+        help="Directory of the transcript store. Default: $CRUSH_DATA_DIR, else .crush/ in "
+        "the notebook's folder ($KERNEL_WORKING_DIR for a gateway kernel that can see it, "
+        "else the kernel's working directory); a gateway kernel that cannot see the "
+        "notebook's folder uses the user's data directory.",
     ).tag(config=True)
 
     yolo = Bool(
@@ -108,8 +111,8 @@ class CrushConfig(Configurable):
         default_value=None,
         allow_none=True,
         help="Names of the tools the agent may call (None: all of them: python, variables, "
-        "notebook, insert_cell, view, glob, grep, ls, write, edit, bash). Read when the "
-        "agent is made.",
+        "notebook, insert_cell, view, glob, grep, ls, write, edit, bash, fetch). Read when "
+        "the agent is made.",
     ).tag(config=True)
 
     allowed_tools = List(
@@ -118,6 +121,21 @@ class CrushConfig(Configurable):
     ).tag(config=True)
 
     max_steps = Int(25, help="Most model requests one prompt may make.").tag(config=True)
+
+    max_cost = Float(
+        0.0,
+        min=0.0,
+        help="Most dollars one session may spend (the costs the transcript store records); "
+        "a request that could take it past this is not sent and the turn stops saying so. "
+        "0: no cap.",
+    ).tag(config=True)
+
+    max_cost_per_day = Float(
+        0.0,
+        min=0.0,
+        help="Most dollars all sessions of the transcript store may spend since local "
+        "midnight; a request that could take them past this is not sent. 0: no cap.",
+    ).tag(config=True)
 
     history_chars = Int(
         400_000,
@@ -151,9 +169,22 @@ class CrushConfig(Configurable):
         "empty uses crush.json's models.small when there is one, else the session's model.",
     ).tag(config=True)
 
+    agent_model = Unicode(
+        "",
+        help="Model of the agent tool's sub-agent, as 'provider:model'; empty uses the model "
+        "answering the prompt.",
+    ).tag(config=True)
+
     redraw_rate = Float(
         30.0,
         help="Most redraws per second of a streaming answer; tokens in between are coalesced.",
+    ).tag(config=True)
+
+    undo_copy_limit = Int(
+        100_000_000,
+        min=0,
+        help="Largest object (bytes) a python call may change in place that %crush undo keeps "
+        "a copy of, to put back; a larger one is named as not restored. 0 keeps no copies.",
     ).tag(config=True)
 
     run_view = CaselessStrEnum(
@@ -173,14 +204,15 @@ class CrushConfig(Configurable):
     ).tag(config=True)
 
     replay = CaselessStrEnum(
-        ["auto", "off", "strict"],
+        ["auto", "off", "strict", "verify"],
         default_value="auto",
         help="What a %%crush cell does when the store holds its answer "
         "(jupyter_crush.kernel.rerun): 'auto' replays an unchanged cell's recorded turn "
         "and asks afresh when anything changed; 'strict' replays or fails the cell saying "
         "what changed, and stops a replay before a recorded call with effects outside the "
         "kernel rather than use its recorded result (for CI); 'off' always asks. "
-        "%%crush --fresh always asks.",
+        "%%crush --fresh always asks. 'verify' (%crush verify's fresh kernel) replays as "
+        "'auto' does and refuses a cell that would ask, --fresh included.",
     ).tag(config=True)
 
     system_prompt = Unicode(
@@ -284,9 +316,29 @@ class CrushConfig(Configurable):
 
     @default("model")
     def _default_model(self) -> str:
-        return default_model_name()
+        name, self._model_source = default_model_choice()
+        return name
+
+    @observe("model")
+    def _model_chosen(self, change: dict) -> None:
+        self._model_source = "CrushConfig.model"
+
+    def nothing_reached_a_remote_kernel(self) -> bool:
+        """Whether the model is the offline replay only because no key and no CRUSH_MODEL
+        reached this gateway kernel (rather than by anyone's choice)."""
+        if self.model != REPLAY_DEFAULT or self.api_keys:
+            return False
+        # Read after the model: its default is made on first read, noting where it came from.
+        return getattr(self, "_model_source", None) == "" and looks_remote()
 
     @default("data_dir")
     def _default_data_dir(self) -> str:
-        env = os.environ.get("CRUSH_DATA_DIR")
-        return env if env else str(Path.cwd() / ".crush")
+        self._default_place = store_place()
+        return self._default_place.path
+
+    def store_line(self) -> str:
+        """Where the transcript store is (or will be) and why there, in one line."""
+        path = os.path.abspath(os.path.expanduser(self.data_dir))
+        place = getattr(self, "_default_place", None)
+        chosen = place is not None and self.data_dir == place.path
+        return f"transcripts: {path} ({place.reason if chosen else 'from CrushConfig.data_dir'})"

@@ -23,21 +23,25 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
+from ..agent.budget import SpendingCaps
 from ..agent.session import SessionAgent
 from ..agent.titles import Titler
 from ..core.message import FinishReason, Session
+from ..core.remote import ALLOW_LISTS, looks_remote
 from ..mcp.tools import MCPServers
 from ..notebook import state as notebook_state
-from ..notebook.interrupt import InterruptCanceler
+from ..notebook.interrupt import InterruptCanceler, take_cell_interrupt
 from ..store.transcript import TranscriptStore
 from .cell_permissions import ASKING_HEADLESS, CellPermissions
 from .config import CrushConfig
 from .errors import one_line
 from .outputs import CellOutputs
 from .rerun import Rerun
+from .undo import Undo
 
 if TYPE_CHECKING:
     from ..core.model import Model
+    from ..notebook.verify_report import VerifyReport
     from ..view.base import RunView
     from .context import SystemPrompt
 
@@ -85,6 +89,12 @@ class Crush:
         self._unpatch_shutdown: Callable[[], None] | None = None
         #: Replays of recorded turns (jupyter_crush.rerun): each session's chain of prompts.
         self.rerun = Rerun()
+        #: The report of the latest %crush verify that finished (kernel/verify.py).
+        self.last_verify: VerifyReport | None = None
+        #: What each turn changed, and %crush undo (jupyter_crush.kernel.undo).
+        self.undo = Undo(
+            shell, lambda: self.config.undo_copy_limit, lambda: self.store, lambda: self._agent
+        )
 
     # -- lazily built parts --------------------------------------------------------------
 
@@ -104,15 +114,27 @@ class Crush:
     def ensure_agent(self, model: Model | None) -> SessionAgent:
         """The kernel's agent, made on first use (with ``model`` as its default, if given)."""
         if self._agent is None:
-            from ..notebook.provenance import cell_proposer
+            from ..notebook.provenance import call_origin, cell_proposer
             from ..tools import default_tools
+            from ..tools.agent import AgentTool
             from ..tools.permissions import PermissionPolicy
             from ..view.permissions import WidgetPermissionBroker
+            from ..view.questions import ViewQuestionAsker
 
             tools = self.tools or default_tools(
                 self.shell,
                 include=self.config.tools,
                 propose_cell=cell_proposer(self.store, self.shell),
+                cell_origin=call_origin(self.store),
+                sub_agent=AgentTool(
+                    lambda: self.agent,
+                    model=self.agent_model,
+                    allowed=lambda session_id, tool: self.agent.permissions.runs_without_asking(
+                        session_id, tool
+                    ),
+                ),
+                ask_questions=ViewQuestionAsker(self.views),
+                store_dir=lambda: self.config.data_dir,
             )
             self.permissions = PermissionPolicy(
                 WidgetPermissionBroker(self.views),
@@ -131,9 +153,20 @@ class Crush:
                 ),
             )
             self._agent.tool_sources.append(self.mcp)
+            self._agent.turn_changes = self.undo.log_for
             self._agent.add_status_listener(self._status_changed)
             self._agent.titler.listeners.append(self._titled)
+            self._agent.budget.caps = self.spending_caps
         return self._agent
+
+    def agent_model(self) -> Model | None:
+        """The ``agent`` tool's sub-agent model: ``agent_model``, else None (the turn's own)."""
+        name = self.config.agent_model.strip()
+        return self.resolve_model(name) if name else None
+
+    def spending_caps(self) -> SpendingCaps:
+        """The caps in force now: ``%config`` changes them for the next request."""
+        return SpendingCaps(self.config.max_cost, self.config.max_cost_per_day)
 
     def system_prompt(self, tools: Iterable[Any]) -> SystemPrompt:
         """The configured system prompt, else the built-in one, then the context files."""
@@ -174,6 +207,11 @@ class Crush:
         """The Model for ``name`` (None: the default). Raises UsageError saying what to do."""
         if name is None and self.model_override is not None:
             return self.model_override
+        if name is None and self.config.nothing_reached_a_remote_kernel():
+            raise UsageError(
+                "No API key and no CRUSH_MODEL reached this remote kernel: " + ALLOW_LISTS
+                + " (or pick a model here with %crush model NAME)"
+            )
         name = (name or self.config.model).strip()
         cached = self._models.get(name)
         if cached is not None:
@@ -184,13 +222,15 @@ class Crush:
                 "set one with %crush model NAME"
             )
         try:
-            from ..providers import resolve_model
+            from ..providers import MissingAPIKeyError, resolve_model
         except ImportError as error:
             raise UsageError(f"Model providers are not available: {error}") from None
         try:
             model = resolve_model(name, settings=self.config.provider_settings())
         except Exception as error:  # provider config errors carry a what-to-do message
-            raise UsageError(f"Cannot use model {name!r}: {one_line(error)}") from None
+            remote = isinstance(error, MissingAPIKeyError) and looks_remote()
+            hint = f"; for this remote kernel, {ALLOW_LISTS}" if remote else ""
+            raise UsageError(f"Cannot use model {name!r}: {one_line(error)}{hint}") from None
         self._models[name] = model
         return model
 
@@ -302,5 +342,8 @@ class Crush:
         self.outputs.post_run_cell()
         # ■ during a cell raises KeyboardInterrupt in that cell; the agents are stopped too,
         # because the interrupt is the user's way to stop everything the kernel is doing.
-        if isinstance(getattr(result, "error_in_exec", None), KeyboardInterrupt):
+        # A run_cell's Stop interrupts its cell the same way, and stops only its own run.
+        if isinstance(
+            getattr(result, "error_in_exec", None), KeyboardInterrupt
+        ) and not take_cell_interrupt(self.shell):
             self.cancel_all()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from ..core.changes import NO_CHANGES
 from ..core.events import Finished, Folded, Started
 from ..core.message import FinishReason
 
@@ -61,11 +62,14 @@ class RunTracker:
         self._yolo = yolo
         self._model = model
         self._prompt = prompt
+        self._prompt_id = ""  # the turn's prompt message, once it starts
 
     def on_event(self, event: Any) -> None:
         session_id = self._view.session_id
         crush = self._crush
         if isinstance(event, Started):
+            self._prompt_id = event.user_message_id
+            crush.undo.log_for(session_id, self._prompt_id)  # its tools report to it
             crush.views[session_id] = self._view
             crush.turn_models[session_id] = self._model
             if self._yolo:
@@ -86,7 +90,23 @@ class RunTracker:
             # Records the disk refused stay in memory; the status line says so.
             pending = crush.store.pending_writes(session_id)
             self._view.set_store_note("; ".join(str(p) for p in pending))
+            offer_undo(crush, self._view, self._prompt_id)
         self._view.on_event(event)
+        if isinstance(event, Finished):
+            crush.undo.turn_ended(session_id)  # an undo waiting for this turn runs now
+
+
+def offer_undo(crush: Crush, view: RunView, prompt_id: str) -> None:
+    """At the end of a turn that changed something: the view's summary and Undo button."""
+    summary = crush.undo.summary(view.session_id, prompt_id)
+    if not summary:
+        return
+
+    def undo(say: Callable[[str], None]) -> None:
+        if crush.undo.request(view.session_id, say):
+            say("The session is busy; undo queued: it runs when its turn ends")
+
+    view.offer_undo(summary, undo)
 
 
 def interactive(shell: Any) -> bool:
@@ -161,4 +181,5 @@ def code_to_next_cell(crush: Crush, view: RunView) -> None:
     if code:
         from ..notebook.provenance import insert_answer_code
 
-        insert_answer_code(crush.store, crush.shell, view.session_id, code)
+        turn = crush.undo.latest(view.session_id)  # the answer's turn: undo removes the cell
+        insert_answer_code(crush.store, crush.shell, view.session_id, code, turn or NO_CHANGES)

@@ -42,8 +42,14 @@ class CellOutputs:
             return
         # Replace the live widget by the static answer: a notebook reopened without a
         # kernel (or without saved widget state) still shows what the agent said.
-        bundle = view.static_bundle()
         context, serial = cell
+        if view.offers_undo:
+            # The Undo button stays under the answer, so the view does too; the bundle
+            # carries the static answer for a page without the kernel.
+            shown = view._repr_mimebundle_()
+            context.run(handle.update, shown[0] if isinstance(shown, tuple) else shown, raw=True)
+            return
+        bundle = view.static_bundle()
         context.run(handle.update, bundle, raw=True)
         if view.interactive or serial == self._cell_serial:
             view.close()  # after the update: the page drops the view before the models

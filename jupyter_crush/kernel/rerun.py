@@ -24,7 +24,9 @@ fingerprint key, the cell replays it instead of asking the provider:
 ``auto`` asks afresh when anything changed, saying what ("df changed since the recorded
 answer"); ``strict`` refuses with an error naming the cell and what changed, so a CI run
 never reaches a provider, and stops a replay before any call with effects outside the
-kernel; ``off`` always asks. ``%%crush --fresh`` always asks.
+kernel; ``off`` always asks. ``%%crush --fresh`` always asks. ``verify`` (the mode of
+``%crush verify``'s fresh kernel) replays as ``auto`` does and refuses every cell that would
+ask, ``--fresh`` ones too, in a line the verify report turns into a skipped cell.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from ..core.model import (
     ToolSpec,
 )
 from ..core.tools import Tool, ToolContext, ToolResult
+from ..notebook.verify_report import NEEDS_MODEL
 from ..store.transcript import StoreError
 from .fingerprint import Fingerprint
 from .replay_effects import RecordedEffects, not_run_note, workspace_of
@@ -63,7 +66,9 @@ if TYPE_CHECKING:
 #: Run again on replay, in the kernel, outputs compared with the recorded ones.
 RERUN_TOOLS = frozenset({"python"})
 #: Answered from the record on replay: they read, or (insert_cell) their cell is already there.
-RECORDED_TOOLS = frozenset({"variables", "notebook", "view", "glob", "grep", "ls", "insert_cell"})
+RECORDED_TOOLS = frozenset(
+    {"variables", "notebook", "verify", "view", "glob", "grep", "ls", "insert_cell"}
+)
 
 NO_RECORD = "no recorded answer to this prompt"
 
@@ -371,6 +376,8 @@ class Rerun:
         )
         self._latest[session_id] = fingerprint.key
         metadata: dict[str, Any] = {"fingerprint": fingerprint.to_dict()}
+        if mode == "verify" and cell.fresh:
+            raise UsageError(f"{NEEDS_MODEL} the cell says --fresh")
         if cell.fresh or mode == "off":
             return Plan(metadata)
         turn, changes = find(store, fingerprint)
@@ -382,6 +389,8 @@ class Rerun:
             )
             replay = Replay(turn, effects)
             return Plan(metadata, replay, replay.note)
+        if mode == "verify":  # %crush verify's fresh kernel: the cell is skipped, noted
+            raise UsageError(f"{NEEDS_MODEL} {'; '.join(changes)}")
         if mode == "strict":
             raise UsageError(
                 f"Replay is strict and cell {_cell_name(shell, cell.template)} has no recorded "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -68,3 +69,27 @@ class InterruptCanceler:
         previous = self._previous
         if callable(previous) and previous is not signal.default_int_handler:
             previous(signum, frame)
+
+
+def interrupt_cell(shell: Any, cell_id: str) -> bool:
+    """Interrupt the cell ``cell_id`` as ■ does (SIGINT to the kernel), if it is the cell
+    executing now; False when it is not (still queued, or already finished).
+
+    Called from any thread: a cell that runs holds the main thread and with it the loop.
+    ■ during a cell also stops every agent run (``Crush``'s post-run hook); this interrupt
+    stops only the run that asked for it, so the hook asks :func:`take_cell_interrupt`.
+    """
+    from . import state as notebook_state
+
+    cells = notebook_state.get(shell)
+    if cells is None or not cell_id or cells.executing_cell != cell_id:
+        return False
+    shell._jupyter_crush_interrupted_cell = cell_id
+    os.kill(os.getpid(), signal.SIGINT)
+    return True
+
+
+def take_cell_interrupt(shell: Any) -> bool:
+    """Whether :func:`interrupt_cell` interrupted the cell that ran last, forgetting it: the
+    KeyboardInterrupt it raised there is an agent run's Stop, not the user's ■."""
+    return shell.__dict__.pop("_jupyter_crush_interrupted_cell", None) is not None

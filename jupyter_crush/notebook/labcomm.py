@@ -17,6 +17,11 @@ Protocol: JSON over a Jupyter comm with target ``jupyter_crush``.
   replaced by its length; ``op: "insert_cell"`` with ``source``, ``metadata`` and
   ``after`` (a cell id) inserts a code cell below that cell (else below the active one)
   and answers ``{"index", "id"}``. See :func:`request`.
+- A request that takes the user's time (an edit under review, a cell running) is sent with
+  ``wait``: the page acknowledges it at once with ``{"action": "reply", "id": n,
+  "pending": true}`` and sends its answer under the same id when it has one. A page that
+  closes meanwhile answers ``{"error": ...}`` on its behalf. :func:`notify` sends a request
+  whose answer nobody awaits (withdrawing an edit on Stop).
 
 The browser opens the comm when a notebook becomes current, and keeps it.
 
@@ -42,11 +47,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..agent.session import AgentStatus, SessionAgent
 
-__all__ = ["TARGET", "register", "request", "status_message"]
+__all__ = ["PAGE_CLOSED", "TARGET", "notify", "register", "request", "status_message"]
 
 TARGET = "jupyter_crush"
 
 log = logging.getLogger(__name__)
+
+#: The answer a waiting request gets when the page it went to closes its comm.
+PAGE_CLOSED = "the page showing the notebook closed before it answered"
 
 
 def status_message(status: AgentStatus | None) -> dict[str, Any]:
@@ -58,6 +66,16 @@ def status_message(status: AgentStatus | None) -> dict[str, Any]:
         "running": len(status.running),
         "queued": sum(status.queued.values()),
     }
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """A request sent to one page, waiting for its answer (and, with ``wait``, its ack)."""
+
+    loop: asyncio.AbstractEventLoop
+    answer: asyncio.Future[Any]
+    comm_id: str
+    acked: asyncio.Future[Any] | None = None
 
 
 @dataclass(eq=False)
@@ -88,7 +106,7 @@ class _LabChannel:
         # Requests to a page waiting for its reply, by request id: added and removed by
         # the awaiting task (loop thread), resolved from whichever thread the reply
         # arrives on. Guarded by _lock too.
-        self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
+        self._pending: dict[int, _Waiting] = {}
         self._request_ids = itertools.count(1)
         # Agents whose status listener is installed. The agent has no way to remove a
         # listener, so this keeps a replaced-then-restored agent from getting a second one.
@@ -114,6 +132,9 @@ class _LabChannel:
     def _forget(self, comm_id: str) -> None:
         with self._lock:
             self._peers.pop(comm_id, None)
+            orphaned = [w for w in self._pending.values() if w.comm_id == comm_id]
+        for waiting in orphaned:
+            waiting.loop.call_soon_threadsafe(_settle, waiting.answer, {"error": PAGE_CLOSED})
 
     def _handle(self, comm_id: str, data: Any) -> None:
         action = data.get("action") if isinstance(data, dict) else None
@@ -136,23 +157,40 @@ class _LabChannel:
     def _resolve(self, reply: dict[str, Any]) -> None:
         with self._lock:
             waiting = self._pending.get(reply.get("id"))  # type: ignore[arg-type]
-        if waiting is not None:
-            loop, future = waiting
-            loop.call_soon_threadsafe(_settle, future, reply)
+        if waiting is None:
+            return
+        if reply.get("pending") is True and waiting.acked is not None:
+            waiting.loop.call_soon_threadsafe(_settle, waiting.acked, reply)
+        else:
+            waiting.loop.call_soon_threadsafe(_settle, waiting.answer, reply)
 
-    async def request(self, data: dict[str, Any], timeout: float) -> dict[str, Any] | None:
-        """Ask the newest page about its notebook; None when no page answers in time."""
+    async def request(
+        self, data: dict[str, Any], timeout: float, wait: bool = False
+    ) -> dict[str, Any] | None:
+        """Ask the newest page about its notebook; None when no page answers in time.
+
+        With ``wait`` the page has ``timeout`` seconds to acknowledge, then as long as it
+        takes to answer, and a page's error comes back as the reply (``{"error": ...}``).
+        """
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        waiting = _Waiting(loop, loop.create_future(), "", loop.create_future() if wait else None)
         with self._lock:
             if not self._peers:
                 return None
-            comm_id = next(reversed(self._peers))
+            waiting.comm_id = next(reversed(self._peers))
             request_id = next(self._request_ids)
-            self._pending[request_id] = (loop, future)
-            self._send_locked({"event": "request", "id": request_id, **data}, only=comm_id)
+            self._pending[request_id] = waiting
+            message = {"event": "request", "id": request_id, **data}
+            self._send_locked(message, only=waiting.comm_id)
         try:
-            reply = await asyncio.wait_for(future, timeout)
+            if waiting.acked is None:
+                reply = await asyncio.wait_for(waiting.answer, timeout)
+            else:
+                first = {waiting.acked, waiting.answer}
+                await asyncio.wait(first, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if not any(f.done() for f in first):
+                    return None
+                reply = await waiting.answer
         except TimeoutError:
             return None
         finally:
@@ -160,8 +198,18 @@ class _LabChannel:
                 self._pending.pop(request_id, None)
         if isinstance(reply.get("error"), str):
             log.debug("the page could not answer %s: %s", data.get("op"), reply["error"])
-            return None
+            return reply if wait else None
         return reply
+
+    def notify(self, data: dict[str, Any]) -> bool:
+        """Send a request to the newest page without awaiting its answer; False: no page."""
+        with self._lock:
+            if not self._peers:
+                return False
+            comm_id = next(reversed(self._peers))
+            message = {"event": "request", "id": next(self._request_ids), **data}
+            self._send_locked(message, only=comm_id)
+        return True
 
     def push(self) -> None:
         """Send the current counts to every open comm."""
@@ -219,18 +267,30 @@ def _settle(future: asyncio.Future[Any], reply: dict[str, Any]) -> None:
 
 
 async def request(
-    kernel_or_shell: Any, data: dict[str, Any], timeout: float = 2.0
+    kernel_or_shell: Any, data: dict[str, Any], timeout: float = 2.0, wait: bool = False
 ) -> dict[str, Any] | None:
     """Ask the page showing this kernel's notebook (see the protocol above).
 
     ``None`` at once when no page with the extension is connected (nbclient, a console,
-    classic Notebook), or after ``timeout`` seconds without an answer.
+    classic Notebook), or after ``timeout`` seconds without an answer (with ``wait``:
+    without an acknowledgement; the answer itself may take as long as the user does).
     """
-    kernel = getattr(kernel_or_shell, "kernel", kernel_or_shell)
-    channel: _LabChannel | None = getattr(kernel, "_jupyter_crush_lab", None)
+    channel = _channel(kernel_or_shell)
     if channel is None:
         return None
-    return await channel.request(data, timeout)
+    return await channel.request(data, timeout, wait)
+
+
+def notify(kernel_or_shell: Any, data: dict[str, Any]) -> bool:
+    """Send the page a request whose answer nobody awaits; False when no page is connected.
+    Safe where awaiting is not (a task being cancelled)."""
+    channel = _channel(kernel_or_shell)
+    return channel is not None and channel.notify(data)
+
+
+def _channel(kernel_or_shell: Any) -> _LabChannel | None:
+    kernel = getattr(kernel_or_shell, "kernel", kernel_or_shell)
+    return getattr(kernel, "_jupyter_crush_lab", None)
 
 
 def register(kernel_or_shell: Any, get_agent: Callable[[], SessionAgent | None]) -> None:

@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..core.changes import NO_CHANGES, TurnChanges
 from . import labcomm
 from . import state as notebook_state
 
@@ -58,10 +59,12 @@ async def insert_cell(
     code: str,
     metadata: dict[str, Any],
     stop_if_covered: Callable[[], None] = lambda: None,
+    changes: TurnChanges = NO_CHANGES,
 ) -> str:
     """Insert ``code`` below the prompt's cell; a sentence saying where it went.
     ``stop_if_covered`` (the turn's stop check) runs before the payload route is taken,
-    after the wait for the page."""
+    after the wait for the page; ``changes`` (the turn's change log) gets the new cell's id,
+    for undo (a cell inserted through the payload has none)."""
     reply = await labcomm.request(
         shell,
         {
@@ -73,13 +76,17 @@ async def insert_cell(
         timeout=INSERT_TIMEOUT,
     )
     if reply is not None and isinstance(reply.get("index"), int):
+        if isinstance(reply.get("id"), str):
+            changes.cell_inserted(reply["id"])
         return f"It was inserted as cell {reply['index']}, below the prompt's cell."
     stop_if_covered()
     shell.set_next_input(code, replace=False)
     return SET_NEXT_INPUT
 
 
-def insert_cell_now(shell: Any, code: str, metadata: dict[str, Any]) -> str:
+def insert_cell_now(
+    shell: Any, code: str, metadata: dict[str, Any], changes: TurnChanges = NO_CHANGES
+) -> str:
     """:func:`insert_cell` from a cell that is still executing (``-f code``).
 
     The cell waits on the kernel's loop through nest-asyncio2 (see
@@ -94,13 +101,21 @@ def insert_cell_now(shell: Any, code: str, metadata: dict[str, Any]) -> str:
     import nest_asyncio2
 
     nest_asyncio2.apply(loop)
-    return loop.run_until_complete(insert_cell(shell, code, metadata))
+    return loop.run_until_complete(insert_cell(shell, code, metadata, changes=changes))
 
 
-def insert_answer_code(store: TranscriptStore, shell: Any, session_id: str, code: str) -> str:
-    """``-f code``: the answer's code as a new cell below, marked with the answer's origin."""
+def insert_answer_code(
+    store: TranscriptStore,
+    shell: Any,
+    session_id: str,
+    code: str,
+    changes: TurnChanges = NO_CHANGES,
+) -> str:
+    """``-f code``: the answer's code as a new cell below, marked with the answer's origin;
+    ``changes`` is the answer's turn's change log."""
     message_id, model = origin_of(store, session_id)
-    return insert_cell_now(shell, code, cell_metadata(session_id, message_id, model))
+    metadata = cell_metadata(session_id, message_id, model)
+    return insert_cell_now(shell, code, metadata, changes)
 
 
 def cell_proposer(store: TranscriptStore, shell: Any) -> Any:
@@ -109,6 +124,16 @@ def cell_proposer(store: TranscriptStore, shell: Any) -> Any:
     async def propose(code: str, ctx: ToolContext) -> str:
         message_id, model = origin_of(store, ctx.session_id, ctx.tool_call_id)
         metadata = cell_metadata(ctx.session_id, message_id, model, ctx.tool_call_id)
-        return await insert_cell(shell, code, metadata, ctx.stop_if_covered)
+        return await insert_cell(shell, code, metadata, ctx.stop_if_covered, ctx.changes)
 
     return propose
+
+
+def call_origin(store: TranscriptStore) -> Callable[[ToolContext], dict[str, Any]]:
+    """The provenance metadata of what a tool call puts into a cell (an accepted edit)."""
+
+    def metadata(ctx: ToolContext) -> dict[str, Any]:
+        message_id, model = origin_of(store, ctx.session_id, ctx.tool_call_id)
+        return cell_metadata(ctx.session_id, message_id, model, ctx.tool_call_id)
+
+    return metadata

@@ -101,6 +101,7 @@ from .replay import (
 )
 from .state import (
     _SESSION_ID,
+    _WRITER_TOKEN,
     FORMAT_FILE,
     INDEX_FILE,
     Lifecycle,
@@ -229,8 +230,18 @@ class TranscriptStore:
 
     # -- sessions ------------------------------------------------------------
 
-    def create_session(self, title: str = "", session_id: str | None = None) -> Session:
-        """Create and persist a new session. ``session_id`` defaults to a fresh random id."""
+    def create_session(
+        self,
+        title: str = "",
+        session_id: str | None = None,
+        *,
+        parent: tuple[str, str] | None = None,
+    ) -> Session:
+        """Create and persist a new session. ``session_id`` defaults to a fresh random id.
+
+        ``parent`` (session id, tool call id) makes it a sub-agent's session, run by that
+        call of that session, which must exist.
+        """
         if not isinstance(title, str):
             raise TypeError(f"session title must be a str, got {type(title).__name__}")
         sid = new_id() if session_id is None else session_id
@@ -255,7 +266,13 @@ class TranscriptStore:
                         f"session id {sid!r} differs from the existing {clash!r} only in case; "
                         "pick another id"
                     )
-                st = self._replayer.add_session(Session(id=sid, title=title))
+                parent_id, call_id = parent or ("", "")
+                if parent_id and parent_id not in self._replayer.sessions:
+                    raise UnknownSessionError(parent_id, self.path)
+                session = Session(
+                    id=sid, title=title, parent_session_id=parent_id, parent_tool_call_id=call_id
+                )
+                st = self._replayer.add_session(session)
                 self._writer.write_session_record(st)
             return _copy_session(st.session)
 
@@ -339,6 +356,21 @@ class TranscriptStore:
                 raise UnknownMessageError(session_id, message_id)
             line = entry.line
         return self._config.located(Message.from_dict(json.loads(line)))
+
+    def written_elsewhere(self, session_id: str, message_id: str) -> bool:
+        """Whether the message's latest record was written by another store that is still
+        open (another kernel's), which alone knows what it did besides writing it."""
+        with self._lifecycle.lock:
+            self._lifecycle.check_open()
+            st = self._replayer.loaded(session_id)
+            assert st.entries is not None
+            entry = st.entries.get(message_id)
+        writer = entry.writer if entry is not None else ""
+        return (
+            writer != self._token
+            and bool(_WRITER_TOKEN.fullmatch(writer))
+            and WriterLease.is_alive(self._config.writers_dir, writer)
+        )
 
     def journal_path(self, session_id: str) -> Path:
         """The session's append-only JSON-lines file, for read-only scans such as a search

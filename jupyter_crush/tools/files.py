@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.changes import NO_CHANGES, TurnChanges
 from ..core.model import ToolSpec
 from ..core.output import MAX_OUTPUT_CHARS, clean, redact
 from ..core.tools import Tool, ToolContext, ToolResult
@@ -64,8 +65,14 @@ def _read_text(path: Path) -> str:
         return fh.read()
 
 
-def _write_text(path: Path, content: str) -> None:
-    """Replace ``path`` atomically (a crash never leaves half a file), keeping its mode."""
+def _write_text(path: Path, content: str, changes: TurnChanges = NO_CHANGES) -> None:
+    """Replace ``path`` atomically (a crash never leaves half a file), keeping its mode;
+    ``changes`` (the turn's change log) gets what it held first, for undo."""
+    try:
+        previous: bytes | None = path.read_bytes()
+    except FileNotFoundError:
+        previous = None
+    changes.file_changed(str(path), previous)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -271,7 +278,7 @@ class FileTools:
     async def write(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:
         try:
             path, content, old, shown = self._write_plan(args)
-            await asyncio.to_thread(_write_text, path, content)
+            await asyncio.to_thread(_write_text, path, content, ctx.changes)
         except (WorkspaceError, OSError) as exc:
             return _error(f"write: {exc}")
         verb = "Created" if old is None else "Wrote"
@@ -371,7 +378,7 @@ class FileTools:
         try:
             path, old, new, shown = await asyncio.to_thread(self._edit_plan, args)
             ctx.stop_if_covered()  # a Stop while the file was read: it is not written
-            await asyncio.to_thread(_write_text, path, new)
+            await asyncio.to_thread(_write_text, path, new, ctx.changes)
         except (WorkspaceError, OSError) as exc:
             return _error(f"edit: {exc}")
         verb = "Created" if old is None else "Edited"

@@ -7,8 +7,9 @@ Where the cells come from, best first:
 2. **The ``.ipynb`` on disk**: the kernel's notebook (``__session__``, which ipykernel
    sets from ``JPY_SESSION_NAME``), or the ``path`` the model names; cells run in this
    kernel since it was saved follow, from IPython's ``In``/``Out`` history.
-3. **IPython's history** alone (a console, a notebook never saved): one cell per
-   execution, ``In[n]`` with ``Out[n]`` and the error it raised.
+3. **IPython's history** alone (a console, a notebook never saved, a gateway kernel that
+   cannot see the notebook's file): one cell per execution, ``In[n]`` with ``Out[n]`` and
+   the error it raised.
 
 Each cell shows its index, id, type, execution count, source and outputs as text (errors
 as type, message and traceback; images as a note of their type and size). The cell
@@ -29,6 +30,7 @@ from typing import Any
 
 from ..core.model import ToolSpec
 from ..core.output import MAX_OUTPUT_CHARS, clean, truncate
+from ..core.remote import looks_remote
 from ..core.tools import Tool, ToolContext, ToolResult
 from ..notebook import labcomm
 from ..notebook import state as notebook_state
@@ -139,6 +141,12 @@ def _image_bytes(value: Any) -> int:
 
 def read_ipynb(path: Path) -> list[Cell]:
     """The cells of the notebook file at ``path``; :class:`NotebookError` says what is wrong."""
+    return cells_from_json(c for c in load_ipynb(path)["cells"] if isinstance(c, dict))
+
+
+def load_ipynb(path: Path) -> dict[str, Any]:
+    """The notebook file at ``path`` as its JSON document (a dict with a ``cells`` list);
+    :class:`NotebookError` says what is wrong."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -153,7 +161,7 @@ def read_ipynb(path: Path) -> list[Cell]:
         raise NotebookError(f"{path} is not a notebook (not valid JSON: {error})") from None
     if not isinstance(document, dict) or not isinstance(document.get("cells"), list):
         raise NotebookError(f"{path} is not a notebook (no 'cells' list)")
-    return cells_from_json(c for c in document["cells"] if isinstance(c, dict))
+    return document
 
 
 def kernel_notebook_path(shell: Any) -> Path | None:
@@ -372,7 +380,13 @@ class NotebookTool:
             )
         for index, cell in enumerate(history):
             cell.index, cell.note = index, ""
-        return NotebookSnapshot("kernel history", "", history)
+        origin = "kernel history"
+        if looks_remote():
+            origin += (
+                "; the notebook's file is not visible from this remote kernel, and no "
+                "JupyterLab page with the jupyter-crush extension answered"
+            )
+        return NotebookSnapshot(origin, "", history)
 
 
 def _check_args(args: dict[str, Any]) -> str:

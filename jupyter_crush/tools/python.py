@@ -339,9 +339,14 @@ class _Worker:
         outcome.figures = _new_figures(figures_before, outcome.images)
 
 
+def _transformed(shell: Any, code: str) -> str:
+    """``code`` as Python: IPython's transforms (``%magics``, ``!cmd``) applied."""
+    return shell.transform_cell(code) if shell is not None else code
+
+
 def _execute(shell: Any, code: str) -> tuple[Any, bool]:
     """Compile ``code`` like a cell and run it; returns (last expression value, whether any)."""
-    source = shell.transform_cell(code) if shell is not None else code
+    source = _transformed(shell, code)
     filename = _register_source(shell, source)
     tree = ast.parse(source, filename=filename)
     last: ast.expr | None = None
@@ -529,6 +534,8 @@ class PythonTool:
             return ToolResult("python: 'timeout' must be a positive number of seconds", True)
         timeout = min(float(timeout), self.max_timeout)
 
+        if self.shell is not None:  # what undo restores: the names this code can touch
+            ctx.changes.before_code(self.shell.user_ns, _transformed(self.shell, code))
         worker = _Worker(self.shell, code, asyncio.get_running_loop(), self.limit)
         worker.start()
         try:

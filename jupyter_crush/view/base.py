@@ -35,12 +35,13 @@ import html
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ipywidgets as widgets
 
 from ..core.events import (
+    ChildEvent,
     Compacted,
     CompactionEvent,
     ContextUsed,
@@ -50,6 +51,7 @@ from ..core.events import (
     PermissionAsked,
     Queued,
     RunEvent,
+    Spending,
     Started,
     Summarizing,
     ToolFinished,
@@ -57,9 +59,14 @@ from ..core.events import (
 )
 from ..core.markdown import markdown_literal, pretty_json
 from ..core.message import FinishReason, Message, Role, ToolCallPart, ToolResultPart, Usage
+from ..core.questions import QuestionRequest
+from ..core.todos import Todo, plan_from_metadata, plan_markdown
 from ..core.tokens import Meter
 from ..core.tools import Decision, PermissionRequest
+from .child import ChildRun
 from .comm import close_widgets
+from .questions import Answering, Closing, QuestionForms
+from .spending import SpendLine
 
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -89,10 +96,13 @@ class ToolRow:
     #: The result's images as <img> thumbnails (HTML made here, texts escaped): what the
     #: model was shown.
     images: str = ""
+    #: The task, when the row heads a sub-agent's section (its state is then the child's).
+    label: str = ""
 
     @property
     def title(self) -> str:
-        return f"tool {self.name} · {self.state}"
+        label = f" · {self.label}" if self.label else ""
+        return f"tool {self.name}{label} · {self.state}"
 
 
 class RunView:
@@ -141,6 +151,7 @@ class RunView:
         self.context_meter: Meter | None = None  # tokens of the latest request, of the window
         self.context_note = ""  # a summary made, or turns left out of the request
         self.summarizing = False
+        self.spend = SpendLine()  # what was spent against the spending caps, when set
         #: Whether a front end that can click shows this view (permission prompts need one).
         self.interactive = True
         self._created = clock()
@@ -151,6 +162,11 @@ class RunView:
         self._tool_calls: dict[str, ToolCallPart] = {}
         self._tool_results: dict[str, ToolResultPart] = {}
         self._tool_images: dict[str, str] = {}  # call id -> its result's thumbnails (HTML)
+        self._children: dict[str, ChildRun] = {}  # call id -> the sub-agent's turn it runs
+        #: The plan as the latest successful ``todos`` call wrote it.
+        self.plan: list[Todo] = []
+        #: The ``question`` tool's forms (loop thread; answers arrive on any thread).
+        self.forms = QuestionForms()
         self._finished_callbacks: list[Callable[[RunView], None]] = []
         self._done: asyncio.Future[None] | None = None
 
@@ -167,6 +183,13 @@ class RunView:
         # shown on a run that has already ended. Guards stop_requested, what
         # _show_stopping writes, and the _ended check made before writing them.
         self._stop_lock = threading.Lock()
+
+        #: At the end of a turn that changed something: "changed: 2 cells, 3 variables, 1
+        #: file", and what its undo said ("" until then). Loop thread.
+        self.changes = ""
+        self.undo_note = ""
+        # The Undo button's action (taken by the first click, on the click's thread).
+        self._undo: Callable[[Callable[[str], None]], None] | None = None
 
     # -- display -----------------------------------------------------------
 
@@ -224,6 +247,9 @@ class RunView:
             tail.append(f"{self.usage.total_tokens} tokens")
         if self.cost is not None:
             tail.append(f"${self.cost:.4f}")
+        spend = self.spend.text(self.cost if self._ended is not None else None)
+        if spend:
+            tail.append(spend)
         if self._stop_hint and self._ended is None:
             tail.append(self._stop_hint)
         if self.store_note:
@@ -270,6 +296,34 @@ class RunView:
             self.queued_behind = count
             self._draw()
 
+    # -- undo ------------------------------------------------------------------------------
+
+    def offer_undo(self, summary: str, undo: Callable[[Callable[[str], None]], None]) -> None:
+        """At the end of a turn that changed something (loop thread, before its Finished):
+        what it changed, and what its Undo button does; ``undo`` runs on the loop and gets
+        the view's way of saying what the undo did."""
+        self.changes = summary
+        self._undo = undo
+
+    @property
+    def offers_undo(self) -> bool:
+        """Whether the view shows an Undo button (keep it on the page at the run's end)."""
+        return bool(self.changes) and self.interactive
+
+    def request_undo(self) -> None:
+        """The Undo click, on whichever thread delivered it: one undo per view, run on the
+        loop (never beside a turn of the session: the undo waits for one that runs)."""
+        undo, self._undo = self._undo, None
+        loop = self._loop
+        if undo is None or loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(undo, self.set_undo_note)
+
+    def set_undo_note(self, note: str) -> None:
+        """What the undo did, or why it did nothing (loop thread)."""
+        self.undo_note = note
+        self._draw()
+
     def _phase_text(self) -> str:
         text = self._phase_only()
         if self.queued_behind and self._ended is None and self.phase == "running":
@@ -285,6 +339,8 @@ class RunView:
             return "queued: folded into the running turn"
         if self.waiting_permission and self._ended is None:
             return "waiting for permission"
+        if self.forms.waiting and self._ended is None:
+            return "waiting for your answer"
         if self.summarizing and self._ended is None:
             return "summarizing the session"
         if self.phase == "error":
@@ -298,21 +354,30 @@ class RunView:
     def tool_rows(self) -> Iterator[ToolRow]:
         """The tool calls of this turn as shown, in call order."""
         for call_id, call in self._tool_calls.items():
-            result = self._tool_results.get(call_id)
-            if result is None and not call.finished:
-                state = "streaming arguments"
-            elif result is None:
-                state = "waiting for permission" if self.waiting_permission else "running"
-            else:
-                state = "error" if result.is_error else "ok"
-            yield ToolRow(
-                call_id,
-                call.name,
-                state,
-                _clip(pretty_json(call.input)),
-                None if result is None else _clip(result.content),
-                self._tool_images.get(call_id, ""),
-            )
+            images = self._tool_images.get(call_id, "")
+            row = tool_row(call, self._tool_results.get(call_id), self.waiting_permission, images)
+            child = self._children.get(call_id)
+            if child is not None:  # the row heads the sub-agent's section
+                row = replace(row, state=child.status, label=child.heading)
+            yield row
+
+    def child_runs(self) -> list[tuple[str, ChildRun]]:
+        """The sub-agents' turns of this turn, by the call that runs each, in call order."""
+        return list(self._children.items())
+
+    def child_rows(self, child: ChildRun) -> list[ToolRow]:
+        """A sub-agent's tool calls as shown, in call order."""
+        return [tool_row(call, child.tool_results.get(i)) for i, call in child.tool_calls.items()]
+
+    def child_html(self, call_id: str, *, answer: bool = True) -> str:
+        """The sub-agent's section under its call's row: its session, its tool calls one line
+        each and, with ``answer``, its text so far; "" when the call runs none."""
+        child = self._children.get(call_id)
+        if child is None:
+            return ""
+        rows = "".join(f"<li>{html.escape(row.title)}</li>" for row in self.child_rows(child))
+        text = f"<pre>{html.escape(child.answer)}</pre>" if answer and child.answer else ""
+        return f"<b>sub-agent</b> (session {child.session_id[:8]})<ul>{rows}</ul>{text}"
 
     def to_text(self) -> str:
         answer = self.answer_markdown
@@ -325,11 +390,16 @@ class RunView:
             lines.append(
                 f"<details><summary>Reasoning</summary>\n\n{html.escape(reasoning)}\n\n</details>"
             )
+        if self.plan:
+            lines.append(plan_markdown(self.plan, stopped=self.phase == "canceled"))
         for row in self.tool_rows():
             state = {"ok": "ok", "error": "error"}.get(row.state, "running")
+            if row.label:  # a sub-agent's section: its task and how it ended
+                state = html.escape(f"{row.label} · {row.state}")
             body = f"<pre>{html.escape(row.arguments)}</pre>"
             if row.result is not None:
                 body += f"\n<pre>{html.escape(row.result)}</pre>{row.images}"
+            body += self.child_html(row.call_id, answer=row.result is None)
             lines.append(
                 f"<details><summary>tool {html.escape(row.name)} · {state}</summary>\n\n"
                 f"{body}\n\n</details>"
@@ -383,6 +453,7 @@ class RunView:
             self._tool_results[event.call.id] = event.result
             # Read and encoded once, not at every redraw.
             self._tool_images[event.call.id] = _images_html(event.result)
+            self._take_plan(event)
             self._schedule_redraw()
         elif isinstance(event, Queued):
             self.phase = "queued"
@@ -399,10 +470,26 @@ class RunView:
         elif isinstance(event, PermissionAsked):
             self.waiting_permission = True
             self._draw()
+        elif isinstance(event, ChildEvent):
+            child = self._children.get(event.call_id)
+            if child is None:
+                child = self._children[event.call_id] = ChildRun(event.task, event.session_id)
+            child.on_event(event.event)
+            self._schedule_redraw()
         elif isinstance(event, Finished):
             self.finish(event.reason, event.message, event.usage, event.cost)
+        elif isinstance(event, Spending):
+            self.spend.update(event)
+            self._draw()
         elif isinstance(event, ContextUsed | Summarizing | Compacted):
             self._on_context(event)
+
+    def _take_plan(self, event: ToolFinished) -> None:
+        """A successful ``todos`` call's plan replaces the one shown."""
+        if event.call.name == "todos" and not event.result.is_error:
+            plan = plan_from_metadata(event.result.metadata)
+            if plan is not None:
+                self.plan = plan
 
     def _on_context(self, event: CompactionEvent) -> None:
         if isinstance(event, ContextUsed):
@@ -549,6 +636,41 @@ class RunView:
         Returns a function that removes the prompt (loop thread).
         """
         raise NotImplementedError
+
+    # -- question forms --------------------------------------------------------
+
+    def ask_questions(self, request: QuestionRequest, answering: Answering) -> Closing:
+        """Show a form of the request's questions; ``answering`` gets the answers (any
+        thread). Returns what ends the form (loop thread): answered, or withdrawn (``None``).
+        """
+        close = self.forms.open(request, answering)
+        self._draw()
+
+        def end(answers: Any) -> None:
+            close(answers)
+            self._draw()
+
+        return end
+
+
+def tool_row(
+    call: ToolCallPart, result: ToolResultPart | None, waiting: bool = False, images: str = ""
+) -> ToolRow:
+    """One tool call as a view shows it; ``waiting``: a permission prompt is open."""
+    if result is None and not call.finished:
+        state = "streaming arguments"
+    elif result is None:
+        state = "waiting for permission" if waiting else "running"
+    else:
+        state = "error" if result.is_error else "ok"
+    return ToolRow(
+        call.id,
+        call.name,
+        state,
+        _clip(pretty_json(call.input)),
+        None if result is None else _clip(result.content),
+        images,
+    )
 
 
 def _images_html(result: ToolResultPart) -> str:

@@ -10,8 +10,12 @@ Everything the run shows travels as custom comm messages:
   itself), ``["stop", "ready" | "stopping" | "disabled"]``, ``["answer+", text]`` /
   ``["reasoning+", text]`` (appended), ``["answer=", text]`` / ``["reasoning=", text]``
   (replaced: only if a text ever stops being a prefix of its successor), ``["tool", row]``
-  (one call, added or changed) and ``["ask", prompt]`` / ``["asked", id]`` (a permission
-  prompt shown / gone).
+  (one call, added or changed), ``["ask", prompt]`` / ``["asked", id]`` (a permission
+  prompt shown / gone), ``["todo", {"at": i, "content", "status", "active_form"}]`` (one
+  item of the plan, added or changed) / ``["todos", n]`` (the plan cut to ``n`` items), and
+  ``["question", form]`` (a question form shown, answered or withdrawn; it is small), and
+  ``["changes", {"summary", "note"}]`` (at the end of a turn that changed something: what
+  it changed, beside an Undo button, and what the undo did).
 - the model's state carries ``start = {"snapshot": state, "seq": n}``, the state as of op
   ``n``, read afresh whenever the page asks for the model's state: at comm open (``n`` is
   0) and when a reloaded page restores its models. The page's model keeps the state from
@@ -20,10 +24,18 @@ Everything the run shows travels as custom comm messages:
 - page -> kernel ``{"event": "sync", "nonce": …}`` when the model finds a gap in ``seq``;
   the kernel answers ``{"snapshot": state, "seq": n, "for": nonce}`` and the model applies
   the ops after ``n``.
-- page -> kernel ``{"event": "click", "target": "stop"}`` and
-  ``{"event": "click", "target": "decide", "ask": id, "decision": …}``. Clicks are taken on
+- page -> kernel ``{"event": "click", "target": "stop"}``,
+  ``{"event": "click", "target": "decide", "ask": id, "decision": …}``,
+  ``{"event": "click", "target": "answer", "question": id, "answers": [...]}`` and
+  ``{"event": "click", "target": "undo"}``. Clicks are taken on
   the subshell the page sent them on (:func:`~jupyter_crush.view.comm.take_clicks_where_sent`);
   the page shows "Stopping…" before it sends the click.
+
+A sub-agent's turn (the ``agent`` tool) shows inside its call's tool row, collapsed under the
+row's heading (the task and the child's state, ``label`` and ``state`` of the ``tool`` op):
+``["child", call_id]`` opens its section, ``["child+", [call_id, text]]`` /
+``["child=", [call_id, text]]`` append to / replace its text, and
+``["child tool", [call_id, row]]`` adds or changes one of its tool calls.
 
 Why anywidget and not a model in the prebuilt JupyterLab extension: VS Code loads no
 JupyterLab extension, but it renders anywidget models, whose module travels in the
@@ -143,7 +155,11 @@ class DeltaRunView(RunView):
             "answer": "",
             "reasoning": "",
             "tools": {},
+            "children": {},  # call id -> its sub-agent's section: call_id, answer, tools
             "asks": {},
+            "todos": [],
+            "questions": {},
+            "changes": {"summary": "", "note": ""},
         }
         #: Ops messages sent so far.
         self.messages_sent = 0
@@ -208,6 +224,7 @@ class DeltaRunView(RunView):
             if sent["tools"].get(row.call_id) != fields:
                 sent["tools"][row.call_id] = fields
                 ops.append(["tool", fields])
+        ops += self._child_ops()
         for ask_id in [a for a in sent["asks"] if a not in self._asks]:
             del sent["asks"][ask_id]
             ops.append(["asked", ask_id])
@@ -215,10 +232,63 @@ class DeltaRunView(RunView):
             if ask_id not in sent["asks"]:
                 sent["asks"][ask_id] = ask
                 ops.append(["ask", ask])
+        ops += self._plan_ops() + self._form_ops()
+        changes = {"summary": self.changes, "note": self.undo_note}
+        if changes != sent["changes"]:
+            sent["changes"] = changes
+            ops.append(["changes", changes])
         stop = "disabled" if self._ended is not None else sent["stop"]
         if stop != sent["stop"]:
             sent["stop"] = stop
             ops.append(["stop", stop])
+        return ops
+
+    def _plan_ops(self) -> list[list[Any]]:
+        """The plan's items that changed, each alone, and a cut if it got shorter."""
+        shown: list[dict[str, str]] = self._sent["todos"]
+        ops: list[list[Any]] = []
+        for at, todo in enumerate(self.plan):
+            item = dataclasses.asdict(todo)
+            if at >= len(shown) or shown[at] != item:
+                shown[at : at + 1] = [item]
+                ops.append(["todo", {"at": at, **item}])
+        if len(shown) > len(self.plan):
+            del shown[len(self.plan) :]
+            ops.append(["todos", len(self.plan)])
+        return ops
+
+    def _form_ops(self) -> list[list[Any]]:
+        """The question forms shown, answered or withdrawn since the last message."""
+        shown = self._sent["questions"]
+        ops: list[list[Any]] = []
+        for form_id, form in self.forms.forms.items():
+            drawn = form.as_json()
+            if shown.get(form_id) != drawn:
+                shown[form_id] = drawn
+                ops.append(["question", drawn])
+        return ops
+
+    def _child_ops(self) -> list[list[Any]]:
+        """The sub-agents' sections: new ones, their text appended, their changed tool rows."""
+        ops: list[list[Any]] = []
+        for call_id, child in self.child_runs():
+            shown = self._sent["children"].get(call_id)
+            if shown is None:
+                shown = {"call_id": call_id, "answer": "", "tools": {}}
+                self._sent["children"][call_id] = shown
+                ops.append(["child", call_id])
+            text = child.answer
+            if text != shown["answer"]:
+                if text.startswith(shown["answer"]):
+                    ops.append(["child+", [call_id, text[len(shown["answer"]) :]]])
+                else:
+                    ops.append(["child=", [call_id, text]])
+                shown["answer"] = text
+            for row in self.child_rows(child):
+                fields = dataclasses.asdict(row)
+                if shown["tools"].get(row.call_id) != fields:
+                    shown["tools"][row.call_id] = fields
+                    ops.append(["child tool", [call_id, fields]])
         return ops
 
     def _send_ops(self, ops: list[list[Any]]) -> None:
@@ -242,7 +312,13 @@ class DeltaRunView(RunView):
             state = {
                 **sent,
                 "tools": list(sent["tools"].values()),
+                "children": [
+                    {**shown, "tools": list(shown["tools"].values())}
+                    for shown in sent["children"].values()
+                ],
                 "asks": list(sent["asks"].values()),
+                "todos": list(sent["todos"]),  # items are replaced, never changed in place
+                "questions": list(sent["questions"].values()),
             }
             return {"snapshot": state, "seq": self._seq}
 
@@ -265,6 +341,10 @@ class DeltaRunView(RunView):
             decide = self._deciders.get(str(content.get("ask")))
             if decide is not None and content.get("decision") in set(Decision):
                 decide(Decision(content["decision"]))
+        elif event == "click" and target == "undo":
+            self.request_undo()
+        elif event == "click" and target == "answer":
+            self.forms.answer(str(content.get("question")), content.get("answers"))
         elif event == "sync":
             loop = self._loop
             if loop is not None and not loop.is_closed():

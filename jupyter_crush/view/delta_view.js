@@ -377,6 +377,27 @@ export class RunState {
   }
 }
 
+// A sub-agent's section, moved on by one op (older snapshots hold no sections).
+function applyChildOp(state, op, value) {
+  state.children = state.children || [];
+  if (op === "child") {
+    state.children.push({ call_id: value, answer: "", tools: [] });
+    return;
+  }
+  const [callId, change] = value;
+  const child = state.children.find((c) => c.call_id === callId);
+  if (!child) return;
+  if (op === "child+") {
+    child.answer += change;
+  } else if (op === "child=") {
+    child.answer = change;
+  } else {
+    const at = child.tools.findIndex((t) => t.call_id === change.call_id);
+    if (at === -1) child.tools.push(change);
+    else child.tools[at] = change;
+  }
+}
+
 // The kernel's snapshot shape, moved on by one op (the kernel's `_sent` does the same).
 export function applyOp(state, [op, value]) {
   switch (op) {
@@ -400,13 +421,104 @@ export function applyOp(state, [op, value]) {
       else state.tools[at] = value;
       break;
     }
+    case "child":
+    case "child+":
+    case "child=":
+    case "child tool":
+      applyChildOp(state, op, value);
+      break;
     case "ask":
       state.asks.push(value);
       break;
     case "asked":
       state.asks = state.asks.filter((a) => a.id !== value);
       break;
+    case "todo":
+    case "todos":
+    case "question":
+      applyFormOp(state, op, value);
+      break;
+    case "changes":
+      state.changes = value;
+      break;
   }
+}
+
+// The plan's and the question forms' ops (older snapshots hold neither list).
+function applyFormOp(state, op, value) {
+  if (op === "todo") {
+    const { at, ...item } = value;
+    state.todos = state.todos || [];
+    state.todos[at] = item;
+  } else if (op === "todos") {
+    state.todos = (state.todos || []).slice(0, value);
+  } else {
+    state.questions = state.questions || [];
+    const at = state.questions.findIndex((q) => q.id === value.id);
+    if (at === -1) state.questions.push(value);
+    else state.questions[at] = value;
+  }
+}
+
+const TODO_MARKS = { pending: "\u25cb", in_progress: "\u25b8", done: "\u2713" };
+
+// One item of the plan: the active form while in progress, struck through once done.
+function drawTodo(list, at, item) {
+  while (list.children.length <= at) list.appendChild(document.createElement("li"));
+  const li = list.children[at];
+  li.className = `crush-todo crush-todo-${item.status}`;
+  const shown = item.status === "in_progress" && item.active_form ? item.active_form : item.content;
+  li.textContent = `${TODO_MARKS[item.status] || ""} ${shown}`;
+}
+
+// A question form: its inputs while open; the answers, or "withdrawn", once it is not.
+function drawQuestion(el, form, send) {
+  el.className = `crush-question crush-question-${form.state}`;
+  el.textContent = "";
+  const inputs = form.questions.map((q, n) => {
+    const box = el.appendChild(document.createElement("fieldset"));
+    box.appendChild(document.createElement("legend")).textContent = q.text;
+    if (q.description) box.appendChild(document.createElement("p")).textContent = q.description;
+    if (form.state !== "open") {
+      const said = form.answers ? form.answers[n].shown : "withdrawn: the run was stopped";
+      box.appendChild(document.createElement("div")).textContent = said;
+      return null;
+    }
+    const name = `crush-q-${form.id}-${n}`;
+    const options =
+      q.kind === "yes_no"
+        ? [{ id: "yes", label: "Yes" }, { id: "no", label: "No" }]
+        : q.choices;
+    const picks = options.map((choice) => {
+      const label = box.appendChild(document.createElement("label"));
+      label.className = "crush-choice";
+      const input = label.appendChild(document.createElement("input"));
+      input.type = q.kind === "multi_choice" ? "checkbox" : "radio";
+      input.name = name;
+      input.value = choice.id;
+      label.appendChild(document.createTextNode(` ${choice.label}`));
+      if (choice.description) label.title = choice.description;
+      return input;
+    });
+    let text = null;
+    if (q.kind !== "yes_no") {
+      text = box.appendChild(document.createElement(q.kind === "free_text" ? "textarea" : "input"));
+      text.className = "crush-answer-text";
+      text.placeholder = q.kind === "free_text" ? "Your answer" : "Another answer (optional)";
+    }
+    return { q, picks, text };
+  });
+  if (form.state !== "open") return;
+  const answer = el.appendChild(button("Answer", "mod-primary crush-answer-button"));
+  answer.addEventListener("click", () => {
+    const answers = inputs.map(({ q, picks, text }) => {
+      const chosen = picks.filter((p) => p.checked).map((p) => p.value);
+      if (q.kind === "yes_no") return { yes: chosen.length ? chosen[0] === "yes" : null };
+      return { selected: chosen, text: text ? text.value : "" };
+    });
+    for (const input of el.querySelectorAll("input, textarea, button")) input.disabled = true;
+    send({ event: "click", target: "answer", question: form.id, answers });
+  });
 }
 
 // Each model's RunState, by the run's id (a view gets its model through a new proxy).
@@ -430,6 +542,8 @@ function render({ model, el }) {
   status.className = "crush-status";
   const stop = header.appendChild(button("Stop", "crush-stop"));
   stop.title = "Cancel this prompt (and anything queued before it in this session)";
+  const todos = el.appendChild(document.createElement("ol"));
+  todos.className = "crush-todos";
   const reasoning = el.appendChild(document.createElement("details"));
   reasoning.className = "crush-reasoning";
   reasoning.hidden = true;
@@ -441,12 +555,51 @@ function render({ model, el }) {
   tools.className = "crush-tools";
   const answerEl = el.appendChild(document.createElement("div"));
   answerEl.className = "crush-answer jp-RenderedHTMLCommon jp-RenderedMarkdown";
+  const questions = el.appendChild(document.createElement("div"));
+  questions.className = "crush-questions";
   const asks = el.appendChild(document.createElement("div"));
   asks.className = "crush-asks";
+  // At the end of a turn that changed something: "changed: 2 cells, 3 variables — Undo".
+  const changes = el.appendChild(document.createElement("div"));
+  changes.className = "crush-changes";
+  changes.hidden = true;
+  const changesText = changes.appendChild(document.createElement("span"));
+  const undo = changes.appendChild(button("Undo", "crush-undo"));
+  undo.title = "Undo this turn: the variables, objects, files and cells it changed";
+  const undoNote = changes.appendChild(document.createElement("pre"));
+  undoNote.className = "crush-undo-note";
+  undo.addEventListener("click", () => {
+    if (undo.disabled) return;
+    undo.disabled = true; // one undo per turn; the kernel's note says what it did
+    undo.textContent = "Undoing\u2026";
+    model.send({ event: "click", target: "undo" });
+  });
+  function drawChanges({ summary, note }) {
+    changes.hidden = !summary;
+    changesText.textContent = summary ? `${summary} \u2014 ` : "";
+    undoNote.textContent = note || "";
+    undoNote.hidden = !note;
+    if (note) {
+      undo.disabled = true;
+      undo.textContent = "Undo";
+    }
+  }
 
   let answer = new Answer(answerEl, "markdown");
   const toolViews = new Map();
+  const childViews = new Map(); // call id -> its sub-agent's section
   const askViews = new Map();
+  const questionViews = new Map();
+  const send = (msg) => model.send(msg);
+
+  function drawForm(form) {
+    let view = questionViews.get(form.id);
+    if (!view) {
+      view = questions.appendChild(document.createElement("div"));
+      questionViews.set(form.id, view);
+    }
+    drawQuestion(view, form, send);
+  }
   let line = { head: "", tail: "", elapsed: 0, ticking: false };
   let lineAt = performance.now();
 
@@ -468,22 +621,48 @@ function render({ model, el }) {
     model.send({ event: "click", target: "stop" });
   });
 
-  function drawTool(row) {
-    let view = toolViews.get(row.call_id);
+  // One tool call's row in `container`: the turn's tools, or a sub-agent's section.
+  function drawToolRow(container, views, row) {
+    let view = views.get(row.call_id);
     if (!view) {
-      view = tools.appendChild(document.createElement("details"));
+      view = container.appendChild(document.createElement("details"));
       view.className = "crush-tool";
       view.appendChild(document.createElement("summary"));
       view.appendChild(document.createElement("div"));
-      toolViews.set(row.call_id, view);
+      views.set(row.call_id, view);
     }
-    view.firstChild.textContent = `tool ${row.name} \u00b7 ${row.state}`;
+    const label = row.label ? ` \u00b7 ${row.label}` : "";
+    view.firstChild.textContent = `tool ${row.name}${label} \u00b7 ${row.state}`;
     let body = `<b>arguments</b><pre>${escapeHtml(row.arguments)}</pre>`;
     if (row.result !== null && row.result !== undefined) {
       // row.images is HTML the kernel made: <img> thumbnails, their texts escaped.
       body += `<b>result</b><pre>${escapeHtml(row.result)}</pre>${row.images || ""}`;
     }
-    view.lastChild.innerHTML = body;
+    view.children[1].innerHTML = body;
+    return view;
+  }
+
+  function drawTool(row) {
+    drawToolRow(tools, toolViews, row);
+  }
+
+  // A sub-agent's section, inside its call's row (collapsed with it): its tool calls, then
+  // its text as it streams.
+  function childView(callId) {
+    let child = childViews.get(callId);
+    if (!child) {
+      const row =
+        toolViews.get(callId) ||
+        drawToolRow(tools, toolViews, { call_id: callId, name: "agent", state: "running", arguments: "" });
+      const section = row.appendChild(document.createElement("div"));
+      section.className = "crush-child";
+      const childTools = section.appendChild(document.createElement("div"));
+      const text = section.appendChild(document.createElement("div"));
+      text.className = "crush-answer jp-RenderedHTMLCommon jp-RenderedMarkdown";
+      child = { tools: childTools, toolViews: new Map(), answer: new Answer(text, "markdown") };
+      childViews.set(callId, child);
+    }
+    return child;
   }
 
   function drawAsk(ask) {
@@ -529,12 +708,38 @@ function render({ model, el }) {
       case "tool":
         drawTool(value);
         break;
+      case "child":
+        childView(value);
+        break;
+      case "child+":
+        childView(value[0]).answer.append(value[1]);
+        break;
+      case "child=":
+        childView(value[0]).answer.reset(value[1]);
+        break;
+      case "child tool": {
+        const child = childView(value[0]);
+        drawToolRow(child.tools, child.toolViews, value[1]);
+        break;
+      }
       case "ask":
         drawAsk(value);
         break;
       case "asked":
         askViews.get(value)?.remove();
         askViews.delete(value);
+        break;
+      case "todo":
+        drawTodo(todos, value.at, value);
+        break;
+      case "todos":
+        while (todos.children.length > value) todos.lastChild.remove();
+        break;
+      case "question":
+        drawForm(value);
+        break;
+      case "changes":
+        drawChanges(value);
         break;
     }
   }
@@ -546,9 +751,21 @@ function render({ model, el }) {
     tools.textContent = "";
     toolViews.clear();
     state.tools.forEach(drawTool);
+    childViews.clear();
+    for (const shown of state.children || []) {
+      const child = childView(shown.call_id);
+      child.answer.reset(shown.answer);
+      shown.tools.forEach((row) => drawToolRow(child.tools, child.toolViews, row));
+    }
     asks.textContent = "";
     askViews.clear();
     state.asks.forEach(drawAsk);
+    todos.textContent = "";
+    (state.todos || []).forEach((item, at) => drawTodo(todos, at, item));
+    questions.textContent = "";
+    questionViews.clear();
+    (state.questions || []).forEach(drawForm);
+    drawChanges(state.changes || { summary: "", note: "" });
     setStop(state.stop);
     apply(["status", state.status]);
   }

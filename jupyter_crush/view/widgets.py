@@ -17,10 +17,13 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from ..core.questions import QuestionKind
+from ..core.todos import PLAN_MARKS, Todo
 from ..core.tools import Decision, PermissionRequest
 from .base import RunLabels, RunView
 from .comm import close_widgets, take_clicks_where_sent
 from .permissions import PERMISSION_CHOICES, permission_summary
+from .questions import QuestionForm
 
 _BUTTON_STYLES = {"Allow": "success", "Allow for session": "info", "Deny": "danger"}
 
@@ -56,8 +59,37 @@ class WidgetsRunView(RunView):
         # Frozen outputs (finished paragraphs) then the live one; see _draw_answer.
         self.answer = widgets.VBox([widgets.Output()])
         self.permission = widgets.VBox()
+        self.plan_html = widgets.HTML()
+        self.questions = widgets.VBox()
+        # Form id -> its box and the state it was drawn in; loop thread only.
+        self._form_widgets: dict[str, tuple[widgets.VBox, str]] = {}
+        # At the end of a turn that changed something: what it changed, an Undo button, and
+        # what the undo did.
+        self.changes_label = widgets.HTML()
+        self.undo_button = widgets.Button(
+            description="Undo",
+            icon="undo",
+            tooltip="Undo this turn: the variables, objects, files and cells it changed",
+            layout=widgets.Layout(width="auto"),
+        )
+        self.undo_button.on_click(lambda _button: self._click_undo())
+        take_clicks_where_sent(self.undo_button)
+        self.undo_note_html = widgets.HTML()
+        self.changes_box = widgets.VBox(
+            [widgets.HBox([self.changes_label, self.undo_button]), self.undo_note_html]
+        )
+        self.changes_box.layout.display = "none"
         self.root = widgets.VBox(
-            [header, self.reasoning_box, self.tools, self.answer, self.permission]
+            [
+                header,
+                self.plan_html,
+                self.reasoning_box,
+                self.tools,
+                self.answer,
+                self.questions,
+                self.permission,
+                self.changes_box,
+            ]
         )
         self._draw()
 
@@ -106,6 +138,28 @@ class WidgetsRunView(RunView):
             if self.reasoning.value != value:
                 self.reasoning.value = value
         self._draw_tools()
+        plan = plan_html(self.plan)
+        if self.plan_html.value != plan:
+            self.plan_html.value = plan
+        self._draw_forms()
+        self._draw_changes()
+
+    def _draw_changes(self) -> None:
+        if not self.changes:
+            return
+        self.changes_box.layout.display = None
+        self.changes_label.value = f"{html.escape(self.changes)} —"
+        if self.undo_note:
+            self.undo_button.disabled = True
+            self.undo_button.description = "Undo"
+            note = f'<pre style="white-space: pre-wrap">{html.escape(self.undo_note)}</pre>'
+            self.undo_note_html.value = note
+
+    def _click_undo(self) -> None:
+        """The Undo click (the click's thread): one undo; its note says what it did."""
+        self.undo_button.disabled = True
+        self.undo_button.description = "Undoing…"
+        self.request_undo()
 
     def _draw_answer(self) -> None:
         # Each redraw resends (and the front end re-renders) the whole of a widget's value,
@@ -155,6 +209,7 @@ class WidgetsRunView(RunView):
                     f'<pre style="white-space: pre-wrap">{html.escape(row.result)}</pre>'
                     + row.images
                 )
+            body += self.child_html(row.call_id)  # a sub-agent's turn, as it streams
             entry = self._tool_widgets.get(row.call_id)
             if entry is None:
                 content = widgets.HTML(body)
@@ -171,6 +226,50 @@ class WidgetsRunView(RunView):
                     box.titles = (row.title,)
         if added:
             self.tools.children = tuple(box for box, _ in self._tool_widgets.values())
+
+    def _draw_forms(self) -> None:
+        added = False
+        for form in self.forms.forms.values():
+            drawn = self._form_widgets.get(form.id)
+            if drawn is not None and drawn[1] == form.state:
+                continue
+            if drawn is None:
+                box = widgets.VBox()
+                added = True
+            else:
+                box = drawn[0]
+                for child in box.children:
+                    close_widgets(child)
+            box.children = self._form_children(form)
+            self._form_widgets[form.id] = (box, form.state)
+        if added:
+            self.questions.children = tuple(box for box, _ in self._form_widgets.values())
+
+    def _form_children(self, form: QuestionForm) -> tuple[widgets.Widget, ...]:
+        """A form's questions: inputs while open, then the answers or "withdrawn"."""
+        if form.state != "open":
+            said = [a["shown"] for a in form.as_json()["answers"] or []]
+            rows = [
+                f"<b>{html.escape(q.text)}</b><br>"
+                + html.escape(said[n] if said else "withdrawn: the run was stopped")
+                for n, q in enumerate(form.questions)
+            ]
+            return (widgets.HTML("<br>".join(rows)),)
+        children: list[widgets.Widget] = []
+        readers = []
+        for question in form.questions:
+            text = f"<b>{html.escape(question.text)}</b>"
+            if question.description:
+                text += f"<br>{html.escape(question.description)}"
+            children.append(widgets.HTML(text))
+            inputs, read = _question_inputs(question.kind, question.choices)
+            children += inputs
+            readers.append(read)
+        submit = widgets.Button(description="Answer", button_style="primary")
+        # Any thread: the forms take the answers as the page's are taken.
+        submit.on_click(lambda _b: self.forms.answer(form.id, [read() for read in readers]))
+        take_clicks_where_sent(submit)
+        return (*children, submit)
 
     def ask_permission(
         self, request: PermissionRequest, decide: Callable[[Decision], None]
@@ -230,3 +329,41 @@ def split_paragraphs(text: str) -> tuple[list[str], str]:
             continue
         has_content = has_content or bool(line.strip())
     return chunks, text[start:]
+
+
+def plan_html(plan: list[Todo]) -> str:
+    """The plan shown above the answer; empty without one."""
+    items = []
+    for todo in plan:
+        text = html.escape(todo.shown)
+        if todo.status == "in_progress":
+            text = f"<b>{text}</b>"
+        elif todo.status == "done":
+            text = f"<s>{text}</s>"
+        items.append(f"<li>{PLAN_MARKS.get(todo.status, '')} {text}</li>")
+    return f'<ol style="list-style: none; padding-left: 0">{"".join(items)}</ol>' if items else ""
+
+
+def _question_inputs(
+    kind: QuestionKind, choices: Any
+) -> tuple[list[widgets.Widget], Callable[[], dict[str, Any]]]:
+    """One question's input widgets, and what reads its answer as a page would send it."""
+    if kind is QuestionKind.YES_NO:
+        pick = widgets.RadioButtons(options=["Yes", "No"], value=None)
+        return [pick], lambda: {"yes": None if pick.value is None else pick.value == "Yes"}
+    if kind is QuestionKind.FREE_TEXT:
+        text = widgets.Textarea(placeholder="Your answer")
+        return [text], lambda: {"text": text.value}
+    other = widgets.Text(placeholder="Another answer (optional)")
+    if kind is QuestionKind.SINGLE_CHOICE:
+        one = widgets.RadioButtons(options=[(c.label, c.id) for c in choices], value=None)
+        return [one, other], lambda: {
+            "selected": [] if one.value is None else [one.value],
+            "text": other.value,
+        }
+    boxes = [widgets.Checkbox(description=c.label, value=False, indent=False) for c in choices]
+    ids = [c.id for c in choices]
+    return [*boxes, other], lambda: {
+        "selected": [i for i, box in zip(ids, boxes, strict=True) if box.value],
+        "text": other.value,
+    }

@@ -7,6 +7,9 @@
  *   kernel -> browser  {"event": "status", "running": n, "queued": m}
  *   kernel -> browser  {"event": "request", "id": n, "op": ...}   a question about the
  *                      notebook (notebook.ts); answered {"action": "reply", "id": n, ...}
+ *                      A handler that returns a promise (an edit under review, a cell
+ *                      running) is acknowledged at once with {"pending": true}, then
+ *                      answered under the same id when the promise settles.
  *
  * The browser opens the comm when a notebook becomes current. A kernel without
  * crush closes it at once; when crush is loaded later, the kernel opens and
@@ -39,8 +42,10 @@ function parseStatus(data: unknown): ICrushStatus | null {
   return { running, queued };
 }
 
-/** Answers the kernel's `request` events (see notebook.ts). */
-export type RequestHandler = (request: { [key: string]: unknown }) => { [key: string]: unknown };
+export type Reply = { [key: string]: unknown };
+
+/** Answers the kernel's `request` events (see notebook.ts), at once or later. */
+export type RequestHandler = (request: { [key: string]: unknown }) => Reply | Promise<Reply>;
 
 export class CrushConnection implements IDisposable {
   constructor(kernel: Kernel.IKernelConnection, onRequest?: RequestHandler) {
@@ -148,13 +153,24 @@ export class CrushConnection implements IDisposable {
   private _handle(data: unknown): void {
     const msg = data as { [key: string]: unknown } | null;
     if (msg && msg.event === 'request' && this._comm) {
-      let reply: { [key: string]: unknown };
+      const comm = this._comm;
+      const answer = (reply: Reply) => {
+        if (!comm.isDisposed) {
+          comm.send({ ...reply, action: 'reply', id: msg.id as number });
+        }
+      };
+      let reply: Reply | Promise<Reply>;
       try {
         reply = this._onRequest ? this._onRequest(msg) : { error: 'no handler' };
       } catch (reason) {
         reply = { error: String(reason) };
       }
-      this._comm.send({ ...reply, action: 'reply', id: msg.id as number });
+      if (reply instanceof Promise) {
+        answer({ pending: true });
+        reply.then(answer, reason => answer({ error: String(reason) }));
+      } else {
+        answer(reply);
+      }
       return;
     }
     const status = parseStatus(data);

@@ -18,6 +18,7 @@ import { Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
 import { CrushConnection, ICrushStatus } from './connection';
+import { CellEdits } from './edits';
 import { answerRequest } from './notebook';
 
 const PLUGIN_ID = 'jupyter-crush:plugin';
@@ -36,8 +37,9 @@ const stopAgentsIcon = new LabIcon({
 
 /** One CrushConnection per kernel connection, dropped when the kernel connection goes away. */
 class Connections {
-  constructor(tracker: INotebookTracker) {
+  constructor(tracker: INotebookTracker, edits: CellEdits) {
     this._tracker = tracker;
+    this._edits = edits;
   }
 
   get(kernel: Kernel.IKernelConnection): CrushConnection {
@@ -46,7 +48,9 @@ class Connections {
       // The kernel's questions about its notebook are answered from the panel showing it.
       const panel = () =>
         this._tracker.find(p => p.sessionContext.session?.kernel === kernel) ?? null;
-      connection = new CrushConnection(kernel, request => answerRequest(panel(), request));
+      connection = new CrushConnection(kernel, request =>
+        answerRequest(panel(), request, this._edits)
+      );
       this._byKernel.set(kernel, connection);
       kernel.disposed.connect(() => {
         this._byKernel.get(kernel)?.dispose();
@@ -57,6 +61,7 @@ class Connections {
   }
 
   private readonly _tracker: INotebookTracker;
+  private readonly _edits: CellEdits;
   private _byKernel = new Map<Kernel.IKernelConnection, CrushConnection>();
 }
 
@@ -149,7 +154,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     palette: ICommandPalette | null,
     statusBar: IStatusBar | null
   ) => {
-    const connections = new Connections(tracker);
+    const connections = new Connections(tracker, new CellEdits());
     const current = new CurrentKernelStatus(tracker, connections);
 
     app.commands.addCommand(CommandIDs.stopAll, {

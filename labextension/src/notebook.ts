@@ -7,15 +7,22 @@
  *                          -> inserts a code cell below the cell whose id is `after`
  *                             (else below the active cell), with that cell metadata;
  *                             answers {"index", "id"}
+ *   {"op": "propose_edit" | "withdraw_edit", ...}   an edit under review (edits.ts)
+ *   {"op": "run_cell", ...}                          run a cell (runcell.ts)
  */
 import { NotebookPanel } from '@jupyterlab/notebook';
+
+import { Reply } from './connection';
+import { CellEdits } from './edits';
+import { runCell } from './runcell';
 
 export type NotebookRequest = { [key: string]: unknown };
 
 export function answerRequest(
   panel: NotebookPanel | null,
-  request: NotebookRequest
-): { [key: string]: unknown } {
+  request: NotebookRequest,
+  edits: CellEdits
+): Reply | Promise<Reply> {
   const model = panel?.content.model;
   if (!panel || !model) {
     return { error: 'no notebook is open for this kernel' };
@@ -48,6 +55,12 @@ export function answerRequest(
       metadata
     });
     return { index, id: model.cells.get(index).id };
+  }
+  if (request.op === 'propose_edit' || request.op === 'withdraw_edit') {
+    return edits.answer(panel, request);
+  }
+  if (request.op === 'run_cell') {
+    return runCell(panel, request);
   }
   return { error: `unknown op ${String(request.op)}` };
 }

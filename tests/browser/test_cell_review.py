@@ -1,0 +1,139 @@
+"""The agent edits and runs the user's cells in a real JupyterLab 4 page: an ``edit_cell``
+shows as a diff inside the cell until the user accepts (the saved ``.ipynb`` has the new
+source and its provenance) or rejects it (the cell is unchanged and the model reads the
+user's words); ``run_cell`` runs a cell that raises as Shift+Enter would and the model reads
+its traceback. The model is a ScriptedModel; the test reads back what it was sent."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from test_lab import Notebook
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+SETUP = """\
+%load_ext jupyter_crush
+from jupyter_crush.magics import current
+from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
+crush = current()
+model = ScriptedModel([Reply(tool_calls=[ToolCall({tool!r}, {args!r})]), "Over to you."])
+crush.use_model(model)
+print("setup done")"""
+
+TOLD = """\
+print("session:", crush.current_session_id)
+print("told:", model.requests[1].messages[-1].tool_results[0].content)"""
+
+ORIGINAL = "total = 6 * 7\nprint(total)"
+
+
+def cell_ids(path: Path) -> list[str]:
+    return [cell["id"] for cell in json.loads(path.read_text())["cells"]]
+
+
+def save_and_read(notebook: Notebook, path: Path, timeout: float = 30) -> dict:
+    """Save the notebook; the file once it holds the TOLD cell's output (the page's save)."""
+    notebook.cells.nth(0).locator(".jp-InputPrompt").click()
+    notebook.page.keyboard.press("ControlOrMeta+s")
+    deadline = time.monotonic() + timeout
+    while not json.loads(path.read_text())["cells"][3]["outputs"]:
+        assert time.monotonic() < deadline, f"{path.name} was not saved"
+        time.sleep(0.2)
+    return json.loads(path.read_text())
+
+
+def open_edit(page, lab_server, args: dict) -> tuple[Notebook, Path, str]:
+    """A notebook whose prompt's model edits its second cell; the diff is shown."""
+    name = lab_server.write_notebook(["", ORIGINAL, "%%crush --yolo --fresh\nimprove it", TOLD])
+    path = lab_server.root / name
+    target = cell_ids(path)[1]
+    setup = SETUP.format(tool="edit_cell", args={"cell_id": target, **args})
+    document = json.loads(path.read_text())
+    document["cells"][0]["source"] = setup
+    path.write_text(json.dumps(document))
+    notebook = Notebook(page)
+    notebook.open(lab_server.lab_url(name), cells=4)
+    notebook.run(0)
+    notebook.wait_output(0, r"setup done")
+    notebook.run(2)
+    diff = notebook.cells.nth(1).locator(".jp-crush-Edit")
+    diff.wait_for(timeout=60_000)
+    return notebook, path, target
+
+
+def test_an_accepted_edit_lands_in_the_saved_notebook_with_its_provenance(page, lab_server):
+    args = {"search": "6 * 7", "replace": "sum(range(10))"}
+    notebook, path, target = open_edit(page, lab_server, args)
+    diff = notebook.cells.nth(1).locator(".jp-crush-Edit")
+    # The diff is in the cell: the old line struck out, the new one added; the document,
+    # and so the cell's own editor, still holds the old source.
+    assert diff.locator(".cm-deletedChunk").inner_text().strip() == "total = 6 * 7"
+    assert "sum(range(10))" in diff.locator(".cm-changedLine").first.inner_text()
+    notebook.screenshot("edit-cell-diff")
+    diff.get_by_role("button", name="Accept").click()
+    notebook.wait_output(2, r"Over to you")
+    notebook.wait_output(2, r"done")
+    assert notebook.cells.nth(1).locator(".jp-crush-Edit").count() == 0
+    assert "sum(range(10))" in notebook.cells.nth(1).locator(".jp-InputArea").inner_text()
+    notebook.run(3)
+    told = notebook.wait_output(3, r"told:")
+    session_id = told.split("session:", 1)[1].split()[0]
+    assert f"The user accepted the edit: cell {target} now holds the new source" in told
+
+    saved = save_and_read(notebook, path)
+    edited = saved["cells"][1]
+    assert "".join(edited["source"]) == "total = sum(range(10))\nprint(total)"
+    origin = edited["metadata"]["jupyter_crush"]
+    assert origin["session"] == session_id
+    assert origin["model"] == "scripted:scripted-model"
+    assert origin["tool_call"] == "call_0_0"
+    assert len(origin["message"]) == 32
+
+
+def test_a_rejected_edit_leaves_the_cell_and_tells_the_model_why(page, lab_server):
+    notebook, path, target = open_edit(page, lab_server, {"source": "total = 0\n"})
+    diff = notebook.cells.nth(1).locator(".jp-crush-Edit")
+    diff.locator("input").fill("zero is wrong")
+    diff.get_by_role("button", name="Reject").click()
+    notebook.wait_output(2, r"Over to you")
+    notebook.wait_output(2, r"done")
+    assert notebook.cells.nth(1).locator(".jp-InputArea").inner_text().count("6 * 7") == 1
+    notebook.run(3)
+    told = notebook.wait_output(3, r"told:")
+    assert f'rejected the edit; cell {target} is unchanged. They said: "zero is wrong"' in told
+
+    saved = save_and_read(notebook, path)
+    assert "".join(saved["cells"][1]["source"]) == ORIGINAL
+    assert "jupyter_crush" not in saved["cells"][1]["metadata"]
+
+
+def test_run_cell_runs_a_cell_that_raises_as_shift_enter_would(page, lab_server):
+    name = lab_server.write_notebook(
+        ["", "print('before')\n1 / 0", "%%crush --yolo --fresh\nrun it", TOLD]
+    )
+    path = lab_server.root / name
+    target = cell_ids(path)[1]
+    document = json.loads(path.read_text())
+    document["cells"][0]["source"] = SETUP.format(tool="run_cell", args={"cell_id": target})
+    path.write_text(json.dumps(document))
+    notebook = Notebook(page)
+    notebook.open(lab_server.lab_url(name), cells=4)
+    notebook.run(0)
+    notebook.wait_output(0, r"setup done")
+    notebook.run(2)
+    notebook.wait_output(2, r"Over to you")
+    notebook.wait_output(2, r"done")
+    # The cell ran in the notebook: its count, its output and its error are there.
+    output = notebook.wait_output(1, r"ZeroDivisionError")
+    assert "before" in output
+    prompt = notebook.cells.nth(1).locator(".jp-InputPrompt").inner_text()
+    assert prompt.strip() not in ("[ ]:", "[*]:", "")
+    notebook.run(3)
+    told = notebook.wait_output(3, r"told:")
+    count = prompt.strip().strip("[]:")
+    assert f"Cell {target} ran as [{count}], and raised an error:" in told
+    assert "before" in told and "ZeroDivisionError" in told and "1 / 0" in told
