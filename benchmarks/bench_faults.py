@@ -46,6 +46,7 @@ from jupyter_crush.core.message import Message, TextPart  # noqa: E402
 from jupyter_crush.core.model import ModelError  # noqa: E402
 from jupyter_crush.providers import ProviderSettings, resolve_model  # noqa: E402
 from jupyter_crush.providers.replay import RECORDINGS_DIR, SHORT_NAMES  # noqa: E402
+from jupyter_crush.store.pending import Writer  # noqa: E402
 from jupyter_crush.store.storage import Journal, StoreError  # noqa: E402
 
 #: Minutes of a disk that stays full, on virtual time.
@@ -126,25 +127,25 @@ class _Attempts:
         self.appends = 0
         self.longest_run = 0.0
         self._append = Journal.append
-        self._flush_due = TranscriptStore._flush_due
+        self._flush_due = Writer._flush_due
 
     def __enter__(self) -> _Attempts:
         def append(journal: Journal, payload: bytes, *, fsync: bool) -> None:
             self.appends += 1
             self._append(journal, payload, fsync=fsync)
 
-        def flush_due(store: TranscriptStore) -> None:
+        def flush_due(writer: Writer) -> None:
             start = time.perf_counter()
-            self._flush_due(store)
+            self._flush_due(writer)
             self.longest_run = max(self.longest_run, time.perf_counter() - start)
 
         Journal.append = append  # type: ignore[method-assign]
-        TranscriptStore._flush_due = flush_due  # type: ignore[method-assign]
+        Writer._flush_due = flush_due  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
         Journal.append = self._append  # type: ignore[method-assign]
-        TranscriptStore._flush_due = self._flush_due  # type: ignore[method-assign]
+        Writer._flush_due = self._flush_due  # type: ignore[method-assign]
 
 
 async def stays_full(disk: Path, loop: CountingLoop, seconds: float, probe: bool) -> dict:
@@ -161,7 +162,7 @@ async def stays_full(disk: Path, loop: CountingLoop, seconds: float, probe: bool
             reply.parts = [TextPart(reply.text + "token " * 50)]
             store.update_message(reply)
             await asyncio.sleep(1 / 30)
-        timers, appends = loop.timers_scheduled(store), attempts.appends
+        timers, appends = loop.timers_scheduled(store._writer), attempts.appends
         most_pending = 0
         cpu, start = time.process_time(), loop.time()
         while loop.time() - start < seconds:
@@ -171,10 +172,10 @@ async def stays_full(disk: Path, loop: CountingLoop, seconds: float, probe: bool
             asked = loop.time()
             await asyncio.sleep(0.01 if probe else 1 / 30)
             lags.append(loop.time() - asked - (0.01 if probe else 1 / 30))
-            most_pending = max(most_pending, loop.timers_pending(store))
+            most_pending = max(most_pending, loop.timers_pending(store._writer))
         cpu = time.process_time() - cpu
         result = {
-            "timers": loop.timers_scheduled(store) - timers,
+            "timers": loop.timers_scheduled(store._writer) - timers,
             "most_pending": most_pending,
             "appends": attempts.appends - appends,
             "cpu": cpu,

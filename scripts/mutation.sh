@@ -30,9 +30,9 @@ targets=(
   view.comm:take_clicks_where_sent view.base:RunView.request_stop view.base:RunView._draw_stopping
 )
 # The store's pending writes and their one retry timer; a fallback journal's fold as well.
-for method in pending_writes _write _refused _arm_timer _flush_due _flush_due_locked \
+for method in pending_writes write _refused _arm_timer _flush_due _flush_due_locked \
   _fold_session; do
-  targets+=("store.pending:_PendingWrites.${method}")
+  targets+=("store.pending:Writer.${method}")
 done
 targets+=("store.pending:PendingWrites.__str__")
 for method in start cancel cancel_all _forget _title; do

@@ -141,7 +141,7 @@ def test_a_record_the_fold_supersedes_is_compacted_away(tmp_path, places, refusi
     store.close()
     refusing.on = False
     with pytest.warns(UnwrittenRecordsWarning), TranscriptStore(tmp_path / "store") as reopened:
-        reopened._join_compactions()  # compaction runs in the background; make it prompt
+        reopened._compactions.join()  # compaction runs in the background; make it prompt
         assert [m.text for m in reopened.list_messages(sid)] == ["go", "short"]
         assert reopened.journal_path(sid).stat().st_size < 4096  # the draft is gone
 
@@ -184,4 +184,4 @@ def test_folded_records_are_counted_at_their_size_on_disk(tmp_path, places, refu
         reopened.flush()
         journal = reopened.journal_path(sid)
         # Nothing on disk is superseded: the journal is as long as its live records.
-        assert reopened._sessions[sid].live_bytes == journal.stat().st_size
+        assert reopened._replayer.sessions[sid].live_bytes == journal.stat().st_size

@@ -340,7 +340,7 @@ def test_a_long_stream_keeps_its_journal_bounded(tmp_path, monkeypatch):
         for i in range(1500):
             reply.append_text(f"token{i} ")
             store.update_message(reply)
-            store._join_compactions()  # compaction runs in the background; make it prompt
+            store._compactions.join()  # compaction runs in the background; make it prompt
             largest = max(largest, journal.stat().st_size)
         live = sum(len(m.text) for m in store.list_messages(session.id))
         assert live > 10_000
@@ -974,7 +974,7 @@ def test_writes_during_a_background_compaction_are_kept(tmp_path, held_compactio
         reply.append_text("the end")
         store.update_message(reply, force=True)
         release.set()
-        store._join_compactions()
+        store._compactions.join()
         assert not list((path / "messages").glob(".*.compact"))
         assert records_in(journal) < before  # compacted, and the two new records are kept
         expected = [(reply.id, reply.text), (later.id, "meanwhile")]
@@ -996,9 +996,9 @@ def test_a_compaction_overtaken_by_another_store_is_dropped(tmp_path, held_compa
         while journal.stat().st_ino == inode:
             reply.append_text("more ")
             b.update_message(reply, force=True)
-            b._join_compactions()
+            b._compactions.join()
         release.set()
-        a._join_compactions()  # its copy is of a replaced version: dropped
+        a._compactions.join()  # its copy is of a replaced version: dropped
         assert not list((path / "messages").glob(".*.compact"))
         assert a.get_message(session.id, reply.id).text == reply.text
     with TranscriptStore(path) as c:

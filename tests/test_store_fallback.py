@@ -256,7 +256,7 @@ def test_a_fallback_of_a_store_still_closing_is_left_for_a_later_opening(
     sid = closing.create_session().id
     refusing.on = True
     closing.add_message(user(sid, "kept"))
-    closing._save_unwritten()  # what close() does before it gives up the writer's lease
+    closing._writer.save_unwritten()  # what close() does before it gives up the writer's lease
     with quietly_open(tmp_path / "store") as early:
         assert early.list_messages(sid) == []
     closing.close()

@@ -277,19 +277,19 @@ def test_a_disk_full_for_ten_minutes_keeps_one_timer_and_one_attempt_a_second(
                     reply.parts = [TextPart(reply.text + f"token {second} ")]
                     store.update_message(reply)
                     if refused is None and store.pending_writes(sid):
-                        refused = loop.timers_scheduled(store), attempts.count
+                        refused = loop.timers_scheduled(store._writer), attempts.count
                     await asyncio.sleep(1 / 30)
             else:
                 await asyncio.sleep(1)
-            pending = loop.timers_pending(store)
+            pending = loop.timers_pending(store._writer)
             assert pending <= 1, f"{pending} timers pending after {second} s"
         assert refused is not None and store.pending_writes(sid), "the disk stayed full"
-        assert loop.timers_scheduled(store) - refused[0] <= retries + 1
+        assert loop.timers_scheduled(store._writer) - refused[0] <= retries + 1
         assert attempts.count - refused[1] <= 2 * (retries + 1)  # the journal, maybe the index
         filler.unlink()
         await asyncio.sleep(RETRY_INTERVAL)  # no further write: the retry alone writes it
         assert store.pending_writes() == []
-        assert loop.timers_pending(store) == 0
+        assert loop.timers_pending(store._writer) == 0
         return store, sid, reply.text
 
     store, sid, text = run_virtual(scenario)

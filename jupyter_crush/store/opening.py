@@ -4,8 +4,8 @@
 refused with a line saying to upgrade. At open, under the process lock, the leases and
 compaction copies of writers no longer alive are removed.
 
-The methods here belong to :class:`~jupyter_crush.store.transcript.TranscriptStore` (through
-:class:`_Opening`) and run when it opens.
+:class:`Opener` is the part of :class:`~jupyter_crush.store.transcript.TranscriptStore` that
+runs when it opens.
 """
 
 from __future__ import annotations
@@ -15,28 +15,36 @@ import json
 import os
 from pathlib import Path
 
-from .state import _WRITER_TOKEN, FORMAT_FILE, _dumps
+from .state import _WRITER_TOKEN, FORMAT_FILE, StoreConfig, _dumps
 from .storage import StoreError, WriterLease, write_atomic
 
 FORMAT_NAME = "jupyter-crush-transcripts"
 FORMAT_VERSION = 1
 
 
-class _Opening:
-    """Checks and clean-up when a store opens (part of TranscriptStore)."""
+class Opener:
+    """Checks and clean-up when a store opens.
 
-    def _check_format(self) -> None:
-        path = self.path / FORMAT_FILE
+    Holds no state of its own beyond the store's settings. The store calls it once, while
+    holding its lock and its process lock, so no writer of this or another process
+    (they take the process lock too) changes the files it checks or removes meanwhile.
+    """
+
+    def __init__(self, config: StoreConfig) -> None:
+        self._config = config
+
+    def check_format(self) -> None:
+        path = self._config.path / FORMAT_FILE
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
-            if any(self.path.glob("*.jsonl")):
+            if any(self._config.path.glob("*.jsonl")):
                 raise StoreError(
-                    f"{path} is missing but {self.path} holds transcript files; restore it "
+                    f"{path} is missing but {self._config.path} holds transcript files; restore it "
                     f'as {{"format": "{FORMAT_NAME}", "version": {FORMAT_VERSION}}}'
                 ) from None
             meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
-            write_atomic(path, _dumps(meta) + b"\n", fsync=self.fsync)
+            write_atomic(path, _dumps(meta) + b"\n", fsync=self._config.fsync)
             return
         try:
             meta = json.loads(raw)
@@ -47,18 +55,20 @@ class _Opening:
                 f'as {{"format": "{FORMAT_NAME}", "version": {FORMAT_VERSION}}}'
             ) from None
         if name != FORMAT_NAME:
-            raise StoreError(f"{self.path} is not a jupyter-crush transcript store ({path})")
+            raise StoreError(
+                f"{self._config.path} is not a jupyter-crush transcript store ({path})"
+            )
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise StoreError(
-                f"the transcript store {self.path} has format version {version!r}, newer than "
-                f"this jupyter-crush supports ({FORMAT_VERSION}); upgrade jupyter-crush"
+                f"the transcript store {self._config.path} has format version {version!r}, "
+                f"newer than this jupyter-crush supports ({FORMAT_VERSION}); upgrade jupyter-crush"
             )
 
-    def _sweep_dead_writers(self) -> None:
+    def sweep_dead_writers(self) -> None:
         """Remove what dead writers left: leases and compaction copies. Runs under the
         process lock at open; leases are made under it too, so a half-made lease here
         belongs to a dead writer."""
-        for lease in self._writers_dir.iterdir():
+        for lease in self._config.writers_dir.iterdir():
             name = lease.name
             if name.startswith(".") and name.endswith(".new"):
                 with contextlib.suppress(OSError):
@@ -66,14 +76,14 @@ class _Opening:
             elif (
                 name.endswith(".lock")
                 and _WRITER_TOKEN.fullmatch(lease.stem)
-                and lease.stem != self._token
+                and lease.stem != self._config.token
             ):
-                WriterLease.is_alive(self._writers_dir, lease.stem)
+                WriterLease.is_alive(self._config.writers_dir, lease.stem)
         # Background compactions write their copy outside the process lock, named by token.
-        for copy in self._messages_dir.glob(".*.compact"):
+        for copy in self._config.messages_dir.glob(".*.compact"):
             token = copy.name.rsplit(".", 2)[-2]
             if not _WRITER_TOKEN.fullmatch(token) or not WriterLease.is_alive(
-                self._writers_dir, token
+                self._config.writers_dir, token
             ):
                 with contextlib.suppress(OSError):
                     copy.unlink()

@@ -24,7 +24,8 @@ from tinydb.storages import Storage
 from tinydb.table import Table
 
 from ..core.message import Message
-from .state import _WRITER_KEY
+from .replay import Replayer
+from .state import _WRITER_KEY, Lifecycle, StoreConfig
 from .storage import StoreError
 
 
@@ -46,16 +47,17 @@ class TranscriptDB(TinyDB):
 class _StoreStorage(Storage):
     """TinyDB storage reading a store's current sessions and messages (read-only)."""
 
-    def __init__(self, store: _Queries, session_id: str | None = None) -> None:
-        # A weak reference, so a TinyDB handle a user keeps does not keep the store alive.
-        self._store = weakref.ref(store)
+    def __init__(self, queries: Queries, session_id: str | None = None) -> None:
+        # A weak reference, so a TinyDB handle a user keeps does not keep the store's
+        # parts alive.
+        self._queries = weakref.ref(queries)
         self._session_id = session_id
 
     def read(self) -> dict[str, dict[str, Any]]:
-        store = self._store()
-        if store is None:
+        queries = self._queries()
+        if queries is None:
             raise StoreError("the transcript store behind this TinyDB was closed; reopen it")
-        return store._tinydb_tables(self._session_id)
+        return queries.tinydb_tables(self._session_id)
 
     def write(self, data: dict[str, dict[str, Any]]) -> None:
         raise StoreError(
@@ -64,8 +66,24 @@ class _StoreStorage(Storage):
         )
 
 
-class _Queries:
-    """The TinyDB view and searches (part of TranscriptStore)."""
+class Queries:
+    """The TinyDB view and searches of a store.
+
+    Reading the store's data takes the store's lock (``lifecycle.lock``, shared with the
+    store and its other parts): it guards the sessions read and the cached TinyDB handle
+    ``_db``.
+    """
+
+    def __init__(
+        self,
+        config: StoreConfig,
+        lifecycle: Lifecycle,
+        replayer: Replayer,
+    ) -> None:
+        self._config = config
+        self._lifecycle = lifecycle
+        self._replayer = replayer
+        self._db: TranscriptDB | None = None
 
     @property
     def db(self) -> TranscriptDB:
@@ -74,8 +92,8 @@ class _Queries:
         ``store.db.search(Query().text.search("NaN"))`` searches messages;
         ``store.db.table("sessions")`` holds the sessions.
         """
-        with self._lock:
-            self._check_open()
+        with self._lifecycle.lock:
+            self._lifecycle.check_open()
             if self._db is None:
                 self._db = TranscriptDB(self, storage=_StoreStorage)
             return self._db
@@ -90,20 +108,20 @@ class _Queries:
             table = self.db.table("messages")
         else:
             table = TranscriptDB(self, session_id, storage=_StoreStorage).table("messages")
-        return [self._located(Message.from_dict(doc)) for doc in table.search(cond)]
+        return [self._config.located(Message.from_dict(doc)) for doc in table.search(cond)]
 
-    def _tinydb_tables(self, session_id: str | None) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            self._check_open()
+    def tinydb_tables(self, session_id: str | None) -> dict[str, dict[str, Any]]:
+        with self._lifecycle.lock:
+            self._lifecycle.check_open()
             if session_id is None:
-                self._catch_up_index()
-                states = list(self._sessions.values())
+                self._replayer.catch_up_index()
+                states = list(self._replayer.sessions.values())
             else:
-                states = [self._state(session_id)]
+                states = [self._replayer.state(session_id)]
             sessions: dict[str, Any] = {}
             messages: dict[str, Any] = {}
             for st in states:
-                self._loaded(st.session.id)
+                self._replayer.loaded(st.session.id)
                 sessions[str(len(sessions) + 1)] = st.session.to_dict()
                 assert st.entries is not None
                 for position, entry in enumerate(st.entries.values()):

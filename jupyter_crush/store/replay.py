@@ -17,23 +17,26 @@ while it lives, which the kernel drops when the process dies, even on ``kill -9`
 reply still streaming in another live kernel (or in this store) is never cut short; it is
 settled by whoever loads the session after its kernel died.
 
-The methods here belong to :class:`~jupyter_crush.store.transcript.TranscriptStore` (through
-:class:`_JournalReplay`) and run under its ``_lock``; they use its fields, whose comments in
-``TranscriptStore.__init__`` name what each protects.
+:class:`Replayer` is the part of :class:`~jupyter_crush.store.transcript.TranscriptStore`
+that holds the sessions read so far and the session index.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from ..core.message import FinishReason, Message, Role, Session, ToolCallPart, ToolResultPart, now
 from .state import (
     _SESSION_ID,
     _WRITER_KEY,
     _WRITER_TOKEN,
+    StoreConfig,
     UnknownSessionError,
+    _disk_len,
     _dumps,
     _Entry,
     _recompute_totals,
@@ -42,7 +45,21 @@ from .state import (
     _set_entry,
     _usage_tuple,
 )
-from .storage import Journal, WriterLease
+from .storage import Journal, ProcessLock, WriterLease
+
+
+class Writes(Protocol):
+    """What replaying needs of the store's writer (:class:`jupyter_crush.store.pending.Writer`,
+    which builds on this module): its pending states, and writing what replay changed."""
+
+    pending: dict[str, dict[str, None]]
+
+    def materialize(self, st: _SessionState) -> None: ...
+
+    def write(self, st: _SessionState, mids: Iterable[str]) -> None: ...
+
+    def write_session_record(self, st: _SessionState) -> None: ...
+
 
 KERNEL_STOPPED_MESSAGE = "The kernel stopped before this reply finished"
 TOOL_INTERRUPTED_MESSAGE = "Tool call interrupted: the kernel stopped before it finished"
@@ -93,44 +110,65 @@ def _warn_if_cut_short(journal: Journal, found: int = 0, indexed: int = 0) -> No
         )
 
 
-class _JournalReplay:
-    """Loading, catching up with and settling sessions (part of TranscriptStore)."""
+class Replayer:
+    """The sessions known to this process, their loaded messages and the session index;
+    loading, catching up with and settling sessions.
 
-    def _state(self, session_id: str) -> _SessionState:
-        st = self._sessions.get(session_id)
+    Its methods run under the store's ``_lock`` (the caller holds it; this object never
+    takes it), which guards every field here. Those that read files take the store's
+    process lock ``plock`` (shared with the store and its other parts) where the reading
+    must not interleave with another process's appends.
+    """
+
+    def __init__(
+        self, config: StoreConfig, plock: ProcessLock, index: Journal, max_open_journals: int
+    ) -> None:
+        self._config = config
+        self._plock = plock
+        self.index = index  # the session index, sessions.jsonl
+        self._max_open_journals = max_open_journals
+        self.sessions: dict[str, _SessionState] = {}  # creation order
+        self.index_live = 0  # sum of the session records' sizes: a compacted index's size
+        # session ids whose journal holds a descriptor, least recently used first
+        self._open_journals: OrderedDict[str, None] = OrderedDict()
+        # Writes what loading recomputes or settles; set by the store right after both exist.
+        self.writer: Writes
+
+    def state(self, session_id: str) -> _SessionState:
+        st = self.sessions.get(session_id)
         if st is None:
-            self._catch_up_index()
-            st = self._sessions.get(session_id)
+            self.catch_up_index()
+            st = self.sessions.get(session_id)
             if st is None:
-                raise UnknownSessionError(session_id, self.path)
+                raise UnknownSessionError(session_id, self._config.path)
         return st
 
-    def _loaded(self, session_id: str, *, settle: bool = True) -> _SessionState:
+    def loaded(self, session_id: str, *, settle: bool = True) -> _SessionState:
         """The session with its messages loaded and caught up with other processes."""
-        st = self._state(session_id)
+        st = self.state(session_id)
         if st.entries is not None:
-            self._catch_up(st)
+            self.catch_up(st)
             return st
         with self._plock:
             indexed = _session_totals(st.session)
             st.entries = {}
             try:
-                self._catch_up(st)  # a first read: recomputes the totals from the messages
+                self.catch_up(st)  # a first read: recomputes the totals from the messages
             except BaseException:
                 st.entries = None
                 raise
             _warn_if_cut_short(st.journal, st.session.message_count, indexed[2])
             if _session_totals(st.session) != indexed:
                 # A writer stopped between a message write and its session record.
-                self._write_session_record(st)
+                self.writer.write_session_record(st)
             if settle:
-                self._settle(st)
+                self.settle(st)
         return st
 
-    def _catch_up(self, st: _SessionState) -> None:
+    def catch_up(self, st: _SessionState) -> None:
         """Apply records other processes appended to the session's journal."""
         assert st.entries is not None
-        self._materialize(st)  # every reader and writer passes here
+        self.writer.materialize(st)  # every reader and writer passes here
         reset, records = st.journal.read_new()
         self._note_journal(st)
         if not reset:
@@ -139,15 +177,14 @@ class _JournalReplay:
             return
         # Rebuild from the file's whole content in its order, then lay our pending (newer,
         # not yet written) states over it.
-        pending = self._pending.get(st.session.id, {})
+        pending = self.writer.pending.get(st.session.id, {})
         kept = {mid: st.entries[mid] for mid in pending if mid in st.entries}
         st.entries = {}
         st.live_bytes = 0
         for record, line in records:
             self._apply_record(st, record, line)
         for mid, entry in kept.items():
-            on_disk = st.entries.get(mid)
-            entry.disk_len = on_disk.disk_len if on_disk is not None else 0
+            entry.disk_len = _disk_len(st.entries.get(mid))
             st.entries[mid] = entry
         _recompute_totals(st)
 
@@ -163,7 +200,7 @@ class _JournalReplay:
         if old is not None:
             st.live_bytes += size - old.disk_len
             old.disk_len = size
-            if mid in self._pending.get(st.session.id, ()):
+            if mid in self.writer.pending.get(st.session.id, ()):
                 return  # our in-memory state is newer than anything on disk
         else:
             st.live_bytes += size
@@ -181,25 +218,24 @@ class _JournalReplay:
             ) from None
         _set_entry(st, mid, entry)
 
-    def _catch_up_index(self) -> None:
+    def catch_up_index(self) -> None:
         """Apply session records other processes appended to the session index."""
-        reset, records = self._index.read_new()
+        reset, records = self.index.read_new()
         if reset:
-            self._index_live = 0
-            for st in self._sessions.values():
+            self.index_live = 0
+            for st in self.sessions.values():
                 st.index_line = b""
         for record, line in records:
             try:
                 session = Session.from_dict(record)
             except (TypeError, ValueError, KeyError, AttributeError):
-                raise self._index.corrupt(line, "not a valid session record") from None
+                raise self.index.corrupt(line, "not a valid session record") from None
             if not isinstance(session.id, str) or not _SESSION_ID.fullmatch(session.id):
                 # ids name files: never follow one out of the store
-                raise self._index.corrupt(line, f"a session with an invalid id {session.id!r}")
-            st = self._sessions.get(session.id)
+                raise self.index.corrupt(line, f"a session with an invalid id {session.id!r}")
+            st = self.sessions.get(session.id)
             if st is None:
-                st = _SessionState(session, Journal(self._messages_dir / f"{session.id}.jsonl"))
-                self._sessions[session.id] = st
+                st = self.add_session(session)
             elif st.entries is None:
                 st.session = session
             else:
@@ -207,16 +243,46 @@ class _JournalReplay:
                 # messages cannot tell.
                 st.session.title = session.title
                 st.session.updated_at = max(st.session.updated_at, session.updated_at)
-            if st.index_line:
-                self._index_live -= len(st.index_line) + 1
-            st.index_line = line
-            self._index_live += len(line) + 1
+            self.note_index_line(st, line)
+
+    def add_session(self, session: Session) -> _SessionState:
+        """Start knowing ``session``, new to this process, with its journal (by its id)."""
+        st = _SessionState(session, Journal(self._config.messages_dir / f"{session.id}.jsonl"))
+        self.sessions[session.id] = st
+        return st
+
+    def _note_journal(self, st: _SessionState) -> None:
+        """Track journals holding a descriptor; close the least recently used beyond a cap.
+
+        A closed journal is simply re-read from the start on its next use. Journals with
+        pending updates stay open: their in-memory state is newer than the disk.
+        """
+        sid = st.session.id
+        if not st.journal.is_open:
+            self._open_journals.pop(sid, None)
+            return
+        self._open_journals[sid] = None
+        self._open_journals.move_to_end(sid)
+        if len(self._open_journals) <= self._max_open_journals:
+            return
+        for victim in list(self._open_journals):
+            if victim != sid and victim not in self.writer.pending:
+                self.sessions[victim].journal.close()
+                del self._open_journals[victim]
+                return
+
+    def note_index_line(self, st: _SessionState, line: bytes) -> None:
+        """Count ``line``, the session's new record in the index, toward its live size."""
+        if st.index_line:
+            self.index_live -= len(st.index_line) + 1
+        st.index_line = line
+        self.index_live += len(line) + 1
 
     # -- internals: settling -------------------------------------------------
 
-    def _settle(self, st: _SessionState) -> list[Message]:
+    def settle(self, st: _SessionState) -> list[Message]:
         with self._plock:  # nobody appends between our reading and our writing
-            self._catch_up(st)
+            self.catch_up(st)
             return self._settle_locked(st)
 
     def _settle_locked(self, st: _SessionState) -> list[Message]:
@@ -225,9 +291,9 @@ class _JournalReplay:
 
         def owned(writer: str) -> bool:
             if writer not in alive:
-                alive[writer] = writer == self._token or (
+                alive[writer] = writer == self._config.token or (
                     bool(_WRITER_TOKEN.fullmatch(writer))
-                    and WriterLease.is_alive(self._writers_dir, writer)
+                    and WriterLease.is_alive(self._config.writers_dir, writer)
                 )
             return alive[writer]
 
@@ -259,8 +325,7 @@ class _JournalReplay:
         if changed:
             for message in changed:
                 data = message.to_dict()
-                data[_WRITER_KEY] = self._token
-                old = st.entries.get(message.id)
+                data[_WRITER_KEY] = self._config.token
                 _set_entry(
                     st,
                     message.id,
@@ -268,10 +333,10 @@ class _JournalReplay:
                         _dumps(data),
                         _usage_tuple(message.usage),
                         float(message.cost or 0.0),
-                        self._token,
-                        old.disk_len if old is not None else 0,
+                        self._config.token,
+                        _disk_len(st.entries.get(message.id)),
                     ),
                 )
             st.session.updated_at = now()
-            self._write(st, [m.id for m in changed])
+            self.writer.write(st, [m.id for m in changed])
         return changed

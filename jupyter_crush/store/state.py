@@ -3,8 +3,10 @@
 A :class:`_SessionState` holds a session's record and journal and, once the journal is read
 in this process, one :class:`_Entry` per message (its latest JSON, usage and cost, writer and
 on-disk size) in message order. :func:`_set_entry` keeps the session's usage/cost totals and
-message count in step with the entries in O(1). Also the ids, record keys and errors shared
-by the store's modules (:mod:`jupyter_crush.store.transcript` and its ``store_*`` parts).
+message count in step with the entries in O(1). Also what the store's parts share, each
+handed to them by :class:`~jupyter_crush.store.transcript.TranscriptStore`: its settings
+(:class:`StoreConfig`) and whether it is open (:class:`Lifecycle`); and the ids, record keys
+and errors of the store's modules.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..core.message import Session, Usage
-from .storage import Journal
+from ..core.message import Message, Session, Usage
+from .storage import Journal, StoreError
 
 # The store's modules log as one.
 log = logging.getLogger("jupyter_crush.store.transcript")
@@ -128,6 +132,12 @@ def _set_entry(st: _SessionState, mid: str, entry: _Entry) -> None:
     session.message_count = len(st.entries)
 
 
+def _disk_len(entry: _Entry | None) -> int:
+    """Bytes of the record on disk behind ``entry``, a message's entry so far (0 if none): a
+    new in-memory state replaces the entry, not what the journal holds."""
+    return entry.disk_len if entry is not None else 0
+
+
 def _session_totals(session: Session) -> tuple[_UsageTuple, float, int]:
     return _usage_tuple(session.usage), round(session.cost, 9), session.message_count
 
@@ -147,3 +157,71 @@ def _recompute_totals(st: _SessionState) -> None:
 
 def _copy_session(session: Session) -> Session:
     return dataclasses.replace(session, usage=dataclasses.replace(session.usage))
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreConfig:
+    """A store's directories and settings, fixed when it opens; read by each of its parts."""
+
+    path: Path
+    token: str  # names the store instance in the records it writes
+    fsync: bool
+    flush_interval: float
+    clock: Callable[[], float]  # injectable so tests can drive coalescing deterministically
+
+    @property
+    def messages_dir(self) -> Path:
+        return self.path / "messages"
+
+    @property
+    def writers_dir(self) -> Path:
+        return self.path / "writers"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.path / IMAGES_DIR
+
+    def located(self, message: Message) -> Message:
+        """``message`` with its images pointing at this store's image files."""
+        for image in message.images:
+            image.directory = self.images_dir
+        return message
+
+
+class Lifecycle:
+    """Whether a store is open, closing or closed, in which process it was opened, and the
+    lock its state changes under.
+
+    Shared by the store and its parts. ``lock`` guards the in-memory state of the store and
+    of every part (sessions and their entries, pending and refused writes, the timer, running
+    compactions, the TinyDB handle) and this instance's file access: the agent writes from
+    the event loop's thread while a shutdown hook or another thread may flush. Take it as
+    ``with lifecycle.lock:`` each time, never keep it: :meth:`renew_lock` replaces it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.RLock()
+        self.closed = False  # changed under lock
+        self.closing = False  # set by close() under lock: compactions may no longer start
+        self.pid = os.getpid()  # the process that opened the store (see forked)
+
+    def renew_lock(self) -> None:
+        """Give the store a fresh lock in a forked child: a fork copies a lock held by
+        another thread (a compaction, a flush) as held forever; a fresh one lets the
+        child's inherited store at least refuse work and close."""
+        self.lock = threading.RLock()
+
+    def forked(self) -> bool:
+        # A fork shares the parent's flocks (same open file descriptions), so a child
+        # writing through the inherited store would not be serialized against its parent.
+        return os.getpid() != self.pid
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise StoreError(f"the transcript store {self.path} is closed; open a new one")
+        if self.forked():
+            raise StoreError(
+                f"this TranscriptStore for {self.path} was opened in process {self.pid} and "
+                "inherited by a fork; open a new TranscriptStore in this process"
+            )

@@ -62,15 +62,18 @@ results) is closed when the session is first loaded; see :mod:`jupyter_crush.sto
 TinyDB: :attr:`TranscriptStore.db` is a read-only :class:`tinydb.TinyDB` over every session
 and message; see :mod:`jupyter_crush.store.queries`.
 
-The store's parts: :mod:`jupyter_crush.store.state` (the in-memory sessions and messages),
-:mod:`jupyter_crush.store.replay` (reading journals), :mod:`jupyter_crush.store.pending`
-(writing, and refused writes), :mod:`jupyter_crush.store.queries` (TinyDB and searches), all
-built on the file primitives of :mod:`jupyter_crush.store.storage`.
+The store owns its parts, each an object with its own state: a
+:class:`~jupyter_crush.store.replay.Replayer` (the sessions and the index, reading journals),
+a :class:`~jupyter_crush.store.pending.Writer` (writing, coalesced and refused writes, the
+timer), :class:`~jupyter_crush.store.queries.Queries` (TinyDB and searches),
+:class:`_Compactions` (rewriting journals) and an
+:class:`~jupyter_crush.store.opening.Opener`; they share the store's settings
+(:mod:`jupyter_crush.store.state`) and its locks, and are built on the file primitives of
+:mod:`jupyter_crush.store.storage`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import json
@@ -79,37 +82,34 @@ import resource
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from ..core.message import ImagePart, Message, Session, new_id, now
+from tinydb.queries import QueryLike
+
+from ..core.message import Message, Session, new_id, now
 from .fallback import UnwrittenRecordsWarning
-from .opening import _Opening, _prepare_directory
-from .pending import RETRY_INTERVAL, PendingWrites, Refusal, _PendingWrites
-from .queries import TranscriptDB, _Queries
+from .opening import Opener, _prepare_directory
+from .pending import PendingWrites, Writer
+from .queries import Queries, TranscriptDB
 from .replay import (
     KERNEL_STOPPED_MESSAGE,
     TOOL_INTERRUPTED_MESSAGE,
+    Replayer,
     TruncatedTranscriptWarning,
-    _JournalReplay,
     _warn_if_cut_short,
 )
 from .state import (
     _SESSION_ID,
-    _WRITER_KEY,
     _WRITER_TOKEN,
     FORMAT_FILE,
-    IMAGES_DIR,
     INDEX_FILE,
+    Lifecycle,
+    StoreConfig,
     UnknownMessageError,
     UnknownSessionError,
     _copy_session,
-    _dumps,
-    _Entry,
     _SessionState,
-    _set_entry,
-    _usage_tuple,
     log,
 )
 from .storage import (
@@ -118,7 +118,6 @@ from .storage import (
     StoreError,
     WriterLease,
     remove_stale_temporaries,
-    write_atomic,
 )
 
 __all__ = [
@@ -151,7 +150,7 @@ def _journal_cap() -> int:
 MAX_OPEN_JOURNALS = _journal_cap()
 
 
-class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
+class TranscriptStore:
     """Sessions and messages in a directory; see the module docstring for the design."""
 
     @staticmethod
@@ -173,78 +172,58 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
         self.path = _prepare_directory(Path(path))
         self.flush_interval = float(flush_interval)
         self.fsync = fsync
-        self._clock = clock  # injectable so tests can drive coalescing deterministically
         self._token = new_id()  # names this instance in the records it writes
-        self._messages_dir = self.path / "messages"
-        self._writers_dir = self.path / "writers"
-        self.images_dir = self.path / IMAGES_DIR
-        # _lock guards every field below and all file access by this instance: the session
-        # map and each session's entries/totals, pending updates, write times, the journals'
-        # offsets and descriptors, and the timer. The agent writes from the event loop
-        # thread while a shutdown hook may flush from another.
-        self._lock = threading.RLock()
-        self._closed = False
-        self._closing = False  # set by close(): compactions may no longer start
-        self._pid = os.getpid()  # the process that opened the store (see _forked)
-        self._sessions: dict[str, _SessionState] = {}  # creation order
-        # session id -> ids of messages whose latest state is in memory only (coalesced)
-        self._pending: dict[str, dict[str, None]] = {}
-        # session id -> message id -> the caller's live Message of a coalesced update, not yet
-        # serialized. Folded into the session's entries (_materialize) before anything reads
-        # or writes them, so a streamed token costs no JSON encoding.
-        self._live: dict[str, dict[str, Message]] = {}
-        # session ids whose journal holds a descriptor, least recently used first
-        self._open_journals: OrderedDict[str, None] = OrderedDict()
-        self._last_write: dict[tuple[str, str], float] = {}  # (session, message) -> clock()
-        # The store's one timer on the event loop: it writes coalesced updates once due and
-        # retries refused writes. At most one is pending per store, whatever the updates and
-        # refusals: it is only scheduled through _arm_timer, which keeps the pending one when
-        # it fires soon enough and cancels it otherwise, and _flush_due clears it on running.
-        # (Each refusal scheduling a timer of its own once multiplied them until a disk that
-        # stayed full took the whole loop.)
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_loop: asyncio.AbstractEventLoop | None = None
-        self._retry_at = 0.0  # clock() after which the timer retries refused writes
-        self._index_live = 0  # sum of the session records' sizes: a compacted index's size
-        # What the file system refused, by session id (its journal) or INDEX_FILE: the file
-        # and the reason. The refused records stay in _pending / _stale_index until a retry
-        # succeeds; nothing of one session waits for another's.
-        self._refusals: dict[str, Refusal] = {}
-        self._stale_index: dict[str, None] = {}  # sessions whose latest record is not indexed
-        # Fallback journals folded in at open whose records still wait in _pending: removed
-        # once those are written, or once a close saves them again (store_fallback).
-        self._folded: list[Path] = []
-        self._db: TranscriptDB | None = None
+        config = StoreConfig(self.path, self._token, fsync, self.flush_interval, clock)
+        self._config = config
+        self.images_dir = config.images_dir
+        # Open, closing or closed, and the lock guarding the store's and its parts' state
+        # (see Lifecycle); the parts share it.
+        self._lifecycle = Lifecycle(self.path)
         try:
-            for sub in (self._messages_dir, self._writers_dir, self.images_dir):
+            for sub in (config.messages_dir, config.writers_dir, self.images_dir):
                 sub.mkdir(exist_ok=True)
             self._plock = ProcessLock(self.path / ".lock")
         except OSError as exc:
-            self._closed = True
+            self._lifecycle.closed = True
             raise StoreError(
                 f"the transcript store {self.path} is not writable ({exc.strerror}); "
                 "choose a directory you can write to"
             ) from None
-        self._index = Journal(self.path / INDEX_FILE)
+        self._replayer = Replayer(
+            config, self._plock, Journal(self.path / INDEX_FILE), MAX_OPEN_JOURNALS
+        )
+        self._compactions = _Compactions(config, self._lifecycle, self._plock, self._replayer)
+        self._writer = Writer(
+            config,
+            self._lifecycle,
+            self._plock,
+            self._replayer,
+            self._compactions.maybe_compact,
+            self._compactions.maybe_compact_index,
+        )
+        self._replayer.writer = self._writer
+        self._compactions.writer = self._writer
+        self._queries = Queries(config, self._lifecycle, self._replayer)
         try:
-            with self._lock, self._plock:
+            with self._lifecycle.lock, self._plock:
                 # Under the process lock, like every liveness check, so no other process
                 # sees this lease before it is held.
-                self._lease = WriterLease(self._writers_dir, self._token)
-                self._check_format()
+                self._lease = WriterLease(config.writers_dir, self._token)
+                opener = Opener(config)
+                opener.check_format()
                 remove_stale_temporaries(self.path)
-                remove_stale_temporaries(self._messages_dir)
+                remove_stale_temporaries(config.messages_dir)
                 remove_stale_temporaries(self.images_dir)
-                self._sweep_dead_writers()
-                self._catch_up_index()
-                _warn_if_cut_short(self._index)
-                self._fold_unwritten()
+                opener.sweep_dead_writers()
+                self._replayer.catch_up_index()
+                _warn_if_cut_short(self._replayer.index)
+                self._writer.fold_unwritten()
         except OSError as exc:
-            self._closed = True
+            self._lifecycle.closed = True
             self._release_files()
             raise StoreError(f"cannot open the transcript store {self.path}: {exc}") from None
         except BaseException:
-            self._closed = True
+            self._lifecycle.closed = True
             self._release_files()
             raise
         _LIVE_STORES.add(self)
@@ -271,75 +250,74 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
                 f"invalid session id {sid!r}: use 1-128 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
-        with self._lock:
-            self._check_open()
+        with self._lifecycle.lock:
+            self._lifecycle.check_open()
             with self._plock:
-                self._catch_up_index()
-                if sid in self._sessions:
+                self._replayer.catch_up_index()
+                if sid in self._replayer.sessions:
                     raise ValueError(
                         f"session {sid!r} already exists in {self.path}; use get_session({sid!r})"
                     )
                 # Journals are named by id, and some file systems ignore case.
                 folded = sid.casefold()
-                clash = next((o for o in self._sessions if o.casefold() == folded), None)
+                clash = next((o for o in self._replayer.sessions if o.casefold() == folded), None)
                 if clash is not None:
                     raise ValueError(
                         f"session id {sid!r} differs from the existing {clash!r} only in case; "
                         "pick another id"
                     )
                 parent_id, call_id = parent or ("", "")
-                if parent_id and parent_id not in self._sessions:
+                if parent_id and parent_id not in self._replayer.sessions:
                     raise UnknownSessionError(parent_id, self.path)
                 session = Session(
                     id=sid, title=title, parent_session_id=parent_id, parent_tool_call_id=call_id
                 )
-                st = _SessionState(session, Journal(self._messages_dir / f"{sid}.jsonl"))
-                self._sessions[sid] = st
-                self._write_session_record(st)
+                st = self._replayer.add_session(session)
+                self._writer.write_session_record(st)
             return _copy_session(st.session)
 
     def rename_session(self, session_id: str, title: str) -> Session:
         """Set a session's title (durable on return)."""
         if not isinstance(title, str):
             raise TypeError(f"session title must be a str, got {type(title).__name__}")
-        with self._lock:
-            self._check_open()
-            st = self._state(session_id)
+        with self._lifecycle.lock:
+            self._lifecycle.check_open()
+            st = self._replayer.state(session_id)
             with self._plock:
-                self._catch_up_index()
+                self._replayer.catch_up_index()
                 st.session.title = title
                 st.session.updated_at = now()
-                self._write_session_record(st)
+                self._writer.write_session_record(st)
             return _copy_session(st.session)
 
     def get_session(self, session_id: str) -> Session:
-        with self._lock:
-            self._check_open()
-            self._catch_up_index()
-            st = self._state(session_id)
+        with self._lifecycle.lock:
+            self._lifecycle.check_open()
+            self._replayer.catch_up_index()
+            st = self._replayer.state(session_id)
             if st.entries is not None:
-                self._catch_up(st)
+                self._replayer.catch_up(st)
             return _copy_session(st.session)
 
     def has_session(self, session_id: str) -> bool:
-        with self._lock:
-            self._check_open()
-            if session_id not in self._sessions:
-                self._catch_up_index()
-            return session_id in self._sessions
+        with self._lifecycle.lock:
+            self._lifecycle.check_open()
+            if session_id not in self._replayer.sessions:
+                self._replayer.catch_up_index()
+            return session_id in self._replayer.sessions
 
     def list_sessions(self) -> list[Session]:
         """All sessions, most recently updated first."""
-        with self._lock:
-            self._check_open()
-            self._catch_up_index()
-            for st in self._sessions.values():
+        with self._lifecycle.lock:
+            self._lifecycle.check_open()
+            self._replayer.catch_up_index()
+            for st in self._replayer.sessions.values():
                 if st.entries is not None:
                     # A damaged journal is reported when its own session is used; the
                     # listing shows what was last read of it.
                     with contextlib.suppress(StoreError):
-                        self._catch_up(st)
-            sessions = [_copy_session(st.session) for st in self._sessions.values()]
+                        self._replayer.catch_up(st)
+            sessions = [_copy_session(st.session) for st in self._replayer.sessions.values()]
         sessions.sort(key=lambda s: s.updated_at, reverse=True)
         return sessions
 
@@ -350,56 +328,56 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
 
         Adding a message whose id the session already has replaces it, like a forced update.
         """
-        self._store_message(message, force=True)
+        self._writer.store_message(message, force=True)
         return message
 
     def update_message(self, message: Message, *, force: bool = False) -> None:
         """Record the message's latest state; written to disk at most once per
         ``flush_interval`` per message, immediately when ``force`` is true (or when the
         message is new to the store)."""
-        self._store_message(message, force=force)
+        self._writer.store_message(message, force=force)
 
     def list_messages(self, session_id: str) -> list[Message]:
         """The session's messages in the order they were added, with pending updates."""
-        with self._lock:
-            self._check_open()
-            st = self._loaded(session_id)
+        with self._lifecycle.lock:
+            self._lifecycle.check_open()
+            st = self._replayer.loaded(session_id)
             assert st.entries is not None
             lines = [entry.line for entry in st.entries.values()]
-        return [self._located(Message.from_dict(json.loads(line))) for line in lines]
+        return [self._config.located(Message.from_dict(json.loads(line))) for line in lines]
 
     def get_message(self, session_id: str, message_id: str) -> Message:
-        with self._lock:
-            self._check_open()
-            st = self._loaded(session_id)
+        with self._lifecycle.lock:
+            self._lifecycle.check_open()
+            st = self._replayer.loaded(session_id)
             assert st.entries is not None
             entry = st.entries.get(message_id)
             if entry is None:
                 raise UnknownMessageError(session_id, message_id)
             line = entry.line
-        return self._located(Message.from_dict(json.loads(line)))
+        return self._config.located(Message.from_dict(json.loads(line)))
 
     def written_elsewhere(self, session_id: str, message_id: str) -> bool:
         """Whether the message's latest record was written by another store that is still
         open (another kernel's), which alone knows what it did besides writing it."""
-        with self._lock:
-            self._check_open()
-            st = self._loaded(session_id)
+        with self._lifecycle.lock:
+            self._lifecycle.check_open()
+            st = self._replayer.loaded(session_id)
             assert st.entries is not None
             entry = st.entries.get(message_id)
         writer = entry.writer if entry is not None else ""
         return (
             writer != self._token
             and bool(_WRITER_TOKEN.fullmatch(writer))
-            and WriterLease.is_alive(self._writers_dir, writer)
+            and WriterLease.is_alive(self._config.writers_dir, writer)
         )
 
     def journal_path(self, session_id: str) -> Path:
         """The session's append-only JSON-lines file, for read-only scans such as a search
         prefilter; call :meth:`flush` first so it holds this process's latest states."""
-        with self._lock:
-            self._check_open()
-            return self._state(session_id).journal.path
+        with self._lifecycle.lock:
+            self._lifecycle.check_open()
+            return self._replayer.state(session_id).journal.path
 
     def settle_dangling(self, session_id: str) -> list[Message]:
         """Finish what a stopped kernel left open in the session; return what changed.
@@ -410,31 +388,62 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
         running process) are left alone. Runs automatically the first time a session is
         loaded in a process.
         """
-        with self._lock:
-            self._check_open()
-            return self._settle(self._loaded(session_id, settle=False))
+        with self._lifecycle.lock:
+            self._lifecycle.check_open()
+            return self._replayer.settle(self._replayer.loaded(session_id, settle=False))
+
+    # -- writes and queries, by the parts that hold them ---------------------------
+
+    def flush(self) -> None:
+        """Write every pending update, and retry what the file system refused before."""
+        self._writer.flush()
+
+    def pending_writes(self, session_id: str | None = None) -> list[PendingWrites]:
+        """What the file system refused and is kept in memory until a retry succeeds.
+
+        Empty when everything is on disk. With ``session_id``, only what concerns that
+        session (its journal, and the session index if its record waits there).
+        """
+        return self._writer.pending_writes(session_id)
+
+    @property
+    def db(self) -> TranscriptDB:
+        """A read-only :class:`tinydb.TinyDB` over all sessions and messages.
+
+        ``store.db.search(Query().text.search("NaN"))`` searches messages;
+        ``store.db.table("sessions")`` holds the sessions.
+        """
+        return self._queries.db
+
+    def search_messages(self, cond: QueryLike, session_id: str | None = None) -> list[Message]:
+        """Messages matching a ``tinydb.Query``, in session then message order.
+
+        With ``session_id``, only that session is read, which is much cheaper than a query
+        over the whole store.
+        """
+        return self._queries.search_messages(cond, session_id)
 
     # -- durability ----------------------------------------------------------
 
     def close(self) -> None:
         """Flush and release the store's files. Idempotent."""
-        with self._lock:
-            if self._closed:
+        with self._lifecycle.lock:
+            if self._lifecycle.closed:
                 return
-            self._closing = True  # no new compactions
-        if not self._forked():
-            self._join_compactions()
-        with self._lock:
-            if self._closed:
+            self._lifecycle.closing = True  # no new compactions
+        if not self._lifecycle.forked():
+            self._compactions.join()
+        with self._lifecycle.lock:
+            if self._lifecycle.closed:
                 return
             try:
-                self.flush()
+                self._writer.flush()
             finally:
-                self._save_unwritten()  # what the file system still refuses goes elsewhere
-                self._closed = True
+                self._writer.save_unwritten()  # what the file system still refuses goes elsewhere
+                self._lifecycle.closed = True
                 _LIVE_STORES.discard(self)
                 # A forked child's copy must not remove the parent's lease.
-                self._release_files(release_lease=not self._forked())
+                self._release_files(release_lease=not self._lifecycle.forked())
 
     def __enter__(self) -> TranscriptStore:
         return self
@@ -444,7 +453,8 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
 
     def __del__(self) -> None:
         # A store dropped without close() still gets its pending updates written.
-        if not getattr(self, "_closed", True):
+        lifecycle = getattr(self, "_lifecycle", None)
+        if lifecycle is not None and not lifecycle.closed:
             with contextlib.suppress(Exception):
                 self.close()
 
@@ -453,141 +463,56 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
 
     # -- internals ------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreError(f"the transcript store {self.path} is closed; open a new one")
-        if self._forked():
-            raise StoreError(
-                f"this TranscriptStore for {self.path} was opened in process {self._pid} and "
-                "inherited by a fork; open a new TranscriptStore in this process"
-            )
+    def _release_files(self, *, release_lease: bool = True) -> None:
+        if hasattr(self, "_replayer"):
+            for st in self._replayer.sessions.values():
+                st.journal.close()
+            self._replayer.index.close()
+        if hasattr(self, "_lease"):
+            if release_lease:
+                self._lease.release()
+            else:
+                self._lease.close()
+        if hasattr(self, "_plock"):
+            self._plock.close()
 
-    def _forked(self) -> bool:
-        # A fork shares the parent's flocks (same open file descriptions), so a child
-        # writing through the inherited store would not be serialized against its parent.
-        return os.getpid() != self._pid
 
-    def _note_journal(self, st: _SessionState) -> None:
-        """Track journals holding a descriptor; close the least recently used beyond a cap.
+class _Compactions:
+    """Rewriting a journal (or the session index) once superseded records dominate it.
 
-        A closed journal is simply re-read from the start on its next use. Journals with
-        pending updates stay open: their in-memory state is newer than the disk.
-        """
-        sid = st.session.id
-        if not st.journal.is_open:
-            self._open_journals.pop(sid, None)
-            return
-        self._open_journals[sid] = None
-        self._open_journals.move_to_end(sid)
-        if len(self._open_journals) <= MAX_OPEN_JOURNALS:
-            return
-        for victim in list(self._open_journals):
-            if victim != sid and victim not in self._pending:
-                self._sessions[victim].journal.close()
-                del self._open_journals[victim]
-                return
+    A compaction thread takes the store's lock (``lifecycle.lock``, shared with the store
+    and its other parts), with the process lock ``plock`` (also shared), to install its
+    copy; the other methods run with the caller holding it. Each running compaction is the
+    ``compactor`` of its session's state, set and cleared under it, so at most one runs per
+    journal and close() can wait for them all.
+    """
 
-    # -- internals: writing ----------------------------------------------------
+    def __init__(
+        self,
+        config: StoreConfig,
+        lifecycle: Lifecycle,
+        plock: ProcessLock,
+        replayer: Replayer,
+    ) -> None:
+        self._config = config
+        self._lifecycle = lifecycle
+        self._plock = plock
+        self._replayer = replayer
+        # What waits to be written; set by the store right after the writer exists.
+        self.writer: Writer
 
-    def _store_message(self, message: Message, *, force: bool) -> None:
-        if not isinstance(message, Message):
-            raise TypeError(f"expected a Message, got {type(message).__name__}")
-        sid, mid = message.session_id, message.id
-        unsaved = [image for image in message.images if image.directory != self.images_dir]
-        # A message with images not yet on disk is written now, with them, never coalesced:
-        # its record must not reach the journal before the files it names.
-        force = force or bool(unsaved)
-        with self._lock:
-            self._check_open()
-            last = self._last_write.get((sid, mid))
-            refused = sid in self._refusals  # the retry timer writes it, not every token
-            if (
-                not force
-                and last is not None
-                and (refused or self._clock() - last < self.flush_interval)
-            ):
-                # Coalesced (the streaming hot path): keep a reference to the live message;
-                # it is serialized when written or read.
-                self._live.setdefault(sid, {})[mid] = message
-                self._pending.setdefault(sid, {})[mid] = None
-                self._arm_timer(RETRY_INTERVAL if refused else self.flush_interval)
-                return
-        entry = self._entry_for(message)  # the caller keeps mutating its object; snapshot it
-        with self._lock:
-            self._check_open()
-            self._live.get(sid, {}).pop(mid, None)  # superseded by this newer snapshot
-            st = self._loaded(sid)
-            assert st.entries is not None
-            with self._plock:
-                # Read other processes' records first, so a new message takes the same
-                # place in memory as on disk: after them.
-                self._catch_up(st)
-                self._save_images(unsaved)
-                old = st.entries.get(mid)
-                entry.disk_len = old.disk_len if old is not None else 0
-                _set_entry(st, mid, entry)
-                st.session.updated_at = now()
-                self._write(st, [mid])
-
-    def _save_images(self, images: list[ImagePart]) -> None:
-        """Write the bytes of images new to the store; each file once (named by content).
-
-        Under the process lock, like every atomic write (see remove_stale_temporaries).
-        """
-        for image in images:
-            path = image.path_in(self.images_dir)
-            if not path.exists():
-                if image.data is None:
-                    raise StoreError(
-                        f"image {image.file} has no bytes to store; make it with "
-                        "jupyter_crush.core.images (image_part)"
-                    )
-                try:
-                    write_atomic(path, image.data, fsync=self.fsync)
-                except OSError as exc:
-                    raise StoreError(
-                        f"could not write the image file {path} ({exc.strerror}); "
-                        "free some space or make the store's directory writable"
-                    ) from exc
-            image.directory = self.images_dir
-
-    def _located(self, message: Message) -> Message:
-        """``message`` with its images pointing at this store's image files."""
-        for image in message.images:
-            image.directory = self.images_dir
-        return message
-
-    def _entry_for(self, message: Message) -> _Entry:
-        data = message.to_dict()
-        data[_WRITER_KEY] = self._token
-        usage, cost = _usage_tuple(message.usage), float(message.cost or 0.0)
-        return _Entry(_dumps(data), usage, cost, self._token)
-
-    def _materialize(self, st: _SessionState) -> None:
-        """Serialize the session's coalesced live messages into its entries."""
-        live = self._live.pop(st.session.id, None)
-        if not live:
-            return
-        assert st.entries is not None
-        for mid, message in live.items():
-            entry = self._entry_for(message)
-            old = st.entries.get(mid)
-            entry.disk_len = old.disk_len if old is not None else 0
-            _set_entry(st, mid, entry)
-        st.session.updated_at = now()
-
-    def _maybe_compact(self, st: _SessionState) -> None:
+    def maybe_compact(self, st: _SessionState) -> None:
         """Start compacting the journal once superseded records dominate it.
 
         The copy is written by a background thread without any lock and installed under
         the locks together with whatever was appended meanwhile, so a write never waits for
         a whole session to be rewritten.
         """
-        if st.compactor is not None or self._closing:
+        if st.compactor is not None or self._lifecycle.closing:
             return
         if st.journal.offset <= max(COMPACT_MIN_BYTES, 2 * st.live_bytes):
             return
-        if st.session.id in self._pending:
+        if st.session.id in self.writer.pending:
             return  # the copy must be the disk's state; the write that flushes retries
         assert st.entries is not None
         lines = [entry.line for entry in st.entries.values()]
@@ -602,13 +527,15 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
     def _compact(self, st: _SessionState, lines: list[bytes], snapshot: tuple[int, int]) -> None:
         tmp = None
         try:
-            tmp = st.journal.write_compacted(b"".join(line + b"\n" for line in lines), self._token)
-            with self._lock:
-                if self._closed:
+            tmp = st.journal.write_compacted(
+                b"".join(line + b"\n" for line in lines), self._config.token
+            )
+            with self._lifecycle.lock:
+                if self._lifecycle.closed:
                     return
                 with self._plock:
-                    self._catch_up(st)
-                    if st.journal.install_compacted(tmp, snapshot, fsync=self.fsync):
+                    self._replayer.catch_up(st)
+                    if st.journal.install_compacted(tmp, snapshot, fsync=self._config.fsync):
                         tmp = None
         except OSError as exc:  # a full disk: the journal stays as it was, a later write retries
             log.info("compacting %s failed (%s)", st.journal.path, exc.strerror)
@@ -618,37 +545,24 @@ class TranscriptStore(_Opening, _JournalReplay, _PendingWrites, _Queries):
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
-            with self._lock:
+            with self._lifecycle.lock:
                 st.compactor = None
 
-    def _join_compactions(self) -> None:
-        """Wait for running compactions. Call without holding ``_lock``: they need it."""
-        with self._lock:
-            running = [st.compactor for st in self._sessions.values() if st.compactor]
+    def join(self) -> None:
+        """Wait for running compactions. Call without holding the store's lock: they need it."""
+        with self._lifecycle.lock:
+            running = [st.compactor for st in self._replayer.sessions.values() if st.compactor]
         for thread in running:
             thread.join()
 
-    def _maybe_compact_index(self) -> None:
+    def maybe_compact_index(self) -> None:
         """Rewrite the session index once superseded session records dominate it."""
-        if self._index.offset > max(COMPACT_MIN_BYTES, 2 * self._index_live):
-            payload = b"".join(s.index_line + b"\n" for s in self._sessions.values())
+        if self._replayer.index.offset > max(COMPACT_MIN_BYTES, 2 * self._replayer.index_live):
+            payload = b"".join(s.index_line + b"\n" for s in self._replayer.sessions.values())
             try:
-                self._index.rewrite(payload, fsync=self.fsync)
+                self._replayer.index.rewrite(payload, fsync=self._config.fsync)
             except OSError as exc:  # only space is lost; the next record's write retries
-                log.info("compacting %s failed (%s)", self._index.path, exc.strerror)
-
-    def _release_files(self, *, release_lease: bool = True) -> None:
-        for st in getattr(self, "_sessions", {}).values():
-            st.journal.close()
-        if hasattr(self, "_index"):
-            self._index.close()
-        if hasattr(self, "_lease"):
-            if release_lease:
-                self._lease.release()
-            else:
-                self._lease.close()
-        if hasattr(self, "_plock"):
-            self._plock.close()
+                log.info("compacting %s failed (%s)", self._replayer.index.path, exc.strerror)
 
 
 # Every open store, weakly: flushed and closed at interpreter exit, yet free to be
@@ -657,10 +571,8 @@ _LIVE_STORES: weakref.WeakSet[TranscriptStore] = weakref.WeakSet()
 
 
 def _reset_locks_in_child() -> None:
-    # A fork copies a lock held by another thread (a compaction, a flush) as held forever;
-    # fresh locks let the child's inherited stores at least refuse work and close.
     for store in list(_LIVE_STORES):
-        store._lock = threading.RLock()
+        store._lifecycle.renew_lock()
 
 
 os.register_at_fork(after_in_child=_reset_locks_in_child)
