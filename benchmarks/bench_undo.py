@@ -80,7 +80,7 @@ def main() -> None:
     exec(TOUCHED.replace("print(big.shape)", ""), {}, namespace)
     print(
         f"the code's write to the frame after the copy:   {ms(time.perf_counter() - start)} "
-        "(pandas copies the written block on write)"
+        "(pandas copies on write only what the code writes to)"
     )
     start = time.perf_counter()
     report = UndoReport("bench", "prompt")

@@ -28,6 +28,14 @@ _ON_FIRST_USE = {
 
 
 def __getattr__(name: str) -> Any:
+    """The public names imported on first use, and ``crush.last_verify``: the report of the
+    running kernel's latest ``%crush verify`` (None before one finished, or outside a kernel
+    with the extension)."""
+    if name == "last_verify":
+        from IPython import get_ipython
+
+        crush = getattr(get_ipython(), "_jupyter_crush", None)
+        return crush.last_verify if crush is not None else None
     module = _ON_FIRST_USE.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -74,6 +74,8 @@ MESSAGE_COLUMNS = (
     "input_tokens",
     "output_tokens",
     "cost",
+    "parent_session",
+    "parent_tool_call",
 )
 #: Columns of :func:`sessions`, in order.
 SESSION_COLUMNS = (
@@ -88,6 +90,8 @@ SESSION_COLUMNS = (
     "context_tokens",
     "context_window",
     "near_limit",
+    "parent_session",
+    "parent_tool_call",
 )
 #: Finish reasons not worth a note in a transcript (any other one is shown).
 ORDINARY_FINISHES = frozenset({FinishReason.END_TURN, FinishReason.TOOL_USE})
@@ -237,6 +241,8 @@ def session_rows(
                 "context_tokens": measured.used if measured else None,
                 "context_window": measured.limits.window if measured else None,
                 "near_limit": measured.near_limit if measured else None,
+                "parent_session": s.parent_session_id,
+                "parent_tool_call": s.parent_tool_call_id,
             }
         )
     return rows
@@ -440,6 +446,9 @@ def _row(session: Session, message: Message) -> dict[str, Any]:
         "input_tokens": message.usage.input_tokens,
         "output_tokens": message.usage.output_tokens,
         "cost": message.cost,
+        # A sub-agent's message: the session and tool call that ran it ("" for any other).
+        "parent_session": session.parent_session_id,
+        "parent_tool_call": session.parent_tool_call_id,
     }
 
 

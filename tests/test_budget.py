@@ -16,14 +16,15 @@ from test_delta_view_ops import make_view
 from test_providers import settings_for
 
 from jupyter_crush import FinishReason, Role, SessionAgent, SessionAgentCall
-from jupyter_crush.agent.budget import SpendingCaps, day_start, worst_case_cost
+from jupyter_crush.agent.budget import SpendingCaps, day_start, output_limit, worst_case_cost
 from jupyter_crush.core.events import Spending
 from jupyter_crush.core.message import Message, TextPart
 from jupyter_crush.providers import resolve_model
 from jupyter_crush.testing import ScriptedModel
 
 # gpt-4o: $2.50 per million input tokens, $10 per million output; its output limit as the
-# context meter counts it is 4,096 tokens, so a short request could cost up to ~$0.041.
+# context meter counts it is 4,096 tokens, so a short request could cost up to ~$0.041,
+# shown rounded up to $0.05.
 GPT_4O = "openai:gpt-4o"
 
 
@@ -52,7 +53,7 @@ async def test_the_session_cap_stops_the_turn_before_anything_is_sent(store):
         assert server.requests == []
         line = (
             "stopped: this session has spent $0.48 of its $0.50 cap and the next request could "
-            "cost up to $0.04; raise it with %config CrushConfig.max_cost = 0.53"
+            "cost up to $0.05; raise it with %config CrushConfig.max_cost = 0.53"
         )
         assert (result.reason, result.message) == (FinishReason.ERROR, line)
         last = store.list_messages(session.id)[-1]
@@ -97,7 +98,7 @@ async def test_the_day_cap_counts_every_session_since_local_midnight(store, monk
         assert server.requests == []
     assert result.message == (
         "stopped: today's sessions have spent $3.98 of the $4.00 daily cap and the next "
-        "request could cost up to $0.04; raise it with %config CrushConfig.max_cost_per_day "
+        "request could cost up to $0.05; raise it with %config CrushConfig.max_cost_per_day "
         "= 4.03"
     )
 
@@ -163,6 +164,14 @@ def test_the_worst_case_is_the_input_estimate_plus_the_output_limit():
     model = resolve_model(GPT_4O, settings=settings_for("http://127.0.0.1:9"))
     request = [Message("s", Role.USER, [TextPart("x" * 3996)])]  # 999 + 4 tokens, 1 for "[]"
     assert worst_case_cost(model, request, None, ()) == (1004 * 2.5 + 4096 * 10) / 1e6
+
+
+def test_a_thinking_budget_counts_in_the_output_limit():
+    model = resolve_model(
+        "anthropic:claude-sonnet-4-20250514",
+        settings=settings_for("http://127.0.0.1:9", thinking_budget=10_000),
+    )
+    assert output_limit(model) == 14_096  # what the request asks for: the budget and 4,096
 
 
 def test_the_status_line_shows_spend_against_the_caps():

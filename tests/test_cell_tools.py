@@ -371,3 +371,13 @@ async def test_both_tools_are_registered_and_ask_before_they_run():
     )
     assert summary.startswith("cell a: replace\n") and "-x + 1\n+x * 2" in summary
     assert tools["run_cell"].permission_summary({"cell_id": "a"}) == "run cell a"
+
+
+async def test_a_stop_that_covers_the_call_before_the_cell_runs_runs_nothing(page):
+    def stopped() -> None:
+        raise asyncio.CancelledError
+
+    changes = Changes()
+    with pytest.raises(asyncio.CancelledError):
+        await within(RunCellTool(shell_for(page)).run({"cell_id": "b"}, context(changes, stopped)))
+    assert page.ops() == ["cells"] and changes.code == []

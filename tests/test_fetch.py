@@ -142,6 +142,23 @@ async def test_a_known_secret_in_the_url_or_headers_is_refused_before_sending(mo
     assert secret not in in_url.content + in_header.content
 
 
+async def test_an_error_status_is_an_error_result_with_its_body():
+    with web_serving({}) as server:
+        result = await fetch(server.url + "/missing")
+    assert result.is_error
+    assert "\nStatus: 404 Not Found\n" in result.content
+    assert result.content.endswith("\n\nnot found")
+
+
+async def test_a_refused_connection_is_one_line():
+    with web_serving({}) as server:
+        url = server.url + "/gone"
+    result = await fetch(url)  # the server has closed: nothing listens on its port
+    assert result.is_error
+    assert result.content.startswith(f"fetch: could not GET {url}: ConnectError")
+    assert "\n" not in result.content
+
+
 async def test_the_models_headers_are_sent():
     with web_serving({"/api": Page(b"[]", "application/json")}) as server:
         await fetch(server.url + "/api", headers={"Accept": "application/json"})

@@ -47,7 +47,7 @@ def test_a_gateway_kernel_that_cannot_see_the_folder_never_uses_the_gateways_cwd
     env = {**GATEWAY, "KERNEL_WORKING_DIR": "/nowhere/on/this/pod"}
     place = store_place(env, cwd=tmp_path / "gateway-cwd")
     assert place.path == str(tmp_path / "xdg" / "jupyter-crush")
-    assert "/nowhere/on/this/pod is not in its file system" in place.reason
+    assert "cannot see the notebook's folder /nowhere/on/this/pod;" in place.reason
     assert "CRUSH_DATA_DIR" in place.reason
 
 

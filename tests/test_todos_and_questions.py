@@ -20,7 +20,7 @@ from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
 from jupyter_crush.agent.records import TOOL_CANCELED
 from jupyter_crush.core.events import Finished, Started, ToolFinished
 from jupyter_crush.core.message import ToolCallPart, ToolResultPart
-from jupyter_crush.core.questions import QuestionRequest
+from jupyter_crush.core.questions import QuestionRequest, answers_from_page
 from jupyter_crush.core.tools import ToolContext
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 from jupyter_crush.tools import DEFAULT_TOOL_NAMES, default_tools
@@ -465,3 +465,10 @@ async def test_the_widgets_view_shows_a_withdrawn_form_without_its_inputs():
     assert summary.value.count("withdrawn: the run was stopped") == 4
     submit.click()  # a click that was on its way: nobody takes it
     assert view.forms.forms["call-1"].state == "withdrawn"
+
+
+def test_a_known_secret_typed_into_an_answer_is_redacted(monkeypatch):
+    monkeypatch.setenv("SALES_API_KEY", "sk-answer-7f3b9d2c4e1a")
+    (question,) = parse_questions({"questions": [{"type": "free_text", "question": "Key?"}]})
+    (answer,) = answers_from_page([question], [{"text": "it is sk-answer-7f3b9d2c4e1a"}])
+    assert answer.text == "it is [redacted]"

@@ -4,14 +4,20 @@ In-process on the test IPython shell with a ScriptedModel whose turns call the r
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pandas as pd
 import pytest
 from IPython.core.error import UsageError
-from support.bounded import within
+from support.bounded import until, within
 
-from jupyter_crush.core.message import Role
+from jupyter_crush.core.message import Message, Role, TextPart
+from jupyter_crush.kernel.snapshot import touched_names
 from jupyter_crush.kernel.submit import submit
+from jupyter_crush.providers.anthropic import build_messages as anthropic_messages
+from jupyter_crush.providers.history import conversation
+from jupyter_crush.store.transcript import TranscriptStore
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
 
 
@@ -168,6 +174,24 @@ def test_bad_undo_requests_say_so_in_one_line_and_change_nothing(ip, crush, mode
     assert len(crush.store.list_messages(other.id)) == 0
 
 
+def test_undo_of_a_session_another_kernel_runs_is_refused(ip, crush, model, capsys, tmp_path):
+    ip.user_ns["mine"] = 1
+    turn(ip, model, "mine = 2", session="shared")
+    session_id = crush.current_session_id
+    elsewhere = TranscriptStore(tmp_path / "store")  # another kernel's, still open
+    try:
+        elsewhere.add_message(Message(session_id, Role.USER, [TextPart("their turn")]))
+        assert undo(ip, capsys, "shared").strip() == (
+            "Session 'shared' is used by another kernel, which ran its latest turn: undo it "
+            "from that kernel's notebook"
+        )
+        assert ip.user_ns["mine"] == 2
+    finally:
+        elsewhere.close()
+    assert "Undid the turn 'Do it'" in undo(ip, capsys, "shared")  # that kernel is gone
+    assert ip.user_ns["mine"] == 1
+
+
 async def test_undo_asked_while_a_turn_runs_waits_for_its_end(ip, crush, capsys):
     model = ScriptedModel([Reply(tool_calls=[ToolCall("python", {"code": "held = 2"})]), "Done."])
     gate = model.gate(step=1, after_tokens=1)
@@ -186,3 +210,95 @@ async def test_undo_asked_while_a_turn_runs_waits_for_its_end(ip, crush, capsys)
     await within(view.wait())
     assert ip.user_ns["held"] == 1
     assert said and said[0].startswith("Undid the turn 'Change held'")
+
+
+async def test_the_run_view_ends_with_what_changed_and_its_undo_button_undoes_it(ip, crush):
+    model = ScriptedModel([Reply(tool_calls=[ToolCall("python", {"code": "shown = 2"})]), "Done."])
+    crush.use_model(model)
+    crush.config.allowed_tools = ["python"]
+    ip.user_ns["shown"] = 1
+    view = submit(crush, "Change shown", session_ref="view", new=True, wait=False)
+    await within(view.wait())
+    assert view.snapshot()["snapshot"]["changes"] == {"summary": "changed: 1 variable", "note": ""}
+
+    click = {"event": "click", "target": "undo"}
+    view._on_message(view.widget, click, [])  # the page's Undo button
+    await until(lambda: view.snapshot()["snapshot"]["changes"]["note"])
+    assert ip.user_ns["shown"] == 1
+    note = view.snapshot()["snapshot"]["changes"]["note"]
+    assert note.startswith("Undid the turn 'Change shown' of session 'view':")
+    ip.user_ns["shown"] = 3
+    view._on_message(view.widget, click, [])  # one undo per turn's view
+    await asyncio.sleep(0)
+    assert ip.user_ns["shown"] == 3
+
+
+async def test_a_turn_that_changed_nothing_shows_no_undo(ip, crush):
+    crush.use_model(ScriptedModel(["Just words."]))
+    view = submit(crush, "Talk", session_ref="talk", new=True, wait=False)
+    await within(view.wait())
+    assert view.snapshot()["snapshot"]["changes"] == {"summary": "", "note": ""}
+
+
+def test_the_names_code_can_touch_come_from_its_syntax_tree():
+    code = """\
+import numpy as np, os.path
+from math import tau as t
+x = 1
+del y
+z += 1
+df.drop(columns=["a"], inplace=True)
+rows[0] = 2
+items.append(3)
+a.b.c().d()
+print(only_read)
+def f():
+    global g
+    g = 1
+for i in range(3): pass
+!ls
+"""
+    assert touched_names(code) == {
+        *("np", "os", "t", "x", "y", "z", "df", "rows", "items", "a", "f", "g", "i"),
+        "get_ipython",  # !ls, as the shell runs it
+    }
+    assert touched_names("def broken(:") == set()
+
+
+def test_an_object_undo_cannot_copy_is_named_as_not_restored(ip, model, capsys, tmp_path):
+    handle = open(tmp_path / "log.txt", "w")  # noqa: SIM115
+    ip.user_ns["handle"] = handle
+    try:
+        turn(ip, model, "handle.write('line')")
+        assert "changed, not restored: handle (_io.TextIOWrapper: undo cannot copy it)" in undo(
+            ip, capsys
+        )
+    finally:
+        handle.close()
+
+
+def test_the_next_request_tells_the_model_its_turn_was_undone(ip, crush, model, capsys):
+    ip.user_ns["value"] = 1
+    turn(ip, model, "value = 2")
+    report = undo(ip, capsys).strip()
+    model.add("Understood.")
+    run(ip, "%%crush -s demo\nWhat is value now?")
+    request = conversation(model.requests[-1].messages)
+    note, prompt = request[-2], request[-1]
+    assert note.role is Role.USER and prompt.text == "What is value now?"
+    assert note.text == f"[Not a request: the user ran %crush undo on the turn before.]\n{report}"
+    # Anthropic merges the note into the prompt's user turn; the roles still alternate.
+    sent = anthropic_messages(model.requests[-1].messages)
+    assert [m["role"] for m in sent[-2:]] == ["assistant", "user"]
+    assert [b["text"] for b in sent[-1]["content"]] == [note.text, "What is value now?"]
+
+
+def test_only_the_newest_turns_are_kept_for_undo(ip, crush, monkeypatch, capsys, model):
+    monkeypatch.setattr("jupyter_crush.kernel.undo.KEPT_TURNS", 2)
+    ip.user_ns["step"] = 0
+    for n in (1, 2, 3):
+        turn(ip, model, f"step = {n}")
+    undo(ip, capsys)
+    undo(ip, capsys)
+    assert ip.user_ns["step"] == 1  # the first turn's log was let go, with its old value
+    assert undo(ip, capsys).startswith("Nothing to undo in session 'demo'")

@@ -74,11 +74,16 @@ def worst_case_cost(
 
 
 def output_limit(model: Any) -> int:
-    """The most tokens one answer of ``model`` writes, as the context window counts it."""
+    """The most tokens one answer of ``model`` writes, as the context window counts it; with
+    a thinking budget, what the request asks for beyond it (the API wants more than it)."""
+    settings = getattr(model, "settings", None)
     limits = model_window(model)
     if limits is not None:
-        return limits.output
-    return getattr(getattr(model, "settings", None), "max_tokens", None) or DEFAULT_OUTPUT_TOKENS
+        limit = limits.output
+    else:
+        limit = getattr(settings, "max_tokens", None) or DEFAULT_OUTPUT_TOKENS
+    thinking = getattr(settings, "thinking_budget", None) or 0
+    return thinking + DEFAULT_OUTPUT_TOKENS if thinking >= limit else limit
 
 
 def day_start(now: float | None = None) -> float:
@@ -130,9 +135,9 @@ def day_spend_line(store: TranscriptStore, cap: float) -> str:
     return f"today: {format_dollars(spent)} of the {format_dollars(cap)} daily cap"
 
 
-def _raised(amount: float) -> str:
-    """A cap that lets ``amount`` through: rounded up to the cent."""
-    return f"{math.ceil(amount * 100) / 100:.2f}"
+def _up_to_cent(amount: float) -> float:
+    """``amount`` rounded up to the cent: a bound shown rounded must still be a bound."""
+    return math.ceil(amount * 100) / 100
 
 
 class Budget:
@@ -171,15 +176,15 @@ class Budget:
             raise CapReached(
                 f"stopped: this session has spent {format_dollars(session)} of its "
                 f"{format_dollars(caps.session)} cap and the next request could cost up to "
-                f"{format_dollars(worst)}; raise it with %config CrushConfig.max_cost = "
-                f"{_raised(session + worst)}"
+                f"{format_dollars(_up_to_cent(worst))}; raise it with %config "
+                f"CrushConfig.max_cost = {_up_to_cent(session + worst):.2f}"
             )
         if caps.day and day + worst > caps.day:
             raise CapReached(
                 f"stopped: today's sessions have spent {format_dollars(day)} of the "
                 f"{format_dollars(caps.day)} daily cap and the next request could cost up to "
-                f"{format_dollars(worst)}; raise it with %config CrushConfig.max_cost_per_day = "
-                f"{_raised(day + worst)}"
+                f"{format_dollars(_up_to_cent(worst))}; raise it with %config "
+                f"CrushConfig.max_cost_per_day = {_up_to_cent(day + worst):.2f}"
             )
 
     def _unpriced_note(self, model: Any) -> str:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 
 from ..core.events import ChildEvent, Finished, RunEvent
 from ..core.message import Usage
+from .dispatch import AgentStatus
 
 
 class ChildSessions:
@@ -41,6 +42,16 @@ class ChildSessions:
                 children.remove(child_id)
                 if not children:
                     del self._children[parent_id]
+
+    def left_out_of(self, status: AgentStatus) -> AgentStatus:
+        """``status`` without the children's sessions: each is part of its parent's run."""
+        with self._lock:
+            children = {child for linked in self._children.values() for child in linked}
+        if not children:
+            return status
+        running = [session for session in status.running if session not in children]
+        queued = {s: n for s, n in status.queued.items() if s not in children}
+        return AgentStatus(running, queued)
 
     def cancel(self, parent_id: str, cancel: Callable[[str], None]) -> None:
         """Pass a cancel of ``parent_id`` on to its running children (and theirs)."""

@@ -41,7 +41,11 @@ The invariants, each kept in one place below (search for its name):
   answered Allow, a summary streamed to its end, an MCP server restarted); so each side
   effect is preceded by :func:`stop_if_covered`, after the last ``await`` before it (tools
   reach it as ``ToolContext.stop_if_covered``). A tool call stopped so gets its error
-  result like any other canceled call (records.py).
+  result like any other canceled call (records.py). A sub-agent's turn (the ``agent``
+  tool, agent/children.py) is a turn of its own session: the cancel that covers its parent
+  covers it at once (``SessionAgent.cancel`` passes it on, from the same thread), and one
+  that misses the child being linked is passed on by ``run_child``, so the child ends
+  canceled on entry.
 
 Threads: the loop runs on one thread, but ``accept``, ``release`` and ``cancel`` may come
 from another (ipykernel 7 delivers widget clicks on a subshell thread). The state of each

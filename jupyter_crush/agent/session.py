@@ -142,7 +142,7 @@ class SessionAgent:
         return self._dispatch.queued(session_id)
 
     def status(self) -> AgentStatus:
-        return self._dispatch.status()
+        return self.children.left_out_of(self._dispatch.status())  # a sub-agent is its turn's
 
     def add_status_listener(self, listener: Callable[[AgentStatus], None]) -> None:
         """Call ``listener`` (on the loop thread) whenever runs start, queue or end."""
@@ -430,7 +430,9 @@ class SessionAgent:
         reaches it at once (``cancel``), its events reach the parent's observers as
         ``ChildEvent`` s, and what it spent counts in the parent turn's usage and cost.
         """
-        parent = self._dispatch.state(context.session_id).active
+        # is_busy first: only an accept makes a session's dispatch state (IDLE-NO-OP).
+        busy = self._dispatch.is_busy(context.session_id)
+        parent = self._dispatch.state(context.session_id).active if busy else None
         if parent is None or parent.result is not None:
             raise RuntimeError(
                 f"session {context.session_id!r} has no running turn to start a sub-agent for"

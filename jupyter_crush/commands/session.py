@@ -6,6 +6,7 @@ They are listed first in ``%crush help`` and ``%crush?``, in the order registere
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
@@ -44,6 +45,7 @@ def sessions_command(crush: Crush, rest: list[str]) -> None:
         print(
             f"{mark} {session.id[:8]}  {session.title or '(untitled)'}  "
             f"{session.message_count} messages"
+            + (f"  sub-agent of {parent[:8]}" if (parent := session.parent_session_id) else "")
             + (f"  {meter}" if meter else "")
             + (f"  {spend}" if spend else "")
             + (f"  [{state}]" if state else "")
@@ -70,7 +72,8 @@ def history_command(crush: Crush, rest: list[str]) -> None:
             print("No current session: a %%crush cell starts one.")
             return
         messages = crush.store.list_messages(session.id)
-    print(format_history(session, messages))
+        children = [s for s in crush.store.list_sessions() if s.parent_session_id == session.id]
+    print(format_history(session, messages, children))
 
 
 @command(
@@ -133,9 +136,16 @@ def model_command(crush: Crush, rest: list[str]) -> None:
     print(f"Default model: {rest[0]}")
 
 
-def format_history(session: Session, messages: list[Any]) -> str:
-    """A readable transcript: one block per message."""
+def format_history(session: Session, messages: list[Any], children: Iterable[Session] = ()) -> str:
+    """A readable transcript: one block per message; ``children`` are the sessions of the
+    sub-agents its tool calls ran, each named under its call."""
     lines = [f"Session {session.title or '(untitled)'} ({session.id[:8]})"]
+    if session.parent_session_id:
+        lines[0] += (
+            f" · sub-agent of session {session.parent_session_id[:8]}, "
+            f"tool call {session.parent_tool_call_id}"
+        )
+    by_call = {child.parent_tool_call_id: child for child in children}
     for message in messages:
         when = time.strftime("%H:%M:%S", time.localtime(message.created_at))
         head = f"[{when}] {message.role}"
@@ -150,6 +160,9 @@ def format_history(session: Session, messages: list[Any]) -> str:
             lines.append("  " + _indent(message.text))
         for call in message.tool_calls:
             lines.append(f"  tool call {call.name} {call.input}")
+            child = by_call.get(call.id)
+            if child is not None:
+                lines.append(f"    sub-agent session {child.id[:8]}: %crush history {child.id[:8]}")
         for result in message.tool_results:
             kind = "error" if result.is_error else "result"
             lines.append(f"  tool {kind} {result.name}: " + _indent(result.content[:500]))

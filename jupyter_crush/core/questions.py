@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from .output import redact
+
 
 class QuestionKind(StrEnum):
     YES_NO = "yes_no"
@@ -73,7 +75,8 @@ class QuestionAsker(Protocol):
 
 def answers_from_page(questions: Sequence[Question], raw: Any) -> list[Answer] | None:
     """The answers a page sent (one object per question), or ``None`` if they do not fit the
-    questions (a stale or forged message): the form stays open."""
+    questions (a stale or forged message): the form stays open. A known secret typed into an
+    answer is redacted, as in a prompt: the answers go to the model and the transcript."""
     if not isinstance(raw, list) or len(raw) != len(questions):
         return None
     answers = []
@@ -92,7 +95,7 @@ def answers_from_page(questions: Sequence[Question], raw: Any) -> list[Answer] |
             return None
         if question.kind is QuestionKind.SINGLE_CHOICE and len(selected) > 1:
             return None
-        answers.append(Answer(yes, tuple(selected), text.strip()))
+        answers.append(Answer(yes, tuple(selected), redact(text.strip())))
     return answers
 
 

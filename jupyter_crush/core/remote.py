@@ -62,9 +62,8 @@ def store_place(environ: Mapping[str, str] | None = None, cwd: Path | None = Non
         return StorePlace(str(folder / ".crush"), "the notebook's folder")
     from platformdirs import user_data_dir
 
-    unseen = f" ({working} is not in its file system)" if working else ""
     return StorePlace(
         user_data_dir("jupyter-crush", appauthor=False),
-        f"this remote kernel cannot see the notebook's folder{unseen}; "
+        f"this remote kernel cannot see the notebook's folder{' ' + working if working else ''}; "
         "set CRUSH_DATA_DIR to a persistent volume to keep transcripts",
     )

@@ -111,8 +111,8 @@ class CrushConfig(Configurable):
         default_value=None,
         allow_none=True,
         help="Names of the tools the agent may call (None: all of them: python, variables, "
-        "notebook, insert_cell, view, glob, grep, ls, write, edit, bash, fetch). Read when "
-        "the agent is made.",
+        "notebook, insert_cell, edit_cell, run_cell, view, glob, grep, ls, write, edit, bash, "
+        "fetch, agent). Read when the agent is made.",
     ).tag(config=True)
 
     allowed_tools = List(
@@ -181,10 +181,11 @@ class CrushConfig(Configurable):
     ).tag(config=True)
 
     undo_copy_limit = Int(
-        100_000_000,
+        100 * 2**20,
         min=0,
-        help="Largest object (bytes) a python call may change in place that %crush undo keeps "
-        "a copy of, to put back; a larger one is named as not restored. 0 keeps no copies.",
+        help="Largest object (bytes; 100 MB) a python call may change in place that %crush "
+        "undo keeps a copy of, to put back; a larger one is named as not restored. 0 keeps "
+        "no copies.",
     ).tag(config=True)
 
     run_view = CaselessStrEnum(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.changes import NO_CHANGES
 from ..core.events import Finished, Folded, Started
 from ..core.message import FinishReason
+from .code_blocks import offer_code_blocks
 
 if TYPE_CHECKING:
     from ..core.model import Model
@@ -63,6 +64,7 @@ class RunTracker:
         self._model = model
         self._prompt = prompt
         self._prompt_id = ""  # the turn's prompt message, once it starts
+        offer_code_blocks(crush, view, kernel_loop())
 
     def on_event(self, event: Any) -> None:
         session_id = self._view.session_id

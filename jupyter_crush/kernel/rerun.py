@@ -66,8 +66,9 @@ if TYPE_CHECKING:
 #: Run again on replay, in the kernel, outputs compared with the recorded ones.
 RERUN_TOOLS = frozenset({"python"})
 #: Answered from the record on replay: they read, or (insert_cell) their cell is already there.
+#: ``agent``'s sub-agent only reads too: its recorded answer stands, its session is not made again.
 RECORDED_TOOLS = frozenset(
-    {"variables", "notebook", "verify", "view", "glob", "grep", "ls", "insert_cell"}
+    {"variables", "notebook", "verify", "view", "glob", "grep", "ls", "insert_cell", "agent"}
 )
 
 NO_RECORD = "no recorded answer to this prompt"

@@ -43,11 +43,10 @@ _PLAIN_CONTAINERS = (list, dict, set, bytearray, tuple)
 
 
 def touched_names(source: str) -> set[str]:
-    """The names ``source`` (Python, after IPython's transforms) can rebind or change in
+    """The names ``source`` (Python, or a cell's IPython syntax) can rebind or change in
     place; empty when it does not parse (it will fail before touching anything)."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+    tree = _parse(source)
+    if tree is None:
         return set()
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -68,6 +67,19 @@ def touched_names(source: str) -> set[str]:
         elif isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name:
             names.add(node.name)
     return names
+
+
+def _parse(source: str) -> ast.Module | None:
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError):
+        pass
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    try:  # %magics and !commands, as the shell runs them
+        return ast.parse(TransformerManager().transform_cell(source))
+    except (SyntaxError, ValueError):
+        return None
 
 
 def _base_name(node: ast.expr) -> str | None:

@@ -13,8 +13,9 @@ inserted cells are removed and edits reverted through the JupyterLab extension. 
 undo undoes the turn before. Undo never runs beside a turn of its session: asked while one
 runs, it waits until every prompt accepted before it has ended and runs in the last one's
 end (on the loop thread, before dispatch starts the next prompt). The transcript keeps the
-undo as a system row of the session (never sent to a model) and marks the turn's prompt
-``undone``; records of both kinds read as before in every version of the store.
+undo as a system row of the session (which requests carry to the model as a note, so it
+knows its work was taken back) and marks the turn's prompt ``undone_by`` it; records of
+both kinds read as before in every version of the store.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..core.message import Message, Role, TextPart
+from ..providers.history import UNDO_EVENT
 from .snapshot import NameSnapshot, restore_content, snapshot, touched_names
 
 if TYPE_CHECKING:
@@ -35,9 +37,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Metadata of the system row that records an undo, and of the prompt of a turn undone.
-UNDO_EVENT = "undo"
+#: Metadata of the prompt of a turn undone (the undo's own row is marked UNDO_EVENT).
 UNDONE_KEY = "undone_by"
+#: Turns per session whose changes this kernel keeps, newest first: how far undo reaches back.
+KEPT_TURNS = 10
 #: How long the page has to remove a cell or put its source back.
 CELL_TIMEOUT = 3.0
 
@@ -299,6 +302,10 @@ class Undo:
         turn = logs.get(prompt_id)
         if turn is None:
             turn = logs[prompt_id] = TurnLog(session_id, prompt_id, self._budget)
+            # A log holds what its turn replaced (a frame rebound, copies): keep only the
+            # newest turns' so that the objects of old ones can be freed.
+            while len(logs) > KEPT_TURNS:
+                del logs[next(iter(logs))]
         return turn
 
     def latest(self, session_id: str) -> TurnLog | None:

@@ -16,7 +16,7 @@ Protocol: JSON over a Jupyter comm with target ``jupyter_crush``.
   ``op: "cells"`` answers ``{"path", "dirty", "cells": [nbformat cells]}`` with image data
   replaced by its length; ``op: "insert_cell"`` with ``source``, ``metadata`` and
   ``after`` (a cell id) inserts a code cell below that cell (else below the active one)
-  and answers ``{"index", "id"}``. See :func:`request`.
+  and answers ``{"index", "cell_id"}``. See :func:`request`.
 - A request that takes the user's time (an edit under review, a cell running) is sent with
   ``wait``: the page acknowledges it at once with ``{"action": "reply", "id": n,
   "pending": true}`` and sends its answer under the same id when it has one. A page that

@@ -76,8 +76,8 @@ async def insert_cell(
         timeout=INSERT_TIMEOUT,
     )
     if reply is not None and isinstance(reply.get("index"), int):
-        if isinstance(reply.get("id"), str):
-            changes.cell_inserted(reply["id"])
+        if isinstance(reply.get("cell_id"), str):
+            changes.cell_inserted(reply["cell_id"])
         return f"It was inserted as cell {reply['index']}, below the prompt's cell."
     stop_if_covered()
     shell.set_next_input(code, replace=False)

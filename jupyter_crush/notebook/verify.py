@@ -61,7 +61,7 @@ class NotebookToVerify:
     cells: list[dict[str, Any]]
     folder: Path
     path: str  # as shown in the report ("" for a document never saved)
-    source: str  # "live document", "live document (unsaved changes included)", "file on disk"
+    source: str  # "live document", "live document, unsaved changes included", "file on disk"
     kernel: str
 
 
@@ -190,6 +190,7 @@ class VerifyRun:
             )
             self._kc = self.km.client()
             self._kc.start_channels()
+            self._kc.allow_stdin = False  # headless, as nbclient runs: %%crush cells wait
             await self._kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
         except Exception as error:
             code = self._exit_code()
@@ -206,7 +207,8 @@ class VerifyRun:
             return ""
         log.seek(0)
         lines = [line.strip() for line in log.read()[-4096:].decode(errors="replace").splitlines()]
-        return _one_line(Exception(next((line for line in reversed(lines) if line), "")))
+        last = next((line for line in reversed(lines) if line), "")
+        return _one_line(Exception(last)) if last else ""
 
     async def _run_cells(
         self, code: list[tuple[int, dict[str, Any]]], report: VerifyReport, started: float

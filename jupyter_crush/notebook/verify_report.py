@@ -75,7 +75,7 @@ class VerifyReport:
     """The outcome of one verify run (see the module docstring)."""
 
     notebook: str  # its path, or "" for a document never saved
-    source: str  # "live document (unsaved changes included)", "file on disk"
+    source: str  # "live document, unsaved changes included", "file on disk"
     kernel: str  # the kernelspec's name
     #: passed · failed · timed out · kernel died · stopped · could not start
     outcome: str

@@ -16,6 +16,10 @@ from typing import Any
 from ..core.limits import capped
 from ..core.message import Message, ReasoningPart, Role, TextPart, ToolCallPart, ToolResultPart
 
+#: ``metadata["event"]`` of the system row that records a ``%crush undo``
+#: (:mod:`jupyter_crush.kernel.undo`): the one system row a request carries, as a note.
+UNDO_EVENT = "undo"
+
 
 def tool_arguments(part: ToolCallPart) -> dict[str, Any]:
     """The call's arguments as an object.
@@ -63,7 +67,9 @@ def conversation(messages: Sequence[Message]) -> list[Message]:
     pending: dict[str, ToolCallPart] = {}  # calls of the last assistant message, unanswered
     for message in messages:
         if message.role is Role.SYSTEM:
-            continue  # the system prompt is passed separately
+            if message.metadata.get("event") != UNDO_EVENT:
+                continue  # the system prompt is passed separately
+            message = _undo_note(message)  # what the model did is gone: it must know
         if message.role is Role.ASSISTANT and not has_content(message):
             continue
         if message.role is Role.TOOL:
@@ -82,6 +88,11 @@ def conversation(messages: Sequence[Message]) -> list[Message]:
     if pending:
         out.append(_settle(out[-1].session_id, pending))
     return capped(out)
+
+
+def _undo_note(undo: Message) -> Message:
+    note = f"[Not a request: the user ran %crush undo on the turn before.]\n{undo.text}"
+    return replace(undo, role=Role.USER, parts=[TextPart(note)])
 
 
 def _interrupted(call: ToolCallPart) -> ToolResultPart:

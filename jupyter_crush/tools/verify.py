@@ -76,7 +76,7 @@ async def find_notebook(
     if reply is not None and isinstance(reply.get("cells"), list):
         source = "live document"
         if reply.get("dirty"):
-            source += " (unsaved changes included)"
+            source += ", unsaved changes included"
         cells = reply["cells"]
         shown = str(reply.get("path") or file or "")
     elif saved is not None:

@@ -69,6 +69,8 @@ from .questions import Answering, Closing, QuestionForms
 from .spending import SpendLine
 
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
+#: A finished answer's code provenance (labextension/src/answers.ts renders the answer).
+ANSWER_MIME = "application/vnd.jupyter-crush.answer+json"
 
 #: Longest tool argument / result shown in the view; the store keeps all of it.
 _TOOL_TEXT_LIMIT = 4000
@@ -154,6 +156,12 @@ class RunView:
         self.spend = SpendLine()  # what was spent against the spending caps, when set
         #: Whether a front end that can click shows this view (permission prompts need one).
         self.interactive = True
+        #: Puts a code block of the answer into a new cell below the prompt's (the kernel
+        #: sets it; called from the click's thread). None: Insert below does nothing.
+        self.code_inserter: Callable[[str], None] | None = None
+        #: The provenance metadata of a cell made from the answer's code (the kernel sets
+        #: it): the static answer carries it for the page's own Insert below.
+        self.code_origin: Callable[[], dict[str, Any]] | None = None
         self._created = clock()
         self._started: float | None = None
         self._ended: float | None = None
@@ -212,7 +220,11 @@ class RunView:
         papermill) keeps the whole answer for readers of plain text.
         """
         plain = self.to_text() if not self.interactive else f"[crush] {self.status_text()}"
-        return {"text/plain": plain, "text/markdown": self.to_markdown()}
+        bundle = {"text/plain": plain, "text/markdown": self.to_markdown()}
+        if self.code_origin is not None and self._answer_mime == "text/markdown":
+            # The JupyterLab extension renders the Markdown with Copy and Insert below.
+            bundle[ANSWER_MIME] = {"cell_metadata": self.code_origin()}
+        return bundle
 
     @property
     def answer_markdown(self) -> str:
@@ -309,6 +321,11 @@ class RunView:
     def offers_undo(self) -> bool:
         """Whether the view shows an Undo button (keep it on the page at the run's end)."""
         return bool(self.changes) and self.interactive
+
+    def insert_code(self, code: Any) -> None:
+        """An Insert below click on one of the answer's code blocks (any thread)."""
+        if isinstance(code, str) and code.strip() and self.code_inserter is not None:
+            self.code_inserter(code)
 
     def request_undo(self) -> None:
         """The Undo click, on whichever thread delivered it: one undo per view, run on the

@@ -343,6 +343,8 @@ class DeltaRunView(RunView):
                 decide(Decision(content["decision"]))
         elif event == "click" and target == "undo":
             self.request_undo()
+        elif event == "click" and target == "insert":
+            self.insert_code(content.get("code"))
         elif event == "click" and target == "answer":
             self.forms.answer(str(content.get("question")), content.get("answers"))
         elif event == "sync":

@@ -198,9 +198,10 @@ const CODE_CHUNK = 4096;
 
 // The answer area: finished blocks frozen, the growing one re-rendered or appended to.
 class Answer {
-  constructor(el, format) {
+  constructor(el, format, insert = null) {
     this.el = el;
     this.format = format;
+    this.insert = insert; // sends a code block to the kernel for a new cell below
     this.reset("");
   }
 
@@ -231,6 +232,7 @@ class Answer {
       const block = document.createElement("div");
       block.className = "crush-block";
       block.innerHTML = renderMarkdown(this.text.slice(start, end));
+      codeActions(block, this.insert);
       this.el.insertBefore(block, this.live);
       this.dropLive();
     }
@@ -286,11 +288,97 @@ class Answer {
   }
 }
 
+// The run's edit_cell calls waiting for the user's review. The JupyterLab extension shows
+// each as a diff in its cell and takes "Accept all" as a window event (its
+// ACCEPT_EDITS_EVENT, labextension/src/edits.ts); it tells the kernel what was decided.
+function pendingEdits(el) {
+  el.className = "crush-edits";
+  el.hidden = true;
+  const label = el.appendChild(document.createElement("span"));
+  const accept = el.appendChild(button("Accept all", "crush-accept-edits mod-success"));
+  const waiting = new Map(); // call id -> the id of the cell it edits
+  accept.addEventListener("click", () => {
+    const detail = { edits: [...waiting.keys()] };
+    window.dispatchEvent(new CustomEvent("jupyter-crush:accept-edits", { detail }));
+  });
+  function draw() {
+    el.hidden = waiting.size === 0;
+    const what = waiting.size === 1 ? "1 edit waits" : `${waiting.size} edits wait`;
+    label.textContent = `${what} for your review in cell ${[...waiting.values()].join(", ")}`;
+  }
+  return {
+    update(row) {
+      if (row.name === "edit_cell" && row.state === "running") {
+        const cell = /"cell_id":\s*"([^"]*)"/.exec(row.arguments);
+        waiting.set(row.call_id, cell ? cell[1] : "?");
+      } else {
+        waiting.delete(row.call_id);
+      }
+      draw();
+    },
+    clear() {
+      waiting.clear();
+      draw();
+    },
+  };
+}
+
 function button(label, className) {
   const b = document.createElement("button");
   b.className = `jupyter-widgets jupyter-button widget-button ${className}`;
   b.textContent = label;
   return b;
+}
+
+// Copy and Insert below over each finished code block; `insert` (none: Copy only) asks the
+// kernel for a new cell below the prompt's cell, marked with where it came from.
+function codeActions(block, insert) {
+  for (const pre of block.querySelectorAll("pre")) {
+    const code = pre.textContent.replace(/\n$/, "");
+    const bar = document.createElement("div");
+    bar.className = "crush-code-actions";
+    const copy = bar.appendChild(button("Copy", "crush-copy"));
+    copy.addEventListener("click", () => {
+      copyText(code).then(
+        () => flash(copy, "Copied"),
+        () => flash(copy, "Copy failed"),
+      );
+    });
+    if (insert) {
+      const add = bar.appendChild(button("Insert below", "crush-insert"));
+      add.title = "A new cell with this code below the prompt's cell (not run)";
+      add.addEventListener("click", () => {
+        insert(code);
+        flash(add, "Inserted");
+      });
+    }
+    pre.before(bar);
+  }
+}
+
+// The clipboard API where the page may use it; else the selection's copy command.
+function copyText(text) {
+  if (navigator.clipboard && window.isSecureContext) {
+    return navigator.clipboard.writeText(text).catch(() => copyBySelection(text));
+  }
+  return copyBySelection(text);
+}
+
+function copyBySelection(text) {
+  const area = document.body.appendChild(document.createElement("textarea"));
+  area.value = text;
+  area.select();
+  const copied = document.execCommand("copy");
+  area.remove();
+  return copied ? Promise.resolve() : Promise.reject(new Error("copy refused"));
+}
+
+function flash(b, label) {
+  b.dataset.label = b.dataset.label || b.textContent;
+  b.textContent = label;
+  setTimeout(() => {
+    b.textContent = b.dataset.label;
+  }, 1500);
 }
 
 const CHOICES = [
@@ -553,6 +641,7 @@ function render({ model, el }) {
     .appendChild(document.createTextNode(""));
   const tools = el.appendChild(document.createElement("div"));
   tools.className = "crush-tools";
+  const edits = pendingEdits(el.appendChild(document.createElement("div")));
   const answerEl = el.appendChild(document.createElement("div"));
   answerEl.className = "crush-answer jp-RenderedHTMLCommon jp-RenderedMarkdown";
   const questions = el.appendChild(document.createElement("div"));
@@ -585,7 +674,8 @@ function render({ model, el }) {
     }
   }
 
-  let answer = new Answer(answerEl, "markdown");
+  const insertCode = (code) => model.send({ event: "click", target: "insert", code });
+  let answer = new Answer(answerEl, "markdown", insertCode);
   const toolViews = new Map();
   const childViews = new Map(); // call id -> its sub-agent's section
   const askViews = new Map();
@@ -644,6 +734,7 @@ function render({ model, el }) {
 
   function drawTool(row) {
     drawToolRow(tools, toolViews, row);
+    edits.update(row);
   }
 
   // A sub-agent's section, inside its call's row (collapsed with it): its tool calls, then
@@ -745,11 +836,12 @@ function render({ model, el }) {
   }
 
   function restore(state) {
-    answer = new Answer(answerEl, state.format);
+    answer = new Answer(answerEl, state.format, insertCode);
     answer.reset(state.answer);
     apply(["reasoning=", state.reasoning]);
     tools.textContent = "";
     toolViews.clear();
+    edits.clear();
     state.tools.forEach(drawTool);
     childViews.clear();
     for (const shown of state.children || []) {

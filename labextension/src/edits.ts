@@ -10,18 +10,20 @@
  *   {"op": "withdraw_edit", "edit"} -> takes the diff away, the cell keeps its source.
  *
  * The diff is CodeMirror's unified merge view (@codemirror/merge), JupyterLab 4's own
- * editor library, so it reads like the cell's editor: deleted lines struck through in
- * red above the added ones in green. The cell's editor is hidden while the diff shows, so
+ * editor library, so it reads like the cell's editor, highlighted in the cell's language:
+ * deleted lines in red above the added ones in green. The cell's editor is hidden while the diff shows, so
  * nobody types into a source the edit is about to replace.
  *
  * The run view's "Accept all" reaches the page's pending edits as a window event
  * (ACCEPT_EDITS_EVENT, detail `{edits: [edit ids]}`): the run view is an anywidget module
  * with no handle on this extension, and both live in the same page.
  */
+import { syntaxHighlighting } from '@codemirror/language';
 import { unifiedMergeView } from '@codemirror/merge';
-import { EditorState } from '@codemirror/state';
+import { Compartment, EditorState } from '@codemirror/state';
 import { EditorView } from '@codemirror/view';
 import { Cell } from '@jupyterlab/cells';
+import { IEditorLanguageRegistry, jupyterHighlightStyle } from '@jupyterlab/codemirror';
 import { NotebookPanel } from '@jupyterlab/notebook';
 
 import { Reply } from './connection';
@@ -70,7 +72,8 @@ export function setCellSource(
 }
 
 export class CellEdits {
-  constructor() {
+  constructor(languages: IEditorLanguageRegistry | null = null) {
+    this._languages = languages;
     window.addEventListener(ACCEPT_EDITS_EVENT, this._onAcceptAll);
   }
 
@@ -118,6 +121,7 @@ export class CellEdits {
     }
     return new Promise<Reply>(settle => {
       const node = this._diffNode(id, cell, before, after);
+      const language = new Compartment();
       const view = new EditorView({
         parent: node.querySelector('.jp-crush-EditDiff') as HTMLElement,
         state: EditorState.create({
@@ -126,10 +130,12 @@ export class CellEdits {
             unifiedMergeView({ original: before, mergeControls: false, gutter: true }),
             EditorState.readOnly.of(true),
             EditorView.editable.of(false),
-            EditorView.lineWrapping
+            EditorView.lineWrapping,
+            language.of([])
           ]
         })
       });
+      void this._highlight(cell, view, language);
       const metadata = (request.metadata ?? {}) as { [key: string]: unknown };
       this._edits.set(id, { panel, cell, after, metadata, node, view, settle });
       // A cell deleted while under review cannot take the edit.
@@ -137,6 +143,17 @@ export class CellEdits {
         this._finish(id, { error: 'the cell was deleted while its edit was under review' })
       );
     });
+  }
+
+  /** The cell's language, once its registry has loaded it (the diff shows meanwhile). */
+  private async _highlight(cell: Cell, view: EditorView, language: Compartment): Promise<void> {
+    const found = this._languages?.findByMIME(cell.model.mimeType);
+    const loaded = found ? await this._languages!.getLanguage(found) : null;
+    if (loaded?.support && [...this._edits.values()].some(edit => edit.view === view)) {
+      view.dispatch({
+        effects: language.reconfigure([loaded.support, syntaxHighlighting(jupyterHighlightStyle)])
+      });
+    }
   }
 
   private _diffNode(id: string, cell: Cell, before: string, after: string): HTMLElement {
@@ -200,6 +217,7 @@ export class CellEdits {
     this.accept(Array.isArray(ids) ? ids.map(String) : []);
   };
 
+  private readonly _languages: IEditorLanguageRegistry | null;
   private _edits = new Map<string, IPendingEdit>();
 }
 

@@ -10,13 +10,16 @@
  */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
+import { IEditorLanguageRegistry } from '@jupyterlab/codemirror';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { Kernel } from '@jupyterlab/services';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
+import { answerRendererFactory, IInsertCode, insertBelow, INSERT_CODE_EVENT } from './answers';
 import { CrushConnection, ICrushStatus } from './connection';
 import { CellEdits } from './edits';
 import { answerRequest } from './notebook';
@@ -147,14 +150,26 @@ const plugin: JupyterFrontEndPlugin<void> = {
   description: 'Stop running crush agents and show their status.',
   autoStart: true,
   requires: [INotebookTracker],
-  optional: [ICommandPalette, IStatusBar],
+  optional: [ICommandPalette, IStatusBar, IRenderMimeRegistry, IEditorLanguageRegistry],
   activate: (
     app: JupyterFrontEnd,
     tracker: INotebookTracker,
     palette: ICommandPalette | null,
-    statusBar: IStatusBar | null
+    statusBar: IStatusBar | null,
+    rendermime: IRenderMimeRegistry | null,
+    languages: IEditorLanguageRegistry | null
   ) => {
-    const connections = new Connections(tracker, new CellEdits());
+    const connections = new Connections(tracker, new CellEdits(languages));
+
+    // A finished answer's code blocks: Copy and Insert below (answers.ts).
+    rendermime?.addFactory(answerRendererFactory);
+    document.addEventListener(INSERT_CODE_EVENT, event => {
+      const target = event.target as Node;
+      const panel = tracker.find(p => p.node.contains(target));
+      if (panel) {
+        insertBelow(panel, target, (event as CustomEvent<IInsertCode>).detail);
+      }
+    });
     const current = new CurrentKernelStatus(tracker, connections);
 
     app.commands.addCommand(CommandIDs.stopAll, {

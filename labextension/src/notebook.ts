@@ -6,15 +6,17 @@
  *   {"op": "insert_cell", "source", "metadata", "after"}
  *                          -> inserts a code cell below the cell whose id is `after`
  *                             (else below the active cell), with that cell metadata;
- *                             answers {"index", "id"}
+ *                             answers {"index", "cell_id"}
  *   {"op": "propose_edit" | "withdraw_edit", ...}   an edit under review (edits.ts)
  *   {"op": "run_cell", ...}                          run a cell (runcell.ts)
+ *   {"op": "delete_cell" | "set_cell_source", ...}   undo of a turn's cells (undo.ts)
  */
 import { NotebookPanel } from '@jupyterlab/notebook';
 
 import { Reply } from './connection';
 import { CellEdits } from './edits';
 import { runCell } from './runcell';
+import { undoRequest } from './undo';
 
 export type NotebookRequest = { [key: string]: unknown };
 
@@ -54,13 +56,17 @@ export function answerRequest(
       source: request.source,
       metadata
     });
-    return { index, id: model.cells.get(index).id };
+    // `cell_id`: the reply's own `id` is the request's number by the time it reaches the kernel.
+    return { index, id: model.cells.get(index).id, cell_id: model.cells.get(index).id };
   }
   if (request.op === 'propose_edit' || request.op === 'withdraw_edit') {
     return edits.answer(panel, request);
   }
   if (request.op === 'run_cell') {
     return runCell(panel, request);
+  }
+  if (request.op === 'delete_cell' || request.op === 'set_cell_source') {
+    return undoRequest(panel, request);
   }
   return { error: `unknown op ${String(request.op)}` };
 }

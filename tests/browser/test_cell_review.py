@@ -24,6 +24,8 @@ model = ScriptedModel([Reply(tool_calls=[ToolCall({tool!r}, {args!r})]), "Over t
 crush.use_model(model)
 print("setup done")"""
 
+SESSION = 'print("session:", crush.current_session_id)'
+
 TOLD = """\
 print("session:", crush.current_session_id)
 print("told:", model.requests[1].messages[-1].tool_results[0].content)"""
@@ -46,7 +48,7 @@ def save_and_read(notebook: Notebook, path: Path, timeout: float = 30) -> dict:
     return json.loads(path.read_text())
 
 
-def open_edit(page, lab_server, args: dict) -> tuple[Notebook, Path, str]:
+def open_edit(page, lab_server, args: dict, front_end: str = "lab") -> tuple[Notebook, Path, str]:
     """A notebook whose prompt's model edits its second cell; the diff is shown."""
     name = lab_server.write_notebook(["", ORIGINAL, "%%crush --yolo --fresh\nimprove it", TOLD])
     path = lab_server.root / name
@@ -56,7 +58,8 @@ def open_edit(page, lab_server, args: dict) -> tuple[Notebook, Path, str]:
     document["cells"][0]["source"] = setup
     path.write_text(json.dumps(document))
     notebook = Notebook(page)
-    notebook.open(lab_server.lab_url(name), cells=4)
+    url = lab_server.lab_url if front_end == "lab" else lab_server.notebook7_url
+    notebook.open(url(name), cells=4)
     notebook.run(0)
     notebook.wait_output(0, r"setup done")
     notebook.run(2)
@@ -65,7 +68,8 @@ def open_edit(page, lab_server, args: dict) -> tuple[Notebook, Path, str]:
     return notebook, path, target
 
 
-def test_an_accepted_edit_lands_in_the_saved_notebook_with_its_provenance(page, lab_server):
+@pytest.mark.parametrize("where", ["cell", "run view"])
+def test_an_accepted_edit_lands_in_the_saved_notebook_with_its_provenance(page, lab_server, where):
     args = {"search": "6 * 7", "replace": "sum(range(10))"}
     notebook, path, target = open_edit(page, lab_server, args)
     diff = notebook.cells.nth(1).locator(".jp-crush-Edit")
@@ -73,8 +77,13 @@ def test_an_accepted_edit_lands_in_the_saved_notebook_with_its_provenance(page, 
     # and so the cell's own editor, still holds the old source.
     assert diff.locator(".cm-deletedChunk").inner_text().strip() == "total = 6 * 7"
     assert "sum(range(10))" in diff.locator(".cm-changedLine").first.inner_text()
-    notebook.screenshot("edit-cell-diff")
-    diff.get_by_role("button", name="Accept").click()
+    pending = notebook.output(2).locator(".crush-edits")
+    assert pending.inner_text().startswith(f"1 edit waits for your review in cell {target}")
+    notebook.screenshot(f"edit-cell-diff-{where.replace(' ', '-')}")
+    if where == "cell":
+        diff.get_by_role("button", name="Accept").click()
+    else:
+        pending.get_by_role("button", name="Accept all").click()
     notebook.wait_output(2, r"Over to you")
     notebook.wait_output(2, r"done")
     assert notebook.cells.nth(1).locator(".jp-crush-Edit").count() == 0
@@ -94,8 +103,9 @@ def test_an_accepted_edit_lands_in_the_saved_notebook_with_its_provenance(page, 
     assert len(origin["message"]) == 32
 
 
-def test_a_rejected_edit_leaves_the_cell_and_tells_the_model_why(page, lab_server):
-    notebook, path, target = open_edit(page, lab_server, {"source": "total = 0\n"})
+@pytest.mark.parametrize("front_end", ["lab", "notebook7"])
+def test_a_rejected_edit_leaves_the_cell_and_tells_the_model_why(page, lab_server, front_end):
+    notebook, path, target = open_edit(page, lab_server, {"source": "total = 0\n"}, front_end)
     diff = notebook.cells.nth(1).locator(".jp-crush-Edit")
     diff.locator("input").fill("zero is wrong")
     diff.get_by_role("button", name="Reject").click()
@@ -111,7 +121,8 @@ def test_a_rejected_edit_leaves_the_cell_and_tells_the_model_why(page, lab_serve
     assert "jupyter_crush" not in saved["cells"][1]["metadata"]
 
 
-def test_run_cell_runs_a_cell_that_raises_as_shift_enter_would(page, lab_server):
+@pytest.mark.parametrize("front_end", ["lab", "notebook7"])
+def test_run_cell_runs_a_cell_that_raises_as_shift_enter_would(page, lab_server, front_end):
     name = lab_server.write_notebook(
         ["", "print('before')\n1 / 0", "%%crush --yolo --fresh\nrun it", TOLD]
     )
@@ -121,7 +132,8 @@ def test_run_cell_runs_a_cell_that_raises_as_shift_enter_would(page, lab_server)
     document["cells"][0]["source"] = SETUP.format(tool="run_cell", args={"cell_id": target})
     path.write_text(json.dumps(document))
     notebook = Notebook(page)
-    notebook.open(lab_server.lab_url(name), cells=4)
+    url = lab_server.lab_url if front_end == "lab" else lab_server.notebook7_url
+    notebook.open(url(name), cells=4)
     notebook.run(0)
     notebook.wait_output(0, r"setup done")
     notebook.run(2)
@@ -137,3 +149,62 @@ def test_run_cell_runs_a_cell_that_raises_as_shift_enter_would(page, lab_server)
     count = prompt.strip().strip("[]:")
     assert f"Cell {target} ran as [{count}], and raised an error:" in told
     assert "before" in told and "ZeroDivisionError" in told and "1 / 0" in told
+
+
+BLOCK_SETUP = """\
+%load_ext jupyter_crush
+from jupyter_crush.magics import current
+from jupyter_crush.testing import ScriptedModel
+crush = current()
+answer = "Try this:\\n\\n```python\\nprint('from the block')\\n```\\n\\n" + "word " * {words}
+crush.use_model(ScriptedModel([answer], tokens_per_second={rate}))
+print("setup done")"""
+
+
+@pytest.mark.parametrize("answer", ["streaming", "finished"])
+def test_insert_below_puts_a_code_block_of_the_answer_into_a_cell_with_provenance(
+    page, lab_server, answer
+):
+    streaming = answer == "streaming"
+    setup = BLOCK_SETUP.format(words=400 if streaming else 3, rate=40 if streaming else None)
+    name = lab_server.write_notebook([setup, "%%crush --fresh\nshow me", SESSION])
+    path = lab_server.root / name
+    notebook = Notebook(page)
+    notebook.open(lab_server.lab_url(name), cells=3)
+    notebook.run(0)
+    notebook.wait_output(0, r"setup done")
+    notebook.run(1)
+    if streaming:  # the run view's buttons, while the answer streams
+        actions = notebook.output(1).locator(".crush-code-actions")
+    else:  # the static answer's, rendered by the extension once the run is done
+        notebook.wait_output(1, r"done")
+        actions = notebook.output(1).locator(".jp-crush-CodeActions")
+    actions.get_by_role("button", name="Insert below").click()
+    assert actions.get_by_role("button", name="Copy").count() == 1
+    notebook.cells.nth(3).wait_for()
+    assert (
+        notebook.cells.nth(2)
+        .locator(".jp-InputArea")
+        .inner_text()
+        .strip()
+        .endswith("print('from the block')")
+    )
+    if streaming:
+        page.locator(".crush-stop").first.click()
+        notebook.wait_output(1, r"canceled")
+    notebook.run(3)
+    session_id = notebook.wait_output(3, r"session:").split("session:", 1)[1].split()[0]
+
+    notebook.cells.nth(0).locator(".jp-InputPrompt").click()
+    page.keyboard.press("ControlOrMeta+s")
+    deadline = time.monotonic() + 30
+    while len(cells := json.loads(path.read_text())["cells"]) < 4 or not cells[3]["outputs"]:
+        assert time.monotonic() < deadline, f"{name} was not saved"
+        time.sleep(0.2)
+    inserted = cells[2]
+    assert "".join(inserted["source"]) == "print('from the block')"
+    origin = inserted["metadata"]["jupyter_crush"]
+    assert origin["session"] == session_id
+    assert origin["model"] == "scripted:scripted-model"
+    assert len(origin["message"]) == 32 and "tool_call" not in origin
+    assert inserted["outputs"] == [] and inserted["execution_count"] is None
