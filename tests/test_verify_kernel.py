@@ -312,3 +312,21 @@ def test_a_stop_of_the_turn_stops_the_verify_tools_run(tmp_path):
         kernel.shutdown()
     assert after == before  # its fresh kernel went with the turn
     assert results == [TOOL_CANCELED]
+
+
+def test_the_fresh_kernel_ends_with_the_users_kernel(tmp_path):
+    notebook = notebook_file(tmp_path, [ran("import time\ntime.sleep(600)", 1)])
+    kernel = user_kernel(tmp_path, notebook)
+    try:
+        user = psutil.Process(kernel.km.provisioner.process.pid)
+        kernel.run("%crush verify")
+        deadline = time.monotonic() + 90
+        while not user.children():  # the fresh kernel started
+            assert time.monotonic() < deadline, "verify never started its kernel"
+            time.sleep(0.2)
+        (fresh,) = user.children()
+        user.kill()  # the user's kernel dies without a word (a crash, kill -9)
+        gone, alive = psutil.wait_procs([fresh], timeout=30)
+    finally:
+        kernel.shutdown()
+    assert gone and not alive  # it noticed its parent was gone and exited
