@@ -381,3 +381,20 @@ async def test_a_stop_that_covers_the_call_before_the_cell_runs_runs_nothing(pag
     with pytest.raises(asyncio.CancelledError):
         await within(RunCellTool(shell_for(page)).run({"cell_id": "b"}, context(changes, stopped)))
     assert page.ops() == ["cells"] and changes.code == []
+
+
+def test_the_stop_watch_outlives_the_wait_only_after_a_stop():
+    shell = SimpleNamespace(_jupyter_crush_cells=SimpleNamespace(executing_cell=""))
+
+    def stopped() -> None:
+        raise asyncio.CancelledError
+
+    # The wait ended for another reason (the kernel shutting down): nothing to interrupt.
+    quiet = run_cell_module.StopWatch(shell, "b", lambda: None)
+    quiet.finish_unless_stopped()
+    assert quiet._finished.is_set()
+    # After a Stop, the cell may still be queued: the watch goes on, to interrupt it.
+    watching = run_cell_module.StopWatch(shell, "b", stopped)
+    watching.finish_unless_stopped()
+    assert not watching._finished.is_set()
+    watching.finish()

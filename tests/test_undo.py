@@ -302,3 +302,13 @@ def test_only_the_newest_turns_are_kept_for_undo(ip, crush, monkeypatch, capsys,
     undo(ip, capsys)
     assert ip.user_ns["step"] == 1  # the first turn's log was let go, with its old value
     assert undo(ip, capsys).startswith("Nothing to undo in session 'demo'")
+
+
+def test_an_undo_the_store_fails_says_so_in_one_line(ip, crush, model, capsys, monkeypatch):
+    turn(ip, model, "broken = 1")
+
+    def refuse(session_id):
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr(crush.store, "get_session", refuse)
+    assert undo(ip, capsys).strip() == "Undo failed: OSError: the disk went away"

@@ -133,6 +133,9 @@ def test_outputs_compare_text_frames_by_shape_and_head_figures_by_size():
         "data": {"image/png": "x", "text/plain": figure.replace("640", "800")},
     }
     assert differs([saved], [bigger]) == ("figure 640x480", "figure 800x480")
+    # A live widget's state is the kernel's: never compared.
+    widget = {"application/vnd.jupyter.widget-view+json": {"model_id": "1"}, "text/plain": "w"}
+    assert comparable(result(**widget)) == ""
     # Addresses differ from run to run; a %%crush answer's status line too.
     assert comparable(result(**{"text/plain": "<Foo at 0x7f3a2b1c9d00>"})) == "<Foo at 0x…>"
     asked = "**crush** · session s · done · 3.1 s · 200 tokens\n\nBrest."

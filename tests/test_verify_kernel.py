@@ -94,6 +94,8 @@ def test_a_cell_using_a_deleted_cells_variable_fails_and_the_variable_is_named(t
     assert failure["in_user_kernel"] == "ran without error ([3])"
     assert report["hidden"] == ["cleaned"]
     assert [c["state"] for c in report["cells"]] == ["ok", "error"]
+    # Nothing of the fresh kernel's own stderr, nor nbclient's log, lands in the cell.
+    assert [m for m in shown.outputs if m["msg_type"] == "stream"] == []
     # The cell shows the report (its plain text too, for headless readers).
     (result,) = [m["content"] for m in shown.outputs if m["msg_type"] == "execute_result"]
     plain = result["data"]["text/plain"]
@@ -155,15 +157,20 @@ def test_a_crush_cell_that_needs_the_model_is_skipped_with_a_note(tmp_path):
         tmp_path,
         [ran("%load_ext jupyter_crush", 1), ran("%%crush\nNever asked before", 2), ran("x = 1", 3)],
     )
-    with serving([]) as server:
+    with serving([openai_step(1, "Asked, with --live.")]) as server:
         env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"{server.url}/v1"}
         kernel = user_kernel(tmp_path, notebook, **env)
         try:
             kernel.run("%crush verify --wait", timeout=120)
             report = report_of(kernel)
+            assert server.requests == []
+            kernel.run("%crush verify --wait --live", timeout=120)
+            live = report_of(kernel)
         finally:
             kernel.shutdown()
-        assert server.requests == []
+        # --live asks (the answer, and the new session's title beside it).
+        assert any(b"Never asked before" in r.body for r in server.requests)
+    assert [c["state"] for c in live["cells"]] == ["ok", "ok", "ok"]
     assert report["outcome"] == "passed"
     skipped = report["cells"][1]
     assert skipped["state"] == "skipped"
@@ -192,6 +199,35 @@ def test_a_cell_that_hangs_times_out_and_its_kernel_is_gone(tmp_path):
         "cell 1 ran longer than 3 s (the cell timeout); the fresh kernel was shut down"
     )
     assert [c["state"] for c in report["cells"]] == ["ok", "timeout"]
+
+
+def test_the_overall_timeout_and_a_kernel_that_dies_are_reported(tmp_path):
+    notebook = notebook_file(
+        tmp_path,
+        [ran("x = 1", 1), ran("import time\ntime.sleep(600)", 2)],
+    )
+    dies = notebook_file(
+        tmp_path, [ran("x = 1", 1), ran("import os\nos._exit(3)", 2)], "dies.ipynb"
+    )
+    kernel = user_kernel(tmp_path, notebook)
+    try:
+        before = processes()
+        kernel.run("%crush verify --wait --timeout 100 --total 4", timeout=120)
+        late = report_of(kernel)
+        kernel.run(f"%crush verify --wait {dies}", timeout=120)
+        died = report_of(kernel)
+        after = processes()
+    finally:
+        kernel.shutdown()
+    assert after == before
+    assert late["outcome"] == "timed out"
+    assert late["reason"] == (
+        "the notebook ran longer than 4 s (the overall timeout), during cell 1; the fresh "
+        "kernel was shut down"
+    )
+    assert died["outcome"] == "kernel died"
+    assert died["reason"] == "the kernel died during cell 1 (exit code 3)"
+    assert [c["state"] for c in died["cells"]] == ["ok", "died"]
 
 
 def test_stop_ends_a_verify_running_in_the_background(tmp_path):
@@ -276,3 +312,21 @@ def test_a_stop_of_the_turn_stops_the_verify_tools_run(tmp_path):
         kernel.shutdown()
     assert after == before  # its fresh kernel went with the turn
     assert results == [TOOL_CANCELED]
+
+
+def test_the_fresh_kernel_ends_with_the_users_kernel(tmp_path):
+    notebook = notebook_file(tmp_path, [ran("import time\ntime.sleep(600)", 1)])
+    kernel = user_kernel(tmp_path, notebook)
+    try:
+        user = psutil.Process(kernel.km.provisioner.process.pid)
+        kernel.run("%crush verify")
+        deadline = time.monotonic() + 90
+        while not user.children():  # the fresh kernel started
+            assert time.monotonic() < deadline, "verify never started its kernel"
+            time.sleep(0.2)
+        (fresh,) = user.children()
+        user.kill()  # the user's kernel dies without a word (a crash, kill -9)
+        gone, alive = psutil.wait_procs([fresh], timeout=30)
+    finally:
+        kernel.shutdown()
+    assert gone and not alive  # it noticed its parent was gone and exited

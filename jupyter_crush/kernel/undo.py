@@ -364,6 +364,10 @@ class Undo:
         except UndoRefused as refused:
             say(str(refused))
             return
+        except Exception as error:  # the store or the namespace failing: say it, never raise
+            log.warning("undo of session %s failed", session_id, exc_info=True)
+            say(f"Undo failed: {type(error).__name__}: {error}")
+            return
         if not (turn.cells_inserted or turn.cells_edited):
             self._record(turn, report)
             say(report.text())

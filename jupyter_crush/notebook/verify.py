@@ -21,6 +21,7 @@ import ast
 import asyncio
 import contextlib
 import copy
+import logging
 import re
 import subprocess
 import sys
@@ -42,6 +43,8 @@ from .verify_report import (
     differs,
     saved_state,
 )
+
+log = logging.getLogger(__name__)
 
 #: Seconds a fresh kernel has to answer its first message.
 STARTUP_TIMEOUT = 60.0
@@ -149,10 +152,11 @@ class VerifyRun:
             if problem:
                 report.outcome, report.reason = "could not start", problem
                 return report
-            fresh_names = await self._run_cells(code, report, started)
+            fresh_names = await self._run_cells(code, report, time.monotonic())
             if self.namespace is not None:
                 known = names.names | fresh_names
                 report.hidden = hidden_names(self.namespace, known, self.ignore)
+                report.notes.extend(_unreached_agent_cells(code, report))
             return report
         except asyncio.CancelledError:
             await self._kill()  # the caller was stopped (a turn's Stop): the kernel goes too
@@ -178,7 +182,7 @@ class VerifyRun:
             )
         arguments = [] if self.live else ["--CrushConfig.replay=verify"]
         # Its output would land in the user's cell (ipykernel forwards the process's own
-        # stderr); kept aside, its last line explains a kernel that cannot start or dies.
+        # stderr); kept aside, its last line explains a kernel that cannot start.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by _cleanup)
         try:
             await self.km.start_kernel(
@@ -213,8 +217,9 @@ class VerifyRun:
     async def _run_cells(
         self, code: list[tuple[int, dict[str, Any]]], report: VerifyReport, started: float
     ) -> set[str]:
-        """Run the cells in order; fill ``report``; the fresh kernel's names at the end (empty
-        when the run did not end in the kernel's own time)."""
+        """Run the cells in order from ``started`` (the total timeout counts from there, the
+        kernel's start having its own); fill ``report``; the fresh kernel's names at the end
+        (empty when the run did not end in the kernel's own time)."""
         import nbformat
         from nbclient import NotebookClient
 
@@ -233,6 +238,7 @@ class VerifyRun:
             timeout=max(1, round(self.limits.cell_timeout)),
             allow_errors=True,
             kernel_name=self.notebook.kernel,
+            log=log,  # not the kernel app's, whose stderr lands in the user's cell
             on_cell_executed=lambda cell_index, execute_reply, **_: replies.__setitem__(
                 cell_index, execute_reply
             ),
@@ -309,9 +315,6 @@ class VerifyRun:
             report.reason = f"the kernel died during cell {index}" + (
                 f" (exit code {code})" if code is not None else ""
             )
-            said = self._stderr_tail()
-            if said:
-                report.reason += f"; its last words: {said}"
         else:
             raise error  # not the notebook's doing: the caller says so
         report.cells.append(run)
@@ -402,6 +405,25 @@ class VerifyRun:
 def _source(cell: Mapping[str, Any]) -> str:
     source = cell.get("source", "")
     return "".join(source) if isinstance(source, list) else str(source)
+
+
+def _unreached_agent_cells(
+    code: list[tuple[int, dict[str, Any]]], report: VerifyReport
+) -> list[str]:
+    """A note when %%crush cells were not reached: the names their turns make (the python
+    tool's) are known to neither the cells' syntax nor the fresh kernel."""
+    last = report.cells[-1].index if report.cells else -1
+    unreached = [
+        str(index)
+        for index, cell in code
+        if index > last and _source(cell).lstrip().startswith("%%crush")
+    ]
+    if not unreached:
+        return []
+    return [
+        f"%%crush cells {', '.join(unreached)} were not reached: names their turns make may "
+        "be listed as hidden state"
+    ]
 
 
 def _runs_verify(source: str) -> bool:

@@ -200,6 +200,8 @@ def comparable(output: dict[str, Any]) -> str:
     if kind == "error":
         return f"{output.get('ename', '')}: {_ANSI.sub('', str(output.get('evalue', '')))}"
     data = output.get("data") or {}
+    if "application/vnd.jupyter.widget-view+json" in data:
+        return ""  # a live widget: its state is the kernel's, not the notebook's
     plain = _text(data.get("text/plain", ""))
     if any(mime.startswith("image/") for mime in data):
         size = _FIGURE_SIZE.search(plain)

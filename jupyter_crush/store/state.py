@@ -5,8 +5,8 @@ in this process, one :class:`_Entry` per message (its latest JSON, usage and cos
 on-disk size) in message order. :func:`_set_entry` keeps the session's usage/cost totals and
 message count in step with the entries in O(1). Also what the store's parts share, each
 handed to them by :class:`~jupyter_crush.store.transcript.TranscriptStore`: its settings
-(:class:`StoreConfig`) and whether it is open (:class:`Lifecycle`); and the ids, record keys
-and errors of the store's modules.
+(:class:`StoreConfig`) and whether it is open, with the lock its state changes under
+(:class:`Lifecycle`); and the ids, record keys and errors of the store's modules.
 """
 
 from __future__ import annotations

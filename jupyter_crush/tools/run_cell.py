@@ -116,8 +116,12 @@ class RunCellTool:
         ctx.changes.before_code(getattr(self.shell, "user_ns", {}), source)
         watch = StopWatch(self.shell, cell_id, ctx.stop_if_covered)
         request = {"op": "run_cell", "cell": cell_id, "source": source}
-        reply = await labcomm.request(self.shell, request, START_TIMEOUT, wait=True)
-        watch.finish()  # not on a cancel: a cell still queued is interrupted when it starts
+        try:
+            reply = await labcomm.request(self.shell, request, START_TIMEOUT, wait=True)
+        except BaseException:
+            watch.finish_unless_stopped()
+            raise
+        watch.finish()
         if reply is None:
             return ToolResult(NO_FRONT_END, True)
         if isinstance(reply.get("error"), str):
@@ -166,6 +170,15 @@ class StopWatch:
     def finish(self) -> None:
         """The cell has run: stop watching."""
         self._finished.set()
+
+    def finish_unless_stopped(self) -> None:
+        """The wait for the cell ended early: after a Stop, keep watching, to interrupt the
+        cell if it still runs or is still to run; on anything else, stop watching."""
+        try:
+            self._stop_if_covered()
+        except asyncio.CancelledError:
+            return
+        self.finish()
 
     def _watch(self) -> None:
         stopped_at: float | None = None

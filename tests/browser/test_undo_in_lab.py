@@ -1,7 +1,8 @@
-"""Undo in a real JupyterLab 4 page: a turn edits a cell (accepted in its diff), inserts a cell
-and changes a variable; its run view ends with "changed: 2 cells, 1 variable — Undo", and the
-Undo button puts the notebook and the kernel back: the inserted cell is gone, the edited
-cell holds its old source, the variable its old value. The model is a ScriptedModel."""
+"""Undo in a real JupyterLab 4 and Notebook 7 page: a turn edits a cell (accepted in its
+diff), inserts a cell and changes a variable; its run view ends with "changed: 2 cells, 1
+variable — Undo", and the Undo button puts the notebook and the kernel back: the inserted
+cell is gone, the edited cell holds its old source, the variable its old value. The model is
+a ScriptedModel."""
 
 from __future__ import annotations
 
@@ -29,7 +30,11 @@ print("setup done")"""
 ORIGINAL = "total = 6 * 7\nprint(total)"
 
 
-def test_undo_button_removes_the_inserted_cell_and_reverts_the_accepted_edit(page, lab_server):
+@pytest.mark.parametrize("front_end", ["lab", "notebook7"])
+def test_undo_button_removes_the_inserted_cell_and_reverts_the_accepted_edit(
+    page, lab_server, front_end
+):
+    url = lab_server.lab_url if front_end == "lab" else lab_server.notebook7_url
     name = lab_server.write_notebook(["", ORIGINAL, "%%crush --yolo --fresh\nimprove it", "total"])
     path: Path = lab_server.root / name
     document = json.loads(path.read_text())
@@ -37,7 +42,7 @@ def test_undo_button_removes_the_inserted_cell_and_reverts_the_accepted_edit(pag
     document["cells"][0]["source"] = SETUP.format(target=target)
     path.write_text(json.dumps(document))
     notebook = Notebook(page)
-    notebook.open(lab_server.lab_url(name), cells=4)
+    notebook.open(url(name), cells=4)
     notebook.run(0)
     notebook.wait_output(0, r"setup done")
     notebook.run(2)
@@ -50,7 +55,7 @@ def test_undo_button_removes_the_inserted_cell_and_reverts_the_accepted_edit(pag
     assert summary.inner_text().startswith("changed: 2 cells, 1 variable")
     assert notebook.cells.count() == 5  # the inserted cell, below the prompt's
     assert "from the agent" in notebook.cells.nth(3).locator(".jp-InputArea").inner_text()
-    notebook.screenshot("undo-summary")
+    notebook.screenshot(f"undo-summary-{front_end}")
 
     summary.get_by_role("button", name="Undo").click()
     note = notebook.cells.nth(2).locator(".crush-undo-note")
