@@ -28,7 +28,6 @@ from ..core.message import FinishReason, Session
 from ..core.remote import ALLOW_LISTS, looks_remote
 from ..notebook import state as notebook_state
 from ..notebook.interrupt import InterruptCanceler, take_cell_interrupt
-from .cell_permissions import ASKING_HEADLESS, CellPermissions
 from .config import CrushConfig
 from .errors import one_line
 from .outputs import CellOutputs
@@ -143,6 +142,7 @@ class Crush:
             from ..tools.permissions import PermissionPolicy
             from ..view.permissions import WidgetPermissionBroker
             from ..view.questions import ViewQuestionAsker
+            from .cell_permissions import ASKING_HEADLESS, CellPermissions
 
             tools = self.tools or default_tools(
                 self.shell,
