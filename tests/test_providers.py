@@ -114,11 +114,15 @@ def model_for_recording(path: Path, url: str, **overrides: Any):
         provider = "openai"
     else:
         provider = "compat"
+    if recording.protocol == "responses":  # the local server is not OpenAI's own host
+        overrides.setdefault("openai_apis", {provider: "responses"})
     return resolve_model(f"{provider}:{recording.model}", settings=settings_for(url, **overrides))
 
 
 def protocol_model(protocol: str, url: str, **overrides: Any):
     name = "anthropic:claude-sonnet-4-20250514" if protocol == "anthropic" else "openai:gpt-4o"
+    if protocol == "responses":
+        overrides.setdefault("openai_apis", {"openai": "responses"})
     return resolve_model(name, settings=settings_for(url, **overrides))
 
 
@@ -175,6 +179,17 @@ def naive_expectation(body: str) -> dict[str, Any]:
         if not line.startswith("data:") or line.strip() == "data: [DONE]":
             continue
         data = json.loads(line[5:])
+        kind = data.get("type", "")
+        if kind == "response.output_text.delta":
+            text.append(data["delta"])
+        elif kind == "response.reasoning_summary_part.added" and data["summary_index"]:
+            reasoning.append("\n\n")  # the summary's parts are paragraphs of one section
+        elif kind == "response.reasoning_summary_text.delta":
+            reasoning.append(data["delta"])
+        elif kind == "response.output_item.added" and data["item"]["type"] == "function_call":
+            tools[data["item"]["id"]] = [data["item"]["name"], ""]
+        elif kind == "response.function_call_arguments.delta":
+            tools[data["item_id"]][1] += data["delta"]
         if (
             data.get("type") == "content_block_start"
             and data["content_block"]["type"] == "tool_use"
@@ -226,6 +241,20 @@ EXPECTED: dict[str, list[tuple[FinishReason, Usage, list[str]]]] = {
     "openai-multi-tool": [
         (FinishReason.TOOL_USE, Usage(190, 379), ["add", "multiply"]),
         (FinishReason.END_TURN, Usage(262, 25), []),
+    ],
+    # Responses: output tokens include the reasoning (64 of the thinking turn's first 121).
+    "openai-responses-simple": [(FinishReason.END_TURN, Usage(20, 3), [])],
+    "openai-responses-multi-tool": [
+        (FinishReason.TOOL_USE, Usage(109, 223), ["add", "multiply"]),
+        (FinishReason.END_TURN, Usage(167, 30), []),
+    ],
+    "openai-responses-thinking": [
+        (FinishReason.TOOL_USE, Usage(63, 121), ["weather"]),
+        (FinishReason.END_TURN, Usage(92, 456), []),
+    ],
+    "o4-mini-responses-thinking": [
+        (FinishReason.TOOL_USE, Usage(60, 225), ["weather"]),
+        (FinishReason.END_TURN, Usage(89, 196), []),
     ],
     "groq-tool": [
         (FinishReason.TOOL_USE, Usage(93, 32), ["weather"]),
@@ -289,6 +318,9 @@ async def test_recording_replays_through_the_sdk(path: Path):
         if recording.protocol == "openai":
             assert first["stream_options"] == {"include_usage": True}
             assert requests[0].path == "/v1/chat/completions"
+        elif recording.protocol == "responses":
+            assert first["store"] is False
+            assert requests[0].path == "/v1/responses"
         else:
             assert requests[0].path == "/v1/messages"
         assert requests[0].headers.get("authorization", requests[0].headers.get("x-api-key"))
@@ -342,7 +374,8 @@ SIMPLE = {
     "openai": RECORDINGS_DIR / f"{SHORT_NAMES['openai-simple']}.yaml",
     "anthropic": RECORDINGS_DIR / f"{SHORT_NAMES['anthropic-simple']}.yaml",
 }
-PROTOCOLS = ["openai", "anthropic"]
+SIMPLE["responses"] = RECORDINGS_DIR / f"{SHORT_NAMES['openai-responses-simple']}.yaml"
+PROTOCOLS = ["openai", "responses", "anthropic"]
 
 
 def simple_body(protocol: str) -> str:
@@ -745,8 +778,12 @@ def test_request_options():
         reasoning_effort="high",
     )
     openai_params = resolve_model("openai:gpt-5", settings=settings).request_params([user("q")])
-    assert openai_params["max_completion_tokens"] == 1000
-    assert openai_params["reasoning_effort"] == "high"
+    assert openai_params["max_output_tokens"] == 1000  # the Responses API's name
+    assert openai_params["reasoning"] == {"effort": "high", "summary": "auto"}
+    settings.openai_apis = {"openai:gpt-5": "chat"}
+    chat_params = resolve_model("openai:gpt-5", settings=settings).request_params([user("q")])
+    assert chat_params["max_completion_tokens"] == 1000
+    assert chat_params["reasoning_effort"] == "high"
     groq_params = resolve_model("groq:llama", settings=settings).request_params([user("q")])
     assert groq_params["max_tokens"] == 1000
     claude = resolve_model("anthropic:claude-sonnet-4-20250514", settings=settings)

@@ -71,6 +71,15 @@ class ReasoningPart:
     started_at: float | None = None
     finished_at: float | None = None
     type: str = field(default="reasoning", init=False)
+    #: An OpenAI Responses reasoning item: its id and encrypted content, sent back on the
+    #: turn's next step (the ``text`` is its summary). Written only when set.
+    item_id: str = ""
+    encrypted: str = ""
+
+
+#: ReasoningPart fields left out of its JSON when empty, so other providers' parts are
+#: stored as before.
+_OPTIONAL_REASONING = ("item_id", "encrypted")
 
 
 @dataclass
@@ -185,7 +194,12 @@ _PART_TYPES: dict[str, type] = {
 
 
 def part_to_dict(part: Part) -> dict[str, Any]:
-    return asdict(part)
+    data = asdict(part)
+    if isinstance(part, ReasoningPart):
+        for name in _OPTIONAL_REASONING:
+            if not data[name]:
+                del data[name]
+    return data
 
 
 def part_from_dict(data: dict[str, Any]) -> Part:
@@ -297,7 +311,15 @@ class Message:
             self.parts.append(TextPart(delta))
         self.touch()
 
-    def append_reasoning(self, delta: str, signature: str = "", redacted: str = "") -> None:
+    def append_reasoning(
+        self,
+        delta: str,
+        signature: str = "",
+        redacted: str = "",
+        *,
+        item_id: str = "",
+        encrypted: str = "",
+    ) -> None:
         last = self.parts[-1] if self.parts else None
         if not isinstance(last, ReasoningPart) or last.finished_at is not None:
             last = ReasoningPart(started_at=now())
@@ -305,6 +327,8 @@ class Message:
         last.text += delta
         last.signature += signature
         last.redacted += redacted
+        last.item_id = item_id or last.item_id
+        last.encrypted += encrypted
         self.touch()
 
     def finish_reasoning(self) -> None:

@@ -206,7 +206,9 @@ class RecordedModel:
         recorded = steps[step]
         for part in recorded.parts:
             if part.type == "reasoning":
-                yield ReasoningDelta(part.text, part.signature, part.redacted)
+                yield ReasoningDelta(
+                    part.text, part.signature, part.redacted, part.item_id, part.encrypted
+                )
                 yield ReasoningEnd()
             elif part.type == "text":
                 yield TextDelta(part.text)

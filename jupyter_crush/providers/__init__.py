@@ -3,7 +3,8 @@
 =================  =====================================================
 name               what it talks to
 =================  =====================================================
-``openai:M``       OpenAI chat completions (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``)
+``openai:M``       OpenAI: the Responses API for its own models at its own endpoint, chat
+                   completions elsewhere (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``)
 ``anthropic:M``    Anthropic Messages (``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``)
 ``ollama:M``       Ollama's OpenAI-compatible API at http://localhost:11434/v1, no key
 ``groq:M``         Groq (``GROQ_API_KEY``)
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     )
     from .openai import OpenAIModel
     from .replay import ReplayModel, recording_names
+    from .responses import ResponsesModel
 
 _CONFIG_NAMES = (
     "CrushConfigError",
@@ -62,6 +64,10 @@ def __getattr__(name: str) -> Any:
         from .openai import OpenAIModel
 
         return OpenAIModel
+    if name == "ResponsesModel":
+        from .responses import ResponsesModel
+
+        return ResponsesModel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -74,6 +80,7 @@ __all__ = [
     "ProviderConfigError",
     "ProviderSettings",
     "ReplayModel",
+    "ResponsesModel",
     "recording_names",
     "resolve_model",
 ]
@@ -81,7 +88,13 @@ __all__ = [
 
 def resolve_model(name: str, *, settings: ProviderSettings | None = None) -> Model:
     """The model for ``"provider:model"``; raises :class:`ProviderConfigError` with the fix."""
-    from .config import ProviderConfigError, ProviderSettings, load_crush_config, provider_config
+    from .config import (
+        ProviderConfigError,
+        ProviderSettings,
+        load_crush_config,
+        provider_config,
+        wire_api,
+    )
 
     settings = settings or ProviderSettings()
     if not isinstance(name, str) or not name.strip():
@@ -119,6 +132,10 @@ def resolve_model(name: str, *, settings: ProviderSettings | None = None) -> Mod
         from .anthropic import AnthropicModel
 
         return AnthropicModel(model, config, settings)
+    if wire_api(config, model, settings, crush) == "responses":
+        from .responses import ResponsesModel
+
+        return ResponsesModel(model, config, settings)
     from .openai import OpenAIModel
 
     return OpenAIModel(model, config, settings)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..core.secrets import remember, remember_headers, remember_url
+from .apis import WireAPI, checked_api, default_api, entry_apis
 from .config_file import (
     CrushConfigError,
     MissingAPIKeyError,
@@ -106,6 +107,12 @@ class ProviderSettings:
     #: fails within this.
     answer_timeout: float = 60.0
     max_tokens: int | None = None  # None: the provider's default (Anthropic needs one: 4096)
+    #: OpenAI's Responses API: the reasoning summary asked of reasoning models ("auto",
+    #: "concise", "detailed"); None asks for none (an unverified organization gets none).
+    reasoning_summary: str | None = "auto"
+    #: Force OpenAI's Responses API or Chat Completions: {"openai:gpt-5": "chat",
+    #: "myproxy": "responses"}; a model not named takes jupyter_crush.providers.apis' default.
+    openai_apis: dict[str, str] = field(default_factory=dict)
     #: Anthropic extended thinking budget in tokens; None leaves thinking off.
     thinking_budget: int | None = None
     #: OpenAI / OpenAI-compatible ``reasoning_effort`` ("low", "medium", "high").
@@ -129,6 +136,8 @@ class ProviderSettings:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise ProviderConfigError(f"{name} must be a positive number of seconds")
+        for name, api in self.openai_apis.items():
+            checked_api(api, f"ProviderSettings.openai_apis[{name!r}]")
 
     def __repr__(self) -> str:
         keys = {k: mask_secret(v) for k, v in self.api_keys.items()}
@@ -189,6 +198,8 @@ class CrushConfig:
     user_base_urls: dict[str, str] = field(default_factory=dict)
     #: Project files read without the parts that need trust (jupyter_crush.providers.trust).
     untrusted: tuple[Path, ...] = ()
+    #: The OpenAI API each provider's entry forces, by model id ("*": all its models).
+    apis: dict[str, dict[str, WireAPI]] = field(default_factory=dict)
 
 
 def crush_config_paths(cwd: Path | None = None) -> list[Path]:
@@ -250,9 +261,13 @@ def _parse_crush_file(file: ConfigFile, data: Mapping[str, Any]) -> CrushConfig:
         raise CrushConfigError(f'{path}: "providers" must be an object of provider id -> settings')
     key_owners: dict[str, str] = {}
     user_base_urls: dict[str, str] = {}
+    apis: dict[str, dict[str, WireAPI]] = {}
     for pid, raw in raw_providers.items():
         if not isinstance(raw, dict):
             raise CrushConfigError(f'{path}: provider "{pid}" must be an object')
+        forced = entry_apis(path, pid, raw)
+        if forced:
+            apis[pid] = forced
         if raw.get("disable") or not raw.keys() - HARMLESS_PROVIDER_KEYS:
             continue  # disabled, or only its model list (read for windows): the endpoint stays
         ptype = raw.get("type") or (_BUILTIN[pid].type if pid in _BUILTIN else None)
@@ -315,6 +330,7 @@ def _parse_crush_file(file: ConfigFile, data: Mapping[str, Any]) -> CrushConfig:
         key_owners=key_owners,
         user_base_urls=user_base_urls,
         untrusted=() if file.applies_whole else (path,),
+        apis=apis,
     )
 
 
@@ -345,6 +361,10 @@ def load_crush_config(
             key_owners={**merged.key_owners, **found.key_owners},
             user_base_urls={**merged.user_base_urls, **found.user_base_urls},
             untrusted=(*merged.untrusted, *found.untrusted),
+            apis={
+                pid: {**merged.apis.get(pid, {}), **found.apis.get(pid, {})}
+                for pid in {*merged.apis, *found.apis}
+            },
         )
     return merged
 
@@ -483,3 +503,19 @@ def _chosen_hosts(owner: str | None, settings: ProviderSettings, crush: CrushCon
     if builtin is not None:
         hosts.add(host_of(builtin.base_url, builtin.type))
     return hosts
+
+
+def wire_api(
+    config: ProviderConfig, model: str, settings: ProviderSettings, crush: CrushConfig
+) -> WireAPI:
+    """The OpenAI API ``model`` of ``config`` (resolved) is spoken to through: the one
+    settings or crush.json force, else :func:`~jupyter_crush.providers.apis.default_api`."""
+    forced = settings.openai_apis.get(f"{config.id}:{model}") or settings.openai_apis.get(config.id)
+    if forced:
+        return forced  # type: ignore[return-value]  # checked in __post_init__
+    entry = crush.apis.get(config.id, {})
+    return (
+        entry.get(model)
+        or entry.get("*")
+        or default_api(config.type, host_of(config.base_url, config.type), model)
+    )
