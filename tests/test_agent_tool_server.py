@@ -90,3 +90,21 @@ async def test_stop_while_the_childs_tool_runs_sends_nothing_more(store, tmp_pat
         result = await within(run)
         assert len(server.requests) == 2
     assert_both_canceled(store, session.id, result, None, None)
+
+
+async def test_the_spending_cap_refuses_the_childs_request_before_it_is_sent(store, tmp_path):
+    from jupyter_crush.agent.budget import SpendingCaps
+
+    # The parent's first answer costs $0.09 (20k tokens in, 4k out at gpt-4o's prices): the
+    # child's first request could pass the session's $0.08 cap, so it is never sent.
+    steps = [openai_step(1, tool=("agent", {"prompt": TASK}), tokens=20_000), READ]
+    async with ReplayServer(steps) as server:
+        agent = agent_on(server, store, tmp_path)
+        agent.budget.caps = lambda: SpendingCaps(session=0.08)
+        session = store.create_session()
+        result = await within(agent.run(SessionAgentCall(session.id, "q")))
+        assert len(server.requests) == 1
+    assert result.reason is FinishReason.ERROR
+    assert result.message.startswith("stopped: this session has spent $0.09 of its $0.08 cap")
+    refused = store.list_messages(session.id)[2].tool_results[0]
+    assert refused.is_error and "stopped: this session has spent $0.09" in refused.content
