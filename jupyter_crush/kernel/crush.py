@@ -132,6 +132,7 @@ class Crush:
                     allowed=lambda session_id, tool: self.agent.permissions.runs_without_asking(
                         session_id, tool
                     ),
+                    with_context=lambda prompt: self.system_prompt((), prompt).text,
                 ),
                 ask_questions=ViewQuestionAsker(self.views),
                 store_dir=lambda: self.config.data_dir,
@@ -168,12 +169,13 @@ class Crush:
         """The caps in force now: ``%config`` changes them for the next request."""
         return SpendingCaps(self.config.max_cost, self.config.max_cost_per_day)
 
-    def system_prompt(self, tools: Iterable[Any]) -> SystemPrompt:
-        """The configured system prompt, else the built-in one, then the context files."""
+    def system_prompt(self, tools: Iterable[Any], base: str = "") -> SystemPrompt:
+        """The configured system prompt, else the built-in one (``base``: this one instead,
+        a sub-agent's), then the context files."""
         from .context import build_system_prompt
 
         names = [tool.name for tool in tools]
-        return build_system_prompt(self.config.system_prompt, names, self.shell)
+        return build_system_prompt(base or self.config.system_prompt, names, self.shell)
 
     def _status_changed(self, status: Any) -> None:
         # The running prompt's widget says how many wait behind it (loop thread).
