@@ -238,3 +238,36 @@ def test_a_kernelspec_that_cannot_start_is_one_line(ip, tmp_path, monkeypatch):
         assert report.to_text() == (
             f"verify {tmp_path / name}.ipynb: kernelspec {name!r} cannot start: {why}"
         )
+
+
+async def test_stop_while_the_fresh_kernel_starts_kills_it_at_once(tmp_path, monkeypatch):
+    import asyncio
+    import sys
+
+    import psutil
+
+    from jupyter_crush.notebook.verify import NotebookToVerify, VerifyRun
+
+    # A kernel that never answers: its start would wait a minute for it.
+    specs = tmp_path / "specs" / "kernels" / "silent"
+    specs.mkdir(parents=True)
+    argv = [sys.executable, "-c", "import time; time.sleep(600)", "{connection_file}"]
+    (specs / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "silent", "language": "python"})
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "specs"))
+    cell = {"cell_type": "code", "source": "x = 1", "metadata": {}, "outputs": []}
+    run = VerifyRun(
+        NotebookToVerify([cell], tmp_path, "nb.ipynb", "file on disk", "silent"), env={}
+    )
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    task = asyncio.ensure_future(run.run())
+    for _ in range(300):  # the kernel's process is there
+        if {p.pid for p in psutil.Process().children(recursive=True)} - before:
+            break
+        await asyncio.sleep(0.05)
+    run.stop()
+    report = await asyncio.wait_for(task, 10)
+    assert report.outcome == "stopped"
+    assert report.reason == "stopped before the notebook ran"
+    assert {p.pid for p in psutil.Process().children(recursive=True)} == before
