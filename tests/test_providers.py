@@ -64,6 +64,7 @@ from jupyter_crush.providers.trust import TRUST_ENV
 
 RECORDINGS = sorted(RECORDINGS_DIR.glob("*.yaml"))
 SECRET = "sk-test-0123456789-secret"
+AZURE_VERSION = "2025-04-01-preview"
 WEATHER = ToolSpec(
     "weather",
     "Get weather information for a location",
@@ -95,7 +96,8 @@ def settings_for(url: str, **overrides: Any) -> ProviderSettings:
         "api_keys": {"openai": SECRET, "anthropic": SECRET},
         "base_urls": {"openai": f"{url}/v1", "anthropic": url},
         "providers": {
-            "compat": ProviderConfig("compat", "openai-compat", f"{url}/v1", requires_key=False)
+            "compat": ProviderConfig("compat", "openai-compat", f"{url}/v1", requires_key=False),
+            "azure": ProviderConfig("azure", "azure", url, SECRET, api_version=AZURE_VERSION),
         },
         "crush_config": False,
         "max_retries": 2,
@@ -112,6 +114,8 @@ def model_for_recording(path: Path, url: str, **overrides: Any):
         provider = "anthropic"
     elif recording.host == "api.openai.com":
         provider = "openai"
+    elif recording.host.endswith(".openai.azure.com"):
+        provider = "azure"  # the recorded model's name is the deployment's here
     else:
         provider = "compat"
     if recording.protocol == "responses":  # the local server is not OpenAI's own host
@@ -256,6 +260,14 @@ EXPECTED: dict[str, list[tuple[FinishReason, Usage, list[str]]]] = {
         (FinishReason.TOOL_USE, Usage(60, 225), ["weather"]),
         (FinishReason.END_TURN, Usage(89, 196), []),
     ],
+    "azure-tool": [
+        (FinishReason.TOOL_USE, Usage(64, 87), ["weather"]),
+        (FinishReason.END_TURN, Usage(92, 56), []),
+    ],
+    "azure-responses-tool": [
+        (FinishReason.TOOL_USE, Usage(63, 101), ["weather"]),
+        (FinishReason.END_TURN, Usage(92, 230), []),
+    ],
     "groq-tool": [
         (FinishReason.TOOL_USE, Usage(93, 32), ["weather"]),
         (FinishReason.END_TURN, Usage(143, 13), []),
@@ -315,15 +327,20 @@ async def test_recording_replays_through_the_sdk(path: Path):
         first = requests[0].json()
         assert first["stream"] is True
         assert first["model"] == recording.model
+        azure = f"?api-version={AZURE_VERSION}"
         if recording.protocol == "openai":
             assert first["stream_options"] == {"include_usage": True}
-            assert requests[0].path == "/v1/chat/completions"
+            assert requests[0].path in (
+                "/v1/chat/completions",
+                f"/openai/deployments/{recording.model}/chat/completions{azure}",
+            )
         elif recording.protocol == "responses":
             assert first["store"] is False
-            assert requests[0].path == "/v1/responses"
+            assert requests[0].path in ("/v1/responses", f"/openai/responses{azure}")
         else:
             assert requests[0].path == "/v1/messages"
-        assert requests[0].headers.get("authorization", requests[0].headers.get("x-api-key"))
+        headers = requests[0].headers
+        assert headers.get("authorization") or headers.get("x-api-key") or headers.get("api-key")
 
 
 async def test_tool_results_and_thinking_signature_are_sent_back():

@@ -44,6 +44,8 @@ RECORDED_PROMPTS = {
     "openai-responses-multi-tool": ADD,
     "openai-responses-thinking": WEATHER,
     "o4-mini-responses-thinking": WEATHER,
+    "azure-tool": WEATHER_NO_SPACE,
+    "azure-responses-tool": WEATHER_NO_SPACE,
 }
 
 

@@ -8,6 +8,9 @@ name               what it talks to
 ``anthropic:M``    Anthropic Messages (``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``)
 ``ollama:M``       Ollama's OpenAI-compatible API at http://localhost:11434/v1, no key
 ``groq:M``         Groq (``GROQ_API_KEY``)
+``azure:D``        an Azure OpenAI deployment (``AZURE_OPENAI_ENDPOINT``, ``AZURE_OPENAI_API_KEY``,
+                   ``OPENAI_API_VERSION``)
+``gemini:M``       Gemini through Google's OpenAI-compatible endpoint (``GEMINI_API_KEY``)
 ``openrouter:M``   OpenRouter (``OPENROUTER_API_KEY``)
 ``ID:M``           a custom provider from ``ProviderSettings.providers`` or crush.json
 ``crush:large``    crush.json's ``models.large`` (or ``small``)
@@ -132,6 +135,12 @@ def resolve_model(name: str, *, settings: ProviderSettings | None = None) -> Mod
         from .anthropic import AnthropicModel
 
         return AnthropicModel(model, config, settings)
+    if config.type == "azure":
+        from .azure import AzureChatModel, AzureResponsesModel
+
+        responses = wire_api(config, model, settings, crush) == "responses"
+        kind = AzureResponsesModel if responses else AzureChatModel
+        return kind(model, config, settings, price_provider="azure")  # by deployment name
     if wire_api(config, model, settings, crush) == "responses":
         from .responses import ResponsesModel
 

@@ -47,8 +47,8 @@ from .trust import (
     variables,
 )
 
-ProviderType = Literal["openai", "openai-compat", "anthropic"]
-PROVIDER_TYPES: tuple[str, ...] = ("openai", "openai-compat", "anthropic")
+ProviderType = Literal["openai", "openai-compat", "anthropic", "azure"]
+PROVIDER_TYPES: tuple[str, ...] = ("openai", "openai-compat", "anthropic", "azure")
 
 #: Where Crush looks for its config, lowest precedence first (later files override).
 CRUSH_CONFIG_NAMES = (".crush.json", "crush.json")
@@ -74,6 +74,8 @@ class ProviderConfig:
     extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     #: Set when the entry comes from a project file: what it names, for the key rule.
     project: ProjectEntry | None = field(default=None, repr=False)
+    #: Azure OpenAI's api-version query parameter (None: $OPENAI_API_VERSION).
+    api_version: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -170,10 +172,26 @@ _BUILTIN: dict[str, ProviderConfig] = {
         base_url="https://api.groq.com/openai/v1",
         api_key_env=("GROQ_API_KEY",),
     ),
+    # Azure OpenAI: the model named is a deployment; endpoint and key as the SDK reads them.
+    "azure": ProviderConfig("azure", "azure", base_url=None, api_key_env=("AZURE_OPENAI_API_KEY",)),
+    # Gemini through Google's OpenAI-compatible endpoint (see the README's Models section).
+    "gemini": ProviderConfig(
+        "gemini",
+        "openai-compat",
+        base_url="https://generativelanguage.googleapis.com/v1beta/openai",
+        api_key_env=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    ),
 }
 
 #: The SDKs' own base-URL variables, honored for the two first-party providers.
-_BASE_URL_ENV = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
+_BASE_URL_ENV = {
+    "openai": "OPENAI_BASE_URL",
+    "anthropic": "ANTHROPIC_BASE_URL",
+    "azure": "AZURE_OPENAI_ENDPOINT",
+}
+
+#: The SDK's own variable for Azure OpenAI's api-version.
+API_VERSION_ENV = "OPENAI_API_VERSION"
 
 #: Placeholder key for servers that take none (the SDK refuses an empty key).
 NO_KEY = "not-needed"
@@ -306,6 +324,7 @@ def _parse_crush_file(file: ConfigFile, data: Mapping[str, Any]) -> CrushConfig:
                 for k, v in headers.items()
             },
             project=project,
+            api_version=expand_value(raw.get("api_version"), path, f'provider "{pid}" api_version'),
         )
 
     models: dict[str, tuple[str, str]] = {}
@@ -441,12 +460,31 @@ def provider_config(
                 "or set api_key in crush.json"
             )
         key = NO_KEY
+    api_version = config.api_version
+    if config.type == "azure":
+        api_version = api_version or os.environ.get(API_VERSION_ENV) or None
+        _check_azure(provider_id, base_url, api_version)
     # Whatever reaches a request is a secret tool output must never show.
     remember(settings.api_keys.values())
     remember([key])
     remember_headers(config.extra_headers)
     remember_url(base_url)
-    return replace(config, base_url=base_url, api_key=key)
+    return replace(config, base_url=base_url, api_key=key, api_version=api_version)
+
+
+def _check_azure(provider_id: str, endpoint: str | None, api_version: str | None) -> None:
+    """An Azure deployment needs its resource's endpoint and an api-version."""
+    where = f'"providers": {{"{provider_id}": {{...}}}} in crush.json'
+    if not endpoint:
+        raise ProviderConfigError(
+            f"no endpoint for Azure OpenAI provider {provider_id!r}: set AZURE_OPENAI_ENDPOINT "
+            f'(https://RESOURCE.openai.azure.com) or "base_url" in {where}'
+        )
+    if not api_version:
+        raise ProviderConfigError(
+            f"no api-version for Azure OpenAI provider {provider_id!r}: set "
+            f'{API_VERSION_ENV} (e.g. 2025-04-01-preview) or "api_version" in {where}'
+        )
 
 
 def _file_key(config: ProviderConfig, crush: CrushConfig) -> list[Secret]:

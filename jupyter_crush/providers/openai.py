@@ -293,7 +293,8 @@ class OpenAIModel(SDKModel):
         if self.settings.max_tokens:
             # OpenAI's reasoning models only take max_completion_tokens; most
             # compatible servers only know max_tokens.
-            key = "max_completion_tokens" if self.config.type == "openai" else "max_tokens"
+            first_party = self.config.type in ("openai", "azure")
+            key = "max_completion_tokens" if first_party else "max_tokens"
             params[key] = self.settings.max_tokens
         if self.settings.reasoning_effort:
             params["reasoning_effort"] = self.settings.reasoning_effort

@@ -23,6 +23,8 @@ _PRICE_PROVIDER = {
     "anthropic": "anthropic",
     "groq": "groq",
     "openrouter": "openrouter",
+    "azure": "azure",  # by deployment name: priced when it is the model's name
+    "gemini": "google",
 }
 
 #: Local servers: nothing is billed, but we cannot know that a model is local

@@ -66,6 +66,8 @@ SHORT_NAMES: dict[str, str] = {
     ),
     "openai-responses-simple": "OpenAIResponsesCommon--openai-gpt-4o--simple_streaming",
     "openai-responses-multi-tool": "OpenAIResponsesCommon--openai-gpt-5--multi_tool_streaming",
+    "azure-tool": "AzureCommon--azure-o4-mini--tool_streaming",
+    "azure-responses-tool": "AzureResponsesCommon--azure-gpt-5-mini--tool_streaming",
 }
 
 #: ``replay:auto`` chooses a recording by prompt; a prompt none answered gets this one.
@@ -78,6 +80,8 @@ _PRICED_HOSTS = {
     "api.anthropic.com": "anthropic",
     "api.groq.com": "groq",
 }
+#: Azure OpenAI resources live under this domain, one host each.
+_AZURE_DOMAIN = ".openai.azure.com"
 
 #: OpenAI chat completions, OpenAI's Responses API, Anthropic Messages.
 Protocol = Literal["openai", "responses", "anthropic"]
@@ -377,7 +381,11 @@ class ReplayModel:
             config,
             settings,
             transport=self.transport,
-            price_provider=_PRICED_HOSTS.get(recording.host, "replay"),
+            price_provider=(
+                "azure"
+                if recording.host.endswith(_AZURE_DOMAIN)
+                else _PRICED_HOSTS.get(recording.host, "replay")
+            ),
         )
 
     @property
