@@ -27,12 +27,19 @@ from jupyter_crush.tools.agent import TASK_PROMPT, AgentTool
 TASK = "Which columns has data.csv? Report their names."
 ASK = Reply(text="Asking a sub-agent.", tool_calls=[ToolCall("agent", {"prompt": TASK})])
 READ = Reply(tool_calls=[ToolCall("view", {"path": "data.csv"})])
+#: The file tools and bash: made without a shell (the process's IPython, if a test started
+#: one, would add notebook and variables).
+FILE_TOOLS = ["view", "glob", "grep", "ls", "write", "edit", "bash"]
+
+
+def file_tools(tmp_path):
+    return default_tools(None, tmp_path, include=FILE_TOOLS)
 
 
 def agent_with_sub_agent(store, tmp_path, *replies, tools=None, **options):
     (tmp_path / "data.csv").write_text("a,b\n1,2\n")
     model = ScriptedModel(replies)
-    tools = tools if tools is not None else default_tools(None, tmp_path)
+    tools = tools if tools is not None else file_tools(tmp_path)
     agent = SessionAgent(model, store, tools=tools)
     agent.tools["agent"] = AgentTool(lambda: agent, **options).tool()
     return agent, model
@@ -184,7 +191,7 @@ async def test_fetch_goes_to_the_sub_agent_only_when_it_runs_without_asking(stor
     agent, _ = agent_with_sub_agent(
         store,
         tmp_path,
-        tools=[*default_tools(None, tmp_path), asking],
+        tools=[*file_tools(tmp_path), asking],
         allowed=lambda session_id, tool: (session_id, tool) in allowed,
     )
     sub_agent = AgentTool(lambda: agent, allowed=lambda s, t: (s, t) in allowed)

@@ -9,14 +9,13 @@ import asyncio
 from support.bounded import until, within
 from support.openai_chunks import openai_step
 from support.replay_server import ReplayServer
-from test_agent_tool import TASK, assert_both_canceled, waiting_tool
+from test_agent_tool import TASK, assert_both_canceled, file_tools, waiting_tool
 from test_nothing_starts_when_covered import Events
 from test_providers import _isolated_env, protocol_model
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
 from jupyter_crush.core.events import ChildEvent, Delta
 from jupyter_crush.core.message import Usage
-from jupyter_crush.tools import default_tools
 from jupyter_crush.tools.agent import AgentTool
 
 __all__ = ["_isolated_env"]  # the autouse fixture: no developer keys leak into these tests
@@ -27,7 +26,7 @@ READ = openai_step(2, tool=("view", {"path": "data.csv"}))
 
 def agent_on(server, store, tmp_path, tools=None) -> SessionAgent:
     (tmp_path / "data.csv").write_text("a,b\n1,2\n")
-    tools = tools if tools is not None else default_tools(None, tmp_path)
+    tools = tools if tools is not None else file_tools(tmp_path)
     agent = SessionAgent(protocol_model("openai", server.url), store, tools=tools)
     agent.tools["agent"] = AgentTool(lambda: agent).tool()
     return agent
