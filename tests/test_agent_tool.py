@@ -259,6 +259,9 @@ async def test_stop_while_the_childs_tool_runs_stops_both_and_settles_its_call(s
     assert_both_canceled(store, session.id, result, model, 2)
     child = store.list_messages(child_session(store, session.id).id)
     assert [(r.is_error, r.content) for r in child[2].tool_results] == [(True, TOOL_CANCELED)]
+    # What the child spent before the Stop counts in the canceled turn too.
+    spent = [m.usage for m in store.list_messages(session.id) + child]
+    assert result.usage == sum(spent, Usage()) and child[1].usage.total_tokens
 
 
 async def test_stop_as_the_childs_tool_ends_sends_no_next_request(store, tmp_path):
