@@ -313,7 +313,9 @@ async def test_stop_as_the_agent_call_starts_makes_no_child(store, tmp_path):
 async def test_stop_before_the_child_is_accepted_records_it_canceled_unasked(store, tmp_path):
     # The click lands after the child's session is made, before the child is linked to its
     # parent: the cancel misses the link, and the child must still not ask its model.
-    agent, model = agent_with_sub_agent(store, tmp_path, ASK, "never")
+    agent, model = agent_with_sub_agent(
+        store, tmp_path, Reply(**vars(ASK) | {"cost": 0.01}), "never"
+    )
     session = store.create_session()
     create = store.create_session
 
@@ -336,6 +338,7 @@ async def test_stop_before_the_child_is_accepted_records_it_canceled_unasked(sto
     assert_both_canceled(store, session.id, result, model, 1)
     child = store.list_messages(child_session(store, session.id).id)
     assert [m.role for m in child] == [Role.USER, Role.ASSISTANT]  # canceled on entry
+    assert result.cost == 0.01  # a child that sent nothing leaves the turn's cost known
 
 
 async def test_stop_as_the_child_finishes_keeps_its_answer_and_asks_no_more(store, tmp_path):
