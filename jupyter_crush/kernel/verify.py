@@ -87,7 +87,7 @@ def verify(
     view.interactive = interactive(crush.shell)
     crush.outputs.show(view, lambda _view: None)
     task = loop.create_task(
-        _run(crush, view, state, known, limits, live, blocking), name="crush-verify"
+        _run(crush, view, state, known, limits or Limits(), live, blocking), name="crush-verify"
     )
     _RUNNING.add(task)
     task.add_done_callback(_RUNNING.discard)
