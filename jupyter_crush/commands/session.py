@@ -15,6 +15,7 @@ from ..agent.budget import day_spend_line, spend_of_cap
 from ..core.remote import ALLOW_LISTS
 from ..kernel.errors import store_problems_in_one_line
 from ..kernel.models import session_meter
+from .local_models import show_local_models
 from .registry import command
 
 if TYPE_CHECKING:
@@ -114,8 +115,8 @@ def new_command(crush: Crush, rest: list[str]) -> None:
 
 @command(
     "model",
-    "%crush model [NAME]",
-    "show or set the default model ('provider:model')",
+    "%crush model [NAME | --local]",
+    "show or set the default model ('provider:model'); --local: local servers' models",
     builtin=True,
 )
 def model_command(crush: Crush, rest: list[str]) -> None:
@@ -129,8 +130,10 @@ def model_command(crush: Crush, rest: list[str]) -> None:
             print(crush.config.model)
         print(crush.config.store_line())
         return
+    if rest == ["--local"]:
+        return show_local_models(crush)
     if len(rest) != 1:
-        raise UsageError("Usage: %crush model [provider:model]")
+        raise UsageError("Usage: %crush model [provider:model | --local]")
     crush.use_model(rest[0])
     print(f"Default model: {rest[0]}")
 

@@ -6,7 +6,9 @@ name               what it talks to
 ``openai:M``       OpenAI: the Responses API for its own models at its own endpoint, chat
                    completions elsewhere (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``)
 ``anthropic:M``    Anthropic Messages (``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``)
-``ollama:M``       Ollama's OpenAI-compatible API at http://localhost:11434/v1, no key
+``ollama:M``       Ollama's OpenAI-compatible API at http://localhost:11434/v1 (or
+                   ``OLLAMA_HOST``), no key; ``lmstudio:M``, ``llamacpp:M``, ``vllm:M``
+                   likewise at 127.0.0.1:1234, :8080 and :8000 (``local.discover`` lists them)
 ``groq:M``         Groq (``GROQ_API_KEY``)
 ``azure:D``        an Azure OpenAI deployment (``AZURE_OPENAI_ENDPOINT``, ``AZURE_OPENAI_API_KEY``,
                    ``OPENAI_API_VERSION``)

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from ..core.secrets import remember, remember_headers, remember_url
 from .apis import WireAPI, checked_api, default_api, entry_apis
@@ -157,8 +158,18 @@ _BUILTIN: dict[str, ProviderConfig] = {
     "anthropic": ProviderConfig(
         "anthropic", "anthropic", base_url=None, api_key_env=("ANTHROPIC_API_KEY",)
     ),
+    # Local servers at their usual ports (providers/local.py finds them on request).
     "ollama": ProviderConfig(
         "ollama", "openai-compat", base_url="http://localhost:11434/v1", requires_key=False
+    ),
+    "lmstudio": ProviderConfig(
+        "lmstudio", "openai-compat", base_url="http://127.0.0.1:1234/v1", requires_key=False
+    ),
+    "llamacpp": ProviderConfig(
+        "llamacpp", "openai-compat", base_url="http://127.0.0.1:8080/v1", requires_key=False
+    ),
+    "vllm": ProviderConfig(
+        "vllm", "openai-compat", base_url="http://127.0.0.1:8000/v1", requires_key=False
     ),
     "openrouter": ProviderConfig(
         "openrouter",
@@ -189,6 +200,19 @@ _BASE_URL_ENV = {
     "anthropic": "ANTHROPIC_BASE_URL",
     "azure": "AZURE_OPENAI_ENDPOINT",
 }
+
+
+def builtin_base_url(provider_id: str) -> str | None:
+    """A built-in provider's base URL; Ollama's honours its own ``OLLAMA_HOST``
+    (``127.0.0.1:11500``, ``http://box:11434``; a bind-all address means this machine)."""
+    builtin = _BUILTIN.get(provider_id)
+    host = os.environ.get("OLLAMA_HOST", "").strip() if provider_id == "ollama" else ""
+    if not host:
+        return builtin.base_url if builtin else None
+    parts = urlsplit(host if "://" in host else f"http://{host}")
+    name = parts.hostname if parts.hostname not in (None, "0.0.0.0", "::") else "127.0.0.1"
+    return f"{parts.scheme}://{name}:{parts.port or 11434}/v1"
+
 
 #: The SDK's own variable for Azure OpenAI's api-version.
 API_VERSION_ENV = "OPENAI_API_VERSION"
@@ -431,7 +455,8 @@ def provider_config(
     config = config or builtin
     assert config is not None
 
-    base_url = settings.base_urls.get(provider_id) or config.base_url
+    default_url = builtin_base_url(provider_id) if config is builtin else config.base_url
+    base_url = settings.base_urls.get(provider_id) or default_url
     if base_url is None and provider_id in _BASE_URL_ENV:
         base_url = os.environ.get(_BASE_URL_ENV[provider_id]) or None
 

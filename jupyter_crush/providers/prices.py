@@ -29,7 +29,7 @@ _PRICE_PROVIDER = {
 
 #: Local servers: nothing is billed, but we cannot know that a model is local
 #: on a custom endpoint, so only these built-ins are free.
-_FREE_PROVIDERS = frozenset({"ollama"})
+_FREE_PROVIDERS = frozenset({"ollama", "lmstudio", "llamacpp", "vllm"})
 
 
 def step_cost(
