@@ -319,3 +319,14 @@ def test_reasoning_parts_of_other_providers_are_stored_as_before():
     assert part_from_dict(plain) == ReasoningPart("thinking", signature="sig")
     item = ReasoningPart("summary", item_id="rs_1", encrypted="enc")
     assert part_from_dict(part_to_dict(item)) == item
+
+
+def test_crush_config_forces_either_api(ip):
+    from test_magics import run
+
+    from jupyter_crush.magics import current
+
+    run(ip, "%config CrushConfig.api_keys = {'openai': 'sk-test'}")
+    assert type(current().resolve_model("openai:gpt-5")) is ResponsesModel
+    run(ip, "%config CrushConfig.openai_apis = {'openai:gpt-5': 'chat'}")
+    assert type(current().resolve_model("openai:gpt-5")) is OpenAIModel

@@ -67,7 +67,14 @@ class Crush:
         self._models: dict[str, Model] = {}  # by name; cleared when provider settings change
         self.config.observe(
             lambda _change: self.forget_models(),
-            names=["api_keys", "base_urls", "crush_config", "max_retries", "request_timeout"],
+            names=[
+                "api_keys",
+                "base_urls",
+                "openai_apis",
+                "crush_config",
+                "max_retries",
+                "request_timeout",
+            ],
         )
         # Session id -> the view of its active prompt, for the permission broker; written
         # and read on the loop thread only.
