@@ -18,6 +18,7 @@ from jupyter_crush.notebook.verify_report import (
     VerifyReport,
     comparable,
     differs,
+    edited_cells,
     saved_state,
 )
 
@@ -143,6 +144,24 @@ def test_outputs_compare_text_frames_by_shape_and_head_figures_by_size():
     assert (
         differs([result(**{"text/markdown": asked})], [result(**{"text/markdown": replayed})])
         is None
+    )
+
+
+def test_a_cell_whose_source_is_not_what_the_kernel_ran_is_edited():
+    cells = [
+        (0, {"id": "a", "source": "x = 1", "execution_count": 1}),
+        (1, {"id": "b", "source": ["y = ", "2\n"], "execution_count": 2}),
+        (2, {"id": "c", "source": "z = 3", "execution_count": None}),  # never ran
+        (3, {"id": "d", "source": "w = 4", "execution_count": 9}),  # ran in another kernel
+    ]
+    ran = ["", "x = 1", "y = 1"]  # In[0] is empty, as IPython keeps it
+    assert [(e.index, e.id, e.count) for e in edited_cells(cells, ran)] == [(1, "b", 2)]
+    # No cell is what this kernel ran: the counts are another kernel's (a restart since).
+    assert edited_cells(cells, ["", "other", "cells"]) == []
+    report = VerifyReport("nb.ipynb", "file on disk", "python3", "passed")
+    report.edited = edited_cells(cells, ran)
+    assert "edited after it ran: cell 1 (id b) is not what this kernel ran as In[2]" in (
+        report.to_text()
     )
 
 

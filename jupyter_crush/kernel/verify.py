@@ -20,7 +20,7 @@ from IPython.core.error import UsageError
 
 from ..notebook.verify import Limits, NotebookToVerify, Progress, VerifyRun
 from ..tools.notebook import NotebookError
-from ..tools.verify import find_notebook, ipython_names, notebook_at
+from ..tools.verify import find_notebook, ipython_names, notebook_at, ran_inputs
 from .display import interactive, kernel_loop, should_wait, wait_for
 from .errors import one_line
 
@@ -138,6 +138,7 @@ async def _run(
             live=live,
             namespace=crush.shell.user_ns,
             ignore=ipython_names(crush.shell),
+            ran=ran_inputs(crush.shell),
             on_progress=progress,
         )
         state.attach(run)

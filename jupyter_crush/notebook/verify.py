@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from .verify_report import (
     OutputDifference,
     VerifyReport,
     differs,
+    edited_cells,
     saved_state,
 )
 
@@ -95,6 +96,7 @@ class VerifyRun:
         live: bool = False,
         namespace: Mapping[str, Any] | None = None,
         ignore: Iterable[str] = (),
+        ran: Sequence[str] = (),
         on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self.notebook = notebook
@@ -104,6 +106,8 @@ class VerifyRun:
         # The user's names as they were when the run was asked for.
         self.namespace = dict(namespace) if namespace is not None else None
         self.ignore = set(ignore)
+        # The user's kernel's raw inputs by execution count (In), to tell edited cells.
+        self.ran = list(ran)
         self.on_progress = on_progress
         #: Set by stop(), from any thread.
         self.stopping = False
@@ -144,6 +148,7 @@ class VerifyRun:
         started = time.monotonic()
         names = defined_names((index, _source(cell)) for index, cell in code)
         report.notes.extend(names.notes)
+        report.edited = edited_cells(code, self.ran)
         stop_wait = asyncio.ensure_future(self._stopped.wait())
         starting = asyncio.ensure_future(self._start())
         try:
