@@ -8,10 +8,11 @@ import json
 from typing import Any
 
 import pytest
-from support.replay_server import ReplayServer, recording_steps
+from support.openai_chunks import openai_step
+from support.replay_server import ReplayServer, Step, recording_steps
 from test_providers import SECRET, _isolated_env, run_step, tool_results, user
 
-from jupyter_crush.core.message import FinishReason
+from jupyter_crush.core.message import FinishReason, part_from_dict, part_to_dict
 from jupyter_crush.providers import (
     OpenAIModel,
     ProviderConfigError,
@@ -145,3 +146,63 @@ async def test_gemini_goes_through_googles_openai_compatible_endpoint(monkeypatc
     assert server.requests[0].json()["model"] == "gemini-2.5-flash"
     # genai-prices' Gemini 2.5 Flash: $0.30 in, $2.50 out per million tokens
     assert first.finish.cost == pytest.approx(61 * 0.3e-6 + 16 * 2.5e-6)
+
+
+#: Gemini 3 through the OpenAI-compatible endpoint, in the shape Google's documentation of
+#: that endpoint gives (no recording of it exists in the fantasy snapshot, whose Gemini
+#: streams are Google's native API): the whole call in one chunk, with the thought signature
+#: the next request must carry back under the call's extra_content.
+SIGNATURE = "CiQBcsjafGfz2Q7GzOIFdgBqz7n2Q0Ayc"
+GEMINI_3_CALL = (
+    "data: "
+    + json.dumps(
+        {
+            "choices": [
+                {
+                    "delta": {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {
+                                "extra_content": {"google": {"thought_signature": SIGNATURE}},
+                                "function": {
+                                    "arguments": '{"location":"Florence, Italy"}',
+                                    "name": "weather",
+                                },
+                                "id": "function-call-1",
+                                "index": 0,
+                                "type": "function",
+                            }
+                        ],
+                    },
+                    "finish_reason": "tool_calls",
+                    "index": 0,
+                }
+            ],
+            "created": 1782321896,
+            "id": "gemini-1",
+            "model": "gemini-3-pro-preview",
+            "object": "chat.completion.chunk",
+            "usage": {"completion_tokens": 20, "prompt_tokens": 60, "total_tokens": 80},
+        }
+    )
+    + "\n\ndata: [DONE]\n\n"
+)
+
+
+async def test_gemini_3_thought_signatures_go_back_with_their_calls(monkeypatch):
+    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
+    steps = [Step(GEMINI_3_CALL), openai_step(2, "It is 40 C in Florence.")]
+    async with ReplayServer(steps) as server:
+        model = resolve(
+            "gemini:gemini-3-pro-preview", base_urls={"gemini": f"{server.url}/v1beta/openai"}
+        )
+        first, second = await two_steps(model)
+    [call] = first.message.tool_calls
+    assert (call.id, call.signature) == ("function-call-1", SIGNATURE)
+    assert part_from_dict(part_to_dict(call)) == call  # the store keeps it
+    sent = server.requests[1].json()["messages"]
+    [assistant] = [m for m in sent if m["role"] == "assistant"]
+    assert assistant["tool_calls"][0]["extra_content"] == {
+        "google": {"thought_signature": SIGNATURE}
+    }
+    assert second.message.text == "It is 40 C in Florence."

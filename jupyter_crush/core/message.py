@@ -77,9 +77,9 @@ class ReasoningPart:
     encrypted: str = ""
 
 
-#: ReasoningPart fields left out of its JSON when empty, so other providers' parts are
+#: Fields left out of a part's JSON when empty, so the parts of providers without them are
 #: stored as before.
-_OPTIONAL_REASONING = ("item_id", "encrypted")
+_OPTIONAL_FIELDS = {"reasoning": ("item_id", "encrypted"), "tool_call": ("signature",)}
 
 
 @dataclass
@@ -88,6 +88,9 @@ class ToolCallPart:
     name: str
     input: str = ""  # the arguments as the model streamed them: a JSON text
     finished: bool = False
+    #: Gemini's thought signature of the call (its OpenAI-compatible endpoint's
+    #: extra_content), sent back with it; written only when set.
+    signature: str = ""
     type: str = field(default="tool_call", init=False)
 
 
@@ -195,10 +198,9 @@ _PART_TYPES: dict[str, type] = {
 
 def part_to_dict(part: Part) -> dict[str, Any]:
     data = asdict(part)
-    if isinstance(part, ReasoningPart):
-        for name in _OPTIONAL_REASONING:
-            if not data[name]:
-                del data[name]
+    for name in _OPTIONAL_FIELDS.get(part.type, ()):
+        if not data[name]:
+            del data[name]
     return data
 
 

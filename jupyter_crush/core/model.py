@@ -37,6 +37,7 @@ class ReasoningEnd:
 class ToolCallStart:
     id: str
     name: str
+    signature: str = ""  # Gemini's thought signature of the call, sent back with it
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def apply_event(message: Message, event: StreamEvent) -> bool:
     elif isinstance(event, ReasoningEnd):
         message.finish_reasoning()
     elif isinstance(event, ToolCallStart):
-        message.parts.append(ToolCallPart(event.id, event.name))
+        message.parts.append(ToolCallPart(event.id, event.name, signature=event.signature))
     elif isinstance(event, ToolCallDelta):
         _streamed_call(message, event.id).input += event.input_delta
     elif isinstance(event, ToolCallEnd):

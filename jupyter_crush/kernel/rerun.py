@@ -216,7 +216,7 @@ class RecordedModel:
         if stop is not None:
             raise ModelError(stop)
         for call in recorded.tool_calls:
-            yield ToolCallStart(call.id, call.name)
+            yield ToolCallStart(call.id, call.name, call.signature)
             yield ToolCallDelta(call.id, call.input)
             yield ToolCallEnd(call.id)
         reason = recorded.finish_reason or FinishReason.END_TURN
