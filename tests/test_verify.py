@@ -290,3 +290,11 @@ async def test_stop_while_the_fresh_kernel_starts_kills_it_at_once(tmp_path, mon
     assert report.outcome == "stopped"
     assert report.reason == "stopped before the notebook ran"
     assert {p.pid for p in psutil.Process().children(recursive=True)} == before
+
+
+def test_cancel_all_stops_the_kernels_other_runs(crush):
+    # The kernel's interrupt and %crush cancel --all reach a %crush verify this way.
+    stopped: list[str] = []
+    crush.other_runs.add(lambda: stopped.append("verify"))
+    crush.cancel_all()
+    assert stopped == ["verify"]

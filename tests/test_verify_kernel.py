@@ -253,10 +253,19 @@ def test_stop_ends_a_verify_running_in_the_background(tmp_path):
         report = report_of(kernel)
         after = processes()
         assert kernel.value("1 + 1") == 2  # the user's kernel was free all along
+
+        # The kernel's interrupt (■) while it is idle stops a verify too.
+        kernel.iopub.clear()
+        kernel.run("%crush verify")
+        kernel.wait_iopub(lambda m: "cell 2 of 2" in head(m), timeout=90)
+        kernel.interrupt()
+        kernel.wait_iopub(lambda m: head(m).endswith("· stopped"), timeout=30)
+        interrupted = report_of(kernel)
+        after_interrupt = processes()
     finally:
         kernel.shutdown()
-    assert after == before
-    assert report["outcome"] == "stopped"
+    assert after == before == after_interrupt
+    assert report["outcome"] == interrupted["outcome"] == "stopped"
     assert report["reason"] == "stopped during cell 1; the fresh kernel was shut down"
 
 

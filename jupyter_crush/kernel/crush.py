@@ -98,6 +98,9 @@ class Crush:
         self.rerun = Rerun()
         #: The report of the latest %crush verify that finished (kernel/verify.py).
         self.last_verify: VerifyReport | None = None
+        #: How to stop the kernel's runs other than the agent's (a %crush verify in the
+        #: background): cancel_all calls each, from the loop thread.
+        self.other_runs: set[Callable[[], None]] = set()
         #: What each turn changed, and %crush undo (jupyter_crush.kernel.undo).
         self.undo = Undo(
             shell, lambda: self.config.undo_copy_limit, lambda: self.store, lambda: self._agent
@@ -285,6 +288,8 @@ class Crush:
         self.agent.cancel(session_id)
 
     def cancel_all(self) -> None:
+        for stop in list(self.other_runs):
+            stop()
         if self._agent is not None:
             self._agent.cancel_all()
 

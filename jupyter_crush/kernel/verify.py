@@ -90,7 +90,15 @@ def verify(
         _run(crush, view, state, known, limits or Limits(), live, blocking), name="crush-verify"
     )
     _RUNNING.add(task)
-    task.add_done_callback(_RUNNING.discard)
+    # The kernel's interrupt (■) and %crush cancel --all stop it as they stop the agent.
+    crush.other_runs.add(state.stop)
+    crush.ensure_interrupt_handler()
+
+    def ended(task: asyncio.Task[None]) -> None:
+        _RUNNING.discard(task)
+        crush.other_runs.discard(state.stop)
+
+    task.add_done_callback(ended)
     if not blocking:
         return None
     if view.interactive:
