@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from support.bounded import until, within
-from support.replay_server import ReplayServer, recording_steps
+from support.replay_server import ReplayServer, Step, recording_steps
 from test_providers import _isolated_env, settings_for, user
 
 from jupyter_crush import SessionAgent, SessionAgentCall
@@ -27,7 +27,7 @@ from jupyter_crush.core.message import (
     part_from_dict,
     part_to_dict,
 )
-from jupyter_crush.core.model import ReasoningDelta, ToolSpec
+from jupyter_crush.core.model import ModelError, ReasoningDelta, StreamFinish, ToolSpec
 from jupyter_crush.core.tools import Tool, ToolContext, ToolResult
 from jupyter_crush.kernel.rerun import RecordedModel, RecordedTurn, Replay
 from jupyter_crush.providers import (
@@ -330,3 +330,64 @@ def test_crush_config_forces_either_api(ip):
     assert type(current().resolve_model("openai:gpt-5")) is ResponsesModel
     run(ip, "%config CrushConfig.openai_apis = {'openai:gpt-5': 'chat'}")
     assert type(current().resolve_model("openai:gpt-5")) is OpenAIModel
+
+
+SIMPLE = RECORDINGS_DIR / f"{SHORT_NAMES['openai-responses-simple']}.yaml"
+
+
+def simple_events() -> list[str]:
+    """The recorded simple answer's events, each with its ``event:`` line."""
+    return [e for e in recording_steps(SIMPLE)[0].body.split("\n\n") if e.strip()]
+
+
+def ending_with(last: dict[str, Any]) -> str:
+    """The recorded answer with its ``response.completed`` event replaced by ``last``."""
+    events = [e for e in simple_events() if "response.completed" not in e]
+    return "\n\n".join([*events, f"event: {last['type']}\ndata: {json.dumps(last)}", ""])
+
+
+def recorded_response() -> dict[str, Any]:
+    [completed] = [e for e in simple_events() if "response.completed" in e]
+    return json.loads(completed.split("data: ", 1)[1])["response"]
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        {"type": "error", "code": "server_error", "message": "The server had an error"},
+        {
+            "type": "response.failed",
+            "sequence_number": 9,
+            "response": {
+                **recorded_response(),
+                "status": "failed",
+                "error": {"code": "server_error", "message": "The server had an error"},
+            },
+        },
+    ],
+    ids=["error", "response.failed"],
+)
+async def test_a_failure_event_mid_stream_reports_the_providers_message(last):
+    async with ReplayServer([Step(ending_with(last))]) as server:
+        with pytest.raises(ModelError) as info:
+            async for _ in gpt5(server.url).stream([user("hi")]):
+                pass
+        assert len(server.requests) == 1  # the answer had begun: not retried
+    assert str(info.value).endswith("error mid-stream: The server had an error")
+
+
+async def test_an_incomplete_response_ends_with_its_reason():
+    incomplete = {
+        "type": "response.incomplete",
+        "sequence_number": 9,
+        "response": {
+            **recorded_response(),
+            "status": "incomplete",
+            "incomplete_details": {"reason": "max_output_tokens"},
+        },
+    }
+    async with ReplayServer([Step(ending_with(incomplete))]) as server:
+        events = [e async for e in gpt5(server.url).stream([user("hi")])]
+    finish = events[-1]
+    assert isinstance(finish, StreamFinish) and finish.reason is FinishReason.MAX_TOKENS
+    assert finish.usage.output_tokens == 3

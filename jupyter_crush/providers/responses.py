@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 import openai
 
 from ..core.message import (
@@ -183,7 +184,7 @@ class _ResponsesState:
         if kind in ("response.completed", "response.incomplete"):
             return self._finished(event.response)
         if kind in ("response.failed", "error"):
-            raise _stream_error(event)
+            raise _Failed(event)
         return []
 
     def _reasoning(self, event: Any) -> list[StreamEvent]:
@@ -261,12 +262,20 @@ def _responses_usage(raw: Any) -> Usage:
     )
 
 
-def _stream_error(event: Any) -> openai.APIError:
-    """A ``response.failed`` or ``error`` event as the SDK's mid-stream error."""
-    error = event.response.error if event.type == "response.failed" else event
-    message = getattr(error, "message", None) or "the response failed"
-    body = {"message": message, "code": getattr(error, "code", None)}
-    return openai.APIError(message, request=None, body=body)  # type: ignore[arg-type]
+class _Failed(Exception):
+    """A ``response.failed`` or ``error`` event: the provider gave up mid-stream."""
+
+    def __init__(self, event: Any) -> None:
+        error = event.response.error if event.type == "response.failed" else event
+        self.message = getattr(error, "message", None) or "the response failed"
+        self.code = getattr(error, "code", None)
+        super().__init__(self.message)
+
+    def api_error(self, request: httpx2.Request) -> openai.APIError:
+        """The failure as the SDK's own mid-stream error, which SDKModel._error words."""
+        return openai.APIError(
+            self.message, request, body={"message": self.message, "code": self.code}
+        )
 
 
 class ResponsesModel(OpenAIModel):
@@ -318,6 +327,8 @@ class ResponsesModel(OpenAIModel):
                 async for event in response:
                     for ours in state.feed(event):
                         yield ours
+        except _Failed as failed:
+            raise self._error(failed.api_error(response.response.request)) from None
         except _STREAM_ERRORS as exc:
             raise self._error(exc) from exc
         if state.finish is None:
