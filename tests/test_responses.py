@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from support.bounded import until, within
 from support.replay_server import ReplayServer, Step, recording_steps
+from test_delta_view_ops import in_sync, make_view
 from test_providers import _isolated_env, settings_for, user
 
 from jupyter_crush import SessionAgent, SessionAgentCall
@@ -96,7 +97,9 @@ async def test_a_turn_streams_the_summary_and_sends_the_encrypted_reasoning_back
         model = gpt5(server.url)
         agent = SessionAgent(model, store, tools=[weather_tool()], system_prompt="Be brief")
         session = store.create_session()
-        result = await within(agent.run(SessionAgentCall(session.id, WEATHER_PROMPT)))
+        view, page, _ = make_view()
+        call = SessionAgentCall(session.id, WEATHER_PROMPT, observer=view)
+        result = await within(agent.run(call))
         first, second = (r.json() for r in server.requests)
     assert result.reason is FinishReason.END_TURN
     assert [r.path for r in server.requests] == ["/v1/responses", "/v1/responses"]
@@ -142,6 +145,12 @@ async def test_a_turn_streams_the_summary_and_sends_the_encrypted_reasoning_back
     # Output tokens count the reasoning (64 of step 1's 121): priced at gpt-5's rates.
     assert (messages[1].usage.input_tokens, messages[1].usage.output_tokens) == (63, 121)
     assert messages[1].cost == pytest.approx(63 * 1.25e-6 + 121 * 10e-6)
+
+    # The run view's reasoning section shows both steps' summaries, the answer below it.
+    await until(lambda: in_sync(view, page))
+    shown = page.state["reasoning"]
+    assert shown == f"{recorded_summary(bodies[0])}\n\n{recorded_summary(bodies[1])}"
+    assert page.state["answer"] == messages[3].text
 
 
 class _NoEffects:
