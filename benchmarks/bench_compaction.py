@@ -260,6 +260,8 @@ async def bench_estimate() -> None:
     errors, agent_errors = [], []
     for short, stem in SHORT_NAMES.items():
         path = RECORDINGS_DIR / f"{stem}.yaml"
+        if load_recording(path).protocol == "responses":
+            continue  # recorded_request reads chat and Anthropic bodies, not Responses input
         counts = await provider_counts(path)
         previous: Message | None = None
         for index, (interaction, (usage, answer)) in enumerate(

@@ -66,6 +66,7 @@ async def bench_http(short: str) -> tuple[int, float]:
             },
             crush_config=False,
             max_retries=0,
+            openai_apis={"local": "responses"} if recording.protocol == "responses" else {},
         )
         model = resolve_model(f"{provider}:{recording.model}", settings=settings)
         events = await drain(model)
@@ -115,13 +116,13 @@ async def main() -> None:
         f"+{openai_sdk:.0f} ms; first Anthropic model +{anthropic_sdk:.0f} ms"
     )
     print(
-        f"{'recording':<22}{'events':>7}{'replay µs/ev':>14}{'http µs/ev':>12}{'http ms/req':>13}"
+        f"{'recording':<28}{'events':>7}{'replay µs/ev':>14}{'http µs/ev':>12}{'http ms/req':>13}"
     )
     for short in SHORT_NAMES:
         events, replay = await bench_replay(short)
         _, http = await bench_http(short)
         print(
-            f"{short:<22}{events:>7}{replay / events * 1e6:>14.0f}"
+            f"{short:<28}{events:>7}{replay / events * 1e6:>14.0f}"
             f"{http / events * 1e6:>12.0f}{http * 1000:>13.2f}"
         )
 

@@ -27,12 +27,19 @@ from jupyter_crush.tools.agent import TASK_PROMPT, AgentTool
 TASK = "Which columns has data.csv? Report their names."
 ASK = Reply(text="Asking a sub-agent.", tool_calls=[ToolCall("agent", {"prompt": TASK})])
 READ = Reply(tool_calls=[ToolCall("view", {"path": "data.csv"})])
+#: The file tools and bash: made without a shell (the process's IPython, if a test started
+#: one, would add notebook and variables).
+FILE_TOOLS = ["view", "glob", "grep", "ls", "write", "edit", "bash"]
+
+
+def file_tools(tmp_path):
+    return default_tools(None, tmp_path, include=FILE_TOOLS)
 
 
 def agent_with_sub_agent(store, tmp_path, *replies, tools=None, **options):
     (tmp_path / "data.csv").write_text("a,b\n1,2\n")
     model = ScriptedModel(replies)
-    tools = tools if tools is not None else default_tools(None, tmp_path)
+    tools = tools if tools is not None else file_tools(tmp_path)
     agent = SessionAgent(model, store, tools=tools)
     agent.tools["agent"] = AgentTool(lambda: agent, **options).tool()
     return agent, model
@@ -184,7 +191,7 @@ async def test_fetch_goes_to_the_sub_agent_only_when_it_runs_without_asking(stor
     agent, _ = agent_with_sub_agent(
         store,
         tmp_path,
-        tools=[*default_tools(None, tmp_path), asking],
+        tools=[*file_tools(tmp_path), asking],
         allowed=lambda session_id, tool: (session_id, tool) in allowed,
     )
     sub_agent = AgentTool(lambda: agent, allowed=lambda s, t: (s, t) in allowed)
@@ -252,6 +259,9 @@ async def test_stop_while_the_childs_tool_runs_stops_both_and_settles_its_call(s
     assert_both_canceled(store, session.id, result, model, 2)
     child = store.list_messages(child_session(store, session.id).id)
     assert [(r.is_error, r.content) for r in child[2].tool_results] == [(True, TOOL_CANCELED)]
+    # What the child spent before the Stop counts in the canceled turn too.
+    spent = [m.usage for m in store.list_messages(session.id) + child]
+    assert result.usage == sum(spent, Usage()) and child[1].usage.total_tokens
 
 
 async def test_stop_as_the_childs_tool_ends_sends_no_next_request(store, tmp_path):
@@ -303,7 +313,9 @@ async def test_stop_as_the_agent_call_starts_makes_no_child(store, tmp_path):
 async def test_stop_before_the_child_is_accepted_records_it_canceled_unasked(store, tmp_path):
     # The click lands after the child's session is made, before the child is linked to its
     # parent: the cancel misses the link, and the child must still not ask its model.
-    agent, model = agent_with_sub_agent(store, tmp_path, ASK, "never")
+    agent, model = agent_with_sub_agent(
+        store, tmp_path, Reply(**vars(ASK) | {"cost": 0.01}), "never"
+    )
     session = store.create_session()
     create = store.create_session
 
@@ -326,6 +338,7 @@ async def test_stop_before_the_child_is_accepted_records_it_canceled_unasked(sto
     assert_both_canceled(store, session.id, result, model, 1)
     child = store.list_messages(child_session(store, session.id).id)
     assert [m.role for m in child] == [Role.USER, Role.ASSISTANT]  # canceled on entry
+    assert result.cost == 0.01  # a child that sent nothing leaves the turn's cost known
 
 
 async def test_stop_as_the_child_finishes_keeps_its_answer_and_asks_no_more(store, tmp_path):

@@ -86,3 +86,11 @@ def test_a_replayed_cell_takes_the_sub_agents_recorded_answer(ip, crush, tmp_pat
         r for m in crush.store.list_messages(crush.current_session_id) for r in m.tool_results
     ]
     assert [r.content for r in results] == ["Columns a and b."]
+
+
+def test_the_sub_agent_reads_the_projects_context_files(ip, crush, tmp_path, monkeypatch):
+    (tmp_path / "AGENTS.md").write_text("Dates in this project are ISO 8601.")
+    model, _, _ = sub_agent_cell(ip, crush, tmp_path, monkeypatch)
+    child_system = model.requests[1].system
+    assert child_system.startswith("You are a sub-agent of crush")
+    assert "Dates in this project are ISO 8601." in child_system

@@ -9,14 +9,13 @@ import asyncio
 from support.bounded import until, within
 from support.openai_chunks import openai_step
 from support.replay_server import ReplayServer
-from test_agent_tool import TASK, assert_both_canceled, waiting_tool
+from test_agent_tool import TASK, assert_both_canceled, file_tools, waiting_tool
 from test_nothing_starts_when_covered import Events
 from test_providers import _isolated_env, protocol_model
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
 from jupyter_crush.core.events import ChildEvent, Delta
 from jupyter_crush.core.message import Usage
-from jupyter_crush.tools import default_tools
 from jupyter_crush.tools.agent import AgentTool
 
 __all__ = ["_isolated_env"]  # the autouse fixture: no developer keys leak into these tests
@@ -27,7 +26,7 @@ READ = openai_step(2, tool=("view", {"path": "data.csv"}))
 
 def agent_on(server, store, tmp_path, tools=None) -> SessionAgent:
     (tmp_path / "data.csv").write_text("a,b\n1,2\n")
-    tools = tools if tools is not None else default_tools(None, tmp_path)
+    tools = tools if tools is not None else file_tools(tmp_path)
     agent = SessionAgent(protocol_model("openai", server.url), store, tools=tools)
     agent.tools["agent"] = AgentTool(lambda: agent).tool()
     return agent
@@ -90,3 +89,21 @@ async def test_stop_while_the_childs_tool_runs_sends_nothing_more(store, tmp_pat
         result = await within(run)
         assert len(server.requests) == 2
     assert_both_canceled(store, session.id, result, None, None)
+
+
+async def test_the_spending_cap_refuses_the_childs_request_before_it_is_sent(store, tmp_path):
+    from jupyter_crush.agent.budget import SpendingCaps
+
+    # The parent's first answer costs $0.09 (20k tokens in, 4k out at gpt-4o's prices): the
+    # child's first request could pass the session's $0.08 cap, so it is never sent.
+    steps = [openai_step(1, tool=("agent", {"prompt": TASK}), tokens=20_000), READ]
+    async with ReplayServer(steps) as server:
+        agent = agent_on(server, store, tmp_path)
+        agent.budget.caps = lambda: SpendingCaps(session=0.08)
+        session = store.create_session()
+        result = await within(agent.run(SessionAgentCall(session.id, "q")))
+        assert len(server.requests) == 1
+    assert result.reason is FinishReason.ERROR
+    assert result.message.startswith("stopped: this session has spent $0.09 of its $0.08 cap")
+    refused = store.list_messages(session.id)[2].tool_results[0]
+    assert refused.is_error and "stopped: this session has spent $0.09" in refused.content

@@ -64,6 +64,7 @@ from jupyter_crush.providers.trust import TRUST_ENV
 
 RECORDINGS = sorted(RECORDINGS_DIR.glob("*.yaml"))
 SECRET = "sk-test-0123456789-secret"
+AZURE_VERSION = "2025-04-01-preview"
 WEATHER = ToolSpec(
     "weather",
     "Get weather information for a location",
@@ -95,7 +96,8 @@ def settings_for(url: str, **overrides: Any) -> ProviderSettings:
         "api_keys": {"openai": SECRET, "anthropic": SECRET},
         "base_urls": {"openai": f"{url}/v1", "anthropic": url},
         "providers": {
-            "compat": ProviderConfig("compat", "openai-compat", f"{url}/v1", requires_key=False)
+            "compat": ProviderConfig("compat", "openai-compat", f"{url}/v1", requires_key=False),
+            "azure": ProviderConfig("azure", "azure", url, SECRET, api_version=AZURE_VERSION),
         },
         "crush_config": False,
         "max_retries": 2,
@@ -112,13 +114,19 @@ def model_for_recording(path: Path, url: str, **overrides: Any):
         provider = "anthropic"
     elif recording.host == "api.openai.com":
         provider = "openai"
+    elif recording.host.endswith(".openai.azure.com"):
+        provider = "azure"  # the recorded model's name is the deployment's here
     else:
         provider = "compat"
+    if recording.protocol == "responses":  # the local server is not OpenAI's own host
+        overrides.setdefault("openai_apis", {provider: "responses"})
     return resolve_model(f"{provider}:{recording.model}", settings=settings_for(url, **overrides))
 
 
 def protocol_model(protocol: str, url: str, **overrides: Any):
     name = "anthropic:claude-sonnet-4-20250514" if protocol == "anthropic" else "openai:gpt-4o"
+    if protocol == "responses":
+        overrides.setdefault("openai_apis", {"openai": "responses"})
     return resolve_model(name, settings=settings_for(url, **overrides))
 
 
@@ -175,6 +183,17 @@ def naive_expectation(body: str) -> dict[str, Any]:
         if not line.startswith("data:") or line.strip() == "data: [DONE]":
             continue
         data = json.loads(line[5:])
+        kind = data.get("type", "")
+        if kind == "response.output_text.delta":
+            text.append(data["delta"])
+        elif kind == "response.reasoning_summary_part.added" and data["summary_index"]:
+            reasoning.append("\n\n")  # the summary's parts are paragraphs of one section
+        elif kind == "response.reasoning_summary_text.delta":
+            reasoning.append(data["delta"])
+        elif kind == "response.output_item.added" and data["item"]["type"] == "function_call":
+            tools[data["item"]["id"]] = [data["item"]["name"], ""]
+        elif kind == "response.function_call_arguments.delta":
+            tools[data["item_id"]][1] += data["delta"]
         if (
             data.get("type") == "content_block_start"
             and data["content_block"]["type"] == "tool_use"
@@ -226,6 +245,28 @@ EXPECTED: dict[str, list[tuple[FinishReason, Usage, list[str]]]] = {
     "openai-multi-tool": [
         (FinishReason.TOOL_USE, Usage(190, 379), ["add", "multiply"]),
         (FinishReason.END_TURN, Usage(262, 25), []),
+    ],
+    # Responses: output tokens include the reasoning (64 of the thinking turn's first 121).
+    "openai-responses-simple": [(FinishReason.END_TURN, Usage(20, 3), [])],
+    "openai-responses-multi-tool": [
+        (FinishReason.TOOL_USE, Usage(109, 223), ["add", "multiply"]),
+        (FinishReason.END_TURN, Usage(167, 30), []),
+    ],
+    "openai-responses-thinking": [
+        (FinishReason.TOOL_USE, Usage(63, 121), ["weather"]),
+        (FinishReason.END_TURN, Usage(92, 456), []),
+    ],
+    "o4-mini-responses-thinking": [
+        (FinishReason.TOOL_USE, Usage(60, 225), ["weather"]),
+        (FinishReason.END_TURN, Usage(89, 196), []),
+    ],
+    "azure-tool": [
+        (FinishReason.TOOL_USE, Usage(64, 87), ["weather"]),
+        (FinishReason.END_TURN, Usage(92, 56), []),
+    ],
+    "azure-responses-tool": [
+        (FinishReason.TOOL_USE, Usage(63, 101), ["weather"]),
+        (FinishReason.END_TURN, Usage(92, 230), []),
     ],
     "groq-tool": [
         (FinishReason.TOOL_USE, Usage(93, 32), ["weather"]),
@@ -286,12 +327,20 @@ async def test_recording_replays_through_the_sdk(path: Path):
         first = requests[0].json()
         assert first["stream"] is True
         assert first["model"] == recording.model
+        azure = f"?api-version={AZURE_VERSION}"
         if recording.protocol == "openai":
             assert first["stream_options"] == {"include_usage": True}
-            assert requests[0].path == "/v1/chat/completions"
+            assert requests[0].path in (
+                "/v1/chat/completions",
+                f"/openai/deployments/{recording.model}/chat/completions{azure}",
+            )
+        elif recording.protocol == "responses":
+            assert first["store"] is False
+            assert requests[0].path in ("/v1/responses", f"/openai/responses{azure}")
         else:
             assert requests[0].path == "/v1/messages"
-        assert requests[0].headers.get("authorization", requests[0].headers.get("x-api-key"))
+        headers = requests[0].headers
+        assert headers.get("authorization") or headers.get("x-api-key") or headers.get("api-key")
 
 
 async def test_tool_results_and_thinking_signature_are_sent_back():
@@ -342,7 +391,8 @@ SIMPLE = {
     "openai": RECORDINGS_DIR / f"{SHORT_NAMES['openai-simple']}.yaml",
     "anthropic": RECORDINGS_DIR / f"{SHORT_NAMES['anthropic-simple']}.yaml",
 }
-PROTOCOLS = ["openai", "anthropic"]
+SIMPLE["responses"] = RECORDINGS_DIR / f"{SHORT_NAMES['openai-responses-simple']}.yaml"
+PROTOCOLS = ["openai", "responses", "anthropic"]
 
 
 def simple_body(protocol: str) -> str:
@@ -745,8 +795,12 @@ def test_request_options():
         reasoning_effort="high",
     )
     openai_params = resolve_model("openai:gpt-5", settings=settings).request_params([user("q")])
-    assert openai_params["max_completion_tokens"] == 1000
-    assert openai_params["reasoning_effort"] == "high"
+    assert openai_params["max_output_tokens"] == 1000  # the Responses API's name
+    assert openai_params["reasoning"] == {"effort": "high", "summary": "auto"}
+    settings.openai_apis = {"openai:gpt-5": "chat"}
+    chat_params = resolve_model("openai:gpt-5", settings=settings).request_params([user("q")])
+    assert chat_params["max_completion_tokens"] == 1000
+    assert chat_params["reasoning_effort"] == "high"
     groq_params = resolve_model("groq:llama", settings=settings).request_params([user("q")])
     assert groq_params["max_tokens"] == 1000
     claude = resolve_model("anthropic:claude-sonnet-4-20250514", settings=settings)

@@ -40,6 +40,12 @@ RECORDED_PROMPTS = {
     "anthropic-thinking": WEATHER,
     "llama-cpp-thinking": WEATHER,
     "zai-thinking": WEATHER,
+    "openai-responses-simple": HI,
+    "openai-responses-multi-tool": ADD,
+    "openai-responses-thinking": WEATHER,
+    "o4-mini-responses-thinking": WEATHER,
+    "azure-tool": WEATHER_NO_SPACE,
+    "azure-responses-tool": WEATHER_NO_SPACE,
 }
 
 

@@ -18,6 +18,7 @@ from jupyter_crush.notebook.verify_report import (
     VerifyReport,
     comparable,
     differs,
+    edited_cells,
     saved_state,
 )
 
@@ -146,6 +147,24 @@ def test_outputs_compare_text_frames_by_shape_and_head_figures_by_size():
     )
 
 
+def test_a_cell_whose_source_is_not_what_the_kernel_ran_is_edited():
+    cells = [
+        (0, {"id": "a", "source": "x = 1", "execution_count": 1}),
+        (1, {"id": "b", "source": ["y = ", "2\n"], "execution_count": 2}),
+        (2, {"id": "c", "source": "z = 3", "execution_count": None}),  # never ran
+        (3, {"id": "d", "source": "w = 4", "execution_count": 9}),  # ran in another kernel
+    ]
+    ran = ["", "x = 1", "y = 1"]  # In[0] is empty, as IPython keeps it
+    assert [(e.index, e.id, e.count) for e in edited_cells(cells, ran)] == [(1, "b", 2)]
+    # No cell is what this kernel ran: the counts are another kernel's (a restart since).
+    assert edited_cells(cells, ["", "other", "cells"]) == []
+    report = VerifyReport("nb.ipynb", "file on disk", "python3", "passed")
+    report.edited = edited_cells(cells, ran)
+    assert "edited after it ran: cell 1 (id b) is not what this kernel ran as In[2]" in (
+        report.to_text()
+    )
+
+
 def test_saved_state_says_how_the_cell_did_in_the_users_kernel():
     assert saved_state({"execution_count": 7, "outputs": []}) == "ran without error ([7])"
     error = {"output_type": "error", "ename": "KeyError", "evalue": "'x'"}
@@ -238,3 +257,44 @@ def test_a_kernelspec_that_cannot_start_is_one_line(ip, tmp_path, monkeypatch):
         assert report.to_text() == (
             f"verify {tmp_path / name}.ipynb: kernelspec {name!r} cannot start: {why}"
         )
+
+
+async def test_stop_while_the_fresh_kernel_starts_kills_it_at_once(tmp_path, monkeypatch):
+    import asyncio
+    import sys
+
+    import psutil
+
+    from jupyter_crush.notebook.verify import NotebookToVerify, VerifyRun
+
+    # A kernel that never answers: its start would wait a minute for it.
+    specs = tmp_path / "specs" / "kernels" / "silent"
+    specs.mkdir(parents=True)
+    argv = [sys.executable, "-c", "import time; time.sleep(600)", "{connection_file}"]
+    (specs / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "silent", "language": "python"})
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "specs"))
+    cell = {"cell_type": "code", "source": "x = 1", "metadata": {}, "outputs": []}
+    run = VerifyRun(
+        NotebookToVerify([cell], tmp_path, "nb.ipynb", "file on disk", "silent"), env={}
+    )
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    task = asyncio.ensure_future(run.run())
+    for _ in range(300):  # the kernel's process is there
+        if {p.pid for p in psutil.Process().children(recursive=True)} - before:
+            break
+        await asyncio.sleep(0.05)
+    run.stop()
+    report = await asyncio.wait_for(task, 10)
+    assert report.outcome == "stopped"
+    assert report.reason == "stopped before the notebook ran"
+    assert {p.pid for p in psutil.Process().children(recursive=True)} == before
+
+
+def test_cancel_all_stops_the_kernels_other_runs(crush):
+    # The kernel's interrupt and %crush cancel --all reach a %crush verify this way.
+    stopped: list[str] = []
+    crush.other_runs.add(lambda: stopped.append("verify"))
+    crush.cancel_all()
+    assert stopped == ["verify"]

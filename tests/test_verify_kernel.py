@@ -65,17 +65,21 @@ def report_of(kernel: Kernel) -> dict:
 
 
 def test_a_cell_using_a_deleted_cells_variable_fails_and_the_variable_is_named(tmp_path):
-    # The user ran three cells, then deleted the middle one: `total` still works here.
+    # The user ran three cells, deleted the middle one, then edited the first without
+    # running it again: `total` still works here.
+    first = "prices = [3.5, 4.0, 2.5]\nprint(len(prices))"
     notebook = notebook_file(
         tmp_path,
         [
-            ran("prices = [3.5, 4.0, 2.5]\nprint(len(prices))", 1, stdout("3\n")),
-            ran("total = sum(cleaned)\nprint(total)", 3, stdout("10.0\n")),
+            ran(first.replace("2.5]", "2.5, 1.0]"), 2, stdout("3\n")),
+            ran("total = sum(cleaned)\nprint(total)", 4, stdout("10.0\n")),
         ],
     )
-    kernel = user_kernel(tmp_path, notebook)
+    kernel = user_kernel(tmp_path, notebook)  # In[1]
     try:
-        kernel.run("prices = [3.5, 4.0, 2.5]\ncleaned = [p for p in prices]\ntotal = sum(cleaned)")
+        kernel.run(first)  # In[2]
+        kernel.run("cleaned = [p for p in prices]")  # In[3], the cell since deleted
+        kernel.run("total = sum(cleaned)\nprint(total)")  # In[4]
         before = processes()
         shown = kernel.execute("%crush verify --wait", timeout=120)
         after = processes()
@@ -91,8 +95,11 @@ def test_a_cell_using_a_deleted_cells_variable_fails_and_the_variable_is_named(t
     )
     assert failure["exception"] == "NameError: name 'cleaned' is not defined"
     assert "----> 1 total = sum(cleaned)" in failure["traceback"]
-    assert failure["in_user_kernel"] == "ran without error ([3])"
+    assert failure["in_user_kernel"] == "ran without error ([4])"
     assert report["hidden"] == ["cleaned"]
+    cells = json.loads(notebook.read_text())["cells"]
+    assert report["edited"] == [{"index": 0, "id": cells[0]["id"], "count": 2}]
+    assert report["differences"] == [{"index": 0, "id": cells[0]["id"], "saved": "3", "fresh": "4"}]
     assert [c["state"] for c in report["cells"]] == ["ok", "error"]
     # Nothing of the fresh kernel's own stderr, nor nbclient's log, lands in the cell.
     assert [m for m in shown.outputs if m["msg_type"] == "stream"] == []
@@ -246,10 +253,19 @@ def test_stop_ends_a_verify_running_in_the_background(tmp_path):
         report = report_of(kernel)
         after = processes()
         assert kernel.value("1 + 1") == 2  # the user's kernel was free all along
+
+        # The kernel's interrupt (■) while it is idle stops a verify too.
+        kernel.iopub.clear()
+        kernel.run("%crush verify")
+        kernel.wait_iopub(lambda m: "cell 2 of 2" in head(m), timeout=90)
+        kernel.interrupt()
+        kernel.wait_iopub(lambda m: head(m).endswith("· stopped"), timeout=30)
+        interrupted = report_of(kernel)
+        after_interrupt = processes()
     finally:
         kernel.shutdown()
-    assert after == before
-    assert report["outcome"] == "stopped"
+    assert after == before == after_interrupt
+    assert report["outcome"] == interrupted["outcome"] == "stopped"
     assert report["reason"] == "stopped during cell 1; the fresh kernel was shut down"
 
 

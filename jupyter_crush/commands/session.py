@@ -13,6 +13,7 @@ from IPython.core.error import UsageError
 
 from ..core.remote import ALLOW_LISTS
 from ..kernel.errors import store_problems_in_one_line
+from .local_models import show_local_models
 from .registry import command
 
 if TYPE_CHECKING:
@@ -115,8 +116,8 @@ def new_command(crush: Crush, rest: list[str]) -> None:
 
 @command(
     "model",
-    "%crush model [NAME]",
-    "show or set the default model ('provider:model')",
+    "%crush model [NAME | --local]",
+    "show or set the default model ('provider:model'); --local: local servers' models",
     builtin=True,
 )
 def model_command(crush: Crush, rest: list[str]) -> None:
@@ -130,8 +131,10 @@ def model_command(crush: Crush, rest: list[str]) -> None:
             print(crush.config.model)
         print(crush.config.store_line())
         return
+    if rest == ["--local"]:
+        return show_local_models(crush)
     if len(rest) != 1:
-        raise UsageError("Usage: %crush model [provider:model]")
+        raise UsageError("Usage: %crush model [provider:model | --local]")
     crush.use_model(rest[0])
     print(f"Default model: {rest[0]}")
 

@@ -71,6 +71,15 @@ class ReasoningPart:
     started_at: float | None = None
     finished_at: float | None = None
     type: str = field(default="reasoning", init=False)
+    #: An OpenAI Responses reasoning item: its id and encrypted content, sent back on the
+    #: turn's next step (the ``text`` is its summary). Written only when set.
+    item_id: str = ""
+    encrypted: str = ""
+
+
+#: Fields left out of a part's JSON when empty, so the parts of providers without them are
+#: stored as before.
+_OPTIONAL_FIELDS = {"reasoning": ("item_id", "encrypted"), "tool_call": ("signature",)}
 
 
 @dataclass
@@ -79,6 +88,9 @@ class ToolCallPart:
     name: str
     input: str = ""  # the arguments as the model streamed them: a JSON text
     finished: bool = False
+    #: Gemini's thought signature of the call (its OpenAI-compatible endpoint's
+    #: extra_content), sent back with it; written only when set.
+    signature: str = ""
     type: str = field(default="tool_call", init=False)
 
 
@@ -185,7 +197,11 @@ _PART_TYPES: dict[str, type] = {
 
 
 def part_to_dict(part: Part) -> dict[str, Any]:
-    return asdict(part)
+    data = asdict(part)
+    for name in _OPTIONAL_FIELDS.get(part.type, ()):
+        if not data[name]:
+            del data[name]
+    return data
 
 
 def part_from_dict(data: dict[str, Any]) -> Part:
@@ -297,7 +313,15 @@ class Message:
             self.parts.append(TextPart(delta))
         self.touch()
 
-    def append_reasoning(self, delta: str, signature: str = "", redacted: str = "") -> None:
+    def append_reasoning(
+        self,
+        delta: str,
+        signature: str = "",
+        redacted: str = "",
+        *,
+        item_id: str = "",
+        encrypted: str = "",
+    ) -> None:
         last = self.parts[-1] if self.parts else None
         if not isinstance(last, ReasoningPart) or last.finished_at is not None:
             last = ReasoningPart(started_at=now())
@@ -305,6 +329,8 @@ class Message:
         last.text += delta
         last.signature += signature
         last.redacted += redacted
+        last.item_id = item_id or last.item_id
+        last.encrypted += encrypted
         self.touch()
 
     def finish_reasoning(self) -> None:

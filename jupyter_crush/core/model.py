@@ -24,6 +24,8 @@ class ReasoningDelta:
     text: str = ""
     signature: str = ""  # Anthropic sends the thinking signature as a delta too
     redacted: str = ""  # the opaque data of a redacted thinking block
+    item_id: str = ""  # an OpenAI Responses reasoning item's id
+    encrypted: str = ""  # and its encrypted content
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class ReasoningEnd:
 class ToolCallStart:
     id: str
     name: str
+    signature: str = ""  # Gemini's thought signature of the call, sent back with it
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,17 @@ def apply_event(message: Message, event: StreamEvent) -> bool:
     if isinstance(event, TextDelta):
         message.append_text(event.text)
     elif isinstance(event, ReasoningDelta):
-        message.append_reasoning(event.text, event.signature, event.redacted)
+        message.append_reasoning(
+            event.text,
+            event.signature,
+            event.redacted,
+            item_id=event.item_id,
+            encrypted=event.encrypted,
+        )
     elif isinstance(event, ReasoningEnd):
         message.finish_reasoning()
     elif isinstance(event, ToolCallStart):
-        message.parts.append(ToolCallPart(event.id, event.name))
+        message.parts.append(ToolCallPart(event.id, event.name, signature=event.signature))
     elif isinstance(event, ToolCallDelta):
         _streamed_call(message, event.id).input += event.input_delta
     elif isinstance(event, ToolCallEnd):

@@ -234,6 +234,14 @@ class CrushConfig(Configurable):
         "local OpenAI-compatible server.",
     ).tag(config=True)
 
+    openai_apis = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        help="Force OpenAI's Responses API or Chat Completions for a model or a provider, "
+        "e.g. {'openai:gpt-5': 'chat', 'myproxy': 'responses'}; OpenAI's own models at its "
+        "own endpoint take the Responses API, every other server Chat Completions.",
+    ).tag(config=True)
+
     crush_config = Unicode(
         "",
         help="Path of a Crush crush.json to read providers and models from; empty searches "
@@ -286,6 +294,7 @@ class CrushConfig(Configurable):
         return ProviderSettings(
             api_keys=dict(self.api_keys),
             base_urls=dict(self.base_urls),
+            openai_apis=dict(self.openai_apis),
             crush_config=self.crush_config or None,
             max_retries=self.max_retries,
             read_timeout=self.request_timeout,

@@ -65,7 +65,14 @@ class Crush:
         self._models: dict[str, Model] = {}  # by name; cleared when provider settings change
         self.config.observe(
             lambda _change: self.forget_models(),
-            names=["api_keys", "base_urls", "crush_config", "max_retries", "request_timeout"],
+            names=[
+                "api_keys",
+                "base_urls",
+                "openai_apis",
+                "crush_config",
+                "max_retries",
+                "request_timeout",
+            ],
         )
         # Session id -> the view of its active prompt, for the permission broker; written
         # and read on the loop thread only.
@@ -87,6 +94,9 @@ class Crush:
         self._unpatch_shutdown: Callable[[], None] | None = None
         #: The report of the latest %crush verify that finished (kernel/verify.py).
         self.last_verify: VerifyReport | None = None
+        #: How to stop the kernel's runs other than the agent's (a %crush verify in the
+        #: background): cancel_all calls each, from the loop thread.
+        self.other_runs: set[Callable[[], None]] = set()
 
     # -- lazily built parts (and their modules imported then, which loading does not need) --
 
@@ -155,6 +165,7 @@ class Crush:
                     allowed=lambda session_id, tool: self.agent.permissions.runs_without_asking(
                         session_id, tool
                     ),
+                    with_context=lambda prompt: self.system_prompt((), prompt).text,
                 ),
                 ask_questions=ViewQuestionAsker(self.views),
                 store_dir=lambda: self.config.data_dir,
@@ -193,12 +204,13 @@ class Crush:
 
         return SpendingCaps(self.config.max_cost, self.config.max_cost_per_day)
 
-    def system_prompt(self, tools: Iterable[Any]) -> SystemPrompt:
-        """The configured system prompt, else the built-in one, then the context files."""
+    def system_prompt(self, tools: Iterable[Any], base: str = "") -> SystemPrompt:
+        """The configured system prompt, else the built-in one (``base``: this one instead,
+        a sub-agent's), then the context files."""
         from .context import build_system_prompt
 
         names = [tool.name for tool in tools]
-        return build_system_prompt(self.config.system_prompt, names, self.shell)
+        return build_system_prompt(base or self.config.system_prompt, names, self.shell)
 
     def _status_changed(self, status: Any) -> None:
         # The running prompt's widget says how many wait behind it (loop thread).
@@ -302,6 +314,8 @@ class Crush:
         self.agent.cancel(session_id)
 
     def cancel_all(self) -> None:
+        for stop in list(self.other_runs):
+            stop()
         if self._agent is not None:
             self._agent.cancel_all()
 

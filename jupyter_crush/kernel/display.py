@@ -20,6 +20,7 @@ from ..core.changes import NO_CHANGES
 from ..core.events import Finished, Folded, Started
 from ..core.message import FinishReason
 from .code_blocks import offer_code_blocks
+from .edit_review import offer_edit_review
 
 if TYPE_CHECKING:
     from ..core.model import Model
@@ -65,6 +66,7 @@ class RunTracker:
         self._prompt = prompt
         self._prompt_id = ""  # the turn's prompt message, once it starts
         offer_code_blocks(crush, view, kernel_loop())
+        offer_edit_review(crush, view)
 
     def on_event(self, event: Any) -> None:
         session_id = self._view.session_id

@@ -206,7 +206,9 @@ class RecordedModel:
         recorded = steps[step]
         for part in recorded.parts:
             if part.type == "reasoning":
-                yield ReasoningDelta(part.text, part.signature, part.redacted)
+                yield ReasoningDelta(
+                    part.text, part.signature, part.redacted, part.item_id, part.encrypted
+                )
                 yield ReasoningEnd()
             elif part.type == "text":
                 yield TextDelta(part.text)
@@ -214,7 +216,7 @@ class RecordedModel:
         if stop is not None:
             raise ModelError(stop)
         for call in recorded.tool_calls:
-            yield ToolCallStart(call.id, call.name)
+            yield ToolCallStart(call.id, call.name, call.signature)
             yield ToolCallDelta(call.id, call.input)
             yield ToolCallEnd(call.id)
         reason = recorded.finish_reason or FinishReason.END_TURN

@@ -20,7 +20,7 @@ from IPython.core.error import UsageError
 
 from ..notebook.verify import Limits, NotebookToVerify, Progress, VerifyRun
 from ..tools.notebook import NotebookError
-from ..tools.verify import find_notebook, ipython_names, notebook_at
+from ..tools.verify import find_notebook, ipython_names, notebook_at, ran_inputs
 from .display import interactive, kernel_loop, should_wait, wait_for
 from .errors import one_line
 
@@ -87,10 +87,18 @@ def verify(
     view.interactive = interactive(crush.shell)
     crush.outputs.show(view, lambda _view: None)
     task = loop.create_task(
-        _run(crush, view, state, known, limits, live, blocking), name="crush-verify"
+        _run(crush, view, state, known, limits or Limits(), live, blocking), name="crush-verify"
     )
     _RUNNING.add(task)
-    task.add_done_callback(_RUNNING.discard)
+    # The kernel's interrupt (■) and %crush cancel --all stop it as they stop the agent.
+    crush.other_runs.add(state.stop)
+    crush.ensure_interrupt_handler()
+
+    def ended(task: asyncio.Task[None]) -> None:
+        _RUNNING.discard(task)
+        crush.other_runs.discard(state.stop)
+
+    task.add_done_callback(ended)
     if not blocking:
         return None
     if view.interactive:
@@ -138,6 +146,7 @@ async def _run(
             live=live,
             namespace=crush.shell.user_ns,
             ignore=ipython_names(crush.shell),
+            ran=ran_inputs(crush.shell),
             on_progress=progress,
         )
         state.attach(run)

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from .verify_report import (
     OutputDifference,
     VerifyReport,
     differs,
+    edited_cells,
     saved_state,
 )
 
@@ -95,6 +96,7 @@ class VerifyRun:
         live: bool = False,
         namespace: Mapping[str, Any] | None = None,
         ignore: Iterable[str] = (),
+        ran: Sequence[str] = (),
         on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self.notebook = notebook
@@ -104,6 +106,8 @@ class VerifyRun:
         # The user's names as they were when the run was asked for.
         self.namespace = dict(namespace) if namespace is not None else None
         self.ignore = set(ignore)
+        # The user's kernel's raw inputs by execution count (In), to tell edited cells.
+        self.ran = list(ran)
         self.on_progress = on_progress
         #: Set by stop(), from any thread.
         self.stopping = False
@@ -144,15 +148,20 @@ class VerifyRun:
         started = time.monotonic()
         names = defined_names((index, _source(cell)) for index, cell in code)
         report.notes.extend(names.notes)
+        report.edited = edited_cells(code, self.ran)
+        stop_wait = asyncio.ensure_future(self._stopped.wait())
+        starting = asyncio.ensure_future(self._start())
         try:
+            await asyncio.wait({starting, stop_wait}, return_when="FIRST_COMPLETED")
+            await _cancelled(starting)  # Stop while the kernel starts: it need not finish
             if self.stopping:
-                report.outcome, report.reason = "stopped", "stopped before the fresh kernel started"
+                report.outcome, report.reason = "stopped", "stopped before the notebook ran"
                 return report
-            problem = await self._start()
+            problem = starting.result()
             if problem:
                 report.outcome, report.reason = "could not start", problem
                 return report
-            fresh_names = await self._run_cells(code, report, time.monotonic())
+            fresh_names = await self._run_cells(code, report, stop_wait)
             if self.namespace is not None:
                 known = names.names | fresh_names
                 report.hidden = hidden_names(self.namespace, known, self.ignore)
@@ -162,6 +171,8 @@ class VerifyRun:
             await self._kill()  # the caller was stopped (a turn's Stop): the kernel goes too
             raise
         finally:
+            stop_wait.cancel()
+            await _cancelled(starting)  # a kernel still starting must not start after this
             report.seconds = time.monotonic() - started
             await self._cleanup(clean=report.outcome in ("passed", "failed"))
 
@@ -180,7 +191,9 @@ class VerifyRun:
                 f"kernelspec {name!r} cannot start: no such kernelspec is installed "
                 "(jupyter kernelspec list shows those that are)"
             )
-        arguments = [] if self.live else ["--CrushConfig.replay=verify"]
+        # Only an IPython kernel knows the flag (another language's might refuse to start).
+        python = str(self.km.kernel_spec.language).lower() == "python"
+        arguments = ["--CrushConfig.replay=verify"] if python and not self.live else []
         # Its output would land in the user's cell (ipykernel forwards the process's own
         # stderr); kept aside, its last line explains a kernel that cannot start.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by _cleanup)
@@ -215,11 +228,14 @@ class VerifyRun:
         return _one_line(Exception(last)) if last else ""
 
     async def _run_cells(
-        self, code: list[tuple[int, dict[str, Any]]], report: VerifyReport, started: float
+        self,
+        code: list[tuple[int, dict[str, Any]]],
+        report: VerifyReport,
+        stop_wait: asyncio.Future[Any],
     ) -> set[str]:
-        """Run the cells in order from ``started`` (the total timeout counts from there, the
-        kernel's start having its own); fill ``report``; the fresh kernel's names at the end
-        (empty when the run did not end in the kernel's own time)."""
+        """Run the cells in order until ``stop_wait`` is done or the total timeout (counted
+        from here: the kernel's start has its own); fill ``report``; the fresh kernel's
+        names at the end (empty when the run did not end in the kernel's own time)."""
         import nbformat
         from nbclient import NotebookClient
 
@@ -244,43 +260,43 @@ class VerifyRun:
             ),
         )
         client.kc = self._kc
-        assert self._stopped is not None
-        stop_wait = asyncio.ensure_future(self._stopped.wait())
-        try:
-            cells = zip(code, document.cells, strict=True)
-            for number, ((index, saved), cell) in enumerate(cells, start=1):
-                if self.on_progress is not None:
-                    self.on_progress(Progress(number, len(code), index))
-                ident = str(saved.get("id") or "")
-                if _runs_verify(_source(saved)):  # a verify inside the verify would never end
-                    note = "runs %crush verify itself: not run in the fresh kernel"
-                    report.cells.append(CellRun(index, ident, 0.0, "skipped", note))
-                    continue
-                began = time.monotonic()
-                execution = asyncio.ensure_future(
-                    client.async_execute_cell(cell, number - 1, execution_count=number)
-                )
-                left = max(self.limits.total_timeout - (began - started), 0)
+        started = time.monotonic()
+        cells = zip(code, document.cells, strict=True)
+        for number, ((index, saved), cell) in enumerate(cells, start=1):
+            if self.on_progress is not None:
+                self.on_progress(Progress(number, len(code), index))
+            ident = str(saved.get("id") or "")
+            if _runs_verify(_source(saved)):  # a verify inside the verify would never end
+                note = "runs %crush verify itself: not run in the fresh kernel"
+                report.cells.append(CellRun(index, ident, 0.0, "skipped", note))
+                continue
+            began = time.monotonic()
+            execution = asyncio.ensure_future(
+                client.async_execute_cell(cell, number - 1, execution_count=number)
+            )
+            left = max(self.limits.total_timeout - (began - started), 0)
+            try:
                 await asyncio.wait(
                     {execution, stop_wait}, timeout=left, return_when="FIRST_COMPLETED"
                 )
-                run = CellRun(index, ident, time.monotonic() - began, "ok")
-                if not execution.done():  # stopped, or out of time overall
-                    await self._abandon(execution)
-                    self._ended_early(report, run, None)
-                    return set()
-                error = execution.exception()
-                if error is not None:
-                    self._ended_early(report, run, error)  # reads a dead kernel's exit code
-                    await self._kill()
-                    return set()
+            except asyncio.CancelledError:
+                await self._abandon(execution)
+                raise
+            run = CellRun(index, ident, time.monotonic() - began, "ok")
+            if not execution.done():  # stopped, or out of time overall
+                await self._abandon(execution)
+                self._ended_early(report, run, None)
+                return set()
+            error = execution.exception()
+            if error is not None:
+                self._ended_early(report, run, error)  # reads a dead kernel's exit code
+                await self._kill()
+                return set()
 
-                reply = (replies.get(number - 1) or {}).get("content", {})
-                if not self._record(report, run, saved, cell, reply):
-                    break
-            return await self._fresh_names(client)
-        finally:
-            stop_wait.cancel()
+            reply = (replies.get(number - 1) or {}).get("content", {})
+            if not self._record(report, run, saved, cell, reply):
+                break
+        return await self._fresh_names(client)
 
     async def _abandon(self, execution: asyncio.Future[Any]) -> None:
         """Kill the kernel under a cell still running, and let nbclient's wait for it end."""
@@ -400,6 +416,14 @@ class VerifyRun:
         except Exception:
             with contextlib.suppress(Exception):
                 await km.shutdown_kernel(now=True)
+
+
+async def _cancelled(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` if it still runs, and wait for it to end."""
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _source(cell: Mapping[str, Any]) -> str:

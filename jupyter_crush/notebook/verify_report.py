@@ -71,6 +71,15 @@ class OutputDifference:
 
 
 @dataclass
+class EditedCell:
+    """A cell whose source differs from what the user's kernel ran as ``In[count]``."""
+
+    index: int
+    id: str
+    count: int
+
+
+@dataclass
 class VerifyReport:
     """The outcome of one verify run (see the module docstring)."""
 
@@ -84,6 +93,8 @@ class VerifyReport:
     failure: Failure | None = None
     differences: list[OutputDifference] = field(default_factory=list)
     hidden: list[str] = field(default_factory=list)
+    #: Cells whose source is not what this kernel ran under their execution count.
+    edited: list[EditedCell] = field(default_factory=list)
     #: Why the run ended early, in one line (a timeout, the kernel's exit code, Stop).
     reason: str = ""
     seconds: float = 0.0
@@ -130,6 +141,12 @@ class VerifyReport:
             out.append(f"first failure: cell {failure.index}{ident}: {failure.exception}")
             out.append(f"  in this kernel: {failure.in_user_kernel}")
             out.extend(f"  {line}" for line in failure.traceback.splitlines())
+        for cell in self.edited:
+            ident = f" (id {cell.id})" if cell.id else ""
+            out.append(
+                f"edited after it ran: cell {cell.index}{ident} is not what this kernel ran as "
+                f"In[{cell.count}]"
+            )
         for name in self.hidden:
             out.append(
                 f"hidden state: `{name}` exists in this kernel but no cell defines it "
@@ -236,6 +253,25 @@ def _text(value: Any) -> str:
 def _short(text: str) -> str:
     flat = " ⏎ ".join(line for line in text.splitlines() if line.strip())
     return flat if len(flat) <= SHOWN_CHARS else flat[: SHOWN_CHARS - 1] + "…"
+
+
+def edited_cells(cells: list[tuple[int, dict[str, Any]]], ran: list[str]) -> list[EditedCell]:
+    """The code cells (``(index, cell)``) whose source is not the user's kernel's
+    ``In[execution_count]`` (``ran``: the kernel's raw input history, by count).
+
+    None when no cell is what this kernel ran under its count: the counts are then another
+    kernel's (the notebook was run before a restart), and every cell would look edited.
+    """
+    edited, matched = [], False
+    for index, cell in cells:
+        count = cell.get("execution_count")
+        if not isinstance(count, int) or not 0 < count < len(ran):
+            continue
+        if _text(cell.get("source", "")).strip() == ran[count].strip():
+            matched = True
+        else:
+            edited.append(EditedCell(index, str(cell.get("id") or ""), count))
+    return edited if matched else []
 
 
 def saved_state(cell: dict[str, Any]) -> str:

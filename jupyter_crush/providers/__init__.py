@@ -3,10 +3,16 @@
 =================  =====================================================
 name               what it talks to
 =================  =====================================================
-``openai:M``       OpenAI chat completions (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``)
+``openai:M``       OpenAI: the Responses API for its own models at its own endpoint, chat
+                   completions elsewhere (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``)
 ``anthropic:M``    Anthropic Messages (``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``)
-``ollama:M``       Ollama's OpenAI-compatible API at http://localhost:11434/v1, no key
+``ollama:M``       Ollama's OpenAI-compatible API at http://localhost:11434/v1 (or
+                   ``OLLAMA_HOST``), no key; ``lmstudio:M``, ``llamacpp:M``, ``vllm:M``
+                   likewise at 127.0.0.1:1234, :8080 and :8000 (``local.discover`` lists them)
 ``groq:M``         Groq (``GROQ_API_KEY``)
+``azure:D``        an Azure OpenAI deployment (``AZURE_OPENAI_ENDPOINT``, ``AZURE_OPENAI_API_KEY``,
+                   ``OPENAI_API_VERSION``)
+``gemini:M``       Gemini through Google's OpenAI-compatible endpoint (``GEMINI_API_KEY``)
 ``openrouter:M``   OpenRouter (``OPENROUTER_API_KEY``)
 ``ID:M``           a custom provider from ``ProviderSettings.providers`` or crush.json
 ``crush:large``    crush.json's ``models.large`` (or ``small``)
@@ -31,6 +37,7 @@ if TYPE_CHECKING:
     )
     from .openai import OpenAIModel
     from .replay import ReplayModel, recording_names
+    from .responses import ResponsesModel
 
 _CONFIG_NAMES = (
     "CrushConfigError",
@@ -62,6 +69,10 @@ def __getattr__(name: str) -> Any:
         from .openai import OpenAIModel
 
         return OpenAIModel
+    if name == "ResponsesModel":
+        from .responses import ResponsesModel
+
+        return ResponsesModel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -74,6 +85,7 @@ __all__ = [
     "ProviderConfigError",
     "ProviderSettings",
     "ReplayModel",
+    "ResponsesModel",
     "recording_names",
     "resolve_model",
 ]
@@ -81,7 +93,13 @@ __all__ = [
 
 def resolve_model(name: str, *, settings: ProviderSettings | None = None) -> Model:
     """The model for ``"provider:model"``; raises :class:`ProviderConfigError` with the fix."""
-    from .config import ProviderConfigError, ProviderSettings, load_crush_config, provider_config
+    from .config import (
+        ProviderConfigError,
+        ProviderSettings,
+        load_crush_config,
+        provider_config,
+        wire_api,
+    )
 
     settings = settings or ProviderSettings()
     if not isinstance(name, str) or not name.strip():
@@ -119,6 +137,16 @@ def resolve_model(name: str, *, settings: ProviderSettings | None = None) -> Mod
         from .anthropic import AnthropicModel
 
         return AnthropicModel(model, config, settings)
+    if config.type == "azure":
+        from .azure import AzureChatModel, AzureResponsesModel
+
+        responses = wire_api(config, model, settings, crush) == "responses"
+        kind = AzureResponsesModel if responses else AzureChatModel
+        return kind(model, config, settings, price_provider="azure")  # by deployment name
+    if wire_api(config, model, settings, crush) == "responses":
+        from .responses import ResponsesModel
+
+        return ResponsesModel(model, config, settings)
     from .openai import OpenAIModel
 
     return OpenAIModel(model, config, settings)

@@ -25,8 +25,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from ..core.secrets import remember, remember_headers, remember_url
+from .apis import WireAPI, checked_api, default_api, entry_apis
 from .config_file import (
     CrushConfigError,
     MissingAPIKeyError,
@@ -46,8 +48,8 @@ from .trust import (
     variables,
 )
 
-ProviderType = Literal["openai", "openai-compat", "anthropic"]
-PROVIDER_TYPES: tuple[str, ...] = ("openai", "openai-compat", "anthropic")
+ProviderType = Literal["openai", "openai-compat", "anthropic", "azure"]
+PROVIDER_TYPES: tuple[str, ...] = ("openai", "openai-compat", "anthropic", "azure")
 
 #: Where Crush looks for its config, lowest precedence first (later files override).
 CRUSH_CONFIG_NAMES = (".crush.json", "crush.json")
@@ -73,6 +75,8 @@ class ProviderConfig:
     extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     #: Set when the entry comes from a project file: what it names, for the key rule.
     project: ProjectEntry | None = field(default=None, repr=False)
+    #: Azure OpenAI's api-version query parameter (None: $OPENAI_API_VERSION).
+    api_version: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -106,6 +110,12 @@ class ProviderSettings:
     #: fails within this.
     answer_timeout: float = 60.0
     max_tokens: int | None = None  # None: the provider's default (Anthropic needs one: 4096)
+    #: OpenAI's Responses API: the reasoning summary asked of reasoning models ("auto",
+    #: "concise", "detailed"); None asks for none (an unverified organization gets none).
+    reasoning_summary: str | None = "auto"
+    #: Force OpenAI's Responses API or Chat Completions: {"openai:gpt-5": "chat",
+    #: "myproxy": "responses"}; a model not named takes jupyter_crush.providers.apis' default.
+    openai_apis: dict[str, str] = field(default_factory=dict)
     #: Anthropic extended thinking budget in tokens; None leaves thinking off.
     thinking_budget: int | None = None
     #: OpenAI / OpenAI-compatible ``reasoning_effort`` ("low", "medium", "high").
@@ -129,6 +139,8 @@ class ProviderSettings:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise ProviderConfigError(f"{name} must be a positive number of seconds")
+        for name, api in self.openai_apis.items():
+            checked_api(api, f"ProviderSettings.openai_apis[{name!r}]")
 
     def __repr__(self) -> str:
         keys = {k: mask_secret(v) for k, v in self.api_keys.items()}
@@ -146,8 +158,18 @@ _BUILTIN: dict[str, ProviderConfig] = {
     "anthropic": ProviderConfig(
         "anthropic", "anthropic", base_url=None, api_key_env=("ANTHROPIC_API_KEY",)
     ),
+    # Local servers at their usual ports (providers/local.py finds them on request).
     "ollama": ProviderConfig(
         "ollama", "openai-compat", base_url="http://localhost:11434/v1", requires_key=False
+    ),
+    "lmstudio": ProviderConfig(
+        "lmstudio", "openai-compat", base_url="http://127.0.0.1:1234/v1", requires_key=False
+    ),
+    "llamacpp": ProviderConfig(
+        "llamacpp", "openai-compat", base_url="http://127.0.0.1:8080/v1", requires_key=False
+    ),
+    "vllm": ProviderConfig(
+        "vllm", "openai-compat", base_url="http://127.0.0.1:8000/v1", requires_key=False
     ),
     "openrouter": ProviderConfig(
         "openrouter",
@@ -161,10 +183,39 @@ _BUILTIN: dict[str, ProviderConfig] = {
         base_url="https://api.groq.com/openai/v1",
         api_key_env=("GROQ_API_KEY",),
     ),
+    # Azure OpenAI: the model named is a deployment; endpoint and key as the SDK reads them.
+    "azure": ProviderConfig("azure", "azure", base_url=None, api_key_env=("AZURE_OPENAI_API_KEY",)),
+    # Gemini through Google's OpenAI-compatible endpoint (see the README's Models section).
+    "gemini": ProviderConfig(
+        "gemini",
+        "openai-compat",
+        base_url="https://generativelanguage.googleapis.com/v1beta/openai",
+        api_key_env=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    ),
 }
 
 #: The SDKs' own base-URL variables, honored for the two first-party providers.
-_BASE_URL_ENV = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
+_BASE_URL_ENV = {
+    "openai": "OPENAI_BASE_URL",
+    "anthropic": "ANTHROPIC_BASE_URL",
+    "azure": "AZURE_OPENAI_ENDPOINT",
+}
+
+
+def builtin_base_url(provider_id: str) -> str | None:
+    """A built-in provider's base URL; Ollama's honours its own ``OLLAMA_HOST``
+    (``127.0.0.1:11500``, ``http://box:11434``; a bind-all address means this machine)."""
+    builtin = _BUILTIN.get(provider_id)
+    host = os.environ.get("OLLAMA_HOST", "").strip() if provider_id == "ollama" else ""
+    if not host:
+        return builtin.base_url if builtin else None
+    parts = urlsplit(host if "://" in host else f"http://{host}")
+    name = parts.hostname if parts.hostname not in (None, "0.0.0.0", "::") else "127.0.0.1"
+    return f"{parts.scheme}://{name}:{parts.port or 11434}/v1"
+
+
+#: The SDK's own variable for Azure OpenAI's api-version.
+API_VERSION_ENV = "OPENAI_API_VERSION"
 
 #: Placeholder key for servers that take none (the SDK refuses an empty key).
 NO_KEY = "not-needed"
@@ -189,6 +240,8 @@ class CrushConfig:
     user_base_urls: dict[str, str] = field(default_factory=dict)
     #: Project files read without the parts that need trust (jupyter_crush.providers.trust).
     untrusted: tuple[Path, ...] = ()
+    #: The OpenAI API each provider's entry forces, by model id ("*": all its models).
+    apis: dict[str, dict[str, WireAPI]] = field(default_factory=dict)
 
 
 def crush_config_paths(cwd: Path | None = None) -> list[Path]:
@@ -250,9 +303,13 @@ def _parse_crush_file(file: ConfigFile, data: Mapping[str, Any]) -> CrushConfig:
         raise CrushConfigError(f'{path}: "providers" must be an object of provider id -> settings')
     key_owners: dict[str, str] = {}
     user_base_urls: dict[str, str] = {}
+    apis: dict[str, dict[str, WireAPI]] = {}
     for pid, raw in raw_providers.items():
         if not isinstance(raw, dict):
             raise CrushConfigError(f'{path}: provider "{pid}" must be an object')
+        forced = entry_apis(path, pid, raw)
+        if forced:
+            apis[pid] = forced
         if raw.get("disable") or not raw.keys() - HARMLESS_PROVIDER_KEYS:
             continue  # disabled, or only its model list (read for windows): the endpoint stays
         ptype = raw.get("type") or (_BUILTIN[pid].type if pid in _BUILTIN else None)
@@ -291,6 +348,7 @@ def _parse_crush_file(file: ConfigFile, data: Mapping[str, Any]) -> CrushConfig:
                 for k, v in headers.items()
             },
             project=project,
+            api_version=expand_value(raw.get("api_version"), path, f'provider "{pid}" api_version'),
         )
 
     models: dict[str, tuple[str, str]] = {}
@@ -315,6 +373,7 @@ def _parse_crush_file(file: ConfigFile, data: Mapping[str, Any]) -> CrushConfig:
         key_owners=key_owners,
         user_base_urls=user_base_urls,
         untrusted=() if file.applies_whole else (path,),
+        apis=apis,
     )
 
 
@@ -345,6 +404,10 @@ def load_crush_config(
             key_owners={**merged.key_owners, **found.key_owners},
             user_base_urls={**merged.user_base_urls, **found.user_base_urls},
             untrusted=(*merged.untrusted, *found.untrusted),
+            apis={
+                pid: {**merged.apis.get(pid, {}), **found.apis.get(pid, {})}
+                for pid in {*merged.apis, *found.apis}
+            },
         )
     return merged
 
@@ -392,7 +455,8 @@ def provider_config(
     config = config or builtin
     assert config is not None
 
-    base_url = settings.base_urls.get(provider_id) or config.base_url
+    default_url = builtin_base_url(provider_id) if config is builtin else config.base_url
+    base_url = settings.base_urls.get(provider_id) or default_url
     if base_url is None and provider_id in _BASE_URL_ENV:
         base_url = os.environ.get(_BASE_URL_ENV[provider_id]) or None
 
@@ -421,12 +485,31 @@ def provider_config(
                 "or set api_key in crush.json"
             )
         key = NO_KEY
+    api_version = config.api_version
+    if config.type == "azure":
+        api_version = api_version or os.environ.get(API_VERSION_ENV) or None
+        _check_azure(provider_id, base_url, api_version)
     # Whatever reaches a request is a secret tool output must never show.
     remember(settings.api_keys.values())
     remember([key])
     remember_headers(config.extra_headers)
     remember_url(base_url)
-    return replace(config, base_url=base_url, api_key=key)
+    return replace(config, base_url=base_url, api_key=key, api_version=api_version)
+
+
+def _check_azure(provider_id: str, endpoint: str | None, api_version: str | None) -> None:
+    """An Azure deployment needs its resource's endpoint and an api-version."""
+    where = f'"providers": {{"{provider_id}": {{...}}}} in crush.json'
+    if not endpoint:
+        raise ProviderConfigError(
+            f"no endpoint for Azure OpenAI provider {provider_id!r}: set AZURE_OPENAI_ENDPOINT "
+            f'(https://RESOURCE.openai.azure.com) or "base_url" in {where}'
+        )
+    if not api_version:
+        raise ProviderConfigError(
+            f"no api-version for Azure OpenAI provider {provider_id!r}: set "
+            f'{API_VERSION_ENV} (e.g. 2025-04-01-preview) or "api_version" in {where}'
+        )
 
 
 def _file_key(config: ProviderConfig, crush: CrushConfig) -> list[Secret]:
@@ -483,3 +566,19 @@ def _chosen_hosts(owner: str | None, settings: ProviderSettings, crush: CrushCon
     if builtin is not None:
         hosts.add(host_of(builtin.base_url, builtin.type))
     return hosts
+
+
+def wire_api(
+    config: ProviderConfig, model: str, settings: ProviderSettings, crush: CrushConfig
+) -> WireAPI:
+    """The OpenAI API ``model`` of ``config`` (resolved) is spoken to through: the one
+    settings or crush.json force, else :func:`~jupyter_crush.providers.apis.default_api`."""
+    forced = settings.openai_apis.get(f"{config.id}:{model}") or settings.openai_apis.get(config.id)
+    if forced:
+        return forced  # type: ignore[return-value]  # checked in __post_init__
+    entry = crush.apis.get(config.id, {})
+    return (
+        entry.get(model)
+        or entry.get("*")
+        or default_api(config.type, host_of(config.base_url, config.type), model)
+    )

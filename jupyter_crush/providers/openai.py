@@ -102,6 +102,7 @@ def _assistant_message(message: Message) -> dict[str, Any] | None:
             "id": call.id,
             "type": "function",
             "function": {"name": call.name, "arguments": json.dumps(tool_arguments(call))},
+            **({"extra_content": _google_signature(call.signature)} if call.signature else {}),
         }
         for call in message.tool_calls
     ]
@@ -111,6 +112,20 @@ def _assistant_message(message: Message) -> dict[str, Any] | None:
     if calls:
         entry["tool_calls"] = calls
     return entry
+
+
+def _google_signature(signature: str) -> dict[str, Any]:
+    """Where Gemini's OpenAI-compatible endpoint puts a call's thought signature: Gemini 3
+    refuses a conversation whose calls come back without theirs."""
+    return {"google": {"thought_signature": signature}}
+
+
+def _thought_signature(call: Any) -> str:
+    """The thought signature a streamed tool call carries (Gemini), or ""."""
+    extra = (call.model_extra or {}).get("extra_content")
+    google = extra.get("google") if isinstance(extra, dict) else None
+    signature = google.get("thought_signature") if isinstance(google, dict) else None
+    return signature if isinstance(signature, str) else ""
 
 
 def _user_content(parts: Sequence[Part], images: bool) -> str | list[dict[str, Any]]:
@@ -218,7 +233,8 @@ class _StreamState:
             call_id = call.id or f"call_{len(self.calls)}"
             known = self.by_index[index] = _Call(call_id)
             self.calls.append(known)
-            events.append(ToolCallStart(call_id, (function.name if function else None) or ""))
+            name = (function.name if function else None) or ""
+            events.append(ToolCallStart(call_id, name, _thought_signature(call)))
         if function is not None and function.arguments:
             events.append(ToolCallDelta(known.id, function.arguments))
         return events
@@ -293,7 +309,8 @@ class OpenAIModel(SDKModel):
         if self.settings.max_tokens:
             # OpenAI's reasoning models only take max_completion_tokens; most
             # compatible servers only know max_tokens.
-            key = "max_completion_tokens" if self.config.type == "openai" else "max_tokens"
+            first_party = self.config.type in ("openai", "azure")
+            key = "max_completion_tokens" if first_party else "max_tokens"
             params[key] = self.settings.max_tokens
         if self.settings.reasoning_effort:
             params["reasoning_effort"] = self.settings.reasoning_effort

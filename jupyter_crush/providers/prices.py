@@ -23,11 +23,13 @@ _PRICE_PROVIDER = {
     "anthropic": "anthropic",
     "groq": "groq",
     "openrouter": "openrouter",
+    "azure": "azure",  # by deployment name: priced when it is the model's name
+    "gemini": "google",
 }
 
 #: Local servers: nothing is billed, but we cannot know that a model is local
 #: on a custom endpoint, so only these built-ins are free.
-_FREE_PROVIDERS = frozenset({"ollama"})
+_FREE_PROVIDERS = frozenset({"ollama", "lmstudio", "llamacpp", "vllm"})
 
 
 def step_cost(

@@ -58,6 +58,16 @@ SHORT_NAMES: dict[str, str] = {
     "openai-multi-tool": "OpenAICommon--openai-gpt-5--multi_tool_streaming",
     "groq-tool": "OpenAICompatibleCommon--groq-kimi-k2--tool_streaming",
     "llama-cpp-thinking": "OpenAICompatibleThinking--llama-cpp-gpt-oss--thinking-streaming",
+    "openai-responses-thinking": (
+        "OpenAIResponsesWithSummaryThinking--openai-gpt-5--thinking-streaming"
+    ),
+    "o4-mini-responses-thinking": (
+        "OpenAIResponsesWithSummaryThinking--openai-o4-mini--thinking-streaming"
+    ),
+    "openai-responses-simple": "OpenAIResponsesCommon--openai-gpt-4o--simple_streaming",
+    "openai-responses-multi-tool": "OpenAIResponsesCommon--openai-gpt-5--multi_tool_streaming",
+    "azure-tool": "AzureCommon--azure-o4-mini--tool_streaming",
+    "azure-responses-tool": "AzureResponsesCommon--azure-gpt-5-mini--tool_streaming",
 }
 
 #: ``replay:auto`` chooses a recording by prompt; a prompt none answered gets this one.
@@ -70,8 +80,11 @@ _PRICED_HOSTS = {
     "api.anthropic.com": "anthropic",
     "api.groq.com": "groq",
 }
+#: Azure OpenAI resources live under this domain, one host each.
+_AZURE_DOMAIN = ".openai.azure.com"
 
-Protocol = Literal["openai", "anthropic"]
+#: OpenAI chat completions, OpenAI's Responses API, Anthropic Messages.
+Protocol = Literal["openai", "responses", "anthropic"]
 
 
 @dataclass(frozen=True)
@@ -97,9 +110,11 @@ class Recording:
             return "anthropic"
         if path.endswith("/chat/completions"):
             return "openai"
+        if path.endswith("/responses"):
+            return "responses"
         raise ProviderConfigError(
             f"recording {self.path} is neither Anthropic /v1/messages nor OpenAI "
-            f"/chat/completions (first request: {path})"
+            f"/chat/completions or /responses (first request: {path})"
         )
 
     @property
@@ -117,7 +132,7 @@ class Recording:
     @functools.cached_property
     def prompt(self) -> str:
         """The user prompt the recorded conversation answers."""
-        messages = _request_body(self.interactions[0]).get("messages") or []
+        messages = _messages(_request_body(self.interactions[0]))
         prompts = [m.get("content") for m in messages if m.get("role") == "user"]
         return _content_text(prompts[-1]) if prompts else ""
 
@@ -138,9 +153,11 @@ class Recording:
         """Recorded tool results by tool call id, as the recorded client sent them back."""
         results = {}
         for interaction in self.interactions:
-            for message in _request_body(interaction).get("messages") or []:
+            for message in _messages(_request_body(interaction)):
                 if message.get("role") == "tool":  # OpenAI
                     results[message.get("tool_call_id", "")] = _content_text(message["content"])
+                elif message.get("type") == "function_call_output":  # OpenAI Responses
+                    results[message.get("call_id", "")] = _content_text(message.get("output"))
                 elif isinstance(message.get("content"), list):  # Anthropic
                     for block in message["content"]:
                         if block.get("type") == "tool_result":
@@ -154,6 +171,12 @@ def _request_body(interaction: Interaction) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A request's messages: chat's and Anthropic's ``messages``, or Responses' ``input``."""
+    items = body.get("messages") or body.get("input") or []
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def _content_text(content: Any) -> str:
@@ -274,14 +297,20 @@ class _PacedStream(httpx2.AsyncByteStream):
 
 
 def step_index(body: dict[str, Any]) -> int:
-    """Assistant steps since the last user prompt (tool results do not count as prompts)."""
+    """Assistant steps since the last user prompt (tool results do not count as prompts).
+    In a Responses ``input`` a step is a run of the model's items (reasoning, messages,
+    function calls) between tool outputs."""
     steps = 0
-    for message in reversed(body.get("messages") or []):
-        role = message.get("role")
-        if role == "assistant":
-            steps += 1
-        elif role == "user" and _is_prompt(message.get("content")):
+    in_step = False
+    for message in reversed(_messages(body)):
+        role, kind = message.get("role"), message.get("type")
+        if role == "user" and _is_prompt(message.get("content")):
             break
+        model_item = role == "assistant" or kind in ("reasoning", "function_call")
+        # chat and Anthropic: each assistant message is a step of its own
+        if model_item and (not in_step or "messages" in body):
+            steps += 1
+        in_step = model_item
     return steps
 
 
@@ -343,6 +372,8 @@ class ReplayModel:
         inner_cls: type[Any]
         if protocol == "anthropic":
             from .anthropic import AnthropicModel as inner_cls
+        elif protocol == "responses":
+            from .responses import ResponsesModel as inner_cls
         else:
             from .openai import OpenAIModel as inner_cls
         self._inner = inner_cls(
@@ -350,7 +381,11 @@ class ReplayModel:
             config,
             settings,
             transport=self.transport,
-            price_provider=_PRICED_HOSTS.get(recording.host, "replay"),
+            price_provider=(
+                "azure"
+                if recording.host.endswith(_AZURE_DOMAIN)
+                else _PRICED_HOSTS.get(recording.host, "replay")
+            ),
         )
 
     @property

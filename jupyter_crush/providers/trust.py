@@ -42,7 +42,7 @@ TRUST_ENV = "CRUSH_TRUST_PROJECT_CONFIG"
 #: In the user's config directory: trusted file path -> SHA-256 of its content.
 TRUST_STORE_NAME = "jupyter-crush-trusted.json"
 #: Keys of a provider entry that send nothing anywhere (model lists carry names and windows).
-HARMLESS_PROVIDER_KEYS = frozenset({"id", "name", "models"})
+HARMLESS_PROVIDER_KEYS = frozenset({"id", "name", "models", "api"})
 #: Where the SDKs send requests when no base URL is set.
 SDK_DEFAULT_HOSTS = {"anthropic": "api.anthropic.com", "openai": "api.openai.com"}
 

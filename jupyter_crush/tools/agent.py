@@ -73,7 +73,8 @@ class AgentTool:
 
     ``model`` gives the sub-agent's model (None: the parent turn's); ``allowed(session_id,
     tool)`` says whether a tool that asks would run without asking in the parent's session;
-    ``workspace`` is the folder the sub-agent is told it works in.
+    ``workspace`` is the folder the sub-agent is told it works in; ``with_context`` adds the
+    project's instructions (its context files) to the sub-agent's prompt.
     """
 
     def __init__(
@@ -83,8 +84,10 @@ class AgentTool:
         model: Callable[[], Model | None] = lambda: None,
         allowed: Callable[[str, str], bool] = lambda _session, _tool: False,
         workspace: Path | None = None,
+        with_context: Callable[[str], str] = lambda prompt: prompt,
     ) -> None:
         self._agent = agent
+        self._with_context = with_context
         self._model = model
         self._allowed = allowed
         self._workspace = workspace
@@ -165,12 +168,14 @@ class AgentTool:
         return ToolResult(answer, metadata=metadata)
 
     def system_prompt(self, tools: list[Tool]) -> str:
-        return TASK_PROMPT.format(
+        """The sub-agent's system prompt: the task prompt, then the project's instructions."""
+        prompt = TASK_PROMPT.format(
             cwd=self._workspace or Path.cwd(),
             system=platform.system(),
             today=date.today().isoformat(),
             tools=", ".join(tool.name for tool in tools) or "none",
         )
+        return self._with_context(prompt)
 
 
 def _title(task: str) -> str:

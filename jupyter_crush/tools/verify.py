@@ -97,6 +97,12 @@ def ipython_names(shell: Any) -> set[str]:
     return set(getattr(shell, "user_ns_hidden", None) or ())
 
 
+def ran_inputs(shell: Any) -> list[str]:
+    """What the user's kernel ran, as typed, by execution count (``In``)."""
+    history = getattr(shell, "history_manager", None)
+    return list(getattr(history, "input_hist_raw", None) or ())
+
+
 @dataclass
 class VerifyTool:
     """Verifies the notebook of ``shell``; a ``path`` is confined to ``workspace``."""
@@ -146,6 +152,7 @@ class VerifyTool:
             limits=Limits(float(timeout), self.limits.total_timeout),
             namespace=getattr(self.shell, "user_ns", None),
             ignore=ipython_names(self.shell),
+            ran=ran_inputs(self.shell),
         )
         ctx.stop_if_covered()
         report = await run.run()  # a Stop of the turn cancels it here, and kills the kernel

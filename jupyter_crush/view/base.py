@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import html
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -162,6 +163,11 @@ class RunView:
         #: The provenance metadata of a cell made from the answer's code (the kernel sets
         #: it): the static answer carries it for the page's own Insert below.
         self.code_origin: Callable[[], dict[str, Any]] | None = None
+        #: Accepts edit_cell's edits waiting for review, by call id, through the page (the
+        #: kernel sets it; called from the click's thread).
+        self.edit_acceptor: Callable[[list[str]], None] | None = None
+        #: The edits waiting for review as last drawn (call id -> cell id; loop thread).
+        self.edits_shown: dict[str, str] = {}
         self._created = clock()
         self._started: float | None = None
         self._ended: float | None = None
@@ -321,6 +327,24 @@ class RunView:
     def offers_undo(self) -> bool:
         """Whether the view shows an Undo button (keep it on the page at the run's end)."""
         return bool(self.changes) and self.interactive
+
+    def pending_edits(self) -> dict[str, str]:
+        """The edit_cell calls waiting for the user's review: call id -> the cell's id."""
+        pending = {}
+        for row in self.tool_rows():
+            if row.name == "edit_cell" and row.state == "running":
+                try:
+                    cell = json.loads(self._tool_calls[row.call_id].input).get("cell_id")
+                except (ValueError, AttributeError):
+                    cell = None
+                pending[row.call_id] = str(cell or "?")
+        return pending
+
+    def accept_edits(self) -> None:
+        """Accept all (any thread): the edits drawn as waiting, accepted in their cells."""
+        waiting = list(self.edits_shown)
+        if waiting and self.edit_acceptor is not None:
+            self.edit_acceptor(waiting)
 
     def insert_code(self, code: Any) -> None:
         """An Insert below click on one of the answer's code blocks (any thread)."""

@@ -59,6 +59,18 @@ class WidgetsRunView(RunView):
         # Frozen outputs (finished paragraphs) then the live one; see _draw_answer.
         self.answer = widgets.VBox([widgets.Output()])
         self.permission = widgets.VBox()
+        # The edits waiting for the user's review in their cells, with Accept all.
+        self.edits_label = widgets.HTML()
+        self.accept_edits_button = widgets.Button(
+            description="Accept all",
+            button_style="success",
+            tooltip="Accept every edit waiting for review in its cell",
+            layout=widgets.Layout(width="auto"),
+        )
+        self.accept_edits_button.on_click(lambda _button: self.accept_edits())
+        take_clicks_where_sent(self.accept_edits_button)
+        self.edits_box = widgets.HBox([self.edits_label, self.accept_edits_button])
+        self.edits_box.layout.display = "none"
         self.plan_html = widgets.HTML()
         self.questions = widgets.VBox()
         # Form id -> its box and the state it was drawn in; loop thread only.
@@ -85,6 +97,7 @@ class WidgetsRunView(RunView):
                 self.plan_html,
                 self.reasoning_box,
                 self.tools,
+                self.edits_box,
                 self.answer,
                 self.questions,
                 self.permission,
@@ -138,11 +151,22 @@ class WidgetsRunView(RunView):
             if self.reasoning.value != value:
                 self.reasoning.value = value
         self._draw_tools()
+        self._draw_edits()
         plan = plan_html(self.plan)
         if self.plan_html.value != plan:
             self.plan_html.value = plan
         self._draw_forms()
         self._draw_changes()
+
+    def _draw_edits(self) -> None:
+        pending = self.pending_edits()
+        if pending == self.edits_shown:
+            return
+        self.edits_shown = pending
+        self.edits_box.layout.display = None if pending else "none"
+        what = "1 edit waits" if len(pending) == 1 else f"{len(pending)} edits wait"
+        cells = ", ".join(pending.values())
+        self.edits_label.value = html.escape(f"{what} for your review in cell {cells}")
 
     def _draw_changes(self) -> None:
         if not self.changes:

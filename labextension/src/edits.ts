@@ -8,6 +8,7 @@
  *          {"decision": "accepted"} | {"decision": "rejected", "reason"} |
  *          {"decision": "withdrawn"}; only an accepted edit changes the document.
  *   {"op": "withdraw_edit", "edit"} -> takes the diff away, the cell keeps its source.
+ *   {"op": "accept_edits", "edits"} -> accepts those edits, as their Accept buttons do.
  *
  * The diff is CodeMirror's unified merge view (@codemirror/merge), JupyterLab 4's own
  * editor library, so it reads like the cell's editor, highlighted in the cell's language:
@@ -80,6 +81,13 @@ export class CellEdits {
   answer(panel: NotebookPanel, request: Request): Reply | Promise<Reply> {
     if (request.op === 'withdraw_edit') {
       return { withdrawn: this._finish(String(request.edit), { decision: 'withdrawn' }) };
+    }
+    if (request.op === 'accept_edits') {
+      // Accept all from a run view that asks through the kernel (the ipywidgets one).
+      const ids = Array.isArray(request.edits) ? request.edits.map(String) : [];
+      const waiting = ids.filter(id => this._edits.has(id));
+      this.accept(waiting);
+      return { accepted: waiting.length };
     }
     return this._propose(panel, request);
   }

@@ -59,7 +59,7 @@ export function answerRequest(
     // `cell_id`: the reply's own `id` is the request's number by the time it reaches the kernel.
     return { index, id: model.cells.get(index).id, cell_id: model.cells.get(index).id };
   }
-  if (request.op === 'propose_edit' || request.op === 'withdraw_edit') {
+  if (['propose_edit', 'withdraw_edit', 'accept_edits'].includes(String(request.op))) {
     return edits.answer(panel, request);
   }
   if (request.op === 'run_cell') {

@@ -48,12 +48,15 @@ def save_and_read(notebook: Notebook, path: Path, timeout: float = 30) -> dict:
     return json.loads(path.read_text())
 
 
-def open_edit(page, lab_server, args: dict, front_end: str = "lab") -> tuple[Notebook, Path, str]:
+def open_edit(
+    page, lab_server, args: dict, front_end: str = "lab", run_view: str = "delta"
+) -> tuple[Notebook, Path, str]:
     """A notebook whose prompt's model edits its second cell; the diff is shown."""
     name = lab_server.write_notebook(["", ORIGINAL, "%%crush --yolo --fresh\nimprove it", TOLD])
     path = lab_server.root / name
     target = cell_ids(path)[1]
     setup = SETUP.format(tool="edit_cell", args={"cell_id": target, **args})
+    setup = setup.replace("\n", f"\n%config CrushConfig.run_view = {run_view!r}\n", 1)
     document = json.loads(path.read_text())
     document["cells"][0]["source"] = setup
     path.write_text(json.dumps(document))
@@ -68,17 +71,19 @@ def open_edit(page, lab_server, args: dict, front_end: str = "lab") -> tuple[Not
     return notebook, path, target
 
 
-@pytest.mark.parametrize("where", ["cell", "run view"])
+@pytest.mark.parametrize("where", ["cell", "run view", "widgets view"])
 def test_an_accepted_edit_lands_in_the_saved_notebook_with_its_provenance(page, lab_server, where):
     args = {"search": "6 * 7", "replace": "sum(range(10))"}
-    notebook, path, target = open_edit(page, lab_server, args)
+    run_view = "widgets" if where == "widgets view" else "delta"
+    notebook, path, target = open_edit(page, lab_server, args, run_view=run_view)
     diff = notebook.cells.nth(1).locator(".jp-crush-Edit")
     # The diff is in the cell: the old line struck out, the new one added; the document,
     # and so the cell's own editor, still holds the old source.
     assert diff.locator(".cm-deletedChunk").inner_text().strip() == "total = 6 * 7"
     assert "sum(range(10))" in diff.locator(".cm-changedLine").first.inner_text()
-    pending = notebook.output(2).locator(".crush-edits")
-    assert pending.inner_text().startswith(f"1 edit waits for your review in cell {target}")
+    # The run view lists the edit with Accept all (the ipywidgets view too).
+    notebook.wait_output(2, f"1 edit waits for your review in cell {target}")
+    pending = notebook.output(2)
     notebook.screenshot(f"edit-cell-diff-{where.replace(' ', '-')}")
     if where == "cell":
         diff.get_by_role("button", name="Accept").click()
