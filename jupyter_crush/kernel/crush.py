@@ -5,9 +5,10 @@ the current session, the live run views and their tasks, the MCP servers and the
 chain: the kernel's state. Submitting a prompt is :mod:`jupyter_crush.kernel.submit`, which
 reads and updates this state; nothing here calls back into it.
 
-The widgets (ipywidgets), the tools and the providers are imported on first use,
-not at ``%load_ext``: the provider SDKs alone take longer to import than a user
-should wait for an extension to load.
+Each part (the agent with its tools and providers, the store, the MCP servers, the replay
+chain, the undo log) is built, and its modules imported, on first use, not at ``%load_ext``,
+which stays within 50 ms (benchmarks/bench_load_ext.py): the provider SDKs alone take longer
+to import than a user should wait for an extension to load.
 """
 
 from __future__ import annotations
