@@ -13,7 +13,6 @@ from IPython.core.error import UsageError
 
 from ..core.remote import ALLOW_LISTS
 from ..kernel.errors import store_problems_in_one_line
-from .local_models import show_local_models
 from .registry import command
 
 if TYPE_CHECKING:
@@ -132,6 +131,8 @@ def model_command(crush: Crush, rest: list[str]) -> None:
         print(crush.config.store_line())
         return
     if rest == ["--local"]:
+        from .local_models import show_local_models
+
         return show_local_models(crush)
     if len(rest) != 1:
         raise UsageError("Usage: %crush model [provider:model | --local]")
