@@ -278,8 +278,19 @@ class _Failed(Exception):
         )
 
 
+class _SummaryRefused(Exception):
+    """OpenAI refused the request for its reasoning summary (an unverified organization)."""
+
+
+def _refuses_summary(exc: Exception) -> bool:
+    return isinstance(exc, openai.BadRequestError) and "summar" in str(exc).lower()
+
+
 class ResponsesModel(OpenAIModel):
     """An OpenAI model spoken to through the Responses API."""
+
+    #: Set once OpenAI refused this model's reasoning summary: later requests ask for none.
+    summary_refused = False
 
     def request_params(
         self,
@@ -304,7 +315,7 @@ class ResponsesModel(OpenAIModel):
             reasoning: dict[str, str] = {}
             if self.settings.reasoning_effort:
                 reasoning["effort"] = self.settings.reasoning_effort
-            if self.settings.reasoning_summary:
+            if self.settings.reasoning_summary and not self.summary_refused:
                 reasoning["summary"] = self.settings.reasoning_summary
             if reasoning:
                 params["reasoning"] = reasoning
@@ -318,6 +329,19 @@ class ResponsesModel(OpenAIModel):
         system: str | None = None,
         tools: Sequence[ToolSpec] = (),
     ) -> AsyncIterator[StreamEvent]:
+        try:
+            async for event in self._stream(messages, system, tools):
+                yield event
+        except _SummaryRefused:
+            # An organization OpenAI has not verified gets no summaries; the request is
+            # refused before any event, so it is made again once without one.
+            self.summary_refused = True
+            async for event in self._stream(messages, system, tools):
+                yield event
+
+    async def _stream(
+        self, messages: Sequence[Message], system: str | None, tools: Sequence[ToolSpec]
+    ) -> AsyncIterator[StreamEvent]:
         params = encodable(self.request_params(messages, system=system, tools=tools))
         state = _ResponsesState()
         try:
@@ -330,6 +354,8 @@ class ResponsesModel(OpenAIModel):
         except _Failed as failed:
             raise self._error(failed.api_error(response.response.request)) from None
         except _STREAM_ERRORS as exc:
+            if _refuses_summary(exc) and "summary" in params.get("reasoning", {}):
+                raise _SummaryRefused from exc
             raise self._error(exc) from exc
         if state.finish is None:
             raise self._ended_early(response)
