@@ -144,6 +144,8 @@ export class CellEdits {
         })
       });
       void this._highlight(cell, view, language);
+      // The turn waits for this decision: bring the diff into view.
+      void panel.content.scrollToCell(cell, 'smart');
       const metadata = (request.metadata ?? {}) as { [key: string]: unknown };
       this._edits.set(id, { panel, cell, after, metadata, node, view, settle });
       // A cell deleted while under review cannot take the edit.
