@@ -197,7 +197,7 @@ async def test_without_a_page_the_edit_is_refused_in_one_line(monkeypatch):
     result = await within(edit_tool(None).run({"cell_id": "a", "source": "1"}, context(Changes())))
     assert result.content == NO_PAGE_FOR_EDITS and result.is_error
     # A page that does not answer (an older extension, a page still loading) is no page.
-    monkeypatch.setattr("jupyter_crush.tools.edit_cell.LIVE_TIMEOUT", 0.05)
+    monkeypatch.setattr("jupyter_crush.tools.notebook.LIVE_TIMEOUT", 0.05)
     silent = Page([code_cell("a", "x")], silent=True)
     result = await within(
         edit_tool(silent).run({"cell_id": "a", "source": "1"}, context(Changes()))
