@@ -48,7 +48,7 @@ from ..core.model import (
 )
 from ..core.undecodable import encodable
 from .apis import is_reasoning_model
-from .history import conversation, tool_arguments
+from .history import conversation, result_images, tool_arguments
 from .openai import _STREAM_ERRORS, OpenAIModel
 from .vision import wire_image
 
@@ -71,7 +71,6 @@ def build_input(messages: Sequence[Message], *, images: bool = True) -> list[dic
         if message.role is Role.USER:
             items.append({"role": "user", "content": _user_content(message.parts, images)})
         elif message.role is Role.TOOL:
-            shown: list[Part] = []
             for result in message.tool_results:
                 items.append(
                     {
@@ -80,11 +79,7 @@ def build_input(messages: Sequence[Message], *, images: bool = True) -> list[dic
                         "output": result.content,
                     }
                 )
-                if result.images:
-                    shown.append(
-                        TextPart(f"Images from the {result.name} call {result.tool_call_id}:")
-                    )
-                    shown.extend(result.images)
+            shown = result_images(message)
             if shown:
                 items.append({"role": "user", "content": _user_content(shown, images)})
         else:
