@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from test_delta_view_ops import Page, in_sync, make_view
+from test_widgets_view import make_view as make_widgets_view
 
 from jupyter_crush.core.events import (
     ChildEvent,
@@ -28,8 +29,6 @@ from jupyter_crush.core.message import (
     ToolResultPart,
     Usage,
 )
-from jupyter_crush.view.base import RunLabels
-from jupyter_crush.view.widgets import WidgetsRunView
 
 TASK = "Find where the sales data is loaded\nand which columns are parsed as dates."
 AGENT_CALL = ToolCallPart("call_1", "agent", json.dumps({"prompt": TASK}), finished=True)
@@ -156,14 +155,7 @@ async def test_a_section_opened_mid_run_is_in_the_snapshot_a_page_syncs_from():
 
 
 async def test_the_widgets_view_shows_the_section_in_the_calls_accordion():
-    import asyncio
-
-    view = WidgetsRunView(
-        RunLabels("analysis", "scripted:model"),
-        on_stop=lambda: None,
-        session_id="s1",
-        loop=asyncio.get_running_loop(),
-    )
+    view, _ = make_widgets_view()
     child_turn(view)
     box, content = view._tool_widgets["call_1"]
     assert box.titles == (

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from support.bounded import until, within
 from test_delta_view_ops import Page, click, in_sync
+from test_widgets_view import make_view as make_widgets_view
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
 from jupyter_crush.agent.records import TOOL_CANCELED
@@ -29,7 +30,6 @@ from jupyter_crush.tools.todos import run_todos
 from jupyter_crush.view.base import RunLabels
 from jupyter_crush.view.delta import DeltaRunView
 from jupyter_crush.view.questions import ViewQuestionAsker
-from jupyter_crush.view.widgets import WidgetsRunView
 
 
 class PlanPage(Page):
@@ -365,13 +365,7 @@ def test_both_tools_are_default_tools_and_neither_asks_permission(tmp_path):
 
 
 async def test_the_widgets_view_shows_the_plan_and_takes_a_form_answer():
-    view = WidgetsRunView(
-        RunLabels("analysis", "scripted:model"),
-        on_stop=lambda: None,
-        session_id="s1",
-        loop=asyncio.get_running_loop(),
-        redraw_rate=0,
-    )
+    view, _ = make_widgets_view(redraw_rate=0)
     view.on_event(Started("u1"))
     await plan_written(view, PLAN)
     assert "<b>Loading the sales data</b>" in view.plan_html.value
@@ -443,13 +437,7 @@ async def test_the_page_module_follows_the_plan_and_form_ops_as_the_kernel_does(
 
 
 async def test_the_widgets_view_shows_a_withdrawn_form_without_its_inputs():
-    view = WidgetsRunView(
-        RunLabels("analysis", "scripted:model"),
-        on_stop=lambda: None,
-        session_id="s1",
-        loop=asyncio.get_running_loop(),
-        redraw_rate=0,
-    )
+    view, _ = make_widgets_view(redraw_rate=0)
     asking = asyncio.ensure_future(
         ViewQuestionAsker({"s1": view}).ask(
             QuestionRequest("s1", "call-1", parse_questions(QUESTIONS))
