@@ -4,13 +4,11 @@ headed by the task and the child's state, its text and tool calls streaming in a
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
-import pytest
+from support.page_module import run_with_page_module
 from test_delta_view_ops import Page, in_sync, make_view
+from test_widgets_view import make_view as make_widgets_view
 
 from jupyter_crush.core.events import (
     ChildEvent,
@@ -28,8 +26,6 @@ from jupyter_crush.core.message import (
     ToolResultPart,
     Usage,
 )
-from jupyter_crush.view.base import RunLabels
-from jupyter_crush.view.widgets import WidgetsRunView
 
 TASK = "Find where the sales data is loaded\nand which columns are parsed as dates."
 AGENT_CALL = ToolCallPart("call_1", "agent", json.dumps({"prompt": TASK}), finished=True)
@@ -156,14 +152,7 @@ async def test_a_section_opened_mid_run_is_in_the_snapshot_a_page_syncs_from():
 
 
 async def test_the_widgets_view_shows_the_section_in_the_calls_accordion():
-    import asyncio
-
-    view = WidgetsRunView(
-        RunLabels("analysis", "scripted:model"),
-        on_stop=lambda: None,
-        session_id="s1",
-        loop=asyncio.get_running_loop(),
-    )
+    view, _ = make_widgets_view()
     child_turn(view)
     box, content = view._tool_widgets["call_1"]
     assert box.titles == (
@@ -183,24 +172,11 @@ console.log(JSON.stringify(start));
 
 
 async def test_the_pages_state_follows_the_child_ops_as_the_kernels_does(tmp_path):
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed (the labextension build needs it too)")
     view, page = make_child_view()
     start = json.loads(json.dumps(view.snapshot()["snapshot"]))
     child_turn(view)
     ops = [op for message in page.ops_messages for op in message["ops"]]
-    module = Path(__file__).resolve().parent.parent / "jupyter_crush" / "view" / "delta_view.js"
-    (tmp_path / "delta_view.mjs").write_text(module.read_text())
-    (tmp_path / "check.mjs").write_text(PAGE_CHECK)
-    out = subprocess.run(
-        [node, str(tmp_path / "check.mjs"), json.dumps([start, ops])],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    moved = json.loads(out.stdout)
+    moved = run_with_page_module(tmp_path, PAGE_CHECK, json.dumps([start, ops]))
     kernel = json.loads(json.dumps(view.snapshot()["snapshot"]))
     assert moved["children"] == kernel["children"]
     assert moved["tools"] == kernel["tools"]

@@ -197,7 +197,7 @@ async def test_without_a_page_the_edit_is_refused_in_one_line(monkeypatch):
     result = await within(edit_tool(None).run({"cell_id": "a", "source": "1"}, context(Changes())))
     assert result.content == NO_PAGE_FOR_EDITS and result.is_error
     # A page that does not answer (an older extension, a page still loading) is no page.
-    monkeypatch.setattr("jupyter_crush.tools.edit_cell.LIVE_TIMEOUT", 0.05)
+    monkeypatch.setattr("jupyter_crush.tools.notebook.LIVE_TIMEOUT", 0.05)
     silent = Page([code_cell("a", "x")], silent=True)
     result = await within(
         edit_tool(silent).run({"cell_id": "a", "source": "1"}, context(Changes()))
@@ -398,3 +398,29 @@ def test_the_stop_watch_outlives_the_wait_only_after_a_stop():
     watching.finish_unless_stopped()
     assert not watching._finished.is_set()
     watching.finish()
+
+
+# -- a code block's Insert below, as the run view takes it -------------------------------
+
+
+async def test_an_insert_click_hands_the_blocks_code_to_the_kernels_inserter():
+    from jupyter_crush.view.base import RunLabels
+    from jupyter_crush.view.delta import DeltaRunView
+
+    view = DeltaRunView(
+        RunLabels("analysis", "scripted:model"),
+        on_stop=lambda: None,
+        session_id="s1",
+        loop=asyncio.get_running_loop(),
+    )
+    inserted: list[str] = []
+    view.code_inserter = inserted.append
+    for content in (
+        {"event": "click", "target": "insert", "code": "df.plot()"},
+        {"event": "click", "target": "insert", "code": "   "},  # nothing to insert
+        {"event": "click", "target": "insert", "code": ["df.plot()"]},  # not code
+        {"event": "click", "target": "stop-not", "code": "x = 1"},
+    ):
+        view._on_message(view.widget, content, [])
+    assert inserted == ["df.plot()"]
+    view.close()

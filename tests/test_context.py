@@ -89,7 +89,7 @@ def test_crush_context_reports_what_the_next_request_carries(ip, crush, project,
     assert lines[3] == "  built-in prompt"
     assert lines[4] == f"  {notebook_dir / 'AGENTS.md'}"
     tools = next(line for line in lines if line.startswith("Tools ("))
-    assert "python, variables, notebook, insert_cell" in tools
+    assert "python, variables, notebook, verify, insert_cell, edit_cell" in tools
     assert "Attachments: none" in out
     history = next(line for line in lines if line.startswith("History: "))
     assert history == "History: 4,014 chars (~1,004 tokens) sent"

@@ -4,14 +4,8 @@ keeps from its first message on, and the status line's amber context meter."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
-
-MODULE = Path(__file__).resolve().parent.parent / "jupyter_crush" / "view" / "delta_view.js"
+from support.page_module import run_with_page_module
 
 CHECKS = r"""
 import { BlockSplitter, RunState, renderMarkdown, statusHtml } from './delta_view.mjs';
@@ -92,21 +86,7 @@ HOSTILE = (
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> dict:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed (the labextension build needs it too)")
-    work = tmp_path_factory.mktemp("js")
-    # The module is an ES module named .js for anywidget; Node wants .mjs to import it.
-    (work / "delta_view.mjs").write_text(MODULE.read_text())
-    (work / "checks.mjs").write_text(CHECKS)
-    out = subprocess.run(
-        [node, str(work / "checks.mjs"), TEXT, HOSTILE],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return json.loads(out.stdout)
+    return run_with_page_module(tmp_path_factory.mktemp("js"), CHECKS, TEXT, HOSTILE)
 
 
 def test_blocks_do_not_depend_on_how_the_text_arrived(rendered):

@@ -338,5 +338,6 @@ def test_format_code_inserts_no_cell_for_a_stopped_turn(store, reason):
         answer_markdown="Here:\n```python\nx = 1\n```\n",
         session_id=session.id,
     )
-    code_to_next_cell(SimpleNamespace(store=store, shell=shell), view)
+    no_turns = SimpleNamespace(latest=lambda session_id: None)  # nothing for undo to track
+    code_to_next_cell(SimpleNamespace(store=store, shell=shell, undo=no_turns), view)
     assert inserted == ([] if reason is FinishReason.CANCELED else ["x = 1"])

@@ -16,7 +16,7 @@ from jupyter_crush.core.model import ModelError
 
 __all__ = ["_isolated_env"]  # the autouse fixture: no developer keys leak into these tests
 
-PROTOCOLS = ["openai", "anthropic"]
+PROTOCOLS = ["openai", "responses", "anthropic"]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from support.bounded import until, within
-from support.replay_server import ReplayServer, Step, recording_steps
+from support.replay_server import ReplayServer, Step, error_step, recording_steps
 from test_delta_view_ops import in_sync, make_view
 from test_providers import _isolated_env, settings_for, user
 
@@ -400,3 +400,21 @@ async def test_an_incomplete_response_ends_with_its_reason():
     finish = events[-1]
     assert isinstance(finish, StreamFinish) and finish.reason is FinishReason.MAX_TOKENS
     assert finish.usage.output_tokens == 3
+
+
+async def test_an_organization_refused_summaries_gets_its_answer_without_them():
+    # OpenAI's 400 for an organization it has not verified, as its API words it.
+    refused = error_step(
+        400,
+        "Your organization must be verified to generate reasoning summaries. Please go to: "
+        "https://platform.openai.com/settings/organization/general and click on Verify "
+        "Organization.",
+    )
+    async with ReplayServer([refused, *recording_steps(THINKING)]) as server:
+        model = gpt5(server.url)
+        first = [e async for e in model.stream([user(WEATHER_PROMPT)], tools=[WEATHER])]
+        again = [e async for e in model.stream([user(WEATHER_PROMPT)], tools=[WEATHER])]
+        bodies = [r.json() for r in server.requests]
+    assert [b.get("reasoning") for b in bodies] == [{"summary": "auto"}, None, None]
+    assert all(b["include"] == ["reasoning.encrypted_content"] for b in bodies)
+    assert isinstance(first[-1], StreamFinish) and isinstance(again[-1], StreamFinish)

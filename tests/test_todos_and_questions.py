@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
 from support.bounded import until, within
+from support.page_module import run_with_page_module
 from test_delta_view_ops import Page, click, in_sync
+from test_widgets_view import make_view as make_widgets_view
 
 from jupyter_crush import FinishReason, SessionAgent, SessionAgentCall
 from jupyter_crush.agent.records import TOOL_CANCELED
@@ -29,7 +28,6 @@ from jupyter_crush.tools.todos import run_todos
 from jupyter_crush.view.base import RunLabels
 from jupyter_crush.view.delta import DeltaRunView
 from jupyter_crush.view.questions import ViewQuestionAsker
-from jupyter_crush.view.widgets import WidgetsRunView
 
 
 class PlanPage(Page):
@@ -70,7 +68,6 @@ def make_view(**kwargs: Any) -> tuple[DeltaRunView, PlanPage]:
 
 
 CONTEXT = ToolContext("s1", "call-1")
-MODULE = Path(__file__).resolve().parent.parent / "jupyter_crush" / "view" / "delta_view.js"
 
 
 def todo(content: str, status: str, active: str = "") -> dict[str, str]:
@@ -365,13 +362,7 @@ def test_both_tools_are_default_tools_and_neither_asks_permission(tmp_path):
 
 
 async def test_the_widgets_view_shows_the_plan_and_takes_a_form_answer():
-    view = WidgetsRunView(
-        RunLabels("analysis", "scripted:model"),
-        on_stop=lambda: None,
-        session_id="s1",
-        loop=asyncio.get_running_loop(),
-        redraw_rate=0,
-    )
+    view, _ = make_widgets_view(redraw_rate=0)
     view.on_event(Started("u1"))
     await plan_written(view, PLAN)
     assert "<b>Loading the sales data</b>" in view.plan_html.value
@@ -408,9 +399,6 @@ console.log(JSON.stringify(older));
 
 
 async def test_the_page_module_follows_the_plan_and_form_ops_as_the_kernel_does(tmp_path):
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed (the labextension build needs it too)")
     view, page = make_view()
     start = view.snapshot()["snapshot"]
     view.on_event(Started("u1"))
@@ -425,17 +413,8 @@ async def test_the_page_module_follows_the_plan_and_form_ops_as_the_kernel_does(
     )
     await within(asking)
     view._draw()
-    (tmp_path / "delta_view.mjs").write_text(MODULE.read_text())
-    (tmp_path / "replay.mjs").write_text(REPLAY)
     (tmp_path / "ops.json").write_text(json.dumps({"start": start, "messages": page.ops_messages}))
-    out = subprocess.run(
-        [node, str(tmp_path / "replay.mjs"), str(tmp_path / "ops.json")],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    replayed = json.loads(out.stdout)
+    replayed = run_with_page_module(tmp_path, REPLAY, str(tmp_path / "ops.json"))
     kernel = json.loads(json.dumps(view.snapshot()["snapshot"]))
     assert replayed["todos"] == kernel["todos"] == [todo("Load the sales data", "done"), PLAN[1]]
     assert replayed["questions"] == kernel["questions"]
@@ -443,13 +422,7 @@ async def test_the_page_module_follows_the_plan_and_form_ops_as_the_kernel_does(
 
 
 async def test_the_widgets_view_shows_a_withdrawn_form_without_its_inputs():
-    view = WidgetsRunView(
-        RunLabels("analysis", "scripted:model"),
-        on_stop=lambda: None,
-        session_id="s1",
-        loop=asyncio.get_running_loop(),
-        redraw_rate=0,
-    )
+    view, _ = make_widgets_view(redraw_rate=0)
     asking = asyncio.ensure_future(
         ViewQuestionAsker({"s1": view}).ask(
             QuestionRequest("s1", "call-1", parse_questions(QUESTIONS))

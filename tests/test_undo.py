@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from IPython.core.error import UsageError
 from support.bounded import until, within
+from test_rerun import run
 
 from jupyter_crush.core.message import Message, Role, TextPart
 from jupyter_crush.kernel.snapshot import touched_names
@@ -19,14 +20,6 @@ from jupyter_crush.providers.anthropic import build_messages as anthropic_messag
 from jupyter_crush.providers.history import conversation
 from jupyter_crush.store.transcript import TranscriptStore
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
-
-
-def run(ip, cell: str):
-    result = ip.run_cell(cell)
-    for error in (result.error_before_exec, result.error_in_exec):
-        if error is not None:
-            raise error
-    return result.result
 
 
 @pytest.fixture

@@ -14,7 +14,15 @@ from dataclasses import replace
 from typing import Any
 
 from ..core.limits import capped
-from ..core.message import Message, ReasoningPart, Role, TextPart, ToolCallPart, ToolResultPart
+from ..core.message import (
+    Message,
+    Part,
+    ReasoningPart,
+    Role,
+    TextPart,
+    ToolCallPart,
+    ToolResultPart,
+)
 
 #: ``metadata["event"]`` of the system row that records a ``%crush undo``
 #: (:mod:`jupyter_crush.kernel.undo`): the one system row a request carries, as a note.
@@ -48,6 +56,17 @@ def has_content(message: Message) -> bool:
         if isinstance(part, ReasoningPart) and part.text:
             return True
     return False
+
+
+def result_images(message: Message) -> list[Part]:
+    """The images of a tool message's results, each call's headed by a line naming it: for
+    the APIs whose tool results take only text, a user message after them carries these."""
+    shown: list[Part] = []
+    for result in message.tool_results:
+        if result.images:
+            shown.append(TextPart(f"Images from the {result.name} call {result.tool_call_id}:"))
+            shown.extend(result.images)
+    return shown
 
 
 #: The result sent for a call that has none in the transcript.

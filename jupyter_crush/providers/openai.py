@@ -33,7 +33,7 @@ from ..core.model import (
 )
 from ..core.undecodable import encodable
 from .base import SDKModel
-from .history import conversation, tool_arguments
+from .history import conversation, result_images, tool_arguments
 from .vision import wire_image
 
 _FINISH = {
@@ -66,14 +66,8 @@ def build_messages(
         out.append({"role": "system", "content": system})
     for message in conversation(messages):
         if message.role is Role.TOOL:
-            shown: list[Part] = []
-            for result in message.tool_results:
-                out.append(_tool_message(result))
-                if result.images:
-                    shown.append(
-                        TextPart(f"Images from the {result.name} call {result.tool_call_id}:")
-                    )
-                    shown.extend(result.images)
+            out.extend(_tool_message(result) for result in message.tool_results)
+            shown = result_images(message)
             if shown:
                 _add_user(out, _user_content(shown, images))
             continue

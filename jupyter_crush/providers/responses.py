@@ -48,7 +48,7 @@ from ..core.model import (
 )
 from ..core.undecodable import encodable
 from .apis import is_reasoning_model
-from .history import conversation, tool_arguments
+from .history import conversation, result_images, tool_arguments
 from .openai import _STREAM_ERRORS, OpenAIModel
 from .vision import wire_image
 
@@ -71,7 +71,6 @@ def build_input(messages: Sequence[Message], *, images: bool = True) -> list[dic
         if message.role is Role.USER:
             items.append({"role": "user", "content": _user_content(message.parts, images)})
         elif message.role is Role.TOOL:
-            shown: list[Part] = []
             for result in message.tool_results:
                 items.append(
                     {
@@ -80,11 +79,7 @@ def build_input(messages: Sequence[Message], *, images: bool = True) -> list[dic
                         "output": result.content,
                     }
                 )
-                if result.images:
-                    shown.append(
-                        TextPart(f"Images from the {result.name} call {result.tool_call_id}:")
-                    )
-                    shown.extend(result.images)
+            shown = result_images(message)
             if shown:
                 items.append({"role": "user", "content": _user_content(shown, images)})
         else:
@@ -278,8 +273,19 @@ class _Failed(Exception):
         )
 
 
+class _SummaryRefused(Exception):
+    """OpenAI refused the request for its reasoning summary (an unverified organization)."""
+
+
+def _refuses_summary(exc: Exception) -> bool:
+    return isinstance(exc, openai.BadRequestError) and "summar" in str(exc).lower()
+
+
 class ResponsesModel(OpenAIModel):
     """An OpenAI model spoken to through the Responses API."""
+
+    #: Set once OpenAI refused this model's reasoning summary: later requests ask for none.
+    summary_refused = False
 
     def request_params(
         self,
@@ -304,7 +310,7 @@ class ResponsesModel(OpenAIModel):
             reasoning: dict[str, str] = {}
             if self.settings.reasoning_effort:
                 reasoning["effort"] = self.settings.reasoning_effort
-            if self.settings.reasoning_summary:
+            if self.settings.reasoning_summary and not self.summary_refused:
                 reasoning["summary"] = self.settings.reasoning_summary
             if reasoning:
                 params["reasoning"] = reasoning
@@ -318,6 +324,19 @@ class ResponsesModel(OpenAIModel):
         system: str | None = None,
         tools: Sequence[ToolSpec] = (),
     ) -> AsyncIterator[StreamEvent]:
+        try:
+            async for event in self._stream(messages, system, tools):
+                yield event
+        except _SummaryRefused:
+            # An organization OpenAI has not verified gets no summaries; the request is
+            # refused before any event, so it is made again once without one.
+            self.summary_refused = True
+            async for event in self._stream(messages, system, tools):
+                yield event
+
+    async def _stream(
+        self, messages: Sequence[Message], system: str | None, tools: Sequence[ToolSpec]
+    ) -> AsyncIterator[StreamEvent]:
         params = encodable(self.request_params(messages, system=system, tools=tools))
         state = _ResponsesState()
         try:
@@ -330,6 +349,8 @@ class ResponsesModel(OpenAIModel):
         except _Failed as failed:
             raise self._error(failed.api_error(response.response.request)) from None
         except _STREAM_ERRORS as exc:
+            if _refuses_summary(exc) and "summary" in params.get("reasoning", {}):
+                raise _SummaryRefused from exc
             raise self._error(exc) from exc
         if state.finish is None:
             raise self._ended_early(response)

@@ -29,10 +29,13 @@ from ..core.model import ToolSpec
 from ..core.tools import Tool, ToolContext, ToolResult
 from ..notebook import labcomm
 from .cells import MAX_CELL_CHARS
-from .notebook import LIVE_TIMEOUT
+from .notebook import live_document
 
 #: How long the page has to show the diff before the tool says no front end can.
 SHOW_TIMEOUT = 3.0
+
+#: What edit_cell and run_cell say of a missing or empty ``cell_id`` argument.
+BAD_CELL_ID = "'cell_id' must be a cell's id (the notebook tool shows it as id=...)"
 
 NO_FRONT_END = (
     "edit_cell: no JupyterLab or Notebook 7 page with the jupyter-crush extension shows this "
@@ -85,16 +88,15 @@ class EditCellTool:
         if problem:
             return ToolResult(f"edit_cell: {problem}", True)
         cell_id = args["cell_id"]
-        page = await labcomm.request(self.shell, {"op": "cells"}, timeout=LIVE_TIMEOUT)
-        if page is None or not isinstance(page.get("cells"), list):
-            return ToolResult(NO_FRONT_END, True)
-        before = cell_source(page["cells"], cell_id)
-        if before is None:
-            return ToolResult(
-                f"edit_cell: no cell has id {cell_id!r}; the notebook tool shows each cell's "
-                "id (id=...); nothing changed",
-                True,
-            )
+        before = await live_cell_source(
+            self.shell,
+            cell_id,
+            tool="edit_cell",
+            no_front_end=NO_FRONT_END,
+            nothing="nothing changed",
+        )
+        if isinstance(before, ToolResult):
+            return before
         after, problem = new_source(before, args)
         if problem:
             return ToolResult(f"edit_cell: {problem}; nothing changed", True)
@@ -152,7 +154,7 @@ def check_arguments(args: dict[str, Any]) -> str:
     """What is wrong with the call's arguments, in one line ('' when nothing)."""
     cell_id = args.get("cell_id")
     if not isinstance(cell_id, str) or not cell_id.strip():
-        return "'cell_id' must be a cell's id (the notebook tool shows it as id=...)"
+        return BAD_CELL_ID
     for name in ("source", "search", "replace"):
         if name in args and not isinstance(args[name], str):
             return f"'{name}' must be a string"
@@ -168,6 +170,25 @@ def check_arguments(args: dict[str, Any]) -> str:
     if len(text) > MAX_CELL_CHARS:
         return f"the new text is {len(text)} characters; keep a cell under {MAX_CELL_CHARS}"
     return ""
+
+
+async def live_cell_source(
+    shell: Any, cell_id: str, *, tool: str, no_front_end: str, nothing: str
+) -> str | ToolResult:
+    """The source of cell ``cell_id`` in the live document, or ``tool``'s error result:
+    ``no_front_end`` when no page answers, else that no cell has the id and ``nothing``
+    happened."""
+    page = await live_document(shell)
+    if page is None:
+        return ToolResult(no_front_end, True)
+    source = cell_source(page["cells"], cell_id)
+    if source is None:
+        return ToolResult(
+            f"{tool}: no cell has id {cell_id!r}; the notebook tool shows each cell's "
+            f"id (id=...); {nothing}",
+            True,
+        )
+    return source
 
 
 def cell_source(cells: list[Any], cell_id: str) -> str | None:

@@ -46,6 +46,14 @@ LIVE_TIMEOUT = 2.0
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
+
+async def live_document(shell: Any) -> dict[str, Any] | None:
+    """The live document as the extension's page sends it (``cells``, a list of nbformat
+    cells; ``path``; ``dirty``), or None when no page answers within :data:`LIVE_TIMEOUT`."""
+    reply = await labcomm.request(shell, {"op": "cells"}, timeout=LIVE_TIMEOUT)
+    return reply if reply is not None and isinstance(reply.get("cells"), list) else None
+
+
 DESCRIPTION = """\
 Read the user's notebook: its cells in order with index, id, type, execution count, \
 source and outputs (errors with their traceback; images are noted, not shown). The cell \
@@ -362,8 +370,8 @@ class NotebookTool:
         if path:
             target = self.workspace.resolve(path)
             return NotebookSnapshot("file on disk", str(target), read_ipynb(target))
-        reply = await labcomm.request(self.shell, {"op": "cells"}, timeout=LIVE_TIMEOUT)
-        if reply is not None and isinstance(reply.get("cells"), list):
+        reply = await live_document(self.shell)
+        if reply is not None:
             return NotebookSnapshot(
                 "live document",
                 str(reply.get("path") or ""),

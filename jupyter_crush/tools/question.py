@@ -93,14 +93,14 @@ def parse_questions(arguments: dict[str, Any]) -> tuple[Question, ...] | str:
         )
     questions = []
     for n, item in enumerate(items, 1):
-        question = _parse_question(n, item)
+        question = _parse_question(item)
         if isinstance(question, str):
             return f"question: question {n}: {question}"
         questions.append(question)
     return tuple(questions)
 
 
-def _parse_question(n: int, item: Any) -> Question | str:
+def _parse_question(item: Any) -> Question | str:
     if not isinstance(item, dict):
         return "must be an object with 'type' and 'question'"
     text, description = item.get("question"), item.get("description") or ""

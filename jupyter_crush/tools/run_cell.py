@@ -37,8 +37,8 @@ from ..core.tools import Tool, ToolContext, ToolResult
 from ..notebook import labcomm
 from ..notebook import state as notebook_state
 from ..notebook.interrupt import interrupt_cell
-from .edit_cell import cell_source
-from .notebook import LIVE_TIMEOUT, output_text
+from .edit_cell import BAD_CELL_ID, live_cell_source
+from .notebook import output_text
 
 #: How long the page has to start the cell before the tool says no front end can.
 START_TIMEOUT = 3.0
@@ -86,10 +86,7 @@ class RunCellTool:
     async def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolResult:
         cell_id = args.get("cell_id")
         if not isinstance(cell_id, str) or not cell_id.strip():
-            return ToolResult(
-                "run_cell: 'cell_id' must be a cell's id (the notebook tool shows it as id=...)",
-                True,
-            )
+            return ToolResult(f"run_cell: {BAD_CELL_ID}", True)
         prompt = notebook_state.prompt_cell(self.shell)
         if cell_id == prompt:
             return ToolResult(
@@ -102,16 +99,11 @@ class RunCellTool:
                 "runs one cell at a time; nothing ran (ask without --wait to run cells)",
                 True,
             )
-        page = await labcomm.request(self.shell, {"op": "cells"}, timeout=LIVE_TIMEOUT)
-        if page is None or not isinstance(page.get("cells"), list):
-            return ToolResult(NO_FRONT_END, True)
-        source = cell_source(page["cells"], cell_id)
-        if source is None:
-            return ToolResult(
-                f"run_cell: no cell has id {cell_id!r}; the notebook tool shows each cell's "
-                "id (id=...); nothing ran",
-                True,
-            )
+        source = await live_cell_source(
+            self.shell, cell_id, tool="run_cell", no_front_end=NO_FRONT_END, nothing="nothing ran"
+        )
+        if isinstance(source, ToolResult):
+            return source
         ctx.stop_if_covered()  # the cell is the side effect
         ctx.changes.before_code(getattr(self.shell, "user_ns", {}), source)
         watch = StopWatch(self.shell, cell_id, ctx.stop_if_covered)

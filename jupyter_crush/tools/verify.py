@@ -23,9 +23,8 @@ from ..core.model import ToolSpec
 from ..core.output import MAX_OUTPUT_CHARS, clean
 from ..core.remote import store_place
 from ..core.tools import Tool, ToolContext, ToolResult
-from ..notebook import labcomm
 from ..notebook.verify import Limits, NotebookToVerify, VerifyRun, kernel_name_for
-from .notebook import LIVE_TIMEOUT, NotebookError, kernel_notebook_path, load_ipynb
+from .notebook import NotebookError, kernel_notebook_path, live_document, load_ipynb
 from .workspace import Workspace, WorkspaceError
 
 DESCRIPTION = """\
@@ -72,8 +71,8 @@ async def find_notebook(
     saved = load_ipynb(file) if file is not None and file.exists() else None
     metadata = (saved or {}).get("metadata") or {}
     folder = file.parent if saved is not None and file is not None else Path.cwd()
-    reply = await labcomm.request(shell, {"op": "cells"}, timeout=LIVE_TIMEOUT)
-    if reply is not None and isinstance(reply.get("cells"), list):
+    reply = await live_document(shell)
+    if reply is not None:
         source = "live document"
         if reply.get("dirty"):
             source += ", unsaved changes included"

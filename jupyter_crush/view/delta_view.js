@@ -232,8 +232,8 @@ class Answer {
       const block = document.createElement("div");
       block.className = "crush-block";
       block.innerHTML = renderMarkdown(this.text.slice(start, end));
-      codeActions(block, this.insert);
       this.el.insertBefore(block, this.live);
+      codeActions(block, this.insert);
       this.dropLive();
     }
     this.drawLive();
@@ -330,10 +330,11 @@ function button(label, className) {
   return b;
 }
 
-// Copy and Insert below over each finished code block; `insert` (none: Copy only) asks the
-// kernel for a new cell below the prompt's cell, marked with where it came from.
+// Copy and Insert below over a finished code block, just before the block (whose own
+// children stay the rendered Markdown); `insert` (none: Copy only) asks the kernel for a
+// new cell below the prompt's cell, marked with where it came from.
 function codeActions(block, insert) {
-  for (const pre of block.querySelectorAll("pre")) {
+  for (const pre of block.querySelectorAll(":scope > pre")) {
     const code = pre.textContent.replace(/\n$/, "");
     const bar = document.createElement("div");
     bar.className = "crush-code-actions";
@@ -352,7 +353,7 @@ function codeActions(block, insert) {
         flash(add, "Inserted");
       });
     }
-    pre.before(bar);
+    block.before(bar);
   }
 }
 

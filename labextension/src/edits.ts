@@ -144,11 +144,13 @@ export class CellEdits {
         })
       });
       void this._highlight(cell, view, language);
+      // The turn waits for this decision: bring the diff into view.
+      void panel.content.scrollToCell(cell, 'smart');
       const metadata = (request.metadata ?? {}) as { [key: string]: unknown };
       this._edits.set(id, { panel, cell, after, metadata, node, view, settle });
-      // A cell deleted while under review cannot take the edit.
+      // A cell deleted, or a notebook closed, while under review cannot take the edit.
       cell.disposed.connect(() =>
-        this._finish(id, { error: 'the cell was deleted while its edit was under review' })
+        this._finish(id, { error: 'the cell was deleted or its notebook closed before a decision' })
       );
     });
   }

@@ -166,16 +166,20 @@ crush.use_model(ScriptedModel([answer], tokens_per_second={rate}))
 print("setup done")"""
 
 
-@pytest.mark.parametrize("answer", ["streaming", "finished"])
+@pytest.mark.parametrize(
+    ("answer", "front_end"),
+    [("streaming", "lab"), ("finished", "lab"), ("finished", "notebook7")],
+)
 def test_insert_below_puts_a_code_block_of_the_answer_into_a_cell_with_provenance(
-    page, lab_server, answer
+    page, lab_server, answer, front_end
 ):
     streaming = answer == "streaming"
     setup = BLOCK_SETUP.format(words=400 if streaming else 3, rate=40 if streaming else None)
     name = lab_server.write_notebook([setup, "%%crush --fresh\nshow me", SESSION])
     path = lab_server.root / name
     notebook = Notebook(page)
-    notebook.open(lab_server.lab_url(name), cells=3)
+    url = lab_server.lab_url if front_end == "lab" else lab_server.notebook7_url
+    notebook.open(url(name), cells=3)
     notebook.run(0)
     notebook.wait_output(0, r"setup done")
     notebook.run(1)

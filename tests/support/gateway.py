@@ -77,8 +77,18 @@ class Servers:
         }
         self.gateway_port, self.server_port = _free_port(), _free_port()
         self.gateway: subprocess.Popen | None = None
-        if gateway:
-            self._start_gateway(home, base, bin_dir)
+        self.server: subprocess.Popen | None = None
+        try:
+            if gateway:
+                self._start_gateway(home, base, bin_dir)
+            self._start_server(home, notebooks, base, bin_dir, gateway)
+        except BaseException:
+            self.close()  # a server that did not come up leaves no process behind
+            raise
+
+    def _start_server(
+        self, home: Path, notebooks: Path, base: dict[str, str], bin_dir: Path, gateway: bool
+    ) -> None:
         self.server = _start(
             [
                 str(bin_dir / "jupyter"),
@@ -147,9 +157,9 @@ class Servers:
         return RemoteKernel(kernel_socket(self.server_url, session["kernel"]["id"]))
 
     def close(self) -> None:
-        _stop(self.server)
-        if self.gateway is not None:
-            _stop(self.gateway)
+        for process in (self.server, self.gateway):
+            if process is not None:
+                _stop(process)
 
 
 class RemoteKernel:
