@@ -103,6 +103,8 @@ class _Entry:
     cost: float
     writer: str  # token of the store instance whose record this is
     disk_len: int = 0  # bytes of its latest on-disk record incl. newline; 0 if never written
+    # Values derived from this state by Queries.derived, by name; a new state is a new entry.
+    derived: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class _SessionState:

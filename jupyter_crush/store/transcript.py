@@ -84,6 +84,7 @@ import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tinydb.queries import QueryLike
 
@@ -91,7 +92,7 @@ from ..core.message import Message, Session, new_id, now
 from .fallback import UnwrittenRecordsWarning
 from .opening import Opener, _prepare_directory
 from .pending import PendingWrites, Writer
-from .queries import Queries, TranscriptDB
+from .queries import Queries, T, TranscriptDB
 from .replay import (
     KERNEL_STOPPED_MESSAGE,
     TOOL_INTERRUPTED_MESSAGE,
@@ -422,6 +423,15 @@ class TranscriptStore:
         over the whole store.
         """
         return self._queries.search_messages(cond, session_id)
+
+    def derived(self, session_id: str, name: str, derive: Callable[[Message], T]) -> list[T]:
+        """``derive(message)`` per message of the session, in order, computed once per state
+        of a message and kept under ``name`` (see :meth:`Queries.derived`)."""
+        return self._queries.derived(session_id, name, derive)
+
+    def kept(self, session_id: str, name: str) -> list[Any] | None:
+        """What :meth:`derived` keeps under ``name``, if every message has it (None else)."""
+        return self._queries.kept(session_id, name)
 
     # -- durability ----------------------------------------------------------
 
