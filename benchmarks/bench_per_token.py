@@ -11,6 +11,8 @@ compaction runs on another thread and competes for the interpreter, so it counts
                   first ones, and those ending at 100k, 500k and 1M characters; the
                   goal is <= 20 us/token everywhere and last/first <= 1.5
   store alone     update_message of a growing message at token rate, same windows
+  store, paced    the same at 2,000 tokens/s on the store's clock, in CPU time: each 1/30 s
+                  write of the whole message is shared by only ~67 tokens
   stock TinyDB    JSONStorage updating the growing message per token (its way of streaming),
                   a few tokens at each length
   bytes written   per answer character: everything the process wrote (journal appends and
@@ -37,6 +39,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 WINDOW = 5000  # tokens per measured window
 TOKEN_CHARS = 7  # "w12345 ": the answer's word tokens
+PACED_RATE = 2000  # tokens/s of the paced store measurement
 
 
 def answer(chars: int) -> str:
@@ -121,6 +124,31 @@ def store_alone(directory: Path, text: str, marks: dict[str, int]) -> dict[str, 
     return {"windows": windows(stamps, offsets, marks)}
 
 
+def store_paced(directory: Path, text: str, marks: dict[str, int]) -> dict[str, Any]:
+    """CPU per token of update_message at PACED_RATE tokens/s on the store's own clock (a
+    fake one, advanced per token): the rate of a fast provider, where each 1/30 s write of
+    the message is shared by fewer tokens than when streaming as fast as the loop goes."""
+    from jupyter_crush.core.message import Message, Role
+    from jupyter_crush.store.transcript import TranscriptStore
+    from jupyter_crush.testing import tokenize
+
+    clock = [0.0]
+    store = TranscriptStore(directory / "paced", clock=lambda: clock[0])
+    session = store.create_session("bench")
+    message = store.add_message(Message(session.id, Role.ASSISTANT))
+    stamps, offsets, size = [], [], 0
+    for token in tokenize(text):
+        stamps.append(time.process_time_ns())
+        clock[0] += 1 / PACED_RATE
+        message.append_text(token)
+        store.update_message(message)
+        size += len(token)
+        offsets.append(size)
+    stamps.append(time.process_time_ns())
+    store.close()
+    return {"windows": windows(stamps, offsets, marks)}
+
+
 def stock_tinydb(directory: Path, marks: dict[str, int]) -> dict[str, float]:
     """JSONStorage rewriting its file per token, a few tokens at each length."""
     from tinydb import TinyDB
@@ -150,6 +178,7 @@ def measure(chars: int) -> dict[str, Any]:
             "tokens": len(text) // TOKEN_CHARS,
             "agent": through_agent(Path(tmp), text, marks),
             "store": store_alone(Path(tmp), text, marks),
+            "paced": store_paced(Path(tmp), text, marks),
         }
 
 
@@ -173,13 +202,17 @@ def measure_at(rev: str, chars: int) -> dict[str, Any]:
 
 
 def report(label: str, found: dict[str, Any]) -> None:
-    agent, store = found["agent"], found["store"]
+    agent, store, paced = found["agent"], found["store"], found.get("paced")
     first = agent["windows"]["first 5k tokens"]
     last = list(agent["windows"].values())[-1]
     print(f"\n== {label}: one answer of {found['tokens']:,} tokens in {agent['seconds']:.1f} s")
-    print(f"  {'us/token':18s} {'agent + store':>14s} {'store alone':>12s}")
+    print(
+        f"  {'us/token':18s} {'agent + store':>14s} {'store alone':>12s} "
+        f"{f'store, CPU at {PACED_RATE:,} tok/s':>26s}"
+    )
     for window, us in agent["windows"].items():
-        print(f"  {window:18s} {us:14.1f} {store['windows'][window]:12.1f}")
+        at_rate = f"{paced['windows'][window]:26.1f}" if paced else f"{'-':>26s}"
+        print(f"  {window:18s} {us:14.1f} {store['windows'][window]:12.1f} {at_rate}")
     print(
         f"  last/first {last / first:.2f} (goal <= 1.5); worst {max(agent['windows'].values()):.1f}"
         " us/token (goal <= 20)"
