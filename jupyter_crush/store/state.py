@@ -12,6 +12,7 @@ handed to them by :class:`~jupyter_crush.store.transcript.TranscriptStore`: its 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -179,8 +180,9 @@ class StoreConfig:
     def writers_dir(self) -> Path:
         return self.path / "writers"
 
-    @property
+    @functools.cached_property
     def images_dir(self) -> Path:
+        # Cached: every streamed update compares its images' directory with it.
         return self.path / IMAGES_DIR
 
     def located(self, message: Message) -> Message:
