@@ -41,6 +41,7 @@ from .core.message import (
     TextPart,
     now,
 )
+from .store.appends import APPEND_KEY
 from .store.lookup import SessionNotFoundError, find_session
 from .store.storage import StoreError
 
@@ -367,9 +368,12 @@ class Matcher:
         every record of the session, superseded ones too: a superset of its messages.
         """
         try:
-            content = journal.read_bytes().decode("utf-8", "replace").casefold()
+            raw = journal.read_bytes()
         except FileNotFoundError:
             return False  # a session that never had a message
+        if APPEND_RECORD in raw:
+            return True  # text streamed in pieces: a term may span two append records
+        content = raw.decode("utf-8", "replace").casefold()
         return all(term in content for term in self._escaped)
 
     def __call__(self, message: Message) -> bool:
@@ -460,6 +464,8 @@ def session_markdown(session: Session, messages: list[Message]) -> str:
 # -- internals -----------------------------------------------------------------------------------
 
 _TERMS = re.compile(r'"([^"]*)"|(\S+)')
+# How an append record's operations start in a journal (jupyter_crush.store.appends).
+APPEND_RECORD = f'"{APPEND_KEY}":['.encode()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,6 +30,8 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from ..core.message import FinishReason, Message, Role, Session, ToolCallPart, ToolResultPart, now
+from . import appends
+from .appends import APPEND_KEY
 from .state import (
     _SESSION_ID,
     _WRITER_KEY,
@@ -60,6 +62,9 @@ class Writes(Protocol):
 
     def write_session_record(self, st: _SessionState) -> None: ...
 
+
+#: Append records a message's entry may chain before they are folded into a whole record.
+MAX_APPEND_CHAIN = 256
 
 KERNEL_STOPPED_MESSAGE = "The kernel stopped before this reply finished"
 TOOL_INTERRUPTED_MESSAGE = "Tool call interrupted: the kernel stopped before it finished"
@@ -190,6 +195,9 @@ class Replayer:
 
     def _apply_record(self, st: _SessionState, record: dict[str, Any], line: bytes) -> None:
         assert st.entries is not None
+        if APPEND_KEY in record:
+            self._apply_append(st, record, line)
+            return
         mid = record.get("id")
         problem = _record_problem(record, st.session.id)
         if problem:
@@ -211,11 +219,43 @@ class Replayer:
                 float(record.get("cost") or 0.0),
                 str(record.get(_WRITER_KEY, "")),
                 size,
+                unwritten=[],
             )
         except (TypeError, ValueError, AttributeError):
             raise st.journal.corrupt(
                 line, "a message record with malformed usage or cost"
             ) from None
+        _set_entry(st, mid, entry)
+
+    def _apply_append(self, st: _SessionState, record: dict[str, Any], line: bytes) -> None:
+        """Apply an append record (:mod:`jupyter_crush.store.appends`) to its message."""
+        assert st.entries is not None
+        mid = record.get("id")
+        old = st.entries.get(mid) if isinstance(mid, str) else None
+        if record.get("session_id") != st.session.id or old is None:
+            raise st.journal.corrupt(line, "an append record to a message not before it")
+        if mid in self.writer.pending.get(st.session.id, ()):
+            return  # our in-memory state is newer than anything on disk (and counted so)
+        try:
+            known = appends.check(record, old.lengths())
+        except appends.NotAnAppend as exc:
+            raise st.journal.corrupt(line, str(exc)) from None
+        grown = appends.growth(record[APPEND_KEY])
+        st.live_bytes += grown
+        entry = _Entry(
+            None,
+            old.usage,
+            old.cost,
+            str(record.get(_WRITER_KEY, "")),
+            old.disk_len + grown,
+            prior=old,
+            append=record,
+            depth=old.depth + 1,
+            known=known,
+            unwritten=[],
+        )
+        if entry.depth >= MAX_APPEND_CHAIN:
+            entry.line  # noqa: B018 - folds the chain, so it never grows past the bound
         _set_entry(st, mid, entry)
 
     def catch_up_index(self) -> None:
