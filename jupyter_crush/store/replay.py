@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from ..core.message import FinishReason, Message, Role, Session, ToolCallPart, ToolResultPart, now
+from ..core.message import FinishReason, Message, Role, Session, ToolResultPart, now
 from . import appends
 from .appends import APPEND_KEY
 from .state import (
@@ -85,6 +85,24 @@ def _record_problem(record: dict[str, Any], session_id: str) -> str:
     if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
         return "a message record whose parts are not a list of objects"
     return ""
+
+
+#: Name of what settling needs of a message, kept with its state (_Entry.derived).
+_SETTLE_FACTS = "settle"
+
+
+def _settle_facts(
+    record: dict[str, Any],
+) -> tuple[bool, bool, list[tuple[str, str]], list[str]]:
+    """What settling needs of a message record: whether it is an assistant's, whether it
+    has a finish, its tool calls' (id, name) and the call ids of its tool results."""
+    parts = record["parts"]
+    return (
+        record["role"] == Role.ASSISTANT,
+        any(p.get("type") == "finish" for p in parts),
+        [(p.get("id", ""), p.get("name", "")) for p in parts if p.get("type") == "tool_call"],
+        [p.get("tool_call_id", "") for p in parts if p.get("type") == "tool_result"],
+    )
 
 
 class TruncatedTranscriptWarning(UserWarning):
@@ -225,6 +243,7 @@ class Replayer:
             raise st.journal.corrupt(
                 line, "a message record with malformed usage or cost"
             ) from None
+        entry.derived[_SETTLE_FACTS] = _settle_facts(record)  # decoded now: spares a decode
         _set_entry(st, mid, entry)
 
     def _apply_append(self, st: _SessionState, record: dict[str, Any], line: bytes) -> None:
@@ -337,17 +356,20 @@ class Replayer:
                 )
             return alive[writer]
 
-        messages = [(Message.from_dict(json.loads(e.line)), e.writer) for e in st.entries.values()]
         answered: set[str] = set()
-        dangling: list[ToolCallPart] = []
+        dangling: list[tuple[str, str]] = []  # (id, name) of calls without a result
         changed: list[Message] = []
-        for message, writer in reversed(messages):
-            answered.update(r.tool_call_id for r in message.tool_results)
-            if message.role is not Role.ASSISTANT or owned(writer):
+        for entry in reversed(st.entries.values()):
+            facts = entry.derived.get(_SETTLE_FACTS)
+            if facts is None:
+                facts = entry.derived[_SETTLE_FACTS] = _settle_facts(entry.record())
+            assistant, finished, calls, results = facts
+            answered.update(results)
+            if not assistant or owned(entry.writer):
                 continue
-            calls = [c for c in message.tool_calls if c.id not in answered]
-            dangling[:0] = calls
-            if not message.is_finished:
+            dangling[:0] = [call for call in calls if call[0] not in answered]
+            if not finished:
+                message = Message.from_dict(json.loads(entry.line))
                 message.add_finish(FinishReason.ERROR, KERNEL_STOPPED_MESSAGE)
                 changed.append(message)
         changed.reverse()
@@ -357,8 +379,8 @@ class Replayer:
                     session_id=st.session.id,
                     role=Role.TOOL,
                     parts=[
-                        ToolResultPart(c.id, c.name, TOOL_INTERRUPTED_MESSAGE, is_error=True)
-                        for c in dangling
+                        ToolResultPart(call_id, name, TOOL_INTERRUPTED_MESSAGE, is_error=True)
+                        for call_id, name in dangling
                     ],
                 )
             )
