@@ -64,10 +64,12 @@ def test_streamed_writes_hold_only_what_was_appended_and_read_back_the_same(tmp_
         reply = store.add_message(Message(sid, Role.ASSISTANT))
         stream(store, clock, reply, 200)
         records = journal(store, sid)
-        assert "parts" in records[0] and all("parts" not in r for r in records[1:])
+        # Whole: the new message, and its first streamed write after a whole one.
+        assert ["parts" in r for r in records[:3]] == [True, True, False]
+        assert all("parts" not in r for r in records[2:])
         assert len(records) == 201
         # Each holds its token, not the reply so far.
-        assert max(len(json.dumps(r)) for r in records[1:]) < 400
+        assert max(len(json.dumps(r)) for r in records[2:]) < 400
         assert store.list_messages(sid) == [reply]
     with TranscriptStore(path) as reopened:
         read, _ = reopened.list_messages(sid)  # and the tool call's settling result
@@ -167,7 +169,7 @@ def test_a_version_1_store_is_upgraded_only_when_no_other_store_has_it_open(tmp_
     with TranscriptStore(path, clock=clock) as alone:
         assert json.loads((path / "format.json").read_text())["version"] == 2
         reply = alone.add_message(Message(sid, Role.ASSISTANT))
-        stream(alone, clock, reply, 2)
+        stream(alone, clock, reply, 3)
         assert "append" in journal(alone, sid)[-1]
 
 
@@ -183,12 +185,12 @@ def test_search_finds_a_word_streamed_across_two_append_records(tmp_path):
     clock = Clock()
     with TranscriptStore(tmp_path / "s", flush_interval=0.5, clock=clock) as store:
         sid = store.create_session().id
-        reply = store.add_message(Message(sid, Role.ASSISTANT, [TextPart("a ")]))
-        for piece in ("nee", "dle"):
+        reply = store.add_message(Message(sid, Role.ASSISTANT, [TextPart("a")]))
+        for piece in (" ", "nee", "dle"):
             reply.append_text(piece)
             clock.now += 1
             store.update_message(reply)
-        assert [r["append"] for r in journal(store, sid)[1:]] == [
+        assert [r["append"] for r in journal(store, sid)[2:]] == [
             [[0, "text", 2, "nee"]],
             [[0, "text", 5, "dle"]],
         ]

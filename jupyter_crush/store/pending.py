@@ -218,6 +218,7 @@ class Writer:
     def _continue(self, old: _Entry | None, entry: _Entry) -> None:
         """Have ``entry`` written as an append record continuing ``old`` when it only
         appends to it (see :mod:`jupyter_crush.store.appends`); whole otherwise."""
+        entry.streamed = True
         if not self.appends or old is None or old.data is None or old.unwritten is None:
             return
         assert entry.data is not None

@@ -121,6 +121,7 @@ class _Entry:
     # What is still to be written of this state: None the whole record, else the operations
     # of an append record continuing the state on disk ([]: nothing).
     unwritten: list[list[Any]] | None = None
+    streamed: bool = False  # a streamed (coalesced, unforced) state: more appends will follow
 
     @property
     def line(self) -> bytes:
@@ -160,6 +161,11 @@ class _Entry:
         the journal's live size grew."""
         if self.unwritten is None:
             grown, self.disk_len = size - self.disk_len, size
+            if not self.streamed:
+                # Kept as its line alone, as read states are: a message written whole other
+                # than by streaming has mostly stopped growing (a finish, a tool call's end);
+                # if not, its next streamed write is whole too, and appends follow that.
+                self.data = None
         else:
             grown = appends.growth(self.unwritten)
             self.disk_len += grown
