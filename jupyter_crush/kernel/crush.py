@@ -221,7 +221,8 @@ class Crush:
             return self.model_override
         if name is None and self.config.nothing_reached_a_remote_kernel():
             raise UsageError(
-                "No API key and no CRUSH_MODEL reached this remote kernel: " + ALLOW_LISTS
+                "No API key and no CRUSH_MODEL reached this remote kernel: "
+                + ALLOW_LISTS
                 + " (or pick a model here with %crush model NAME)"
             )
         name = (name or self.config.model).strip()
