@@ -19,9 +19,6 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from .commands.registry import COMMANDS, command, usage_lines  # the package registers all
 from .kernel.crush import Crush
-from .kernel.fix import submit_fix
-from .kernel.prepare import cell_prompt
-from .kernel.submit import submit
 
 NOTES = """\
 SESSION is a session id, a unique id prefix, or a title.
@@ -72,6 +69,11 @@ class CrushMagics(Magics):
         """Ask the agent: the cell is the prompt; the answer streams below while the kernel
         stays free. Stop it with the Stop button, the kernel's interrupt, or %crush cancel.
         """
+        # Imported by the first cell: %load_ext does not need them.
+        from .kernel.fix import submit_fix
+        from .kernel.prepare import cell_prompt
+        from .kernel.submit import submit
+
         args = parse_argstring(self.crush_cell, line)
         if args.wait and args.no_wait:
             raise UsageError("--wait and --no-wait contradict each other; pick one")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..kernel.submit import submit
 from .registry import command
 
 if TYPE_CHECKING:
@@ -15,6 +14,8 @@ if TYPE_CHECKING:
 def compact_command(crush: Crush, args: list[str]) -> None:
     """Queued like a prompt when the session is busy; its run view shows the summary made."""
     from IPython.core.error import UsageError
+
+    from ..kernel.submit import submit
 
     ref = " ".join(args).strip() or None
     if ref is None and crush.current_session_id is None:

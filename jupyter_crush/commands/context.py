@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..core.tokens import estimate_chars, message_chars
-from ..kernel.context import build_system_prompt
-from ..providers.windows import model_window
 from .registry import command
 
 if TYPE_CHECKING:
@@ -18,7 +16,9 @@ def describe_next_request(crush: Crush) -> str:
     import json
 
     from ..agent.compaction import fallback_request
+    from ..kernel.context import build_system_prompt
     from ..kernel.fix import last_error
+    from ..providers.windows import model_window
 
     model = crush.resolve_model(None)
     agent = crush.agent

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from ..kernel.fix import submit_fix
 from .registry import command
 
 if TYPE_CHECKING:
@@ -34,6 +33,8 @@ _parser.add_argument("instruction", nargs="*")
     "ask the agent to fix the last error (-f code: the fix goes in a new cell)",
 )
 def fix_command(crush: Crush, args: list[str]) -> None:
+    from ..kernel.fix import submit_fix
+
     parsed = _parser.parse_args(args)
     submit_fix(
         crush,

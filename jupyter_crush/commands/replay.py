@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 from IPython.core.error import UsageError
 
-from ..kernel.rerun import MODES
 from .registry import command
 
 if TYPE_CHECKING:
@@ -15,6 +14,8 @@ if TYPE_CHECKING:
 
 @command("replay", "%crush replay [on|off|strict]", "replay unchanged cells' recorded turns")
 def replay_command(crush: Crush, args: list[str]) -> None:
+    from ..kernel.rerun import MODES
+
     if len(args) > 1 or (args and args[0] not in MODES):
         raise UsageError("Usage: %crush replay [on|off|strict]")
     if args:

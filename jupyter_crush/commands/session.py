@@ -11,11 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from ..agent.budget import day_spend_line, spend_of_cap
 from ..core.remote import ALLOW_LISTS
 from ..kernel.errors import store_problems_in_one_line
-from ..kernel.models import session_meter
-from .local_models import show_local_models
 from .registry import command
 
 if TYPE_CHECKING:
@@ -32,6 +29,9 @@ def sessions_command(crush: Crush, rest: list[str]) -> None:
     if not sessions:
         print("No sessions yet: a %%crush cell starts one.")
         return
+    from ..agent.budget import day_spend_line, spend_of_cap
+    from ..kernel.models import session_meter
+
     agent = crush._agent
     measure = session_meter(crush)
     for session in sorted(sessions, key=lambda s: s.created_at):
@@ -131,6 +131,8 @@ def model_command(crush: Crush, rest: list[str]) -> None:
         print(crush.config.store_line())
         return
     if rest == ["--local"]:
+        from .local_models import show_local_models
+
         return show_local_models(crush)
     if len(rest) != 1:
         raise UsageError("Usage: %crush model [provider:model | --local]")

@@ -4,11 +4,10 @@ to bottom in a fresh kernel and report what only this kernel's state made work."
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from typing import TYPE_CHECKING, Any
 
-from ..kernel.verify import verify
-from ..notebook.verify import Limits
 from .registry import command
 
 if TYPE_CHECKING:
@@ -33,12 +32,19 @@ def _seconds(text: str) -> float:
     return value
 
 
-_parser = _Parser(prog="%crush verify", add_help=False)
-_parser.add_argument("--wait", action="store_true")
-_parser.add_argument("--live", action="store_true")
-_parser.add_argument("--timeout", type=_seconds, default=Limits.cell_timeout)
-_parser.add_argument("--total", type=_seconds, default=Limits.total_timeout)
-_parser.add_argument("path", nargs="?")
+@functools.cache
+def _parser() -> _Parser:
+    """The command's parser, made when it first runs: its defaults come from the notebook
+    runner, which loading the extension does not import."""
+    from ..notebook.verify import Limits
+
+    parser = _Parser(prog="%crush verify", add_help=False)
+    parser.add_argument("--wait", action="store_true")
+    parser.add_argument("--live", action="store_true")
+    parser.add_argument("--timeout", type=_seconds, default=Limits.cell_timeout)
+    parser.add_argument("--total", type=_seconds, default=Limits.total_timeout)
+    parser.add_argument("path", nargs="?")
+    return parser
 
 
 @command(
@@ -51,7 +57,10 @@ def verify_command(crush: Crush, args: list[str]) -> VerifyReport | None:
     """Runs in the background with its own view (Stop stops it); --wait (and headless runs)
     wait and return the report. --timeout bounds each cell (120 s), --total the run (3600 s);
     --live lets %%crush cells that have no recorded answer ask the model."""
-    parsed = _parser.parse_args(args)
+    from ..kernel.verify import verify
+    from ..notebook.verify import Limits
+
+    parsed = _parser().parse_args(args)
     return verify(
         crush,
         parsed.path,

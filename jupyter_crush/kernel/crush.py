@@ -5,9 +5,10 @@ the current session, the live run views and their tasks, the MCP servers and the
 chain: the kernel's state. Submitting a prompt is :mod:`jupyter_crush.kernel.submit`, which
 reads and updates this state; nothing here calls back into it.
 
-The widgets (ipywidgets), the tools and the providers are imported on first use,
-not at ``%load_ext``: the provider SDKs alone take longer to import than a user
-should wait for an extension to load.
+Each part (the agent with its tools and providers, the store, the MCP servers, the replay
+chain, the undo log) is built, and its modules imported, on first use, not at ``%load_ext``,
+which stays within 50 ms (benchmarks/bench_load_ext.py): the provider SDKs alone take longer
+to import than a user should wait for an extension to load.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import os
 import shlex
 from collections.abc import Callable, Iterable
@@ -23,27 +25,26 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from ..agent.budget import SpendingCaps
-from ..agent.session import SessionAgent
-from ..agent.titles import Titler
 from ..core.message import FinishReason, Session
 from ..core.remote import ALLOW_LISTS, looks_remote
-from ..mcp.tools import MCPServers
 from ..notebook import state as notebook_state
 from ..notebook.interrupt import InterruptCanceler, take_cell_interrupt
-from ..store.transcript import TranscriptStore
-from .cell_permissions import ASKING_HEADLESS, CellPermissions
 from .config import CrushConfig
 from .errors import one_line
 from .outputs import CellOutputs
-from .rerun import Rerun
-from .undo import Undo
 
 if TYPE_CHECKING:
+    from ..agent.budget import SpendingCaps
+    from ..agent.session import SessionAgent
+    from ..agent.titles import Titler
     from ..core.model import Model
+    from ..mcp.tools import MCPServers
     from ..notebook.verify_report import VerifyReport
+    from ..store.transcript import TranscriptStore
     from ..view.base import RunView
     from .context import SystemPrompt
+    from .rerun import Rerun
+    from .undo import Undo
 
 
 class Crush:
@@ -57,8 +58,6 @@ class Crush:
         #: Tools for the agent; empty means the default set (config.tools), made with it.
         self.tools: list[Any] = []
         self.permissions: Any = None
-        #: The MCP servers whose tools the agent gets (crush.json's "mcp", mcp_servers).
-        self.mcp = MCPServers.for_config(self.config)
         self.current_session_id: str | None = None
         self._store: TranscriptStore | None = None
         self._agent: SessionAgent | None = None
@@ -94,23 +93,46 @@ class Crush:
         self.last_view: RunView | None = None
         self._closed = False
         self._unpatch_shutdown: Callable[[], None] | None = None
-        #: Replays of recorded turns (jupyter_crush.rerun): each session's chain of prompts.
-        self.rerun = Rerun()
         #: The report of the latest %crush verify that finished (kernel/verify.py).
         self.last_verify: VerifyReport | None = None
         #: How to stop the kernel's runs other than the agent's (a %crush verify in the
         #: background): cancel_all calls each, from the loop thread.
         self.other_runs: set[Callable[[], None]] = set()
-        #: What each turn changed, and %crush undo (jupyter_crush.kernel.undo).
-        self.undo = Undo(
-            shell, lambda: self.config.undo_copy_limit, lambda: self.store, lambda: self._agent
-        )
 
-    # -- lazily built parts --------------------------------------------------------------
+    # -- lazily built parts (and their modules imported then, which loading does not need) --
+
+    @functools.cached_property
+    def mcp(self) -> MCPServers:
+        """The MCP servers whose tools the agent gets (crush.json's "mcp", mcp_servers)."""
+        from ..mcp.tools import MCPServers
+
+        return MCPServers.for_config(self.config)
+
+    @functools.cached_property
+    def rerun(self) -> Rerun:
+        """Replays of recorded turns (jupyter_crush.kernel.rerun): each session's chain of
+        prompts."""
+        from .rerun import Rerun
+
+        return Rerun()
+
+    @functools.cached_property
+    def undo(self) -> Undo:
+        """What each turn changed, and %crush undo (jupyter_crush.kernel.undo)."""
+        from .undo import Undo
+
+        return Undo(
+            self.shell,
+            lambda: self.config.undo_copy_limit,
+            lambda: self.store,
+            lambda: self._agent,
+        )
 
     @property
     def store(self) -> TranscriptStore:
         if self._store is None:
+            from ..store.transcript import TranscriptStore
+
             path = os.path.abspath(os.path.expanduser(self.config.data_dir))
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             self._store = TranscriptStore(path)
@@ -124,12 +146,14 @@ class Crush:
     def ensure_agent(self, model: Model | None) -> SessionAgent:
         """The kernel's agent, made on first use (with ``model`` as its default, if given)."""
         if self._agent is None:
+            from ..agent.session import SessionAgent
             from ..notebook.provenance import call_origin, cell_proposer
             from ..tools import default_tools
             from ..tools.agent import AgentTool
             from ..tools.permissions import PermissionPolicy
             from ..view.permissions import WidgetPermissionBroker
             from ..view.questions import ViewQuestionAsker
+            from .cell_permissions import ASKING_HEADLESS, CellPermissions
 
             tools = self.tools or default_tools(
                 self.shell,
@@ -177,6 +201,8 @@ class Crush:
 
     def spending_caps(self) -> SpendingCaps:
         """The caps in force now: ``%config`` changes them for the next request."""
+        from ..agent.budget import SpendingCaps
+
         return SpendingCaps(self.config.max_cost, self.config.max_cost_per_day)
 
     def system_prompt(self, tools: Iterable[Any], base: str = "") -> SystemPrompt:
@@ -306,7 +332,8 @@ class Crush:
         self._closed = True
         if self._agent is not None:
             self._agent.shutdown()
-        self.mcp.shutdown()
+        if "mcp" in vars(self):  # servers run only once something used them
+            self.mcp.shutdown()
 
     def close(self) -> None:
         """Undo ``install``: record runs in flight as canceled, restore handlers, drop hooks."""

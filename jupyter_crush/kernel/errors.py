@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from IPython.core.error import UsageError
 
-from ..store.transcript import StoreError
+from ..store.storage import StoreError
 
 
 def one_line(error: BaseException | str) -> str:

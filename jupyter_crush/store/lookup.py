@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..core.message import Session
-from .transcript import TranscriptStore
+
+if TYPE_CHECKING:
+    from .transcript import TranscriptStore
 
 #: Shortest id prefix accepted as a session reference (shorter ones match too much).
 MIN_PREFIX = 4
