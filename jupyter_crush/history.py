@@ -18,12 +18,15 @@ terms, and an export's JSON and Markdown.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import gc
 import heapq
 import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +41,7 @@ from .core.message import (
     TextPart,
     now,
 )
+from .store.appends import APPEND_KEY
 from .store.lookup import SessionNotFoundError, find_session
 from .store.storage import StoreError
 
@@ -121,11 +125,11 @@ def history(
     ``limit`` keeps the newest rows. One session's rows are in its order; rows of several
     sessions are ordered by time. ``time`` is the message's creation in local time.
     """
-    with open_store(store) as opened:
+    with open_store(store) as opened, _collector_paused():
         rows = message_rows(
             opened, session=session, search=search, role=role, since=since, limit=limit
         )
-    return _table(rows, MESSAGE_COLUMNS)
+        return _table(rows, MESSAGE_COLUMNS)
 
 
 def sessions(
@@ -276,38 +280,62 @@ def message_rows(
         chosen = sorted(store.list_sessions(), key=lambda s: s.updated_at, reverse=True)
     if match is not None:
         store.flush()  # so the journals on disk hold this process's latest states too
-    found: list[tuple[Session, list[dict]]] = []
+    with _collector_paused():
+        return _rows(store, chosen, match, roles, cutoff, limit)
+
+
+def _rows(
+    store: TranscriptStore,
+    chosen: list[Session],
+    match: Matcher | None,
+    roles: frozenset[Role] | None,
+    cutoff: float | None,
+    limit: int | None,
+) -> list[dict]:
+    found: list[tuple[Session, list[tuple[float, dict]]]] = []
     newest: list[float] = []  # min-heap of the ``limit`` newest row times so far
     for s in chosen:
         if cutoff is not None and s.updated_at < cutoff:
             break
         if limit is not None and len(newest) == limit and (not limit or s.updated_at < newest[0]):
             break
-        if match is not None and not match.may_occur_in(store.journal_path(s.id)):
-            continue
+        # Derived once per message state and kept by the store: asking again decodes nothing.
+        kept = store.kept(s.id, "history")
+        if kept is None:
+            # Spares decoding a session without a match; kept facts are searched as cheaply.
+            if match is not None and not match.may_occur_in(store.journal_path(s.id)):
+                continue
+            kept = store.derived(s.id, "history", _Facts.of)
         rows = []
-        for message in store.list_messages(s.id):
-            if roles is not None and message.role not in roles:
+        for facts in kept:
+            if roles is not None and facts.role not in roles:
                 continue
-            if cutoff is not None and message.created_at < cutoff:
+            if cutoff is not None and facts.created_at < cutoff:
                 continue
-            if match is not None and not match(message):
+            if match is not None and not match.matches(facts.folded):
                 continue
-            rows.append(_row(s, message))
+            row = {
+                "session": s.id,
+                "session_title": s.title,
+                **facts.row,
+                "images": list(facts.row["images"]),
+                # A sub-agent's message: the session and tool call that ran it.
+                "parent_session": s.parent_session_id,
+                "parent_tool_call": s.parent_tool_call_id,
+            }
+            rows.append((facts.created_at, row))
             if limit:
-                heapq.heappush(newest, message.created_at)
+                heapq.heappush(newest, facts.created_at)
                 if len(newest) > limit:
                     heapq.heappop(newest)
         found.append((s, rows))
     found.sort(key=lambda pair: pair[0].created_at)
-    rows = [row for _, kept in found for row in kept]
+    timed = [pair for _, kept in found for pair in kept]
     if len(found) > 1:
-        rows.sort(key=lambda r: r["time"])  # stable: one session's order is kept on ties
+        timed.sort(key=itemgetter(0))  # stable: one session's order is kept on ties
     if limit is not None:
-        rows = rows[len(rows) - limit :] if limit else []
-    for r in rows:
-        r["time"] = datetime.fromtimestamp(r["time"])
-    return rows
+        timed = timed[len(timed) - limit :] if limit else []
+    return [row for _, row in timed]
 
 
 class Matcher:
@@ -340,16 +368,27 @@ class Matcher:
         every record of the session, superseded ones too: a superset of its messages.
         """
         try:
-            content = journal.read_bytes().decode("utf-8", "replace").casefold()
+            raw = journal.read_bytes()
         except FileNotFoundError:
             return False  # a session that never had a message
+        if APPEND_RECORD in raw:
+            return True  # text streamed in pieces: a term may span two append records
+        content = raw.decode("utf-8", "replace").casefold()
         return all(term in content for term in self._escaped)
 
     def __call__(self, message: Message) -> bool:
-        haystack = "\n".join(
-            p.text for p in message.parts if isinstance(p, TextPart | ReasoningPart)
-        ).casefold()
-        return all(term in haystack for term in self.terms)
+        return self.matches(searched_text(message))
+
+    def matches(self, folded: str) -> bool:
+        """Whether ``folded``, a message's :func:`searched_text`, holds every term."""
+        return all(term in folded for term in self.terms)
+
+
+def searched_text(message: Message) -> str:
+    """What a search looks in: the text and reasoning parts, one a line, case-folded."""
+    return "\n".join(
+        p.text for p in message.parts if isinstance(p, TextPart | ReasoningPart)
+    ).casefold()
 
 
 def compact_tool_calls(message: Message) -> str:
@@ -425,15 +464,29 @@ def session_markdown(session: Session, messages: list[Message]) -> str:
 # -- internals -----------------------------------------------------------------------------------
 
 _TERMS = re.compile(r'"([^"]*)"|(\S+)')
+# How an append record's operations start in a journal (jupyter_crush.store.appends).
+APPEND_RECORD = f'"{APPEND_KEY}":['.encode()
 
 
-def _row(session: Session, message: Message) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _Facts:
+    """What history needs of one state of a message, kept by the store with that state."""
+
+    role: Role
+    created_at: float
+    folded: str  # searched_text
+    row: dict[str, Any]  # its columns, less the session's; shared: copied into each result
+
+    @classmethod
+    def of(cls, message: Message) -> _Facts:
+        return cls(message.role, message.created_at, searched_text(message), _row(message))
+
+
+def _row(message: Message) -> dict[str, Any]:
     finish = message.finish
     return {
-        "session": session.id,
-        "session_title": session.title,
         "message_id": message.id,
-        "time": message.created_at,  # a datetime once the rows are ordered
+        "time": datetime.fromtimestamp(message.created_at),
         "role": str(message.role),
         "model": message.model,
         "text": message.text,
@@ -446,10 +499,21 @@ def _row(session: Session, message: Message) -> dict[str, Any]:
         "input_tokens": message.usage.input_tokens,
         "output_tokens": message.usage.output_tokens,
         "cost": message.cost,
-        # A sub-agent's message: the session and tool call that ran it ("" for any other).
-        "parent_session": session.parent_session_id,
-        "parent_tool_call": session.parent_tool_call_id,
     }
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Hold off the cyclic garbage collector while rows are built: each row is a fresh
+    container, and tens of thousands of them would make it walk every message the store
+    keeps many times over (measured: half of a 50k-message history())."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _table(rows: list[dict], columns: tuple[str, ...]) -> Any:

@@ -356,10 +356,12 @@ def test_a_long_stream_keeps_its_journal_bounded(tmp_path, monkeypatch):
 CRASH_WRITER = Path(__file__).parent / "support" / "crash_writer.py"
 
 
-def crash_and_verify(path: Path, iterations: int, writers: int = 1) -> None:
-    """Writers append to their own sessions and one shared session; each is killed at a
-    random moment (several at once contend for the same files); then every write a writer
-    reported as returned must be in the store."""
+def crash_and_verify(
+    path: Path, iterations: int, writers: int = 1, writer: Path = CRASH_WRITER
+) -> None:
+    """Writers (the script ``writer``) append to their own sessions and one shared session;
+    each is killed at a random moment (several at once contend for the same files); then
+    every write a writer reported as returned must be in the store."""
     with TranscriptStore(path) as store:
         store.create_session(session_id="shared")
     sessions: set[str] = {"shared"}
@@ -368,7 +370,7 @@ def crash_and_verify(path: Path, iterations: int, writers: int = 1) -> None:
         outputs = []
         children = [
             subprocess.Popen(
-                [sys.executable, str(CRASH_WRITER), str(path)],
+                [sys.executable, str(writer), str(path)],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

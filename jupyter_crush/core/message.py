@@ -242,6 +242,20 @@ class Usage:
         )
 
 
+def _extended(part: TextPart | ReasoningPart, name: str, delta: str) -> str:
+    """The part's text field ``name`` with ``delta`` appended, in amortized O(len(delta)).
+
+    ``part.text += delta`` copies the whole text on every token (the attribute and the
+    expression both hold the string), which made a token's cost grow with the answer. With
+    the attribute's reference dropped first, the interpreter extends the only reference in
+    place; should anything else still hold the string, it copies, as before.
+    """
+    text = getattr(part, name)
+    setattr(part, name, "")
+    text += delta
+    return text
+
+
 @dataclass
 class Message:
     session_id: str
@@ -308,7 +322,7 @@ class Message:
     def append_text(self, delta: str) -> None:
         last = self.parts[-1] if self.parts else None
         if isinstance(last, TextPart):
-            last.text += delta
+            last.text = _extended(last, "text", delta)
         else:
             self.parts.append(TextPart(delta))
         self.touch()
@@ -326,7 +340,7 @@ class Message:
         if not isinstance(last, ReasoningPart) or last.finished_at is not None:
             last = ReasoningPart(started_at=now())
             self.parts.append(last)
-        last.text += delta
+        last.text = _extended(last, "text", delta)
         last.signature += signature
         last.redacted += redacted
         last.item_id = item_id or last.item_id

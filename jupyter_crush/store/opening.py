@@ -15,11 +15,14 @@ import json
 import os
 from pathlib import Path
 
-from .state import _WRITER_TOKEN, FORMAT_FILE, StoreConfig, _dumps
+from .state import _WRITER_TOKEN, FORMAT_FILE, StoreConfig, _dumps, log
 from .storage import StoreError, WriterLease, write_atomic
 
 FORMAT_NAME = "jupyter-crush-transcripts"
-FORMAT_VERSION = 1
+#: 2: journals may hold append records (:mod:`jupyter_crush.store.appends`). A version-1
+#: store is read as it is and upgraded once no store of a release without append records
+#: has it open (:meth:`Opener.allow_appends`).
+FORMAT_VERSION = 2
 
 
 class Opener:
@@ -33,7 +36,8 @@ class Opener:
     def __init__(self, config: StoreConfig) -> None:
         self._config = config
 
-    def check_format(self) -> None:
+    def check_format(self) -> int:
+        """The store's format version; a new store gets this release's."""
         path = self._config.path / FORMAT_FILE
         try:
             raw = path.read_bytes()
@@ -43,9 +47,8 @@ class Opener:
                     f"{path} is missing but {self._config.path} holds transcript files; restore it "
                     f'as {{"format": "{FORMAT_NAME}", "version": {FORMAT_VERSION}}}'
                 ) from None
-            meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
-            write_atomic(path, _dumps(meta) + b"\n", fsync=self._config.fsync)
-            return
+            self._write_format()
+            return FORMAT_VERSION
         try:
             meta = json.loads(raw)
             name, version = meta["format"], meta["version"]
@@ -63,6 +66,33 @@ class Opener:
                 f"the transcript store {self._config.path} has format version {version!r}, "
                 f"newer than this jupyter-crush supports ({FORMAT_VERSION}); upgrade jupyter-crush"
             )
+        return version
+
+    def allow_appends(self, version: int) -> bool:
+        """Whether this store may write append records: a version-2 store, or a version-1
+        store upgraded now because no other store has it open (one of an older release
+        could not read append records; once the store is version 2, such a release refuses
+        to open it, saying to upgrade). Call after :meth:`sweep_dead_writers`."""
+        if version >= 2:
+            return True
+        for lease in self._config.writers_dir.glob("*.lock"):
+            token = lease.stem
+            if (
+                token != self._config.token
+                and _WRITER_TOKEN.fullmatch(token)
+                and WriterLease.is_alive(self._config.writers_dir, token)
+            ):
+                return False
+        try:
+            self._write_format()
+        except OSError as exc:  # a full disk: whole records, as before; a later opening retries
+            log.info("could not upgrade %s (%s)", self._config.path / FORMAT_FILE, exc.strerror)
+            return False
+        return True
+
+    def _write_format(self) -> None:
+        meta = _dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}) + b"\n"
+        write_atomic(self._config.path / FORMAT_FILE, meta, fsync=self._config.fsync)
 
     def sweep_dead_writers(self) -> None:
         """Remove what dead writers left: leases and compaction copies. Runs under the

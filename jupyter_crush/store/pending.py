@@ -21,6 +21,7 @@ that writes: it holds what waits to be written, what was refused and the store's
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import json
 from collections.abc import Callable, Iterable
@@ -29,6 +30,7 @@ from typing import Any
 
 from ..core.message import ImagePart, Message, Session, Usage, now
 from . import fallback as store_fallback
+from .appends import appended
 from .fallback import Unwritten
 from .replay import Replayer
 from .state import (
@@ -48,6 +50,9 @@ from .storage import ProcessLock, StoreError, WriterLease, write_atomic
 
 #: Seconds between retries of writes the file system refused (disk full, read-only).
 RETRY_INTERVAL = 1.0
+#: Operations a message's append record may gather while writes are refused; beyond them
+#: it is written whole.
+MAX_UNWRITTEN_OPS = 1024
 #: Seconds within which two times count as the same for the store's timer: the loop runs a
 #: timer up to its clock's resolution early, the clock moves between two readings, and sums
 #: of float times differ in their last bits. Without it, a run a sliver early would arm
@@ -129,6 +134,9 @@ class Writer:
         # Fallback journals folded in at open whose records still wait in pending: removed
         # once those are written, or once a close saves them again (store_fallback).
         self._folded: list[Path] = []
+        # Whether streamed writes may be append records: the store's format allows them
+        # (set by the store once it has opened; see jupyter_crush.store.appends).
+        self.appends = False
 
     def store_message(self, message: Message, *, force: bool) -> None:
         """Record the message's latest state: coalesced unless ``force`` (or new, or with
@@ -167,7 +175,10 @@ class Writer:
                 # place in memory as on disk: after them.
                 self._replayer.catch_up(st)
                 self._save_images(unsaved)
-                entry.disk_len = _disk_len(st.entries.get(mid))
+                old = st.entries.get(mid)
+                entry.disk_len = _disk_len(old)
+                if not force:  # a streamed write, due: only what it appended, if that is all
+                    self._continue(old, entry)
                 _set_entry(st, mid, entry)
                 st.session.updated_at = now()
                 self.write(st, [mid])
@@ -196,20 +207,37 @@ class Writer:
             image.directory = images_dir
 
     def _entry_for(self, message: Message) -> _Entry:
-        data = message.to_dict()
+        """The message's state, to be written whole; serialized when written or read."""
+        data = message.to_dict()  # new dicts and lists: the caller's later changes stay out
+        if "metadata" in data:
+            data["metadata"] = copy.deepcopy(data["metadata"])  # the message's own dict
         data[_WRITER_KEY] = self._config.token
         usage, cost = _usage_tuple(message.usage), float(message.cost or 0.0)
-        return _Entry(_dumps(data), usage, cost, self._config.token)
+        return _Entry(None, usage, cost, self._config.token, data=data)
+
+    def _continue(self, old: _Entry | None, entry: _Entry) -> None:
+        """Have ``entry`` written as an append record continuing ``old`` when it only
+        appends to it (see :mod:`jupyter_crush.store.appends`); whole otherwise."""
+        entry.streamed = True
+        if not self.appends or old is None or old.data is None or old.unwritten is None:
+            return
+        assert entry.data is not None
+        ops = appended(old.data, entry.data)
+        if ops is not None and len(old.unwritten) + len(ops) <= MAX_UNWRITTEN_OPS:
+            entry.unwritten = old.unwritten + ops
 
     def materialize(self, st: _SessionState) -> None:
-        """Serialize the session's coalesced live messages into its entries."""
+        """Take the session's coalesced live messages into its entries, each to be written
+        as an append record where it only appended (serialized when written or read)."""
         live = self._live.pop(st.session.id, None)
         if not live:
             return
         assert st.entries is not None
         for mid, message in live.items():
             entry = self._entry_for(message)
-            entry.disk_len = _disk_len(st.entries.get(mid))
+            old = st.entries.get(mid)
+            entry.disk_len = _disk_len(old)
+            self._continue(old, entry)
             _set_entry(st, mid, entry)
         st.session.updated_at = now()
 
@@ -262,18 +290,16 @@ class Writer:
             # it (a message enters pending first when it is new, so in message order).
             mids = list(pending)
             entries = [st.entries[mid] for mid in mids]
+            records = [e.pending_record() for e in entries]
             try:
-                st.journal.append(
-                    b"".join(e.line + b"\n" for e in entries), fsync=self._config.fsync
-                )
+                st.journal.append(b"".join(records), fsync=self._config.fsync)
             except OSError as exc:
                 self._refused(sid, st.journal.path, exc)
                 return
             self._refusals.pop(sid, None)
             written = self._config.clock()
-            for mid, entry in zip(mids, entries, strict=True):
-                st.live_bytes += len(entry.line) + 1 - entry.disk_len
-                entry.disk_len = len(entry.line) + 1
+            for mid, entry, record in zip(mids, entries, records, strict=True):
+                st.live_bytes += entry.wrote(len(record))
                 self._last_write[(sid, mid)] = written
             del self.pending[sid]
             self._maybe_compact(st)

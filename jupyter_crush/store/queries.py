@@ -10,13 +10,18 @@ cache is disabled so a query always sees the latest messages. Message documents 
 derived fields for convenient queries: ``text``, ``reasoning``, ``finish_reason`` and
 ``position`` (index in its session). A query reads every session (O(store));
 ``search_messages(cond, session_id=...)`` reads one.
+
+``derived`` hands out a value computed from each message (history's rows) and keeps it with
+that state of the message, so asking again decodes nothing; it costs the memory of those
+values for as long as the session stays loaded.
 """
 
 from __future__ import annotations
 
 import json
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from tinydb import TinyDB
 from tinydb.queries import QueryLike
@@ -27,6 +32,9 @@ from ..core.message import Message
 from .replay import Replayer
 from .state import _WRITER_KEY, Lifecycle, StoreConfig
 from .storage import StoreError
+
+T = TypeVar("T")
+_MISSING = object()
 
 
 class _LiveTable(Table):
@@ -109,6 +117,38 @@ class Queries:
         else:
             table = TranscriptDB(self, session_id, storage=_StoreStorage).table("messages")
         return [self._config.located(Message.from_dict(doc)) for doc in table.search(cond)]
+
+    def derived(self, session_id: str, name: str, derive: Callable[[Message], T]) -> list[T]:
+        """``derive(message)`` for each of the session's messages, in order, computed once per
+        state of a message and kept with it under ``name``: asking again costs a lookup for
+        every message unchanged since. What ``derive`` returns is shared; do not change it."""
+        with self._lifecycle.lock:
+            self._lifecycle.check_open()
+            st = self._replayer.loaded(session_id)
+            assert st.entries is not None
+            entries = list(st.entries.values())
+        # Outside the lock, so writers do not wait; an entry replaced meanwhile keeps a
+        # value nobody asks for again.
+        found = []
+        for entry in entries:
+            value = entry.derived.get(name, _MISSING)
+            if value is _MISSING:
+                message = self._config.located(Message.from_dict(json.loads(entry.line)))
+                value = entry.derived[name] = derive(message)
+            found.append(value)
+        return found
+
+    def kept(self, session_id: str, name: str) -> list[Any] | None:
+        """What :meth:`derived` keeps under ``name`` for the session's messages as they are
+        now, or None when a message lacks it or the session is not loaded (nothing is read)."""
+        with self._lifecycle.lock:
+            self._lifecycle.check_open()
+            st = self._replayer.state(session_id)
+            if st.entries is None:
+                return None
+            self._replayer.catch_up(st)
+            kept = [entry.derived.get(name, _MISSING) for entry in st.entries.values()]
+        return None if any(value is _MISSING for value in kept) else kept
 
     def tinydb_tables(self, session_id: str | None) -> dict[str, dict[str, Any]]:
         with self._lifecycle.lock:

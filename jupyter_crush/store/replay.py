@@ -29,7 +29,9 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from ..core.message import FinishReason, Message, Role, Session, ToolCallPart, ToolResultPart, now
+from ..core.message import FinishReason, Message, Role, Session, ToolResultPart, now
+from . import appends
+from .appends import APPEND_KEY
 from .state import (
     _SESSION_ID,
     _WRITER_KEY,
@@ -61,6 +63,9 @@ class Writes(Protocol):
     def write_session_record(self, st: _SessionState) -> None: ...
 
 
+#: Append records a message's entry may chain before they are folded into a whole record.
+MAX_APPEND_CHAIN = 256
+
 KERNEL_STOPPED_MESSAGE = "The kernel stopped before this reply finished"
 TOOL_INTERRUPTED_MESSAGE = "Tool call interrupted: the kernel stopped before it finished"
 
@@ -80,6 +85,24 @@ def _record_problem(record: dict[str, Any], session_id: str) -> str:
     if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
         return "a message record whose parts are not a list of objects"
     return ""
+
+
+#: Name of what settling needs of a message, kept with its state (_Entry.derived).
+_SETTLE_FACTS = "settle"
+
+
+def _settle_facts(
+    record: dict[str, Any],
+) -> tuple[bool, bool, list[tuple[str, str]], list[str]]:
+    """What settling needs of a message record: whether it is an assistant's, whether it
+    has a finish, its tool calls' (id, name) and the call ids of its tool results."""
+    parts = record["parts"]
+    return (
+        record["role"] == Role.ASSISTANT,
+        any(p.get("type") == "finish" for p in parts),
+        [(p.get("id", ""), p.get("name", "")) for p in parts if p.get("type") == "tool_call"],
+        [p.get("tool_call_id", "") for p in parts if p.get("type") == "tool_result"],
+    )
 
 
 class TruncatedTranscriptWarning(UserWarning):
@@ -190,6 +213,9 @@ class Replayer:
 
     def _apply_record(self, st: _SessionState, record: dict[str, Any], line: bytes) -> None:
         assert st.entries is not None
+        if APPEND_KEY in record:
+            self._apply_append(st, record, line)
+            return
         mid = record.get("id")
         problem = _record_problem(record, st.session.id)
         if problem:
@@ -211,11 +237,44 @@ class Replayer:
                 float(record.get("cost") or 0.0),
                 str(record.get(_WRITER_KEY, "")),
                 size,
+                unwritten=[],
             )
         except (TypeError, ValueError, AttributeError):
             raise st.journal.corrupt(
                 line, "a message record with malformed usage or cost"
             ) from None
+        entry.derived[_SETTLE_FACTS] = _settle_facts(record)  # decoded now: spares a decode
+        _set_entry(st, mid, entry)
+
+    def _apply_append(self, st: _SessionState, record: dict[str, Any], line: bytes) -> None:
+        """Apply an append record (:mod:`jupyter_crush.store.appends`) to its message."""
+        assert st.entries is not None
+        mid = record.get("id")
+        old = st.entries.get(mid) if isinstance(mid, str) else None
+        if record.get("session_id") != st.session.id or old is None:
+            raise st.journal.corrupt(line, "an append record to a message not before it")
+        if mid in self.writer.pending.get(st.session.id, ()):
+            return  # our in-memory state is newer than anything on disk (and counted so)
+        try:
+            known = appends.check(record, old.lengths())
+        except appends.NotAnAppend as exc:
+            raise st.journal.corrupt(line, str(exc)) from None
+        grown = appends.growth(record[APPEND_KEY])
+        st.live_bytes += grown
+        entry = _Entry(
+            None,
+            old.usage,
+            old.cost,
+            str(record.get(_WRITER_KEY, "")),
+            old.disk_len + grown,
+            prior=old,
+            append=record,
+            depth=old.depth + 1,
+            known=known,
+            unwritten=[],
+        )
+        if entry.depth >= MAX_APPEND_CHAIN:
+            entry.line  # noqa: B018 - folds the chain, so it never grows past the bound
         _set_entry(st, mid, entry)
 
     def catch_up_index(self) -> None:
@@ -297,17 +356,20 @@ class Replayer:
                 )
             return alive[writer]
 
-        messages = [(Message.from_dict(json.loads(e.line)), e.writer) for e in st.entries.values()]
         answered: set[str] = set()
-        dangling: list[ToolCallPart] = []
+        dangling: list[tuple[str, str]] = []  # (id, name) of calls without a result
         changed: list[Message] = []
-        for message, writer in reversed(messages):
-            answered.update(r.tool_call_id for r in message.tool_results)
-            if message.role is not Role.ASSISTANT or owned(writer):
+        for entry in reversed(st.entries.values()):
+            facts = entry.derived.get(_SETTLE_FACTS)
+            if facts is None:
+                facts = entry.derived[_SETTLE_FACTS] = _settle_facts(entry.record())
+            assistant, finished, calls, results = facts
+            answered.update(results)
+            if not assistant or owned(entry.writer):
                 continue
-            calls = [c for c in message.tool_calls if c.id not in answered]
-            dangling[:0] = calls
-            if not message.is_finished:
+            dangling[:0] = [call for call in calls if call[0] not in answered]
+            if not finished:
+                message = Message.from_dict(json.loads(entry.line))
                 message.add_finish(FinishReason.ERROR, KERNEL_STOPPED_MESSAGE)
                 changed.append(message)
         changed.reverse()
@@ -317,8 +379,8 @@ class Replayer:
                     session_id=st.session.id,
                     role=Role.TOOL,
                     parts=[
-                        ToolResultPart(c.id, c.name, TOOL_INTERRUPTED_MESSAGE, is_error=True)
-                        for c in dangling
+                        ToolResultPart(call_id, name, TOOL_INTERRUPTED_MESSAGE, is_error=True)
+                        for call_id, name in dangling
                     ],
                 )
             )

@@ -12,6 +12,7 @@ handed to them by :class:`~jupyter_crush.store.transcript.TranscriptStore`: its 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.message import Message, Session, Usage
+from . import appends
 from .storage import Journal, StoreError
 
 # The store's modules log as one.
@@ -96,13 +98,79 @@ def _usage_tuple(usage: dict[str, Any] | Usage) -> _UsageTuple:
 
 @dataclasses.dataclass(eq=False)
 class _Entry:
-    """One message as this process knows it."""
+    """One message as this process knows it: a state of it, newer than the disk while the
+    message is pending. The state is held as its whole JSON record (``base``), as the record
+    not yet serialized (``data``: a message written here), or as an append record
+    (``append``) continuing the entry ``prior`` (read from a journal); :attr:`line` is the
+    whole record in every case (see :mod:`jupyter_crush.store.appends`)."""
 
-    line: bytes  # its latest JSON (newer than the disk while the message is pending)
+    base: bytes | None
     usage: _UsageTuple
     cost: float
     writer: str  # token of the store instance whose record this is
-    disk_len: int = 0  # bytes of its latest on-disk record incl. newline; 0 if never written
+    # bytes it adds to a compacted journal: its last whole record on disk (incl. newline)
+    # and what the append records after it add (appends.growth); 0 if never written
+    disk_len: int = 0
+    # Values derived from this state by Queries.derived, by name; a new state is a new entry.
+    derived: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data: dict[str, Any] | None = None
+    prior: _Entry | None = None
+    append: dict[str, Any] | None = None
+    depth: int = 0  # append records between this state and a whole record
+    known: dict[Any, int] | None = None  # appends.lengths of the state, once needed
+    # What is still to be written of this state: None the whole record, else the operations
+    # of an append record continuing the state on disk ([]: nothing).
+    unwritten: list[list[Any]] | None = None
+    streamed: bool = False  # a streamed (coalesced, unforced) state: more appends will follow
+
+    @property
+    def line(self) -> bytes:
+        """The state's whole JSON record (serialized or folded once, when first needed)."""
+        if self.base is None:
+            if self.data is not None:
+                self.base = _dumps(self.data)
+            else:
+                chain = []
+                entry: _Entry = self
+                while entry.base is None and entry.data is None:
+                    assert entry.prior is not None and entry.append is not None
+                    chain.append(entry.append)
+                    entry = entry.prior
+                self.base = _dumps(appends.fold(entry.record(), chain[::-1]))
+                self.prior = self.append = None
+                self.depth = 0
+        return self.base
+
+    def record(self) -> dict[str, Any]:
+        """The state's whole record as a dict (the caller's own unless written here)."""
+        return self.data if self.data is not None else json.loads(self.line)
+
+    def lengths(self) -> dict[Any, int]:
+        if self.known is None:
+            self.known = appends.lengths(self.record())
+        return self.known
+
+    def pending_record(self) -> bytes:
+        """The journal line that brings the disk to this state, with its newline."""
+        if self.unwritten is None:
+            return self.line + b"\n"
+        return _dumps(appends.append_record(self.record(), self.unwritten)) + b"\n"
+
+    def wrote(self, size: int) -> int:
+        """Note that :meth:`pending_record`, ``size`` bytes, is on disk; return by how much
+        the journal's live size grew."""
+        if self.unwritten is None:
+            grown, self.disk_len = size - self.disk_len, size
+            if not self.streamed:
+                # Kept as its line alone, as read states are: a message written whole other
+                # than by streaming has mostly stopped growing (a finish, a tool call's end);
+                # if not, its next streamed write is whole too, and appends follow that.
+                self.data = None
+        else:
+            grown = appends.growth(self.unwritten)
+            self.disk_len += grown
+        self.unwritten = []
+        return grown
 
 
 class _SessionState:
@@ -177,8 +245,9 @@ class StoreConfig:
     def writers_dir(self) -> Path:
         return self.path / "writers"
 
-    @property
+    @functools.cached_property
     def images_dir(self) -> Path:
+        # Cached: every streamed update compares its images' directory with it.
         return self.path / IMAGES_DIR
 
     def located(self, message: Message) -> Message:

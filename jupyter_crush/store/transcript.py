@@ -1,12 +1,13 @@
 """The transcript store: sessions and their messages, durable and queryable with TinyDB.
 
-On-disk layout (format version 1)::
+On-disk layout (format version 2; version 1 has no append records)::
 
     <store>/
-      format.json            {"format": "jupyter-crush-transcripts", "version": 1}
+      format.json            {"format": "jupyter-crush-transcripts", "version": 2}
       sessions.jsonl         session index: one full Session record per line, last per id wins
       messages/<id>.jsonl    one journal per session: one full Message record per line, last
-                             record per message id wins; messages keep the order of first record
+                             record per message id wins, or an append record continuing it
+                             (see appends); messages keep the order of first record
       images/<sha256>.<ext>  the bytes of each image part, written once, named by their hash;
                              records hold only the name (see ImagePart)
       writers/<token>.lock   one per open store, flock-held while that store is alive
@@ -32,14 +33,16 @@ Streaming: the agent calls :meth:`TranscriptStore.update_message` for every toke
 are coalesced to at most one disk write per message per ``flush_interval`` (30/s by
 default); the latest state is always visible to readers in this process, and whatever is
 pending is written by a forced update, ``flush()``, ``close()``, a timer on the running
-event loop, garbage collection of the store, or interpreter exit. Each write of a
-message appends its full JSON, so a long streamed reply supersedes its earlier records;
-when superseded bytes dominate a journal (more than half of it, beyond
-``COMPACT_MIN_BYTES``) the journal is rewritten with only the latest records. That bounds a
-journal to about twice its live size and costs O(1) amortized per appended byte. The rewrite
-runs on a background thread: it writes the copy without holding any lock, then, under the
-locks, appends the records written meanwhile verbatim and moves the copy into place, so no
-write waits for a large session to be copied.
+event loop, garbage collection of the store, or interpreter exit. A streamed write appends
+only what the message gained since its last write (:mod:`jupyter_crush.store.appends`), so
+its cost does not grow with the reply; any other write appends the message's full JSON,
+superseding its earlier records. When superseded bytes (and append records' own keys)
+dominate a journal (more than half of it, beyond ``COMPACT_MIN_BYTES``) the journal is
+rewritten with each message's latest state as one record. That bounds a journal to about
+twice its live size and costs O(1) amortized per appended byte. The rewrite runs on a
+background thread (which also serializes the records): it writes the copy without holding
+any lock, then, under the locks, appends the records written meanwhile verbatim and moves
+the copy into place, so no write waits for a large session to be copied.
 
 Opening reads only ``format.json`` and the session index. Each session record carries the
 usage/cost totals and message count, maintained incrementally and appended after every
@@ -84,6 +87,7 @@ import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tinydb.queries import QueryLike
 
@@ -91,7 +95,7 @@ from ..core.message import Message, Session, new_id, now
 from .fallback import UnwrittenRecordsWarning
 from .opening import Opener, _prepare_directory
 from .pending import PendingWrites, Writer
-from .queries import Queries, TranscriptDB
+from .queries import Queries, T, TranscriptDB
 from .replay import (
     KERNEL_STOPPED_MESSAGE,
     TOOL_INTERRUPTED_MESSAGE,
@@ -109,6 +113,7 @@ from .state import (
     UnknownMessageError,
     UnknownSessionError,
     _copy_session,
+    _Entry,
     _SessionState,
     log,
 )
@@ -210,11 +215,12 @@ class TranscriptStore:
                 # sees this lease before it is held.
                 self._lease = WriterLease(config.writers_dir, self._token)
                 opener = Opener(config)
-                opener.check_format()
+                version = opener.check_format()
                 remove_stale_temporaries(self.path)
                 remove_stale_temporaries(config.messages_dir)
                 remove_stale_temporaries(self.images_dir)
                 opener.sweep_dead_writers()
+                self._writer.appends = opener.allow_appends(version)
                 self._replayer.catch_up_index()
                 _warn_if_cut_short(self._replayer.index)
                 self._writer.fold_unwritten()
@@ -423,6 +429,15 @@ class TranscriptStore:
         """
         return self._queries.search_messages(cond, session_id)
 
+    def derived(self, session_id: str, name: str, derive: Callable[[Message], T]) -> list[T]:
+        """``derive(message)`` per message of the session, in order, computed once per state
+        of a message and kept under ``name`` (see :meth:`Queries.derived`)."""
+        return self._queries.derived(session_id, name, derive)
+
+    def kept(self, session_id: str, name: str) -> list[Any] | None:
+        """What :meth:`derived` keeps under ``name``, if every message has it (None else)."""
+        return self._queries.kept(session_id, name)
+
     # -- durability ----------------------------------------------------------
 
     def close(self) -> None:
@@ -515,20 +530,21 @@ class _Compactions:
         if st.session.id in self.writer.pending:
             return  # the copy must be the disk's state; the write that flushes retries
         assert st.entries is not None
-        lines = [entry.line for entry in st.entries.values()]
+        # Serialized (or folded) by the thread: on this one it could take longer than a frame.
+        entries = list(st.entries.values())
         st.compactor = threading.Thread(
             target=self._compact,
-            args=(st, lines, st.journal.snapshot()),
+            args=(st, entries, st.journal.snapshot()),
             name="crush-store-compact",
             daemon=True,
         )
         st.compactor.start()
 
-    def _compact(self, st: _SessionState, lines: list[bytes], snapshot: tuple[int, int]) -> None:
+    def _compact(self, st: _SessionState, entries: list[_Entry], snapshot: tuple[int, int]) -> None:
         tmp = None
         try:
             tmp = st.journal.write_compacted(
-                b"".join(line + b"\n" for line in lines), self._config.token
+                b"".join(entry.line + b"\n" for entry in entries), self._config.token
             )
             with self._lifecycle.lock:
                 if self._lifecycle.closed:
