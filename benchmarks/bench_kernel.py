@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support.kernel_harness import SETUP, Kernel, scripted, view_ops
+from support.kernel_harness import SETUP, STOP_CLICK, Kernel, scripted, view_ops
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -98,10 +98,11 @@ def bench_stop(kernel: Kernel, n: int) -> None:
     for _ in range(n):
         kernel.run("%%crush --new\nstream until stopped")
         time.sleep(0.05)
-        kernel.run_view()
+        # Found before the clear below drops its comm_open, which kernel.stop() would look for.
+        view = kernel.run_view()
         kernel.drain()
         kernel.iopub.clear()  # only messages sent after the click count
-        sent = kernel.stop()
+        sent = kernel.click(view, content=STOP_CLICK)
         kernel.wait_iopub(canceled_update, timeout=10)
         latencies.append(time.perf_counter() - sent)
         kernel.iopub.clear()
@@ -205,7 +206,7 @@ def bench_stop_while_busy(kernel: Kernel, n: int) -> None:
             time.sleep(0.2)  # well inside the sleep
             kernel.drain()
             kernel.iopub.clear()
-            sent = kernel.stop(subshell_id=sent_on)
+            sent = kernel.click(view, sent_on, STOP_CLICK)
             kernel.wait_iopub(lambda m, v=view: ["stop", "stopping"] in view_ops(m, v), timeout=10)
             marked.append(time.perf_counter() - sent)
             kernel.wait_iopub(status_of(sleeper, "idle"), timeout=10)
