@@ -58,7 +58,7 @@ from ..core.events import (
     ToolFinished,
     ToolStarted,
 )
-from ..core.markdown import markdown_literal, pretty_json
+from ..core.markdown import markdown_literal
 from ..core.message import FinishReason, Message, Role, ToolCallPart, ToolResultPart, Usage
 from ..core.questions import QuestionRequest
 from ..core.todos import Todo, plan_from_metadata, plan_markdown
@@ -67,14 +67,12 @@ from ..core.tools import Decision, PermissionRequest
 from .child import ChildRun
 from .comm import close_widgets
 from .questions import Answering, Closing, QuestionForms
+from .rows import ToolRow, tool_row
 from .spending import SpendLine
 
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 #: A finished answer's code provenance (labextension/src/answers.ts renders the answer).
 ANSWER_MIME = "application/vnd.jupyter-crush.answer+json"
-
-#: Longest tool argument / result shown in the view; the store keeps all of it.
-_TOOL_TEXT_LIMIT = 4000
 
 
 @dataclass(frozen=True)
@@ -85,27 +83,6 @@ class RunLabels:
     model: str
     #: For a replay, which recorded prompt it answers ("replaying a recorded answer to: …").
     replay: str = ""
-
-
-@dataclass(frozen=True)
-class ToolRow:
-    """One tool call as a view shows it (texts clipped)."""
-
-    call_id: str
-    name: str
-    state: str
-    arguments: str
-    result: str | None
-    #: The result's images as <img> thumbnails (HTML made here, texts escaped): what the
-    #: model was shown.
-    images: str = ""
-    #: The task, when the row heads a sub-agent's section (its state is then the child's).
-    label: str = ""
-
-    @property
-    def title(self) -> str:
-        label = f" · {self.label}" if self.label else ""
-        return f"tool {self.name}{label} · {self.state}"
 
 
 class RunView:
@@ -406,19 +383,10 @@ class RunView:
         """The sub-agents' turns of this turn, by the call that runs each, in call order."""
         return list(self._children.items())
 
-    def child_rows(self, child: ChildRun) -> list[ToolRow]:
-        """A sub-agent's tool calls as shown, in call order."""
-        return [tool_row(call, child.tool_results.get(i)) for i, call in child.tool_calls.items()]
-
     def child_html(self, call_id: str, *, answer: bool = True) -> str:
-        """The sub-agent's section under its call's row: its session, its tool calls one line
-        each and, with ``answer``, its text so far; "" when the call runs none."""
+        """The sub-agent's section under its call's row ("" when the call runs none)."""
         child = self._children.get(call_id)
-        if child is None:
-            return ""
-        rows = "".join(f"<li>{html.escape(row.title)}</li>" for row in self.child_rows(child))
-        text = f"<pre>{html.escape(child.answer)}</pre>" if answer and child.answer else ""
-        return f"<b>sub-agent</b> (session {child.session_id[:8]})<ul>{rows}</ul>{text}"
+        return "" if child is None else child.html(answer=answer)
 
     def to_text(self) -> str:
         answer = self.answer_markdown
@@ -694,26 +662,6 @@ class RunView:
         return end
 
 
-def tool_row(
-    call: ToolCallPart, result: ToolResultPart | None, waiting: bool = False, images: str = ""
-) -> ToolRow:
-    """One tool call as a view shows it; ``waiting``: a permission prompt is open."""
-    if result is None and not call.finished:
-        state = "streaming arguments"
-    elif result is None:
-        state = "waiting for permission" if waiting else "running"
-    else:
-        state = "error" if result.is_error else "ok"
-    return ToolRow(
-        call.id,
-        call.name,
-        state,
-        _clip(pretty_json(call.input)),
-        None if result is None else _clip(result.content),
-        images,
-    )
-
-
 def _images_html(result: ToolResultPart) -> str:
     """The result's images as thumbnails: what the model was shown."""
     tags = []
@@ -728,9 +676,3 @@ def _images_html(result: ToolResultPart) -> str:
             f'alt="{html.escape(image.describe())}" style="max-width: 480px">'
         )
     return "".join(tags)
-
-
-def _clip(text: str) -> str:
-    if len(text) <= _TOOL_TEXT_LIMIT:
-        return text
-    return text[:_TOOL_TEXT_LIMIT] + f"\n… ({len(text) - _TOOL_TEXT_LIMIT} more characters)"

@@ -8,8 +8,11 @@ child's state.
 
 from __future__ import annotations
 
+import html
+
 from ..core.events import Delta, Finished, RunEvent, Started, ToolFinished, ToolStarted
 from ..core.message import FinishReason, Message, Role, ToolCallPart, ToolResultPart, Usage
+from .rows import ToolRow, tool_row
 
 #: Longest task shown in a sub-agent's heading.
 HEADING_CHARS = 80
@@ -66,3 +69,14 @@ class ChildRun:
         if self.usage.total_tokens:
             text += f", {self.usage.total_tokens} tokens"
         return text
+
+    def rows(self) -> list[ToolRow]:
+        """Its tool calls as shown, in call order."""
+        return [tool_row(call, self.tool_results.get(i)) for i, call in self.tool_calls.items()]
+
+    def html(self, *, answer: bool = True) -> str:
+        """Its section under the call's row: its session, its tool calls one line each and,
+        with ``answer``, its text so far."""
+        rows = "".join(f"<li>{html.escape(row.title)}</li>" for row in self.rows())
+        text = f"<pre>{html.escape(self.answer)}</pre>" if answer and self.answer else ""
+        return f"<b>sub-agent</b> (session {self.session_id[:8]})<ul>{rows}</ul>{text}"

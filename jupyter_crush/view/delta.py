@@ -284,7 +284,7 @@ class DeltaRunView(RunView):
                 else:
                     ops.append(["child=", [call_id, text]])
                 shown["answer"] = text
-            for row in self.child_rows(child):
+            for row in child.rows():
                 fields = dataclasses.asdict(row)
                 if shown["tools"].get(row.call_id) != fields:
                     shown["tools"][row.call_id] = fields
