@@ -414,7 +414,7 @@ async def test_an_insert_click_hands_the_blocks_code_to_the_kernels_inserter():
         loop=asyncio.get_running_loop(),
     )
     inserted: list[str] = []
-    view.code_inserter = inserted.append
+    view.code_blocks.inserter = inserted.append
     for content in (
         {"event": "click", "target": "insert", "code": "df.plot()"},
         {"event": "click", "target": "insert", "code": "   "},  # nothing to insert

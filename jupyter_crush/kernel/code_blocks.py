@@ -7,7 +7,7 @@ thread; the cell is inserted on the kernel's loop through the same path as ``ins
 (:func:`jupyter_crush.notebook.provenance.insert_cell`: the extension's comm in JupyterLab 4
 and Notebook 7, ``set_next_input`` elsewhere), in the context of the ``%%crush`` cell's
 request, whose cell id says where "below" is. The finished answer carries the same
-metadata (``RunView.code_origin``), for the extension to insert a block's code by itself.
+metadata (``CodeBlocks.origin``), for the extension to insert a block's code by itself.
 """
 
 from __future__ import annotations
@@ -43,5 +43,5 @@ def offer_code_blocks(crush: Crush, view: RunView, loop: asyncio.AbstractEventLo
         if not loop.is_closed():
             loop.call_soon_threadsafe(start, code)
 
-    view.code_origin = origin
-    view.code_inserter = insert
+    view.code_blocks.origin = origin
+    view.code_blocks.inserter = insert

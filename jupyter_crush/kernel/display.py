@@ -110,7 +110,7 @@ def offer_undo(crush: Crush, view: RunView, prompt_id: str) -> None:
         if crush.undo.request(view.session_id, say):
             say("The session is busy; undo queued: it runs when its turn ends")
 
-    view.offer_undo(summary, undo)
+    view.undo.offer(summary, undo)
 
 
 def interactive(shell: Any) -> bool:

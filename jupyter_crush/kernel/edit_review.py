@@ -20,4 +20,4 @@ def offer_edit_review(crush: Crush, view: RunView) -> None:
     def accept(edits: list[str]) -> None:
         labcomm.notify(crush.shell, {"op": "accept_edits", "edits": edits})
 
-    view.edit_acceptor = accept
+    view.edit_review.acceptor = accept

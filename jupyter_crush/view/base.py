@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import html
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,14 +64,15 @@ from ..core.todos import Todo, plan_from_metadata, plan_markdown
 from ..core.tokens import Meter
 from ..core.tools import Decision, PermissionRequest
 from .child import ChildRun
+from .code_blocks import CodeBlocks
 from .comm import close_widgets
+from .edit_review import EditReview, waiting_edits
 from .questions import Answering, Closing, QuestionForms
 from .rows import ToolRow, tool_row
 from .spending import SpendLine
+from .undo import UndoOffer
 
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
-#: A finished answer's code provenance (labextension/src/answers.ts renders the answer).
-ANSWER_MIME = "application/vnd.jupyter-crush.answer+json"
 
 
 @dataclass(frozen=True)
@@ -134,17 +134,12 @@ class RunView:
         self.spend = SpendLine()  # what was spent against the spending caps, when set
         #: Whether a front end that can click shows this view (permission prompts need one).
         self.interactive = True
-        #: Puts a code block of the answer into a new cell below the prompt's (the kernel
-        #: sets it; called from the click's thread). None: Insert below does nothing.
-        self.code_inserter: Callable[[str], None] | None = None
-        #: The provenance metadata of a cell made from the answer's code (the kernel sets
-        #: it): the static answer carries it for the page's own Insert below.
-        self.code_origin: Callable[[], dict[str, Any]] | None = None
-        #: Accepts edit_cell's edits waiting for review, by call id, through the page (the
-        #: kernel sets it; called from the click's thread).
-        self.edit_acceptor: Callable[[list[str]], None] | None = None
-        #: The edits waiting for review as last drawn (call id -> cell id; loop thread).
-        self.edits_shown: dict[str, str] = {}
+        #: The answer's code blocks' Insert below (the kernel gives it the notebook's side).
+        self.code_blocks = CodeBlocks()
+        #: Accept all, for edit_cell's edits waiting for review (the kernel gives the page).
+        self.edit_review = EditReview()
+        #: At the end of a turn that changed something: what, and its Undo button.
+        self.undo = UndoOffer(self._draw)
         self._created = clock()
         self._started: float | None = None
         self._ended: float | None = None
@@ -175,13 +170,6 @@ class RunView:
         # _show_stopping writes, and the _ended check made before writing them.
         self._stop_lock = threading.Lock()
 
-        #: At the end of a turn that changed something: "changed: 2 cells, 3 variables, 1
-        #: file", and what its undo said ("" until then). Loop thread.
-        self.changes = ""
-        self.undo_note = ""
-        # The Undo button's action (taken by the first click, on the click's thread).
-        self._undo: Callable[[Callable[[str], None]], None] | None = None
-
     # -- display -----------------------------------------------------------
 
     def _widget(self) -> widgets.Widget:
@@ -204,9 +192,8 @@ class RunView:
         """
         plain = self.to_text() if not self.interactive else f"[crush] {self.status_text()}"
         bundle = {"text/plain": plain, "text/markdown": self.to_markdown()}
-        if self.code_origin is not None and self._answer_mime == "text/markdown":
-            # The JupyterLab extension renders the Markdown with Copy and Insert below.
-            bundle[ANSWER_MIME] = {"cell_metadata": self.code_origin()}
+        if self._answer_mime == "text/markdown":
+            bundle.update(self.code_blocks.answer_data())
         return bundle
 
     @property
@@ -290,57 +277,6 @@ class RunView:
         if count != self.queued_behind and self._ended is None:
             self.queued_behind = count
             self._draw()
-
-    # -- undo ------------------------------------------------------------------------------
-
-    def offer_undo(self, summary: str, undo: Callable[[Callable[[str], None]], None]) -> None:
-        """At the end of a turn that changed something (loop thread, before its Finished):
-        what it changed, and what its Undo button does; ``undo`` runs on the loop and gets
-        the view's way of saying what the undo did."""
-        self.changes = summary
-        self._undo = undo
-
-    @property
-    def offers_undo(self) -> bool:
-        """Whether the view shows an Undo button (keep it on the page at the run's end)."""
-        return bool(self.changes) and self.interactive
-
-    def pending_edits(self) -> dict[str, str]:
-        """The edit_cell calls waiting for the user's review: call id -> the cell's id."""
-        pending = {}
-        for row in self.tool_rows():
-            if row.name == "edit_cell" and row.state == "running":
-                try:
-                    cell = json.loads(self._tool_calls[row.call_id].input).get("cell_id")
-                except (ValueError, AttributeError):
-                    cell = None
-                pending[row.call_id] = str(cell or "?")
-        return pending
-
-    def accept_edits(self) -> None:
-        """Accept all (any thread): the edits drawn as waiting, accepted in their cells."""
-        waiting = list(self.edits_shown)
-        if waiting and self.edit_acceptor is not None:
-            self.edit_acceptor(waiting)
-
-    def insert_code(self, code: Any) -> None:
-        """An Insert below click on one of the answer's code blocks (any thread)."""
-        if isinstance(code, str) and code.strip() and self.code_inserter is not None:
-            self.code_inserter(code)
-
-    def request_undo(self) -> None:
-        """The Undo click, on whichever thread delivered it: one undo per view, run on the
-        loop (never beside a turn of the session: the undo waits for one that runs)."""
-        undo, self._undo = self._undo, None
-        loop = self._loop
-        if undo is None or loop is None or loop.is_closed():
-            return
-        loop.call_soon_threadsafe(undo, self.set_undo_note)
-
-    def set_undo_note(self, note: str) -> None:
-        """What the undo did, or why it did nothing (loop thread)."""
-        self.undo_note = note
-        self._draw()
 
     def _phase_text(self) -> str:
         text = self._phase_only()
@@ -660,6 +596,48 @@ class RunView:
             self._draw()
 
         return end
+
+    # -- undo, Accept all, Insert below, as the pages reach them ---------------------------
+
+    @property
+    def changes(self) -> str:
+        """What the turn changed, beside its Undo button ("" when nothing)."""
+        return self.undo.changes
+
+    @property
+    def undo_note(self) -> str:
+        """What the undo did, or why it did nothing ("" until it ran)."""
+        return self.undo.note
+
+    @property
+    def offers_undo(self) -> bool:
+        """Whether the view shows an Undo button (keep it on the page at the run's end)."""
+        return bool(self.undo.changes) and self.interactive
+
+    def request_undo(self) -> None:
+        """The Undo click (any thread): see :meth:`UndoOffer.request`."""
+        self.undo.request(self._loop)
+
+    def pending_edits(self) -> dict[str, str]:
+        """The edit_cell calls waiting for the user's review: call id -> the cell's id."""
+        return waiting_edits(self.tool_rows(), self._tool_calls)
+
+    @property
+    def edits_shown(self) -> dict[str, str]:
+        """The edits waiting for review as last drawn (loop thread)."""
+        return self.edit_review.shown
+
+    @edits_shown.setter
+    def edits_shown(self, shown: dict[str, str]) -> None:
+        self.edit_review.shown = shown
+
+    def accept_edits(self) -> None:
+        """Accept all (any thread): the edits drawn as waiting, accepted in their cells."""
+        self.edit_review.accept_all()
+
+    def insert_code(self, code: Any) -> None:
+        """An Insert below click on one of the answer's code blocks (any thread)."""
+        self.code_blocks.insert(code)
 
 
 def _images_html(result: ToolResultPart) -> str:
