@@ -34,7 +34,7 @@ from jupyter_crush.mcp.server import ServerState
 from jupyter_crush.mcp.tools import MCPServers
 from jupyter_crush.notebook.provenance import cell_proposer
 from jupyter_crush.testing import Reply, ScriptedModel, ToolCall
-from jupyter_crush.tools import files as file_tools
+from jupyter_crush.tools import file_writing
 from jupyter_crush.tools.cells import InsertCellTool
 from jupyter_crush.tools.files import FileTools
 from jupyter_crush.tools.permissions import PermissionPolicy
@@ -317,7 +317,7 @@ async def test_stop_while_edit_reads_the_file_leaves_it_unwritten(store, tmp_pat
             await a_stop_lands_with_the_answer(lambda: agent.cancel(session.id))
         return result
 
-    monkeypatch.setattr(file_tools.asyncio, "to_thread", to_thread)
+    monkeypatch.setattr(file_writing.asyncio, "to_thread", to_thread)
     edit = FileTools(Workspace(tmp_path)).edit_tool()
     arguments = {"path": "data.py", "old_string": "x = 1", "new_string": "x = 2"}
     agent = SessionAgent(one_call("edit", arguments), store, tools=[edit])

@@ -86,6 +86,16 @@ class CappedBuffer:
         return head + tail
 
 
+def format_size(n: int) -> str:
+    """A size in bytes as people read it: ``512 B``, ``1.5 KB``, ``3.2 GB``."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
 def secret_values(environ: dict[str, str] | os._Environ[str] | None = None) -> list[str]:
     """Every secret to redact, longest first: values of environment variables whose names
     look like credentials, and the keys, headers and URL credentials the extension was

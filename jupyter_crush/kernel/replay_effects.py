@@ -4,7 +4,7 @@ A replay never runs such a call again (``bash``, ``write``, ``edit``, an MCP too
 recording's own tools): its recorded result answers it, and the replay's status line says
 which calls were answered so. Where the effect can be checked it is: ``write`` and
 ``edit`` keep the SHA-256 of the text they left in the file with their result
-(:data:`~jupyter_crush.tools.files.WRITTEN_SHA256`), and the replay goes on only while the
+(:data:`~jupyter_crush.tools.file_writing.WRITTEN_SHA256`), and the replay goes on only while the
 file still holds what the recorded turn left in it. A file changed or removed since stops
 the replay before that call, naming the file. ``replay = "strict"`` stops before every
 such call, as replays did before they used recorded results.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..core.message import ToolCallPart, ToolResultPart
 from ..core.tools import Tool
-from ..tools.files import WRITTEN_SHA256
+from ..tools.file_writing import WRITTEN_SHA256
 from ..tools.workspace import Workspace, WorkspaceError
 
 #: Tools whose recorded result is checked against the file it names before it is used.

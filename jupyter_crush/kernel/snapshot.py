@@ -27,7 +27,7 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
-from ..tools.files import _size as format_size
+from ..core.output import format_size
 
 #: Values that cannot change in place: a name bound to one changes only by rebinding.
 _IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), range, frozenset)
