@@ -88,18 +88,11 @@ def load_mcp_servers(
     usual places merged, later files winning by name; a project file's only when trusted, or
     ``trust_all``), then ``overrides`` (the trait's value) on top. A crush.json that cannot be
     read at all raises ``CrushConfigError``."""
-    from ..providers.config import CrushConfigError, crush_config_paths, key_owners
+    from ..providers.config import CrushConfigError, crush_config_files, key_owners
     from ..providers.trust import open_config
 
-    if crush_config:
-        path = Path(crush_config).expanduser()
-        if not path.is_file():
-            raise CrushConfigError(f"crush config {path} does not exist; fix the path")
-        paths = [path]
-    else:
-        paths = [p for p in crush_config_paths() if p.is_file()]
     servers: dict[str, MCPServerConfig] = {}
-    for path in paths:
+    for path in crush_config_files(crush_config or None):
         file = open_config(path, trust_all=trust_all)
         if not file.applies_whole:
             continue  # the notice at the prompt says so (jupyter_crush.commands.trust)

@@ -250,6 +250,17 @@ def crush_config_paths(cwd: Path | None = None) -> list[Path]:
     return [user_config_dir() / "crush.json", *(here / name for name in CRUSH_CONFIG_NAMES)]
 
 
+def crush_config_files(source: str | Path | None = None) -> list[Path]:
+    """The crush.json files to read, lowest precedence first: ``source`` (which must exist),
+    or those at Crush's config locations that do."""
+    if source is None:
+        return [path for path in crush_config_paths() if path.is_file()]
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise CrushConfigError(f"crush config {path} does not exist; fix the path")
+    return [path]
+
+
 _ENV_REF = re.compile(
     r"^\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))$"
 )
@@ -385,15 +396,8 @@ def load_crush_config(
     jupyter_crush.providers.trust)."""
     if source is False:
         return CrushConfig()
-    if source is not None:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise CrushConfigError(f"crush config {path} does not exist; fix the path")
-        paths = [path]
-    else:
-        paths = [path for path in crush_config_paths() if path.is_file()]
     merged = CrushConfig()
-    for path in paths:
+    for path in crush_config_files(source):
         file = open_config(path, trust_all=trust_all)
         data, _ = applied(file, {*_BUILTIN, *merged.providers})
         found = _parse_crush_file(file, data)

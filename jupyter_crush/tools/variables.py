@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.model import ToolSpec
-from ..core.output import MAX_OUTPUT_CHARS, clean, truncate
+from ..core.output import MAX_OUTPUT_CHARS, clean, format_size, truncate
 from ..core.tools import Tool, ToolContext, ToolResult
 
 LIST_DEFAULT = 100
@@ -213,11 +213,7 @@ def _memory(value: Any, *, deep: bool) -> str:
             size = sys.getsizeof(value)
     except Exception:
         return ""
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return ""
+    return format_size(size)
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
