@@ -18,11 +18,14 @@ tests/support/replay_server.py on 127.0.0.1, which answers with recorded provide
    and the price of the summary request with the prompt cache serving the previous
    request's prefix (the breakpoints the Anthropic provider sets) and without.
 
-    .venv/bin/python benchmarks/bench_compaction.py
+    .venv/bin/python benchmarks/bench_compaction.py [--quick]
+
+``--quick``: 6 first-token runs per variant instead of 60, one summary instead of 5.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -67,7 +70,6 @@ from jupyter_crush.providers.replay import (  # noqa: E402
 from jupyter_crush.providers.windows import model_window  # noqa: E402
 from jupyter_crush.tools import default_tools  # noqa: E402
 
-RUNS = 60
 WARMUP = 3
 EVENT_DELAY = 0.002  # seconds between recorded events, for the answer and the title alike
 PROMPT = "Why did the sales in March drop so much compared to February?"
@@ -77,7 +79,6 @@ MODELS = {
     "openai": ("openai:gpt-4o", "openai-simple"),
     "anthropic": ("anthropic:claude-sonnet-4-20250514", "anthropic-simple"),
 }
-SUMMARY_RUNS = 5
 SESSION_TOKENS = 150_000
 
 
@@ -149,9 +150,9 @@ async def serve(short: str, count: int) -> None:
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
-async def bench_first_token(protocol: str, store: TranscriptStore) -> None:
+async def bench_first_token(protocol: str, store: TranscriptStore, runs: int) -> None:
     name, short = MODELS[protocol]
-    count = (WARMUP + RUNS) * 2
+    count = (WARMUP + runs) * 2
     with provider_process(short, count) as answers, provider_process(short, count) as small:
         agents = {}
         for titles in (False, True):
@@ -162,7 +163,7 @@ async def bench_first_token(protocol: str, store: TranscriptStore) -> None:
         firsts: dict[bool, list[float]] = {False: [], True: []}
         ends: dict[bool, list[float]] = {False: [], True: []}
         titled = 0
-        for run in range(WARMUP + RUNS):
+        for run in range(WARMUP + runs):
             for titles in (False, True) if run % 2 else (True, False):  # alternate the order
                 first, end, meanwhile = await first_token(agents[titles], store)
                 if run >= WARMUP:
@@ -176,7 +177,7 @@ async def bench_first_token(protocol: str, store: TranscriptStore) -> None:
             f"{percentile(firsts[titles], 0.9):.2f} ms; answer ended median "
             f"{statistics.median(ends[titles]):.2f} ms"
         )
-    print(f"  {protocol:<9} titles stored before the answer ended: {titled}/{RUNS}")
+    print(f"  {protocol:<9} titles stored before the answer ended: {titled}/{runs}")
 
 
 # -- 2. the estimate against the provider's count ----------------------------------------------
@@ -354,18 +355,18 @@ def price(name: str, usage: Usage) -> float:
     return cost
 
 
-async def bench_summary(store: TranscriptStore, workspace: Path) -> None:
+async def bench_summary(store: TranscriptStore, workspace: Path, runs: int) -> None:
     name, short = MODELS["anthropic"]
     tools = default_tools(workspace=workspace)
     system = notebook_prompt([t.name for t in tools], cwd=str(workspace))
     specs = [t.spec for t in tools]
     step = recorded_step(short)
     plain_ms, summary_ms, after_ms = [], [], []
-    async with ReplayServer([step] * (SUMMARY_RUNS * 3)) as server:
+    async with ReplayServer([step] * (runs * 3)) as server:
         model = resolve_model(name, settings=settings_for(server.url))
         agent = SessionAgent(model, store, tools, system_prompt=system)
         agent.titles = False
-        for _ in range(SUMMARY_RUNS):
+        for _ in range(runs):
             session_id = seed_session(store, SESSION_TOKENS, system, specs)
             plain_ms.append(await timed_run(agent, SessionAgentCall(session_id, "And April?")))
             compact = SessionAgentCall(session_id, "(compact the session)", compact=True)
@@ -405,7 +406,7 @@ async def bench_summary(store: TranscriptStore, workspace: Path) -> None:
         f"({len(json.dumps(after)) / 1e3:.0f} kB)"
     )
     print(
-        f"  local time ({SUMMARY_RUNS} sessions, median): plain prompt "
+        f"  local time ({runs} sessions, median): plain prompt "
         f"{statistics.median(plain_ms):.0f} ms, summary {statistics.median(summary_ms):.0f} ms, "
         f"prompt after the summary {statistics.median(after_ms):.0f} ms"
     )
@@ -422,23 +423,28 @@ async def bench_summary(store: TranscriptStore, workspace: Path) -> None:
     )
 
 
-async def main() -> None:
+async def main(quick: bool) -> None:
+    runs = 6 if quick else 60
     with tempfile.TemporaryDirectory() as tmp:
         store = TranscriptStore(Path(tmp) / "store")
-        print(f"1. first token of a first prompt ({RUNS} runs each, alternating, official SDKs)")
+        print(f"1. first token of a first prompt ({runs} runs each, alternating, official SDKs)")
         for protocol in MODELS:
-            await bench_first_token(protocol, store)
+            await bench_first_token(protocol, store, runs)
         print("2. estimated tokens against the recorded provider counts")
         await bench_estimate()
         print(f"3. a summary of a ~{SESSION_TOKENS // 1000}k-token session (%crush compact)")
         workspace = Path(tmp) / "work"
         workspace.mkdir()
-        await bench_summary(store, workspace)
+        await bench_summary(store, workspace, 1 if quick else 5)
         store.close()
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--serve"]:
-        asyncio.run(serve(sys.argv[2], int(sys.argv[3])))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs, one summary")
+    parser.add_argument("--serve", nargs=2, metavar=("RECORDING", "COUNT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(serve(args.serve[0], int(args.serve[1])))
     else:
-        asyncio.run(main())
+        asyncio.run(main(args.quick))

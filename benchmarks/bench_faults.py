@@ -1,6 +1,6 @@
 """How long each fault takes to reach the user, and what is kept meanwhile.
 
-    .venv/bin/python benchmarks/bench_faults.py
+    .venv/bin/python benchmarks/bench_faults.py [--quick]
 
 - a server that accepts the connection and never answers: the whole attempt sequence under
   ``answer_timeout`` (measured at 2 s with 3 attempts of a 30 s read timeout each; the
@@ -20,12 +20,15 @@
 - a damaged journal: the time for a load to fail with the file, byte and recovery command;
 - a journal cut short: the time to open it and warn.
 
+``--quick`` runs the real-time part for 5 s instead of 20.
+
 The server is a local one on 127.0.0.1 (tests/support/replay_server.py) spoken to by the real SDK;
 the disk is a small tmpfs (needs root; skipped with a note otherwise).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
@@ -38,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from goals import measured  # noqa: E402
 from support.replay_server import ReplayServer, Step, recording_steps  # noqa: E402
 from support.virtual_clock import CountingLoop, VirtualTimeLoop  # noqa: E402
 
@@ -51,7 +55,7 @@ from jupyter_crush.store.storage import Journal, StoreError  # noqa: E402
 
 #: Minutes of a disk that stays full, on virtual time.
 FULL_MINUTES = 10
-#: Seconds of the same in real time, with the lag probe.
+#: Seconds of the same in real time, with the lag probe (--quick: 5).
 FULL_REAL_SECONDS = 20
 
 
@@ -200,7 +204,7 @@ async def probe_alone(seconds: float) -> tuple[float, list[float]]:
     return time.process_time() - cpu, sorted(lags)
 
 
-def full_for_minutes(disk: Path) -> None:
+def full_for_minutes(disk: Path, real_seconds: int) -> None:
     seconds = FULL_MINUTES * 60
     loop = VirtualTimeLoop()
     try:
@@ -214,23 +218,25 @@ def full_for_minutes(disk: Path) -> None:
         f"took {cost['cpu']:.2f} s of CPU = {100 * cost['cpu'] / seconds:.3f}% of "
         f"{FULL_MINUTES} minutes; longest retry {cost['longest_run'] * 1000:.2f} ms"
     )
+    measured("faults.full_disk_cpu_percent", 100 * cost["cpu"] / seconds)
+    measured("faults.full_disk_pending_timers", cost["most_pending"])
     real = CountingLoop()
     try:
-        cost = real.run_until_complete(stays_full(disk, real, FULL_REAL_SECONDS, probe=True))
-        alone_cpu, alone_lags = real.run_until_complete(probe_alone(FULL_REAL_SECONDS))
+        cost = real.run_until_complete(stays_full(disk, real, real_seconds, probe=True))
+        alone_cpu, alone_lags = real.run_until_complete(probe_alone(real_seconds))
     finally:
         real.close()
     lags = cost["lags"]
     print(
-        f"disk full for {FULL_REAL_SECONDS} s (real time), a 10 ms sleep as a probe: process "
-        f"CPU {100 * cost['cpu'] / FULL_REAL_SECONDS:.2f}%, probe late by median "
+        f"disk full for {real_seconds} s (real time), a 10 ms sleep as a probe: process "
+        f"CPU {100 * cost['cpu'] / real_seconds:.2f}%, probe late by median "
         f"{lags[len(lags) // 2] * 1000:.2f} ms, worst {lags[-1] * 1000:.2f} ms; "
         f"{cost['timers']} store timers, at most {cost['most_pending']} pending, "
         f"{cost['appends']} write attempts"
     )
-    alone_share = 100 * alone_cpu / FULL_REAL_SECONDS
+    alone_share = 100 * alone_cpu / real_seconds
     print(
-        f"  the probe alone for {FULL_REAL_SECONDS} s: CPU {alone_share:.2f}%, late by median "
+        f"  the probe alone for {real_seconds} s: CPU {alone_share:.2f}%, late by median "
         f"{alone_lags[len(alone_lags) // 2] * 1000:.2f} ms, worst {alone_lags[-1] * 1000:.2f} ms"
     )
 
@@ -290,18 +296,21 @@ async def main() -> None:
         disk.rmdir()
 
 
-def stays_full_main() -> None:
+def stays_full_main(real_seconds: int) -> None:
     disk = mount_tmpfs("512k")
     if disk is None:
         print("disk full for minutes: skipped (mounting a tmpfs needs root)")
         return
     try:
-        full_for_minutes(disk)
+        full_for_minutes(disk, real_seconds)
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
         disk.rmdir()
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5 s of the real-time full disk")
+    quick = parser.parse_args().quick
     asyncio.run(main())
-    stays_full_main()  # on loops of its own
+    stays_full_main(5 if quick else FULL_REAL_SECONDS)  # on loops of its own

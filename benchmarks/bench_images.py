@@ -1,6 +1,6 @@
 """What a figure costs on its way to the model, and what the transcript keeps of it.
 
-    .venv/bin/python benchmarks/bench_images.py
+    .venv/bin/python benchmarks/bench_images.py [--quick]
 
 - a figure named in a prompt, drawn at a dpi that fits rather than shrunk after;
 - bytes and pixels of matplotlib figures (the inline default, a large high-dpi one) and of a
@@ -12,10 +12,13 @@
   message would cost);
 - characters of a request built from a prompt naming a 5 MB value, with the cap of
   :mod:`jupyter_crush.core.limits`, next to the uncapped size.
+
+The whole run takes seconds, so ``--quick`` (the suite's smoke mode) runs all of it.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 import json
@@ -89,6 +92,9 @@ def journal_sizes(part) -> tuple[int, int]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the same run (it takes seconds)")
+    parser.parse_args()
     print("figure / image                              before        after        time")
     parts = []
     for name, data in downscale_rows():

@@ -1,6 +1,6 @@
 """What MCP servers cost: first-use start-up of a stdio server and per-call overhead.
 
-    .venv/bin/python benchmarks/bench_mcp.py
+    .venv/bin/python benchmarks/bench_mcp.py [--quick]
 
 - first use: ``MCPServers.refresh`` in a process that has not imported the SDK yet (what
   a kernel's first prompt pays: SDK import off the loop, spawn, initialize, tools/list),
@@ -16,6 +16,7 @@ The server is tests/support/mcp_server.py, written with the SDK's MCPServer.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
 import sys
@@ -32,8 +33,6 @@ from jupyter_crush.mcp.tools import MCPServers  # noqa: E402
 
 SERVER = str(ROOT / "tests" / "support" / "mcp_server.py")
 CONFIG = MCPServerConfig("bench", command=sys.executable, args=(SERVER,), timeout=60)
-CALLS = 300
-RESTARTS = 5
 
 
 def ms(seconds: float) -> str:
@@ -73,14 +72,14 @@ def raw_params() -> Any:  # the SDK is imported only after the cold measurement
     return StdioServerParameters(command=sys.executable, args=[SERVER])
 
 
-async def warm_starts(servers: MCPServers) -> None:
+async def warm_starts(servers: MCPServers, restarts: int) -> None:
     """Ours and the raw SDK alternately, so the machine's load falls on both alike."""
     from mcp import ClientSession
     from mcp.client.stdio import stdio_client
 
     server = servers.servers["bench"]
     ours, raw = [], []
-    for _ in range(RESTARTS):
+    for _ in range(restarts):
         server.stop()
         await asyncio.sleep(0.5)  # let the old process go
         start = time.perf_counter()
@@ -93,11 +92,11 @@ async def warm_starts(servers: MCPServers) -> None:
             raw.append(time.perf_counter() - start)
     print(
         f"warm start, ours: median {ms(statistics.median(ours))}; raw SDK: median "
-        f"{ms(statistics.median(raw))}  (n={RESTARTS}; mostly the server's own import)"
+        f"{ms(statistics.median(raw))}  (n={restarts}; mostly the server's own import)"
     )
 
 
-async def per_call(tools: dict) -> None:
+async def per_call(tools: dict, calls: int) -> None:
     """Ours and the raw SDK call alternately, each on its own connection and server."""
     from mcp import ClientSession
     from mcp.client.stdio import stdio_client
@@ -110,7 +109,7 @@ async def per_call(tools: dict) -> None:
         await session.initialize()
         await session.list_tools()
         await session.call_tool("add", {"a": 1, "b": 2})
-        for i in range(CALLS):
+        for i in range(calls):
             start = time.perf_counter()
             result = await tool.run({"a": i, "b": 1}, context)
             ours.append(time.perf_counter() - start)
@@ -121,7 +120,7 @@ async def per_call(tools: dict) -> None:
     ours_median, raw_median = statistics.median(ours), statistics.median(raw)
     print(
         f"per call 'add': ours median {ms(ours_median)}, raw SDK call_tool median "
-        f"{ms(raw_median)}; overhead {ms(ours_median - raw_median)}  (n={CALLS})"
+        f"{ms(raw_median)}; overhead {ms(ours_median - raw_median)}  (n={calls})"
     )
     print(
         f"  p90: ours {ms(statistics.quantiles(ours, n=10)[-1])}, "
@@ -129,13 +128,15 @@ async def per_call(tools: dict) -> None:
     )
 
 
-async def main() -> None:
+async def main(quick: bool) -> None:
     servers = MCPServers(lambda: {"bench": CONFIG})
     tools = await first_use(servers)
-    await per_call(tools)
-    await warm_starts(servers)
+    await per_call(tools, 30 if quick else 300)
+    await warm_starts(servers, 2 if quick else 5)
     servers.shutdown()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="30 calls and 2 restarts")
+    asyncio.run(main(parser.parse_args().quick))

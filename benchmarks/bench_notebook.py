@@ -1,6 +1,6 @@
 """What the notebook tool and ``%crush fix`` add before the first model request.
 
-    .venv/bin/python benchmarks/bench_notebook.py
+    .venv/bin/python benchmarks/bench_notebook.py [--quick]
 
 For a 200-cell notebook on disk (code cells with printed output, a DataFrame repr, a
 figure and a pandas traceback every 20 cells) and a kernel history of 200 executions:
@@ -17,6 +17,7 @@ Goal: at most 20 ms for each of the first and the last.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import nbformat
+from goals import measured
 from IPython.testing.globalipapp import start_ipython
 
 from jupyter_crush.core.tools import ToolContext
@@ -137,6 +139,9 @@ def fix_in_a_kernel(rounds: int = 15) -> dict[str, list[float]]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples and kernel rounds")
+    quick = parser.parse_args().quick
     folder = Path(tempfile.mkdtemp(prefix="crush-bench-notebook-"))
     os.chdir(folder)
     os.environ["CRUSH_DATA_DIR"] = str(folder / ".crush")
@@ -160,7 +165,7 @@ def main() -> None:
     loop = asyncio.new_event_loop()
     answer = loop.run_until_complete(tool.run({}, CTX)).content
     samples, stock, live = [], [], []
-    for _ in range(50):
+    for _ in range(10 if quick else 50):
         start = time.perf_counter()
         loop.run_until_complete(tool.run({}, CTX))
         samples.append(time.perf_counter() - start)
@@ -176,13 +181,15 @@ def main() -> None:
     )
     print(f"  stock nbformat.read, same file: {median_ms(stock)}  (parse only)")
     print(f"  from a page's cells (live):     {median_ms(live)}")
+    measured("notebook.tool_ms", statistics.median(samples) * 1000)
 
-    times = fix_in_a_kernel()
+    times = fix_in_a_kernel(3 if quick else 15)
     fix, plain = times["%crush fix"], times["plain %%crush"]
     print(f"%crush fix -> first request:      {median_ms(fix)}  (real kernel, pandas KeyError)")
     print(f"  plain %%crush -> first request: {median_ms(plain)}")
     added = statistics.median(fix) - statistics.median(plain)
     print(f"  added by fix (median - median): {added * 1000:6.2f} ms")
+    measured("notebook.fix_added_ms", added * 1000)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from goals import measured
+
 REPO = Path(__file__).resolve().parents[1]
 WINDOW = 5000  # tokens per measured window
 TOKEN_CHARS = 7  # "w12345 ": the answer's word tokens
@@ -201,7 +203,7 @@ def measure_at(rev: str, chars: int) -> dict[str, Any]:
     return json.loads(out)
 
 
-def report(label: str, found: dict[str, Any]) -> None:
+def report(label: str, found: dict[str, Any], note: str) -> None:
     agent, store, paced = found["agent"], found["store"], found.get("paced")
     first = agent["windows"]["first 5k tokens"]
     last = list(agent["windows"].values())[-1]
@@ -213,11 +215,9 @@ def report(label: str, found: dict[str, Any]) -> None:
     for window, us in agent["windows"].items():
         at_rate = f"{paced['windows'][window]:26.1f}" if paced else f"{'-':>26s}"
         print(f"  {window:18s} {us:14.1f} {store['windows'][window]:12.1f} {at_rate}")
-    print(
-        f"  last/first {last / first:.2f} (goal <= 1.5); worst {max(agent['windows'].values()):.1f}"
-        " us/token (goal <= 20)"
-    )
     print(f"  bytes written per answer character: {agent['bytes per char']:.1f}")
+    measured("per_token.worst_us", max(agent["windows"].values()), note)
+    measured("per_token.last_over_first", last / first, note)
 
 
 def main() -> None:
@@ -233,9 +233,11 @@ def main() -> None:
         return
     sys.path.insert(0, str(REPO))
     print(f"load average at start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
+    size = "" if chars == 1_000_000 else f"{chars // 1000}k-character answer"
     if args.before:
-        report(f"before ({args.before})", measure_at(args.before, chars))
-    report("now", measure(chars))
+        before = f"before ({args.before})"
+        report(before, measure_at(args.before, chars), ", ".join(filter(None, [before, size])))
+    report("now", measure(chars), size)
     marks = {f"at {n // 1000}k chars": n for n in (100_000, 500_000, 1_000_000) if n <= chars}
     with tempfile.TemporaryDirectory() as tmp:
         stock = stock_tinydb(Path(tmp), marks)

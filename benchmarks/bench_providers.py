@@ -1,6 +1,6 @@
 """What the provider layer costs per streamed event, on real recorded bytes.
 
-    .venv/bin/python benchmarks/bench_providers.py
+    .venv/bin/python benchmarks/bench_providers.py [--quick]
 
 For each recording: the official SDK parsing the recorded server-sent events
 plus our translation into stream events, served (a) by the in-process replay
@@ -12,6 +12,7 @@ Numbers only: nothing here asserts a threshold.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
 import subprocess
@@ -29,8 +30,6 @@ from jupyter_crush.core.message import Message, Role, TextPart  # noqa: E402
 from jupyter_crush.providers import ProviderConfig, ProviderSettings, resolve_model  # noqa: E402
 from jupyter_crush.providers.replay import RECORDINGS_DIR, SHORT_NAMES, load_recording  # noqa: E402
 
-ROUNDS = 30
-
 
 async def drain(model) -> int:
     count = 0
@@ -39,22 +38,22 @@ async def drain(model) -> int:
     return count
 
 
-async def bench_replay(short: str) -> tuple[int, float]:
+async def bench_replay(short: str, rounds: int) -> tuple[int, float]:
     model = resolve_model(f"replay:{short}", settings=ProviderSettings(replay_delay=0))
     events = await drain(model)  # warm: client created, modules imported
     times = []
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         start = time.perf_counter()
         await drain(model)
         times.append(time.perf_counter() - start)
     return events, statistics.median(times)
 
 
-async def bench_http(short: str) -> tuple[int, float]:
+async def bench_http(short: str, rounds: int) -> tuple[int, float]:
     path = RECORDINGS_DIR / f"{SHORT_NAMES[short]}.yaml"
     recording = load_recording(path)
     step = recording_steps(path)[0]
-    async with ReplayServer([step] * (ROUNDS + 1)) as server:
+    async with ReplayServer([step] * (rounds + 1)) as server:
         provider = "anthropic" if recording.protocol == "anthropic" else "local"
         settings = ProviderSettings(
             api_keys={"anthropic": "bench"},
@@ -71,7 +70,7 @@ async def bench_http(short: str) -> tuple[int, float]:
         model = resolve_model(f"{provider}:{recording.model}", settings=settings)
         events = await drain(model)
         times = []
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             start = time.perf_counter()
             await drain(model)
             times.append(time.perf_counter() - start)
@@ -91,8 +90,8 @@ print(t1 - t0, t2 - t1, t3 - t2)
 """
 
 
-def import_times() -> list[float]:
-    """Cold import of the package, then of each SDK on its first model (best of 3)."""
+def import_times(tries: int) -> list[float]:
+    """Cold import of the package, then of each SDK on its first model (best of ``tries``)."""
     runs = [
         [
             float(x)
@@ -104,13 +103,14 @@ def import_times() -> list[float]:
                 cwd=ROOT,
             ).stdout.split()
         ]
-        for _ in range(3)
+        for _ in range(tries)
     ]
     return [min(column) for column in zip(*runs, strict=True)]
 
 
-async def main() -> None:
-    package, openai_sdk, anthropic_sdk = (t * 1000 for t in import_times())
+async def main(quick: bool) -> None:
+    rounds = 5 if quick else 30  # streams timed per recording and transport
+    package, openai_sdk, anthropic_sdk = (t * 1000 for t in import_times(1 if quick else 3))
     print(
         f"cold import: jupyter_crush.providers {package:.0f} ms; first OpenAI model "
         f"+{openai_sdk:.0f} ms; first Anthropic model +{anthropic_sdk:.0f} ms"
@@ -119,8 +119,8 @@ async def main() -> None:
         f"{'recording':<28}{'events':>7}{'replay µs/ev':>14}{'http µs/ev':>12}{'http ms/req':>13}"
     )
     for short in SHORT_NAMES:
-        events, replay = await bench_replay(short)
-        _, http = await bench_http(short)
+        events, replay = await bench_replay(short, rounds)
+        _, http = await bench_http(short, rounds)
         print(
             f"{short:<28}{events:>7}{replay / events * 1e6:>14.0f}"
             f"{http / events * 1e6:>12.0f}{http * 1000:>13.2f}"
@@ -128,4 +128,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5 streams per recording, not 30")
+    asyncio.run(main(parser.parse_args().quick))

@@ -6,12 +6,16 @@ an answer takes about as long as a short real one). The first Run All asks; the 
 the same transcript store, replays. Printed per run: wall time, the time the 10 agent cells
 took (nbclient's timings), provider requests, tokens and cost from the transcript.
 
-    .venv/bin/python benchmarks/bench_rerun.py [--cells 10] [--delay 0.02]
+    .venv/bin/python benchmarks/bench_rerun.py [--cells 10] [--delay 0.02] [--quick]
+
+``--quick`` streams the first Run All's chunks 5 ms apart; what the replay costs is measured
+the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -21,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import nbformat
+from goals import measured
 from nbclient import NotebookClient
 from support.kernel_harness import kernel_env, kernel_manager
 from support.openai_chunks import openai_step
@@ -93,8 +98,11 @@ def spent(folder: Path, since: float) -> tuple[int, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=10)
-    parser.add_argument("--delay", type=float, default=0.02, help="seconds between chunks")
+    parser.add_argument("--delay", type=float, help="seconds between chunks (0.02)")
+    parser.add_argument("--quick", action="store_true", help="chunks 5 ms apart")
     args = parser.parse_args()
+    if args.delay is None:
+        args.delay = 0.005 if args.quick else 0.02
     steps = script(args.cells)
     for step in steps:
         step.event_delay = args.delay
@@ -120,6 +128,11 @@ def main() -> None:
         f"{sum(again[2][1:]):.2f} s in all vs {sum(first[2][1:]):.2f} s asking; "
         "per cell (ms): " + " ".join(f"{t * 1000:.0f}" for t in again[2])
     )
+    note = "" if args.cells == 10 else f"{args.cells} cells"
+    measured("rerun.replay_requests", again[3], note)
+    measured("rerun.replay_cells_s", sum(again[2]), note)
+    if args.cells > 1:
+        measured("rerun.first_cell_added_s", again[2][0] - statistics.median(again[2][1:]))
 
 
 if __name__ == "__main__":

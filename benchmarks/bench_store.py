@@ -230,10 +230,13 @@ def row(name: str, ours: object, stock: object | None, stock_note: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1000,10000,50000")
-    parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
+    parser.add_argument("--sizes", help="messages already stored (1000,10000,50000)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer samples, sizes 1000,10000: a smoke run"
+    )
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes_text = args.sizes or ("1000,10000" if args.quick else "1000,10000,50000")
+    sizes = [int(s) for s in sizes_text.split(",")]
     samples = 200 if args.quick else 2000
     began = time.perf_counter()
     print("latencies in ms; triples are mean / p50 / p99; single numbers are one measurement")

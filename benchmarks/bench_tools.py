@@ -1,6 +1,6 @@
 """What the notebook tools cost, and how free the kernel's loop stays while they run.
 
-    .venv/bin/python benchmarks/bench_tools.py
+    .venv/bin/python benchmarks/bench_tools.py [--quick]
 
 - python tool round trip for a trivial expression (worker thread + output routing) next to
   IPython's own ``run_cell`` of the same code;
@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import statistics
@@ -131,22 +132,25 @@ async def grep_tree() -> None:
     print(f"grep 2,000 files:         {ms(took)};  glob 2,000 files: {ms(globbed)}")
 
 
-async def main() -> None:
+async def main(quick: bool) -> None:
     config = Config()
     config.HistoryManager.hist_file = ":memory:"
     shell = InteractiveShell.instance(config=config)
-    await python_round_trip(shell)
-    idle = await loop_lag(2.0, None)
-    busy = await loop_lag(2.0, PythonTool(shell))
+    await python_round_trip(shell, 50 if quick else 200)
+    seconds = 0.5 if quick else 2.0
+    idle = await loop_lag(seconds, None)
+    busy = await loop_lag(seconds, PythonTool(shell))
     for label, lags in (("idle loop", idle), ("loop while tool spins", busy)):
         print(
             f"{label + ':':<26}10 ms ticker late by median {ms(statistics.median(lags))}, "
             f"p99 {ms(sorted(lags)[int(len(lags) * 0.99)])}, max {ms(max(lags))}"
         )
-    await stop_latency(shell)
-    await bash_round_trip()
+    await stop_latency(shell, 5 if quick else 20)
+    await bash_round_trip(10 if quick else 50)
     await grep_tree()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples, shorter lag probes")
+    asyncio.run(main(parser.parse_args().quick))

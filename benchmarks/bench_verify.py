@@ -14,7 +14,7 @@ each round times, for the same file:
 Both start one kernel of the same throwaway kernelspec (this Python). Printed: each round's
 times and the median of the difference.
 
-    .venv/bin/python benchmarks/bench_verify.py [--rounds 3] [--cells 30]
+    .venv/bin/python benchmarks/bench_verify.py [--rounds 3] [--cells 30] [--quick]
 """
 
 from __future__ import annotations
@@ -55,10 +55,13 @@ def notebook(cells: int) -> nbformat.NotebookNode:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--cells", type=int, default=30)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, help="rounds (3; --quick: 1)")
+    parser.add_argument("--cells", type=int, help="code cells (30; --quick: 10)")
+    parser.add_argument("--quick", action="store_true", help="one round of 10 cells")
     args = parser.parse_args()
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.cells = args.cells or (10 if args.quick else 30)
     folder = Path(tempfile.mkdtemp(prefix="bench-verify-"))
     specs = folder / "specs"
     kernel_manager(specs)

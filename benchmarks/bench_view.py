@@ -36,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from goals import measured
 from support.kernel_harness import SETUP, Kernel
 
 #: Tokens a second, unless --rate says otherwise.
@@ -60,6 +61,12 @@ ANSWERS = {
     "prose": PROSE,
     "100-line code block": code_block(100),
     "1,600-line code block": code_block(1600),
+}
+#: The delta view's goal for each answer.
+GOALS = {
+    "prose": "view.prose_bytes_per_char",
+    "100-line code block": "view.block100_bytes_per_char",
+    "1,600-line code block": "view.block1600_bytes_per_char",
 }
 
 
@@ -142,6 +149,9 @@ def main() -> None:
                         f"{sizes.get('display', 0) / chars:>8.1f} {floor / chars:>5.1f} "
                         f"{count:>8} {seconds:>7.1f}"
                     )
+                    if view == "delta":
+                        note = "" if args.rate == RATE else f"{args.rate} tokens/s"
+                        measured(GOALS[name], size / chars, note)
         finally:
             kernel.shutdown()
 

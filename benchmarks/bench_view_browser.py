@@ -23,7 +23,8 @@ JupyterLab server and one run:
 
 "Painted" is taken as a requestAnimationFrame callback then a task after the change: the
 frame that shows it has been produced. The machine is shared: the numbers are printed,
-nothing passes or fails.
+nothing passes or fails. ``--quick`` measures the delta view alone, with a ~30 KB answer and
+3 Stop clicks.
 """
 
 from __future__ import annotations
@@ -40,11 +41,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "brows
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_view import PROSE, code_block
+from goals import measured
 from lab_harness import CHROMIUM, CHROMIUM_ARGS, running_lab_server
 from playwright.sync_api import sync_playwright
 from test_lab import Notebook
 
-BIG = PROSE + "\n\n" + code_block(1300) + "\n\nFINAL-WORD"
+
+def big_answer(code_lines: int) -> str:
+    return PROSE + "\n\n" + code_block(code_lines) + "\n\nFINAL-WORD"
+
+
+BIG = big_answer(1300)  # ~100 KB
+QUICK_BIG = big_answer(300)  # ~30 KB, for --quick
 FIRST_WORD = "Zanzibar"
 
 # Page-side probes, installed before JupyterLab loads.
@@ -160,7 +168,7 @@ new MutationObserver(() => {
 )
 
 
-def setup_cell(view: str) -> str:
+def setup_cell(view: str, big: str) -> str:
     return f"""\
 %load_ext jupyter_crush
 %config CrushConfig.run_view = "{view}"
@@ -173,7 +181,7 @@ crush = current()
 received = []
 sent = []  # the delta view's first answer op of each run, as the kernel sends it
 
-from jupyter_crush import delta_view
+from jupyter_crush.view import delta as delta_view
 _send_ops = delta_view.DeltaRunView._send_ops
 
 def stamped_send_ops(view, ops):
@@ -198,7 +206,7 @@ class Stamped(ScriptedModel):
                 received.append(time.time() * 1000)
             yield event
 
-BIG = {f"{FIRST_WORD} " + BIG!r}
+BIG = {f"{FIRST_WORD} " + big!r}
 print("setup done")"""
 
 
@@ -220,10 +228,10 @@ SLOW = (
 QUICK = f"crush.use_model(Stamped([{FIRST_WORD + ' is an island.'!r}] * 20, tokens_per_second=500))"
 
 
-def bench_view(page, server, view: str, stops: int) -> dict:
+def bench_view(page, server, view: str, stops: int, big: str) -> dict:
     name = server.write_notebook(
         [
-            setup_cell(view),
+            setup_cell(view, big),
             big_cell(),
             "%%crush --new --fresh\nthe big one",
             "gate.release()",
@@ -295,6 +303,11 @@ FIRST_TOKEN_KINDS = [
     ("ready", f"{TO_FIRST_TOKEN} s after the run started (the view is up)"),
     ("racing", "at once (racing the view's creation)"),
 ]
+#: The delta view's goal for the first token's paint, by kind.
+FIRST_TOKEN_GOALS = {
+    "ready": "browser.first_token_paint_ms",
+    "racing": "browser.first_token_racing_ms",
+}
 #: The first token's way, in the order printed: (step, label).
 STEPS = [
     ("open", "model opened"),
@@ -314,30 +327,33 @@ def ms(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer Stop clicks")
+    parser.add_argument(
+        "--quick", action="store_true", help="the delta view only, a ~30 KB answer, 3 Stops"
+    )
     args = parser.parse_args()
-    stops = 3 if args.quick else 6
+    stops, big = (3, QUICK_BIG) if args.quick else (6, BIG)
+    views = ("delta",) if args.quick else ("widgets", "delta")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"machine: {os.cpu_count()} CPUs, load average {load}; answer {len(BIG):,} chars")
+    print(f"machine: {os.cpu_count()} CPUs, load average {load}; answer {len(big):,} chars")
     results = {}
     with tempfile.TemporaryDirectory() as base, sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
         )
         with running_lab_server(Path(base), Path(base) / "logs") as server:
-            for view in ("widgets", "delta"):
+            for view in views:
                 context = browser.new_context(viewport={"width": 1400, "height": 1000})
                 page = context.new_page()
                 page.add_init_script(PROBES)
                 page.set_default_timeout(60_000)
-                results[view] = bench_view(page, server, view, stops)
+                results[view] = bench_view(page, server, view, stops, big)
                 context.close()
         browser.close()
     for view, result in results.items():
         tasks = result["longtasks"]
         print(f"[{view}]")
         print(
-            f"  1. long tasks while 100 KB streams: {len(tasks)} in all, "
+            f"  1. long tasks while {len(big) // 1000} KB streams: {len(tasks)} in all, "
             f"{sum(t > 50 for t in tasks)} over 50 ms, longest {max(tasks, default=0):.0f} ms"
         )
         print(f"  2. Stop click -> Stopping… painted: {ms(result['stops'])}")
@@ -360,6 +376,15 @@ def main() -> None:
                     if steps.get(step)
                 )
                 print(f"     from the kernel receiving it (medians, ms): {way}")
+    delta = results["delta"]
+    note = f"{len(big) // 1000} KB answer" if big is not BIG else ""
+    measured("browser.long_tasks_over_50ms", sum(t > 50 for t in delta["longtasks"]), note)
+    if delta["stops"]:
+        measured("browser.stop_paint_ms", statistics.median(delta["stops"]))
+    for kind, goal_id in FIRST_TOKEN_GOALS.items():
+        painted = delta["first"][kind].get("painted")
+        if painted:
+            measured(goal_id, statistics.median(painted))
 
 
 if __name__ == "__main__":

@@ -164,14 +164,14 @@ GOALS: dict[str, Goal] = {
         "bench_sustained.py",
     ),
     "sustained.stop_median_ms": Goal(
-        "Stop of the newest session under that load → canceled shown, median",
+        "Stop of the newest of 4 sessions x 2,000 tokens/s → canceled shown, median",
         "ms",
         10,
         "<=",
         "bench_sustained.py",
     ),
     "sustained.stop_p90_ms": Goal(
-        "Stop of the newest session under that load → canceled shown, p90",
+        "Stop of the newest of 4 sessions x 2,000 tokens/s → canceled shown, p90",
         "ms",
         10,
         "<=",
@@ -242,7 +242,7 @@ GOALS: dict[str, Goal] = {
         "bench_notebook.py",
     ),
     "notebook.fix_added_ms": Goal(
-        "What %crush fix adds before the first model request, 200-cell notebook, median",
+        "What %crush fix adds before the first model request, 200-cell notebook (medians)",
         "ms",
         20,
         "<=",
