@@ -12,15 +12,17 @@ when a frame is built: it takes longer to import than ``%load_ext`` may.
 
 It also holds what these share with the CLI (``python -m jupyter_crush log``): opening a
 store read-only (:func:`open_store`), the rows of sessions and messages, matching search
-terms, and an export's JSON and Markdown.
+terms, and an export's JSON and Markdown. What each message's row holds is the store's
+(:mod:`jupyter_crush.store.rows`), which keeps them per journal
+(:mod:`jupyter_crush.store.row_cache`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import heapq
+import itertools
 import json
 import os
 import re
@@ -31,18 +33,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .core.markdown import fenced, markdown_literal, pretty_json
-from .core.message import (
-    FinishReason,
-    ImagePart,
-    Message,
-    ReasoningPart,
-    Role,
-    Session,
-    TextPart,
-    now,
-)
+from .core.message import FinishReason, Message, Role, Session, now
 from .store.appends import APPEND_KEY
 from .store.lookup import SessionNotFoundError, find_session
+from .store.rows import (
+    SessionRows,
+    compact_arguments,
+    compact_tool_calls,
+    compact_tool_results,
+    image_path,
+    searched_text,
+)
 from .store.storage import StoreError
 
 if TYPE_CHECKING:
@@ -53,10 +54,15 @@ __all__ = [
     "MESSAGE_COLUMNS",
     "SESSION_COLUMNS",
     "SessionNotFoundError",
+    "compact_arguments",
+    "compact_tool_calls",
+    "compact_tool_results",
     "export_session",
     "find_session",
     "history",
+    "image_path",
     "open_store",
+    "searched_text",
     "sessions",
 ]
 
@@ -80,6 +86,20 @@ MESSAGE_COLUMNS = (
     "cost",
     "parent_session",
     "parent_tool_call",
+)
+#: Columns of :func:`history` that are a message's own row's (jupyter_crush.store.rows).
+_MESSAGE_OWN = (
+    "role",
+    "model",
+    "text",
+    "reasoning",
+    "tool_calls",
+    "tool_results",
+    "finish_reason",
+    "finish_message",
+    "input_tokens",
+    "output_tokens",
+    "cost",
 )
 #: Columns of :func:`sessions`, in order.
 SESSION_COLUMNS = (
@@ -126,10 +146,16 @@ def history(
     sessions are ordered by time. ``time`` is the message's creation in local time.
     """
     with open_store(store) as opened, _collector_paused():
-        rows = message_rows(
+        columns = message_columns(
             opened, session=session, search=search, role=role, since=since, limit=limit
         )
-        return _table(rows, MESSAGE_COLUMNS)
+        try:
+            import pandas as pd
+        except ImportError:
+            return _dicts(columns)
+        if not columns["session"]:
+            return pd.DataFrame.from_records([], columns=list(MESSAGE_COLUMNS))
+        return pd.DataFrame(columns, columns=list(MESSAGE_COLUMNS))
 
 
 def sessions(
@@ -262,6 +288,21 @@ def message_rows(
     limit: int | None = None,
 ) -> list[dict]:
     """The rows of :func:`history` as dicts (see there for the arguments)."""
+    return _dicts(
+        message_columns(store, session=session, search=search, role=role, since=since, limit=limit)
+    )
+
+
+def message_columns(
+    store: TranscriptStore | None,
+    *,
+    session: str | None = None,
+    search: str | None = None,
+    role: str | Role | Iterable[str | Role] | None = None,
+    since: datetime | date | timedelta | str | float | None = None,
+    limit: int | None = None,
+) -> dict[str, list[Any]]:
+    """The columns of :func:`history` (see there for the arguments), by name in order."""
     match = Matcher(search) if search is not None else None
     roles = _roles(role)
     cutoff = _since(since)
@@ -269,7 +310,7 @@ def message_rows(
     if store is None:
         if session is not None:
             raise SessionNotFoundError(f"no session {session!r}: the transcript store is empty")
-        return []
+        return {name: [] for name in MESSAGE_COLUMNS}
     if session is not None:
         chosen = [find_session(store, session)]
     else:
@@ -281,61 +322,98 @@ def message_rows(
     if match is not None:
         store.flush()  # so the journals on disk hold this process's latest states too
     with _collector_paused():
-        return _rows(store, chosen, match, roles, cutoff, limit)
+        return _columns(store, chosen, match, roles, cutoff, limit)
 
 
-def _rows(
+def _columns(
     store: TranscriptStore,
     chosen: list[Session],
     match: Matcher | None,
     roles: frozenset[Role] | None,
     cutoff: float | None,
     limit: int | None,
-) -> list[dict]:
-    found: list[tuple[Session, list[tuple[float, dict]]]] = []
+) -> dict[str, list[Any]]:
+    found: list[tuple[Session, SessionRows, list[int] | None]] = []
     newest: list[float] = []  # min-heap of the ``limit`` newest row times so far
     for s in chosen:
         if cutoff is not None and s.updated_at < cutoff:
             break
         if limit is not None and len(newest) == limit and (not limit or s.updated_at < newest[0]):
             break
-        # Derived once per message state and kept by the store: asking again decodes nothing.
-        kept = store.kept(s.id, "history")
-        if kept is None:
-            # Spares decoding a session without a match; kept facts are searched as cheaply.
+        # Kept by the store per state of the journal: asking again decodes nothing.
+        rows = store.history_rows(s.id, build=False)
+        if rows is None:
+            # Spares decoding a session without a match; kept rows are searched as cheaply.
             if match is not None and not match.may_occur_in(store.journal_path(s.id)):
                 continue
-            kept = store.derived(s.id, "history", _Facts.of)
-        rows = []
-        for facts in kept:
-            if roles is not None and facts.role not in roles:
-                continue
-            if cutoff is not None and facts.created_at < cutoff:
-                continue
-            if match is not None and not match.matches(facts.folded):
-                continue
-            row = {
-                "session": s.id,
-                "session_title": s.title,
-                **facts.row,
-                "images": list(facts.row["images"]),
-                # A sub-agent's message: the session and tool call that ran it.
-                "parent_session": s.parent_session_id,
-                "parent_tool_call": s.parent_tool_call_id,
-            }
-            rows.append((facts.created_at, row))
-            if limit:
-                heapq.heappush(newest, facts.created_at)
+            rows = store.history_rows(s.id)
+            assert rows is not None
+        picked = _picked(rows, match, roles, cutoff)
+        if limit:
+            created = rows.columns["created"]
+            for i in range(len(rows)) if picked is None else picked:
+                heapq.heappush(newest, created[i])
                 if len(newest) > limit:
                     heapq.heappop(newest)
-        found.append((s, rows))
-    found.sort(key=lambda pair: pair[0].created_at)
-    timed = [pair for _, kept in found for pair in kept]
-    if len(found) > 1:
-        timed.sort(key=itemgetter(0))  # stable: one session's order is kept on ties
+        found.append((s, rows, picked))
+    found.sort(key=lambda item: item[0].created_at)
+    out: dict[str, list[Any]] = {name: [] for name in MESSAGE_COLUMNS}
+    created: list[float] = []
+    for s, rows, picked in found:
+        columns = rows.columns
+
+        def take(column: list[Any], picked: list[int] | None = picked) -> list[Any]:
+            return column if picked is None else [column[i] for i in picked]
+
+        count = len(rows) if picked is None else len(picked)
+        created += take(columns["created"])
+        out["session"] += [s.id] * count
+        out["session_title"] += [s.title] * count
+        out["message_id"] += take(columns["id"])
+        out["time"] += take(rows.times())
+        for name in _MESSAGE_OWN:
+            out[name] += take(columns[name])
+        out["images"] += [list(paths) for paths in take(columns["images"])]
+        # A sub-agent's message: the session and tool call that ran it.
+        out["parent_session"] += [s.parent_session_id] * count
+        out["parent_tool_call"] += [s.parent_tool_call_id] * count
+    order: list[int] | range = range(len(created))
+    if len(found) > 1 and any(a > b for a, b in itertools.pairwise(created)):
+        order = sorted(order, key=created.__getitem__)  # stable: one session's order is kept
     if limit is not None:
-        timed = timed[len(timed) - limit :] if limit else []
-    return [row for _, row in timed]
+        order = order[len(order) - limit :] if limit else []
+    if isinstance(order, range) and len(order) == len(created):
+        return out
+    if len(order) < 2:
+        return {name: [column[i] for i in order] for name, column in out.items()}
+    pick = itemgetter(*order)
+    return {name: list(pick(column)) for name, column in out.items()}
+
+
+def _picked(
+    rows: SessionRows,
+    match: Matcher | None,
+    roles: frozenset[Role] | None,
+    cutoff: float | None,
+) -> list[int] | None:
+    """The indexes of the session's rows the query keeps (None: all)."""
+    if match is None and roles is None and cutoff is None:
+        return None
+    columns = rows.columns
+    role, created = columns["role"], columns["created"]
+    folded = rows.folded() if match is not None else None
+    return [
+        i
+        for i in range(len(rows))
+        if (roles is None or role[i] in roles)
+        and (cutoff is None or created[i] >= cutoff)
+        and (folded is None or match is None or match.matches(folded[i]))
+    ]
+
+
+def _dicts(columns: dict[str, list[Any]]) -> list[dict]:
+    names = list(columns)
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
 class Matcher:
@@ -382,30 +460,6 @@ class Matcher:
     def matches(self, folded: str) -> bool:
         """Whether ``folded``, a message's :func:`searched_text`, holds every term."""
         return all(term in folded for term in self.terms)
-
-
-def searched_text(message: Message) -> str:
-    """What a search looks in: the text and reasoning parts, one a line, case-folded."""
-    return "\n".join(
-        p.text for p in message.parts if isinstance(p, TextPart | ReasoningPart)
-    ).casefold()
-
-
-def compact_tool_calls(message: Message) -> str:
-    """``name(arguments)`` per call, arguments as compact JSON, joined by ``; ``."""
-    return "; ".join(f"{c.name}({compact_arguments(c.input)})" for c in message.tool_calls)
-
-
-def compact_tool_results(message: Message) -> str:
-    """``name: content`` per result (``name (error): ...`` for failures), joined by ``; ``."""
-    return "; ".join(
-        f"{r.name}{' (error)' if r.is_error else ''}: {r.content}" for r in message.tool_results
-    )
-
-
-def image_path(image: ImagePart) -> Path:
-    """Where a stored image's file is (its name alone for an image not yet stored)."""
-    return image.path_in(image.directory) if image.directory is not None else Path(image.file)
 
 
 def session_json(session: Session, messages: list[Message]) -> str:
@@ -466,40 +520,6 @@ def session_markdown(session: Session, messages: list[Message]) -> str:
 _TERMS = re.compile(r'"([^"]*)"|(\S+)')
 # How an append record's operations start in a journal (jupyter_crush.store.appends).
 APPEND_RECORD = f'"{APPEND_KEY}":['.encode()
-
-
-@dataclasses.dataclass(frozen=True)
-class _Facts:
-    """What history needs of one state of a message, kept by the store with that state."""
-
-    role: Role
-    created_at: float
-    folded: str  # searched_text
-    row: dict[str, Any]  # its columns, less the session's; shared: copied into each result
-
-    @classmethod
-    def of(cls, message: Message) -> _Facts:
-        return cls(message.role, message.created_at, searched_text(message), _row(message))
-
-
-def _row(message: Message) -> dict[str, Any]:
-    finish = message.finish
-    return {
-        "message_id": message.id,
-        "time": datetime.fromtimestamp(message.created_at),
-        "role": str(message.role),
-        "model": message.model,
-        "text": message.text,
-        "reasoning": message.reasoning,
-        "tool_calls": compact_tool_calls(message),
-        "tool_results": compact_tool_results(message),
-        "images": [str(image_path(image)) for image in message.images],
-        "finish_reason": str(finish.reason) if finish is not None else None,
-        "finish_message": finish.message if finish is not None else "",
-        "input_tokens": message.usage.input_tokens,
-        "output_tokens": message.usage.output_tokens,
-        "cost": message.cost,
-    }
 
 
 @contextlib.contextmanager
@@ -602,14 +622,6 @@ def _since(since: datetime | date | timedelta | str | float | None) -> float | N
 def _check_limit(limit: int | None) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be a non-negative int, got {limit!r}")
-
-
-def compact_arguments(text: str) -> str:
-    """Tool call arguments as compact JSON (as streamed when they are not valid JSON)."""
-    try:
-        return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
-    except ValueError:
-        return text  # arguments cut off mid-stream (a canceled call): shown as streamed
 
 
 def format_time(timestamp: float) -> str:

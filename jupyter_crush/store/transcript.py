@@ -11,6 +11,8 @@ On-disk layout (format version 2; version 1 has no append records)::
       images/<sha256>.<ext>  the bytes of each image part, written once, named by their hash;
                              records hold only the name (see ImagePart)
       writers/<token>.lock   one per open store, flock-held while that store is alive
+      rows/<id>.rows         history rows derived from a journal, never the source of truth
+                             (see row_cache)
       .lock                  flock that serializes writers across processes
 
 Why this layout. Stock TinyDB (``JSONStorage``) rewrites the whole file in place on every
@@ -103,6 +105,8 @@ from .replay import (
     TruncatedTranscriptWarning,
     _warn_if_cut_short,
 )
+from .row_cache import RowKeeper
+from .rows import SessionRows
 from .state import (
     _SESSION_ID,
     _WRITER_TOKEN,
@@ -209,6 +213,8 @@ class TranscriptStore:
         self._replayer.writer = self._writer
         self._compactions.writer = self._writer
         self._queries = Queries(config, self._lifecycle, self._replayer)
+        self._rows = RowKeeper(config, self._lifecycle, self._plock, self._replayer, self._queries)
+        self._compactions.rows = self._rows
         try:
             with self._lifecycle.lock, self._plock:
                 # Under the process lock, like every liveness check, so no other process
@@ -219,6 +225,7 @@ class TranscriptStore:
                 remove_stale_temporaries(self.path)
                 remove_stale_temporaries(config.messages_dir)
                 remove_stale_temporaries(self.images_dir)
+                self._rows.sweep()
                 opener.sweep_dead_writers()
                 self._writer.appends = opener.allow_appends(version)
                 self._replayer.catch_up_index()
@@ -438,6 +445,12 @@ class TranscriptStore:
         """What :meth:`derived` keeps under ``name``, if every message has it (None else)."""
         return self._queries.kept(session_id, name)
 
+    def history_rows(self, session_id: str, *, build: bool = True) -> SessionRows | None:
+        """The session's ``crush.history()`` rows, kept in memory and on disk per journal
+        (see :mod:`jupyter_crush.store.row_cache`); with ``build`` false, None when that
+        would decode the whole journal. Shared: read them, never change them."""
+        return self._rows.rows(session_id, build=build)
+
     # -- durability ----------------------------------------------------------
 
     def close(self) -> None:
@@ -513,8 +526,10 @@ class _Compactions:
         self._lifecycle = lifecycle
         self._plock = plock
         self._replayer = replayer
-        # What waits to be written; set by the store right after the writer exists.
+        # What waits to be written, and the history rows kept per journal; set by the store
+        # right after they exist.
         self.writer: Writer
+        self.rows: RowKeeper
 
     def maybe_compact(self, st: _SessionState) -> None:
         """Start compacting the journal once superseded records dominate it.
@@ -553,6 +568,8 @@ class _Compactions:
                     self._replayer.catch_up(st)
                     if st.journal.install_compacted(tmp, snapshot, fsync=self._config.fsync):
                         tmp = None
+                        # Rows derived from records the copy dropped go with them.
+                        self.rows.forget(st.session.id)
         except OSError as exc:  # a full disk: the journal stays as it was, a later write retries
             log.info("compacting %s failed (%s)", st.journal.path, exc.strerror)
         except Exception:

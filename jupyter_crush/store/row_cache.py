@@ -1,0 +1,632 @@
+"""History rows kept on disk per session, so a new process need not decode every journal.
+
+``crush.history()`` shows a row per message (:mod:`jupyter_crush.store.rows`). Deriving the
+rows of 50k messages means decoding every journal record and building every message (2.6 s);
+``rows/<session id>.rows`` keeps a session's rows as derived from its journal's first
+``offset`` bytes: a line of JSON saying which bytes (format version, the journal's inode,
+offset, modification time and the CRC-32 of those bytes), a line of JSON with the rows as
+columns, then the long texts of those columns as one run of UTF-8.
+
+It is derived, never the source of truth. A cache file that is missing, damaged, of another
+format version or of another session is ignored; one of another file at the journal's path
+(a compaction, a replaced or restored journal) is rebuilt from the journal; one whose
+journal only grew since (the same file, its first ``offset`` bytes unchanged: appended
+records) is extended by decoding only the new bytes, re-reading from the journal the earlier
+records of a message an append record continues. A journal gone takes its cache file with
+it, at once or when a store next opens. Files are replaced atomically (temporary file and
+rename, under the process lock, so a temporary seen at opening belongs to a dead process),
+with the journal's permissions; they hold nothing the journal does not (rows show the
+journal's own text, reasoning, tool calls and results).
+
+Only sessions not loaded in this process take this path; a loaded one (written here, or
+read by ``list_messages``) answers from its in-memory states, newer than the disk while
+writes are pending. Whatever the reader of a journal would do besides reading (settle a
+dead writer's reply, warn of a torn tail, rewrite stale session totals, name a corrupted
+record) makes the store load the session as it always did (:class:`Replay`): rows are only
+taken from the disk when nothing of that applies.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import functools
+import json
+import os
+import sys
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.message import Message, Role
+from . import appends
+from .appends import APPEND_KEY
+from .queries import Queries
+from .replay import Replayer, _record_problem, _settle_facts
+from .rows import ROW_FIELDS, SessionRows, row_of
+from .state import (
+    _WRITER_KEY,
+    _WRITER_TOKEN,
+    Lifecycle,
+    StoreConfig,
+    _dumps,
+    _session_totals,
+    _usage_tuple,
+    log,
+)
+from .storage import ProcessLock, WriterLease, remove_stale_temporaries, write_atomic
+
+#: The directory of the cache files, in the store.
+ROWS_DIR = "rows"
+SUFFIX = ".rows"
+CACHE_FORMAT = "jupyter-crush-history-rows"
+#: Bumped whenever a row or this file changes meaning: a file of another version is rebuilt.
+CACHE_VERSION = 1
+
+#: Columns kept besides the rows': what tells whether the session needs the store's reader
+#: (each message's writer, tool call ids, answered call ids, usage) and where each message's
+#: latest whole record starts in the journal.
+_FACT_FIELDS = ("writer", "calls", "results", "cache_read", "cache_write", "at")
+#: The file's layout. Decoding JSON costs about a microsecond a value, so only what is
+#: small goes in JSON; the rest takes C loops to read:
+#: - string columns: one run of UTF-8 at the file's end, the values joined by a character
+#:   none of them holds (``finish_reason`` None as ""; ``searched`` only where not None);
+_STRING_FIELDS = (
+    "id",
+    "role",
+    "model",
+    "finish_reason",
+    "finish_message",
+    "text",
+    "reasoning",
+    "tool_calls",
+    "tool_results",
+)
+#: - number columns: 8-byte little-endian values, column after column, before the strings
+#:   (``cost`` None as NaN; ``writer`` an index into the JSON's list of writers);
+_NUMBER_FIELDS = {
+    "created": "d",
+    "input_tokens": "q",
+    "output_tokens": "q",
+    "cost": "d",
+    "writer": "q",
+    "cache_read": "q",
+    "cache_write": "q",
+    "at": "q",
+}
+#: Separators tried in turn: control characters, then private-use ones.
+_SEPARATORS = [chr(c) for c in (*range(0x20), *range(0xE000, 0xF900))]
+#: Columns of lists, mostly empty: kept in the file only where not empty (by index), in
+#: memory as tuples (the empty tuple is one object, which the garbage collector never walks).
+_SPARSE_FIELDS = ("images", "calls", "results")
+
+
+class Replay(Exception):
+    """The journal needs the store's own reader: settling, a warning, totals or an error."""
+
+
+@dataclass(eq=False)
+class CachedRows:
+    """A session's rows as derived from the first ``offset`` bytes of its journal."""
+
+    inode: int
+    offset: int
+    mtime_ns: int | None  # the journal's, when it was exactly ``offset`` bytes long
+    crc: int  # CRC-32 of those bytes
+    rows: SessionRows
+    facts: dict[str, list[Any]]  # the _FACT_FIELDS columns
+    appended: dict[int, list[int]]  # message index -> offsets of its append records
+
+    def unchanged(self, stat: os.stat_result) -> bool:
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns) == (
+            self.inode,
+            self.offset,
+            self.mtime_ns,
+        )
+
+    @functools.cached_property
+    def totals(self) -> tuple[tuple[int, int, int, int], float, int]:
+        """The session's usage, cost and message count, as the store's reader sums them."""
+        columns, facts = self.rows.columns, self.facts
+        usage = (
+            sum(columns["input_tokens"]),
+            sum(columns["output_tokens"]),
+            sum(facts["cache_read"]),
+            sum(facts["cache_write"]),
+        )
+        cost = 0.0
+        for value in columns["cost"]:
+            cost += float(value or 0.0)
+        return usage, round(cost, 9), len(self.rows)
+
+    @functools.cached_property
+    def settled_unless_dead(self) -> frozenset[str]:
+        """Writers whose messages would be settled were the writer dead: those of an
+        assistant message without a finish, or with a call no later message answers."""
+        columns, facts = self.rows.columns, self.facts
+        calls, results = facts["calls"], facts["results"]
+        # Only messages with calls, results or no finish matter: few, found in C loops.
+        open_ends = [
+            i
+            for i, (role, finish, called) in enumerate(
+                zip(columns["role"], columns["finish_reason"], calls, strict=True)
+            )
+            if (finish is None or called) and role == Role.ASSISTANT
+        ]
+        if not open_ends:
+            return frozenset()
+        answering = [i for i, answered in enumerate(results) if answered]
+        answered: set[str] = set()
+        writers: set[str] = set()
+        for i in sorted({*open_ends, *answering}, reverse=True):
+            answered.update(results[i])
+            if columns["role"][i] != Role.ASSISTANT:
+                continue
+            if columns["finish_reason"][i] is None or not answered.issuperset(calls[i]):
+                writers.add(facts["writer"][i])
+        return frozenset(writers)
+
+
+def empty() -> CachedRows:
+    """The rows of a session without a journal."""
+    return CachedRows(0, 0, None, 0, SessionRows.of([]), {name: [] for name in _FACT_FIELDS}, {})
+
+
+class RowFiles:
+    """The cache files of one store: reading, extending and writing them."""
+
+    def __init__(
+        self,
+        path: Path,
+        images_dir: Path,
+        writers_dir: Path,
+        located: Callable[[Message], Message],
+    ) -> None:
+        self.directory = path / ROWS_DIR
+        self._images_dir = images_dir
+        self._writers_dir = writers_dir
+        self._located = located
+
+    def sweep(self, messages_dir: Path) -> None:
+        """Remove temporaries of dead writers and the cache files of journals gone. Call
+        under the process lock (every cache file is replaced under it)."""
+        if not self.directory.is_dir():
+            return
+        remove_stale_temporaries(self.directory)
+        journals = set(os.listdir(messages_dir))
+        for name in os.listdir(self.directory):
+            stem, suffix = os.path.splitext(name)
+            if suffix == SUFFIX and f"{stem}.jsonl" not in journals:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.directory / name)
+
+    def current(
+        self, session_id: str, journal: Path, held: CachedRows | None, *, build: bool
+    ) -> tuple[CachedRows | None, int | None]:
+        """The session's rows as its journal is now, and the permissions to write them to
+        the cache file with (None when it holds them already). ``held`` is what this process
+        read before. No rows when ``build`` is false and the whole journal would have to be
+        decoded.
+        Raises :class:`Replay` when the store's reader must read the journal."""
+        try:
+            fd = os.open(journal, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self.forget(session_id)
+            return empty(), None
+        try:
+            stat = os.fstat(fd)
+            if held is None or held.inode != stat.st_ino or held.offset > stat.st_size:
+                held = self.read(session_id, stat)
+            if held is not None and held.unchanged(stat):
+                return held, None
+            grown = held is not None and held.inode == stat.st_ino
+            if not grown and not build:
+                return None, None
+            data = _read_all(fd, stat.st_size)
+        finally:
+            os.close(fd)
+        prior = held if grown and held is not None and _crc(data, held.offset) == held.crc else None
+        if prior is None and not build:
+            return None, None
+        return _scan(session_id, data, stat, prior, self._located), stat.st_mode & 0o777
+
+    def settle_needed(self, kept: CachedRows, token: str) -> bool:
+        """Whether a writer that left messages to settle is dead (``token`` is ours)."""
+        return any(
+            writer != token
+            and not (
+                _WRITER_TOKEN.fullmatch(writer) and WriterLease.is_alive(self._writers_dir, writer)
+            )
+            for writer in kept.settled_unless_dead
+        )
+
+    def read(self, session_id: str, stat: os.stat_result) -> CachedRows | None:
+        """The cache file's rows, if it is intact, of this version and session, and of the
+        journal file ``stat`` describes (its rows are decoded only then)."""
+        try:
+            with open(self.directory / f"{session_id}{SUFFIX}", "rb") as f:
+                head = json.loads(f.readline())
+                if not (
+                    isinstance(head, dict)
+                    and head.get("format") == CACHE_FORMAT
+                    and head.get("version") == CACHE_VERSION
+                    and head.get("session") == session_id
+                    and head.get("inode") == stat.st_ino
+                    and type(head.get("offset")) is int
+                    and head["offset"] <= stat.st_size
+                    and type(head.get("mtime_ns")) in (int, type(None))
+                    and type(head.get("crc")) is int
+                    and type(head.get("count")) is int
+                    and type(head.get("body_crc")) is int
+                    and type(head.get("text_bytes")) is int
+                    and type(head.get("separator")) is str
+                    and len(head["separator"]) == 1
+                ):
+                    return None
+                body = f.readline()
+                numbers = f.read(8 * len(_NUMBER_FIELDS) * head["count"])
+                strings = f.read()
+            # What does not match its CRC or length is damaged; what does, this version wrote.
+            if (
+                zlib.crc32(numbers, zlib.crc32(body)) != head["body_crc"]
+                or len(strings) != head["text_bytes"]
+            ):
+                return None
+            return self._kept(head, json.loads(body), numbers, strings)
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return None  # missing or damaged: rebuilt from the journal
+
+    def _kept(
+        self, head: dict[str, Any], body: dict[str, Any], numbers: bytes, strings: bytes
+    ) -> CachedRows:
+        count, searched = head["count"], body["searched"]
+        texts = strings.decode("utf-8", "surrogatepass").split(head["separator"])
+        if len(texts) != len(_STRING_FIELDS) * count + len(searched) + 1:
+            raise ValueError("strings cut short")
+        columns: dict[str, list[Any]] = {}
+        for k, name in enumerate(_STRING_FIELDS):
+            columns[name] = texts[k * count : (k + 1) * count]
+        columns["finish_reason"] = [reason or None for reason in columns["finish_reason"]]
+        columns["searched"] = [None] * count
+        for i, value in zip(searched, texts[len(_STRING_FIELDS) * count : -1], strict=True):
+            columns["searched"][i] = value
+        view = memoryview(numbers)
+        for k, (name, code) in enumerate(_NUMBER_FIELDS.items()):
+            values = array.array(code)
+            values.frombytes(view[8 * k * count : 8 * (k + 1) * count])
+            if sys.byteorder == "big":
+                values.byteswap()
+            columns[name] = values.tolist()
+        columns["cost"] = [None if cost != cost else cost for cost in columns["cost"]]  # NaN
+        columns["writer"] = list(map(body["writers"].__getitem__, columns["writer"]))
+        images = self._images_dir
+        for name, given in body["sparse"].items():
+            values = [()] * count
+            for index, items in given.items():
+                values[int(index)] = tuple(
+                    str(images / item) if name == "images" else item for item in items
+                )
+            columns[name] = values
+        facts = {name: columns[name] for name in _FACT_FIELDS}
+        rows = SessionRows({name: columns[name] for name in ROW_FIELDS})
+        chains = {int(index): offsets for index, offsets in body["appended"].items()}
+        return CachedRows(
+            head["inode"], head["offset"], head["mtime_ns"], head["crc"], rows, facts, chains
+        )
+
+    def write(self, session_id: str, kept: CachedRows, mode: int) -> None:
+        """Replace the cache file with ``kept``. Call under the process lock."""
+        given = {**kept.rows.columns, **kept.facts}
+        count = len(kept.rows)
+        writers = list(dict.fromkeys(given["writer"]))
+        numbered = {writer: i for i, writer in enumerate(writers)}
+        searched = [i for i, value in enumerate(given["searched"]) if value is not None]
+        texts = [value for name in _STRING_FIELDS for value in given[name]]
+        texts[3 * count : 4 * count] = [reason or "" for reason in given["finish_reason"]]
+        texts += [given["searched"][i] for i in searched]
+        texts.append("")  # so that no rows still split into a list of one
+        joined = "".join(texts)
+        separator = next((c for c in _SEPARATORS if c not in joined), None)
+        if separator is None:
+            return  # texts holding every separator: derived again by the next process
+        strings = separator.join(texts).encode("utf-8", "surrogatepass")
+        number_columns = {
+            **given,
+            "cost": [float("nan") if cost is None else cost for cost in given["cost"]],
+            "writer": [numbered[writer] for writer in given["writer"]],
+        }
+        sparse = {
+            name: {str(i): list(values) for i, values in enumerate(given[name]) if values}
+            for name in ("images", "calls", "results")
+        }
+        sparse["images"] = {
+            i: [Path(path).name for path in paths] for i, paths in sparse["images"].items()
+        }
+        try:
+            numbers = b"".join(
+                _little_endian(array.array(code, number_columns[name]))
+                for name, code in _NUMBER_FIELDS.items()
+            )
+        except (OverflowError, TypeError):
+            return  # numbers no 8 bytes hold: derived again by the next process
+        body = (
+            _dumps(
+                {
+                    "searched": searched,
+                    "sparse": sparse,
+                    "writers": writers,
+                    "appended": {str(i): offsets for i, offsets in kept.appended.items()},
+                }
+            )
+            + b"\n"
+        )
+        head = {
+            "format": CACHE_FORMAT,
+            "version": CACHE_VERSION,
+            "session": session_id,
+            "inode": kept.inode,
+            "offset": kept.offset,
+            "mtime_ns": kept.mtime_ns,
+            "crc": kept.crc,
+            "count": count,
+            "body_crc": zlib.crc32(numbers, zlib.crc32(body)),
+            "text_bytes": len(strings),
+            "separator": separator,
+        }
+        try:
+            self.directory.mkdir(mode=0o700 | mode, exist_ok=True)
+            payload = b"".join((_dumps(head), b"\n", body, numbers, strings))
+            write_atomic(self.directory / f"{session_id}{SUFFIX}", payload, fsync=False, mode=mode)
+        except OSError as exc:  # only speed is lost: the next process derives them again
+            log.info("could not keep the history rows of %s (%s)", session_id, exc.strerror)
+
+    def forget(self, session_id: str) -> None:
+        """Remove the session's cache file, if any."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.directory / f"{session_id}{SUFFIX}")
+
+
+def _little_endian(values: array.array) -> bytes:
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tobytes()
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break  # truncated meanwhile (a torn tail cut off): read up to there
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _crc(data: bytes, end: int) -> int:
+    return zlib.crc32(memoryview(data)[:end]) if end <= len(data) else -1
+
+
+class _State:
+    """A message's latest state read from the journal: its whole record and the append
+    records after it, with where each starts."""
+
+    __slots__ = ("append_at", "appends", "at", "known", "record")
+
+    def __init__(self, record: dict[str, Any], at: int) -> None:
+        self.record = record
+        self.at = at
+        self.appends: list[dict[str, Any]] = []
+        self.append_at: list[int] = []
+        self.known: dict[Any, int] | None = None
+
+    def folded(self) -> dict[str, Any]:
+        return appends.fold(self.record, self.appends) if self.appends else self.record
+
+
+def _line_at(data: bytes, offset: int) -> dict[str, Any]:
+    end = data.find(b"\n", offset)
+    if end < 0:
+        raise Replay
+    try:
+        record = json.loads(data[offset:end])
+    except ValueError:
+        raise Replay from None
+    if not isinstance(record, dict):
+        raise Replay
+    return record
+
+
+def _earlier(data: bytes, prior: CachedRows, index: int) -> _State:
+    """A message's state as ``prior`` derived it, re-read from the journal."""
+    state = _State(_line_at(data, prior.facts["at"][index]), prior.facts["at"][index])
+    for offset in prior.appended.get(index, ()):
+        state.appends.append(_line_at(data, offset))
+        state.append_at.append(offset)
+    return state
+
+
+def _scan(
+    session_id: str,
+    data: bytes,
+    stat: os.stat_result,
+    prior: CachedRows | None,
+    located: Callable[[Message], Message],
+) -> CachedRows:
+    """The rows of the journal ``data`` (of the file ``stat`` describes), decoding only what
+    follows ``prior``'s offset when it is given. Accepts exactly what the store's reader
+    accepts without a warning; anything else raises :class:`Replay`."""
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        raise Replay  # a torn or in-flight tail: the reader decides, under the lock
+    start = prior.offset if prior is not None else 0
+    index = {mid: i for i, mid in enumerate(prior.rows.columns["id"])} if prior else {}
+    changed: dict[str, _State] = {}
+    pos = start
+    for line in data[start:end].split(b"\n")[:-1]:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise Replay from None
+        if not isinstance(record, dict):
+            raise Replay
+        mid = record.get("id")
+        if APPEND_KEY in record:
+            state = changed.get(mid) if isinstance(mid, str) else None
+            if state is None:
+                if not isinstance(mid, str) or mid not in index or prior is None:
+                    raise Replay
+                state = changed[mid] = _earlier(data, prior, index[mid])
+            if record.get("session_id") != session_id:
+                raise Replay
+            try:
+                if state.known is None:
+                    state.known = appends.lengths(state.folded())
+                state.known = appends.check(record, state.known)
+            except (appends.NotAnAppend, KeyError, TypeError, AttributeError):
+                raise Replay from None
+            state.appends.append(record)
+            state.append_at.append(pos)
+        else:
+            if _record_problem(record, session_id):
+                raise Replay
+            try:
+                _usage_tuple(record.get("usage") or {})
+                float(record.get("cost") or 0.0)
+            except (TypeError, ValueError, AttributeError):
+                raise Replay from None
+            assert isinstance(mid, str)
+            changed[mid] = _State(record, pos)
+        pos += len(line) + 1
+    if prior is not None:
+        columns = {name: list(values) for name, values in prior.rows.columns.items()}
+        facts = {name: list(values) for name, values in prior.facts.items()}
+        chains = dict(prior.appended)
+    else:
+        columns = {name: [] for name in ROW_FIELDS}
+        facts = {name: [] for name in _FACT_FIELDS}
+        chains = {}
+    for mid, state in changed.items():
+        folded = state.folded()
+        try:
+            row = row_of(located(Message.from_dict(folded)))
+            usage = _usage_tuple(folded.get("usage") or {})
+        except (TypeError, ValueError, KeyError, AttributeError):
+            raise Replay from None  # the reader raises it, as it always did
+        _, _, calls, results = _settle_facts(folded)
+        last = state.appends[-1] if state.appends else state.record
+        values = dict(
+            writer=str(last.get(_WRITER_KEY, "")),
+            calls=tuple(call_id for call_id, _ in calls),
+            results=tuple(results),
+            cache_read=usage[2],
+            cache_write=usage[3],
+            at=state.at,
+        )
+        i = index.get(mid)
+        if i is None:
+            i = index[mid] = len(columns["id"])
+            for name, value in zip(ROW_FIELDS, row, strict=True):
+                columns[name].append(value)
+            for name, value in values.items():
+                facts[name].append(value)
+        else:
+            for name, value in zip(ROW_FIELDS, row, strict=True):
+                columns[name][i] = value
+            for name, value in values.items():
+                facts[name][i] = value
+        if state.append_at:
+            chains[i] = state.append_at
+        else:
+            chains.pop(i, None)
+    crc = zlib.crc32(memoryview(data)[start:end], prior.crc if prior is not None else 0)
+    mtime = stat.st_mtime_ns if end == stat.st_size else None
+    return CachedRows(stat.st_ino, end, mtime, crc, SessionRows(columns), facts, chains)
+
+
+#: Name under which a loaded session's messages keep their rows (Queries.derived).
+_ROWS = "history"
+
+
+class RowKeeper:
+    """The part of :class:`~jupyter_crush.store.transcript.TranscriptStore` that hands out
+    each session's history rows: from its loaded states, or from the rows kept for its
+    journal in memory and in the cache file.
+
+    Reads files without the store's lock (``lifecycle.lock``, shared with the store and its
+    other parts), so writers never wait for a journal to be decoded; takes it to look at a
+    session's state and for ``_held`` (the rows read in this process, by session id), and
+    the process lock ``plock`` too to replace a cache file.
+    """
+
+    def __init__(
+        self,
+        config: StoreConfig,
+        lifecycle: Lifecycle,
+        plock: ProcessLock,
+        replayer: Replayer,
+        queries: Queries,
+    ) -> None:
+        self._config = config
+        self._lifecycle = lifecycle
+        self._plock = plock
+        self._replayer = replayer
+        self._queries = queries
+        self._files = RowFiles(config.path, config.images_dir, config.writers_dir, config.located)
+        self._held: dict[str, CachedRows] = {}
+
+    def sweep(self) -> None:
+        """At opening, under the process lock: see :meth:`RowFiles.sweep`."""
+        self._files.sweep(self._config.messages_dir)
+
+    def forget(self, session_id: str) -> None:
+        """Drop the rows kept for the session's journal, in memory and on disk (its journal
+        was compacted: the records they came from are gone). Call under both locks."""
+        self._held.pop(session_id, None)
+        self._files.forget(session_id)
+
+    def rows(self, session_id: str, *, build: bool = True) -> SessionRows | None:
+        """The session's rows as they are now; with ``build`` false, None unless they are
+        at hand without decoding the whole journal."""
+        with self._lifecycle.lock:
+            self._lifecycle.check_open()
+            st = self._replayer.state(session_id)
+            loaded = st.entries is not None
+            held = self._held.pop(session_id, None) if loaded else self._held.get(session_id)
+        if loaded:
+            return self._loaded_rows(session_id, build)
+        try:
+            kept, mode = self._files.current(session_id, st.journal.path, held, build=build)
+            if kept is None:
+                return None
+            with self._lifecycle.lock:
+                self._lifecycle.check_open()
+                loaded = st.entries is not None  # loaded meanwhile: its states are newer
+                if not loaded:
+                    if kept.totals != _session_totals(st.session):
+                        # The journal may be newer than the index read: read what followed.
+                        self._replayer.catch_up_index()
+                        if kept.totals != _session_totals(st.session):
+                            raise Replay  # the reader rewrites the session's record
+                    if self._files.settle_needed(kept, self._config.token):
+                        raise Replay
+                    if mode is not None:
+                        with self._plock:
+                            self._files.write(session_id, kept, mode)
+                    self._held[session_id] = kept
+        except Replay:
+            with self._lifecycle.lock:
+                self._lifecycle.check_open()
+                self._held.pop(session_id, None)
+                self._replayer.loaded(session_id)  # settles, warns or names the corruption
+            return self._loaded_rows(session_id, build=True)
+        return self._loaded_rows(session_id, build) if loaded else kept.rows
+
+    def _loaded_rows(self, session_id: str, build: bool) -> SessionRows | None:
+        if not build:
+            kept = self._queries.kept(session_id, _ROWS)
+            return SessionRows.of(kept) if kept is not None else None
+        return SessionRows.of(self._queries.derived(session_id, _ROWS, row_of))
