@@ -183,11 +183,12 @@ def test_a_session_whose_journal_is_gone_takes_its_cache_file_with_it(tmp_path, 
     path = tmp_path / "store"
     sid = make_store(path)
     other = make_store(tmp_path / "other")
-    crush.history(store=path)
     crush.history(store=tmp_path / "other")
-    (path / "messages" / f"{sid}.jsonl").unlink()
-    assert len(crush.history(store=path)) == 0
-    assert not cache_file(path, sid).exists()
+    with TranscriptStore(path) as kernel:  # open before and after
+        crush.history(store=kernel)
+        (path / "messages" / f"{sid}.jsonl").unlink()
+        assert len(crush.history(store=kernel)) == 0
+        assert not cache_file(path, sid).exists()
     # Removed by whoever opens the store next, even without a query.
     (tmp_path / "other" / "messages" / f"{other}.jsonl").unlink()
     TranscriptStore(tmp_path / "other").close()
