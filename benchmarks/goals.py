@@ -72,7 +72,7 @@ GOALS: dict[str, Goal] = {
         "Cold open of a store of 100k messages", "s", 1, "<=", "bench_store_scale.py"
     ),
     "store.session_ms": Goal(
-        "One session's messages from a store of 100k messages, fresh process state",
+        "One session's messages, first read in a store of 100k messages, p99",
         "ms",
         10,
         "<=",
