@@ -5,6 +5,7 @@ thread, re-sync, and the permission prompt."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 from types import SimpleNamespace
@@ -165,6 +166,28 @@ async def test_small_deltas_trickle_out_in_batches():
     await asyncio.sleep(0.01)
     assert len(page.ops_messages) - base == sent + 1  # a full batch goes at the rate
     await asyncio.sleep(0.3)
+    assert page.state["answer"] == message.text
+
+
+async def test_streamed_tokens_keep_the_pending_redraw_timer(monkeypatch):
+    # The view's clock and the loop's are read a few microseconds apart, so each token asks
+    # for "the same" redraw time a sliver earlier or later than the timer's: that must not
+    # cancel and replace the timer each token.
+    loop = asyncio.get_running_loop()
+    slivers = itertools.cycle([0.0, 5e-5])
+    view, page, _ = make_view(redraw_rate=30.0, clock=lambda: loop.time() + next(slivers))
+    view.on_event(Started("u1"))
+    message = Message("s1", Role.ASSISTANT)
+    message.append_text("first ")
+    view.on_event(Delta(message))  # drawn at once: from here on, tokens wait for a timer
+    timers = []
+    call_later = loop.call_later
+    monkeypatch.setattr(loop, "call_later", lambda *a: timers.append(a) or call_later(*a))
+    for i in range(200):
+        message.append_text(f"t{i} ")
+        view.on_event(Delta(message))
+    assert len(timers) == 1
+    await asyncio.sleep(0.4)
     assert page.state["answer"] == message.text
 
 

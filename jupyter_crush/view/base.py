@@ -73,6 +73,11 @@ from .spending import SpendLine
 from .undo import UndoOffer
 
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
+#: Seconds within which a pending redraw counts as firing when asked: the delay is read on
+#: the view's clock and the timer set on the loop's, so two askings for the same moment
+#: differ in their last microseconds; without it, about every other token replaced the
+#: timer (a cancel and a new timer on the loop's heap per token).
+_REDRAW_SLACK = 1e-3
 
 
 @dataclass(frozen=True)
@@ -499,7 +504,7 @@ class RunView:
         loop = self._get_loop()
         pending = self._redraw_handle
         if pending is not None:
-            if pending.when() <= loop.time() + delay:
+            if pending.when() <= loop.time() + delay + _REDRAW_SLACK:
                 return
             pending.cancel()  # what waits now may go sooner (a batch filled up)
             self._redraw_handle = None
