@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 
 import pandas as pd
 import pytest
@@ -36,9 +37,9 @@ def scans(monkeypatch):
     seen: list[tuple[str, int]] = []
     scan = row_cache._scan
 
-    def spy(session_id, data, stat, prior, located):
+    def spy(session_id, data, stat, prior, *rest):
         seen.append((session_id, prior.offset if prior is not None else 0))
-        return scan(session_id, data, stat, prior, located)
+        return scan(session_id, data, stat, prior, *rest)
 
     monkeypatch.setattr(row_cache, "_scan", spy)
     return seen
@@ -244,3 +245,22 @@ def test_text_no_utf_8_encodes_and_separator_characters_round_trip(tmp_path, sca
     assert list(crush.history(store=path).text) == texts
     assert list(crush.history(store=path).text) == texts
     assert len(scans) == 1
+
+
+def test_a_session_to_settle_is_handed_to_the_reader_before_any_row_is_built(tmp_path, monkeypatch):
+    path = tmp_path / "store"
+    with TranscriptStore(path) as kernel:
+        sid = kernel.create_session("s").id
+        kernel.add_message(Message(sid, Role.USER, [TextPart("go")]))
+        kernel.add_message(Message(sid, Role.ASSISTANT, [TextPart("cut short")]))
+    built_by_scan = []
+    row_of = row_cache.row_of
+
+    def spy(message):
+        built_by_scan.append(sys._getframe(1).f_code.co_name == "_scan")
+        return row_of(message)
+
+    monkeypatch.setattr(row_cache, "row_of", spy)
+    rows = crush.history(store=path)
+    assert rows.finish_reason[1] == "error"
+    assert built_by_scan and not any(built_by_scan)  # rows came from the reader's messages

@@ -142,31 +142,43 @@ class CachedRows:
         return usage, round(cost, 9), len(self.rows)
 
     @functools.cached_property
-    def settled_unless_dead(self) -> frozenset[str]:
-        """Writers whose messages would be settled were the writer dead: those of an
-        assistant message without a finish, or with a call no later message answers."""
+    def awaiting(self) -> frozenset[str]:
+        """Writers whose messages would be settled were the writer dead (:func:`_awaiting`)."""
         columns, facts = self.rows.columns, self.facts
-        calls, results = facts["calls"], facts["results"]
-        # Only messages with calls, results or no finish matter: few, found in C loops.
-        open_ends = [
-            i
-            for i, (role, finish, called) in enumerate(
-                zip(columns["role"], columns["finish_reason"], calls, strict=True)
-            )
-            if (finish is None or called) and role == Role.ASSISTANT
-        ]
-        if not open_ends:
-            return frozenset()
-        answering = [i for i, answered in enumerate(results) if answered]
-        answered: set[str] = set()
-        writers: set[str] = set()
-        for i in sorted({*open_ends, *answering}, reverse=True):
-            answered.update(results[i])
-            if columns["role"][i] != Role.ASSISTANT:
-                continue
-            if columns["finish_reason"][i] is None or not answered.issuperset(calls[i]):
-                writers.add(facts["writer"][i])
-        return frozenset(writers)
+        return _awaiting(
+            columns["role"],
+            [reason is None for reason in columns["finish_reason"]],
+            facts["calls"],
+            facts["results"],
+            facts["writer"],
+        )
+
+
+def _awaiting(
+    roles: list[str],
+    unfinished: list[bool],
+    calls: list[tuple[str, ...]],
+    results: list[tuple[str, ...]],
+    writers: list[str],
+) -> frozenset[str]:
+    """Writers whose messages the store's reader would settle were the writer dead: those of
+    an assistant message without a finish, or with a call no later message answers."""
+    # Only messages with calls, results or no finish matter: few, found in C loops.
+    open_ends = [
+        i
+        for i, (role, open_, called) in enumerate(zip(roles, unfinished, calls, strict=True))
+        if (open_ or called) and role == Role.ASSISTANT
+    ]
+    if not open_ends:
+        return frozenset()
+    answering = [i for i, answered in enumerate(results) if answered]
+    answered: set[str] = set()
+    found: set[str] = set()
+    for i in sorted({*open_ends, *answering}, reverse=True):
+        answered.update(results[i])
+        if roles[i] == Role.ASSISTANT and (unfinished[i] or not answered.issuperset(calls[i])):
+            found.add(writers[i])
+    return frozenset(found)
 
 
 def empty() -> CachedRows:
@@ -230,16 +242,16 @@ class RowFiles:
         prior = held if grown and held is not None and _crc(data, held.offset) == held.crc else None
         if prior is None and not build:
             return None, None
-        return _scan(session_id, data, stat, prior, self._located), stat.st_mode & 0o777
+        kept = _scan(session_id, data, stat, prior, self._located, self.any_dead)
+        return kept, stat.st_mode & 0o777
 
-    def settle_needed(self, kept: CachedRows, token: str) -> bool:
-        """Whether a writer that left messages to settle is dead (``token`` is ours)."""
+    def any_dead(self, writers: frozenset[str]) -> bool:
+        """Whether one of ``writers`` (store tokens, none this store's) is no longer alive."""
         return any(
-            writer != token
-            and not (
+            not (
                 _WRITER_TOKEN.fullmatch(writer) and WriterLease.is_alive(self._writers_dir, writer)
             )
-            for writer in kept.settled_unless_dead
+            for writer in writers
         )
 
     def read(self, session_id: str, stat: os.stat_result) -> CachedRows | None:
@@ -455,6 +467,7 @@ def _scan(
     stat: os.stat_result,
     prior: CachedRows | None,
     located: Callable[[Message], Message],
+    any_dead: Callable[[frozenset[str]], bool],
 ) -> CachedRows:
     """The rows of the journal ``data`` (of the file ``stat`` describes), decoding only what
     follows ``prior``'s offset when it is given. Accepts exactly what the store's reader
@@ -509,14 +522,17 @@ def _scan(
         columns = {name: [] for name in ROW_FIELDS}
         facts = {name: [] for name in _FACT_FIELDS}
         chains = {}
+    roles = columns["role"].copy()
+    unfinished = [reason is None for reason in columns["finish_reason"]]
+    # First what settling needs, so a session to settle is handed over before any row is built.
+    folded: dict[str, dict[str, Any]] = {}
     for mid, state in changed.items():
-        folded = state.folded()
+        record = folded[mid] = state.folded()
         try:
-            row = row_of(located(Message.from_dict(folded)))
-            usage = _usage_tuple(folded.get("usage") or {})
-        except (TypeError, ValueError, KeyError, AttributeError):
-            raise Replay from None  # the reader raises it, as it always did
-        _, _, calls, results = _settle_facts(folded)
+            usage = _usage_tuple(record.get("usage") or {})
+        except (TypeError, ValueError, AttributeError):
+            raise Replay from None
+        _, finished, calls, results = _settle_facts(record)
         last = state.appends[-1] if state.appends else state.record
         values = dict(
             writer=str(last.get(_WRITER_KEY, "")),
@@ -528,23 +544,39 @@ def _scan(
         )
         i = index.get(mid)
         if i is None:
-            i = index[mid] = len(columns["id"])
-            for name, value in zip(ROW_FIELDS, row, strict=True):
-                columns[name].append(value)
+            i = index[mid] = len(roles)
+            roles.append(record["role"])
+            unfinished.append(not finished)
             for name, value in values.items():
                 facts[name].append(value)
         else:
-            for name, value in zip(ROW_FIELDS, row, strict=True):
-                columns[name][i] = value
+            roles[i], unfinished[i] = record["role"], not finished
             for name, value in values.items():
                 facts[name][i] = value
         if state.append_at:
             chains[i] = state.append_at
         else:
             chains.pop(i, None)
+    awaiting = _awaiting(roles, unfinished, facts["calls"], facts["results"], facts["writer"])
+    if any_dead(awaiting):
+        raise Replay  # a dead writer's reply to settle
+    for mid, record in folded.items():
+        try:
+            row = row_of(located(Message.from_dict(record)))
+        except (TypeError, ValueError, KeyError, AttributeError):
+            raise Replay from None  # the reader raises it, as it always did
+        i = index[mid]
+        if i == len(columns["id"]):
+            for name, value in zip(ROW_FIELDS, row, strict=True):
+                columns[name].append(value)
+        else:
+            for name, value in zip(ROW_FIELDS, row, strict=True):
+                columns[name][i] = value
     crc = zlib.crc32(memoryview(data)[start:end], prior.crc if prior is not None else 0)
     mtime = stat.st_mtime_ns if end == stat.st_size else None
-    return CachedRows(stat.st_ino, end, mtime, crc, SessionRows(columns), facts, chains)
+    kept = CachedRows(stat.st_ino, end, mtime, crc, SessionRows(columns), facts, chains)
+    kept.awaiting = awaiting
+    return kept
 
 
 #: Name under which a loaded session's messages keep their rows (Queries.derived).
@@ -611,8 +643,8 @@ class RowKeeper:
                         self._replayer.catch_up_index()
                         if kept.totals != _session_totals(st.session):
                             raise Replay  # the reader rewrites the session's record
-                    if self._files.settle_needed(kept, self._config.token):
-                        raise Replay
+                    if self._files.any_dead(kept.awaiting - {self._config.token}):
+                        raise Replay  # a writer died since: its reply is to settle
                     if mode is not None:
                         with self._plock:
                             self._files.write(session_id, kept, mode)
