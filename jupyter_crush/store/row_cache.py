@@ -219,9 +219,12 @@ class RowFiles:
     ) -> tuple[CachedRows | None, int | None]:
         """The session's rows as its journal is now, and the permissions to write them to
         the cache file with (None when it holds them already). ``held`` is what this process
-        read before. No rows when ``build`` is false and the whole journal would have to be
-        decoded.
-        Raises :class:`Replay` when the store's reader must read the journal."""
+        read before. With ``build`` false, only ``held`` if the journal has not changed since
+        (else no rows): what is at hand without reading a file, which a search's journal scan
+        may spare reading at all. Raises :class:`Replay` when the store's reader must read
+        the journal."""
+        if held is None and not build:
+            return None, None
         try:
             fd = os.open(journal, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -229,19 +232,19 @@ class RowFiles:
             return empty(), None
         try:
             stat = os.fstat(fd)
-            if held is None or held.inode != stat.st_ino or held.offset > stat.st_size:
-                held = self.read(session_id, stat)
             if held is not None and held.unchanged(stat):
                 return held, None
-            grown = held is not None and held.inode == stat.st_ino
-            if not grown and not build:
+            if not build:
                 return None, None
+            if held is None or held.inode != stat.st_ino or held.offset > stat.st_size:
+                held = self.read(session_id, stat)
+                if held is not None and held.unchanged(stat):
+                    return held, None
+            grown = held is not None and held.inode == stat.st_ino
             data = _read_all(fd, stat.st_size)
         finally:
             os.close(fd)
         prior = held if grown and held is not None and _crc(data, held.offset) == held.crc else None
-        if prior is None and not build:
-            return None, None
         kept = _scan(session_id, data, stat, prior, self._located, self.any_dead)
         return kept, stat.st_mode & 0o777
 

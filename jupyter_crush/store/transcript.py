@@ -447,8 +447,8 @@ class TranscriptStore:
 
     def history_rows(self, session_id: str, *, build: bool = True) -> SessionRows | None:
         """The session's ``crush.history()`` rows, kept in memory and on disk per journal
-        (see :mod:`jupyter_crush.store.row_cache`); with ``build`` false, None when that
-        would decode the whole journal. Shared: read them, never change them."""
+        (see :mod:`jupyter_crush.store.row_cache`); with ``build`` false, only those at hand
+        without reading a file (else None). Shared: read them, never change them."""
         return self._rows.rows(session_id, build=build)
 
     # -- durability ----------------------------------------------------------
