@@ -36,6 +36,7 @@ import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from stat import S_IMODE
 from typing import Any
 
 from ..core.message import Message
@@ -302,7 +303,9 @@ class RowFiles:
             "separator": separator,
         }
         try:
-            self.directory.mkdir(mode=0o700 | mode, exist_ok=True)
+            if not self.directory.is_dir():  # as open to others as the journals' directory
+                journals = S_IMODE(os.stat(self.directory.parent / "messages").st_mode)
+                self.directory.mkdir(mode=journals, exist_ok=True)
             payload = b"".join((_dumps(head), b"\n", body, numbers, strings))
             write_atomic(self.directory / f"{session_id}{SUFFIX}", payload, fsync=False, mode=mode)
         except OSError as exc:  # only speed is lost: the next process derives them again
