@@ -230,10 +230,10 @@ def test_kept_rows_have_the_journal_s_permissions(tmp_path):
     path = tmp_path / "store"
     sid = make_store(path)
     os.chmod(path / "messages" / f"{sid}.jsonl", 0o600)
-    os.chmod(path / "messages", 0o700)
+    os.chmod(path / "messages", 0o750)
     crush.history(store=path)
     assert stat.S_IMODE(cache_file(path, sid).stat().st_mode) == 0o600
-    assert stat.S_IMODE((path / row_cache.ROWS_DIR).stat().st_mode) == 0o700
+    assert stat.S_IMODE((path / row_cache.ROWS_DIR).stat().st_mode) == 0o750
 
 
 def test_text_no_utf_8_encodes_and_separator_characters_round_trip(tmp_path, scans):
