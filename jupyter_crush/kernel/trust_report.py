@@ -35,12 +35,13 @@ if TYPE_CHECKING:
 
 
 def project_files(config: CrushSettings) -> list[ConfigFile]:
-    """The crush.json files in effect that are not the user's own, as they are now."""
-    from ..providers.config import crush_config_paths
+    """The crush.json files in effect that are not the user's own, as they are now: of the
+    files the providers and MCP servers read, so a missing ``crush_config`` raises the same
+    CrushConfigError."""
+    from ..providers.config import crush_config_files
 
-    source = config.crush_config
-    paths = [Path(source).expanduser()] if source else crush_config_paths()
-    files = [open_config(p, trust_all=config.trust_project_config) for p in paths if p.is_file()]
+    paths = crush_config_files(config.crush_config)
+    files = [open_config(p, trust_all=config.trust_project_config) for p in paths]
     return [file for file in files if file.is_project]
 
 

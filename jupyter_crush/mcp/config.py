@@ -1,7 +1,7 @@
 """Which MCP servers the kernel may use: Crush's ``mcp`` section, read as Crush reads it.
 
 A ``crush.json`` (the same files, in the same order, as the providers read: see
-:func:`~jupyter_crush.providers.config.crush_config_paths`) may hold::
+:func:`~jupyter_crush.providers.config.crush_config_files`) may hold::
 
     "mcp": {
       "files":  {"type": "stdio", "command": "node", "args": ["server.js"],
@@ -92,7 +92,7 @@ def load_mcp_servers(
     from ..providers.trust import open_config
 
     servers: dict[str, MCPServerConfig] = {}
-    for path in crush_config_files(crush_config or None):
+    for path in crush_config_files(crush_config):
         file = open_config(path, trust_all=trust_all)
         if not file.applies_whole:
             continue  # the notice at the prompt says so (jupyter_crush.commands.trust)

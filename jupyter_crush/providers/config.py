@@ -250,14 +250,23 @@ def crush_config_paths(cwd: Path | None = None) -> list[Path]:
     return [user_config_dir() / "crush.json", *(here / name for name in CRUSH_CONFIG_NAMES)]
 
 
-def crush_config_files(source: str | Path | None = None) -> list[Path]:
-    """The crush.json files to read, lowest precedence first: ``source`` (which must exist),
-    or those at Crush's config locations that do."""
-    if source is None:
+def crush_config_files(source: str | Path | Literal[False] | None = None) -> list[Path]:
+    """The crush.json files to read, lowest precedence first: none for ``False``; for ``None``
+    (or ``""``, the kernel setting's unset value) those at Crush's config locations that exist;
+    else ``source`` alone, ``~`` expanded and a relative path taken in the working directory
+    (the notebook's folder, as for ``./crush.json``), which must exist. Every reader of
+    crush.json (providers, model windows, MCP servers, the trust report) takes its files from
+    here, so they all read the same ones."""
+    if source is False:
+        return []
+    if not source:
         return [path for path in crush_config_paths() if path.is_file()]
-    path = Path(source).expanduser()
+    path = Path(source).expanduser().absolute()
     if not path.is_file():
-        raise CrushConfigError(f"crush config {path} does not exist; fix the path")
+        raise CrushConfigError(
+            f"crush config {path} does not exist; fix the crush_config path, or leave it "
+            "unset to read crush.json from Crush's usual places"
+        )
     return [path]
 
 
@@ -394,8 +403,6 @@ def load_crush_config(
     """Read crush.json: an explicit path, or (``None``) Crush's usual places merged. A project
     file applies whole only when trusted (``trust_all``: every one is;
     jupyter_crush.providers.trust)."""
-    if source is False:
-        return CrushConfig()
     merged = CrushConfig()
     for path in crush_config_files(source):
         file = open_config(path, trust_all=trust_all)

@@ -5,7 +5,6 @@ price table already used for costs), most specific first. The arithmetic on a wi
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ..core.tokens import DEFAULT_OUTPUT_TOKENS, ContextWindow
@@ -30,14 +29,17 @@ def _configured_output(model: Any) -> int | None:
 def _crush_json_entry(model: Any) -> dict[str, int]:
     """The model's entry under its provider's ``models`` in crush.json, if one is listed."""
     settings = getattr(model, "settings", None)
-    source = getattr(settings, "crush_config", None)
-    if source is False or settings is None:
+    if settings is None:
         return {}
-    from .config import CrushConfigError, crush_config_paths, read_crush_json
+    from .config import CrushConfigError, crush_config_files, read_crush_json
 
-    paths = [Path(source)] if source else [p for p in crush_config_paths() if p.is_file()]
+    try:
+        paths = crush_config_files(getattr(settings, "crush_config", None))
+    except CrushConfigError:
+        return {}  # resolving the model already said what to fix
     found: dict[str, int] = {}
     for path in paths:
+        # Read without trust: model lists and their windows apply from any file (trust.py).
         try:
             data = read_crush_json(path)
         except CrushConfigError:
