@@ -12,7 +12,10 @@ format version or of another session is ignored; one of another file at the jour
 (a compaction, a replaced or restored journal) is rebuilt from the journal; one whose
 journal only grew since (the same file, its first ``offset`` bytes unchanged: appended
 records) is extended by decoding only the new bytes, re-reading from the journal the earlier
-records of a message an append record continues. A journal gone takes its cache file with
+records of a message an append record continues. A journal of the same inode, size and
+modification time is taken as unchanged without being read: the store only appends to a
+journal or replaces it with a compacted copy, never the same size (at least half of it is
+superseded records). A journal gone takes its cache file with
 it, at once or when a store next opens. Files are replaced atomically (temporary file and
 rename, under the process lock, so a temporary seen at opening belongs to a dead process),
 with the journal's permissions; they hold nothing the journal does not (rows show the
