@@ -14,8 +14,8 @@ journal only grew since (the same file, its first ``offset`` bytes unchanged: ap
 records) is extended by decoding only the new bytes, re-reading from the journal the earlier
 records of a message an append record continues. A journal of the same inode, size and
 modification time is taken as unchanged without being read: the store only appends to a
-journal or replaces it with a compacted copy, never the same size (at least half of it is
-superseded records). A journal gone takes its cache file with
+journal or moves a compacted copy into its place, which would have to reuse the inode number
+and land on the same size within the same clock tick. A journal gone takes its cache file with
 it, at once or when a store next opens. Files are replaced atomically (temporary file and
 rename, under the process lock, so a temporary seen at opening belongs to a dead process),
 with the journal's permissions; they hold nothing the journal does not (rows show the
