@@ -350,6 +350,7 @@ def table(path: Path) -> int:
     """Print every goal beside its measured values; 1 when a recorded benchmark failed."""
     measurements, runs = read_results(path)
     failed = {run["benchmark"] for run in runs if run.get("exit") != 0}
+    ran = {run["benchmark"] for run in runs} - failed
     id_width = max(map(len, GOALS))
     limit_width = max(len(goal.limit_text()) for goal in GOALS.values())
     print(f"{'goal':{id_width}}  {'limit':>{limit_width}}  measured")
@@ -357,7 +358,11 @@ def table(path: Path) -> int:
         head = f"{goal_id:{id_width}}  {goal.limit_text():>{limit_width}}  "
         found = measurements.get(goal_id)
         if not found:
-            why = f" ({goal.benchmark} failed)" if goal.benchmark in failed else ""
+            why = ""
+            if goal.benchmark in failed:
+                why = f" ({goal.benchmark} failed)"
+            elif goal.benchmark in ran:
+                why = f" ({goal.benchmark} ran without measuring it)"
             print(f"{head}not measured{why}")
             continue
         for record in found:

@@ -113,6 +113,18 @@ def test_table_shows_each_goal_beside_its_measurement(tmp_path, capsys):
     )
 
 
+def test_table_names_a_benchmark_that_ran_without_measuring_its_goal(tmp_path, capsys):
+    ran = {"benchmark": "bench_notebook.py", "exit": 0, "seconds": 6.0}
+    measured = {"goal": "notebook.tool_ms", "value": 2.1, "met": True, "note": ""}
+    assert goals.table(write_results(tmp_path / "results.jsonl", measured, ran)) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line}
+    assert lines["notebook.tool_ms"].endswith("2.1 ms met")
+    assert lines["notebook.fix_added_ms"].endswith(
+        "not measured (bench_notebook.py ran without measuring it)"
+    )
+    assert lines["undo.snapshot_untouched_ms"].endswith("not measured")
+
+
 def test_table_fails_only_when_a_benchmark_failed(tmp_path, capsys):
     missed = {"goal": "sustained.trivial_cell_end", "value": 1.9, "met": False, "note": ""}
     ran = {"benchmark": "bench_sustained.py", "exit": 0, "seconds": 14.0}
