@@ -167,7 +167,8 @@ class RemoteKernel:
 
     def __init__(self, url: str) -> None:
         # Without TCP_NODELAY each small request waits for the peer's delayed ACK (~40 ms),
-        # which browsers never do.
+        # which browsers never do. The server's end keeps Nagle's algorithm on, which a
+        # request sent the moment the last went idle pays for (benchmarks/bench_gateway.py).
         self.socket = websocket.create_connection(
             url,
             header=[f"Authorization: token {TOKEN}"],
