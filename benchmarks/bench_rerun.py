@@ -6,10 +6,12 @@ an answer takes about as long as a short real one). The first Run All asks; the 
 the same transcript store, replays. Printed per run: wall time, the time the 10 agent cells
 took (nbclient's timings), provider requests, tokens and cost from the transcript.
 
-    .venv/bin/python benchmarks/bench_rerun.py [--cells 10] [--delay 0.02] [--quick]
+    .venv/bin/python benchmarks/bench_rerun.py [--cells 10] [--delay 0.02] [--quick] [--before DIR]
 
 ``--quick`` streams the first Run All's chunks 5 ms apart; what the replay costs is measured
-the same way.
+the same way. ``--before DIR`` first measures the package tree in DIR (e.g. made by
+``git archive <commit> jupyter_crush | tar -x -C DIR``) the same way, in its own store, so
+both trees are compared within one run.
 """
 
 from __future__ import annotations
@@ -59,9 +61,14 @@ def script(cells: int) -> list:
     return steps
 
 
-def run_all(nb, folder: Path, base_url: str) -> tuple[float, list[float], nbformat.NotebookNode]:
+def run_all(
+    nb, folder: Path, base_url: str, tree: Path | None
+) -> tuple[float, list[float], nbformat.NotebookNode]:
     nb = nbformat.from_dict(nb)
-    env = kernel_env(folder / ".crush", OPENAI_API_KEY="sk-bench", OPENAI_BASE_URL=base_url)
+    extra = {"PYTHONPATH": str(tree)} if tree is not None else {}
+    env = kernel_env(
+        folder / ".crush", OPENAI_API_KEY="sk-bench", OPENAI_BASE_URL=base_url, **extra
+    )
     client = NotebookClient(
         nb,
         km=kernel_manager(folder / "specs"),
@@ -95,28 +102,24 @@ def spent(folder: Path, since: float) -> tuple[int, float, int]:
     return tokens, cost, replayed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", type=int, default=10)
-    parser.add_argument("--delay", type=float, help="seconds between chunks (0.02)")
-    parser.add_argument("--quick", action="store_true", help="chunks 5 ms apart")
-    args = parser.parse_args()
-    if args.delay is None:
-        args.delay = 0.005 if args.quick else 0.02
-    steps = script(args.cells)
+def measure(cells: int, delay: float, tree: Path | None) -> list[tuple]:
+    """Ask, then replay, in a new store: a row per Run All."""
+    steps = script(cells)
     for step in steps:
-        step.event_delay = args.delay
-    nb = notebook(args.cells)
+        step.event_delay = delay
+    nb = notebook(cells)
     with tempfile.TemporaryDirectory(prefix="bench-rerun-") as tmp, serving(steps) as server:
         folder = Path(tmp)
         rows = []
         for label in ("first Run All (asks)", "Run All again (replays)"):
             before, since = len(server.requests), time.time()
-            wall, agent, _ = run_all(nb, folder, f"{server.url}/v1")
+            wall, agent, _ = run_all(nb, folder, f"{server.url}/v1", tree)
             tokens, cost, replayed = spent(folder, since)
             rows.append((label, wall, agent, len(server.requests) - before, tokens, cost, replayed))
-    print(f"Run All of a notebook with {args.cells} %%crush cells ({len(steps)} model steps,")
-    print(f"{args.delay * 1000:.0f} ms between streamed chunks), headless under nbclient:\n")
+    return rows
+
+
+def report(rows: list[tuple], cells: int) -> None:
     print(f"{'':26}{'wall s':>8}{'agent cells s':>15}{'requests':>10}{'tokens':>8}{'cost $':>9}")
     for label, wall, agent, requests, tokens, cost, _ in rows:
         print(f"{label:26}{wall:8.2f}{sum(agent):15.2f}{requests:10d}{tokens:8d}{cost:9.4f}")
@@ -124,10 +127,30 @@ def main() -> None:
     print(
         f"\nreplay: {again[6]} answers replayed, {again[3]} requests. Agent cells, replaying: "
         f"the first {again[2][0]:.2f} s (the extension's first use: widgets, the model's SDK; "
-        f"asking, {first[2][0]:.2f} s), the other {args.cells - 1} "
+        f"asking, {first[2][0]:.2f} s), the other {cells - 1} "
         f"{sum(again[2][1:]):.2f} s in all vs {sum(first[2][1:]):.2f} s asking; "
         "per cell (ms): " + " ".join(f"{t * 1000:.0f}" for t in again[2])
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=10)
+    parser.add_argument("--delay", type=float, help="seconds between chunks (0.02)")
+    parser.add_argument("--quick", action="store_true", help="chunks 5 ms apart")
+    parser.add_argument("--before", type=Path, help="a package tree to measure first")
+    args = parser.parse_args()
+    if args.delay is None:
+        args.delay = 0.005 if args.quick else 0.02
+    print(f"Run All of a notebook with {args.cells} %%crush cells ({args.delay * 1000:.0f} ms")
+    print("between streamed chunks), headless under nbclient, each tree in a new store:")
+    if args.before:
+        print(f"\n{args.before}:")
+        report(measure(args.cells, args.delay, args.before.resolve()), args.cells)
+    print("\nthis checkout:")
+    rows = measure(args.cells, args.delay, None)
+    report(rows, args.cells)
+    again = rows[1]
     note = "" if args.cells == 10 else f"{args.cells} cells"
     measured("rerun.replay_requests", again[3], note)
     measured("rerun.replay_cells_s", sum(again[2]), note)
