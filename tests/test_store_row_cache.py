@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 
 import pandas as pd
@@ -157,8 +158,11 @@ def test_a_compacted_journal_is_read_again_and_its_old_rows_dropped(tmp_path, mo
             journal = path / "messages" / f"{sid}.jsonl"
             # A new file (the old one's inode number may be reused for it).
             assert b"sk-old" not in journal.read_bytes()
-            # The rows derived from the dropped records went with them.
-            assert not cache_file(path, sid).exists()
+            # The rows derived from the dropped records went with them; the closing kernel
+            # kept those of the new file.
+            head = json.loads(cache_file(path, sid).read_bytes().split(b"\n", 1)[0])
+            assert head["inode"] == journal.stat().st_ino
+            assert b"sk-old" not in cache_file(path, sid).read_bytes()
             assert list(crush.history(store=reader).text) == [note.text]
     assert scans[-1] == (sid, 0)  # the new file is read whole, never as an extension
     assert b"sk-old" not in cache_file(path, sid).read_bytes()
@@ -228,12 +232,16 @@ def test_stale_session_totals_are_rewritten_as_the_store_s_reader_does(tmp_path)
 
 def test_kept_rows_have_the_journal_s_permissions(tmp_path):
     path = tmp_path / "store"
-    sid = make_store(path)
-    os.chmod(path / "messages" / f"{sid}.jsonl", 0o600)
-    os.chmod(path / "messages", 0o750)
-    crush.history(store=path)
-    assert stat.S_IMODE(cache_file(path, sid).stat().st_mode) == 0o600
-    assert stat.S_IMODE((path / row_cache.ROWS_DIR).stat().st_mode) == 0o750
+    with TranscriptStore(path) as store:
+        sid = store.create_session("s").id
+        store.add_message(Message(sid, Role.USER, [TextPart("private")]))
+        os.chmod(path / "messages" / f"{sid}.jsonl", 0o600)
+        os.chmod(path / "messages", 0o750)
+    for keeper in ("the closing writer", "a reader"):
+        assert stat.S_IMODE(cache_file(path, sid).stat().st_mode) == 0o600, keeper
+        assert stat.S_IMODE((path / row_cache.ROWS_DIR).stat().st_mode) == 0o750, keeper
+        shutil.rmtree(path / row_cache.ROWS_DIR)
+        crush.history(store=path)
 
 
 def test_text_no_utf_8_encodes_and_separator_characters_round_trip(tmp_path, scans):
@@ -262,6 +270,10 @@ def test_a_session_to_settle_is_handed_to_the_reader_before_any_row_is_built(tmp
         return row_of(message)
 
     monkeypatch.setattr(row_scan, "row_of", spy)
-    rows = crush.history(store=path)
-    assert rows.finish_reason[1] == "error"
-    assert built_from_journal == []  # the rows came from the reader's messages
+    with TranscriptStore(path) as reader:
+        rows = crush.history(store=reader)
+        assert rows.finish_reason[1] == "error"
+        assert built_from_journal == []  # the rows came from the reader's messages
+    # The reader wrote the settled reply: closing, it keeps the rows of the journal as it is.
+    assert built_from_journal == list(rows.message_id)
+    assert cache_file(path, sid).is_file()

@@ -23,19 +23,23 @@ journal's own text, reasoning, tool calls and results).
 
 Only sessions not loaded in this process take this path; a loaded one (written here, or
 read by ``list_messages``) answers from its in-memory states, newer than the disk while
-writes are pending. Whatever the reader of a journal would do besides reading (settle a
-dead writer's reply, warn of a torn tail, rewrite stale session totals, name a corrupted
-record) makes the store load the session as it always did (:class:`Replay`): rows are only
-taken from the disk when nothing of that applies.
+writes are pending. So the process that wrote a session would never keep its rows: a store
+keeps them as it closes instead (:meth:`RowKeeper.keep_written`), derived from the journal
+as the next process would derive them, so that process reads them. Whatever the reader of a
+journal would do besides reading (settle a dead writer's reply, warn of a torn tail, rewrite
+stale session totals, name a corrupted record) makes the store load the session as it
+always did (:class:`Replay`): rows are only taken from the disk when nothing of that applies.
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
+import functools
 import json
 import os
 import sys
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -94,6 +98,14 @@ _NUMBER_FIELDS = {
 }
 #: Separators tried in turn: control characters, then private-use ones.
 _SEPARATORS = [chr(c) for c in (*range(0x20), *range(0xE000, 0xF900))]
+#: Seconds a closing store spends at most keeping the rows of the sessions it wrote
+#: (RowKeeper.keep_written), which a kernel's shutdown waits for: deriving rows runs at
+#: ~48 MB of journal a second here (30k messages of 1 KB), so a day's chat of a few hundred
+#: messages takes milliseconds.
+CLOSE_BUDGET_S = 1.0
+#: Journal bytes a closing store counts on decoding per second: under half the rate above, so
+#: that a journal it might not finish within what is left of the budget is not started.
+SCAN_BYTES_PER_S = 20_000_000
 #: Columns of lists, mostly empty: kept in the file only where not empty (by index), in
 #: memory as tuples (the empty tuple is one object, which the garbage collector never walks).
 _SPARSE_FIELDS = ("images", "calls", "results")
@@ -128,14 +140,21 @@ class RowFiles:
                     os.unlink(self.directory / name)
 
     def current(
-        self, session_id: str, journal: Path, held: CachedRows | None, *, build: bool
+        self,
+        session_id: str,
+        journal: Path,
+        held: CachedRows | None,
+        *,
+        build: bool,
+        leaving: str = "",
     ) -> tuple[CachedRows | None, int | None]:
         """The session's rows as its journal is now, and the permissions to write them to
         the cache file with (None when it holds them already). ``held`` is what this process
         read before. With ``build`` false, only ``held`` if the journal has not changed since
         (else no rows): what is at hand without reading a file, which a search's journal scan
         may spare reading at all. Raises :class:`Replay` when the store's reader must read
-        the journal."""
+        the journal; ``leaving`` names a writer to count as dead already (a closing store's
+        own token: what it left open, the next reader settles)."""
         if held is None and not build:
             return None, None
         try:
@@ -160,13 +179,16 @@ class RowFiles:
         # The same file grown, its first bytes unchanged (not rewritten in place): extend.
         same = grown and held is not None and crc_of(data, held.offset) == held.crc
         prior = held if same else None
-        kept = row_scan.scan(session_id, data, stat, prior, self._located, self.any_dead)
+        any_dead = functools.partial(self.any_dead, leaving=leaving)
+        kept = row_scan.scan(session_id, data, stat, prior, self._located, any_dead)
         return kept, stat.st_mode & 0o777
 
-    def any_dead(self, writers: frozenset[str]) -> bool:
-        """Whether one of ``writers`` (store tokens, none this store's) is no longer alive."""
+    def any_dead(self, writers: frozenset[str], leaving: str = "") -> bool:
+        """Whether one of ``writers`` (store tokens, none this store's but ``leaving``) is no
+        longer alive or is ``leaving``."""
         return any(
-            not (
+            writer == leaving
+            or not (
                 _WRITER_TOKEN.fullmatch(writer) and WriterLease.is_alive(self._writers_dir, writer)
             )
             for writer in writers
@@ -246,8 +268,9 @@ class RowFiles:
             head["inode"], head["offset"], head["mtime_ns"], head["crc"], rows, facts, chains
         )
 
-    def write(self, session_id: str, kept: CachedRows, mode: int) -> None:
-        """Replace the cache file with ``kept``. Call under the process lock."""
+    def write(self, session_id: str, kept: CachedRows, mode: int) -> bool:
+        """Replace the cache file with ``kept``. Call under the process lock. False only when
+        the file system refused it (a full disk: a caller keeping several stops there)."""
         given = {**kept.rows.columns, **kept.facts}
         count = len(kept.rows)
         writers = list(dict.fromkeys(given["writer"]))
@@ -260,7 +283,7 @@ class RowFiles:
         joined = "".join(texts)
         separator = next((c for c in _SEPARATORS if c not in joined), None)
         if separator is None:
-            return  # texts holding every separator: derived again by the next process
+            return True  # texts holding every separator: derived again by the next process
         strings = separator.join(texts).encode("utf-8", "surrogatepass")
         number_columns = {
             **given,
@@ -280,7 +303,7 @@ class RowFiles:
                 for name, code in _NUMBER_FIELDS.items()
             )
         except (OverflowError, TypeError):
-            return  # numbers no 8 bytes hold: derived again by the next process
+            return True  # numbers no 8 bytes hold: derived again by the next process
         body = (
             _dumps(
                 {
@@ -313,6 +336,8 @@ class RowFiles:
             write_atomic(self.directory / f"{session_id}{SUFFIX}", payload, fsync=False, mode=mode)
         except OSError as exc:  # only speed is lost: the next process derives them again
             log.info("could not keep the history rows of %s (%s)", session_id, exc.strerror)
+            return False
+        return True
 
     def forget(self, session_id: str) -> None:
         """Remove the session's cache file, if any."""
@@ -366,6 +391,49 @@ class RowKeeper:
         was compacted: the records they came from are gone). Call under both locks."""
         self._held.pop(session_id, None)
         self._files.forget(session_id)
+
+    def keep_written(self) -> None:
+        """Keep on disk the rows of each session this store wrote, so that the next process's
+        history() reads them instead of decoding the journal (the process that wrote a
+        session never needed them: it answers from its states). Call from close(), under the
+        store's lock, after the final flush, only with nothing refused (a full disk gets
+        nothing more) and never in a forked child.
+
+        The rows are derived from the journal's bytes exactly as the next process would
+        derive them, never from this store's states. A shutdown waits for this: largest
+        journals first (what the next process would spend longest decoding), each only if it
+        should be read within what is left of ``CLOSE_BUDGET_S``, the rest left to the
+        reader as before. So is a session to settle, this store's own open replies included.
+        """
+        token = self._config.token
+        written = [
+            st
+            for st in self._replayer.sessions.values()
+            if st.entries is not None and any(e.writer == token for e in st.entries.values())
+        ]
+        written.sort(key=lambda st: st.journal.offset, reverse=True)
+        deadline = time.monotonic() + CLOSE_BUDGET_S
+        for st in written:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if st.journal.offset > left * SCAN_BYTES_PER_S:
+                continue
+            sid = st.session.id
+            try:
+                kept, mode = self._files.current(
+                    sid, st.journal.path, None, build=True, leaving=token
+                )
+            except Replay:
+                continue  # the reader's, as for any process
+            except OSError as exc:
+                log.info("could not read %s (%s)", st.journal.path, exc.strerror)
+                continue
+            if kept is None or mode is None or kept.totals != _session_totals(st.session):
+                continue  # kept already, or another writer appended since: theirs to keep
+            with self._plock:
+                if not self._files.write(sid, kept, mode):
+                    return
 
     def rows(self, session_id: str, *, build: bool = True) -> SessionRows | None:
         """The session's rows as they are now; with ``build`` false, None unless they are

@@ -454,7 +454,8 @@ class TranscriptStore:
     # -- durability ----------------------------------------------------------
 
     def close(self) -> None:
-        """Flush and release the store's files. Idempotent."""
+        """Flush, keep the history rows of the sessions written here (see
+        :meth:`RowKeeper.keep_written`) and release the store's files. Idempotent."""
         with self._lifecycle.lock:
             if self._lifecycle.closed:
                 return
@@ -466,6 +467,8 @@ class TranscriptStore:
                 return
             try:
                 self._writer.flush()
+                if not self._lifecycle.forked() and not self._writer.pending_writes():
+                    self._rows.keep_written()  # so the next process need not decode them
             finally:
                 self._writer.save_unwritten()  # what the file system still refuses goes elsewhere
                 self._lifecycle.closed = True
