@@ -12,7 +12,9 @@ and is measured on the way:
            first call with the store open and a turn just written (a kernel), (c) again,
            (d) a full-text search hit and miss (goals: <= 0.5 s, search <= 0.2 s); pandas'
            import is timed on its own and is in none of them. The very first call on the
-           store (nothing kept yet, every session settled) is printed too. ``--before DIR``
+           store (nothing kept yet, every session settled) is printed too, and (a') the
+           first call on a store its kernels wrote and closed normally, which no process
+           ever asked for its history (once per package tree). ``--before DIR``
            measures the package tree in DIR as well, on the same store in the same run (make
            one with ``git archive REV jupyter_crush | tar -x -C DIR``).
   at 100k  per-write p99 of appends and forced updates (goal <= 2 ms), cold open
@@ -221,6 +223,67 @@ def probe(path: Path, mode: str, tree: Path | None) -> dict[str, float]:
     return json.loads(done.stdout.splitlines()[-1])
 
 
+# Runs in a fresh interpreter: argv = store path, messages (JSON lines), messages per kernel.
+# Kernels one after another, each a store opened, its sessions' turns written and the store
+# closed normally; none calls history(). Prints the seconds all the closes took.
+WRITER_PROBE = """
+import json, sys, time
+from jupyter_crush.core.message import Message
+from jupyter_crush.store.transcript import TranscriptStore
+
+path, messages, per_kernel = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with open(messages) as f:
+    records = [json.loads(line) for line in f]
+closing = 0.0
+for first in range(0, len(records), per_kernel):
+    kernel = TranscriptStore(path)
+    for record in records[first : first + per_kernel]:
+        if not kernel.has_session(record["session_id"]):
+            kernel.create_session("a day's chat", session_id=record["session_id"])
+        kernel.add_message(Message.from_dict(record))
+    began = time.perf_counter()
+    kernel.close()
+    closing += time.perf_counter() - began
+print(json.dumps({"close_s": closing}))
+"""
+
+
+def after_kernels_closed(size: int, tmp: Path, trees: list[tuple[str, Path | None]]) -> None:
+    """(a') The first history() in a fresh process on a store its kernels wrote (each ten
+    sessions of finished turns) and closed normally, which no process ever asked for its
+    history: the usual next day. Once per tree, each writing its own copy of the store."""
+    messages = tmp / "messages.jsonl"
+    with open(messages, "w") as f:
+        for n in range(size):
+            message = make_message(f"day-{n // SESSION_SIZE:05d}", n)
+            # Every call answered, as a turn that ran to its end leaves it.
+            message.parts = [part for part in message.parts if part.type != "tool_call"]
+            f.write(json.dumps(message.to_dict()) + "\n")
+    per_kernel = 10 * SESSION_SIZE
+    print(f"  (a') first call after {size // per_kernel} kernels wrote the store and closed:")
+    for label, tree in trees:
+        path = tmp / f"written-{label}"
+        env = dict(os.environ, PYTHONPATH=str(tree or REPO))
+        done = subprocess.run(
+            [sys.executable, "-c", WRITER_PROBE, str(path), str(messages), str(per_kernel)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tree or REPO,
+            check=False,
+        )
+        if done.returncode:
+            raise SystemExit(f"the writing kernels ({tree or REPO}) failed:\n{done.stderr}")
+        closing = json.loads(done.stdout.splitlines()[-1])["close_s"]
+        first = probe(path, "fresh", tree)
+        print(
+            f"    {label:>6s}: {first['first_s']:6.3f} s  ({first['first_rows']} rows; "
+            f"the kernels' closes took {closing:.2f} s in all)"
+        )
+        shutil.rmtree(path)
+    messages.unlink()
+
+
 def history_numbers(path: Path, tree: Path | None, runs: int) -> dict[str, float]:
     """Medians over ``runs`` fresh processes of each measurement (a)-(d)."""
     fresh = [probe(path, "fresh", tree) for _ in range(runs)]
@@ -264,6 +327,7 @@ def at_50k(store: Growing, before: Path | None, quick: bool) -> None:
     trees: list[tuple[str, Path | None]] = [("after", None)]
     if before is not None:
         trees.insert(0, ("before", before.resolve()))
+    after_kernels_closed(size, store.path.parent, trees)
     results = {label: history_numbers(store.path, tree, runs) for label, tree in trees}
     lines = (
         ("(a) first call, store not yet open", "first_s", "first_rows"),
