@@ -179,3 +179,20 @@ def test_the_time_at_close_is_bounded_largest_journals_first(tmp_path, monkeypat
         turn(again, small, 1)
         monkeypatch.setattr(row_cache, "CLOSE_BUDGET_S", 0.0)
     assert scans == [large, small]
+
+
+def test_a_failure_to_keep_the_rows_does_not_fail_the_close(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "store"
+    store = TranscriptStore(path)
+    sid = store.create_session("kept").id
+    turn(store, sid, 3)
+
+    def broken(self):
+        raise RuntimeError("a bug in keeping rows")
+
+    monkeypatch.setattr(row_cache.RowKeeper, "keep_written", broken)
+    store.close()  # no exception: the rows are derived, the journals are what counts
+    assert "could not keep the history rows at close" in caplog.text
+    assert not cache_file(path, sid).exists()
+    with TranscriptStore(path) as again:  # released: opens, and the turn is all there
+        assert [m.text for m in again.list_messages(sid)] == ["question " * 3, "answer " * 3]
