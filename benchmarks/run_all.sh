@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every benchmark, one after another, then prints every performance goal the README states
 # beside the value measured in this run (benchmarks/goals.py --table).
-#   bash benchmarks/run_all.sh           the full benchmarks (13 minutes on 2 cores)
+#   bash benchmarks/run_all.sh           the full benchmarks (16 minutes on 2 cores)
 #   bash benchmarks/run_all.sh --quick   each benchmark's smoke run (what CI runs): numbers
 #                                        printed, a benchmark that stops with an error fails
 # Goals are reported, not enforced: the exit status is non-zero only when a benchmark failed.
