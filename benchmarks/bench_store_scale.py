@@ -206,21 +206,25 @@ print(json.dumps(out))
 """
 
 
-def probe(path: Path, mode: str, tree: Path | None) -> dict[str, float]:
-    """One fresh interpreter running HISTORY_PROBE on the package in ``tree`` (this one's
-    when None)."""
-    env = dict(os.environ, PYTHONPATH=str(tree or REPO))
+def in_tree(script: str, args: list[str], tree: Path | None, what: str) -> dict[str, float]:
+    """Run ``script`` in a fresh interpreter on the package in ``tree`` (this one's when
+    None); the JSON object its last line prints."""
     done = subprocess.run(
-        [sys.executable, "-c", HISTORY_PROBE, str(path), mode],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=dict(os.environ, PYTHONPATH=str(tree or REPO)),
         cwd=tree or REPO,
         check=False,
     )
     if done.returncode:
-        raise SystemExit(f"the history probe ({mode}, {tree or REPO}) failed:\n{done.stderr}")
+        raise SystemExit(f"{what} ({tree or REPO}) failed:\n{done.stderr}")
     return json.loads(done.stdout.splitlines()[-1])
+
+
+def probe(path: Path, mode: str, tree: Path | None) -> dict[str, float]:
+    """HISTORY_PROBE in a fresh interpreter on the package in ``tree``."""
+    return in_tree(HISTORY_PROBE, [str(path), mode], tree, f"the history probe ({mode})")
 
 
 # Runs in a fresh interpreter: argv = store path, messages (JSON lines), messages per kernel.
@@ -263,18 +267,8 @@ def after_kernels_closed(size: int, tmp: Path, trees: list[tuple[str, Path | Non
     print(f"  (a') first call after {size // per_kernel} kernels wrote the store and closed:")
     for label, tree in trees:
         path = tmp / f"written-{label}"
-        env = dict(os.environ, PYTHONPATH=str(tree or REPO))
-        done = subprocess.run(
-            [sys.executable, "-c", WRITER_PROBE, str(path), str(messages), str(per_kernel)],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tree or REPO,
-            check=False,
-        )
-        if done.returncode:
-            raise SystemExit(f"the writing kernels ({tree or REPO}) failed:\n{done.stderr}")
-        closing = json.loads(done.stdout.splitlines()[-1])["close_s"]
+        args = [str(path), str(messages), str(per_kernel)]
+        closing = in_tree(WRITER_PROBE, args, tree, "the writing kernels")["close_s"]
         first = probe(path, "fresh", tree)
         print(
             f"    {label:>6s}: {first['first_s']:6.3f} s  ({first['first_rows']} rows; "
