@@ -187,10 +187,10 @@ def test_a_failure_to_keep_the_rows_does_not_fail_the_close(tmp_path, monkeypatc
     sid = store.create_session("kept").id
     turn(store, sid, 3)
 
-    def broken(self):
+    def broken(*args, **kwargs):
         raise RuntimeError("a bug in keeping rows")
 
-    monkeypatch.setattr(row_cache.RowKeeper, "keep_written", broken)
+    monkeypatch.setattr(row_cache.RowFiles, "current", broken)
     store.close()  # no exception: the rows are derived, the journals are what counts
     assert "could not keep the history rows at close" in caplog.text
     assert not cache_file(path, sid).exists()

@@ -404,7 +404,15 @@ class RowKeeper:
         journals first (what the next process would spend longest decoding), each only if it
         should be read within what is left of ``CLOSE_BUDGET_S``, the rest left to the
         reader as before. So is a session to settle, this store's own open replies included.
+        The rows are derived data: failing to keep them is logged and must not fail the
+        close, which still has to release the files.
         """
+        try:
+            self._keep_written()
+        except Exception:
+            log.warning("could not keep the history rows at close", exc_info=True)
+
+    def _keep_written(self) -> None:
         token = self._config.token
         written = [
             st

@@ -453,16 +453,6 @@ class TranscriptStore:
 
     # -- durability ----------------------------------------------------------
 
-    def _keep_rows(self) -> None:
-        """Keep the rows of the sessions written here, so the next process need not decode
-        their journals. They are derived data: failing to keep them must not fail a close,
-        which still has to release the files (the next reader derives them from the
-        journals, as before)."""
-        try:
-            self._rows.keep_written()
-        except Exception:
-            log.warning("could not keep the history rows at close", exc_info=True)
-
     def close(self) -> None:
         """Flush, keep the history rows of the sessions written here (see
         :meth:`RowKeeper.keep_written`) and release the store's files. Idempotent."""
@@ -478,7 +468,7 @@ class TranscriptStore:
             try:
                 self._writer.flush()
                 if not self._lifecycle.forked() and not self._writer.pending_writes():
-                    self._keep_rows()
+                    self._rows.keep_written()  # so the next process need not decode them
             finally:
                 self._writer.save_unwritten()  # what the file system still refuses goes elsewhere
                 self._lifecycle.closed = True
